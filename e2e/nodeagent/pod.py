@@ -1,0 +1,569 @@
+"""One pod's life on a test bed node, as a kubelet would live it.
+
+A PodWorker thread sets up the sandbox, runs init containers in order to completion,
+starts the containers, runs their startup, readiness and liveness probes, restarts
+them as restartPolicy says (with CrashLoopBackOff), and reports the truth in the pod's
+status: phase, conditions, container states, exit codes, termination messages and
+restart counts. On deletion it stops the containers within the grace period, tears the
+sandbox down, and removes the pod object.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import socket
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from . import sandbox
+from .images import ImageRuntime, UnrunnableImage, container_argv, resolve_image
+
+log = logging.getLogger("nodeagent.pod")
+
+TERMINATION_MESSAGE_LIMIT = 4096
+FALLBACK_LOG_LINES = 80
+BACKOFF_INITIAL = 10.0
+BACKOFF_MAX = 300.0
+TICK = 0.1
+
+
+def now_rfc3339() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass
+class ProbeState:
+    spec: dict
+    next_at: float
+    successes: int = 0
+    failures: int = 0
+
+
+@dataclass
+class Container:
+    spec: dict
+    init: bool
+    runtime: ImageRuntime | None = None
+    process: subprocess.Popen | None = None
+    restart_count: int = 0
+    state: dict = field(default_factory=lambda: {"waiting": {"reason": "PodInitializing"}})
+    last_state: dict = field(default_factory=dict)
+    ready: bool = False
+    started: bool = False
+    restart_at: float | None = None
+    backoff: float = BACKOFF_INITIAL
+    probes: dict[str, ProbeState] = field(default_factory=dict)
+    done: bool = False  # terminated and will not run again
+
+    @property
+    def name(self) -> str:
+        return self.spec["name"]
+
+
+class PodWorker(threading.Thread):
+    def __init__(self, agent, pod: dict):
+        super().__init__(name=f"pod-{pod['metadata']['namespace']}/{pod['metadata']['name']}", daemon=True)
+        self.agent = agent
+        self.pod = pod
+        self.uid = pod["metadata"]["uid"]
+        self.namespace = pod["metadata"]["namespace"]
+        self.pod_name = pod["metadata"]["name"]
+        self.dir = agent.state_dir / "pods" / self.uid
+        self.netns = f"{agent.netns_prefix}{agent.node_short}-{self.uid[:8]}"
+        self.pod_ip: str | None = None
+        self.start_time = now_rfc3339()
+        self.stop_requested = threading.Event()
+        self.grace_seconds = 30.0
+        self.force_gone = False
+        self.init_containers = [Container(c, init=True) for c in pod["spec"].get("initContainers") or []]
+        self.containers = [Container(c, init=False) for c in pod["spec"]["containers"]]
+        self.init_done = not self.init_containers
+        self.phase = "Pending"
+        self.reason: str | None = None
+        self.message: str | None = None
+        self.mounts: dict[str, Path] = {}
+        self.transitions: dict[str, tuple[str, str]] = {}
+        self.last_status: dict | None = None
+
+    # ------------------------------------------------------------------ control
+
+    def request_stop(self, grace_seconds: float | None, gone: bool = False) -> None:
+        if grace_seconds is not None:
+            self.grace_seconds = grace_seconds
+        self.force_gone = self.force_gone or gone
+        self.stop_requested.set()
+
+    def run(self) -> None:
+        try:
+            self._run()
+        except Exception:  # noqa: BLE001 - a broken pod must not take the node down
+            log.exception("pod %s/%s: unexpected error", self.namespace, self.pod_name)
+        finally:
+            self._teardown()
+
+    def _run(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        if self._terminal_already():
+            return
+        if not self._prepare():
+            self.stop_requested.wait()
+            return
+        while not self.stop_requested.is_set():
+            self._step()
+            self._report()
+            if self.phase in ("Succeeded", "Failed"):
+                self._release_sandbox()
+                self.stop_requested.wait()
+                break
+            self.stop_requested.wait(TICK)
+
+    def _terminal_already(self) -> bool:
+        phase = (self.pod.get("status") or {}).get("phase")
+        if phase in ("Succeeded", "Failed"):
+            self.phase = phase
+            self.stop_requested.wait()
+            return True
+        return False
+
+    # ------------------------------------------------------------------ setup
+
+    def _prepare(self) -> bool:
+        """Resolve images, create the network namespace and the volumes. False if the pod cannot start."""
+        for container in self.init_containers + self.containers:
+            try:
+                container.runtime = resolve_image(container.spec["image"], self.agent.project_root)
+            except UnrunnableImage as err:
+                container.state = {"waiting": {"reason": "ErrImagePull", "message": str(err)}}
+                self.agent.event(self.pod, "Warning", "Failed", f"Failed to pull image: {err}")
+        if any(c.runtime is None for c in self.init_containers + self.containers):
+            self.reason, self.message = None, None
+            self._report()
+            return False
+        try:
+            self.pod_ip = self.agent.allocate_ip(self.uid)
+            sandbox.create_netns(self.netns, self.pod_ip, self.agent.network)
+        except sandbox.SandboxError as err:
+            self.message = f"pod sandbox: {err}"
+            self.agent.event(self.pod, "Warning", "FailedCreatePodSandBox", str(err))
+            self._report()
+            return False
+        self._report()
+        source = sandbox.VolumeSource(self.agent.core, self.pod)
+        while not self.stop_requested.is_set():
+            try:
+                for volume in self.pod["spec"].get("volumes") or []:
+                    target = self.dir / "volumes" / volume["name"]
+                    self.mounts[volume["name"]] = sandbox.materialize_volume(volume, target, source)
+                return True
+            except Exception as err:  # noqa: BLE001 - reported as an event and retried, like kubelet
+                self.agent.event(self.pod, "Warning", "FailedMount", f"MountVolume.SetUp failed: {err}")
+                self.stop_requested.wait(2.0)
+        return False
+
+    # ------------------------------------------------------------------ the loop
+
+    def _step(self) -> None:
+        if not self.init_done:
+            self._step_init()
+        else:
+            self._step_containers()
+        self.phase = self._phase()
+
+    def _step_init(self) -> None:
+        for container in self.init_containers:
+            if container.done:
+                continue
+            if container.process is None:
+                if container.restart_at is None or time.monotonic() >= container.restart_at:
+                    self._start(container)
+                return
+            code = container.process.poll()
+            if code is None:
+                return
+            self._terminated(container, code)
+            if code == 0:
+                container.done = True
+                continue
+            if self.pod["spec"].get("restartPolicy", "Always") == "Never":
+                container.done = True
+                self.reason = None
+                return
+            self._schedule_restart(container)
+            return
+        self.init_done = True
+        for container in self.containers:
+            container.state = {"waiting": {"reason": "ContainerCreating"}}
+
+    def _step_containers(self) -> None:
+        policy = self.pod["spec"].get("restartPolicy", "Always")
+        for container in self.containers:
+            if container.done:
+                continue
+            if container.process is None:
+                if container.restart_at is None or time.monotonic() >= container.restart_at:
+                    self._start(container)
+                continue
+            code = container.process.poll()
+            if code is not None:
+                self._terminated(container, code)
+                if policy == "Always" or (policy == "OnFailure" and code != 0):
+                    self._schedule_restart(container)
+                else:
+                    container.done = True
+                continue
+            self._probe(container)
+
+    def _phase(self) -> str:
+        policy = self.pod["spec"].get("restartPolicy", "Always")
+        failed_init = any(c.done and _exit_code(c) not in (0, None) for c in self.init_containers)
+        if failed_init and policy == "Never":
+            return "Failed"
+        if not self.init_done:
+            return "Pending"
+        if all(c.done for c in self.containers):
+            return "Succeeded" if all(_exit_code(c) == 0 for c in self.containers) else "Failed"
+        if any(c.process is not None for c in self.containers) or any(c.restart_count for c in self.containers):
+            return "Running"
+        return "Pending"
+
+    # ------------------------------------------------------------------ containers
+
+    def _env(self, container: Container) -> dict[str, str]:
+        runtime = container.runtime
+        agent = self.agent
+        env = {
+            "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "HOSTNAME": self.pod_name,
+            "HOME": "/root",
+            # In-cluster clients find the apiserver here. A real kubelet points these at the
+            # kubernetes Service; the test bed has no kube-proxy, so they name the apiserver itself.
+            "KUBERNETES_SERVICE_HOST": agent.apiserver_host,
+            "KUBERNETES_SERVICE_PORT": str(agent.apiserver_port),
+            "KUBERNETES_SERVICE_PORT_HTTPS": str(agent.apiserver_port),
+        }
+        if runtime.kind == "project":
+            env["PATH"] = f"{agent.project_python.parent}:{env['PATH']}"
+            env["PYTHONPATH"] = str(agent.project_root / "operator")
+            env["PYTHONUNBUFFERED"] = "1"
+        source = sandbox.VolumeSource(agent.core, self.pod)
+        for env_from in container.spec.get("envFrom") or []:
+            prefix = env_from.get("prefix", "")
+            if "configMapRef" in env_from:
+                ref = env_from["configMapRef"]
+                data = source.config_map(ref["name"], ref.get("optional", False)) or {}
+            else:
+                ref = env_from["secretRef"]
+                data = source.secret(ref["name"], ref.get("optional", False)) or {}
+            env.update({prefix + k: v.decode() for k, v in data.items()})
+        for var in container.spec.get("env") or []:
+            if "valueFrom" not in var:
+                env[var["name"]] = _expand(var.get("value", ""), env)
+                continue
+            value_from = var["valueFrom"]
+            if "fieldRef" in value_from:
+                pod = {**self.pod, "status": {"podIP": self.pod_ip or "", "hostIP": agent.host_ip}}
+                env[var["name"]] = sandbox._field_value(pod, value_from["fieldRef"]["fieldPath"])
+            elif "configMapKeyRef" in value_from or "secretKeyRef" in value_from:
+                is_cm = "configMapKeyRef" in value_from
+                ref = value_from["configMapKeyRef" if is_cm else "secretKeyRef"]
+                data = (source.config_map if is_cm else source.secret)(ref["name"], ref.get("optional", False)) or {}
+                if ref["key"] in data:
+                    env[var["name"]] = data[ref["key"]].decode()
+                elif not ref.get("optional", False):
+                    raise sandbox.SandboxError(f"couldn't find key {ref['key']} in {ref['name']}")
+            elif "resourceFieldRef" in value_from:
+                resource = value_from["resourceFieldRef"]["resource"]
+                kind, _, name = resource.partition(".")
+                env[var["name"]] = str((container.spec.get("resources") or {}).get(kind, {}).get(name, "0"))
+        return env
+
+    def _start(self, container: Container) -> None:
+        spec = container.spec
+        try:
+            env = self._env(container)
+            argv = container_argv(spec, container.runtime)
+            if container.runtime.kind == "triton":
+                argv, extra_env = self.agent.triton_command(argv)
+                env.update(extra_env)
+            mounts = []
+            for mount in spec.get("volumeMounts") or []:
+                host = self.mounts[mount["name"]]
+                if mount.get("subPath"):
+                    host = host / mount["subPath"]
+                    host.mkdir(parents=True, exist_ok=True) if not host.exists() else None
+                mounts.append((host, mount["mountPath"], bool(mount.get("readOnly"))))
+        except (sandbox.SandboxError, KeyError) as err:
+            container.state = {"waiting": {"reason": "CreateContainerConfigError", "message": str(err)}}
+            self.agent.event(self.pod, "Warning", "Failed", f"Error: {err}")
+            self._schedule_restart(container, keep_count=True)
+            return
+        termination_file = self.dir / f"{container.name}.termination-log"
+        termination_file.write_bytes(b"")
+        script = self.dir / f"{container.name}.sh"
+        workdir = spec.get("workingDir") or container.runtime.workdir
+        script.write_text(sandbox.launch_script(
+            mounts, termination_file, spec.get("terminationMessagePath", "/dev/termination-log"), workdir,
+            (self.pod["spec"].get("hostname") or self.pod_name)[:63],
+        ))
+        log_file = self.dir / f"{container.name}.log"
+        container.process = sandbox.start_container(self.netns, script, argv, env, log_file)
+        (self.dir / f"{container.name}.pid").write_text(str(container.process.pid))
+        container.state = {"running": {"startedAt": now_rfc3339()}}
+        container.restart_at = None
+        container.ready = False
+        container.started = not spec.get("startupProbe")
+        start = time.monotonic()
+        container.probes = {
+            kind: ProbeState(spec[key], start + spec[key].get("initialDelaySeconds", 0))
+            for kind, key in (("startup", "startupProbe"), ("readiness", "readinessProbe"), ("liveness", "livenessProbe"))
+            if spec.get(key)
+        }
+        if not container.init and "readiness" not in container.probes:
+            container.ready = container.started
+        self.agent.event(self.pod, "Normal", "Started", f"Started container {container.name}")
+
+    def _terminated(self, container: Container, code: int) -> None:
+        message = self._termination_message(container, code)
+        terminated = {
+            "exitCode": code if code >= 0 else 128 - code,
+            "reason": "Completed" if code == 0 else "Error",
+            "startedAt": container.state.get("running", {}).get("startedAt", now_rfc3339()),
+            "finishedAt": now_rfc3339(),
+            "containerID": f"modelops://{container.process.pid}",
+        }
+        if code < 0:
+            terminated["signal"] = -code
+        if message:
+            terminated["message"] = message
+        container.state = {"terminated": terminated}
+        container.ready = False
+        container.process = None
+        (self.dir / f"{container.name}.pid").unlink(missing_ok=True)
+
+    def _termination_message(self, container: Container, code: int) -> str:
+        path = self.dir / f"{container.name}.termination-log"
+        try:
+            message = path.read_bytes()[:TERMINATION_MESSAGE_LIMIT].decode(errors="replace")
+        except FileNotFoundError:
+            message = ""
+        policy = container.spec.get("terminationMessagePolicy", "File")
+        if not message and code != 0 and policy == "FallbackToLogsOnError":
+            try:
+                lines = (self.dir / f"{container.name}.log").read_text(errors="replace").splitlines()
+            except FileNotFoundError:
+                lines = []
+            message = "\n".join(lines[-FALLBACK_LOG_LINES:])[-2048:]
+        return message
+
+    def _schedule_restart(self, container: Container, keep_count: bool = False) -> None:
+        if "terminated" in container.state:
+            container.last_state = container.state
+        if not keep_count:
+            container.restart_count += 1
+        delay = container.backoff
+        container.backoff = min(container.backoff * 2, BACKOFF_MAX)
+        container.restart_at = time.monotonic() + delay
+        if not keep_count:
+            container.state = {"waiting": {
+                "reason": "CrashLoopBackOff",
+                "message": f"back-off {delay:.0f}s restarting failed container={container.name} pod={self.pod_name}",
+            }}
+            self.agent.event(self.pod, "Warning", "BackOff", f"Back-off restarting failed container {container.name}")
+
+    # ------------------------------------------------------------------ probes
+
+    def _probe(self, container: Container) -> None:
+        now = time.monotonic()
+        for kind in ("startup", "readiness", "liveness"):
+            state = container.probes.get(kind)
+            if state is None or now < state.next_at:
+                continue
+            if kind != "startup" and not container.started:
+                continue
+            if kind == "startup" and container.started:
+                continue
+            spec = state.spec
+            state.next_at = now + spec.get("periodSeconds", 10)
+            ok = self._run_probe(container, spec)
+            if ok:
+                state.successes += 1
+                state.failures = 0
+            else:
+                state.failures += 1
+                state.successes = 0
+            threshold_ok = spec.get("successThreshold", 1)
+            threshold_fail = spec.get("failureThreshold", 3)
+            if kind == "startup":
+                if ok:
+                    container.started = True
+                    if "readiness" not in container.probes:
+                        container.ready = True
+                elif state.failures >= threshold_fail:
+                    self._kill_unhealthy(container, "startup")
+                    return
+            elif kind == "readiness":
+                if ok and state.successes >= threshold_ok:
+                    container.ready = True
+                elif not ok and state.failures >= threshold_fail:
+                    container.ready = False
+            elif not ok and state.failures >= threshold_fail:
+                self._kill_unhealthy(container, "liveness")
+                return
+
+    def _kill_unhealthy(self, container: Container, kind: str) -> None:
+        self.agent.event(self.pod, "Warning", "Unhealthy", f"{kind.capitalize()} probe failed; restarting {container.name}")
+        sandbox.signal_group(container.process.pid, signal.SIGKILL)
+        container.process.wait()
+        # The exit is picked up on the next step like any other, so restartPolicy applies.
+        container.process = _Exited(container.process, 137)
+
+    def _run_probe(self, container: Container, spec: dict) -> bool:
+        timeout = spec.get("timeoutSeconds", 1)
+        ports = {p["name"]: p["containerPort"] for p in container.spec.get("ports") or [] if p.get("name")}
+        try:
+            if "httpGet" in spec:
+                http = spec["httpGet"]
+                port = ports.get(http["port"], http["port"])
+                scheme = http.get("scheme", "HTTP").lower()
+                url = f"{scheme}://{http.get('host') or self.pod_ip}:{port}{http.get('path', '/')}"
+                request = urllib.request.Request(url, headers={h["name"]: h["value"] for h in http.get("httpHeaders") or []})
+                with urllib.request.urlopen(request, timeout=timeout) as response:
+                    return 200 <= response.status < 400
+            if "tcpSocket" in spec:
+                port = ports.get(spec["tcpSocket"]["port"], spec["tcpSocket"]["port"])
+                with socket.create_connection((spec["tcpSocket"].get("host") or self.pod_ip, int(port)), timeout=timeout):
+                    return True
+            if "exec" in spec:
+                result = subprocess.run(
+                    ["nsenter", "-t", str(container.process.pid), "-m", "-n", "--", *spec["exec"]["command"]],
+                    capture_output=True, timeout=timeout, env=self._env(container),
+                )
+                return result.returncode == 0
+        except (urllib.error.URLError, OSError, subprocess.TimeoutExpired, ValueError):
+            return False
+        return False
+
+    # ------------------------------------------------------------------ status
+
+    def _condition(self, kind: str, status: bool, reason: str | None = None) -> dict:
+        value = "True" if status else "False"
+        previous = self.transitions.get(kind)
+        if previous is None or previous[0] != value:
+            self.transitions[kind] = (value, now_rfc3339())
+        condition = {"type": kind, "status": value, "lastTransitionTime": self.transitions[kind][1], "lastProbeTime": None}
+        if reason and not status:
+            condition["reason"] = reason
+        return condition
+
+    def _container_status(self, container: Container) -> dict:
+        status = {
+            "name": container.name,
+            "image": container.spec["image"],
+            "imageID": container.spec["image"],
+            "ready": container.ready,
+            "restartCount": container.restart_count,
+            "started": container.process is not None and container.started,
+            "state": container.state,
+            "lastState": container.last_state,
+        }
+        if container.process is not None:
+            status["containerID"] = f"modelops://{container.process.pid}"
+        elif "terminated" in container.state:
+            status["containerID"] = container.state["terminated"]["containerID"]
+        return status
+
+    def status(self) -> dict:
+        containers_ready = all(c.ready for c in self.containers)
+        scheduled = [c for c in (self.pod.get("status") or {}).get("conditions") or [] if c["type"] == "PodScheduled"]
+        conditions = [
+            self._condition("PodReadyToStartContainers", self.pod_ip is not None),
+            self._condition("Initialized", self.init_done, "ContainersNotInitialized"),
+            self._condition("ContainersReady", containers_ready, "ContainersNotReady"),
+            self._condition("Ready", containers_ready, "ContainersNotReady"),
+            *scheduled,
+        ]
+        status = {
+            "phase": self.phase,
+            "conditions": conditions,
+            "hostIP": self.agent.host_ip,
+            "hostIPs": [{"ip": self.agent.host_ip}],
+            "podIP": self.pod_ip,
+            "podIPs": [{"ip": self.pod_ip}] if self.pod_ip else None,
+            "startTime": self.start_time,
+            "containerStatuses": [self._container_status(c) for c in self.containers],
+            "reason": self.reason,
+            "message": self.message,
+        }
+        if self.init_containers:
+            status["initContainerStatuses"] = [self._container_status(c) for c in self.init_containers]
+        return status
+
+    def _report(self) -> None:
+        status = self.status()
+        if status == self.last_status:
+            return
+        try:
+            self.agent.patch_pod_status(self.namespace, self.pod_name, status)
+            self.last_status = status
+        except Exception as err:  # noqa: BLE001 - retried on the next tick
+            log.warning("pod %s/%s: status update failed: %s", self.namespace, self.pod_name, err)
+
+    # ------------------------------------------------------------------ teardown
+
+    def _stop_containers(self) -> None:
+        running = [c for c in self.init_containers + self.containers if c.process is not None]
+        for container in running:
+            sandbox.signal_group(container.process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + self.grace_seconds
+        for container in running:
+            try:
+                container.process.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                sandbox.signal_group(container.process.pid, signal.SIGKILL)
+                container.process.wait()
+            (self.dir / f"{container.name}.pid").unlink(missing_ok=True)
+            container.process = None
+
+    def _release_sandbox(self) -> None:
+        self._stop_containers()
+        sandbox.delete_netns(self.netns)
+        self.agent.release_ip(self.uid)
+
+    def _teardown(self) -> None:
+        self._release_sandbox()
+        if not self.force_gone and not self.agent.shutting_down:
+            self.agent.delete_pod(self.namespace, self.pod_name, self.uid)
+        self.agent.forget(self.uid)
+
+
+class _Exited:
+    """Stands in for a process the agent killed, so the next step sees its exit code."""
+
+    def __init__(self, process: subprocess.Popen, code: int):
+        self.pid = process.pid
+        self._code = code
+
+    def poll(self) -> int:
+        return self._code
+
+    def wait(self, timeout: float | None = None) -> int:
+        return self._code
+
+
+def _exit_code(container: Container) -> int | None:
+    return container.state.get("terminated", {}).get("exitCode")
+
+
+def _expand(value: str, env: dict[str, str]) -> str:
+    """Kubernetes' $(VAR) expansion in env values."""
+    for name, replacement in env.items():
+        value = value.replace(f"$({name})", replacement)
+    return value
+
