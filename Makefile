@@ -1,0 +1,55 @@
+# modelops: the front door. `make demo` and `make test` work on a fresh machine; each
+# installs what it needs (the Python environment, the test bed's Go-built binaries) and
+# caches it under $(MODELOPS_CACHE).
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+export MODELOPS_CACHE ?= $(HOME)/.cache/modelops
+PYTHON ?= python3
+
+# Resolved on demand: each script prints its (cached) output path.
+venv_python = $$(scripts/ensure-venv.sh)/bin/python
+binaries = $$(e2e/testbed/build.sh)
+
+.PHONY: help
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+
+.PHONY: venv
+venv: ## Build (once) the Python environment and print its path
+	@scripts/ensure-venv.sh
+
+.PHONY: binaries
+binaries: ## Build (once) etcd, Kubernetes, kubectl, helm and MinIO from pinned Go modules
+	@e2e/testbed/build.sh
+
+.PHONY: cluster-up
+cluster-up: ## Bring up the local test bed (or reuse a running one); prints the kubeconfig path
+	@python=$(venv_python); bin=$(binaries); \
+	  $(PYTHON) -m e2e.testbed.cluster up --binaries "$$bin" --python "$$python"
+
+.PHONY: cluster-down
+cluster-down: ## Stop every process of the local test bed and remove its network
+	@$(PYTHON) -m e2e.testbed.cluster down
+
+.PHONY: crds
+crds: ## Generate crds/*.yaml from the typed API
+	@PYTHONPATH=operator $(venv_python) -m modelops.api.crdgen crds/
+
+.PHONY: test
+test: ## Run the whole test suite (unit, integration, e2e) on the local test bed
+	@scripts/run-tests.sh
+
+.PHONY: test-unit
+test-unit: ## Run only the unit tests (no cluster)
+	@scripts/run-tests.sh -m unit
+
+.PHONY: demo
+demo: ## Run the whole lifecycle on the local test bed
+	@python=$(venv_python); bin=$(binaries); \
+	  MODELOPS_BINARIES="$$bin" PYTHONPATH=operator:. "$$python" -m e2e.demo
+
+.PHONY: bench
+bench: ## Run the benchmarks; JSON under bench/results/, summary in docs/benchmarks.md
+	@python=$(venv_python); PYTHONPATH=operator:. "$$python" bench/compress_bench.py

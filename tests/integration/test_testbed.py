@@ -1,0 +1,234 @@
+"""The local test bed behaves like a real cluster: scheduling, probes, Jobs, GPUs, Triton, tools."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+pytestmark = pytest.mark.integration
+
+PROJECT_IMAGE = "ghcr.io/modelops/modelops-operator:0.1.0"
+TRITON_IMAGE = "nvcr.io/nvidia/tritonserver:24.10-py3"
+
+
+def apply(testbed, namespace: str, *docs: dict) -> None:
+    testbed.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump_all(docs))
+
+
+def get_json(testbed, namespace: str, *args: str) -> dict:
+    return json.loads(testbed.kubectl("get", *args, "-n", namespace, "-o", "json"))
+
+
+def test_deployment_replicas_become_ready_and_answer_on_their_pod_ips(testbed, namespace):
+    apply(testbed, namespace, {
+        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"},
+        "spec": {
+            "replicas": 2,
+            "selector": {"matchLabels": {"app": "web"}},
+            "template": {
+                "metadata": {"labels": {"app": "web"}},
+                "spec": {"containers": [{
+                    "name": "web", "image": PROJECT_IMAGE,
+                    # Each replica serves its own hostname, so the test can tell them apart.
+                    "command": ["sh", "-c", "mkdir -p /srv && hostname > /srv/index.html && "
+                                            "exec python -m http.server 8080 --directory /srv"],
+                    "ports": [{"name": "http", "containerPort": 8080}],
+                    "readinessProbe": {"httpGet": {"path": "/", "port": "http"}, "periodSeconds": 1},
+                    "volumeMounts": [{"name": "srv", "mountPath": "/srv"}],
+                }], "volumes": [{"name": "srv", "emptyDir": {}}]},
+            },
+        },
+    })
+    testbed.kubectl("rollout", "status", "deployment/web", "-n", namespace, "--timeout=120s")
+    pods = get_json(testbed, namespace, "pods", "-l", "app=web")["items"]
+    assert len(pods) == 2
+    ips = {pod["status"]["podIP"] for pod in pods}
+    assert len(ips) == 2, "each pod has an IP of its own"
+    for pod in pods:
+        ready = {c["type"]: c["status"] for c in pod["status"]["conditions"]}
+        assert ready["Ready"] == "True" and pod["status"]["phase"] == "Running"
+        with urllib.request.urlopen(f"http://{pod['status']['podIP']}:8080/", timeout=5) as response:
+            assert response.read().decode().strip() == pod["metadata"]["name"]
+
+
+def test_failed_job_reports_exit_code_and_termination_message(testbed, namespace):
+    message = "sha256 mismatch: expected 00ff, got 1234"
+    apply(testbed, namespace, {
+        "apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "exit3"},
+        "spec": {"backoffLimit": 0, "template": {"spec": {
+            "restartPolicy": "Never",
+            "containers": [{
+                "name": "main", "image": PROJECT_IMAGE,
+                "command": ["python", "-c",
+                            f"open('/dev/termination-log', 'w').write({message!r}); raise SystemExit(3)"],
+            }],
+        }}},
+    })
+    testbed.kubectl("wait", "--for=condition=Failed", "job/exit3", "-n", namespace, "--timeout=120s")
+    job = get_json(testbed, namespace, "job", "exit3")
+    assert job["status"]["failed"] == 1
+    pod = get_json(testbed, namespace, "pods", "-l", "job-name=exit3")["items"][0]
+    assert pod["status"]["phase"] == "Failed"
+    terminated = pod["status"]["containerStatuses"][0]["state"]["terminated"]
+    assert terminated["exitCode"] == 3
+    assert terminated["message"] == message
+
+
+def gpu_pod(name: str, tolerate: bool) -> dict:
+    spec = {
+        "restartPolicy": "Never",
+        "containers": [{
+            "name": "main", "image": PROJECT_IMAGE, "command": ["python", "-c", "print('on a GPU node')"],
+            "resources": {"limits": {"nvidia.com/gpu": 1}},
+        }],
+    }
+    if tolerate:
+        spec["tolerations"] = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name}, "spec": spec}
+
+
+def test_gpu_pod_lands_on_the_gpu_node_only_with_the_toleration(testbed, namespace):
+    apply(testbed, namespace, gpu_pod("tolerates", True), gpu_pod("intolerant", False))
+    testbed.kubectl("wait", "--for=jsonpath={.status.phase}=Succeeded", "pod/tolerates", "-n", namespace,
+                    "--timeout=120s")
+    assert get_json(testbed, namespace, "pod", "tolerates")["spec"]["nodeName"] == "testbed-gpu"
+    testbed.kubectl("wait", "--for=jsonpath={.status.conditions[?(@.type=='PodScheduled')].reason}=Unschedulable",
+                    "pod/intolerant", "-n", namespace, "--timeout=60s")
+    pod = get_json(testbed, namespace, "pod", "intolerant")
+    assert pod["status"]["phase"] == "Pending"
+    assert not pod["spec"].get("nodeName")
+    scheduled = next(c for c in pod["status"]["conditions"] if c["type"] == "PodScheduled")
+    assert "untolerated taint" in scheduled["message"]
+
+
+def test_unrunnable_image_is_reported_on_the_pod(testbed, namespace):
+    apply(testbed, namespace, {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "nginx"},
+                               "spec": {"containers": [{"name": "web", "image": "docker.io/library/nginx:1.27"}]}})
+    testbed.kubectl("wait", "--for=jsonpath={.status.containerStatuses[0].state.waiting.reason}=ErrImagePull",
+                    "pod/nginx", "-n", namespace, "--timeout=60s")
+    waiting = get_json(testbed, namespace, "pod", "nginx")["status"]["containerStatuses"][0]["state"]["waiting"]
+    assert "nginx:1.27" in waiting["message"] and "cannot run" in waiting["message"]
+
+
+ADD_ONE_MODEL = textwrap.dedent('''
+    import numpy as np
+    import triton_python_backend_utils as pb_utils
+
+
+    class TritonPythonModel:
+        def execute(self, requests):
+            responses = []
+            for request in requests:
+                x = pb_utils.get_input_tensor_by_name(request, "INPUT0").as_numpy()
+                out = pb_utils.Tensor("OUTPUT0", (x + 1.0).astype(np.float32))
+                responses.append(pb_utils.InferenceResponse(output_tensors=[out]))
+            return responses
+''')
+
+ADD_ONE_CONFIG = textwrap.dedent('''
+    name: "add_one"
+    backend: "python"
+    max_batch_size: 8
+    input [ { name: "INPUT0" data_type: TYPE_FP32 dims: [ 4 ] } ]
+    output [ { name: "OUTPUT0" data_type: TYPE_FP32 dims: [ 4 ] } ]
+    instance_group [ { count: 1 kind: KIND_CPU } ]
+''')
+
+
+def test_triton_pod_serves_a_python_backend_model_from_a_configmap(testbed, namespace):
+    apply(testbed, namespace, {
+        "apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "add-one"},
+        "data": {"config.pbtxt": ADD_ONE_CONFIG, "model.py": ADD_ONE_MODEL},
+    }, {
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "triton"},
+        "spec": {
+            "containers": [{
+                "name": "triton", "image": TRITON_IMAGE,
+                "command": ["tritonserver", "--model-repository=/models", "--strict-readiness=true"],
+                "ports": [{"name": "http", "containerPort": 8000}, {"name": "grpc", "containerPort": 8001},
+                          {"name": "metrics", "containerPort": 8002}],
+                "readinessProbe": {"httpGet": {"path": "/v2/health/ready", "port": "http"}, "periodSeconds": 1},
+                "volumeMounts": [{"name": "models", "mountPath": "/models"}],
+            }],
+            "volumes": [{"name": "models", "configMap": {"name": "add-one", "items": [
+                {"key": "config.pbtxt", "path": "add_one/config.pbtxt"},
+                {"key": "model.py", "path": "add_one/1/model.py"},
+            ]}}],
+        },
+    })
+    testbed.kubectl("wait", "--for=condition=Ready", "pod/triton", "-n", namespace, "--timeout=180s")
+    pod_ip = get_json(testbed, namespace, "pod", "triton")["status"]["podIP"]
+
+    import tritonclient.http as httpclient
+
+    client = httpclient.InferenceServerClient(url=f"{pod_ip}:8000")
+    assert client.is_model_ready("add_one")
+    x = np.arange(8, dtype=np.float32).reshape(2, 4)
+    request = httpclient.InferInput("INPUT0", list(x.shape), "FP32")
+    request.set_data_from_numpy(x)
+    result = client.infer("add_one", [request]).as_numpy("OUTPUT0")
+    np.testing.assert_array_equal(result, x + 1.0)
+
+
+def test_kubectl_and_helm_work_against_the_test_bed(testbed, namespace, tmp_path):
+    nodes = json.loads(testbed.kubectl("get", "nodes", "-o", "json"))["items"]
+    ready = {n["metadata"]["name"]: next(c["status"] for c in n["status"]["conditions"] if c["type"] == "Ready")
+             for n in nodes}
+    assert ready == {"testbed-cpu": "True", "testbed-gpu": "True"}
+    wide = testbed.kubectl("get", "nodes", "-o", "wide")
+    assert "v1.34.4" in wide and wide.count(" Ready ") == 2
+
+    chart = tmp_path / "hello"
+    (chart / "templates").mkdir(parents=True)
+    (chart / "Chart.yaml").write_text("apiVersion: v2\nname: hello\nversion: 0.1.0\nkubeVersion: '>=1.30.0-0'\n")
+    (chart / "templates" / "cm.yaml").write_text(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {{ .Release.Name }}-greeting\n"
+        "data:\n  greeting: {{ .Values.greeting | quote }}\n")
+    (chart / "values.yaml").write_text("greeting: hello\n")
+    result = testbed.helm("install", "hi", str(chart), "-n", namespace, "--set", "greeting=bonjour", "--wait")
+    assert result.returncode == 0, result.stderr
+    cm = get_json(testbed, namespace, "configmap", "hi-greeting")
+    assert cm["data"]["greeting"] == "bonjour"
+    assert "hi" in testbed.helm("list", "-n", namespace, "-q").stdout.split()
+
+
+def test_cluster_down_stops_every_process_it_started(testbed, tmp_path):
+    """A second, independent test bed (index 1) is brought up and torn down with the make targets' script."""
+    env = {**os.environ, "MODELOPS_TESTBED_INDEX": "1", "MODELOPS_TESTBED_DIR": str(tmp_path / "bed")}
+    binaries = str(Path(testbed.kubectl_path).parent)
+    cluster = [sys.executable, "-m", "e2e.testbed.cluster"]
+    up = subprocess.run([*cluster, "up", "--binaries", binaries, "--python", sys.executable],
+                        env=env, capture_output=True, text=True, timeout=300, cwd=testbed.project_root)
+    assert up.returncode == 0, up.stderr
+    state = json.loads((tmp_path / "bed" / "state.json").read_text())
+    pids = list(state["pids"].values())
+    assert len(pids) == 7, state["pids"]
+    # A pod too, so that pod processes are covered.
+    kubeconfig = up.stdout.strip().splitlines()[-1]
+    kubectl = [testbed.kubectl_path, f"--kubeconfig={kubeconfig}"]
+    subprocess.run([*kubectl, "run", "sleeper", f"--image={PROJECT_IMAGE}", "--command", "--",
+                    "python", "-c", "import time; time.sleep(3600)"], check=True, capture_output=True)
+    subprocess.run([*kubectl, "wait", "--for=condition=Ready", "pod/sleeper", "--timeout=60s"],
+                   check=True, capture_output=True)
+    pod_pids = [int(p.read_text()) for p in (tmp_path / "bed" / "nodes").glob("*/pods/*/*.pid")]
+    assert len(pod_pids) == 1
+
+    down = subprocess.run([*cluster, "down"], env=env, capture_output=True, text=True, timeout=120,
+                          cwd=testbed.project_root)
+    assert down.returncode == 0, down.stderr
+    # Every component and pod process was started as the leader of its own session, so
+    # `pgrep -s PID` finds it and anything it spawned.
+    for pid in pids + pod_pids:
+        found = subprocess.run(["pgrep", "-s", str(pid)], capture_output=True, text=True)
+        assert found.returncode == 1, f"session {pid} still has processes after cluster down: {found.stdout}"
+    bridge = subprocess.run(["ip", "link", "show", "mobr1"], capture_output=True)
+    assert bridge.returncode != 0, "the second test bed's bridge was removed"
