@@ -149,19 +149,22 @@ class NodeAgent:
 
     def renew_lease(self) -> None:
         now = datetime.now(timezone.utc)
-        lease = client.V1Lease(
-            metadata=client.V1ObjectMeta(name=self.name, namespace="kube-node-lease"),
-            spec=client.V1LeaseSpec(holder_identity=self.name, lease_duration_seconds=LEASE_SECONDS, renew_time=now),
-        )
         try:
-            self.coordination.replace_namespaced_lease(self.name, "kube-node-lease", lease)
+            self.coordination.patch_namespaced_lease(
+                self.name, "kube-node-lease",
+                {"spec": {"holderIdentity": self.name, "leaseDurationSeconds": LEASE_SECONDS,
+                          "renewTime": now.strftime("%Y-%m-%dT%H:%M:%S.%fZ")}},
+                _content_type="application/merge-patch+json",
+            )
         except ApiException as err:
             if err.status != 404:
                 raise
             node = self.core.read_node(self.name)
-            lease.metadata.owner_references = [client.V1OwnerReference(
-                api_version="v1", kind="Node", name=self.name, uid=node.metadata.uid)]
-            self.coordination.create_namespaced_lease("kube-node-lease", lease)
+            self.coordination.create_namespaced_lease("kube-node-lease", client.V1Lease(
+                metadata=client.V1ObjectMeta(name=self.name, namespace="kube-node-lease", owner_references=[
+                    client.V1OwnerReference(api_version="v1", kind="Node", name=self.name, uid=node.metadata.uid)]),
+                spec=client.V1LeaseSpec(holder_identity=self.name, lease_duration_seconds=LEASE_SECONDS, renew_time=now),
+            ))
 
     def heartbeat_loop(self) -> None:
         last_status = time.monotonic()

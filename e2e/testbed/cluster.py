@@ -60,6 +60,8 @@ class Layout:
     etcd_client_port: int
     etcd_peer_port: int
     minio_port: int
+    controller_manager_port: int
+    scheduler_port: int
     nodes: tuple[NodeSpec, ...]
 
     @classmethod
@@ -73,8 +75,10 @@ class Layout:
             netns_prefix=f"mo{index}-",
             apiserver_port=6443 + index,
             etcd_client_port=23790 + 10 * index,
-            etcd_peer_port=23800 + 10 * index,
+            etcd_peer_port=23795 + 10 * index,
             minio_port=9000 + 10 * index,
+            controller_manager_port=10257 + 10 * index,
+            scheduler_port=10259 + 10 * index,
             nodes=(
                 NodeSpec("testbed-cpu", f"{net}.1.0/24", gpus=0),
                 NodeSpec("testbed-gpu", f"{net}.2.0/24", gpus=2),
@@ -243,7 +247,8 @@ def network_down(lay: Layout) -> None:
 # --------------------------------------------------------------------------- processes
 
 
-def start_process(lay: Layout, name: str, argv: list[str], env: dict[str, str] | None = None) -> int:
+def start_process(lay: Layout, state: dict, name: str, argv: list[str], env: dict[str, str] | None = None) -> int:
+    """Start one component in its own session, and record its PID at once."""
     logs = lay.state_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     out = open(logs / f"{name}.log", "ab")
@@ -252,6 +257,8 @@ def start_process(lay: Layout, name: str, argv: list[str], env: dict[str, str] |
         env={**os.environ, **(env or {})}, start_new_session=True, cwd=lay.state_dir,
     )
     out.close()
+    state["pids"][name] = proc.pid
+    write_state(lay, state)
     return proc.pid
 
 
@@ -342,7 +349,12 @@ def up(lay: Layout, binaries: Path, python: Path) -> dict:
         if state:
             log("the recorded test bed is not healthy or belongs to another checkout; replacing it")
         _down_locked(lay)
-        return _up_locked(lay, binaries, python)
+        try:
+            return _up_locked(lay, binaries, python)
+        except BaseException:
+            log("bring-up failed; stopping what was started")
+            _down_locked(lay)
+            raise
 
 
 def _up_locked(lay: Layout, binaries: Path, python: Path) -> dict:
@@ -389,9 +401,10 @@ def _up_locked(lay: Layout, binaries: Path, python: Path) -> dict:
         "pids": pids,
     }
 
+    write_state(lay, state)
     log("starting etcd")
     etcd_url = f"http://127.0.0.1:{lay.etcd_client_port}"
-    pids["etcd"] = start_process(lay, "etcd", [
+    start_process(lay, state, "etcd", [
         str(binaries / "etcd"), "--name=testbed", f"--data-dir={lay.state_dir / 'etcd'}",
         f"--listen-client-urls={etcd_url}", f"--advertise-client-urls={etcd_url}",
         f"--listen-peer-urls=http://127.0.0.1:{lay.etcd_peer_port}",
@@ -402,14 +415,14 @@ def _up_locked(lay: Layout, binaries: Path, python: Path) -> dict:
         "--unsafe-no-fsync",
     ])
     log("starting MinIO")
-    pids["minio"] = start_process(lay, "minio", [
+    start_process(lay, state, "minio", [
         str(binaries / "minio"), "server", "--quiet", f"--address={lay.bridge_ip}:{lay.minio_port}",
         "--console-address=127.0.0.1:0", str(lay.state_dir / "minio"),
     ], env={"MINIO_ROOT_USER": s3_access_key, "MINIO_ROOT_PASSWORD": s3_secret_key, "MINIO_BROWSER": "off"})
     wait_until(lay, "etcd", lambda: port_open("127.0.0.1", lay.etcd_client_port), 30, pids)
 
     log(f"starting kube-apiserver {KUBE_VERSION}")
-    pids["kube-apiserver"] = start_process(lay, "kube-apiserver", [
+    start_process(lay, state, "kube-apiserver", [
         str(binaries / "kube-apiserver"),
         f"--etcd-servers={etcd_url}",
         f"--bind-address={lay.bridge_ip}", f"--advertise-address={lay.bridge_ip}", f"--secure-port={lay.apiserver_port}",
@@ -431,7 +444,7 @@ def _up_locked(lay: Layout, binaries: Path, python: Path) -> dict:
     )
 
     log("starting kube-controller-manager and kube-scheduler")
-    pids["kube-controller-manager"] = start_process(lay, "kube-controller-manager", [
+    start_process(lay, state, "kube-controller-manager", [
         str(binaries / "kube-controller-manager"),
         f"--kubeconfig={kubeconfigs['controller-manager']}",
         f"--authentication-kubeconfig={kubeconfigs['controller-manager']}",
@@ -440,20 +453,20 @@ def _up_locked(lay: Layout, binaries: Path, python: Path) -> dict:
         f"--root-ca-file={pki / 'ca.crt'}",
         f"--cluster-signing-cert-file={pki / 'ca.crt'}", f"--cluster-signing-key-file={pki / 'ca.key'}",
         "--use-service-account-credentials=true", "--leader-elect=false",
-        "--bind-address=127.0.0.1", "--secure-port=10257", "--profiling=false", "--v=1",
+        "--bind-address=127.0.0.1", f"--secure-port={lay.controller_manager_port}", "--profiling=false", "--v=1",
     ])
-    pids["kube-scheduler"] = start_process(lay, "kube-scheduler", [
+    start_process(lay, state, "kube-scheduler", [
         str(binaries / "kube-scheduler"),
         f"--kubeconfig={kubeconfigs['scheduler']}",
         f"--authentication-kubeconfig={kubeconfigs['scheduler']}",
         f"--authorization-kubeconfig={kubeconfigs['scheduler']}",
-        "--leader-elect=false", "--bind-address=127.0.0.1", "--secure-port=10259", "--profiling=false", "--v=1",
+        "--leader-elect=false", "--bind-address=127.0.0.1", f"--secure-port={lay.scheduler_port}", "--profiling=false", "--v=1",
     ])
     wait_until(lay, "MinIO", lambda: port_open(lay.bridge_ip, lay.minio_port), 60, pids)
 
     for node in lay.nodes:
         log(f"starting node agent {node.name}")
-        pids[f"node-{node.name}"] = start_process(lay, f"node-{node.name}", [
+        pids[f"node-{node.name}"] = start_process(lay, state, f"node-{node.name}", [
             str(python), "-m", "e2e.nodeagent",
             f"--node-name={node.name}", f"--kubeconfig={kubeconfigs[node.name]}",
             f"--pod-cidr={node.pod_cidr}", f"--gpus={node.gpus}",

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 import urllib.request
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -184,6 +185,10 @@ def test_kubectl_and_helm_work_against_the_test_bed(testbed, namespace, tmp_path
     ready = {n["metadata"]["name"]: next(c["status"] for c in n["status"]["conditions"] if c["type"] == "Ready")
              for n in nodes}
     assert ready == {"testbed-cpu": "True", "testbed-gpu": "True"}
+    # Nodes stay Ready only while their leases are renewed (every 10 s; 40 s of silence marks them NotReady).
+    for lease in json.loads(testbed.kubectl("get", "leases", "-n", "kube-node-lease", "-o", "json"))["items"]:
+        renewed = datetime.fromisoformat(lease["spec"]["renewTime"].replace("Z", "+00:00"))
+        assert (datetime.now(timezone.utc) - renewed).total_seconds() < 30, lease["metadata"]["name"]
     wide = testbed.kubectl("get", "nodes", "-o", "wide")
     assert "v1.34.4" in wide and wide.count(" Ready ") == 2
 
@@ -206,14 +211,32 @@ def test_cluster_down_stops_every_process_it_started(testbed, tmp_path):
     env = {**os.environ, "MODELOPS_TESTBED_INDEX": "1", "MODELOPS_TESTBED_DIR": str(tmp_path / "bed")}
     binaries = str(Path(testbed.kubectl_path).parent)
     cluster = [sys.executable, "-m", "e2e.testbed.cluster"]
-    up = subprocess.run([*cluster, "up", "--binaries", binaries, "--python", sys.executable],
-                        env=env, capture_output=True, text=True, timeout=300, cwd=testbed.project_root)
-    assert up.returncode == 0, up.stderr
+    try:
+        up = subprocess.run([*cluster, "up", "--binaries", binaries, "--python", sys.executable],
+                            env=env, capture_output=True, text=True, timeout=300, cwd=testbed.project_root)
+        assert up.returncode == 0, up.stderr
+        pids, pod_pids = _start_and_record(testbed, up.stdout, tmp_path)
+    finally:
+        down = subprocess.run([*cluster, "down"], env=env, capture_output=True, text=True, timeout=120,
+                              cwd=testbed.project_root)
+    assert down.returncode == 0, down.stderr
+    # Every component and pod process was started as the leader of its own session, so
+    # `pgrep -s PID` finds it and anything it spawned. A zombie has exited already (it only
+    # waits for this machine's PID 1 to reap it), so it does not count as running.
+    for pid in pids + pod_pids:
+        found = subprocess.run(["pgrep", "-s", str(pid)], capture_output=True, text=True).stdout.split()
+        running = [p for p in found if _process_state(int(p)) not in ("Z", None)]
+        assert not running, f"session {pid} still has running processes after cluster down: {running}"
+    bridge = subprocess.run(["ip", "link", "show", "mobr1"], capture_output=True)
+    assert bridge.returncode != 0, "the second test bed's bridge was removed"
+
+
+def _start_and_record(testbed, up_stdout: str, tmp_path: Path) -> tuple[list[int], list[int]]:
+    """The PIDs the second test bed recorded, after it also runs one pod."""
     state = json.loads((tmp_path / "bed" / "state.json").read_text())
     pids = list(state["pids"].values())
     assert len(pids) == 7, state["pids"]
-    # A pod too, so that pod processes are covered.
-    kubeconfig = up.stdout.strip().splitlines()[-1]
+    kubeconfig = up_stdout.strip().splitlines()[-1]
     kubectl = [testbed.kubectl_path, f"--kubeconfig={kubeconfig}"]
     subprocess.run([*kubectl, "run", "sleeper", f"--image={PROJECT_IMAGE}", "--command", "--",
                     "python", "-c", "import time; time.sleep(3600)"], check=True, capture_output=True)
@@ -221,14 +244,11 @@ def test_cluster_down_stops_every_process_it_started(testbed, tmp_path):
                    check=True, capture_output=True)
     pod_pids = [int(p.read_text()) for p in (tmp_path / "bed" / "nodes").glob("*/pods/*/*.pid")]
     assert len(pod_pids) == 1
+    return pids, pod_pids
 
-    down = subprocess.run([*cluster, "down"], env=env, capture_output=True, text=True, timeout=120,
-                          cwd=testbed.project_root)
-    assert down.returncode == 0, down.stderr
-    # Every component and pod process was started as the leader of its own session, so
-    # `pgrep -s PID` finds it and anything it spawned.
-    for pid in pids + pod_pids:
-        found = subprocess.run(["pgrep", "-s", str(pid)], capture_output=True, text=True)
-        assert found.returncode == 1, f"session {pid} still has processes after cluster down: {found.stdout}"
-    bridge = subprocess.run(["ip", "link", "show", "mobr1"], capture_output=True)
-    assert bridge.returncode != 0, "the second test bed's bridge was removed"
+
+def _process_state(pid: int) -> str | None:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1][0]
+    except (FileNotFoundError, IndexError):
+        return None
