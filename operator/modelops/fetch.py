@@ -1,0 +1,236 @@
+"""Fetch exactly one model version into a Triton model repository.
+
+Runs as the serving pod's init container:
+
+    python -m modelops.fetch --uri s3://bucket/key --sha256 HEX --model-name NAME \\
+        --version N --backend onnxruntime --repository /models
+
+config.pbtxt comes from MODELOPS_TRITON_CONFIG; storage settings from the usual
+MODELOPS_S3_* and AWS_* variables. The object is streamed to disk with its sha256 checked on
+the way, then the model folder is renamed into the repository. On any failure the repository
+holds nothing for the model, the process exits non-zero, and one line saying why goes to
+stderr and to the termination log (MODELOPS_TERMINATION_LOG, default /dev/termination-log),
+where Kubernetes shows it as the container's termination message.
+
+Exit codes are the compressor's (modelops.compress.exitcodes): 0 done, 2 usage or access
+denied, 10 bad artifact (missing object or digest mismatch: retrying cannot help), 12 transient
+(storage unreachable, disk trouble); 1 for anything unforeseen.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from modelops.compress.exitcodes import ExitCode
+from modelops.serving.config import (
+    BACKENDS,
+    ServingConfigError,
+    artifact_filename,
+    validate_model_name,
+    validate_version,
+)
+from modelops.serving.layout import STAGING_PREFIX, layout_model_repository
+from modelops.storage import (
+    AccessDenied,
+    ChecksumMismatch,
+    InvalidS3Uri,
+    ObjectNotFound,
+    ObjectStore,
+    StorageConfig,
+    StorageError,
+    parse_s3_uri,
+    validate_sha256,
+)
+
+# Anything not foreseen below; the operator treats it like a crash.
+UNEXPECTED_FAILURE = 1
+
+CONFIG_ENV = "MODELOPS_TRITON_CONFIG"
+TERMINATION_LOG_ENV = "MODELOPS_TERMINATION_LOG"
+DEFAULT_TERMINATION_LOG = "/dev/termination-log"
+# Kubernetes keeps at most 4096 bytes of a termination message.
+TERMINATION_MESSAGE_LIMIT = 4096
+
+
+class UsageError(ValueError):
+    """The command line or environment is wrong; the message names the argument."""
+
+
+@dataclass(frozen=True)
+class FetchRequest:
+    uri: str
+    sha256: str
+    model_name: str
+    version: int
+    backend: str
+    repository: Path
+    config_text: str
+
+
+@dataclass(frozen=True)
+class FetchFailure:
+    exit_code: int
+    reason: str
+    message: str
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse would print usage and exit
+        raise UsageError(message)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="python -m modelops.fetch", description="Fetch one model version into a Triton repository.")
+    parser.add_argument("--uri", required=True, help="s3:// URI of the artifact")
+    parser.add_argument("--sha256", required=True, help="expected sha256 of the artifact (64 hex digits)")
+    parser.add_argument("--model-name", required=True, help="Triton model name (folder in the repository)")
+    parser.add_argument("--version", required=True, help="Triton version folder (positive integer)")
+    parser.add_argument("--backend", required=True, choices=BACKENDS, help="Triton backend")
+    parser.add_argument("--repository", required=True, help="model repository directory")
+    return parser
+
+
+def parse_request(argv: Sequence[str], environ: Mapping[str, str]) -> FetchRequest:
+    """Validate the command line and environment; raise UsageError naming the bad field."""
+    args = _parser().parse_args(list(argv))
+    try:
+        parse_s3_uri(args.uri)
+        sha256 = validate_sha256(args.sha256.strip(), "--sha256")
+    except ValueError as err:
+        raise UsageError(f"--uri: {err}" if isinstance(err, InvalidS3Uri) else str(err)) from None
+    try:
+        version = int(args.version)
+    except ValueError:
+        raise UsageError(f"--version: {args.version!r} must be a positive integer") from None
+    try:
+        validate_model_name(args.model_name)
+        validate_version(version)
+    except ServingConfigError as err:
+        flag = {"name": "--model-name", "version": "--version"}[err.field_name]
+        raise UsageError(f"{flag}: {err.problem}") from None
+    config_text = environ.get(CONFIG_ENV, "")
+    if not config_text.strip():
+        raise UsageError(f"{CONFIG_ENV}: the Triton model configuration is empty or unset")
+    return FetchRequest(
+        uri=args.uri,
+        sha256=sha256,
+        model_name=args.model_name,
+        version=version,
+        backend=args.backend,
+        repository=Path(args.repository),
+        config_text=config_text,
+    )
+
+
+def storage_config(environ: Mapping[str, str]) -> StorageConfig:
+    """Storage settings from the environment; the error names the variable, never its value."""
+    try:
+        return StorageConfig.from_env(environ)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+
+
+def classify_failure(error: BaseException) -> FetchFailure:
+    """Map an error to the exit code and reason the operator acts on."""
+    if isinstance(error, UsageError | InvalidS3Uri):
+        return FetchFailure(ExitCode.USAGE, "InvalidArguments", str(error))
+    if isinstance(error, ChecksumMismatch):
+        return FetchFailure(ExitCode.BAD_ARTIFACT, "ChecksumMismatch", str(error))
+    if isinstance(error, ObjectNotFound):
+        return FetchFailure(ExitCode.BAD_ARTIFACT, "ArtifactNotFound", str(error))
+    if isinstance(error, AccessDenied):
+        return FetchFailure(ExitCode.USAGE, "AccessDenied", str(error))
+    if isinstance(error, StorageError):
+        code = ExitCode.TRANSIENT if error.transient else ExitCode.USAGE
+        return FetchFailure(code, type(error).__name__, str(error))
+    if isinstance(error, OSError):
+        return FetchFailure(ExitCode.TRANSIENT, "RepositoryWriteFailed", f"{type(error).__name__}: {error}")
+    return FetchFailure(UNEXPECTED_FAILURE, "FetchFailed", f"{type(error).__name__}: {error}")
+
+
+def one_line(reason: str, message: str) -> str:
+    """'Reason: message' on one line, short enough for a termination message."""
+    text = " ".join(f"{reason}: {message}".split())
+    encoded = text.encode("utf-8")
+    if len(encoded) <= TERMINATION_MESSAGE_LIMIT:
+        return text
+    return encoded[: TERMINATION_MESSAGE_LIMIT - 3].decode("utf-8", "ignore") + "..."
+
+
+def remove_leftovers(repository: Path, model_name: str) -> None:
+    """Drop staging folders of an interrupted earlier run and the model's own folder.
+
+    Triton tries to load every folder in the repository, so nothing half-made may stay.
+    """
+    if not repository.is_dir():
+        return
+    for entry in repository.iterdir():
+        if entry.name.startswith(STAGING_PREFIX) or entry.name == model_name:
+            shutil.rmtree(entry, ignore_errors=True)
+
+
+def fetch(request: FetchRequest, store: ObjectStore) -> str:
+    """Download, verify and lay out the model; return a one-line summary."""
+    request.repository.mkdir(parents=True, exist_ok=True)
+    remove_leftovers(request.repository, request.model_name)
+    download_dir = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}download-", dir=request.repository))
+    try:
+        artifact = download_dir / artifact_filename(request.backend)
+        result = store.download(request.uri, artifact, expected_sha256=request.sha256)
+        model_dir = layout_model_repository(
+            request.repository,
+            request.model_name,
+            request.version,
+            request.backend,
+            artifact,
+            request.config_text,
+            move_artifact=True,
+        )
+    finally:
+        shutil.rmtree(download_dir, ignore_errors=True)
+    return f"Fetched {request.uri} ({result.size} bytes, sha256 {result.sha256}) into {model_dir / str(request.version)}"
+
+
+def _write_termination_log(path: Path, line: str) -> None:
+    try:
+        path.write_text(line + "\n", encoding="utf-8")
+    except OSError:
+        # Outside Kubernetes the file may not be writable; stderr still has the line.
+        pass
+
+
+def main(
+    argv: Sequence[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+    store_factory: Callable[[StorageConfig], ObjectStore] = ObjectStore,
+) -> int:
+    environ = os.environ if environ is None else environ
+    argv = sys.argv[1:] if argv is None else argv
+    termination_log = Path(environ.get(TERMINATION_LOG_ENV) or DEFAULT_TERMINATION_LOG)
+    request: FetchRequest | None = None
+    try:
+        request = parse_request(argv, environ)
+        store = store_factory(storage_config(environ))
+        summary = fetch(request, store)
+    except Exception as error:  # every failure ends in one classified line
+        failure = classify_failure(error)
+        if request is not None:
+            remove_leftovers(request.repository, request.model_name)
+        line = one_line(failure.reason, failure.message)
+        print(line, file=sys.stderr)
+        _write_termination_log(termination_log, line)
+        return failure.exit_code
+    print(summary, file=sys.stderr)
+    _write_termination_log(termination_log, summary)
+    return ExitCode.SUCCESS
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,81 @@
+"""Write one model into a Triton model repository.
+
+Layout: <repo>/<model>/config.pbtxt and <repo>/<model>/<version>/<artifact>, plus model.py for
+the python backend. The model folder is assembled beside its final place and renamed into it,
+so a repository never holds a half-written model.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from importlib import resources
+from pathlib import Path
+
+from modelops.serving.config import (
+    artifact_filename,
+    validate_backend,
+    validate_model_name,
+    validate_version,
+)
+
+STAGING_PREFIX = ".staging-"
+
+
+def python_backend_model_source() -> str:
+    """The model.py that runs an ONNX file with onnxruntime inside Triton's python backend."""
+    return resources.files("modelops.serving.python_backend").joinpath("model.py").read_text(encoding="utf-8")
+
+
+def layout_model_repository(
+    repo_dir: str | os.PathLike[str],
+    model_name: str,
+    version: int,
+    backend: str,
+    artifact_path: str | os.PathLike[str],
+    config_text: str,
+    *,
+    move_artifact: bool = False,
+) -> Path:
+    """Place the artifact and its config into the repository and return the model folder.
+
+    An existing folder for the same model is replaced as a whole. With move_artifact the
+    artifact is renamed into place instead of copied (the fetcher downloads into the
+    repository's filesystem, so this is a cheap rename).
+    """
+    validate_model_name(model_name)
+    validate_version(version)
+    validate_backend(backend)
+    repo = Path(repo_dir)
+    repo.mkdir(parents=True, exist_ok=True)
+    final = repo / model_name
+    staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{model_name}-", dir=repo))
+    try:
+        (staging / "config.pbtxt").write_text(config_text, encoding="utf-8")
+        version_dir = staging / str(version)
+        version_dir.mkdir()
+        target = version_dir / artifact_filename(backend)
+        if move_artifact:
+            shutil.move(os.fspath(artifact_path), target)
+        else:
+            shutil.copyfile(artifact_path, target)
+        if backend == "python":
+            (version_dir / "model.py").write_text(python_backend_model_source(), encoding="utf-8")
+        staging.chmod(0o755)
+        _replace_dir(staging, final)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return final
+
+
+def _replace_dir(source: Path, destination: Path) -> None:
+    """Rename source onto destination; a directory cannot be renamed over a non-empty one."""
+    if not destination.exists():
+        os.replace(source, destination)
+        return
+    retired = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}retired-", dir=destination.parent))
+    os.replace(destination, retired / destination.name)
+    os.replace(source, destination)
+    shutil.rmtree(retired, ignore_errors=True)

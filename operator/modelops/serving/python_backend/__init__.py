@@ -1,0 +1,1 @@
+"""Package data: the model.py that Triton's python backend runs (not imported by modelops)."""

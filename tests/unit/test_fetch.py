@@ -1,0 +1,193 @@
+"""The model fetcher: argument checks, failure classification, the termination message, and
+the repository it leaves behind (with an in-memory object store standing in for S3)."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from modelops.compress.exitcodes import ExitCode
+from modelops.fetch import (
+    CONFIG_ENV,
+    TERMINATION_LOG_ENV,
+    TERMINATION_MESSAGE_LIMIT,
+    UNEXPECTED_FAILURE,
+    FetchFailure,
+    UsageError,
+    classify_failure,
+    main,
+    one_line,
+    parse_request,
+)
+from modelops.storage import (
+    AccessDenied,
+    ChecksumMismatch,
+    InvalidS3Uri,
+    ObjectNotFound,
+    StorageError,
+    StorageUnreachable,
+    TransferResult,
+)
+
+pytestmark = pytest.mark.unit
+
+ARTIFACT = b"\x08\x07onnx model bytes"
+DIGEST = hashlib.sha256(ARTIFACT).hexdigest()
+URI = "s3://models/digits/model.onnx"
+
+
+def _argv(**changes: str) -> list[str]:
+    args = {
+        "uri": URI,
+        "sha256": DIGEST,
+        "model-name": "digits",
+        "version": "3",
+        "backend": "python",
+        "repository": "/models",
+    }
+    args.update(changes)
+    return [part for key, value in args.items() for part in (f"--{key}", value)]
+
+
+ENV = {CONFIG_ENV: 'name: "digits"\n'}
+
+
+def test_parse_request_normalizes_the_digest() -> None:
+    request = parse_request(_argv(sha256=DIGEST.upper()), ENV)
+    assert (request.uri, request.sha256, request.model_name, request.version, request.backend) == (
+        URI, DIGEST, "digits", 3, "python"
+    )
+    assert request.repository == Path("/models")
+    assert request.config_text == 'name: "digits"\n'
+
+
+@pytest.mark.parametrize(
+    ("argv", "environ", "names"),
+    [
+        (_argv(uri="https://models/x"), ENV, "--uri"),
+        (_argv(uri="s3://models"), ENV, "--uri"),
+        (_argv(sha256="abc"), ENV, "--sha256"),
+        (_argv(version="two"), ENV, "--version"),
+        (_argv(version="0"), ENV, "--version"),
+        (_argv(**{"model-name": "../x"}), ENV, "--model-name"),
+        (_argv(backend="tensorrt"), ENV, "--backend"),
+        (_argv()[:-2], ENV, "--repository"),
+        (_argv(), {}, CONFIG_ENV),
+        (_argv(), {CONFIG_ENV: "  \n"}, CONFIG_ENV),
+    ],
+)
+def test_bad_arguments_name_the_argument(argv, environ, names) -> None:
+    with pytest.raises(UsageError, match=names):
+        parse_request(argv, environ)
+
+
+@pytest.mark.parametrize(
+    ("error", "code", "reason"),
+    [
+        (UsageError("--uri: bad"), ExitCode.USAGE, "InvalidArguments"),
+        (InvalidS3Uri("uri 'x': must start with s3://"), ExitCode.USAGE, "InvalidArguments"),
+        (ChecksumMismatch(URI, DIGEST, "0" * 64), ExitCode.BAD_ARTIFACT, "ChecksumMismatch"),
+        (ObjectNotFound(f"{URI} does not exist"), ExitCode.BAD_ARTIFACT, "ArtifactNotFound"),
+        (AccessDenied("access denied"), ExitCode.USAGE, "AccessDenied"),
+        (StorageUnreachable("connect timeout"), ExitCode.TRANSIENT, "StorageUnreachable"),
+        (StorageError("odd"), ExitCode.USAGE, "StorageError"),
+        (OSError(28, "No space left on device"), ExitCode.TRANSIENT, "RepositoryWriteFailed"),
+        (KeyError("surprise"), UNEXPECTED_FAILURE, "FetchFailed"),
+    ],
+)
+def test_failures_are_classified(error, code, reason) -> None:
+    failure = classify_failure(error)
+    assert (failure.exit_code, failure.reason) == (code, reason)
+    assert isinstance(failure, FetchFailure)
+
+
+def test_checksum_message_names_both_digests() -> None:
+    failure = classify_failure(ChecksumMismatch(URI, DIGEST, "f" * 64))
+    line = one_line(failure.reason, failure.message)
+    assert line.startswith("ChecksumMismatch: ")
+    assert DIGEST in line and "f" * 64 in line
+
+
+def test_one_line_flattens_and_bounds_the_message() -> None:
+    assert one_line("StorageUnreachable", "endpoint\n  down\ttoday") == "StorageUnreachable: endpoint down today"
+    long = one_line("FetchFailed", "é" * 5000)
+    assert "\n" not in long
+    assert len(long.encode("utf-8")) <= TERMINATION_MESSAGE_LIMIT
+    assert long.endswith("...")
+
+
+class MemoryStore:
+    """Stands in for modelops.storage.ObjectStore.download: same signature and errors."""
+
+    def __init__(self, objects: dict[str, bytes]) -> None:
+        self.objects = objects
+        self.downloads: list[Path] = []
+
+    def download(self, uri: str, dest_path, expected_sha256: str | None = None) -> TransferResult:
+        if uri not in self.objects:
+            raise ObjectNotFound(f"{uri} does not exist")
+        data = self.objects[uri]
+        actual = hashlib.sha256(data).hexdigest()
+        if expected_sha256 is not None and actual != expected_sha256:
+            raise ChecksumMismatch(uri, expected_sha256, actual)
+        Path(dest_path).write_bytes(data)
+        self.downloads.append(Path(dest_path))
+        return TransferResult(sha256=actual, size=len(data))
+
+
+def _run(tmp_path: Path, store: MemoryStore, **changes: str) -> tuple[int, str, Path]:
+    repo = tmp_path / "models"
+    log = tmp_path / "termination-log"
+    environ = {**ENV, TERMINATION_LOG_ENV: str(log)}
+    code = main(_argv(repository=str(repo), **changes), environ, store_factory=lambda config: store)
+    return code, log.read_text(), repo
+
+
+def _tree(repo: Path) -> list[str]:
+    return sorted(str(p.relative_to(repo)) for p in repo.rglob("*"))
+
+
+def test_fetch_lays_out_the_verified_artifact(tmp_path: Path) -> None:
+    store = MemoryStore({URI: ARTIFACT})
+    code, log, repo = _run(tmp_path, store)
+    assert code == ExitCode.SUCCESS
+    assert _tree(repo) == ["digits", "digits/3", "digits/3/model.onnx", "digits/3/model.py", "digits/config.pbtxt"]
+    assert (repo / "digits/3/model.onnx").read_bytes() == ARTIFACT
+    assert (repo / "digits/config.pbtxt").read_text() == ENV[CONFIG_ENV]
+    assert DIGEST in log and "\n" not in log.rstrip("\n")
+    # The download went to a staging folder inside the repository (same filesystem: a rename).
+    assert store.downloads[0].parent.parent == repo
+
+
+def test_digest_mismatch_serves_nothing(tmp_path: Path) -> None:
+    repo = tmp_path / "models"
+    # Leftovers of an interrupted earlier attempt must go too: Triton loads every folder.
+    (repo / ".staging-download-old").mkdir(parents=True)
+    (repo / "digits" / "3").mkdir(parents=True)
+    store = MemoryStore({URI: ARTIFACT + b"tampered"})
+    code, log, repo = _run(tmp_path, store)
+    assert code == ExitCode.BAD_ARTIFACT
+    assert log.startswith("ChecksumMismatch: ") and log.count("\n") == 1
+    assert f"expected {DIGEST}" in log
+    assert _tree(repo) == []
+
+
+def test_missing_object_serves_nothing(tmp_path: Path) -> None:
+    code, log, repo = _run(tmp_path, MemoryStore({}))
+    assert code == ExitCode.BAD_ARTIFACT
+    assert log.startswith("ArtifactNotFound: ") and URI in log
+    assert _tree(repo) == []
+
+
+def test_pytorch_backend_gets_model_pt(tmp_path: Path) -> None:
+    code, _, repo = _run(tmp_path, MemoryStore({URI: ARTIFACT}), backend="pytorch")
+    assert code == ExitCode.SUCCESS
+    assert _tree(repo) == ["digits", "digits/3", "digits/3/model.pt", "digits/config.pbtxt"]
+
+
+def test_usage_error_is_reported_in_the_termination_log(tmp_path: Path) -> None:
+    code, log, _ = _run(tmp_path, MemoryStore({URI: ARTIFACT}), sha256="xyz")
+    assert code == ExitCode.USAGE
+    assert log.startswith("InvalidArguments: --sha256")
