@@ -517,11 +517,37 @@ class PodWorker(threading.Thread):
 
     # ------------------------------------------------------------------ teardown
 
+    def _pre_stop(self, container: Container, deadline: float) -> None:
+        """Run the container's preStop hook (exec, httpGet or sleep) within the grace period."""
+        hook = ((container.spec.get("lifecycle") or {}).get("preStop")) or {}
+        remaining = max(0.0, deadline - time.monotonic())
+        try:
+            if "sleep" in hook:
+                time.sleep(min(float(hook["sleep"]["seconds"]), remaining))
+            elif "exec" in hook:
+                subprocess.run(
+                    ["nsenter", "-t", str(container.process.pid), "-m", "-n", "-u", "--", *hook["exec"]["command"]],
+                    capture_output=True, timeout=remaining, env=self._env(container),
+                )
+            elif "httpGet" in hook:
+                self._run_probe(container, {"httpGet": hook["httpGet"], "timeoutSeconds": max(1, int(remaining))})
+        except (subprocess.TimeoutExpired, OSError, sandbox.SandboxError) as err:
+            self.agent.event(self.pod, "Warning", "FailedPreStopHook", f"PreStopHook failed: {err}")
+
     def _stop_containers(self) -> None:
         running = [c for c in self.init_containers + self.containers if c.process is not None]
-        for container in running:
-            sandbox.signal_group(container.process.pid, signal.SIGTERM)
         deadline = time.monotonic() + self.grace_seconds
+        if self.stop_requested.is_set() and not self.agent.shutting_down:
+            hooks = [threading.Thread(target=self._pre_stop, args=(c, deadline)) for c in running
+                     if not c.init and (c.spec.get("lifecycle") or {}).get("preStop")]
+            for hook in hooks:
+                hook.start()
+            for hook in hooks:
+                hook.join()
+        for container in running:
+            if container.process.poll() is None:
+                self.agent.event(self.pod, "Normal", "Killing", f"Stopping container {container.name}")
+            sandbox.signal_group(container.process.pid, signal.SIGTERM)
         for container in running:
             try:
                 container.process.wait(timeout=max(0.0, deadline - time.monotonic()))
