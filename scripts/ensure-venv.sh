@@ -14,7 +14,8 @@ uv_version="0.13.9"
 
 py_tag="$("$python" -c 'import sys; print("py%d%d" % sys.version_info[:2])')"
 lock="$root/requirements/lock.txt"
-key="$(cat "$lock" | sha256sum | cut -c1-16)"
+# Comments in the lock (which extra pulled a package in) do not change the environment.
+key="$(grep -v "^[[:space:]]*#" "$lock" | sha256sum | cut -c1-16)"
 venv="$cache/venv/$py_tag-$key"
 
 if [[ -f "$venv/.complete" ]]; then

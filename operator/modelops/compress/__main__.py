@@ -1,0 +1,120 @@
+"""`python -m modelops.compress`: the entry point of the compression Job.
+
+Storage settings come from the environment (StorageConfig.from_env). The compact report goes
+to the file named by MODELOPS_TERMINATION_LOG (default /dev/termination-log) and to stdout;
+the exit code is one of modelops.compress.exitcodes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from modelops.compress import exitcodes, report
+from modelops.compress.job import JobResult, JobSpec, run
+from modelops.compress.recipe import SOURCE_FORMATS
+from modelops.storage import ObjectStore, StorageConfig
+
+DEFAULT_TERMINATION_LOG = "/dev/termination-log"
+
+
+class UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse would exit(2) before we could report
+        raise UsageError(message)
+
+
+def _json_object(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({exc.msg} at {exc.pos})") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("must be a JSON object")
+    return value
+
+
+def _names(text: str) -> list[str]:
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
+def _shape(text: str) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers") from None
+    if not shape or any(d <= 0 for d in shape):
+        raise argparse.ArgumentTypeError(f"{text!r} must list positive dimensions")
+    return shape
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="python -m modelops.compress", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--source-uri", required=True, help="s3://bucket/key of the artifact")
+    parser.add_argument("--source-sha256", required=True, help="expected sha256 of the artifact")
+    parser.add_argument("--source-format", required=True, choices=SOURCE_FORMATS)
+    parser.add_argument("--recipe-json", required=True, type=_json_object, help="the compression recipe")
+    parser.add_argument("--output-prefix", required=True, help="s3://bucket/prefix/ for model.* and report.json")
+    parser.add_argument("--eval-json", type=_json_object, help="the evaluation (accuracy gate)")
+    parser.add_argument("--input-names", type=_names, help="ONNX input names for torch sources (comma-separated)")
+    parser.add_argument("--output-names", type=_names, help="ONNX output names for torch sources (comma-separated)")
+    parser.add_argument("--input-shape", type=_shape, help="example input shape for TorchScript sources, e.g. 1,64")
+    parser.add_argument("--threads", type=int, help="CPU threads for weight processing and onnxruntime")
+    parser.add_argument("--workdir", type=Path, help="scratch directory (default: a temporary directory)")
+    return parser
+
+
+def write_termination_message(result: JobResult, environ: Mapping[str, str]) -> str:
+    text = report.compact(result.report)
+    path = environ.get("MODELOPS_TERMINATION_LOG", DEFAULT_TERMINATION_LOG)
+    try:
+        Path(path).write_text(text)
+    except OSError as exc:
+        logging.getLogger("modelops.compress").warning("cannot write the termination message to %s: %s", path, exc)
+    return text
+
+
+def main(
+    argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None, store: ObjectStore | None = None
+) -> int:
+    environ = os.environ if environ is None else environ
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("modelops").setLevel(logging.INFO)
+    try:
+        args = build_parser().parse_args(argv)
+        store = store or ObjectStore(StorageConfig.from_env(environ))
+    except (UsageError, ValueError) as exc:
+        result = JobResult(exitcodes.USAGE, report.failure_report("InvalidArguments", str(exc)))
+    else:
+        spec = JobSpec(
+            source_uri=args.source_uri,
+            source_sha256=args.source_sha256,
+            source_format=args.source_format,
+            recipe=args.recipe_json,
+            output_prefix=args.output_prefix,
+            evaluation=args.eval_json,
+            input_names=args.input_names,
+            output_names=args.output_names,
+            input_shape=args.input_shape,
+            threads=args.threads,
+        )
+        if args.workdir is not None:
+            result = run(spec, store, args.workdir)
+        else:
+            with tempfile.TemporaryDirectory(prefix="modelops-compress-") as scratch:
+                result = run(spec, store, Path(scratch))
+    print(write_termination_message(result, environ))
+    return int(result.exit_code)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

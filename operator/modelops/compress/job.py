@@ -1,0 +1,205 @@
+"""One compression Job: fetch and verify, compress, evaluate, publish, and pick the exit code."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from modelops.cachekey import InvalidRecipe, compression_cache_key
+from modelops.compress import exitcodes, report
+from modelops.compress.recipe import Evaluation, Recipe, UnsupportedRecipe
+from modelops.storage import (
+    AccessDenied,
+    ChecksumMismatch,
+    ObjectNotFound,
+    ObjectStore,
+    StorageError,
+    parse_s3_uri,
+    validate_sha256,
+)
+
+log = logging.getLogger("modelops.compress")
+
+REPORT_FILE = "report.json"
+ARTIFACT_FORMATS = {"onnx": "onnx", "torchscript": "torchscript"}
+# torch.export.load insists on the .pt2 suffix.
+SOURCE_SUFFIXES = {"onnx": ".onnx", "torchscript": ".pt", "exported-program": ".pt2"}
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    source_uri: str
+    source_sha256: str
+    source_format: str
+    recipe: dict[str, Any]
+    output_prefix: str
+    evaluation: dict[str, Any] | None = None
+    input_names: list[str] | None = None
+    output_names: list[str] | None = None
+    input_shape: tuple[int, ...] | None = None
+    threads: int | None = None
+
+
+@dataclass(frozen=True)
+class JobResult:
+    exit_code: int
+    report: dict[str, Any]
+
+
+class Failure(Exception):
+    """A failure with its exit code and the reason the operator shows."""
+
+    def __init__(self, exit_code: int, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+        self.reason = reason
+
+
+def _classify(exc: BaseException) -> Failure:
+    """Map an exception to (exit code, reason). Only storage outages and the unexpected are retried."""
+    from modelops.compress.metrics import DatasetError
+    from modelops.compress.onnx_compress import UnsupportedModel
+    from modelops.compress.onnx_stream import OnnxFormatError, OutputTooLarge
+
+    if isinstance(exc, Failure):
+        return exc
+    message = str(exc)
+    if isinstance(exc, UnsupportedRecipe):
+        return Failure(exitcodes.USAGE, "UnsupportedRecipe", message)
+    if isinstance(exc, InvalidRecipe):
+        return Failure(exitcodes.USAGE, "InvalidRecipe", message)
+    if isinstance(exc, ChecksumMismatch):
+        return Failure(exitcodes.BAD_ARTIFACT, "ChecksumMismatch", message)
+    if isinstance(exc, ObjectNotFound):
+        return Failure(exitcodes.BAD_ARTIFACT, "ArtifactNotFound", message)
+    if isinstance(exc, AccessDenied):
+        return Failure(exitcodes.BAD_ARTIFACT, "AccessDenied", message)
+    if isinstance(exc, StorageError):
+        if exc.transient:
+            return Failure(exitcodes.TRANSIENT, "StorageUnreachable", message)
+        return Failure(exitcodes.BAD_ARTIFACT, "StorageError", message)
+    if isinstance(exc, DatasetError):
+        return Failure(exitcodes.BAD_ARTIFACT, "BadDataset", message)
+    if isinstance(exc, OnnxFormatError):
+        return Failure(exitcodes.BAD_ARTIFACT, "UnreadableArtifact", message)
+    if isinstance(exc, (UnsupportedModel, OutputTooLarge)):
+        return Failure(exitcodes.BAD_ARTIFACT, "UnsupportedModel", message)
+    if type(exc).__name__ == "TorchLoadError":
+        return Failure(exitcodes.BAD_ARTIFACT, "UnreadableArtifact", message)
+    if isinstance(exc, MemoryError):
+        return Failure(exitcodes.TRANSIENT, "OutOfMemory", "the compressor ran out of memory")
+    return Failure(exitcodes.TRANSIENT, "InternalError", f"{type(exc).__name__}: {message}")
+
+
+def _cached(
+    store: ObjectStore, report_uri: str, spec: JobSpec, recipe: Recipe, evaluation: Evaluation | None
+) -> dict | None:
+    """The existing report for exactly this request, if a previous run completed it."""
+    if not store.exists(report_uri):
+        return None
+    try:
+        existing = json.loads(store.read_bytes(report_uri))
+    except ValueError:
+        return None
+    wanted_eval = None if evaluation is None else evaluation.to_dict()
+    stored_eval = existing.get("evaluation")
+    if stored_eval is not None:
+        stored_eval = {k: v for k, v in stored_eval.items() if k != "samples"}
+    same = (
+        existing.get("recipeHash") == recipe.hash
+        and existing.get("compressorVersion") == report.COMPRESSOR_VERSION
+        and (existing.get("source") or {}).get("sha256") == spec.source_sha256
+        and stored_eval == wanted_eval
+    )
+    return existing if same and existing.get("outcome") in ("Passed", "Rejected") else None
+
+
+def run(spec: JobSpec, store: ObjectStore, workdir: Path) -> JobResult:
+    """Run the whole Job; never raises. The report is for the termination message and the logs."""
+    try:
+        return _run(spec, store, workdir)
+    except BaseException as exc:  # noqa: BLE001 - every failure becomes an exit code and a report
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        failure = _classify(exc)
+        if failure.reason in ("InternalError", "OutOfMemory"):
+            log.exception("compression failed")
+        try:
+            recipe_hash = Recipe.from_dict(spec.recipe).hash
+        except InvalidRecipe:
+            recipe_hash = None
+        return JobResult(
+            failure.exit_code, report.failure_report(failure.reason, str(failure), recipe_hash=recipe_hash)
+        )
+
+
+def _run(spec: JobSpec, store: ObjectStore, workdir: Path) -> JobResult:
+    from modelops.compress.pipeline import Dataset, Options, compress_artifact
+
+    recipe = Recipe.from_dict(spec.recipe)
+    evaluation = Evaluation.from_dict(spec.evaluation) if spec.evaluation is not None else None
+    source_sha256 = _field(lambda: validate_sha256(spec.source_sha256, "source-sha256"))
+    _field(lambda: parse_s3_uri(spec.source_uri), "source-uri")
+    prefix = spec.output_prefix if spec.output_prefix.endswith("/") else spec.output_prefix + "/"
+    report_uri = prefix + REPORT_FILE
+    _field(lambda: parse_s3_uri(report_uri), "output-prefix")
+    spec = JobSpec(**{**spec.__dict__, "source_sha256": source_sha256})
+
+    existing = _cached(store, report_uri, spec, recipe, evaluation)
+    if existing is not None:
+        log.info("report.json already exists for this request; reusing %s", report_uri)
+        return JobResult(_exit_code(existing["outcome"]), existing)
+
+    source_path = workdir / "source" / f"artifact{SOURCE_SUFFIXES.get(spec.source_format, '')}"
+    source = store.download(spec.source_uri, source_path, expected_sha256=source_sha256)
+    dataset = None
+    if evaluation is not None:
+        dataset_path = workdir / "dataset" / "eval.npz"
+        store.download(evaluation.dataset_uri, dataset_path)
+        dataset = Dataset.from_npz(dataset_path)
+
+    result = compress_artifact(
+        source_path,
+        spec.source_format,
+        recipe,
+        workdir / "output",
+        evaluation,
+        dataset,
+        Options(spec.input_names, spec.output_names, spec.input_shape, spec.threads),
+    )
+    artifact_uri = prefix + result.output_path.name
+    uploaded = store.upload_file(result.output_path, artifact_uri)
+    full = report.success_report(
+        result,
+        source={"uri": spec.source_uri, "sha256": source.sha256, "bytes": source.size, "format": spec.source_format},
+        artifact={
+            "uri": artifact_uri,
+            "sha256": uploaded.sha256,
+            "bytes": uploaded.size,
+            "format": ARTIFACT_FORMATS[result.output_format],
+        },
+        recipe=recipe.to_dict(),
+        recipe_hash=recipe.hash,
+        cache_key=compression_cache_key(source.sha256, recipe.to_dict()),
+        evaluation=None if evaluation is None else evaluation.to_dict(),
+        samples=None if dataset is None else len(dataset.inputs),
+    )
+    # report.json goes last: its presence marks the prefix as a complete cache entry.
+    store.upload_bytes(json.dumps(full, indent=2, sort_keys=True).encode(), report_uri, "application/json")
+    return JobResult(_exit_code(full["outcome"]), full)
+
+
+def _field(check: Any, name: str | None = None) -> Any:
+    """Run a validation; a ValueError becomes a usage failure that names the argument."""
+    try:
+        return check()
+    except ValueError as exc:
+        text = str(exc)
+        raise Failure(exitcodes.USAGE, "InvalidArguments", text if name is None else f"{name}: {text}") from exc
+
+
+def _exit_code(outcome: str) -> int:
+    return exitcodes.SUCCESS if outcome == "Passed" else exitcodes.REJECTED

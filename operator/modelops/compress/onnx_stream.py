@@ -1,0 +1,374 @@
+"""Read and write ONNX files one initializer at a time.
+
+An ONNX file is a protobuf ModelProto. Its weights are TensorProto messages inside the graph,
+usually with their bytes in `raw_data`. The reader walks the protobuf wire format over a
+memory map, so each weight is a zero-copy numpy view that is read only when it is used and
+released right after. The rest of the model (the "skeleton": nodes, inputs, attributes) is
+small and parsed with onnx as usual.
+
+The writer relies on a protobuf rule: when a message field appears more than once, parsers
+merge the occurrences, appending repeated fields. It writes the skeleton first, then each
+initializer as one more `graph { initializer { … } }` occurrence, so the output is written
+sequentially and never held in memory. onnx, onnxruntime and Triton read the result as one
+ordinary model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import mmap
+import os
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+# Field numbers from onnx.proto3.
+_MODEL_GRAPH = 7
+_GRAPH_INITIALIZER = 5
+_TENSOR_DIMS = 1
+_TENSOR_DATA_TYPE = 2
+_TENSOR_NAME = 8
+_TENSOR_RAW_DATA = 9
+_TENSOR_EXTERNAL_DATA = 13
+_TENSOR_DATA_LOCATION = 14
+_ENTRY_KEY = 1
+_ENTRY_VALUE = 2
+
+_VARINT, _I64, _LEN, _I32 = 0, 1, 2, 5
+
+# A protobuf message cannot exceed 2 GiB; larger models need ONNX external data.
+PROTOBUF_LIMIT = 2**31 - 1
+
+_PAGE = mmap.PAGESIZE
+
+
+class OnnxFormatError(ValueError):
+    """The file is not a well-formed ONNX model."""
+
+
+class OutputTooLarge(ValueError):
+    """The output would exceed the 2 GiB protobuf limit of a single-file ONNX model."""
+
+
+def _read_varint(buf: mmap.mmap | bytes, pos: int, end: int) -> tuple[int, int]:
+    result = 0
+    shift = 0
+    while True:
+        if pos >= end or shift > 63:
+            raise OnnxFormatError(f"truncated or malformed varint at byte {pos}")
+        byte = buf[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return result, pos
+        shift += 7
+
+
+def _encode_varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        bits = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(bits | 0x80)
+        else:
+            out.append(bits)
+            return bytes(out)
+
+
+@dataclass(frozen=True)
+class _Field:
+    number: int
+    wire_type: int
+    start: int  # first byte of the tag
+    value_start: int  # payload start (LEN) or the varint value itself for VARINT
+    end: int  # one past the last byte
+
+
+def _fields(buf: mmap.mmap | bytes, start: int, end: int) -> Iterator[_Field]:
+    pos = start
+    while pos < end:
+        tag_start = pos
+        tag, pos = _read_varint(buf, pos, end)
+        number, wire_type = tag >> 3, tag & 7
+        if wire_type == _VARINT:
+            value, pos = _read_varint(buf, pos, end)
+            yield _Field(number, wire_type, tag_start, value, pos)
+            continue
+        if wire_type == _LEN:
+            length, pos = _read_varint(buf, pos, end)
+            value_start, pos = pos, pos + length
+        elif wire_type == _I64:
+            value_start, pos = pos, pos + 8
+        elif wire_type == _I32:
+            value_start, pos = pos, pos + 4
+        else:
+            raise OnnxFormatError(f"unsupported protobuf wire type {wire_type} at byte {tag_start}")
+        if pos > end:
+            raise OnnxFormatError(f"field {number} at byte {tag_start} runs past the end of its message")
+        yield _Field(number, wire_type, tag_start, value_start, pos)
+
+
+@dataclass
+class LazyTensor:
+    """One initializer of an ONNX file; its values are read only when asked for."""
+
+    name: str
+    data_type: int
+    dims: tuple[int, ...]
+    _file: OnnxFile = field(repr=False)
+    _start: int = field(repr=False)  # the TensorProto's bytes in the file
+    _end: int = field(repr=False)
+    _raw: tuple[int, int] | None = field(default=None, repr=False)  # raw_data payload range
+    _external: dict[str, str] | None = field(default=None, repr=False)
+
+    @property
+    def numel(self) -> int:
+        return int(np.prod(self.dims, dtype=np.int64))
+
+    @property
+    def is_float32(self) -> bool:
+        return self.data_type == onnx.TensorProto.FLOAT
+
+    def encoded(self) -> memoryview | bytes:
+        """The TensorProto exactly as stored, for copying it to the output unchanged."""
+        if self._external is not None:
+            return numpy_helper.from_array(self.array(), self.name).SerializeToString()
+        return memoryview(self._file.buffer)[self._start : self._end]
+
+    def array(self) -> np.ndarray:
+        """The values as a numpy array: a read-only view on the file where possible."""
+        if self._raw is not None:
+            dtype = onnx.helper.tensor_dtype_to_np_dtype(self.data_type)
+            start, end = self._raw
+            if (end - start) != self.numel * dtype.itemsize:
+                raise OnnxFormatError(
+                    f"initializer {self.name!r}: raw_data has {end - start} bytes for shape {self.dims}"
+                )
+            self._file.prefetch(start, end)
+            return np.frombuffer(self._file.buffer, dtype=dtype, count=self.numel, offset=start).reshape(self.dims)
+        if self._external is not None:
+            return self._file.external_array(self)
+        proto = onnx.TensorProto()
+        proto.ParseFromString(bytes(self._file.buffer[self._start : self._end]))
+        return numpy_helper.to_array(proto)
+
+    def release(self) -> None:
+        """Drop this tensor's pages from the process (they stay in the page cache)."""
+        if self._raw is not None:
+            self._file.release(*self._raw)
+
+
+class OnnxFile:
+    """An ONNX model opened for streaming: `skeleton` without initializers, and `initializers`."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self._handle = open(self.path, "rb")  # noqa: SIM115 - closed in close()
+        self._external_maps: dict[str, mmap.mmap] = {}
+        try:
+            size = os.fstat(self._handle.fileno()).st_size
+            if size == 0:
+                raise OnnxFormatError(f"{self.path.name}: the file is empty")
+            self.buffer = mmap.mmap(self._handle.fileno(), 0, access=mmap.ACCESS_READ)
+            self.size = size
+            self.skeleton, self.initializers = self._split()
+        except BaseException:
+            self.close()
+            raise
+
+    def __enter__(self) -> OnnxFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for mapped in self._external_maps.values():
+            mapped.close()
+        self._external_maps.clear()
+        buffer = getattr(self, "buffer", None)
+        if buffer is not None:
+            # A caller may still hold a view on a tensor; then the map closes when it is collected.
+            with contextlib.suppress(BufferError):
+                buffer.close()
+        self._handle.close()
+
+    def prefetch(self, start: int, end: int) -> None:
+        aligned = start - start % _PAGE
+        self.buffer.madvise(mmap.MADV_WILLNEED, aligned, end - aligned)
+
+    def release(self, start: int, end: int) -> None:
+        first = -(-start // _PAGE) * _PAGE
+        last = end - end % _PAGE
+        if last > first:
+            self.buffer.madvise(mmap.MADV_DONTNEED, first, last - first)
+
+    def _split(self) -> tuple[onnx.ModelProto, list[LazyTensor]]:
+        buf = self.buffer
+        other_fields: list[bytes] = []
+        graph_parts: list[bytes] = []
+        initializers: list[LazyTensor] = []
+        for top in _fields(buf, 0, self.size):
+            if top.number != _MODEL_GRAPH:
+                other_fields.append(buf[top.start : top.end])
+                continue
+            if top.wire_type != _LEN:
+                raise OnnxFormatError("ModelProto.graph is not a message")
+            for inner in _fields(buf, top.value_start, top.end):
+                if inner.number == _GRAPH_INITIALIZER and inner.wire_type == _LEN:
+                    initializers.append(self._tensor(inner.value_start, inner.end))
+                else:
+                    graph_parts.append(buf[inner.start : inner.end])
+        graph_bytes = b"".join(graph_parts)
+        skeleton_bytes = (
+            b"".join(other_fields)
+            + bytes([(_MODEL_GRAPH << 3) | _LEN])
+            + _encode_varint(len(graph_bytes))
+            + graph_bytes
+        )
+        skeleton = onnx.ModelProto()
+        try:
+            skeleton.ParseFromString(skeleton_bytes)
+        except Exception as exc:  # protobuf raises its own DecodeError type
+            raise OnnxFormatError(f"{self.path.name}: not an ONNX model ({exc})") from exc
+        if not skeleton.graph.node and not initializers:
+            raise OnnxFormatError(f"{self.path.name}: the ONNX model has an empty graph")
+        return skeleton, initializers
+
+    def _tensor(self, start: int, end: int) -> LazyTensor:
+        buf = self.buffer
+        name = ""
+        data_type = 0
+        dims: list[int] = []
+        raw: tuple[int, int] | None = None
+        external: dict[str, str] = {}
+        location = 0
+        for f in _fields(buf, start, end):
+            if f.number == _TENSOR_DIMS and f.wire_type == _VARINT:
+                dims.append(f.value_start)
+            elif f.number == _TENSOR_DIMS and f.wire_type == _LEN:  # packed
+                pos = f.value_start
+                while pos < f.end:
+                    value, pos = _read_varint(buf, pos, f.end)
+                    dims.append(value)
+            elif f.number == _TENSOR_DATA_TYPE:
+                data_type = f.value_start
+            elif f.number == _TENSOR_NAME:
+                name = buf[f.value_start : f.end].decode("utf-8")
+            elif f.number == _TENSOR_RAW_DATA:
+                raw = (f.value_start, f.end)
+            elif f.number == _TENSOR_DATA_LOCATION:
+                location = f.value_start
+            elif f.number == _TENSOR_EXTERNAL_DATA:
+                entry = {
+                    g.number: buf[g.value_start : g.end].decode("utf-8") for g in _fields(buf, f.value_start, f.end)
+                }
+                external[entry.get(_ENTRY_KEY, "")] = entry.get(_ENTRY_VALUE, "")
+        # int64 dims arrive as unsigned varints; negative values mean a malformed tensor.
+        if any(d >= 2**63 for d in dims):
+            raise OnnxFormatError(f"initializer {name!r} has a negative dimension")
+        tensor = LazyTensor(name, data_type, tuple(dims), self, start, end)
+        if location == onnx.TensorProto.EXTERNAL:
+            tensor._external = external
+        else:
+            tensor._raw = raw
+        return tensor
+
+    def external_array(self, tensor: LazyTensor) -> np.ndarray:
+        info = tensor._external or {}
+        location = info.get("location", "")
+        relative = Path(location)
+        if not location or relative.is_absolute() or ".." in relative.parts:
+            raise OnnxFormatError(
+                f"initializer {tensor.name!r}: external data location {location!r} is not a plain relative path"
+            )
+        if location not in self._external_maps:
+            with open(self.path.parent / relative, "rb") as data:
+                self._external_maps[location] = mmap.mmap(data.fileno(), 0, access=mmap.ACCESS_READ)
+        mapped = self._external_maps[location]
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)
+        offset = int(info.get("offset", "0"))
+        return np.frombuffer(mapped, dtype=dtype, count=tensor.numel, offset=offset).reshape(tensor.dims)
+
+
+class OnnxStreamWriter:
+    """Write a skeleton, then initializers one by one, as a single-file ONNX model.
+
+    Writes happen on one background thread, so the caller prepares the next tensor while the
+    previous one goes to disk; at most one tensor waits to be written. The file is scratch
+    space for an upload, so it is not fsynced.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], skeleton: onnx.ModelProto) -> None:
+        if len(skeleton.graph.initializer):
+            raise ValueError("the skeleton must not carry initializers; write them with add_array")
+        self.path = Path(path)
+        self._out: BinaryIO = open(self.path, "wb")  # noqa: SIM115 - closed in close()
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onnx-write")
+        self._pending: Future[None] | None = None
+        self.written = 0
+        self._submit(skeleton.SerializeToString())
+
+    def __enter__(self) -> OnnxStreamWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        try:
+            self._wait()
+        finally:
+            self._pool.shutdown(wait=True)
+            self._out.close()
+
+    def _wait(self) -> None:
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.result()
+
+    def _submit(self, *parts: bytes | memoryview) -> None:
+        size = sum(len(part) for part in parts)
+        if self.written + size > PROTOBUF_LIMIT:
+            raise OutputTooLarge(
+                f"the output model exceeds {PROTOBUF_LIMIT} bytes, the limit of a single-file ONNX model"
+            )
+        self.written += size
+        self._wait()
+        self._pending = self._pool.submit(self._write_parts, parts)
+
+    def _write_parts(self, parts: tuple[bytes | memoryview, ...]) -> None:
+        for part in parts:
+            self._out.write(part)
+
+    def _write_initializer(self, header: bytes | memoryview, payload: memoryview | None) -> None:
+        raw_field = b"" if payload is None else bytes([(_TENSOR_RAW_DATA << 3) | _LEN]) + _encode_varint(len(payload))
+        tensor_size = len(header) + len(raw_field) + (0 if payload is None else len(payload))
+        graph_payload = bytes([(_GRAPH_INITIALIZER << 3) | _LEN]) + _encode_varint(tensor_size)
+        graph_size = len(graph_payload) + tensor_size
+        prefix = bytes([(_MODEL_GRAPH << 3) | _LEN]) + _encode_varint(graph_size) + graph_payload
+        if payload is None:
+            self._submit(prefix, header)
+        else:
+            # The payload view keeps its array alive until the background write is done.
+            self._submit(prefix, header, raw_field, payload)
+
+    def add_array(self, name: str, array: np.ndarray, data_type: int | None = None) -> None:
+        """Append an initializer whose bytes are `array` (little-endian, C order)."""
+        header = onnx.TensorProto()
+        header.name = name
+        header.data_type = data_type if data_type is not None else onnx.helper.np_dtype_to_tensor_dtype(array.dtype)
+        header.dims.extend(array.shape)
+        as_bytes = np.ascontiguousarray(array).reshape(-1).view(np.uint8)
+        self._write_initializer(header.SerializeToString(), memoryview(as_bytes))
+
+    def add_encoded(self, encoded: memoryview | bytes) -> None:
+        """Append an initializer that is already a serialized TensorProto."""
+        self._write_initializer(encoded, None)

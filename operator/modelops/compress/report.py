@@ -1,0 +1,112 @@
+"""The compression report: the full form written to report.json, and the compact termination message."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from importlib import metadata
+from typing import Any
+
+from modelops.cachekey import COMPRESSOR_VERSION
+
+# Kubernetes keeps at most 4096 bytes of a termination message; stay well below.
+TERMINATION_LIMIT = 3500
+_LIBRARIES = ("torch", "onnx", "onnxruntime", "torchao")
+COMPACT_KEYS = (
+    "outcome",
+    "reason",
+    "message",
+    "device",
+    "artifact",
+    "bytesBefore",
+    "bytesAfter",
+    "ratio",
+    "latencyMsBefore",
+    "latencyMsAfter",
+    "metric",
+    "recipeHash",
+    "compressorVersion",
+    "libraries",
+)
+
+
+def library_versions() -> dict[str, str | None]:
+    """Installed versions, read from package metadata so that nothing heavy is imported."""
+    versions: dict[str, str | None] = {}
+    for name in _LIBRARIES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def _round(value: float | None, digits: int = 4) -> float | None:
+    return None if value is None else round(float(value), digits)
+
+
+def success_report(
+    result: Any,
+    *,
+    source: dict[str, Any],
+    artifact: dict[str, Any],
+    recipe: dict[str, Any],
+    recipe_hash: str,
+    cache_key: str,
+    evaluation: dict[str, Any] | None,
+    samples: int | None,
+) -> dict[str, Any]:
+    """The full report for a compression that ran to the end (outcome Passed or Rejected)."""
+    before, after = source["bytes"], artifact["bytes"]
+    return {
+        "outcome": result.outcome,
+        "reason": "AccuracyGatePassed" if result.outcome == "Passed" else "AccuracyGateRejected",
+        "message": result.message,
+        "device": result.device,
+        "artifact": artifact,
+        "source": source,
+        "bytesBefore": before,
+        "bytesAfter": after,
+        # Higher is smaller: 4.0 means the output is a quarter of the source.
+        "ratio": round(before / after, 4) if after else None,
+        "latencyMsBefore": _round(result.latency_ms_before),
+        "latencyMsAfter": _round(result.latency_ms_after),
+        "latency": {"runtimeBefore": result.runtimes["before"], "runtimeAfter": result.runtimes["after"]},
+        "metric": result.metric.to_dict() if result.metric is not None else None,
+        "evaluation": None if evaluation is None else {**evaluation, "samples": samples},
+        "recipe": recipe,
+        "recipeHash": recipe_hash,
+        "cacheKey": cache_key,
+        "compressorVersion": COMPRESSOR_VERSION,
+        "libraries": library_versions(),
+        "weights": result.weights,
+        "notes": result.notes,
+        "seconds": result.seconds,
+        "createdAt": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+
+
+def failure_report(
+    reason: str, message: str, device: str | None = None, recipe_hash: str | None = None
+) -> dict[str, Any]:
+    return {
+        "outcome": "Failed",
+        "reason": reason,
+        "message": message,
+        "device": device,
+        "recipeHash": recipe_hash,
+        "compressorVersion": COMPRESSOR_VERSION,
+        "libraries": library_versions(),
+    }
+
+
+def compact(report: dict[str, Any]) -> str:
+    """The report's contract keys as JSON that fits a termination message."""
+    short = {key: report.get(key) for key in COMPACT_KEYS}
+    text = json.dumps(short, separators=(",", ":"), sort_keys=True)
+    message = str(short.get("message") or "")
+    while len(text) > TERMINATION_LIMIT and message:
+        message = message[: max(0, len(message) - (len(text) - TERMINATION_LIMIT) - 3)]
+        short["message"] = message + "..."
+        text = json.dumps(short, separators=(",", ":"), sort_keys=True)
+    return text

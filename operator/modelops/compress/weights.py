@@ -1,0 +1,186 @@
+"""Per-tensor weight transforms in numpy: pruning, fp16/bf16 rounding, int8 quantization.
+
+Every function takes one weight tensor and returns new arrays, so a model is processed
+tensor by tensor. The int8 kernel works on cache-sized row blocks in a few threads (numpy
+releases the GIL), which keeps it bound by memory bandwidth rather than by temporaries.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
+
+import ml_dtypes
+import numpy as np
+
+INT8_MAX = 127
+FP16_MAX = float(np.finfo(np.float16).max)
+_BLOCK_BYTES = 1 << 20
+
+T = TypeVar("T")
+
+
+def default_threads() -> int:
+    return max(1, len(os.sched_getaffinity(0)))
+
+
+def prune_unstructured(weight: np.ndarray, amount: float) -> np.ndarray:
+    """Zero the floor(amount × size) entries of smallest magnitude in this tensor."""
+    count = int(amount * weight.size)
+    pruned = np.array(weight, dtype=weight.dtype, copy=True)
+    if count == 0:
+        return pruned
+    magnitude = np.abs(pruned).reshape(-1)
+    threshold = np.partition(magnitude, count - 1)[count - 1]
+    flat = pruned.reshape(-1)
+    below = magnitude < threshold
+    flat[below] = 0
+    # Ties at the threshold: zero just enough of them, in index order, to reach `count`.
+    remaining = count - int(np.count_nonzero(below))
+    if remaining > 0:
+        flat[np.flatnonzero(magnitude == threshold)[:remaining]] = 0
+    return pruned
+
+
+def prune_structured(weight: np.ndarray, amount: float, axis: int) -> np.ndarray:
+    """Zero whole output channels (slices along `axis`): the floor(amount × channels) of lowest L2 norm."""
+    axis = axis % weight.ndim
+    channels = weight.shape[axis]
+    count = int(amount * channels)
+    pruned = np.array(weight, dtype=weight.dtype, copy=True)
+    if count == 0:
+        return pruned
+    other_axes = tuple(i for i in range(weight.ndim) if i != axis)
+    norms = np.sqrt(np.sum(np.square(weight, dtype=np.float64), axis=other_axes))
+    weakest = np.argsort(norms, kind="stable")[:count]
+    index: list[slice | np.ndarray] = [slice(None)] * weight.ndim
+    index[axis] = weakest
+    pruned[tuple(index)] = 0
+    return pruned
+
+
+def to_fp16(weight: np.ndarray) -> np.ndarray:
+    """Round to float16, saturating instead of overflowing to infinity."""
+    return np.clip(weight, -FP16_MAX, FP16_MAX).astype(np.float16)
+
+
+def to_bf16(weight: np.ndarray) -> np.ndarray:
+    """Round to bfloat16 (round to nearest even); bfloat16 has float32's range."""
+    return weight.astype(ml_dtypes.bfloat16)
+
+
+def _blocks(rows: int, row_bytes: int) -> list[tuple[int, int]]:
+    step = max(1, _BLOCK_BYTES // max(1, row_bytes))
+    return [(start, min(start + step, rows)) for start in range(0, rows, step)]
+
+
+def _run_split(blocks: list[tuple[int, int]], work: Callable[[list[tuple[int, int]]], T], threads: int) -> list[T]:
+    """Run `work` on interleaved shares of `blocks`, one share per thread."""
+    threads = max(1, min(threads, len(blocks)))
+    shares = [blocks[i::threads] for i in range(threads)]
+    if threads == 1:
+        return [work(shares[0])]
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="int8") as pool:
+        return list(pool.map(work, shares))
+
+
+def _aligned(block: np.ndarray, scratch: np.ndarray) -> np.ndarray:
+    """numpy's fast loops need aligned data; weights inside a protobuf often are not."""
+    if block.flags.aligned:
+        return block
+    view = scratch[: block.shape[0]]
+    np.copyto(view, block)
+    return view
+
+
+def _scale_from_absmax(absmax: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    scale = (absmax / INT8_MAX).astype(np.float32)
+    scale[scale == 0] = 1.0  # an all-zero channel quantizes to zeros with any scale
+    return scale, (np.float32(1.0) / scale).astype(np.float32)
+
+
+def _quantize_rows(matrix: np.ndarray, threads: int) -> tuple[np.ndarray, np.ndarray]:
+    """One scale per row of a 2-D matrix."""
+    rows, cols = matrix.shape
+    blocks = _blocks(rows, cols * 4)
+    quantized = np.empty((rows, cols), dtype=np.int8)
+    scale = np.empty(rows, dtype=np.float32)
+
+    def work(share: list[tuple[int, int]]) -> None:
+        scratch = np.empty((blocks[0][1] - blocks[0][0], cols), dtype=np.float32)
+        product = np.empty_like(scratch)
+        for start, end in share:
+            block = _aligned(matrix[start:end], scratch)
+            absmax = np.maximum(block.max(axis=1), -block.min(axis=1))
+            block_scale, inverse = _scale_from_absmax(absmax)
+            scale[start:end] = block_scale
+            out = product[: end - start]
+            np.multiply(block, inverse[:, None], out=out)
+            np.rint(out, out=out)
+            np.copyto(quantized[start:end], out, casting="unsafe")
+
+    _run_split(blocks, work, threads)
+    return quantized, scale
+
+
+def _quantize_columns(matrix: np.ndarray, threads: int, per_column: bool) -> tuple[np.ndarray, np.ndarray]:
+    """One scale per column of a 2-D matrix (or one for the whole matrix)."""
+    rows, cols = matrix.shape
+    blocks = _blocks(rows, cols * 4)
+    block_rows = blocks[0][1] - blocks[0][0]
+
+    def absmax_of(share: list[tuple[int, int]]) -> np.ndarray:
+        scratch = np.empty((block_rows, cols), dtype=np.float32)
+        high = np.full(cols, -np.inf, dtype=np.float32)
+        low = np.full(cols, np.inf, dtype=np.float32)
+        for start, end in share:
+            block = _aligned(matrix[start:end], scratch)
+            np.maximum(high, block.max(axis=0), out=high)
+            np.minimum(low, block.min(axis=0), out=low)
+        return np.maximum(high, -low)
+
+    absmax = np.maximum.reduce(_run_split(blocks, absmax_of, threads))
+    if not per_column:
+        absmax = np.array([absmax.max()], dtype=np.float32)
+    scale, inverse = _scale_from_absmax(absmax)
+    quantized = np.empty((rows, cols), dtype=np.int8)
+
+    def quantize(share: list[tuple[int, int]]) -> None:
+        product = np.empty((block_rows, cols), dtype=np.float32)
+        for start, end in share:
+            out = product[: end - start]
+            np.multiply(matrix[start:end], inverse, out=out)
+            np.rint(out, out=out)
+            np.copyto(quantized[start:end], out, casting="unsafe")
+
+    _run_split(blocks, quantize, threads)
+    return quantized, scale
+
+
+def quantize_int8(weight: np.ndarray, axis: int | None, threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric int8 quantization: q = round(w / scale), scale = max|w| / 127.
+
+    With `axis`, there is one scale per slice along that axis (per output channel); with None,
+    one scale for the tensor. Returns (int8 array of the same shape, float32 scales).
+    """
+    threads = threads or default_threads()
+    if weight.dtype != np.float32:
+        raise TypeError(f"int8 quantization expects float32 weights, got {weight.dtype}")
+    if weight.ndim == 0 or weight.size == 0:
+        raise ValueError("int8 quantization needs a non-empty tensor with at least one dimension")
+    if axis is None:
+        quantized, scale = _quantize_columns(weight.reshape(1, -1), threads, per_column=False)
+        return quantized.reshape(weight.shape), scale.reshape(())
+    axis = axis % weight.ndim
+    if axis == 0:
+        quantized, scale = _quantize_rows(weight.reshape(weight.shape[0], -1), threads)
+        return quantized.reshape(weight.shape), scale
+    if axis == weight.ndim - 1:
+        quantized, scale = _quantize_columns(weight.reshape(-1, weight.shape[-1]), threads, per_column=True)
+        return quantized.reshape(weight.shape), scale
+    moved = np.ascontiguousarray(np.moveaxis(weight, axis, 0))
+    quantized, scale = _quantize_rows(moved.reshape(moved.shape[0], -1), threads)
+    return np.moveaxis(quantized.reshape(moved.shape), 0, axis), scale
+

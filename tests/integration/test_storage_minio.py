@@ -1,0 +1,150 @@
+"""The storage adapter and the compressor CLI against a real MinIO server (from the test bed)."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from modelops.compress import exitcodes
+from modelops.storage import (
+    AccessDenied,
+    ChecksumMismatch,
+    ObjectNotFound,
+    ObjectStore,
+    StorageConfig,
+    StorageUnreachable,
+    TransferTuning,
+)
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+# Small parts so that a few MiB already exercise multipart uploads and concurrent ranged reads.
+TUNING = TransferTuning(part_size=5 * 1024 * 1024, max_concurrency=4)
+
+
+def _env(testbed) -> dict[str, str]:
+    return {
+        "MODELOPS_S3_ENDPOINT": testbed.s3_endpoint,
+        "AWS_ACCESS_KEY_ID": testbed.s3_access_key,
+        "AWS_SECRET_ACCESS_KEY": testbed.s3_secret_key,
+    }
+
+
+@pytest.fixture(scope="module")
+def minio_store(testbed) -> ObjectStore:
+    return ObjectStore(StorageConfig.from_env(_env(testbed)), TUNING)
+
+
+@pytest.fixture(scope="module")
+def bucket(minio_store) -> str:
+    name = f"storage-it-{uuid.uuid4().hex[:8]}"
+    minio_store.client.create_bucket(Bucket=name)
+    return name
+
+
+def test_multipart_round_trip_verifies_sha256(minio_store, bucket, tmp_path) -> None:
+    payload = os.urandom(23 * 1024 * 1024 + 17)
+    source = tmp_path / "artifact.bin"
+    source.write_bytes(payload)
+    uri = f"s3://{bucket}/artifacts/artifact.bin"
+    uploaded = minio_store.upload_file(source, uri)
+    digest = hashlib.sha256(payload).hexdigest()
+    assert (uploaded.sha256, uploaded.size) == (digest, len(payload))
+    info = minio_store.head(uri)
+    assert (info.size, info.sha256) == (len(payload), digest)
+    assert info.etag.endswith("-5")  # five multipart parts
+
+    fetched = minio_store.download(uri, tmp_path / "copy.bin", expected_sha256=digest)
+    assert fetched.sha256 == digest
+    assert (tmp_path / "copy.bin").read_bytes() == payload
+
+
+def test_digest_mismatch_is_permanent_and_leaves_no_file(minio_store, bucket, tmp_path) -> None:
+    uri = f"s3://{bucket}/artifacts/small.bin"
+    minio_store.upload_bytes(b"genuine bytes", uri)
+    with pytest.raises(ChecksumMismatch) as info:
+        minio_store.download(uri, tmp_path / "small.bin", expected_sha256="0" * 64)
+    assert not info.value.transient
+    assert hashlib.sha256(b"genuine bytes").hexdigest() in str(info.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_missing_objects_and_wrong_credentials(testbed, minio_store, bucket) -> None:
+    assert not minio_store.exists(f"s3://{bucket}/absent")
+    with pytest.raises(ObjectNotFound):
+        minio_store.head(f"s3://{bucket}/absent")
+    minio_store.upload_bytes(b"x", f"s3://{bucket}/present")
+    wrong = ObjectStore(StorageConfig.from_env({**_env(testbed), "AWS_SECRET_ACCESS_KEY": "wrong-secret"}), TUNING)
+    with pytest.raises(AccessDenied) as info:
+        wrong.read_bytes(f"s3://{bucket}/present")
+    assert "wrong-secret" not in str(info.value)
+
+
+def test_closed_port_is_transient() -> None:
+    store = ObjectStore(
+        StorageConfig(endpoint_url="http://127.0.0.1:1", access_key_id="id", secret_access_key="secret"),
+        TransferTuning(max_attempts=2, stream_attempts=1, connect_timeout_s=1),
+        sleep=lambda _: None,
+    )
+    with pytest.raises(StorageUnreachable):
+        store.head("s3://any-bucket/key")
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory):
+    spec = importlib.util.spec_from_file_location("digits_training", ROOT / "models" / "digits.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module.build(tmp_path_factory.mktemp("digits"))
+
+
+def _compress(testbed, tmp_path, *args: str) -> tuple[int, dict]:
+    log = tmp_path / "termination-log"
+    env = {**os.environ, **_env(testbed), "MODELOPS_TERMINATION_LOG": str(log), "PYTHONPATH": str(ROOT / "operator")}
+    done = subprocess.run(
+        [sys.executable, "-m", "modelops.compress", *args], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert testbed.s3_secret_key not in done.stdout + done.stderr
+    return done.returncode, json.loads(log.read_text())
+
+
+def test_compressor_cli_end_to_end(testbed, minio_store, bucket, digits, tmp_path) -> None:
+    for path in (digits.onnx, digits.eval_npz):
+        minio_store.upload_file(path, f"s3://{bucket}/digits/{path.name}")
+    sha = hashlib.sha256(digits.onnx.read_bytes()).hexdigest()
+    prefix = f"s3://{bucket}/modelops-cache/it-int8/"
+    common = ["--source-uri", f"s3://{bucket}/digits/model.onnx", "--source-format", "onnx", "--output-prefix", prefix]
+    evaluation = json.dumps(
+        {"datasetUri": f"s3://{bucket}/digits/eval.npz", "metric": "top1-accuracy", "threshold": 0.5}
+    )
+
+    code, message = _compress(
+        testbed,
+        tmp_path,
+        *common,
+        "--source-sha256",
+        sha,
+        "--recipe-json",
+        '{"quantization": "int8-weight-only"}',
+        "--eval-json",
+        evaluation,
+    )
+    assert code == exitcodes.SUCCESS, message
+    assert message["outcome"] == "Passed" and message["bytesAfter"] <= 0.3 * message["bytesBefore"]
+    artifact = minio_store.head(message["artifact"]["uri"])
+    assert (artifact.size, artifact.sha256) == (message["artifact"]["bytes"], message["artifact"]["sha256"])
+    report = json.loads(minio_store.read_bytes(prefix + "report.json"))
+    assert report["metric"] == message["metric"]
+
+    code, message = _compress(testbed, tmp_path, *common, "--source-sha256", "e" * 64, "--recipe-json", "{}")
+    assert code == exitcodes.BAD_ARTIFACT and message["reason"] == "ChecksumMismatch"

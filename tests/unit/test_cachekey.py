@@ -1,0 +1,110 @@
+"""The content-addressed cache key: normalisation and stability."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+
+from modelops.cachekey import (
+    COMPRESSOR_VERSION,
+    InvalidRecipe,
+    compressed_prefix,
+    compression_cache_key,
+    normalize_recipe,
+    recipe_hash,
+)
+
+pytestmark = pytest.mark.unit
+
+SHA = "ab" * 32
+DEFAULT = {"quantization": "none", "pruning": {"method": "none", "amount": 0.0}, "targetFormat": "onnx"}
+
+
+@pytest.mark.parametrize(
+    ("recipe", "expected"),
+    [
+        (None, DEFAULT),
+        ({}, DEFAULT),
+        ({"quantization": "int8-weight-only"}, {**DEFAULT, "quantization": "int8-weight-only"}),
+        ({"pruning": {"method": "unstructured", "amount": 0}}, DEFAULT),
+        ({"pruning": {"method": "none", "amount": 0.5}}, DEFAULT),
+        (
+            {"pruning": {"method": "structured", "amount": 0.3}, "targetFormat": "torchscript", "quantization": "fp16"},
+            {"quantization": "fp16", "pruning": {"method": "structured", "amount": 0.3}, "targetFormat": "torchscript"},
+        ),
+        ({"pruning": {"method": "unstructured", "amount": 1}}, None),
+    ],
+)
+def test_normalize_recipe(recipe, expected) -> None:
+    if expected is None:
+        with pytest.raises(InvalidRecipe, match="pruning.amount"):
+            normalize_recipe(recipe)
+    else:
+        assert normalize_recipe(recipe) == expected
+
+
+@pytest.mark.parametrize(
+    ("recipe", "field"),
+    [
+        ({"quantization": "int4"}, "quantization"),
+        ({"pruning": {"method": "random", "amount": 0.1}}, "pruning.method"),
+        ({"pruning": {"method": "unstructured", "amount": "half"}}, "pruning.amount"),
+        ({"pruning": {"method": "unstructured", "amount": True}}, "pruning.amount"),
+        ({"pruning": {"method": "unstructured", "amount": -0.1}}, "pruning.amount"),
+        ({"pruning": {"method": "unstructured"}}, "pruning.amount"),
+        ({"pruning": {"method": "unstructured", "amount": 0.1, "scope": "x"}}, "pruning.scope"),
+        ({"pruning": "heavy"}, "pruning"),
+        ({"targetFormat": "tflite"}, "targetFormat"),
+        ({"quantisation": "fp16"}, "quantisation"),
+        ([], "recipe"),
+    ],
+)
+def test_invalid_recipes_name_the_field(recipe, field: str) -> None:
+    with pytest.raises(InvalidRecipe) as info:
+        normalize_recipe(recipe)
+    assert str(info.value).startswith(f"{field}:")
+
+
+def test_equivalent_recipes_share_a_key_and_the_key_is_a_hex_sha256() -> None:
+    spelled_out = {"quantization": "int8-dynamic", "pruning": {"method": "none", "amount": 0.0}, "targetFormat": "onnx"}
+    key = compression_cache_key(SHA, {"quantization": "int8-dynamic"})
+    assert key == compression_cache_key(SHA.upper(), spelled_out)
+    expected_material = {"compressor": COMPRESSOR_VERSION, "recipe": normalize_recipe(spelled_out), "source": SHA}
+    canonical = json.dumps(expected_material, sort_keys=True, separators=(",", ":"))
+    assert key == hashlib.sha256(canonical.encode()).hexdigest()
+
+
+@pytest.mark.parametrize(
+    "changed",
+    [
+        {"source_sha256": "cd" * 32},
+        {"recipe": {"quantization": "int8-weight-only"}},
+        {"recipe": {"quantization": "int8-dynamic", "pruning": {"method": "unstructured", "amount": 0.5}}},
+        {"recipe": {"quantization": "int8-dynamic", "targetFormat": "torchscript"}},
+        {"compressor_version": "999"},
+    ],
+)
+def test_any_input_change_changes_the_key(changed) -> None:
+    base = {"source_sha256": SHA, "recipe": {"quantization": "int8-dynamic"}, "compressor_version": COMPRESSOR_VERSION}
+    assert compression_cache_key(**base) != compression_cache_key(**{**base, **changed})
+
+
+def test_recipe_hash_ignores_spelling_of_defaults() -> None:
+    assert recipe_hash({}) == recipe_hash(DEFAULT)
+    assert recipe_hash({}) != recipe_hash({"quantization": "fp16"})
+
+
+def test_bad_source_digest_is_named() -> None:
+    with pytest.raises(ValueError, match="source_sha256"):
+        compression_cache_key("abc", {})
+
+
+def test_compressed_prefix_layout() -> None:
+    key = compression_cache_key(SHA, {})
+    assert compressed_prefix("models", key) == f"s3://models/modelops-cache/{key}/"
+    with pytest.raises(ValueError, match="key"):
+        compressed_prefix("models", "../escape")
+    with pytest.raises(ValueError, match="bucket"):
+        compressed_prefix("", key)

@@ -1,0 +1,211 @@
+"""`python -m modelops.compress` end to end against an in-memory store: exit codes and messages."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from modelops.compress import exitcodes, report
+from modelops.compress.__main__ import main
+from modelops.storage import ObjectStore, StorageConfig, TransferTuning
+
+pytestmark = pytest.mark.unit
+
+EVAL = {"datasetUri": "s3://models/digits/eval.npz", "metric": "top1-accuracy", "threshold": 0.5}
+
+
+@pytest.fixture
+def store(fake_s3, digits_model) -> ObjectStore:
+    for path in (digits_model.onnx, digits_model.eval_npz):
+        fake_s3.objects[("models", f"digits/{path.name}")] = (path.read_bytes(), {})
+    return ObjectStore(StorageConfig(), TransferTuning(part_size=32 * 1024), client=fake_s3, sleep=lambda _: None)
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _args(
+    source_sha: str,
+    recipe: dict,
+    prefix: str = "s3://models/out/run/",
+    evaluation: dict | None = EVAL,
+    source="digits/model.onnx",
+) -> list[str]:
+    argv = [
+        "--source-uri",
+        f"s3://models/{source}",
+        "--source-sha256",
+        source_sha,
+        "--source-format",
+        "onnx",
+        "--recipe-json",
+        json.dumps(recipe),
+        "--output-prefix",
+        prefix,
+        "--threads",
+        "1",
+    ]
+    return argv + (["--eval-json", json.dumps(evaluation)] if evaluation else [])
+
+
+def _main(tmp_path: Path, argv: list[str], store: ObjectStore | None, env: dict | None = None) -> tuple[int, dict]:
+    log = tmp_path / "termination-log"
+    code = main(argv, {"MODELOPS_TERMINATION_LOG": str(log), **(env or {})}, store)
+    text = log.read_text()
+    assert len(text.encode()) < 4096
+    return code, json.loads(text)
+
+
+def test_success_publishes_model_then_report_and_writes_the_termination_message(
+    tmp_path, store, fake_s3, digits_model, capsys
+) -> None:
+    code, message = _main(
+        tmp_path, _args(_sha(digits_model.onnx.read_bytes()), {"quantization": "int8-weight-only"}), store
+    )
+    assert code == exitcodes.SUCCESS
+    assert set(message) == set(report.COMPACT_KEYS)
+    assert message["outcome"] == "Passed" and message["device"] == "cpu"
+    assert message["artifact"]["uri"] == "s3://models/out/run/model.onnx"
+    assert message["metric"]["name"] == "top1-accuracy" and message["metric"]["passed"] is True
+    puts = [call for call in fake_s3.calls if call.startswith("put ")]
+    assert puts == ["put out/run/model.onnx", "put out/run/report.json"]
+    full = json.loads(fake_s3.objects[("models", "out/run/report.json")][0])
+    assert {k: full[k] for k in report.COMPACT_KEYS} == message
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == message
+
+
+def test_a_second_run_reuses_the_complete_entry(tmp_path, store, fake_s3, digits_model) -> None:
+    argv = _args(_sha(digits_model.onnx.read_bytes()), {"quantization": "fp16"})
+    first_code, first = _main(tmp_path, argv, store)
+    fake_s3.calls.clear()
+    second_code, second = _main(tmp_path, argv, store)
+    assert first_code == second_code == exitcodes.SUCCESS
+    assert second == first
+    assert not any(call.startswith(("get digits/", "put ")) for call in fake_s3.calls)
+
+
+def test_a_changed_evaluation_is_not_served_from_the_cache(tmp_path, store, fake_s3, digits_model) -> None:
+    sha = _sha(digits_model.onnx.read_bytes())
+    _main(tmp_path, _args(sha, {"quantization": "fp16"}), store)
+    fake_s3.calls.clear()
+    code, message = _main(
+        tmp_path,
+        _args(sha, {"quantization": "fp16"}, evaluation={**EVAL, "metric": "top1-agreement", "threshold": 0.9}),
+        store,
+    )
+    assert code == exitcodes.SUCCESS and message["metric"]["name"] == "top1-agreement"
+    assert "put out/run/report.json" in fake_s3.calls
+
+
+def test_rejection_exits_11_and_still_publishes_the_report(tmp_path, store, fake_s3, digits_model) -> None:
+    recipe = {"quantization": "int8-dynamic", "pruning": {"method": "unstructured", "amount": 0.9}}
+    code, message = _main(
+        tmp_path, _args(_sha(digits_model.onnx.read_bytes()), recipe, evaluation={**EVAL, "threshold": 1.0}), store
+    )
+    assert code == exitcodes.REJECTED
+    assert message["outcome"] == "Rejected" and message["metric"]["drop"] > 1.0
+    assert f"dropped {message['metric']['drop']:.2f} points" in message["message"]
+    assert json.loads(fake_s3.objects[("models", "out/run/report.json")][0])["outcome"] == "Rejected"
+
+
+def _npz(**arrays: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("case", "reason"),
+    [
+        ("wrong-digest", "ChecksumMismatch"),
+        ("missing-source", "ArtifactNotFound"),
+        ("not-onnx", "UnreadableArtifact"),
+        ("dataset-without-inputs", "BadDataset"),
+        ("dataset-without-labels", "BadDataset"),
+    ],
+)
+def test_bad_artifacts_exit_10_and_publish_nothing(tmp_path, store, fake_s3, digits_model, case, reason) -> None:
+    sha = _sha(digits_model.onnx.read_bytes())
+    argv = _args(sha, {"quantization": "fp16"})
+    if case == "wrong-digest":
+        argv = _args("f" * 64, {})
+    elif case == "missing-source":
+        argv = _args(sha, {}, source="digits/absent.onnx")
+    elif case == "not-onnx":
+        fake_s3.objects[("models", "digits/junk.onnx")] = (b"PK\x03\x04 not a model", {})
+        argv = _args(_sha(b"PK\x03\x04 not a model"), {}, source="digits/junk.onnx")
+    elif case == "dataset-without-inputs":
+        fake_s3.objects[("models", "digits/eval.npz")] = (_npz(x=np.zeros((2, 64), np.float32)), {})
+    else:
+        data = np.load(digits_model.eval_npz)
+        fake_s3.objects[("models", "digits/eval.npz")] = (_npz(inputs=data["inputs"]), {})
+    code, message = _main(tmp_path, argv, store)
+    assert code == exitcodes.BAD_ARTIFACT
+    assert (message["outcome"], message["reason"]) == ("Failed", reason)
+    assert not [key for (_, key) in fake_s3.objects if key.startswith("out/")]
+
+
+@pytest.mark.parametrize(
+    ("mutate", "reason", "named"),
+    [
+        (lambda a: a[:-1], "InvalidArguments", "--threads"),  # drops the value of --threads
+        (lambda a: [x for x in a if x != "--source-uri"][1:], "InvalidArguments", "--source-uri"),
+        (lambda a: a[:7] + ["{not json"] + a[8:], "InvalidArguments", "--recipe-json"),
+        (lambda a: a[:7] + ['{"quantization": "int3"}'] + a[8:], "InvalidRecipe", "quantization"),
+        (lambda a: a[:7] + ['{"targetFormat": "torchscript"}'] + a[8:], "UnsupportedRecipe", "targetFormat"),
+        (lambda a: a[:3] + ["abc"] + a[4:], "InvalidArguments", "source-sha256"),
+        (lambda a: a[:9] + ["s3://"] + a[10:], "InvalidArguments", "output-prefix"),
+        (
+            lambda a: a + ["--eval-json", '{"datasetUri": "s3://models/e.npz", "metric": "f1", "threshold": 1}'],
+            "InvalidRecipe",
+            "evaluation.metric",
+        ),
+    ],
+)
+def test_usage_errors_exit_2_naming_the_argument(tmp_path, store, digits_model, mutate, reason, named) -> None:
+    argv = mutate(_args(_sha(digits_model.onnx.read_bytes()), {}, evaluation=None))
+    code, message = _main(tmp_path, argv, store)
+    assert code == exitcodes.USAGE
+    assert message["reason"] == reason
+    assert named in message["message"]
+
+
+def test_unreachable_storage_is_transient_and_secrets_stay_out(tmp_path, digits_model) -> None:
+    env = {
+        "MODELOPS_S3_ENDPOINT": "http://127.0.0.1:1",
+        "AWS_ACCESS_KEY_ID": "AKIDSECRETID",
+        "AWS_SECRET_ACCESS_KEY": "the-secret-key-value",
+    }
+    store = ObjectStore(
+        StorageConfig.from_env(env), TransferTuning(max_attempts=1, stream_attempts=1, connect_timeout_s=2)
+    )
+    code, message = _main(tmp_path, _args(_sha(digits_model.onnx.read_bytes()), {}), store, env)
+    assert code == exitcodes.TRANSIENT
+    assert message["reason"] == "StorageUnreachable"
+    assert "the-secret-key-value" not in json.dumps(message)
+
+
+def test_exit_codes_are_distinct_and_only_transient_is_retryable() -> None:
+    codes = [exitcodes.SUCCESS, exitcodes.USAGE, exitcodes.BAD_ARTIFACT, exitcodes.REJECTED, exitcodes.TRANSIENT]
+    assert codes == [0, 2, 10, 11, 12]
+    assert [exitcodes.is_retryable(c) for c in codes] == [False, False, False, False, True]
+
+
+def test_exitcodes_import_pulls_in_neither_torch_nor_onnx() -> None:
+    probe = "import sys, modelops.compress.exitcodes; print(sorted(m for m in ('torch', 'onnx', 'onnxruntime', 'numpy') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_compact_report_truncates_long_messages() -> None:
+    text = report.compact(report.failure_report("InternalError", "x" * 10_000))
+    assert len(text) <= report.TERMINATION_LIMIT
+    assert json.loads(text)["message"].endswith("...")
