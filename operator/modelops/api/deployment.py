@@ -1,0 +1,129 @@
+"""The ModelDeployment kind: serves one Model with NVIDIA Triton."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from modelops.api.model import Scheduling
+from modelops.api.types import (
+    ApiModel,
+    Conditions,
+    IntOrString,
+    ObjectName,
+    ResourceRequirements,
+    VersionNumber,
+    cel,
+    nested,
+    validations,
+)
+
+VersionPolicy = Literal["Latest", "Pinned"]
+Backend = Literal["onnxruntime", "python", "pytorch"]
+RolloutOutcome = Literal["Progressing", "Succeeded", "RolledBack", "Superseded"]
+
+# Service and Deployment names come from the ModelDeployment's name.
+DNS_LABEL_RULE = "^[a-z]([-a-z0-9]*[a-z0-9])?$"
+
+
+class DynamicBatching(ApiModel):
+    """Triton's dynamic batcher, which groups concurrent requests (needs the Model's maxBatchSize > 0)."""
+
+    enabled: bool = Field(False, description="Turn the dynamic batcher on.")
+    preferred_batch_sizes: list[int] | None = Field(None, max_length=16, description="Batch sizes the batcher aims for.")
+    max_queue_delay_microseconds: int = Field(0, ge=0, description="How long a request may wait for a batch to fill.")
+
+
+class InstanceGroup(ApiModel):
+    """Copies of the model Triton runs."""
+
+    count: int = Field(1, ge=1, le=64, description="Number of model instances.")
+    kind: Literal["KIND_CPU", "KIND_GPU"] | None = Field(
+        None, description="KIND_CPU or KIND_GPU; unset picks KIND_GPU when gpus > 0, else KIND_CPU."
+    )
+
+
+class TritonSpec(ApiModel):
+    """How Triton serves the model."""
+
+    image: str | None = Field(None, max_length=512, description="Triton image; unset uses the operator's default (nvcr.io/nvidia/tritonserver).")
+    backend: Backend = Field("onnxruntime", description="Triton backend: onnxruntime, python (runs the ONNX file with onnxruntime) or pytorch.")
+    dynamic_batching: DynamicBatching = nested(DynamicBatching, "Dynamic batching.")
+    instance_groups: list[InstanceGroup] | None = Field(None, max_length=8, description="Model instances; unset runs one.")
+    resources: ResourceRequirements | None = Field(None, description="CPU and memory for the Triton container.")
+    startup_timeout_seconds: int = Field(
+        600, ge=10, le=86400, description="Longest time the model may take to fetch and load before the pod is restarted."
+    )
+
+
+class RolloutSpec(ApiModel):
+    """How a version change rolls out."""
+
+    max_surge: IntOrString = Field(1, description="Extra pods during a rollout (count or percentage).")
+    max_unavailable: IntOrString = Field(0, description="Pods that may be unavailable during a rollout (count or percentage).")
+    progress_deadline_seconds: int = Field(
+        600, ge=10, le=86400, description="A rollout that is not available after this long has failed."
+    )
+    auto_rollback: bool = Field(True, description="Roll a failed rollout back to the last good version, and skip the failed version under Latest.")
+
+
+class ModelDeploymentSpec(ApiModel):
+    """Serves one Model with Triton, at the latest Ready version or a pinned one."""
+
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": validations(
+            cel(
+                "self.versionPolicy != 'Pinned' || has(self.version)",
+                "version is required when versionPolicy is Pinned",
+                fieldPath=".version",
+                reason="FieldValueRequired",
+            ),
+            cel(
+                "self.versionPolicy != 'Latest' || !has(self.version)",
+                "version must not be set when versionPolicy is Latest",
+                fieldPath=".version",
+                reason="FieldValueForbidden",
+            ),
+        )
+    }
+
+    model: ObjectName = Field(description="Name of the Model in the same namespace.")
+    version_policy: VersionPolicy = Field("Latest", description="Latest serves the highest Ready version; Pinned serves `version`.")
+    version: VersionNumber | None = Field(None, description="The version to serve; required with Pinned, forbidden with Latest.")
+    replicas: int = Field(1, ge=0, le=1000, description="Number of Triton pods.")
+    triton: TritonSpec = nested(TritonSpec, "Triton settings.")
+    scheduling: Scheduling = nested(Scheduling, "Scheduling of the Triton pods; gpus defaults to 0.")
+    rollout: RolloutSpec = nested(RolloutSpec, "Rollout settings.")
+
+
+class Endpoints(ApiModel):
+    """Where clients reach the model inside the cluster."""
+
+    http: str = Field(description="HTTP/REST endpoint (KServe v2 protocol).")
+    grpc: str = Field(description="gRPC endpoint.")
+
+
+class RolloutRecord(ApiModel):
+    """One change of the served version."""
+
+    version: int = Field(description="Version rolled out.")
+    from_version: int | None = Field(None, description="Version served before.")
+    started_at: str = Field(json_schema_extra={"format": "date-time"}, description="When the rollout started.")
+    finished_at: str | None = Field(None, json_schema_extra={"format": "date-time"}, description="When it finished.")
+    outcome: RolloutOutcome = Field(description="Progressing, Succeeded, RolledBack or Superseded.")
+
+
+class ModelDeploymentStatus(ApiModel):
+    """Observed state of a ModelDeployment."""
+
+    observed_generation: int | None = Field(None, description="The metadata.generation this status reflects.")
+    desired_version: int | None = Field(None, description="The version the policy asks for.")
+    served_version: int | None = Field(None, description="The version every ready pod serves.")
+    previous_version: int | None = Field(None, description="The version served before servedVersion.")
+    failed_versions: list[int] | None = Field(None, description="Versions whose rollout failed; Latest skips them.")
+    replicas: int | None = Field(None, description="Triton pods.")
+    ready_replicas: int | None = Field(None, description="Triton pods that are ready.")
+    endpoints: Endpoints | None = Field(None, description="In-cluster endpoints.")
+    rollouts: list[RolloutRecord] | None = Field(None, description="The most recent rollouts, newest last.")
+    conditions: Conditions | None = Field(None, description="Ready, Progressing and Degraded.")

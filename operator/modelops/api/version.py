@@ -1,0 +1,95 @@
+"""The ModelVersion kind: one immutable version of a Model and its compression result."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from modelops.api.model import Compression, Evaluation, Scheduling
+from modelops.api.types import (
+    ApiModel,
+    Conditions,
+    ObjectName,
+    S3Uri,
+    Sha256,
+    VersionNumber,
+    cel,
+    validations,
+)
+
+ArtifactFormat = Literal["onnx", "torchscript", "exported-program"]
+Phase = Literal["Pending", "Verifying", "Compressing", "Evaluating", "Ready", "Rejected", "Failed"]
+TERMINAL_PHASES: frozenset[str] = frozenset({"Ready", "Rejected", "Failed"})
+
+
+class Artifact(ApiModel):
+    """The uploaded artifact of this version."""
+
+    uri: S3Uri = Field(description="S3 URI of the artifact, for example s3://models/digits/1/model.onnx.")
+    format: ArtifactFormat = Field(description="onnx, torchscript or exported-program (torch.export).")
+    sha256: Sha256 = Field(description="sha256 of the artifact; verified while streaming, a mismatch fails the version.")
+
+
+class ModelVersionSpec(ApiModel):
+    """One immutable version of a Model. To change it, create a new version."""
+
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": validations(
+            cel("self == oldSelf", "spec is immutable: create a new ModelVersion with a new version number")
+        )
+    }
+
+    model: ObjectName = Field(description="Name of the Model in the same namespace.")
+    version: VersionNumber = Field(description="Version number, 1 or greater, unique within the Model; Triton's version folder.")
+    artifact: Artifact = Field(description="The uploaded artifact.")
+    compression: Compression | None = Field(None, description="Compression recipe; unset fields come from the Model's versionDefaults.")
+    evaluation: Evaluation | None = Field(None, description="Accuracy gate; when unset, the Model's default gate (if any) applies.")
+    scheduling: Scheduling | None = Field(None, description="Scheduling of the compression Job; unset fields come from the Model's versionDefaults.")
+
+
+class CompressedArtifact(ApiModel):
+    """The artifact that is served."""
+
+    uri: str = Field(description="S3 URI of the compressed artifact.")
+    sha256: str = Field(description="sha256 of the compressed artifact.")
+    bytes: int = Field(description="Size in bytes.")
+    format: str = Field(description="Format of the compressed artifact.")
+
+
+class MetricReport(ApiModel):
+    """The accuracy gate's measurement."""
+
+    name: str = Field(description="Metric name.")
+    threshold: float | None = Field(None, description="Pass mark that was applied.")
+    parent: float | None = Field(None, description="Value for the uncompressed parent (for top1-accuracy).")
+    compressed: float | None = Field(None, description="Value for the compressed model.")
+    drop: float | None = Field(None, description="Drop in percentage points (top1-accuracy).")
+    passed: bool | None = Field(None, description="Whether the gate passed.")
+
+
+class CompressionReport(ApiModel):
+    """What compression did, as reported by the compression Job."""
+
+    device: str | None = Field(None, description="cpu or cuda: where compression and evaluation ran.")
+    bytes_before: int | None = Field(None, description="Size of the source artifact in bytes.")
+    bytes_after: int | None = Field(None, description="Size of the compressed artifact in bytes.")
+    ratio: float | None = Field(None, description="bytesBefore / bytesAfter.")
+    latency_ms_before: float | None = Field(None, description="Inference latency of the source model in milliseconds.")
+    latency_ms_after: float | None = Field(None, description="Inference latency of the compressed model in milliseconds.")
+    metric: MetricReport | None = Field(None, description="Accuracy gate result, when a gate was set.")
+    recipe_hash: str | None = Field(None, description="Hash of the normalised recipe.")
+    compressor_version: str | None = Field(None, description="Version of the compressor that produced the artifact.")
+    from_cache: bool = Field(False, description="True when an earlier identical compression was reused.")
+
+
+class ModelVersionStatus(ApiModel):
+    """Observed state of a ModelVersion."""
+
+    observed_generation: int | None = Field(None, description="The metadata.generation this status reflects.")
+    phase: Phase | None = Field(None, description="Pending, Verifying, Compressing, Evaluating, Ready, Rejected or Failed.")
+    job_name: str | None = Field(None, description="Name of the compression Job.")
+    cache_key: str | None = Field(None, description="Content address of the compression output: sha256 of (source digest, recipe, compressor version).")
+    compressed_artifact: CompressedArtifact | None = Field(None, description="The compressed artifact, once Ready.")
+    report: CompressionReport | None = Field(None, description="The compression report.")
+    conditions: Conditions | None = Field(None, description="Ready, and Progressing while work is under way.")

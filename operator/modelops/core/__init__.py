@@ -1,0 +1,1 @@
+"""Pure logic of the operator: decisions and rendering, no I/O."""

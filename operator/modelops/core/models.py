@@ -1,0 +1,51 @@
+"""A Model's status, aggregated from its versions."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from modelops.api.model import VERSION_PHASES
+from modelops.core.conditions import FALSE, TRUE, Cond, merge_conditions
+from modelops.core.objects import VersionView
+from modelops.core.resolve import effective_versions
+
+
+def version_counts(versions: list[VersionView]) -> dict[str, int]:
+    counts = {phase.lower(): 0 for phase in VERSION_PHASES}
+    for view in versions:
+        if not view.deleting:
+            counts[(view.phase or "Pending").lower()] += 1
+    return {"total": sum(counts.values()), **counts}
+
+
+def latest_ready(versions: list[VersionView]) -> int | None:
+    ready = [n for n, v in effective_versions(versions).items() if v.ready]
+    return max(ready) if ready else None
+
+
+def model_status(
+    old: dict[str, Any] | None,
+    name: str,
+    versions: list[VersionView],
+    credentials_problem: str | None,
+    generation: int | None,
+    now: datetime,
+) -> dict[str, Any]:
+    """Counts by phase, the latest Ready version, and Ready: something can be served."""
+    old = old or {}
+    latest = latest_ready(versions)
+    if credentials_problem:
+        ready = Cond("Ready", FALSE, "CredentialsNotFound", credentials_problem)
+    elif latest is None:
+        ready = Cond("Ready", FALSE, "NoReadyVersion", f"no version of Model {name} is Ready yet")
+    else:
+        ready = Cond("Ready", TRUE, "VersionReady", f"version {latest} is Ready")
+    status: dict[str, Any] = {
+        "observedGeneration": generation,
+        "versions": version_counts(versions),
+        "conditions": merge_conditions(old.get("conditions"), [ready], generation, now),
+    }
+    if latest is not None:
+        status["latestReadyVersion"] = latest
+    return {k: v for k, v in status.items() if v is not None}

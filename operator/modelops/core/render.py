@@ -1,0 +1,378 @@
+"""Rendering of the objects the operator owns: the compression Job, the Triton Deployment and
+its Service. Pure functions of the specs; the same input always gives the same object."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from typing import Any
+
+from modelops import serving
+from modelops.api.deployment import ModelDeploymentSpec
+from modelops.api.model import ModelSpec, Signature, StorageSpec, Toleration
+from modelops.compress import exitcodes
+from modelops.core import naming
+from modelops.core.objects import OwnerRef, VersionView
+from modelops.core.versions import COMPRESSOR_CONTAINER, Scheduling
+from modelops.settings import Settings
+
+GPU_RESOURCE = "nvidia.com/gpu"
+GPU_TOLERATION = {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
+MODEL_REPOSITORY = "/models"
+HTTP_PORT, GRPC_PORT, METRICS_PORT = 8000, 8001, 8002
+# Images run as this unprivileged user; the NGC Triton image ships it as triton-server.
+RUN_AS_USER = 1000
+STARTUP_PERIOD_SECONDS = 5
+
+
+def spec_hash(obj: dict[str, Any]) -> str:
+    """Digest of a rendered object, stored on it so an unchanged render is never sent again."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
+
+
+def stamped(obj: dict[str, Any]) -> dict[str, Any]:
+    """The object with its spec-hash annotation."""
+    digest = spec_hash(obj)
+    meta = obj["metadata"]
+    return {**obj, "metadata": {**meta, "annotations": {**meta.get("annotations", {}), naming.ANNOTATION_SPEC_HASH: digest}}}
+
+
+def needs_apply(existing: dict[str, Any] | None, desired: dict[str, Any]) -> bool:
+    """Whether the live object differs from the render: another hash or another controller."""
+    if existing is None:
+        return True
+    live = existing.get("metadata", {})
+    want = desired["metadata"]
+    if (live.get("annotations") or {}).get(naming.ANNOTATION_SPEC_HASH) != want["annotations"][naming.ANNOTATION_SPEC_HASH]:
+        return True
+    live_owners = {ref.get("uid") for ref in live.get("ownerReferences") or []}
+    return not {ref["uid"] for ref in want.get("ownerReferences", [])} <= live_owners
+
+
+def restricted_container_security() -> dict[str, Any]:
+    """The container half of the Pod Security Standard "restricted"."""
+    return {
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "runAsNonRoot": True,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def restricted_pod_security() -> dict[str, Any]:
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": RUN_AS_USER,
+        "runAsGroup": RUN_AS_USER,
+        "fsGroup": RUN_AS_USER,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def storage_env(storage: StorageSpec) -> list[dict[str, Any]]:
+    """Storage settings for a pod: endpoint and region as values, credentials from the Secret."""
+    env: list[dict[str, Any]] = []
+    if storage.endpoint:
+        env.append({"name": "MODELOPS_S3_ENDPOINT", "value": storage.endpoint})
+    env.append({"name": "MODELOPS_S3_REGION", "value": storage.region})
+    env.append({"name": "MODELOPS_S3_VERIFY_TLS", "value": "true" if storage.verify_tls else "false"})
+    if storage.credentials_secret:
+        for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+            env.append(
+                {"name": key, "valueFrom": {"secretKeyRef": {"name": storage.credentials_secret.name, "key": key}}}
+            )
+    return env
+
+
+def tolerations_for(tolerations: tuple[Toleration, ...] | list[Toleration], gpus: int) -> list[dict[str, Any]]:
+    rendered = [t.wire() for t in tolerations]
+    if gpus > 0 and not any(t.get("key") == GPU_RESOURCE or (not t.get("key") and t.get("operator") == "Exists") for t in rendered):
+        rendered.append(dict(GPU_TOLERATION))
+    return rendered
+
+
+def _compact_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def torch_export_args(source_format: str, signature: Signature) -> list[str]:
+    """Names (and, for TorchScript, an example shape) so that a torch source exports to ONNX
+    with exactly the tensor names Triton will be configured with."""
+    if source_format == "onnx":
+        return []
+    args = [
+        "--input-names", ",".join(t.name for t in signature.inputs),
+        "--output-names", ",".join(t.name for t in signature.outputs),
+    ]
+    if source_format == "torchscript" and len(signature.inputs) == 1:
+        dims = [1 if d == -1 else d for d in signature.inputs[0].dims]
+        shape = [1, *dims] if signature.max_batch_size > 0 else dims
+        args += ["--input-shape", ",".join(str(d) for d in shape)]
+    return args
+
+
+def render_job(
+    *,
+    name: str,
+    namespace: str,
+    owner: OwnerRef,
+    model: str,
+    version_name: str,
+    version: int,
+    artifact: dict[str, Any],
+    recipe: dict[str, Any],
+    evaluation: dict[str, Any] | None,
+    output_prefix: str,
+    storage: StorageSpec,
+    signature: Signature,
+    scheduling: Scheduling,
+    settings: Settings,
+) -> dict[str, Any]:
+    """The compression Job of one ModelVersion."""
+    labels = naming.job_labels(model, version_name, version)
+    args = [
+        "--source-uri", artifact["uri"],
+        "--source-sha256", artifact["sha256"],
+        "--source-format", artifact["format"],
+        "--recipe-json", _compact_json(recipe),
+        "--output-prefix", output_prefix,
+    ]
+    if evaluation is not None:
+        args += ["--eval-json", _compact_json(evaluation)]
+    args += torch_export_args(artifact["format"], signature)
+    container: dict[str, Any] = {
+        "name": COMPRESSOR_CONTAINER,
+        "image": settings.compressor_image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "command": ["python", "-m", "modelops.compress"],
+        "args": args,
+        "env": [*storage_env(storage), {"name": "MODELOPS_TERMINATION_LOG", "value": "/dev/termination-log"}],
+        "terminationMessagePath": "/dev/termination-log",
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "securityContext": restricted_container_security(),
+    }
+    if scheduling.gpus > 0:
+        container["resources"] = {"limits": {GPU_RESOURCE: scheduling.gpus}}
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "securityContext": restricted_pod_security(),
+        "containers": [container],
+    }
+    if scheduling.node_selector:
+        pod_spec["nodeSelector"] = dict(scheduling.node_selector)
+    tolerations = tolerations_for(scheduling.tolerations, scheduling.gpus)
+    if tolerations:
+        pod_spec["tolerations"] = tolerations
+    job = {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": labels,
+            "annotations": {naming.ANNOTATION_VERSION: str(version)},
+            "ownerReferences": [owner.reference()],
+        },
+        "spec": {
+            "backoffLimit": settings.job_backoff_limit,
+            "podFailurePolicy": {
+                "rules": [
+                    {
+                        "action": "FailJob",
+                        "onExitCodes": {
+                            "containerName": COMPRESSOR_CONTAINER,
+                            "operator": "In",
+                            "values": sorted(int(c) for c in exitcodes.PERMANENT_FAILURES),
+                        },
+                    },
+                    {
+                        "action": "Count",
+                        "onExitCodes": {
+                            "containerName": COMPRESSOR_CONTAINER,
+                            "operator": "In",
+                            "values": [int(exitcodes.TRANSIENT)],
+                        },
+                    },
+                    # A node drain or preemption is nobody's fault and does not use up a retry.
+                    {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+                ]
+            },
+            "template": {"metadata": {"labels": labels}, "spec": pod_spec},
+        },
+    }
+    return stamped(job)
+
+
+def triton_config_text(model_name: str, model: ModelSpec, spec: ModelDeploymentSpec, version: int) -> str:
+    """config.pbtxt for one version; raises serving.ServingConfigError naming a bad field."""
+    gpus = spec.scheduling.gpus or 0
+    batching = spec.triton.dynamic_batching
+    groups = spec.triton.instance_groups or []
+    config = serving.TritonModelConfig(
+        name=model_name,
+        version=version,
+        inputs=tuple(serving.TensorSpec(t.name, t.data_type, tuple(t.dims)) for t in model.signature.inputs),
+        outputs=tuple(serving.TensorSpec(t.name, t.data_type, tuple(t.dims)) for t in model.signature.outputs),
+        backend=spec.triton.backend,
+        max_batch_size=model.signature.max_batch_size,
+        dynamic_batching=serving.DynamicBatching(
+            enabled=batching.enabled,
+            preferred_batch_sizes=tuple(batching.preferred_batch_sizes or ()),
+            max_queue_delay_microseconds=batching.max_queue_delay_microseconds,
+        ),
+        instance_groups=tuple(
+            serving.InstanceGroup(g.count, g.kind or serving.instance_kind_for(gpus)) for g in groups
+        )
+        or (serving.InstanceGroup(1, serving.instance_kind_for(gpus)),),
+    )
+    return serving.render_config_pbtxt(config)
+
+
+def _http_probe(path: str, period: int, failures: int, timeout: int = 3) -> dict[str, Any]:
+    return {
+        "httpGet": {"path": path, "port": "http"},
+        "periodSeconds": period,
+        "timeoutSeconds": timeout,
+        "failureThreshold": failures,
+    }
+
+
+def render_deployment(
+    *,
+    name: str,
+    namespace: str,
+    owner: OwnerRef,
+    spec: ModelDeploymentSpec,
+    model_name: str,
+    model: ModelSpec,
+    version: VersionView,
+    settings: Settings,
+) -> dict[str, Any]:
+    """The Triton Deployment serving `version`. Only the version (and the specs) change it."""
+    if not (version.compressed_uri and version.compressed_sha256):
+        raise ValueError(f"version {version.version} has no compressed artifact to serve")
+    gpus = spec.scheduling.gpus or 0
+    config_text = triton_config_text(model_name, model, spec, version.version)
+    labels = naming.server_labels(name, model_name)
+    template_labels = {**labels, naming.LABEL_VERSION: str(version.version)}
+    template_annotations = {
+        naming.ANNOTATION_VERSION: str(version.version),
+        naming.ANNOTATION_ARTIFACT_SHA256: version.compressed_sha256,
+        "prometheus.io/scrape": "true",
+        "prometheus.io/port": str(METRICS_PORT),
+        "prometheus.io/path": "/metrics",
+    }
+    volume_mount = {"name": "models", "mountPath": MODEL_REPOSITORY}
+    fetch = {
+        "name": "fetch",
+        "image": settings.operator_image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "command": ["python", "-m", "modelops.fetch"],
+        "args": [
+            "--uri", version.compressed_uri,
+            "--sha256", version.compressed_sha256,
+            "--model-name", model_name,
+            "--version", str(version.version),
+            "--backend", spec.triton.backend,
+            "--repository", MODEL_REPOSITORY,
+        ],
+        "env": [*storage_env(model.storage), {"name": "MODELOPS_TRITON_CONFIG", "value": config_text}],
+        "volumeMounts": [volume_mount],
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "securityContext": restricted_container_security(),
+    }
+    resources = spec.triton.resources.wire() if spec.triton.resources else {}
+    if gpus > 0:
+        resources = {**resources, "limits": {**resources.get("limits", {}), GPU_RESOURCE: gpus}}
+    startup_failures = max(1, math.ceil(spec.triton.startup_timeout_seconds / STARTUP_PERIOD_SECONDS))
+    triton = {
+        "name": "triton",
+        "image": spec.triton.image or settings.triton_image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "command": ["tritonserver"],
+        "args": [
+            f"--model-repository={MODEL_REPOSITORY}",
+            "--model-control-mode=none",
+            "--strict-readiness=true",
+            f"--http-port={HTTP_PORT}",
+            f"--grpc-port={GRPC_PORT}",
+            f"--metrics-port={METRICS_PORT}",
+        ],
+        "ports": [
+            {"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"},
+            {"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"},
+            {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"},
+        ],
+        "startupProbe": _http_probe("/v2/health/ready", STARTUP_PERIOD_SECONDS, startup_failures),
+        "readinessProbe": _http_probe("/v2/health/ready", 5, 3),
+        "livenessProbe": _http_probe("/v2/health/live", 10, 3),
+        "volumeMounts": [{**volume_mount, "readOnly": True}],
+        "securityContext": restricted_container_security(),
+    }
+    if resources:
+        triton["resources"] = resources
+    pod_spec: dict[str, Any] = {
+        "securityContext": restricted_pod_security(),
+        "initContainers": [fetch],
+        "containers": [triton],
+        "volumes": [{"name": "models", "emptyDir": {}}],
+    }
+    if spec.scheduling.node_selector:
+        pod_spec["nodeSelector"] = dict(spec.scheduling.node_selector)
+    tolerations = tolerations_for(spec.scheduling.tolerations or (), gpus)
+    if tolerations:
+        pod_spec["tolerations"] = tolerations
+    deployment = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": labels,
+            "annotations": {naming.ANNOTATION_VERSION: str(version.version)},
+            "ownerReferences": [owner.reference()],
+        },
+        "spec": {
+            "replicas": spec.replicas,
+            "selector": {"matchLabels": naming.server_selector(name)},
+            "strategy": {
+                "type": "RollingUpdate",
+                "rollingUpdate": {"maxSurge": spec.rollout.max_surge, "maxUnavailable": spec.rollout.max_unavailable},
+            },
+            "progressDeadlineSeconds": spec.rollout.progress_deadline_seconds,
+            "revisionHistoryLimit": 5,
+            "template": {"metadata": {"labels": template_labels, "annotations": template_annotations}, "spec": pod_spec},
+        },
+    }
+    return stamped(deployment)
+
+
+def render_service(*, name: str, namespace: str, owner: OwnerRef, model_name: str) -> dict[str, Any]:
+    """The Service in front of the Triton pods: http, grpc and metrics."""
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": naming.server_labels(name, model_name),
+            "annotations": {},
+            "ownerReferences": [owner.reference()],
+        },
+        "spec": {
+            "type": "ClusterIP",
+            "selector": naming.server_selector(name),
+            "ports": [
+                {"name": "http", "port": HTTP_PORT, "targetPort": "http", "protocol": "TCP"},
+                {"name": "grpc", "port": GRPC_PORT, "targetPort": "grpc", "protocol": "TCP"},
+                {"name": "metrics", "port": METRICS_PORT, "targetPort": "metrics", "protocol": "TCP"},
+            ],
+        },
+    }
+    return stamped(service)
+
+
+def endpoints(name: str, namespace: str) -> dict[str, str]:
+    host = f"{name}.{namespace}.svc"
+    return {"http": f"http://{host}:{HTTP_PORT}", "grpc": f"{host}:{GRPC_PORT}"}

@@ -1,0 +1,269 @@
+"""Rollout planning for a ModelDeployment: which version to render, whether a rollout failed
+and must be reverted, and the status that results. Plan first; the handler applies it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from modelops.api.deployment import ModelDeploymentSpec
+from modelops.core import naming
+from modelops.core.conditions import FALSE, TRUE, Cond, merge_conditions, timestamp
+from modelops.core.objects import VersionView
+from modelops.core.resolve import Resolution, effective_versions, resolve_version
+
+NORMAL, WARNING = "Normal", "Warning"
+
+
+@dataclass(frozen=True)
+class ServerState:
+    """The live Triton Deployment, reduced to what rollout decisions need."""
+
+    version: int | None
+    replicas: int
+    updated: int = 0
+    ready: int = 0
+    available: int = 0
+    total: int = 0
+    generation: int = 1
+    observed_generation: int = 1
+    deadline_exceeded: bool = False
+
+    @classmethod
+    def from_deployment(cls, body: dict[str, Any]) -> ServerState:
+        spec, status = body.get("spec") or {}, body.get("status") or {}
+        annotations = ((spec.get("template") or {}).get("metadata") or {}).get("annotations") or {}
+        raw_version = annotations.get(naming.ANNOTATION_VERSION)
+        exceeded = any(
+            c.get("type") == "Progressing" and c.get("status") == "False" and c.get("reason") == "ProgressDeadlineExceeded"
+            for c in status.get("conditions") or []
+        )
+        return cls(
+            version=int(raw_version) if raw_version and raw_version.isdigit() else None,
+            replicas=int(spec.get("replicas", 1)),
+            updated=int(status.get("updatedReplicas", 0)),
+            ready=int(status.get("readyReplicas", 0)),
+            available=int(status.get("availableReplicas", 0)),
+            total=int(status.get("replicas", 0)),
+            generation=int(body.get("metadata", {}).get("generation", 1)),
+            observed_generation=int(status.get("observedGeneration", 0)),
+            deadline_exceeded=exceeded,
+        )
+
+    @property
+    def complete(self) -> bool:
+        """Every pod runs the current template and is available; no old pod is left."""
+        return (
+            self.observed_generation >= self.generation
+            and self.updated == self.replicas
+            and self.available == self.replicas
+            and self.total == self.replicas
+        )
+
+
+@dataclass(frozen=True)
+class Event:
+    type: str
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class RolloutPlan:
+    target: VersionView | None  # the version to render; None leaves the Deployment alone
+    resolution: Resolution
+    status: dict[str, Any]
+    events: tuple[Event, ...] = ()
+    started: int | None = None  # version whose rollout starts now
+    succeeded: tuple[int, float] | None = None  # version and seconds it took
+    rolled_back: int | None = None
+
+
+def _seconds_between(start: str, now: datetime) -> float:
+    try:
+        began = datetime.strptime(start, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=now.tzinfo)
+    except ValueError:
+        return 0.0
+    return max(0.0, (now - began).total_seconds())
+
+
+def plan_rollout(
+    *,
+    spec: ModelDeploymentSpec,
+    generation: int | None,
+    old_status: dict[str, Any] | None,
+    versions: list[VersionView],
+    server: ServerState | None,
+    model_exists: bool,
+    endpoints: dict[str, str],
+    now: datetime,
+    history: int = 5,
+    blocked: tuple[str, str] | None = None,
+) -> RolloutPlan:
+    """Decide the served version and status of one ModelDeployment.
+
+    `blocked` (reason, message) stops any new rollout, for problems found while rendering.
+    """
+    old = old_status or {}
+    failed = set(old.get("failedVersions") or [])
+    records = [dict(r) for r in old.get("rollouts") or []]
+    served: int | None = old.get("servedVersion")
+    previous: int | None = old.get("previousVersion")
+    events: list[Event] = []
+    now_text = timestamp(now)
+
+    # A rollout that missed its deadline is reverted, and its version is skipped from now on.
+    rolled_back = None
+    if (
+        server is not None
+        and server.version is not None
+        and server.deadline_exceeded
+        and server.version != served
+        and server.version not in failed
+        and spec.rollout.auto_rollback
+    ):
+        rolled_back = server.version
+        failed.add(rolled_back)
+        for record in records:
+            if record["version"] == rolled_back and record["outcome"] == "Progressing":
+                record.update(outcome="RolledBack", finishedAt=now_text)
+        back_to = f"version {served}" if served is not None else "the previous version"
+        events.append(
+            Event(
+                WARNING,
+                "RolledBack",
+                f"version {rolled_back} did not become available within {spec.rollout.progress_deadline_seconds}s; "
+                f"rolling back to {back_to}",
+            )
+        )
+
+    if model_exists:
+        resolution = resolve_version(spec.version_policy, spec.version, spec.model, versions, failed)
+    else:
+        resolution = Resolution(None, "ModelNotFound", f"Model {spec.model} does not exist in this namespace; create it or fix spec.model")
+
+    target: VersionView | None = None
+    if blocked is None:
+        target = resolution.version
+        if target is None:
+            # Nothing new to serve: keep serving the last good version.
+            owners = effective_versions(versions)
+            for candidate in (served, server.version if server else None):
+                view = owners.get(candidate) if candidate is not None else None
+                if view is not None and view.ready and candidate not in failed:
+                    target = view
+                    break
+
+    if server is not None and server.complete and server.version is not None and server.version not in failed:
+        if served is not None and server.version != served:
+            previous = served
+        served = server.version
+
+    succeeded = None
+    if served is not None and records and records[-1]["version"] == served and records[-1]["outcome"] == "Progressing":
+        records[-1].update(outcome="Succeeded", finishedAt=now_text)
+        succeeded = (served, _seconds_between(records[-1]["startedAt"], now))
+        events.append(Event(NORMAL, "RolloutSucceeded", f"serving version {served}"))
+
+    started = None
+    in_flight = target is not None and target.version != served
+    if in_flight and not (records and records[-1]["version"] == target.version and records[-1]["outcome"] == "Progressing"):
+        if records and records[-1]["outcome"] == "Progressing":
+            records[-1].update(outcome="Superseded", finishedAt=now_text)
+        record: dict[str, Any] = {"version": target.version, "startedAt": now_text, "outcome": "Progressing"}
+        if served is not None:
+            record["fromVersion"] = served
+        records.append(record)
+        started = target.version
+        source = f" (from version {served})" if served is not None else ""
+        events.append(Event(NORMAL, "RolloutStarted", f"rolling out version {target.version}{source}"))
+    records = records[-history:]
+
+    if resolution.version is not None:
+        desired: int | None = resolution.version.version
+    else:
+        desired = spec.version if spec.version_policy == "Pinned" else None
+
+    conditions = _conditions(spec, resolution, target, served, desired, server, in_flight, records, blocked)
+    status: dict[str, Any] = {
+        "observedGeneration": generation,
+        "desiredVersion": desired,
+        "servedVersion": served,
+        "previousVersion": previous,
+        "failedVersions": sorted(failed) or None,
+        "replicas": server.total if server else 0,
+        "readyReplicas": server.ready if server else 0,
+        "endpoints": endpoints if (target is not None or server is not None) else None,
+        "rollouts": records or None,
+        "conditions": merge_conditions(old.get("conditions"), conditions, generation, now),
+    }
+    return RolloutPlan(
+        target=target,
+        resolution=resolution,
+        status={k: v for k, v in status.items() if v is not None},
+        events=tuple(events),
+        started=started,
+        succeeded=succeeded,
+        rolled_back=rolled_back,
+    )
+
+
+def _conditions(
+    spec: ModelDeploymentSpec,
+    resolution: Resolution,
+    target: VersionView | None,
+    served: int | None,
+    desired: int | None,
+    server: ServerState | None,
+    in_flight: bool,
+    records: list[dict[str, Any]],
+    blocked: tuple[str, str] | None,
+) -> list[Cond]:
+    if blocked is not None:
+        reason, message = blocked
+        return [
+            Cond("Ready", FALSE, reason, message),
+            Cond("Progressing", FALSE, reason, message),
+            Cond("Degraded", TRUE, reason, message),
+        ]
+    if target is None and served is None:
+        return [
+            Cond("Ready", FALSE, resolution.reason, resolution.message),
+            Cond("Progressing", FALSE, resolution.reason, resolution.message),
+            Cond("Degraded", FALSE, "NothingServed", "no version is served yet"),
+        ]
+    replicas = spec.replicas
+    ready_pods = server.ready if server else 0
+    rolling = in_flight or server is None or not server.complete
+    if rolling:
+        counts = f"{server.updated}/{replicas} updated, {server.available} available" if server else "creating the Deployment"
+        version = target.version if target else served
+        progressing = Cond("Progressing", TRUE, "RolloutInProgress", f"rolling out version {version}: {counts}")
+        if server is not None and server.deadline_exceeded and not spec.rollout.auto_rollback:
+            progressing = Cond(
+                "Progressing", FALSE, "ProgressDeadlineExceeded",
+                f"version {version} did not become available within {spec.rollout.progress_deadline_seconds}s "
+                "and autoRollback is off; fix the version or pin another one",
+            )
+    else:
+        progressing = Cond("Progressing", FALSE, "RolloutComplete", f"version {served} is rolled out")
+
+    if not rolling and served == desired and (replicas == 0 or ready_pods >= 1):
+        ready = Cond("Ready", TRUE, "Serving", f"serving version {served} on {ready_pods}/{replicas} ready replicas")
+    elif resolution.version is None:
+        still = f"; still serving version {served}" if served is not None else ""
+        ready = Cond("Ready", FALSE, resolution.reason, resolution.message + still)
+    elif rolling:
+        ready = Cond("Ready", FALSE, progressing.reason, progressing.message)
+    else:
+        ready = Cond("Ready", FALSE, "Unavailable", f"no ready replica of version {served}")
+
+    if records and records[-1]["outcome"] == "RolledBack":
+        bad = records[-1]["version"]
+        degraded = Cond("Degraded", TRUE, "RolledBack", f"the rollout of version {bad} failed and was rolled back; serving version {served}")
+    elif not rolling and desired != served and served is not None:
+        degraded = Cond("Degraded", TRUE, resolution.reason, f"{resolution.message}; serving version {served} instead")
+    else:
+        degraded = Cond("Degraded", FALSE, "AsExpected", "serving as the policy asks" if not rolling else "rollout under way")
+    return [ready, progressing, degraded]

@@ -1,0 +1,309 @@
+"""Decisions about one ModelVersion: prerequisites, effective recipe, and its state from the
+compression Job. The handler runs the I/O between these steps."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from pydantic import ValidationError
+
+from modelops.api.model import ModelSpec, Toleration
+from modelops.api.version import CompressedArtifact, CompressionReport, ModelVersionSpec
+from modelops.cachekey import compressed_prefix, compression_cache_key, normalize_recipe
+from modelops.compress import exitcodes
+from modelops.core.conditions import FALSE, TRUE, Cond, merge_conditions
+from modelops.core.objects import VersionView
+from modelops.core.resolve import owner_of_number
+
+COMPRESSOR_CONTAINER = "compress"
+REPORT_FILE = "report.json"
+# Termination messages are capped at 4096 bytes; excerpts in conditions stay short.
+_EXCERPT = 400
+
+
+@dataclass(frozen=True)
+class Scheduling:
+    """Where the compression Job runs, after defaults are applied."""
+
+    gpus: int
+    node_selector: dict[str, str] = field(default_factory=dict)
+    tolerations: tuple[Toleration, ...] = ()
+
+
+def effective_recipe(spec: ModelVersionSpec, model: ModelSpec) -> dict[str, Any]:
+    """The version's recipe with the Model's defaults filled in, normalised for the cache key."""
+    defaults = model.version_defaults.compression
+    own = spec.compression
+    pruning = own.pruning if own and own.pruning else None
+    recipe = {
+        "quantization": (own and own.quantization) or defaults.quantization,
+        "pruning": {
+            "method": (pruning and pruning.method) or defaults.pruning.method,
+            "amount": pruning.amount if pruning and pruning.amount is not None else defaults.pruning.amount,
+        },
+        "targetFormat": (own and own.target_format) or defaults.target_format,
+    }
+    return normalize_recipe(recipe)
+
+
+def effective_evaluation(spec: ModelVersionSpec, model: ModelSpec) -> dict[str, Any] | None:
+    evaluation = spec.evaluation or model.version_defaults.evaluation
+    return evaluation.wire() if evaluation else None
+
+
+def effective_scheduling(spec: ModelVersionSpec, model: ModelSpec) -> Scheduling:
+    defaults = model.version_defaults.scheduling
+    own = spec.scheduling
+    gpus = own.gpus if own and own.gpus is not None else defaults.gpus
+    node_selector = own.node_selector if own and own.node_selector is not None else defaults.node_selector
+    tolerations = own.tolerations if own and own.tolerations is not None else defaults.tolerations
+    return Scheduling(gpus=gpus, node_selector=dict(node_selector or {}), tolerations=tuple(tolerations or ()))
+
+
+def cache_key(spec: ModelVersionSpec, model: ModelSpec) -> str:
+    return compression_cache_key(spec.artifact.sha256, effective_recipe(spec, model))
+
+
+def output_prefix(spec: ModelVersionSpec, model: ModelSpec) -> str:
+    return compressed_prefix(model.storage.bucket, cache_key(spec, model))
+
+
+def report_uri(prefix: str) -> str:
+    return prefix + REPORT_FILE
+
+
+@dataclass(frozen=True)
+class VersionState:
+    """What a ModelVersion's status should say, minus bookkeeping."""
+
+    phase: str
+    reason: str
+    message: str
+    job_name: str | None = None
+    cache_key: str | None = None
+    compressed: dict[str, Any] | None = None
+    report: dict[str, Any] | None = None
+    # Seconds until the operator should look again without being told (storage checks).
+    retry_after: float | None = None
+
+    @property
+    def progressing(self) -> bool:
+        return self.phase in ("Pending", "Verifying", "Compressing", "Evaluating")
+
+
+def waiting(phase: str, reason: str, message: str, retry_after: float | None = None, **extra: Any) -> VersionState:
+    return VersionState(phase=phase, reason=reason, message=message, retry_after=retry_after, **extra)
+
+
+def check_prerequisites(
+    view: VersionView, model_exists: bool, siblings: list[VersionView]
+) -> VersionState | None:
+    """Pending with a reason while the Model is missing or another version owns the number."""
+    if not model_exists:
+        return waiting(
+            "Pending",
+            "ModelNotFound",
+            f"Model {view.model} does not exist in this namespace; create it or fix spec.model",
+        )
+    owner = owner_of_number([*siblings, view], view.version)
+    if owner is not None and owner.name != view.name:
+        return waiting(
+            "Pending",
+            "DuplicateVersion",
+            f"version {view.version} of Model {view.model} is already claimed by ModelVersion {owner.name}; "
+            "delete one of them or use another version number",
+        )
+    return None
+
+
+def parse_report(text: str | None) -> dict[str, Any] | None:
+    """The compressor's compact JSON report, or None when the text is not one."""
+    if not text:
+        return None
+    try:
+        report = json.loads(text)
+    except ValueError:
+        return None
+    if not isinstance(report, dict) or report.get("outcome") not in ("Passed", "Rejected", "Failed"):
+        return None
+    return report
+
+
+@dataclass(frozen=True)
+class JobResult:
+    """The compression Job as the operator sees it."""
+
+    state: str  # "running", "succeeded" or "failed"
+    report: dict[str, Any] | None = None
+    exit_code: int | None = None
+    detail: str = ""
+
+
+def _job_condition(job: dict[str, Any], type_: str) -> dict[str, Any] | None:
+    for cond in (job.get("status") or {}).get("conditions") or []:
+        if cond.get("type") == type_ and cond.get("status") == "True":
+            return cond
+    return None
+
+
+def _terminations(pods: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Terminated states of the compressor container, oldest first."""
+    found = []
+    for pod in pods:
+        for status in (pod.get("status") or {}).get("containerStatuses") or []:
+            if status.get("name") != COMPRESSOR_CONTAINER:
+                continue
+            terminated = (status.get("state") or {}).get("terminated")
+            if terminated:
+                found.append(terminated)
+    return sorted(found, key=lambda t: t.get("finishedAt") or "")
+
+
+def _unschedulable(pods: list[dict[str, Any]]) -> str:
+    for pod in pods:
+        for cond in (pod.get("status") or {}).get("conditions") or []:
+            if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
+                return cond.get("message") or cond.get("reason") or "pod not scheduled"
+    return ""
+
+
+def job_result(job: dict[str, Any], pods: list[dict[str, Any]]) -> JobResult:
+    """Running, succeeded or failed, with the report from the last termination message."""
+    complete = _job_condition(job, "Complete")
+    failed = _job_condition(job, "Failed")
+    terminations = _terminations(pods)
+    if complete:
+        succeeded = [t for t in terminations if t.get("exitCode") == 0]
+        message = succeeded[-1].get("message") if succeeded else None
+        return JobResult("succeeded", parse_report(message), 0)
+    if failed:
+        if terminations:
+            last = terminations[-1]
+            message = last.get("message") or ""
+            return JobResult("failed", parse_report(message), last.get("exitCode"), message.strip()[-_EXCERPT:])
+        return JobResult("failed", None, None, f"{failed.get('reason', 'Failed')}: {failed.get('message', '')}".strip())
+    return JobResult("running", detail=_unschedulable(pods))
+
+
+_EXIT_REASONS = {
+    exitcodes.BAD_ARTIFACT: ("Failed", "BadArtifact", "the artifact could not be verified or read"),
+    exitcodes.REJECTED: ("Rejected", "AccuracyGateFailed", "the compressed model failed the accuracy gate"),
+    exitcodes.TRANSIENT: ("Failed", "RetriesExhausted", "compression kept failing on transient errors (storage?)"),
+    exitcodes.USAGE: ("Failed", "InvalidJobArguments", "the compressor rejected its arguments; check operator and compressor versions"),
+}
+
+
+def state_from_job(result: JobResult, job_name: str, key: str | None) -> VersionState:
+    """The version's state from its compression Job."""
+    if result.state == "running":
+        if result.detail:
+            return waiting("Compressing", "JobPending", f"compression Job {job_name} is waiting for a node: {result.detail}", job_name=job_name, cache_key=key)
+        return waiting("Compressing", "JobRunning", f"compression Job {job_name} is running", job_name=job_name, cache_key=key)
+    if result.report is not None:
+        return state_from_report(result.report, job_name=job_name, key=key, from_cache=False)
+    if result.state == "succeeded":
+        return waiting(
+            "Failed",
+            "ReportMissing",
+            f"compression Job {job_name} succeeded but left no readable report; recreate the ModelVersion to retry",
+            job_name=job_name,
+            cache_key=key,
+        )
+    phase, reason, summary = _EXIT_REASONS.get(
+        result.exit_code, ("Failed", "CompressionFailed", f"the compressor exited with code {result.exit_code}")
+    )
+    detail = f": {result.detail}" if result.detail else ""
+    return waiting(phase, reason, f"{summary} (Job {job_name}){detail}", job_name=job_name, cache_key=key)
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return "?"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def _summary(report: CompressionReport) -> str:
+    parts = []
+    if report.ratio:
+        parts.append(f"{report.ratio:.2f}x smaller ({_size(report.bytes_before)} to {_size(report.bytes_after)})")
+    if report.device:
+        parts.append(f"on {report.device}")
+    text = "compressed " + " ".join(parts) if parts else "compressed"
+    metric = report.metric
+    if metric is not None and metric.compressed is not None:
+        text += f"; {metric.name} {metric.compressed:g}"
+        if metric.drop is not None:
+            text += f" (drop {metric.drop:g} points"
+            text += f", allowed {metric.threshold:g})" if metric.threshold is not None else ")"
+        elif metric.threshold is not None:
+            text += f" (threshold {metric.threshold:g})"
+    return text
+
+
+def state_from_report(report: dict[str, Any], job_name: str | None, key: str | None, from_cache: bool) -> VersionState:
+    """Ready, Rejected or Failed, from the compressor's report."""
+    outcome = report.get("outcome")
+    try:
+        details = CompressionReport.model_validate({**report, "fromCache": from_cache})
+    except ValidationError:
+        details = CompressionReport(from_cache=from_cache)
+    wire_report = details.wire()
+    if outcome == "Passed":
+        try:
+            artifact = CompressedArtifact.model_validate(report.get("artifact") or {})
+        except ValidationError:
+            return waiting("Failed", "ReportInvalid", "the compression report names no complete compressed artifact", job_name=job_name, cache_key=key, report=wire_report)
+        reason = "CompressedFromCache" if from_cache else "Compressed"
+        message = _summary(details) + (" (reused an identical earlier compression)" if from_cache else "")
+        return VersionState("Ready", reason, message, job_name, key, artifact.wire(), wire_report)
+    phase = "Rejected" if outcome == "Rejected" else "Failed"
+    reason = report.get("reason") or ("AccuracyGateFailed" if phase == "Rejected" else "CompressionFailed")
+    message = report.get("message") or _summary(details)
+    return VersionState(phase, reason, message, job_name, key, None, wire_report)
+
+
+def cached_report_usable(report: dict[str, Any] | None, evaluation: dict[str, Any] | None) -> bool:
+    """A cached output counts only if it passed the same gate this version asks for."""
+    if report is None or report.get("outcome") != "Passed":
+        return False
+    metric = report.get("metric")
+    if evaluation is None:
+        return True
+    return bool(
+        metric
+        and metric.get("name") == evaluation["metric"]
+        and metric.get("threshold") == evaluation["threshold"]
+        and metric.get("passed") is True
+    )
+
+
+def version_status(
+    old: dict[str, Any] | None, state: VersionState, generation: int | None, now: datetime
+) -> dict[str, Any]:
+    """The full status to store for `state`, keeping unchanged transition times."""
+    old = old or {}
+    ready = Cond("Ready", TRUE if state.phase == "Ready" else FALSE, state.reason, state.message)
+    progressing = Cond(
+        "Progressing",
+        TRUE if state.progressing else FALSE,
+        state.reason if state.progressing else state.phase,
+        state.message if state.progressing else f"{state.phase}: nothing more to do for this version",
+    )
+    status: dict[str, Any] = {"observedGeneration": generation, "phase": state.phase}
+    for key, value in (
+        ("jobName", state.job_name or old.get("jobName")),
+        ("cacheKey", state.cache_key or old.get("cacheKey")),
+        ("compressedArtifact", state.compressed),
+        ("report", state.report),
+    ):
+        if value is not None:
+            status[key] = value
+    status["conditions"] = merge_conditions(old.get("conditions"), [ready, progressing], generation, now)
+    return {k: v for k, v in status.items() if v is not None}

@@ -1,0 +1,43 @@
+"""Reconcile one Model: aggregate its versions, own its children, wake what depends on it."""
+
+from __future__ import annotations
+
+from modelops import kube as k8s
+from modelops.api.model import ModelSpec
+from modelops.api.version import TERMINAL_PHASES
+from modelops.core.models import model_status
+from modelops.core.objects import OwnerRef, VersionView, with_owner
+from modelops.handlers.context import Context, CredentialsProblem
+from modelops.handlers.queue import Key
+
+
+def reconcile_model(ctx: Context, key: Key) -> float | None:
+    body = ctx.kube.get(k8s.MODELS, key.namespace, key.name)
+    if body is None or body["metadata"].get("deletionTimestamp"):
+        return None
+    spec = ModelSpec.model_validate(body["spec"])
+    owner = OwnerRef.of(body)
+    selector = f"spec.model={key.name}"
+    versions = ctx.kube.list(k8s.MODELVERSIONS, key.namespace, field_selector=selector)
+    deployments = ctx.kube.list(k8s.MODELDEPLOYMENTS, key.namespace, field_selector=selector)
+
+    # Children are owned by the Model, so deleting it removes them and everything they own.
+    for child, resource in [(v, k8s.MODELVERSIONS) for v in versions] + [(d, k8s.MODELDEPLOYMENTS) for d in deployments]:
+        ctx.adopt(resource, child, with_owner(child["metadata"].get("ownerReferences"), owner))
+
+    try:
+        ctx.credentials(key.namespace, spec.storage)
+        problem = None
+    except CredentialsProblem as err:
+        problem = str(err)
+    views = [VersionView.from_body(v) for v in versions]
+    status = model_status(body.get("status"), key.name, views, problem, body["metadata"].get("generation"), ctx.clock())
+    ctx.write_status(k8s.MODELS, body, status)
+
+    # Versions waiting for this Model (or for a duplicate to go away), and every deployment.
+    for view in views:
+        if view.phase not in TERMINAL_PHASES:
+            ctx.wake(Key("ModelVersion", key.namespace, view.name))
+    for deployment in deployments:
+        ctx.wake(Key("ModelDeployment", key.namespace, deployment["metadata"]["name"]))
+    return None

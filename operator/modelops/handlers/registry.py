@@ -1,0 +1,196 @@
+"""The kopf wiring. Every watch event only wakes a key; nothing here decides anything.
+
+Only event-watching handlers are used: kopf then stores no progress, diff-base or finalizer
+on our objects, so a resync with nothing changed writes nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import kopf
+
+from modelops import kube as k8s
+from modelops.api.types import GROUP, VERSION
+from modelops.core import naming
+from modelops.handlers.context import Context
+from modelops.handlers.deployments import reconcile_deployment
+from modelops.handlers.models import reconcile_model
+from modelops.handlers.probes import serve_health, serve_metrics
+from modelops.handlers.queue import Key, RetryLater, WorkQueue
+from modelops.handlers.versions import reconcile_version
+from modelops.settings import KOPF_PREFIX, Settings
+
+logger = logging.getLogger(__name__)
+
+Reconciler = Callable[[Context, Key], float | None]
+RECONCILERS: dict[str, Reconciler] = {
+    "Model": reconcile_model,
+    "ModelVersion": reconcile_version,
+    "ModelDeployment": reconcile_deployment,
+}
+MANAGED = {naming.LABEL_MANAGED_BY: naming.MANAGED_BY}
+
+
+def configure_kopf(settings: kopf.OperatorSettings) -> None:
+    """kopf's own marks, should it ever write any, live under modelops.dev."""
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=KOPF_PREFIX)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=KOPF_PREFIX, key="last-handled-configuration"
+    )
+    settings.persistence.finalizer = f"{KOPF_PREFIX}/finalizer"
+    settings.posting.enabled = False  # the operator posts its own, meaningful events
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+
+
+class Operator:
+    """The running operator: context, queue, resync loop and probe servers."""
+
+    def __init__(self, settings: Settings, make_context: Callable[[Callable[[Key], None]], Context]) -> None:
+        self.settings = settings
+        self._make_context = make_context
+        self.ctx: Context | None = None
+        self.queue: WorkQueue | None = None
+        self.known: set[Key] = set()
+        self._runners: list[Any] = []
+        self._resync: asyncio.Task[None] | None = None
+        self.ready = False
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        # Reconciles run in threads; they wake other objects through the event loop.
+        self.ctx = self._make_context(lambda key: loop.call_soon_threadsafe(self.wake, key))
+        self.queue = WorkQueue(
+            self._work, self.settings.workers, self.settings.max_backoff_seconds, self.ctx.metrics.queue_depth.set
+        )
+        self.queue.start()
+        self._runners = [
+            await serve_metrics(self.ctx.metrics, self.settings.bind_address, self.settings.metrics_port),
+            await serve_health(self.live, lambda: self.ready, self.settings.bind_address, self.settings.health_port),
+        ]
+        self._resync = asyncio.create_task(self._resync_loop(), name="modelops-resync")
+        self.ready = True
+
+    async def stop(self) -> None:
+        self.ready = False
+        if self._resync is not None:
+            self._resync.cancel()
+        if self.queue is not None:
+            await self.queue.stop()
+        for runner in self._runners:
+            await runner.cleanup()
+        if self.ctx is not None:
+            self.ctx.kube.close()
+
+    def live(self) -> bool:
+        return self.queue is not None and self.queue.alive
+
+    # -- keys --------------------------------------------------------------------------
+
+    def wake(self, key: Key) -> None:
+        if self.queue is not None and key.name:
+            self.queue.add(key)
+
+    def seen(self, key: Key, deleted: bool) -> None:
+        if deleted:
+            self.known.discard(key)
+        else:
+            self.known.add(key)
+
+    async def _resync_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.resync_seconds)
+            for key in sorted(self.known):
+                self.wake(key)
+
+    async def _work(self, key: Key) -> float | None:
+        ctx = self.ctx
+        assert ctx is not None
+        started = time.monotonic()
+        try:
+            retry_after = await asyncio.to_thread(RECONCILERS[key.kind], ctx, key)
+        except k8s.Conflict:
+            ctx.metrics.reconciles.labels(key.kind, "conflict").inc()
+            raise RetryLater(f"{key}: changed while reconciling", delay=0.0) from None
+        except k8s.Throttled as err:
+            ctx.metrics.reconcile_errors.labels(key.kind, "Throttled").inc()
+            raise RetryLater(str(err), delay=err.retry_after) from None
+        except Exception as err:
+            ctx.metrics.reconcile_errors.labels(key.kind, type(err).__name__).inc()
+            raise
+        finally:
+            ctx.metrics.reconcile_seconds.labels(key.kind).observe(time.monotonic() - started)
+        ctx.metrics.reconciles.labels(key.kind, "ok").inc()
+        return retry_after
+
+
+def _owner_key(body: dict[str, Any], kind: str) -> Key | None:
+    for ref in body.get("metadata", {}).get("ownerReferences") or []:
+        if ref.get("kind") == kind and ref.get("apiVersion", "").startswith(f"{GROUP}/"):
+            return Key(kind, body["metadata"]["namespace"], ref["name"])
+    return None
+
+
+def build_registry(operator: Operator) -> kopf.OperatorRegistry:
+    """Register the handlers on a fresh registry (no import-time registration)."""
+    registry = kopf.OperatorRegistry()
+
+    @kopf.on.login(registry=registry)
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        # The same sources as the kubernetes client: in-cluster account or $KUBECONFIG.
+        return kopf.login_via_client(**kwargs)
+
+    @kopf.on.startup(registry=registry)
+    async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+        configure_kopf(settings)
+        await operator.start()
+
+    @kopf.on.cleanup(registry=registry)
+    async def cleanup(**_: Any) -> None:
+        await operator.stop()
+
+    @kopf.on.event(GROUP, VERSION, "models", registry=registry)
+    async def model_event(event: dict[str, Any], name: str, namespace: str, **_: Any) -> None:
+        key = Key("Model", namespace, name)
+        operator.seen(key, event.get("type") == "DELETED")
+        operator.wake(key)
+
+    @kopf.on.event(GROUP, VERSION, "modelversions", registry=registry)
+    async def version_event(event: dict[str, Any], body: Any, name: str, namespace: str, **_: Any) -> None:
+        key = Key("ModelVersion", namespace, name)
+        operator.seen(key, event.get("type") == "DELETED")
+        operator.wake(key)
+        operator.wake(Key("Model", namespace, (body.get("spec") or {}).get("model", "")))
+
+    @kopf.on.event(GROUP, VERSION, "modeldeployments", registry=registry)
+    async def deployment_event(event: dict[str, Any], name: str, namespace: str, **_: Any) -> None:
+        key = Key("ModelDeployment", namespace, name)
+        operator.seen(key, event.get("type") == "DELETED")
+        operator.wake(key)
+
+    @kopf.on.event("batch", "v1", "jobs", labels=MANAGED, registry=registry)
+    async def job_event(body: Any, **_: Any) -> None:
+        owner = _owner_key(dict(body), "ModelVersion")
+        if owner is not None:
+            operator.wake(owner)
+
+    @kopf.on.event("apps", "v1", "deployments", labels=MANAGED, registry=registry)
+    async def server_event(body: Any, **_: Any) -> None:
+        owner = _owner_key(dict(body), "ModelDeployment")
+        if owner is not None:
+            operator.wake(owner)
+
+    @kopf.on.event("", "v1", "services", labels=MANAGED, registry=registry)
+    async def service_event(body: Any, **_: Any) -> None:
+        owner = _owner_key(dict(body), "ModelDeployment")
+        if owner is not None:
+            operator.wake(owner)
+
+    return registry

@@ -1,0 +1,64 @@
+"""Operator settings: one typed object, read from MODELOPS_* environment variables."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from modelops import __version__
+
+ENV_PREFIX = "MODELOPS_"
+KOPF_PREFIX = "modelops.dev"
+
+
+class SettingsError(ValueError):
+    """A setting from the environment is invalid; the message names the variable."""
+
+
+class Settings(BaseModel):
+    """Everything the operator can be told from outside. Each field is MODELOPS_<FIELD>."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    namespaces: tuple[str, ...] = Field((), description="Namespaces to watch; empty watches the whole cluster.")
+    operator_image: str = Field(f"ghcr.io/modelops/modelops-operator:{__version__}", min_length=1)
+    compressor_image: str = Field(f"ghcr.io/modelops/modelops-compressor:{__version__}", min_length=1)
+    triton_image: str = Field("nvcr.io/nvidia/tritonserver:24.10-py3", min_length=1)
+    image_pull_policy: str = Field("IfNotPresent", pattern="^(Always|IfNotPresent|Never)$")
+    job_backoff_limit: int = Field(3, ge=0, le=20, description="Retries of a compression Job on transient errors.")
+    metrics_port: int = Field(8080, ge=0, le=65535, description="Port of /metrics; 0 picks a free port.")
+    health_port: int = Field(8081, ge=0, le=65535, description="Port of /healthz and /readyz; 0 picks a free port.")
+    bind_address: str = Field("0.0.0.0", min_length=1)
+    workers: int = Field(4, ge=1, le=64, description="Objects reconciled at the same time.")
+    resync_seconds: float = Field(600.0, gt=0, description="Every object is reconciled at least this often.")
+    retry_seconds: float = Field(30.0, gt=0, description="Wait before checking storage again after it failed or missed.")
+    max_backoff_seconds: float = Field(300.0, gt=0, description="Longest wait before retrying a failed reconcile.")
+    rollout_history: int = Field(5, ge=1, le=50, description="Rollouts kept in a ModelDeployment's status.")
+    log_level: str = Field("INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$")
+
+    @field_validator("namespaces", mode="before")
+    @classmethod
+    def _split_namespaces(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(ns.strip() for ns in value.split(",") if ns.strip())
+        return value
+
+    @classmethod
+    def env_name(cls, field: str) -> str:
+        return ENV_PREFIX + field.upper()
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> Settings:
+        values = {
+            field: environ[cls.env_name(field)]
+            for field in cls.model_fields
+            if environ.get(cls.env_name(field), "") != ""
+        }
+        try:
+            return cls(**values)
+        except ValidationError as err:
+            problems = "; ".join(
+                f"{cls.env_name(str(e['loc'][0]))}: {e['msg']}" for e in err.errors()
+            )
+            raise SettingsError(problems) from None

@@ -1,0 +1,204 @@
+"""The samples through the real operator, compressor, node agent and MinIO: one compression
+Job per version on the GPU node, versions Ready, Triton serving; a new version moves Latest
+and not Pinned; kubectl wait works for every kind; events tell the story."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.integration.conftest import (
+    ROOT,
+    Digits,
+    OperatorProcess,
+    Storage,
+    apply_docs,
+    eventually,
+    get_json,
+    kubectl,
+    publish_cached,
+)
+
+pytestmark = pytest.mark.integration
+
+SAMPLES = ROOT / "config" / "samples"
+
+
+def sample_docs() -> list[dict[str, Any]]:
+    return [yaml.safe_load(path.read_text()) for path in sorted(SAMPLES.glob("*.yaml"))]
+
+
+def for_this_bed(docs: list[dict[str, Any]], storage: Storage, shas: dict[int, str]) -> list[dict[str, Any]]:
+    """The samples with only what belongs to this environment replaced: endpoint, bucket,
+    credentials, the digests of the uploads, and Triton's python backend (the only one here)."""
+    out = []
+    for doc in docs:
+        kind, spec = doc["kind"], doc.get("spec", {})
+        if kind == "Secret":
+            doc = {**doc, "stringData": storage.secret(doc["metadata"]["name"])["stringData"]}
+        elif kind == "Model":
+            spec["storage"]["endpoint"] = storage.endpoint
+            spec["storage"]["bucket"] = storage.bucket
+            gate = spec["versionDefaults"]["evaluation"]
+            gate["datasetUri"] = gate["datasetUri"].replace("s3://models/", f"s3://{storage.bucket}/")
+        elif kind == "ModelVersion":
+            spec["artifact"]["uri"] = spec["artifact"]["uri"].replace("s3://models/", f"s3://{storage.bucket}/")
+            spec["artifact"]["sha256"] = shas[spec["version"]]
+        elif kind == "ModelDeployment":
+            spec["triton"]["backend"] = "python"
+            spec["replicas"] = 1
+        out.append(doc)
+    return out
+
+
+def version_manifest(number: int, storage: Storage, sha: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "modelops.dev/v1alpha1", "kind": "ModelVersion", "metadata": {"name": f"digits-v{number}"},
+        "spec": {"model": "digits", "version": number,
+                 "artifact": {"uri": f"s3://{storage.bucket}/digits/{number}/model.onnx", "format": "onnx", "sha256": sha}},
+    }
+
+
+def upload(storage: Storage, digits: Digits) -> dict[int, str]:
+    storage.put("digits/eval.npz", digits.eval_npz)
+    return {n: storage.put(f"digits/{n}/model.onnx", digits.onnx[n - 1]) for n in (1, 2, 3)}
+
+
+def jobs(testbed: Any, namespace: str) -> list[dict[str, Any]]:
+    return get_json(testbed, namespace, "jobs")["items"]
+
+
+def template_version(testbed: Any, namespace: str, name: str) -> str:
+    deployment = get_json(testbed, namespace, "deployment", name)
+    return deployment["spec"]["template"]["metadata"]["annotations"]["modelops.dev/version"]
+
+
+def wait_ready(testbed: Any, namespace: str, *objects: str, timeout: int = 600) -> None:
+    kubectl(testbed, "wait", "-n", namespace, "--for=condition=Ready", *objects, f"--timeout={timeout}s", timeout=timeout + 30)
+
+
+def test_samples_compress_serve_and_roll_forward(testbed, namespace, storage, digits, operator: OperatorProcess) -> None:
+    shas = upload(storage, digits)
+    apply_docs(testbed, namespace, for_this_bed(sample_docs(), storage, shas))
+
+    wait_ready(testbed, namespace, "modelversion/digits-v1", "modelversion/digits-v2")
+    compress_jobs = jobs(testbed, namespace)
+    assert sorted(j["metadata"]["name"] for j in compress_jobs) == ["digits-v1-compress", "digits-v2-compress"]
+    for job in compress_jobs:
+        owner = job["metadata"]["ownerReferences"][0]
+        assert owner["kind"] == "ModelVersion" and owner["controller"] is True
+        container = job["spec"]["template"]["spec"]["containers"][0]
+        assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
+        pods = get_json(testbed, namespace, "pods", "-l", f"batch.kubernetes.io/job-name={job['metadata']['name']}")["items"]
+        assert pods and all(p["spec"]["nodeName"] == "testbed-gpu" for p in pods)
+
+    for name in ("digits-v1", "digits-v2"):
+        status = get_json(testbed, namespace, "modelversion", name)["status"]
+        assert status["phase"] == "Ready" and status["jobName"] == f"{name}-compress"
+        assert status["compressedArtifact"]["uri"].startswith(f"s3://{storage.bucket}/modelops-cache/")
+        assert len(status["compressedArtifact"]["sha256"]) == 64
+        assert status["report"]["bytesAfter"] < status["report"]["bytesBefore"]
+
+    wait_ready(testbed, namespace, "model/digits", "modeldeployment/digits-latest", "modeldeployment/digits-pinned")
+    model = get_json(testbed, namespace, "model", "digits")["status"]
+    assert model["latestReadyVersion"] == 2 and model["versions"]["ready"] == 2
+    latest = get_json(testbed, namespace, "modeldeployment", "digits-latest")["status"]
+    assert (latest["desiredVersion"], latest["servedVersion"]) == (2, 2)
+    assert latest["endpoints"]["http"] == f"http://digits-latest.{namespace}.svc:8000"
+    pinned = get_json(testbed, namespace, "modeldeployment", "digits-pinned")["status"]
+    assert (pinned["desiredVersion"], pinned["servedVersion"]) == (1, 1)
+    pinned_generation = get_json(testbed, namespace, "deployment", "digits-pinned")["metadata"]["generation"]
+
+    listed = kubectl(testbed, "get", "modelops", "-n", namespace, "-o", "name").stdout.split()
+    assert len(listed) == 5
+
+    # Publishing version 3 rolls Latest forward; Pinned stays where it is.
+    apply_docs(testbed, namespace, [version_manifest(3, storage, shas[3])])
+    wait_ready(testbed, namespace, "modelversion/digits-v3")
+    kubectl(testbed, "wait", "-n", namespace, "--for=jsonpath={.status.servedVersion}=3",
+            "modeldeployment/digits-latest", "--timeout=600s", timeout=630)
+    wait_ready(testbed, namespace, "modeldeployment/digits-latest")
+    latest = get_json(testbed, namespace, "modeldeployment", "digits-latest")["status"]
+    assert latest["previousVersion"] == 2
+    assert [(r["version"], r["outcome"]) for r in latest["rollouts"]][-2:] == [(2, "Succeeded"), (3, "Succeeded")]
+    assert template_version(testbed, namespace, "digits-latest") == "3"
+    assert template_version(testbed, namespace, "digits-pinned") == "1"
+    assert get_json(testbed, namespace, "deployment", "digits-pinned")["metadata"]["generation"] == pinned_generation
+    assert get_json(testbed, namespace, "modeldeployment", "digits-pinned")["status"]["servedVersion"] == 1
+    assert len(jobs(testbed, namespace)) == 3
+
+    reasons = {e["reason"] for e in get_json(testbed, namespace, "events")["items"]
+               if e["source"].get("component") == "modelops" or e.get("reportingComponent") == "modelops.dev/operator"}
+    assert {"JobCreated", "Compressed", "RolloutStarted", "RolloutSucceeded"} <= reasons
+
+    assert operator.metric("modelops_compression_jobs_created_total") == 3
+    assert operator.metric("modelops_rollouts_total", outcome="succeeded") >= 3
+    assert operator.metric("modelops_model_versions", phase="Ready") == 3
+    assert operator.health("/healthz") == 200 and operator.health("/readyz") == 200
+
+
+def test_a_missing_artifact_is_a_condition_not_a_crash(testbed, namespace, storage, operator) -> None:
+    docs = for_this_bed(sample_docs()[:2], storage, {})
+    apply_docs(testbed, namespace, docs + [version_manifest(1, storage, "ab" * 32)])
+    status = eventually(
+        lambda: (get_json(testbed, namespace, "modelversion", "digits-v1").get("status") or {}).get("phase") == "Verifying"
+        and get_json(testbed, namespace, "modelversion", "digits-v1")["status"],
+        60, "the version to report the missing artifact",
+    )
+    ready = next(c for c in status["conditions"] if c["type"] == "Ready")
+    assert ready["reason"] == "ArtifactNotFound" and f"s3://{storage.bucket}/digits/1/model.onnx" in ready["message"]
+    assert jobs(testbed, namespace) == []
+    # Uploading the object is enough: the operator checks again by itself.
+    storage.put("digits/1/model.onnx", b"not really a model")
+    eventually(lambda: len(jobs(testbed, namespace)) == 1, 60, "the Job once the artifact exists")
+
+
+def test_a_duplicate_version_number_waits_with_a_reason(testbed, namespace, storage, operator) -> None:
+    docs = for_this_bed(sample_docs()[:2], storage, {})
+    sha = storage.put("digits/1/model.onnx", b"bytes")
+    first = version_manifest(1, storage, sha)
+    apply_docs(testbed, namespace, docs + [first])
+    eventually(lambda: jobs(testbed, namespace), 60, "the first version's Job")
+    second = json.loads(json.dumps(first))
+    second["metadata"]["name"] = "digits-v1-again"
+    apply_docs(testbed, namespace, [second])
+    status = eventually(
+        lambda: (get_json(testbed, namespace, "modelversion", "digits-v1-again").get("status") or {}),
+        60, "the duplicate's status",
+    )
+    ready = next(c for c in status["conditions"] if c["type"] == "Ready")
+    assert status["phase"] == "Pending" and ready["reason"] == "DuplicateVersion" and "digits-v1" in ready["message"]
+    assert len(jobs(testbed, namespace)) == 1
+
+
+def test_a_rollout_that_misses_its_deadline_is_rolled_back(testbed, namespace, storage, digits, operator) -> None:
+    """Version 2's artifact cannot be loaded: Triton never gets ready, the deadline passes, the
+    deployment returns to version 1 and Latest skips version 2 from then on."""
+    secret, model = for_this_bed(sample_docs()[:2], storage, {})
+    good = version_manifest(1, storage, storage.put("digits/1/model.onnx", digits.onnx[0]))
+    bad = version_manifest(2, storage, storage.put("digits/2/model.onnx", digits.onnx[1]))
+    publish_cached(storage, model, good, digits.onnx[0])
+    publish_cached(storage, model, bad, b"this is not an ONNX model")
+    serve = {
+        "apiVersion": "modelops.dev/v1alpha1", "kind": "ModelDeployment", "metadata": {"name": "serve"},
+        "spec": {"model": "digits", "triton": {"backend": "python"}, "rollout": {"progressDeadlineSeconds": 15}},
+    }
+    apply_docs(testbed, namespace, [secret, model, good, serve])
+    wait_ready(testbed, namespace, "modeldeployment/serve", timeout=300)
+
+    apply_docs(testbed, namespace, [bad])
+    kubectl(testbed, "wait", "-n", namespace, "--for=jsonpath={.status.failedVersions[0]}=2",
+            "modeldeployment/serve", "--timeout=300s", timeout=330)
+    wait_ready(testbed, namespace, "modeldeployment/serve", timeout=300)
+    status = get_json(testbed, namespace, "modeldeployment", "serve")["status"]
+    assert (status["desiredVersion"], status["servedVersion"]) == (1, 1)
+    assert status["rollouts"][-1]["version"] == 2 and status["rollouts"][-1]["outcome"] == "RolledBack"
+    degraded = next(c for c in status["conditions"] if c["type"] == "Degraded")
+    assert (degraded["status"], degraded["reason"]) == ("True", "RolledBack")
+    assert template_version(testbed, namespace, "serve") == "1"
+    reasons = [e["reason"] for e in get_json(testbed, namespace, "events")["items"]]
+    assert "RolledBack" in reasons
+    assert operator.metric("modelops_rollbacks_total") == 1

@@ -1,0 +1,295 @@
+"""Rendering of the compression Job, the Triton Deployment and its Service."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from modelops.api import ModelDeploymentSpec, ModelSpec
+from modelops.api.model import Toleration
+from modelops.core import naming
+from modelops.core.objects import OwnerRef, VersionView
+from modelops.core.render import (
+    needs_apply,
+    render_deployment,
+    render_job,
+    render_service,
+    spec_hash,
+    triton_config_text,
+)
+from modelops.core.versions import Scheduling
+from modelops.serving import ServingConfigError
+from modelops.settings import Settings
+
+pytestmark = pytest.mark.unit
+
+SETTINGS = Settings.from_env({})
+MV_OWNER = OwnerRef("modelops.dev/v1alpha1", "ModelVersion", "digits-v1", "uid-mv")
+MD_OWNER = OwnerRef("modelops.dev/v1alpha1", "ModelDeployment", "digits", "uid-md")
+ARTIFACT = {"uri": "s3://models/digits/1.onnx", "sha256": "ab" * 32, "format": "onnx"}
+RECIPE = {"quantization": "int8-weight-only", "pruning": {"method": "none", "amount": 0.0}, "targetFormat": "onnx"}
+GPU_NODE = {"nvidia.com/gpu.present": "true"}
+
+
+def model_spec(**signature) -> ModelSpec:
+    return ModelSpec.model_validate(
+        {
+            "storage": {"endpoint": "http://minio:9000", "bucket": "models", "credentialsSecret": {"name": "s3-creds"}},
+            "signature": {"inputs": [{"name": "x", "dataType": "FP32", "dims": [64]}],
+                          "outputs": [{"name": "y", "dataType": "FP32", "dims": [10]}], "maxBatchSize": 8, **signature},
+        }
+    )
+
+
+def job(**overrides):
+    args = dict(
+        name="digits-v1-compress", namespace="ns", owner=MV_OWNER, model="digits", version_name="digits-v1", version=1,
+        artifact=ARTIFACT, recipe=RECIPE, evaluation=None, output_prefix="s3://models/modelops-cache/" + "k" * 64 + "/",
+        storage=model_spec().storage, signature=model_spec().signature, scheduling=Scheduling(gpus=1, node_selector=GPU_NODE),
+        settings=SETTINGS,
+    )
+    return render_job(**{**args, **overrides})
+
+
+def env_map(container: dict) -> dict:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
+
+
+def test_job_identity_and_ownership() -> None:
+    rendered = job()
+    meta = rendered["metadata"]
+    assert meta["name"] == "digits-v1-compress" and meta["namespace"] == "ns"
+    assert meta["ownerReferences"] == [
+        {"apiVersion": "modelops.dev/v1alpha1", "kind": "ModelVersion", "name": "digits-v1", "uid": "uid-mv",
+         "controller": True, "blockOwnerDeletion": False}
+    ]
+    assert meta["labels"][naming.LABEL_MANAGED_BY] == "modelops"
+    assert meta["labels"][naming.LABEL_VERSION] == "1"
+    assert naming.ANNOTATION_SPEC_HASH in meta["annotations"]
+
+
+def test_job_runs_the_compressor_cli_contract() -> None:
+    container = job(evaluation={"datasetUri": "s3://models/e.npz", "metric": "top1-accuracy", "threshold": 0.5})["spec"]["template"]["spec"]["containers"][0]
+    assert container["image"] == SETTINGS.compressor_image
+    assert container["command"] == ["python", "-m", "modelops.compress"]
+    args = container["args"]
+    pairs = dict(zip(args[::2], args[1::2]))
+    assert pairs["--source-uri"] == ARTIFACT["uri"] and pairs["--source-sha256"] == ARTIFACT["sha256"]
+    assert pairs["--source-format"] == "onnx"
+    assert json.loads(pairs["--recipe-json"]) == RECIPE
+    assert json.loads(pairs["--eval-json"])["metric"] == "top1-accuracy"
+    assert pairs["--output-prefix"].endswith("/")
+    assert container["terminationMessagePolicy"] == "FallbackToLogsOnError"
+    env = env_map(container)
+    assert env["MODELOPS_S3_ENDPOINT"] == "http://minio:9000"
+    assert env["AWS_SECRET_ACCESS_KEY"] == {"secretKeyRef": {"name": "s3-creds", "key": "AWS_SECRET_ACCESS_KEY"}}
+    assert "--eval-json" not in job()["spec"]["template"]["spec"]["containers"][0]["args"]
+
+
+@pytest.mark.parametrize(
+    ("source_format", "max_batch", "expected"),
+    [
+        ("onnx", 8, {}),
+        ("exported-program", 8, {"--input-names": "x", "--output-names": "y"}),
+        ("torchscript", 8, {"--input-names": "x", "--output-names": "y", "--input-shape": "1,64"}),
+        ("torchscript", 0, {"--input-names": "x", "--output-names": "y", "--input-shape": "64"}),
+    ],
+)
+def test_torch_sources_export_with_the_signature_names(source_format, max_batch, expected) -> None:
+    rendered = job(artifact={**ARTIFACT, "format": source_format}, signature=model_spec(maxBatchSize=max_batch).signature)
+    args = rendered["spec"]["template"]["spec"]["containers"][0]["args"]
+    pairs = dict(zip(args[::2], args[1::2]))
+    assert {k: v for k, v in pairs.items() if k in ("--input-names", "--output-names", "--input-shape")} == expected
+    assert pairs["--source-format"] == source_format
+
+
+def test_job_failure_policy_and_retries() -> None:
+    spec = job()["spec"]
+    assert spec["backoffLimit"] == 3
+    assert spec["template"]["spec"]["restartPolicy"] == "Never"
+    rules = spec["podFailurePolicy"]["rules"]
+    fail_now = [r for r in rules if r["action"] == "FailJob"][0]["onExitCodes"]["values"]
+    count = [r for r in rules if r["action"] == "Count"][0]["onExitCodes"]["values"]
+    assert {10, 11} <= set(fail_now) and 12 not in fail_now
+    assert count == [12]
+    custom = job(settings=Settings.from_env({"MODELOPS_JOB_BACKOFF_LIMIT": "7"}))
+    assert custom["spec"]["backoffLimit"] == 7
+
+
+@pytest.mark.parametrize(
+    ("scheduling", "gpu_limit", "tolerations"),
+    [
+        (Scheduling(gpus=1, node_selector=GPU_NODE), 1, [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]),
+        (Scheduling(gpus=2), 2, [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]),
+        (Scheduling(gpus=0), None, None),
+        (
+            Scheduling(gpus=1, tolerations=(Toleration(key="nvidia.com/gpu", operator="Exists"),)),
+            1,
+            [{"key": "nvidia.com/gpu", "operator": "Exists"}],
+        ),
+        (
+            Scheduling(gpus=0, tolerations=(Toleration(key="pool", operator="Equal", value="batch", effect="NoSchedule"),)),
+            None,
+            [{"key": "pool", "operator": "Equal", "value": "batch", "effect": "NoSchedule"}],
+        ),
+    ],
+)
+def test_job_gpu_scheduling(scheduling, gpu_limit, tolerations) -> None:
+    pod = job(scheduling=scheduling)["spec"]["template"]["spec"]
+    limits = pod["containers"][0].get("resources", {}).get("limits", {})
+    assert limits.get("nvidia.com/gpu") == gpu_limit
+    assert pod.get("tolerations") == tolerations
+    assert pod.get("nodeSelector") == (dict(scheduling.node_selector) or None)
+
+
+def test_job_render_is_deterministic() -> None:
+    assert job() == job()
+    assert spec_hash(job()) != spec_hash(job(version=2))
+
+
+def served(number: int = 1, sha: str = "cd" * 32) -> VersionView:
+    return VersionView(name=f"digits-v{number}", model="digits", version=number, phase="Ready",
+                       compressed_uri=f"s3://models/modelops-cache/{number}/model.onnx", compressed_sha256=sha, compressed_format="onnx")
+
+
+def deployment(spec: dict | None = None, version: VersionView | None = None, model: ModelSpec | None = None, settings=SETTINGS):
+    return render_deployment(
+        name="digits", namespace="ns", owner=MD_OWNER, spec=ModelDeploymentSpec.model_validate({"model": "digits", **(spec or {})}),
+        model_name="digits", model=model or model_spec(), version=version or served(), settings=settings,
+    )
+
+
+def test_triton_container_ports_probes_and_command() -> None:
+    pod = deployment()["spec"]["template"]["spec"]
+    triton = pod["containers"][0]
+    assert triton["image"] == "nvcr.io/nvidia/tritonserver:24.10-py3"
+    assert [p["name"] for p in triton["ports"]] == ["http", "grpc", "metrics"]
+    assert [p["containerPort"] for p in triton["ports"]] == [8000, 8001, 8002]
+    assert triton["command"] == ["tritonserver"]
+    assert triton["args"] == [
+        "--model-repository=/models", "--model-control-mode=none", "--strict-readiness=true",
+        "--http-port=8000", "--grpc-port=8001", "--metrics-port=8002",
+    ]
+    assert triton["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": "http"}
+    assert triton["livenessProbe"]["httpGet"] == {"path": "/v2/health/live", "port": "http"}
+    startup = triton["startupProbe"]
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 600
+
+
+def test_startup_probe_is_sized_from_the_spec() -> None:
+    startup = deployment({"triton": {"startupTimeoutSeconds": 1800}})["spec"]["template"]["spec"]["containers"][0]["startupProbe"]
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 1800
+
+
+def test_pod_security_is_restricted() -> None:
+    pod = deployment()["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    for container in pod["containers"] + pod["initContainers"]:
+        ctx = container["securityContext"]
+        assert ctx["allowPrivilegeEscalation"] is False
+        assert ctx["capabilities"] == {"drop": ["ALL"]}
+        assert ctx["runAsNonRoot"] is True and ctx["seccompProfile"]["type"] == "RuntimeDefault"
+
+
+def test_init_container_fetches_exactly_the_version() -> None:
+    pod = deployment({"triton": {"backend": "python"}}, version=served(3))["spec"]["template"]["spec"]
+    fetch = pod["initContainers"][0]
+    assert fetch["image"] == SETTINGS.operator_image
+    assert fetch["command"] == ["python", "-m", "modelops.fetch"]
+    args = dict(zip(fetch["args"][::2], fetch["args"][1::2]))
+    assert args == {
+        "--uri": "s3://models/modelops-cache/3/model.onnx", "--sha256": "cd" * 32, "--model-name": "digits",
+        "--version": "3", "--backend": "python", "--repository": "/models",
+    }
+    env = env_map(fetch)
+    assert 'backend: "python"' in env["MODELOPS_TRITON_CONFIG"]
+    assert "versions: [3]" in env["MODELOPS_TRITON_CONFIG"]
+    assert env["AWS_ACCESS_KEY_ID"] == {"secretKeyRef": {"name": "s3-creds", "key": "AWS_ACCESS_KEY_ID"}}
+    assert env["MODELOPS_S3_ENDPOINT"] == "http://minio:9000"
+    assert pod["volumes"] == [{"name": "models", "emptyDir": {}}]
+    assert fetch["volumeMounts"][0]["mountPath"] == "/models"
+
+
+def test_rollout_strategy_and_deadline() -> None:
+    spec = deployment({"rollout": {"progressDeadlineSeconds": 90}, "replicas": 3})["spec"]
+    assert spec["strategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
+    assert spec["progressDeadlineSeconds"] == 90 and spec["replicas"] == 3
+
+
+def test_gpu_serving_gets_limits_selector_tolerations_and_gpu_instances() -> None:
+    rendered = deployment({"scheduling": {"gpus": 1, "nodeSelector": GPU_NODE}, "triton": {"resources": {"limits": {"memory": "4Gi"}}}})
+    pod = rendered["spec"]["template"]["spec"]
+    assert pod["containers"][0]["resources"]["limits"] == {"memory": "4Gi", "nvidia.com/gpu": 1}
+    assert pod["nodeSelector"] == GPU_NODE
+    assert pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    config = {e["name"]: e.get("value") for e in pod["initContainers"][0]["env"]}["MODELOPS_TRITON_CONFIG"]
+    assert "KIND_GPU" in config
+    cpu = deployment()["spec"]["template"]["spec"]
+    assert "tolerations" not in cpu and "resources" not in cpu["containers"][0]
+
+
+def test_template_carries_version_and_digest_and_scrape_annotations() -> None:
+    template = deployment(version=served(4))["spec"]["template"]
+    assert template["metadata"]["labels"][naming.LABEL_VERSION] == "4"
+    annotations = template["metadata"]["annotations"]
+    assert annotations[naming.ANNOTATION_VERSION] == "4"
+    assert annotations[naming.ANNOTATION_ARTIFACT_SHA256] == "cd" * 32
+    assert annotations["prometheus.io/scrape"] == "true" and annotations["prometheus.io/port"] == "8002"
+
+
+def test_only_version_related_fields_change_between_versions() -> None:
+    one, two = deployment(version=served(1)), deployment(version=served(2, sha="ef" * 32))
+    assert one["spec"]["selector"] == two["spec"]["selector"]
+    assert {k: v for k, v in one["spec"].items() if k != "template"} == {k: v for k, v in two["spec"].items() if k != "template"}
+    assert one["spec"]["template"] != two["spec"]["template"]
+    assert deployment(version=served(1)) == one  # deterministic
+
+
+def test_image_overrides() -> None:
+    settings = Settings.from_env({"MODELOPS_TRITON_IMAGE": "local/triton:1", "MODELOPS_OPERATOR_IMAGE": "local/op:1"})
+    pod = deployment(settings=settings)["spec"]["template"]["spec"]
+    assert pod["containers"][0]["image"] == "local/triton:1" and pod["initContainers"][0]["image"] == "local/op:1"
+    pod = deployment({"triton": {"image": "custom/triton:2"}}, settings=settings)["spec"]["template"]["spec"]
+    assert pod["containers"][0]["image"] == "custom/triton:2"
+
+
+def test_invalid_serving_config_is_reported_with_the_field() -> None:
+    with pytest.raises(ServingConfigError, match="dynamic_batching"):
+        triton_config_text("digits", model_spec(maxBatchSize=0), ModelDeploymentSpec.model_validate(
+            {"model": "digits", "triton": {"dynamicBatching": {"enabled": True}}}), 1)
+
+
+def test_a_version_without_compressed_artifact_is_not_rendered() -> None:
+    with pytest.raises(ValueError, match="no compressed artifact"):
+        deployment(version=VersionView("digits-v9", "digits", 9, "Compressing"))
+
+
+def test_service_ports_and_selector_match_the_pods() -> None:
+    service = render_service(name="digits", namespace="ns", owner=MD_OWNER, model_name="digits")
+    assert [(p["name"], p["port"]) for p in service["spec"]["ports"]] == [("http", 8000), ("grpc", 8001), ("metrics", 8002)]
+    pod_labels = deployment()["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+    assert service["metadata"]["ownerReferences"][0]["uid"] == "uid-md"
+
+
+@pytest.mark.parametrize(
+    ("live_hash", "live_owner", "expected"),
+    [("same", "uid-md", False), ("other", "uid-md", True), ("same", "uid-else", True), (None, "uid-md", True)],
+)
+def test_needs_apply(live_hash, live_owner, expected) -> None:
+    desired = render_service(name="digits", namespace="ns", owner=MD_OWNER, model_name="digits")
+    digest = desired["metadata"]["annotations"][naming.ANNOTATION_SPEC_HASH]
+    annotations = {naming.ANNOTATION_SPEC_HASH: digest if live_hash == "same" else live_hash} if live_hash else {}
+    live = {"metadata": {"annotations": annotations, "ownerReferences": [{"uid": live_owner}]}}
+    assert needs_apply(live, desired) is expected
+    assert needs_apply(None, desired) is True
+
+
+def test_long_names_make_valid_job_names() -> None:
+    assert naming.job_name("digits-v1") == "digits-v1-compress"
+    long = "a" * 80
+    name = naming.job_name(long)
+    assert len(name) <= 63 and name.endswith("-compress")
+    assert naming.job_name(long) == name and naming.job_name(long + "b") != name

@@ -1,0 +1,221 @@
+"""Rollout planning: roll forward, pin, roll back, and the status that results."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from modelops.api import ModelDeploymentSpec
+from modelops.core import naming
+from modelops.core.conditions import find
+from modelops.core.objects import VersionView
+from modelops.core.rollout import ServerState, plan_rollout
+
+pytestmark = pytest.mark.unit
+
+T0 = datetime(2025, 3, 1, 12, 0, tzinfo=timezone.utc)
+ENDPOINTS = {"http": "http://digits.ns.svc:8000", "grpc": "digits.ns.svc:8001"}
+
+
+def v(number: int, phase: str = "Ready") -> VersionView:
+    ready = phase == "Ready"
+    return VersionView(f"digits-v{number}", "digits", number, phase, created=f"2025-01-0{number}T00:00:00Z",
+                       compressed_uri=f"s3://m/{number}" if ready else None, compressed_sha256=f"{number:064x}" if ready else None)
+
+
+def spec(**extra) -> ModelDeploymentSpec:
+    return ModelDeploymentSpec.model_validate({"model": "digits", **extra})
+
+
+def done(version: int, replicas: int = 1) -> ServerState:
+    return ServerState(version, replicas, updated=replicas, ready=replicas, available=replicas, total=replicas)
+
+
+def rolling(version: int, replicas: int = 1, exceeded: bool = False) -> ServerState:
+    # New pods not available yet; the old ones still serve.
+    return ServerState(version, replicas, updated=replicas, ready=replicas, available=replicas - 1 if replicas else 0,
+                       total=replicas * 2, deadline_exceeded=exceeded)
+
+
+def plan(md=None, old=None, versions=(), server=None, model_exists=True, now=T0, **kw):
+    return plan_rollout(spec=md or spec(), generation=1, old_status=old, versions=list(versions), server=server,
+                        model_exists=model_exists, endpoints=ENDPOINTS, now=now, **kw)
+
+
+def cond(status: dict, type_: str) -> tuple[str, str]:
+    c = find(status["conditions"], type_)
+    return c["status"], c["reason"]
+
+
+def converge(md, versions, steps=1):
+    """Create, then let the Deployment finish: the status a converged object has."""
+    first = plan(md, None, versions, None)
+    return plan(md, first.status, versions, done(first.target.version), now=T0 + timedelta(seconds=30))
+
+
+def test_first_rollout_creates_the_server() -> None:
+    p = plan(versions=[v(1), v(2, "Compressing")])
+    assert p.target.version == 1 and p.started == 1
+    s = p.status
+    assert s["desiredVersion"] == 1 and "servedVersion" not in s
+    assert s["rollouts"] == [{"version": 1, "startedAt": "2025-03-01T12:00:00Z", "outcome": "Progressing"}]
+    assert cond(s, "Ready") == ("False", "RolloutInProgress")
+    assert cond(s, "Progressing") == ("True", "RolloutInProgress")
+    assert s["endpoints"] == ENDPOINTS
+    assert [e.reason for e in p.events] == ["RolloutStarted"]
+
+
+def test_completed_rollout_is_served_and_ready() -> None:
+    p = converge(spec(), [v(1)])
+    s = p.status
+    assert s["servedVersion"] == 1 and s["desiredVersion"] == 1 and s["readyReplicas"] == 1
+    assert s["rollouts"][-1]["outcome"] == "Succeeded" and s["rollouts"][-1]["finishedAt"] == "2025-03-01T12:00:30Z"
+    assert cond(s, "Ready") == ("True", "Serving")
+    assert cond(s, "Progressing") == ("False", "RolloutComplete")
+    assert cond(s, "Degraded") == ("False", "AsExpected")
+    assert p.succeeded == (1, 30.0)
+
+
+def test_a_converged_object_plans_no_change() -> None:
+    converged = converge(spec(), [v(1)]).status
+    again = plan(spec(), converged, [v(1)], done(1), now=T0 + timedelta(hours=5))
+    assert again.status == converged
+    assert again.events == () and again.started is None and again.succeeded is None
+    assert again.target.version == 1
+
+
+def test_latest_rolls_forward_when_a_new_version_is_ready() -> None:
+    converged = converge(spec(), [v(1)]).status
+    p = plan(spec(), converged, [v(1), v(2)], done(1))
+    assert p.target.version == 2 and p.started == 2
+    assert p.status["rollouts"][-1] == {"version": 2, "fromVersion": 1, "startedAt": "2025-03-01T12:00:00Z", "outcome": "Progressing"}
+    assert p.status["desiredVersion"] == 2 and p.status["servedVersion"] == 1
+    finished = plan(spec(), p.status, [v(1), v(2)], done(2))
+    assert finished.status["servedVersion"] == 2 and finished.status["previousVersion"] == 1
+    assert cond(finished.status, "Ready") == ("True", "Serving")
+
+
+def test_pinned_does_not_move() -> None:
+    pinned = spec(versionPolicy="Pinned", version=1)
+    converged = converge(pinned, [v(1)]).status
+    p = plan(pinned, converged, [v(1), v(2), v(3)], done(1))
+    assert p.target.version == 1 and p.started is None
+    assert p.status == converged
+
+
+def test_pinned_to_a_version_that_is_not_ready_keeps_serving_and_says_why() -> None:
+    converged = converge(spec(versionPolicy="Pinned", version=1), [v(1)]).status
+    repinned = spec(versionPolicy="Pinned", version=2)
+    p = plan(repinned, converged, [v(1), v(2, "Compressing")], done(1))
+    assert p.target.version == 1
+    assert p.status["desiredVersion"] == 2 and p.status["servedVersion"] == 1
+    assert cond(p.status, "Ready") == ("False", "PinnedVersionNotReady")
+    assert cond(p.status, "Degraded") == ("True", "PinnedVersionNotReady")
+    assert "still serving version 1" in find(p.status["conditions"], "Ready")["message"]
+
+
+def test_pinned_to_a_version_that_is_not_ready_and_nothing_served() -> None:
+    p = plan(spec(versionPolicy="Pinned", version=2), None, [v(2, "Compressing")])
+    assert p.target is None
+    assert cond(p.status, "Ready") == ("False", "PinnedVersionNotReady")
+    assert "endpoints" not in p.status
+
+
+@pytest.mark.parametrize(
+    ("versions", "model_exists", "reason"),
+    [([], True, "NoReadyVersion"), ([v(1, "Compressing")], True, "NoReadyVersion"), ([v(1)], False, "ModelNotFound")],
+)
+def test_nothing_to_serve(versions, model_exists, reason) -> None:
+    p = plan(versions=versions, model_exists=model_exists)
+    assert p.target is None and p.status["conditions"][0]["reason"] == reason
+    assert cond(p.status, "Ready") == ("False", reason)
+    assert "desiredVersion" not in p.status
+
+
+def test_failed_rollout_is_rolled_back_and_latest_skips_it() -> None:
+    converged = converge(spec(), [v(1)]).status
+    started = plan(spec(), converged, [v(1), v(2)], done(1))
+    p = plan(spec(), started.status, [v(1), v(2)], rolling(2, exceeded=True), now=T0 + timedelta(minutes=11))
+    assert p.rolled_back == 2 and p.target.version == 1
+    s = p.status
+    assert s["failedVersions"] == [2] and s["desiredVersion"] == 1
+    assert s["rollouts"][-1]["outcome"] == "RolledBack"
+    assert cond(s, "Degraded") == ("True", "RolledBack")
+    assert [(e.type, e.reason) for e in p.events] == [("Warning", "RolledBack")]
+    # The next reconcile sees the old template again and does not mark anything else.
+    after = plan(spec(), s, [v(1), v(2)], done(1), now=T0 + timedelta(minutes=12))
+    assert after.rolled_back is None and after.status["failedVersions"] == [2]
+    assert cond(after.status, "Ready") == ("True", "Serving")
+    # A newer version still rolls forward past the failed one.
+    forward = plan(spec(), after.status, [v(1), v(2), v(3)], done(1))
+    assert forward.target.version == 3
+
+
+def test_failed_pinned_rollout_returns_to_the_last_good_version() -> None:
+    converged = converge(spec(versionPolicy="Pinned", version=1), [v(1)]).status
+    pin2 = spec(versionPolicy="Pinned", version=2)
+    started = plan(pin2, converged, [v(1), v(2)], done(1))
+    assert started.target.version == 2
+    p = plan(pin2, started.status, [v(1), v(2)], rolling(2, exceeded=True))
+    assert p.target.version == 1 and p.status["desiredVersion"] == 2
+    assert cond(p.status, "Ready") == ("False", "PinnedVersionRolloutFailed")
+
+
+def test_without_auto_rollback_the_deadline_is_reported() -> None:
+    md = spec(rollout={"autoRollback": False})
+    converged = converge(md, [v(1)]).status
+    started = plan(md, converged, [v(1), v(2)], done(1))
+    p = plan(md, started.status, [v(1), v(2)], rolling(2, exceeded=True))
+    assert p.rolled_back is None and p.target.version == 2
+    assert cond(p.status, "Progressing") == ("False", "ProgressDeadlineExceeded")
+
+
+def test_a_newer_version_supersedes_a_rollout_in_progress() -> None:
+    converged = converge(spec(), [v(1)]).status
+    started = plan(spec(), converged, [v(1), v(2)], done(1))
+    p = plan(spec(), started.status, [v(1), v(2), v(3)], rolling(2))
+    outcomes = [(r["version"], r["outcome"]) for r in p.status["rollouts"]]
+    assert outcomes[-2:] == [(2, "Superseded"), (3, "Progressing")]
+    assert p.target.version == 3
+
+
+def test_history_is_trimmed() -> None:
+    status, versions = None, []
+    for number in range(1, 8):
+        versions.append(v(number))
+        status = plan(spec(), status, versions, done(number - 1) if number > 1 else None).status
+        status = plan(spec(), status, versions, done(number)).status
+    assert [r["version"] for r in status["rollouts"]] == [3, 4, 5, 6, 7]
+    trimmed = plan(spec(), None, [v(1)], None, history=1)
+    assert len(trimmed.status["rollouts"]) == 1
+
+
+def test_render_problems_block_new_rollouts() -> None:
+    converged = converge(spec(), [v(1)]).status
+    p = plan(spec(), converged, [v(1), v(2)], done(1), blocked=("InvalidServingConfig", "dynamic_batching.enabled: needs max_batch_size > 0"))
+    assert p.target is None
+    assert cond(p.status, "Ready") == ("False", "InvalidServingConfig")
+    assert cond(p.status, "Degraded") == ("True", "InvalidServingConfig")
+
+
+def test_scaled_to_zero_is_ready() -> None:
+    md = spec(replicas=0)
+    p = plan(md, converge(md, [v(1)]).status, [v(1)], done(1, replicas=0))
+    assert cond(p.status, "Ready") == ("True", "Serving")
+
+
+def test_server_state_from_a_deployment() -> None:
+    body = {
+        "metadata": {"generation": 4},
+        "spec": {"replicas": 2, "template": {"metadata": {"annotations": {naming.ANNOTATION_VERSION: "3"}}}},
+        "status": {"observedGeneration": 4, "replicas": 2, "updatedReplicas": 2, "readyReplicas": 2, "availableReplicas": 2,
+                   "conditions": [{"type": "Progressing", "status": "True", "reason": "NewReplicaSetAvailable"}]},
+    }
+    state = ServerState.from_deployment(body)
+    assert state.version == 3 and state.complete and not state.deadline_exceeded
+    stale = {**body, "status": {**body["status"], "observedGeneration": 3}}
+    assert not ServerState.from_deployment(stale).complete
+    failed = {**body, "status": {**body["status"], "conditions": [{"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded"}]}}
+    assert ServerState.from_deployment(failed).deadline_exceeded
+    assert ServerState.from_deployment({"metadata": {}, "spec": {}}).version is None

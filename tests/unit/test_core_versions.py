@@ -1,0 +1,234 @@
+"""ModelVersion decisions: defaults, prerequisites, the Job's outcome and the status."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+
+import pytest
+
+from modelops.api import ModelSpec, ModelVersionSpec
+from modelops.cachekey import compressed_prefix, compression_cache_key
+from modelops.core.objects import VersionView
+from modelops.core.versions import (
+    JobResult,
+    cached_report_usable,
+    check_prerequisites,
+    effective_evaluation,
+    effective_recipe,
+    effective_scheduling,
+    job_result,
+    output_prefix,
+    parse_report,
+    state_from_job,
+    state_from_report,
+    version_status,
+)
+
+pytestmark = pytest.mark.unit
+
+SHA = "ab" * 32
+NOW = datetime(2025, 3, 1, 12, 0, tzinfo=timezone.utc)
+GATE = {"datasetUri": "s3://models/digits/eval.npz", "metric": "top1-accuracy", "threshold": 0.5}
+
+
+def model(**defaults) -> ModelSpec:
+    return ModelSpec.model_validate(
+        {
+            "storage": {"bucket": "models"},
+            "signature": {"inputs": [{"name": "x", "dataType": "FP32", "dims": [64]}],
+                          "outputs": [{"name": "y", "dataType": "FP32", "dims": [10]}]},
+            "versionDefaults": defaults,
+        }
+    )
+
+
+def version(**extra) -> ModelVersionSpec:
+    return ModelVersionSpec.model_validate(
+        {"model": "digits", "version": 1, "artifact": {"uri": "s3://models/d/1.onnx", "format": "onnx", "sha256": SHA}, **extra}
+    )
+
+
+@pytest.mark.parametrize(
+    ("own", "defaults", "expected"),
+    [
+        ({}, {}, {"quantization": "int8-weight-only", "pruning": {"method": "none", "amount": 0.0}, "targetFormat": "onnx"}),
+        ({"compression": {"quantization": "fp16"}}, {}, {"quantization": "fp16", "pruning": {"method": "none", "amount": 0.0}, "targetFormat": "onnx"}),
+        (
+            {"compression": {"pruning": {"amount": 0.3}}},
+            {"compression": {"pruning": {"method": "unstructured", "amount": 0.1}}},
+            {"quantization": "int8-weight-only", "pruning": {"method": "unstructured", "amount": 0.3}, "targetFormat": "onnx"},
+        ),
+        (
+            {"compression": {"targetFormat": "torchscript"}},
+            {"compression": {"quantization": "none"}},
+            {"quantization": "none", "pruning": {"method": "none", "amount": 0.0}, "targetFormat": "torchscript"},
+        ),
+    ],
+)
+def test_recipe_fields_come_from_the_version_then_the_model(own, defaults, expected) -> None:
+    assert effective_recipe(version(**own), model(**defaults)) == expected
+
+
+def test_evaluation_and_scheduling_fall_back_to_model_defaults() -> None:
+    m = model(evaluation=GATE, scheduling={"gpus": 2, "nodeSelector": {"pool": "gpu"}})
+    assert effective_evaluation(version(), m) == GATE
+    own_gate = {**GATE, "threshold": 1.0}
+    assert effective_evaluation(version(evaluation=own_gate), m) == own_gate
+    assert effective_evaluation(version(), model()) is None
+    sched = effective_scheduling(version(scheduling={"gpus": 0}), m)
+    assert sched.gpus == 0 and sched.node_selector == {"pool": "gpu"}
+    assert effective_scheduling(version(), model()).gpus == 1
+
+
+def test_output_prefix_is_the_content_address() -> None:
+    m = model()
+    key = compression_cache_key(SHA, effective_recipe(version(), m))
+    assert output_prefix(version(), m) == compressed_prefix("models", key)
+    assert output_prefix(version(compression={"quantization": "fp16"}), m) != output_prefix(version(), m)
+
+
+def view(name: str, number: int, created: str, phase: str | None = None) -> VersionView:
+    return VersionView(name=name, model="digits", version=number, phase=phase, created=created)
+
+
+@pytest.mark.parametrize(
+    ("me", "model_exists", "siblings", "reason"),
+    [
+        (view("v1", 1, "2025-01-02"), False, [], "ModelNotFound"),
+        (view("v1", 1, "2025-01-02"), True, [], None),
+        (view("v1", 1, "2025-01-02"), True, [view("v2", 2, "2025-01-01")], None),
+        (view("late", 1, "2025-01-02"), True, [view("early", 1, "2025-01-01")], "DuplicateVersion"),
+        (view("early", 1, "2025-01-01"), True, [view("late", 1, "2025-01-02")], None),
+    ],
+)
+def test_prerequisites(me, model_exists, siblings, reason) -> None:
+    state = check_prerequisites(me, model_exists, siblings)
+    assert (state.reason if state else None) == reason
+    if state:
+        assert state.phase == "Pending"
+
+
+def report(outcome: str = "Passed", **extra) -> dict:
+    base = {
+        "outcome": outcome, "reason": "Compressed" if outcome == "Passed" else "AccuracyGateFailed", "message": "m",
+        "device": "cpu", "artifact": {"uri": "s3://models/modelops-cache/k/model.onnx", "sha256": "cd" * 32, "bytes": 100, "format": "onnx"},
+        "bytesBefore": 400, "bytesAfter": 100, "ratio": 4.0, "latencyMsBefore": 2.0, "latencyMsAfter": 1.0,
+        "metric": {"name": "top1-accuracy", "threshold": 0.5, "parent": 97.0, "compressed": 96.8, "drop": 0.2, "passed": True},
+        "recipeHash": "r", "compressorVersion": "1.0.0", "libraries": {"torch": "2"},
+    }
+    return {**base, **extra}
+
+
+def pod(exit_code: int, message: str = "", finished: str = "2025-01-01T00:00:00Z", name: str = "compress") -> dict:
+    return {"status": {"containerStatuses": [{"name": name, "state": {"terminated": {"exitCode": exit_code, "message": message, "finishedAt": finished}}}]}}
+
+
+def job(condition: str | None) -> dict:
+    conditions = [{"type": condition, "status": "True", "reason": "BackoffLimitExceeded", "message": "too many"}] if condition else []
+    return {"status": {"conditions": conditions}}
+
+
+@pytest.mark.parametrize(
+    ("job_body", "pods", "state", "exit_code", "has_report"),
+    [
+        (job(None), [], "running", None, False),
+        (job("Complete"), [pod(0, json.dumps(report()))], "succeeded", 0, True),
+        (job("Complete"), [pod(0, "not json")], "succeeded", 0, False),
+        (job("Failed"), [pod(11, json.dumps(report("Rejected")))], "failed", 11, True),
+        (job("Failed"), [pod(12, "boom", "2025-01-01T00:00:01Z"), pod(10, "bad", "2025-01-01T00:00:09Z")], "failed", 10, False),
+        (job("Failed"), [], "failed", None, False),
+        (job("Failed"), [pod(1, "x", name="sidecar")], "failed", None, False),
+    ],
+)
+def test_job_result(job_body, pods, state, exit_code, has_report) -> None:
+    result = job_result(job_body, pods)
+    assert result.state == state and result.exit_code == exit_code
+    assert (result.report is not None) == has_report
+
+
+def test_pending_pod_explains_why() -> None:
+    unscheduled = {"status": {"conditions": [{"type": "PodScheduled", "status": "False", "message": "0/2 nodes have nvidia.com/gpu"}]}}
+    state = state_from_job(job_result(job(None), [unscheduled]), "v1-compress", "k")
+    assert state.phase == "Compressing" and state.reason == "JobPending" and "nvidia.com/gpu" in state.message
+
+
+@pytest.mark.parametrize(
+    ("result", "phase", "reason"),
+    [
+        (JobResult("running"), "Compressing", "JobRunning"),
+        (JobResult("succeeded", report(), 0), "Ready", "Compressed"),
+        (JobResult("succeeded", None, 0), "Failed", "ReportMissing"),
+        (JobResult("failed", report("Rejected"), 11), "Rejected", "AccuracyGateFailed"),
+        (JobResult("failed", report("Failed", reason="ChecksumMismatch"), 10), "Failed", "ChecksumMismatch"),
+        (JobResult("failed", None, 10, "sha256 mismatch"), "Failed", "BadArtifact"),
+        (JobResult("failed", None, 11), "Rejected", "AccuracyGateFailed"),
+        (JobResult("failed", None, 12), "Failed", "RetriesExhausted"),
+        (JobResult("failed", None, 2), "Failed", "InvalidJobArguments"),
+        (JobResult("failed", None, 137, "OOMKilled"), "Failed", "CompressionFailed"),
+        (JobResult("failed", None, None, "DeadlineExceeded: x"), "Failed", "CompressionFailed"),
+    ],
+)
+def test_state_from_job(result, phase, reason) -> None:
+    state = state_from_job(result, "v1-compress", "key")
+    assert (state.phase, state.reason) == (phase, reason)
+    assert state.job_name == "v1-compress" and state.message
+
+
+def test_ready_state_carries_artifact_and_report() -> None:
+    state = state_from_report(report(), job_name=None, key="k", from_cache=True)
+    assert state.phase == "Ready" and state.reason == "CompressedFromCache"
+    assert state.compressed == {"uri": "s3://models/modelops-cache/k/model.onnx", "sha256": "cd" * 32, "bytes": 100, "format": "onnx"}
+    assert state.report["ratio"] == 4.0 and state.report["fromCache"] is True
+    assert state.report["metric"]["drop"] == 0.2
+    assert "libraries" not in state.report and "outcome" not in state.report
+    assert "4.00x" in state.message and "drop 0.2 points, allowed 0.5" in state.message
+
+
+def test_passed_report_without_artifact_is_a_failure() -> None:
+    state = state_from_report(report(artifact={"uri": "s3://b/k"}), job_name="j", key="k", from_cache=False)
+    assert (state.phase, state.reason) == ("Failed", "ReportInvalid")
+
+
+@pytest.mark.parametrize(
+    ("text", "parsed"),
+    [(json.dumps(report()), True), ("", False), ("{}", False), ("[1]", False), ('{"outcome": "Maybe"}', False), ("Traceback...", False)],
+)
+def test_parse_report(text, parsed) -> None:
+    assert (parse_report(text) is not None) == parsed
+
+
+@pytest.mark.parametrize(
+    ("cached", "evaluation", "usable"),
+    [
+        (report(), None, True),
+        (report(), GATE, True),
+        (report(), {**GATE, "threshold": 0.1}, False),
+        (report(), {**GATE, "metric": "cosine-similarity"}, False),
+        (report(metric=None), GATE, False),
+        (report("Rejected"), None, False),
+        (None, None, False),
+    ],
+)
+def test_cached_report_usable(cached, evaluation, usable) -> None:
+    assert cached_report_usable(cached, evaluation) is usable
+
+
+def test_status_is_stable_for_the_same_state() -> None:
+    state = state_from_job(JobResult("running"), "v1-compress", "k")
+    first = version_status(None, state, 1, NOW)
+    again = version_status(first, state, 1, NOW.replace(hour=13))
+    assert again == first
+    assert first["phase"] == "Compressing" and first["jobName"] == "v1-compress" and first["cacheKey"] == "k"
+    ready, progressing = first["conditions"]
+    assert (ready["type"], ready["status"]) == ("Ready", "False")
+    assert (progressing["type"], progressing["status"], progressing["reason"]) == ("Progressing", "True", "JobRunning")
+
+
+def test_ready_status_flips_conditions() -> None:
+    running = version_status(None, state_from_job(JobResult("running"), "j", "k"), 1, NOW)
+    done = version_status(running, state_from_job(JobResult("succeeded", report(), 0), "j", "k"), 1, NOW.replace(hour=13))
+    ready, progressing = done["conditions"]
+    assert ready["status"] == "True" and ready["lastTransitionTime"] == "2025-03-01T13:00:00Z"
+    assert progressing["status"] == "False"
+    assert done["compressedArtifact"]["sha256"] == "cd" * 32
