@@ -52,4 +52,6 @@ demo: ## Run the whole lifecycle on the local test bed
 
 .PHONY: bench
 bench: ## Run the benchmarks; JSON under bench/results/, summary in docs/benchmarks.md
-	@python=$(venv_python); PYTHONPATH=operator:. "$$python" bench/compress_bench.py
+	@python=$(venv_python); \
+	  PYTHONPATH=operator:. "$$python" bench/compress_bench.py; \
+	  PYTHONPATH=operator:. "$$python" bench/triton_bench.py

@@ -54,6 +54,17 @@ class Testbed:
             capture_output=True, text=True, timeout=timeout,
         )
 
+    def stop_minio(self) -> None:
+        """Kill the test bed's MinIO, as an outage would; data and credentials are kept."""
+        from e2e.testbed import cluster
+
+        cluster.stop_minio(cluster.Layout.from_env())
+
+    def start_minio(self) -> None:
+        from e2e.testbed import cluster
+
+        cluster.start_minio(cluster.Layout.from_env())
+
     def pod_log(self, namespace: str, pod: str, container: str) -> str:
         """A container's output, read from the node agent's log file for that pod."""
         uid = json.loads(self.kubectl("get", "pod", pod, "-n", namespace, "-o", "json"))["metadata"]["uid"]

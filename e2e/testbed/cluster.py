@@ -327,6 +327,37 @@ def unmount_under(root: Path) -> None:
         subprocess.run(["umount", "-l", mount], check=False, capture_output=True)
 
 
+# --------------------------------------------------------------------------- MinIO outages
+
+
+def start_minio_process(lay: Layout, state: dict) -> None:
+    start_process(lay, state, "minio", [
+        str(Path(state["binaries"]) / "minio"), "server", "--quiet", f"--address={lay.bridge_ip}:{lay.minio_port}",
+        "--console-address=127.0.0.1:0", str(lay.state_dir / "minio"),
+    ], env={"MINIO_ROOT_USER": state["s3_access_key"], "MINIO_ROOT_PASSWORD": state["s3_secret_key"],
+            "MINIO_BROWSER": "off"})
+
+
+def stop_minio(lay: Layout) -> None:
+    """Kill MinIO (as an outage would); its data stays on disk for start_minio."""
+    with open(lay.state_dir / "lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        state = read_state(lay)
+        kill_pids([state["pids"]["minio"]], grace=0)
+
+
+def start_minio(lay: Layout, timeout: float = 60) -> None:
+    """Start MinIO again with the same data and credentials, and wait until it listens."""
+    with open(lay.state_dir / "lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        state = read_state(lay)
+        if pid_alive(state["pids"]["minio"]):
+            return
+        start_minio_process(lay, state)
+        wait_until(lay, "MinIO", lambda: port_open(lay.bridge_ip, lay.minio_port), timeout,
+                   {"minio": state["pids"]["minio"]})
+
+
 # --------------------------------------------------------------------------- up / down
 
 
@@ -415,10 +446,7 @@ def _up_locked(lay: Layout, binaries: Path, python: Path) -> dict:
         "--unsafe-no-fsync",
     ])
     log("starting MinIO")
-    start_process(lay, state, "minio", [
-        str(binaries / "minio"), "server", "--quiet", f"--address={lay.bridge_ip}:{lay.minio_port}",
-        "--console-address=127.0.0.1:0", str(lay.state_dir / "minio"),
-    ], env={"MINIO_ROOT_USER": s3_access_key, "MINIO_ROOT_PASSWORD": s3_secret_key, "MINIO_BROWSER": "off"})
+    start_minio_process(lay, state)
     wait_until(lay, "etcd", lambda: port_open("127.0.0.1", lay.etcd_client_port), 30, pids)
 
     log(f"starting kube-apiserver {KUBE_VERSION}")

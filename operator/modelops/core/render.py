@@ -26,6 +26,12 @@ RUN_AS_USER = 1000
 STARTUP_PERIOD_SECONDS = 5
 
 
+# Seconds a terminating Triton pod keeps serving before it is asked to stop, and the
+# seconds Triton then gets to finish the requests in flight.
+DRAIN_SECONDS = 5
+TRITON_SHUTDOWN_SECONDS = 30
+
+
 def spec_hash(obj: dict[str, Any]) -> str:
     """Digest of a rendered object, stored on it so an unchanged render is never sent again."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
@@ -309,11 +315,15 @@ def render_deployment(
         "livenessProbe": _http_probe("/v2/health/live", 10, 3),
         "volumeMounts": [{**volume_mount, "readOnly": True}],
         "securityContext": restricted_container_security(),
+        # A terminating pod leaves the Service's endpoints asynchronously; keep serving
+        # until every proxy and client has seen that, so a rollout drops no request.
+        "lifecycle": {"preStop": {"sleep": {"seconds": DRAIN_SECONDS}}},
     }
     if resources:
         triton["resources"] = resources
     pod_spec: dict[str, Any] = {
         "securityContext": restricted_pod_security(),
+        "terminationGracePeriodSeconds": DRAIN_SECONDS + TRITON_SHUTDOWN_SECONDS,
         "initContainers": [fetch],
         "containers": [triton],
         "volumes": [{"name": "models", "emptyDir": {}}],
