@@ -152,6 +152,26 @@ def test_failed_rollout_is_rolled_back_and_latest_skips_it() -> None:
     assert forward.target.version == 3
 
 
+@pytest.mark.parametrize(
+    ("old_retry", "annotation", "cleared"),
+    [
+        (None, None, False),  # no annotation: the mark stays
+        (None, "1", True),  # first retry request
+        ("1", "1", False),  # already acted on: a resync does not clear a later failure
+        ("1", "2", True),  # a new value is a new request
+    ],
+)
+def test_the_retry_annotation_clears_failed_versions_once_per_value(old_retry, annotation, cleared) -> None:
+    old = {**converge(spec(), [v(1)]).status, "failedVersions": [2]}
+    if old_retry is not None:
+        old["lastRetry"] = old_retry
+    p = plan(spec(), old, [v(1), v(2)], done(1), retry=annotation)
+    assert p.status.get("failedVersions") == (None if cleared else [2])
+    assert p.target.version == (2 if cleared else 1)
+    assert p.status.get("lastRetry") == (annotation or old_retry)
+    assert ("RetryRequested" in [e.reason for e in p.events]) == cleared
+
+
 def test_failed_pinned_rollout_returns_to_the_last_good_version() -> None:
     converged = converge(spec(versionPolicy="Pinned", version=1), [v(1)]).status
     pin2 = spec(versionPolicy="Pinned", version=2)

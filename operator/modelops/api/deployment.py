@@ -121,7 +121,12 @@ class ModelDeploymentStatus(ApiModel):
     desired_version: int | None = Field(None, description="The version the policy asks for.")
     served_version: int | None = Field(None, description="The version every ready pod serves.")
     previous_version: int | None = Field(None, description="The version served before servedVersion.")
-    failed_versions: list[int] | None = Field(None, description="Versions whose rollout failed; Latest skips them.")
+    failed_versions: list[int] | None = Field(
+        None,
+        description="Versions whose rollout failed; Latest skips them. Set the annotation modelops.dev/retry "
+        "to a new value to clear this list.",
+    )
+    last_retry: str | None = Field(None, description="The value of the modelops.dev/retry annotation last acted on.")
     replicas: int | None = Field(None, description="Triton pods.")
     ready_replicas: int | None = Field(None, description="Triton pods that are ready.")
     endpoints: Endpoints | None = Field(None, description="In-cluster endpoints.")

@@ -19,6 +19,8 @@ LABEL_DEPLOYMENT = f"{GROUP}/deployment"
 ANNOTATION_SPEC_HASH = f"{GROUP}/spec-hash"
 ANNOTATION_VERSION = f"{GROUP}/version"
 ANNOTATION_ARTIFACT_SHA256 = f"{GROUP}/artifact-sha256"
+# Set on a ModelDeployment (any new value) to forget its failed rollouts and try those versions again.
+ANNOTATION_RETRY = f"{GROUP}/retry"
 
 COMPONENT_COMPRESSOR = "compressor"
 COMPONENT_SERVER = "triton"

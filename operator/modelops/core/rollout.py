@@ -100,17 +100,26 @@ def plan_rollout(
     now: datetime,
     history: int = 5,
     blocked: tuple[str, str] | None = None,
+    retry: str | None = None,
 ) -> RolloutPlan:
     """Decide the served version and status of one ModelDeployment.
 
     `blocked` (reason, message) stops any new rollout, for problems found while rendering.
+    `retry` is the modelops.dev/retry annotation: a value not acted on yet clears the failed versions.
     """
     old = old_status or {}
     failed = set(old.get("failedVersions") or [])
+    last_retry = old.get("lastRetry")
+    events: list[Event] = []
+    if retry is not None and retry != last_retry:
+        if failed:
+            events.append(Event(NORMAL, "RetryRequested",
+                                f"cleared the failed versions {sorted(failed)}; they may be rolled out again"))
+        failed = set()
+        last_retry = retry
     records = [dict(r) for r in old.get("rollouts") or []]
     served: int | None = old.get("servedVersion")
     previous: int | None = old.get("previousVersion")
-    events: list[Event] = []
     now_text = timestamp(now)
 
     # A rollout that missed its deadline is reverted, and its version is skipped from now on.
@@ -192,6 +201,7 @@ def plan_rollout(
         "servedVersion": served,
         "previousVersion": previous,
         "failedVersions": sorted(failed) or None,
+        "lastRetry": last_retry,
         "replicas": server.total if server else 0,
         "readyReplicas": server.ready if server else 0,
         "endpoints": endpoints if (target is not None or server is not None) else None,

@@ -7,7 +7,7 @@ from typing import Any
 from modelops import kube as k8s
 from modelops.api.deployment import ModelDeploymentSpec
 from modelops.api.model import ModelSpec
-from modelops.core import render
+from modelops.core import naming, render
 from modelops.core.objects import OwnerRef, VersionView, owned_by
 from modelops.core.rollout import RolloutPlan, ServerState, plan_rollout
 from modelops.handlers.context import Context
@@ -43,6 +43,7 @@ def reconcile_deployment(ctx: Context, key: Key) -> float | None:
             now=ctx.clock(),
             history=ctx.settings.rollout_history,
             blocked=blocked,
+            retry=(body["metadata"].get("annotations") or {}).get(naming.ANNOTATION_RETRY),
         )
 
     taken = _name_taken(live_deployment, live_service, uid, name)
