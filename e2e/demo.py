@@ -49,7 +49,9 @@ def version_line(mv: dict) -> str:
             f"latency {report.get('latencyMsBefore')} -> {report.get('latencyMsAfter')} ms on {report.get('device')}",
         ]
         if metric:
-            parts.append(f"{metric.get('name')}: parent {metric.get('parent')} compressed {metric.get('compressed')}")
+            parts.append(f"{metric.get('name')}: parent {metric.get('parent'):.2f} compressed {metric.get('compressed'):.2f}")
+        if report.get("fromCache"):
+            parts.append("reused from the compression cache, no Job")
     return ", ".join(str(p) for p in parts)
 
 
@@ -109,6 +111,9 @@ def run(cl: lc.Cluster) -> int:
          "--for=condition=Ready", "modelversion/digits-v1", "modelversion/digits-v2")
     for name in ("digits-v1", "digits-v2"):
         say(version_line(cl.get(NAMESPACE, "modelversion", name)))
+    for pod in cl.get(NAMESPACE, "pods", "-l", "app.kubernetes.io/component=compressor")["items"]:
+        say(f"compression Job pod {pod['metadata']['name']} ran on {pod['spec']['nodeName']}: "
+            f"{pod['status']['phase']}")
     wait(cl, "both deployments Ready", "--for=condition=Ready", "modeldeployment/digits-latest",
          "modeldeployment/digits-pinned")
     wait(cl, "the Latest deployment serving v2", "--for=jsonpath={.status.servedVersion}=2",
@@ -146,6 +151,7 @@ def run(cl: lc.Cluster) -> int:
          "--for=jsonpath={.status.conditions[?(@.type=='Degraded')].reason}=RolledBack",
          "modeldeployment/digits-latest", timeout=120)
     say(f"rolled back {time.monotonic() - rollout_started:.0f}s after v3 became the desired version")
+    wait(cl, "digits-latest Ready again on v2", "--for=condition=Ready", "modeldeployment/digits-latest")
     for name in ("digits-latest", "digits-pinned"):
         say(deployment_line(cl.get(NAMESPACE, "modeldeployment", name)))
     failed = cl.get(NAMESPACE, "modeldeployment", "digits-latest")["status"].get("failedVersions")
