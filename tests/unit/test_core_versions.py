@@ -147,6 +147,35 @@ def test_job_result(job_body, pods, state, exit_code, has_report) -> None:
     assert (result.report is not None) == has_report
 
 
+def test_a_retrying_job_says_how_many_attempts_failed_and_why() -> None:
+    transient = report("Failed", reason="StorageUnreachable", message="cannot reach http://minio:9000")
+    result = job_result({"status": {"failed": 2}}, [pod(12, json.dumps(transient))])
+    assert (result.state, result.failed_attempts, result.exit_code) == ("running", 2, 12)
+    state = state_from_job(result, "v1-compress", "k")
+    assert (state.phase, state.reason) == ("Compressing", "JobRetrying")
+    assert "2 attempts failed" in state.message and "StorageUnreachable" in state.message
+
+
+def test_a_job_that_gave_up_counts_attempts_from_the_job_when_pods_are_gone() -> None:
+    body = {"status": {"failed": 3, "conditions": job("Failed")["status"]["conditions"]}}
+    transient = report("Failed", reason="StorageUnreachable", message="cannot reach http://minio:9000")
+    result = job_result(body, [pod(12, json.dumps(transient))])
+    assert (result.state, result.failed_attempts) == ("failed", 3)
+    assert "gave up after 3 attempts" in state_from_job(result, "v1-compress", "k").message
+
+
+@pytest.mark.parametrize(
+    ("pods", "recheck"),
+    [
+        ([{"status": {"phase": "Pending"}}], 5.0),  # not yet seen by the scheduler
+        ([{"status": {"phase": "Running", "conditions": [{"type": "PodScheduled", "status": "True"}]}}], None),
+    ],
+)
+def test_a_pod_awaiting_the_scheduler_is_looked_at_again(pods, recheck) -> None:
+    state = state_from_job(job_result(job(None), pods), "v1-compress", "k", recheck_seconds=5.0)
+    assert state.retry_after == recheck
+
+
 def test_pending_pod_explains_why() -> None:
     unscheduled = {"status": {"conditions": [{"type": "PodScheduled", "status": "False", "message": "0/2 nodes have nvidia.com/gpu"}]}}
     state = state_from_job(job_result(job(None), [unscheduled]), "v1-compress", "k")

@@ -4,7 +4,7 @@ compression Job. The handler runs the I/O between these steps."""
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -134,12 +134,17 @@ def parse_report(text: str | None) -> dict[str, Any] | None:
 
 @dataclass(frozen=True)
 class JobResult:
-    """The compression Job as the operator sees it."""
+    """The compression Job as the operator sees it. While it runs, `report` and `exit_code`
+    describe its last failed attempt, if any."""
 
     state: str  # "running", "succeeded" or "failed"
     report: dict[str, Any] | None = None
     exit_code: int | None = None
     detail: str = ""
+    failed_attempts: int = 0
+    # A pod of the running Job awaits the scheduler's first decision. That decision changes
+    # the pod, not the Job, so no Job event will say that the pod cannot be placed.
+    awaiting_scheduler: bool = False
 
 
 def _job_condition(job: dict[str, Any], type_: str) -> dict[str, Any] | None:
@@ -170,22 +175,43 @@ def _unschedulable(pods: list[dict[str, Any]]) -> str:
     return ""
 
 
+def _awaiting_scheduler(pods: list[dict[str, Any]]) -> bool:
+    return any(
+        (pod.get("status") or {}).get("phase", "Pending") == "Pending"
+        and not any(c.get("type") == "PodScheduled" for c in (pod.get("status") or {}).get("conditions") or [])
+        for pod in pods
+    )
+
+
 def job_result(job: dict[str, Any], pods: list[dict[str, Any]]) -> JobResult:
     """Running, succeeded or failed, with the report from the last termination message."""
     complete = _job_condition(job, "Complete")
     failed = _job_condition(job, "Failed")
     terminations = _terminations(pods)
+    failures = [t for t in terminations if t.get("exitCode") != 0]
+    # Failed pods may already be gone; the Job's own count survives them.
+    failed_count = max(len(failures), int((job.get("status") or {}).get("failed") or 0))
     if complete:
         succeeded = [t for t in terminations if t.get("exitCode") == 0]
         message = succeeded[-1].get("message") if succeeded else None
-        return JobResult("succeeded", parse_report(message), 0)
+        return JobResult("succeeded", parse_report(message), 0, failed_attempts=failed_count)
     if failed:
         if terminations:
             last = terminations[-1]
             message = last.get("message") or ""
-            return JobResult("failed", parse_report(message), last.get("exitCode"), message.strip()[-_EXCERPT:])
+            return JobResult(
+                "failed", parse_report(message), last.get("exitCode"), message.strip()[-_EXCERPT:], failed_count
+            )
         return JobResult("failed", None, None, f"{failed.get('reason', 'Failed')}: {failed.get('message', '')}".strip())
-    return JobResult("running", detail=_unschedulable(pods))
+    last_failure = failures[-1] if failures else {}
+    return JobResult(
+        "running",
+        parse_report(last_failure.get("message")),
+        last_failure.get("exitCode"),
+        _unschedulable(pods),
+        failed_count,
+        awaiting_scheduler=_awaiting_scheduler(pods),
+    )
 
 
 _EXIT_REASONS = {
@@ -196,14 +222,46 @@ _EXIT_REASONS = {
 }
 
 
-def state_from_job(result: JobResult, job_name: str, key: str | None) -> VersionState:
-    """The version's state from its compression Job."""
-    if result.state == "running":
-        if result.detail:
-            return waiting("Compressing", "JobPending", f"compression Job {job_name} is waiting for a node: {result.detail}", job_name=job_name, cache_key=key)
-        return waiting("Compressing", "JobRunning", f"compression Job {job_name} is running", job_name=job_name, cache_key=key)
+def _attempts(n: int) -> str:
+    return f"{n} attempt" if n == 1 else f"{n} attempts"
+
+
+def _last_failure(result: JobResult) -> str:
     if result.report is not None:
-        return state_from_report(result.report, job_name=job_name, key=key, from_cache=False)
+        text = f"{result.report.get('reason') or 'Failed'}: {result.report.get('message') or ''}".strip()
+    elif result.exit_code is not None:
+        text = f"exit code {result.exit_code}"
+    else:
+        text = "unknown (the failed pod is gone)"
+    return text[:_EXCERPT]
+
+
+def state_from_job(
+    result: JobResult, job_name: str, key: str | None, recheck_seconds: float | None = None
+) -> VersionState:
+    """The version's state from its compression Job. `recheck_seconds` is how soon to look
+    again while a pod awaits the scheduler, whose verdict no Job event reports."""
+    if result.state == "running":
+        recheck = recheck_seconds if result.awaiting_scheduler else None
+        if result.detail:
+            return waiting("Compressing", "JobPending", f"compression Job {job_name} is waiting for a node: {result.detail}", recheck, job_name=job_name, cache_key=key)
+        if result.failed_attempts:
+            return waiting(
+                "Compressing",
+                "JobRetrying",
+                f"compression Job {job_name} is retrying after {_attempts(result.failed_attempts)} failed; "
+                f"last failure: {_last_failure(result)}",
+                recheck,
+                job_name=job_name,
+                cache_key=key,
+            )
+        return waiting("Compressing", "JobRunning", f"compression Job {job_name} is running", recheck, job_name=job_name, cache_key=key)
+    if result.report is not None:
+        state = state_from_report(result.report, job_name=job_name, key=key, from_cache=False)
+        if result.state == "failed" and result.exit_code == exitcodes.TRANSIENT and result.failed_attempts:
+            # The Job's backoffLimit is spent: say so, the report alone reads like one failure.
+            return replace(state, message=f"{state.message} (Job {job_name} gave up after {_attempts(result.failed_attempts)})")
+        return state
     if result.state == "succeeded":
         return waiting(
             "Failed",

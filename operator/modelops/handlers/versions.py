@@ -96,7 +96,7 @@ def _decide(ctx: Context, body: dict[str, Any]) -> VersionState:
     result = job_result(job, pods)
     if result.state == "succeeded" and result.report is None:
         result = replace(result, report=_stored_report(ctx, namespace, model, output_prefix(spec, model)))
-    return state_from_job(result, job_name, key)
+    return state_from_job(result, job_name, key, recheck_seconds=ctx.settings.retry_seconds)
 
 
 def _start(
