@@ -34,8 +34,9 @@ cluster-down: ## Stop every process of the local test bed and remove its network
 	@$(PYTHON) -m e2e.testbed.cluster down
 
 .PHONY: crds
-crds: ## Generate crds/*.yaml from the typed API
+crds: ## Generate crds/*.yaml from the typed API, and the chart's copy
 	@PYTHONPATH=operator $(venv_python) -m modelops.api.crdgen crds/
+	@rm -f charts/modelops/crds/*.yaml && cp crds/*.yaml charts/modelops/crds/
 
 .PHONY: test
 test: ## Run the whole test suite (unit, integration, e2e) on the local test bed

@@ -47,7 +47,11 @@ build etcd "$ldflags" "$out/etcd" go.etcd.io/etcd/server/v3
 build kubernetes "$kube_ldflags" "$out/" \
   k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
   k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl
-build helm "$ldflags -X helm.sh/helm/v3/internal/version.version=v3.19.5" "$out/helm" helm.sh/helm/v3/cmd/helm
+# As helm's own Makefile does: its default Kubernetes version follows the client-go it is built with.
+helm_ldflags="$ldflags -X helm.sh/helm/v3/internal/version.version=v3.19.5 \
+ -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor=34 \
+ -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=34"
+build helm "$helm_ldflags" "$out/helm" helm.sh/helm/v3/cmd/helm
 build minio "$ldflags" "$out/minio" github.com/minio/minio
 touch "$out/.complete"
 log "ready: $out"

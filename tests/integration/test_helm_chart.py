@@ -1,0 +1,256 @@
+"""The Helm chart on the test bed: lint, the schema, what it renders, and a real install.
+
+The install runs the operator as the chart deploys it (the node agent runs the operator
+image from this checkout), in a namespace that enforces the `restricted` Pod Security
+Standard, with the chart's ServiceAccount and RBAC. A ModelVersion whose artifact is
+missing must get its condition from that operator: proof that it runs and may do its job.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+from modelops.settings import Settings
+from tests.integration.conftest import OPERATOR_RULES, ROOT, Storage, eventually
+
+pytestmark = pytest.mark.integration
+
+CHART = ROOT / "charts" / "modelops"
+# `helm template` renders for a default Kubernetes version unless told; the chart needs 1.32+.
+KUBE_VERSION = "--kube-version=1.34.0"
+INSTALL_TIMEOUT_S = 300
+
+
+def helm_ok(testbed: Any, *args: str, timeout: float = 120) -> str:
+    result = testbed.helm(*args, timeout=timeout)
+    assert result.returncode == 0, f"helm {' '.join(args)} failed:\n{result.stderr}"
+    return result.stdout
+
+
+def render(testbed: Any, *sets: str, **json_sets: Any) -> list[dict[str, Any]]:
+    """`helm template` with `--set` for each of `sets` and `--set-json` for each keyword (dots as __)."""
+    flags = [arg for value in sets for arg in ("--set", value)]
+    flags += [arg for key, value in json_sets.items() for arg in ("--set-json", f"{key.replace('__', '.')}={json.dumps(value)}")]
+    out = helm_ok(testbed, "template", "mo", str(CHART), "--namespace", "ops", KUBE_VERSION, *flags)
+    return [doc for doc in yaml.safe_load_all(out) if doc]
+
+
+def of_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [doc for doc in docs if doc["kind"] == kind]
+
+
+def grants(rules: list[dict[str, Any]]) -> set[tuple[str, str, str]]:
+    return {(g, r, v) for rule in rules for g in rule["apiGroups"] for r in rule["resources"] for v in rule["verbs"]}
+
+
+# -- lint, schema, rendering ---------------------------------------------------------------
+
+
+def test_the_chart_lints_with_every_optional_part_on(testbed) -> None:
+    helm_ok(testbed, "lint", str(CHART), "--strict", KUBE_VERSION)
+    helm_ok(testbed, "lint", str(CHART), "--strict", KUBE_VERSION, "--set", "watchNamespaces={team-a,team-b}",
+            "--set", "serviceMonitor.enabled=true", "--set", "argocd.healthChecks.enabled=true")
+
+
+@pytest.mark.parametrize(("value", "field"), [
+    ("replicaCount=two", "/replicaCount"),
+    ("replicaCount=2", "/replicaCount"),
+    ("watchNamespaces=team-a", "/watchNamespaces"),
+    ("operator.workers=many", "/operator/workers"),
+    ("operator.logLevel=TRACE", "/operator/logLevel"),
+    ("image.pullPolicy=Sometimes", "/image/pullPolicy"),
+    ("serviceMonitor.enabled=yes-please", "/serviceMonitor/enabled"),
+    ("watchNamespace={team-a}", "watchNamespace"),
+])
+def test_the_schema_rejects_a_bad_value_and_names_it(testbed, value: str, field: str) -> None:
+    result = testbed.helm("template", "mo", str(CHART), KUBE_VERSION, "--set", value)
+    assert result.returncode != 0, f"--set {value} was accepted"
+    assert "don't meet the specifications of the schema" in result.stderr and field in result.stderr, result.stderr
+
+
+def test_cluster_wide_by_default_the_cluster_role_holds_exactly_the_operators_rules(testbed) -> None:
+    docs = render(testbed)
+    (role,) = of_kind(docs, "ClusterRole")
+    assert grants(role["rules"]) == grants(OPERATOR_RULES)
+    assert of_kind(docs, "Role") == [] and of_kind(docs, "RoleBinding") == []
+    (binding,) = of_kind(docs, "ClusterRoleBinding")
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "mo-modelops", "namespace": "ops"}]
+    assert of_kind(docs, "ServiceMonitor") == [] and of_kind(docs, "ConfigMap") == []
+
+
+def test_watching_namespaces_gives_a_role_in_each_and_only_discovery_cluster_wide(testbed) -> None:
+    docs = render(testbed, "watchNamespaces={team-a,team-b}")
+    (cluster_role,) = of_kind(docs, "ClusterRole")
+    roles = {role["metadata"]["namespace"]: grants(role["rules"]) for role in of_kind(docs, "Role")}
+    bindings = {b["metadata"]["namespace"]: b for b in of_kind(docs, "RoleBinding")}
+    assert sorted(roles) == sorted(bindings) == ["team-a", "team-b"]
+    assert {r for _, r, _ in grants(cluster_role["rules"])} == {"customresourcedefinitions", "namespaces"}
+    for namespace, granted in roles.items():
+        assert granted | grants(cluster_role["rules"]) == grants(OPERATOR_RULES), namespace
+        assert bindings[namespace]["subjects"][0]["namespace"] == "ops"
+
+
+def test_the_deployment_runs_restricted_with_every_setting_from_values(testbed) -> None:
+    docs = render(testbed, "watchNamespaces={team-a,team-b}", "operator.workers=8",
+                  "image.tag=1.2.3", "triton.image=registry.local/triton:25.01", operator__retrySeconds=2.5)
+    (deployment,) = of_kind(docs, "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    env = {var["name"]: var["value"] for var in container["env"]}
+    settings = Settings.from_env(env)  # the operator accepts what the chart renders
+    assert set(env) == {Settings.env_name(field) for field in Settings.model_fields}
+    assert settings.namespaces == ("team-a", "team-b") and settings.workers == 8 and settings.retry_seconds == 2.5
+    assert container["image"] == settings.operator_image == "ghcr.io/modelops/modelops-operator:1.2.3"
+    assert settings.compressor_image == "ghcr.io/modelops/modelops-compressor:0.1.0"
+    assert settings.triton_image == "registry.local/triton:25.01" and settings.bind_address == "0.0.0.0"
+
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"metrics": settings.metrics_port, "health": settings.health_port}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "health"}
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False
+    assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert deployment["spec"]["replicas"] == 1 and deployment["spec"]["strategy"] == {"type": "Recreate"}
+
+
+def test_optional_parts_render_when_enabled(testbed) -> None:
+    docs = render(testbed, "serviceMonitor.enabled=true", "serviceMonitor.labels.release=prometheus",
+                  "argocd.healthChecks.enabled=true", "argocd.healthChecks.namespace=argocd")
+    (monitor,) = of_kind(docs, "ServiceMonitor")
+    (service,) = of_kind(docs, "Service")
+    assert monitor["metadata"]["labels"]["release"] == "prometheus"
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    assert monitor["spec"]["endpoints"][0]["port"] == service["spec"]["ports"][0]["name"] == "metrics"
+
+    (health,) = of_kind(docs, "ConfigMap")
+    assert health["metadata"]["namespace"] == "argocd"
+    expected = {
+        f"resource.customizations.health.modelops.dev_{kind}":
+            (CHART / "argocd" / "modelops.dev" / kind / "health.lua").read_text().strip() + "\n"
+        for kind in ("Model", "ModelVersion", "ModelDeployment")
+    }
+    assert health["data"] == expected
+
+
+# -- a real install ----------------------------------------------------------------------------
+
+
+def can_i(testbed: Any, account: str, namespace: str, verb: str, resource: str, subresource: str = "") -> bool:
+    args = ["auth", "can-i", verb, resource, f"--as={account}", "-n", namespace]
+    if subresource:
+        args.append(f"--subresource={subresource}")
+    answer = testbed.kubectl(*args, check=False).strip().splitlines()[0]
+    assert answer in ("yes", "no"), answer
+    return answer == "yes"
+
+
+def smoke_objects(storage: Storage) -> list[dict[str, Any]]:
+    """The sample Secret and Model, pointed at this test's bucket, and a version whose artifact is not there."""
+    samples = ROOT / "config" / "samples"
+    secret = yaml.safe_load((samples / "00-storage-credentials.yaml").read_text())
+    secret["stringData"] = storage.secret(secret["metadata"]["name"])["stringData"]
+    model = yaml.safe_load((samples / "01-model.yaml").read_text())
+    model["spec"]["storage"].update(endpoint=storage.endpoint, bucket=storage.bucket)
+    version = {
+        "apiVersion": "modelops.dev/v1alpha1", "kind": "ModelVersion", "metadata": {"name": "digits-v1"},
+        "spec": {"model": model["metadata"]["name"], "version": 1,
+                 "artifact": {"uri": f"s3://{storage.bucket}/digits/1/model.onnx", "format": "onnx", "sha256": "ab" * 32}},
+    }
+    return [secret, model, version]
+
+
+def audit_entries_since(path: Path, offset: int) -> list[dict[str, Any]]:
+    with path.open("rb") as handle:
+        handle.seek(offset)
+        return [json.loads(line) for line in handle.read().splitlines() if line.strip()]
+
+
+def status_patches_by(path: Path, offset: int, user: str, namespace: str) -> list[dict[str, Any]]:
+    return [
+        e for e in audit_entries_since(path, offset)
+        if e.get("stage") == "ResponseComplete" and e["user"]["username"] == user and e["verb"] == "patch"
+        and (e.get("objectRef") or {}).get("namespace") == namespace
+        and e["objectRef"].get("resource") == "modelversions" and e["objectRef"].get("subresource") == "status"
+        and e.get("responseStatus", {}).get("code") == 200
+    ]
+
+
+def test_helm_install_runs_the_operator_with_least_privilege(testbed, namespace, storage) -> None:
+    release = "mo-" + namespace.rsplit("-", 1)[-1]  # unique: cluster-scoped RBAC objects carry this name
+    fullname = f"{release}-modelops"
+    account = f"system:serviceaccount:{namespace}:{fullname}"
+    # Pods that are not `restricted` would be refused here, and the install would never be ready.
+    testbed.kubectl("label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted")
+    try:
+        helm_ok(testbed, "install", release, str(CHART), "--namespace", namespace,
+                "--set", f"watchNamespaces={{{namespace}}}", "--set", "operator.retrySeconds=2",
+                "--wait", f"--timeout={INSTALL_TIMEOUT_S}s", timeout=INSTALL_TIMEOUT_S + 60)
+
+        deployment = json.loads(testbed.kubectl("get", "deployment", fullname, "-n", namespace, "-o", "json"))
+        assert deployment["status"].get("readyReplicas") == 1
+        assert deployment["spec"]["template"]["spec"]["containers"][0]["image"] == "ghcr.io/modelops/modelops-operator:0.1.0"
+        (pod,) = json.loads(testbed.kubectl("get", "pods", "-n", namespace, "-l", f"app.kubernetes.io/instance={release}",
+                                            "-o", "json"))["items"]
+        assert {c["type"]: c["status"] for c in pod["status"]["conditions"]}["Ready"] == "True"
+
+        # What the operator needs, in the namespace it watches ...
+        for verb, resource, sub in [
+            ("get", "secrets", ""), ("create", "jobs.batch", ""), ("patch", "deployments.apps", ""),
+            ("create", "services", ""), ("watch", "pods", ""), ("create", "events", ""),
+            ("patch", "modelversions.modelops.dev", ""), ("patch", "modeldeployments.modelops.dev", "status"),
+            ("list", "customresourcedefinitions.apiextensions.k8s.io", ""),
+        ]:
+            assert can_i(testbed, account, namespace, verb, resource, sub), f"cannot {verb} {resource} {sub}"
+        # ... and no more: no deletes, no listing Secrets, nothing outside that namespace.
+        for verb, resource, where in [
+            ("list", "secrets", namespace), ("delete", "secrets", namespace), ("delete", "jobs.batch", namespace),
+            ("delete", "deployments.apps", namespace), ("create", "modelversions.modelops.dev", namespace),
+            ("update", "models.modelops.dev", namespace), ("create", "pods", namespace),
+            ("get", "secrets", "default"), ("list", "pods", "default"), ("create", "jobs.batch", "default"),
+            ("create", "customresourcedefinitions.apiextensions.k8s.io", "default"),
+        ]:
+            assert not can_i(testbed, account, where, verb, resource), f"may {verb} {resource} in {where}"
+
+        # A smoke reconcile: the in-cluster operator reports the missing artifact.
+        audit_log = Path(testbed.audit_log)
+        offset = audit_log.stat().st_size
+        testbed.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump_all(smoke_objects(storage)))
+
+        def artifact_not_found() -> dict[str, Any] | None:
+            mv = json.loads(testbed.kubectl("get", "modelversion", "digits-v1", "-n", namespace, "-o", "json"))
+            conditions = (mv.get("status") or {}).get("conditions", [])
+            return next((c for c in conditions if c["type"] == "Ready" and c["reason"] == "ArtifactNotFound"), None)
+
+        ready = eventually(artifact_not_found, 180, "the operator to report the missing artifact")
+        assert ready["status"] == "False" and f"s3://{storage.bucket}/digits/1/model.onnx" in ready["message"]
+        eventually(lambda: status_patches_by(audit_log, offset, account, namespace), 30,
+                   "the status write to be the chart's service account's")
+
+        # Its metrics answer on the pod's metrics port.
+        with urllib.request.urlopen(f"http://{pod['status']['podIP']}:8080/metrics", timeout=10) as response:
+            families = text_string_to_metric_families(response.read().decode())
+        reconciles = sum(sample.value for family in families for sample in family.samples
+                         if sample.name == "modelops_reconcile_total" and sample.labels.get("kind") == "ModelVersion")
+        assert reconciles >= 1
+
+        helm_ok(testbed, "uninstall", release, "--namespace", namespace, "--wait", f"--timeout={INSTALL_TIMEOUT_S}s",
+                timeout=INSTALL_TIMEOUT_S + 60)
+        gone = testbed.kubectl("get", "deployment", fullname, "-n", namespace, check=False)
+        assert "NotFound" in gone, gone
+        for kind in ("clusterrole", "clusterrolebinding"):
+            assert "NotFound" in testbed.kubectl("get", kind, fullname, check=False), kind
+        # Helm never deletes the CRDs it installed: that would delete every object of these kinds.
+        testbed.kubectl("get", "crd", "modelversions.modelops.dev")
+    finally:
+        testbed.helm("uninstall", release, "--namespace", namespace, "--ignore-not-found", timeout=120)
+        testbed.kubectl("delete", "clusterrole,clusterrolebinding", fullname, "--ignore-not-found", check=False)

@@ -1,0 +1,198 @@
+"""The Argo CD health checks the chart ships, run by a real Lua interpreter on statuses
+shaped as the operator writes them.
+
+Argo CD runs these scripts in gopher-lua (Lua 5.1) with `obj` set to the object, and takes
+the returned table's `status` and `message`. Here each script runs the same way in Lua 5.1,
+embedded through lupa.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.unit
+
+CHECKS = Path(__file__).resolve().parents[2] / "charts" / "modelops" / "argocd" / "modelops.dev"
+
+
+def lua_literal(value: Any) -> str:
+    """A Python value as a Lua expression; None-valued keys are left out, as in Argo CD."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+        return f'"{escaped}"'
+    if isinstance(value, list):
+        return "{" + ", ".join(lua_literal(v) for v in value) + "}"
+    if isinstance(value, dict):
+        items = (f"[{lua_literal(k)}] = {lua_literal(v)}" for k, v in value.items() if v is not None)
+        return "{" + ", ".join(items) + "}"
+    raise TypeError(f"no Lua literal for {type(value).__name__}")
+
+
+def health(kind: str, obj: dict[str, Any]) -> tuple[str, str]:
+    """(status, message) from the kind's health.lua, run as Argo CD runs it: in Lua 5.1, with
+    `obj` set to the object, taking the table the script returns."""
+    import lupa.lua51
+
+    runtime = lupa.lua51.LuaRuntime()
+    runtime.execute(f"obj = {lua_literal(obj)}")
+    hs = runtime.execute((CHECKS / kind / "health.lua").read_text())
+    return hs["status"], hs["message"] or ""
+
+
+def cond(kind: str, status: str, reason: str, message: str = "") -> dict[str, str]:
+    return {"type": kind, "status": status, "reason": reason, "message": message}
+
+
+def deployment(generation: int = 2, **status: Any) -> dict[str, Any]:
+    return {"metadata": {"name": "digits-latest", "generation": generation}, "status": status or None}
+
+
+SERVING = [
+    cond("Ready", "True", "Serving", "serving version 3 on 2/2 ready replicas"),
+    cond("Progressing", "False", "RolloutComplete", "version 3 is rolled out"),
+    cond("Degraded", "False", "AsExpected", "serving as the policy asks"),
+]
+ROLLING = [
+    cond("Ready", "False", "RolloutInProgress", "rolling out version 4: 1/2 updated, 2 available"),
+    cond("Progressing", "True", "RolloutInProgress", "rolling out version 4: 1/2 updated, 2 available"),
+    cond("Degraded", "False", "AsExpected", "rollout under way"),
+]
+
+DEPLOYMENT_CASES = {
+    "no status yet": (deployment(), "Progressing", "generation 2"),
+    "converged": (
+        deployment(observedGeneration=2, desiredVersion=3, servedVersion=3, conditions=SERVING),
+        "Healthy", "serving version 3 on 2/2 ready replicas"),
+    "status of an older generation": (
+        deployment(observedGeneration=1, desiredVersion=3, servedVersion=3, conditions=SERVING),
+        "Progressing", "observe generation 2"),
+    "observedGeneration missing": (
+        deployment(desiredVersion=3, servedVersion=3, conditions=SERVING), "Progressing", "generation 2"),
+    "rolling out a new version": (
+        deployment(observedGeneration=2, desiredVersion=4, servedVersion=3, conditions=ROLLING),
+        "Progressing", "rolling out version 4"),
+    "rolling out a new pod template of the same version": (
+        deployment(observedGeneration=2, desiredVersion=3, servedVersion=3, conditions=[
+            cond("Ready", "True", "Serving", "serving version 3 on 2/2 ready replicas"),
+            cond("Progressing", "True", "RolloutInProgress", "rolling out version 3: 1/2 updated, 2 available"),
+            cond("Degraded", "False", "AsExpected", "rollout under way"),
+        ]),
+        "Progressing", "rolling out version 3"),
+    "rolled back": (
+        deployment(observedGeneration=2, desiredVersion=3, servedVersion=3, conditions=[
+            SERVING[0], SERVING[1],
+            cond("Degraded", "True", "RolledBack", "the rollout of version 4 failed and was rolled back; serving version 3"),
+        ]),
+        "Degraded", "rollout of version 4 failed"),
+    "pinned version not ready": (
+        deployment(observedGeneration=2, desiredVersion=5, servedVersion=3, conditions=[
+            cond("Ready", "False", "PinnedVersionNotReady", "version 5 is not Ready; still serving version 3"),
+            SERVING[1],
+            cond("Degraded", "True", "PinnedVersionNotReady", "version 5 is not Ready; serving version 3 instead"),
+        ]),
+        "Degraded", "version 5 is not Ready"),
+    "deadline exceeded with autoRollback off": (
+        deployment(observedGeneration=2, desiredVersion=4, servedVersion=3, conditions=[
+            ROLLING[0],
+            cond("Progressing", "False", "ProgressDeadlineExceeded", "version 4 did not become available within 600s"),
+            ROLLING[2],
+        ]),
+        "Degraded", "did not become available"),
+    "invalid serving config": (
+        deployment(observedGeneration=2, conditions=[
+            cond("Ready", "False", "InvalidServingConfig", "spec.triton.backend python needs ..."),
+            cond("Progressing", "False", "InvalidServingConfig", "spec.triton.backend python needs ..."),
+            cond("Degraded", "True", "InvalidServingConfig", "spec.triton.backend python needs ..."),
+        ]),
+        "Degraded", "spec.triton.backend"),
+    "no version to serve yet": (
+        deployment(observedGeneration=2, conditions=[
+            cond("Ready", "False", "NoReadyVersion", "no version of Model digits is Ready yet"),
+            cond("Progressing", "False", "NoReadyVersion", "no version of Model digits is Ready yet"),
+            cond("Degraded", "False", "NothingServed", "no version is served yet"),
+        ]),
+        "Progressing", "no version of Model digits is Ready yet"),
+    "served equals desired but no replica is ready": (
+        deployment(observedGeneration=2, desiredVersion=3, servedVersion=3, conditions=[
+            cond("Ready", "False", "Unavailable", "no ready replica of version 3"),
+            SERVING[1], SERVING[2],
+        ]),
+        "Progressing", "no ready replica of version 3"),
+    "served equals desired but Ready is missing": (
+        deployment(observedGeneration=2, desiredVersion=3, servedVersion=3, conditions=[SERVING[1], SERVING[2]]),
+        "Progressing", "Waiting for version 3"),
+}
+
+
+@pytest.mark.parametrize("case", DEPLOYMENT_CASES)
+def test_model_deployment_health(case: str) -> None:
+    obj, expected_status, expected_message = DEPLOYMENT_CASES[case]
+    status, message = health("ModelDeployment", obj)
+    assert (status, expected_message in message) == (expected_status, True), message
+
+
+def version(phase: str | None, reason: str = "", message: str = "") -> dict[str, Any]:
+    status = None if phase is None else {
+        "observedGeneration": 1, "phase": phase,
+        "conditions": [cond("Ready", "True" if phase == "Ready" else "False", reason, message)],
+    }
+    return {"metadata": {"name": "digits-v2", "generation": 1}, "status": status}
+
+
+VERSION_CASES = {
+    "no status yet": (version(None), "Progressing", "Waiting for the operator"),
+    "pending": (version("Pending", "ModelNotFound", "Model digits does not exist"), "Progressing", "Pending: Model digits"),
+    "verifying": (version("Verifying", "ArtifactNotFound", "no object at s3://models/digits/2/model.onnx"),
+                  "Progressing", "Verifying: no object at"),
+    "compressing": (version("Compressing", "JobRunning", "Job digits-v2-compress is running"), "Progressing", "Compressing"),
+    "evaluating": (version("Evaluating", "Evaluating"), "Progressing", "Evaluating"),
+    "ready": (version("Ready", "Compressed", "compressed 4.0x"), "Healthy", "Ready: compressed 4.0x"),
+    "ready from the cache": (version("Ready", "CompressedFromCache", "reused"), "Healthy", "Ready: reused"),
+    "rejected by the gate": (version("Rejected", "AccuracyGateFailed", "top-1 accuracy dropped 3.1 points"),
+                             "Degraded", "Rejected: top-1 accuracy dropped"),
+    "failed": (version("Failed", "ChecksumMismatch", "expected sha256 ab…, got cd…"), "Degraded", "Failed: expected sha256"),
+}
+
+
+@pytest.mark.parametrize("case", VERSION_CASES)
+def test_model_version_health(case: str) -> None:
+    obj, expected_status, expected_message = VERSION_CASES[case]
+    status, message = health("ModelVersion", obj)
+    assert (status, expected_message in message) == (expected_status, True), message
+
+
+def model(generation: int, observed: int | None, ready: dict[str, str] | None) -> dict[str, Any]:
+    status = None if observed is None else {"observedGeneration": observed, "conditions": [ready] if ready else []}
+    return {"metadata": {"name": "digits", "generation": generation}, "status": status}
+
+
+MODEL_CASES = {
+    "no status yet": (model(1, None, None), "Progressing", "generation 1"),
+    "status of an older generation": (model(2, 1, cond("Ready", "True", "VersionReady", "version 3 is Ready")),
+                                      "Progressing", "generation 2"),
+    "a version is ready": (model(1, 1, cond("Ready", "True", "VersionReady", "version 3 is Ready")),
+                           "Healthy", "version 3 is Ready"),
+    "no ready version yet": (model(1, 1, cond("Ready", "False", "NoReadyVersion", "no version of Model digits is Ready yet")),
+                             "Progressing", "no version of Model digits"),
+    "credentials missing": (model(1, 1, cond("Ready", "False", "CredentialsNotFound", "Secret digits-storage does not exist")),
+                            "Degraded", "Secret digits-storage"),
+    "no Ready condition yet": (model(1, 1, None), "Progressing", "Waiting for the operator"),
+}
+
+
+@pytest.mark.parametrize("case", MODEL_CASES)
+def test_model_health(case: str) -> None:
+    obj, expected_status, expected_message = MODEL_CASES[case]
+    status, message = health("Model", obj)
+    assert (status, expected_message in message) == (expected_status, True), message
+
+
+def test_every_kind_of_the_api_has_a_health_check() -> None:
+    assert sorted(p.parent.name for p in CHECKS.glob("*/health.lua")) == ["Model", "ModelDeployment", "ModelVersion"]
