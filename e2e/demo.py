@@ -155,8 +155,10 @@ def run(cl: lc.Cluster) -> int:
     for name in ("digits-latest", "digits-pinned"):
         say(deployment_line(cl.get(NAMESPACE, "modeldeployment", name)))
     failed = cl.get(NAMESPACE, "modeldeployment", "digits-latest")["status"].get("failedVersions")
-    say(f"digits-latest marks versions {failed} as failed: Latest skips them until the "
-        "modelops.dev/retry annotation changes")
+    say(f"digits-latest status.failedVersions={failed}")
+    for condition in cl.get(NAMESPACE, "modelversion", "digits-v3")["status"]["conditions"]:
+        if condition["type"] == "RolloutFailed":
+            say(f"digits-v3 RolloutFailed={condition['status']} ({condition['reason']}): {condition['message']}")
     ip = lc.ready_server_ips(cl, NAMESPACE, "digits-latest")[0]
     after = lc.score(ip, inputs[:200], labels[:200])
     say(f"digits-latest still answers: accuracy {after.accuracy:.4f} on 200 samples, p50 {after.p50_ms:.2f} ms")

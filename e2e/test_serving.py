@@ -174,6 +174,9 @@ def test_broken_v3_is_rolled_back_and_v4_rolls_out(bed):
     assert 3 in md["failedVersions"]
     degraded = next(c for c in md["conditions"] if c["type"] == "Degraded")
     assert "version 3" in degraded["message"]
+    wait(bed, "--for=condition=RolloutFailed", "modelversion/digits-v3", timeout=60)
+    mark = next(c for c in status(bed, "modelversion", "digits-v3")["conditions"] if c["type"] == "RolloutFailed")
+    assert mark["reason"] == "RolledBack" and "digits-latest" in mark["message"]
     wait_for(lambda: rollout_finished(bed, "digits-latest", 2), 120, "only v2 pods behind digits-latest")
     ip = lc.ready_server_ips(cluster, namespace, "digits-latest")[0]
     assert lc.score(ip, bed["inputs"][:50], bed["labels"][:50]).accuracy > 0.9
@@ -189,6 +192,7 @@ def test_broken_v3_is_rolled_back_and_v4_rolls_out(bed):
     wait(bed, "--for=jsonpath={.status.lastRetry}=1", "modeldeployment/digits-latest", timeout=60)
     md = status(bed, "modeldeployment", "digits-latest")
     assert "failedVersions" not in md and md["servedVersion"] == 4
+    wait(bed, "--for=condition=RolloutFailed=False", "modelversion/digits-v3", timeout=60)
 
 
 def test_corrupted_artifact_fails_the_new_pod_and_old_pods_keep_serving(bed):

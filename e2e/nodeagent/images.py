@@ -4,9 +4,10 @@ There is no container engine on the test bed. The agent runs two kinds of images
 local processes instead:
 
 - the project's own images (ghcr.io/modelops/modelops-<component>): the same command,
-  args and env, in the project's Python environment with the checkout's operator/ on
-  PYTHONPATH. The default entrypoint and cmd are read from images/<component>/Dockerfile,
-  so a pod that relies on the image's ENTRYPOINT behaves as it would on a real node;
+  args and env, in the project's Python environment, with the checkout mounted read-only
+  at the images' WORKDIR (/app) and /app/operator on PYTHONPATH. The default entrypoint
+  and cmd are read from images/<component>/Dockerfile, so a pod that relies on the image's
+  ENTRYPOINT behaves as it would on a real node;
 - the NVIDIA Triton image (nvcr.io/nvidia/tritonserver): its `tritonserver` command runs
   the real binary shipped in the nvidia-pytriton wheel (python backend only).
 
@@ -22,6 +23,10 @@ from pathlib import Path
 
 PROJECT_REPOSITORY = re.compile(r"^(?:ghcr\.io/)?modelops/modelops-(?P<component>[a-z0-9-]+)$")
 TRITON_REPOSITORY = "nvcr.io/nvidia/tritonserver"
+# Where a project image has the project (the Dockerfiles' WORKDIR). The agent bind-mounts the
+# checkout there, read-only, so the code stays visible whatever volumes the pod mounts (an
+# emptyDir over /tmp would otherwise hide a checkout under /tmp).
+PROJECT_MOUNT = "/app"
 
 
 class UnrunnableImage(Exception):
@@ -75,8 +80,8 @@ def resolve_image(image: str, project_root: Path) -> ImageRuntime:
         cmd = _dockerfile_instruction(text, "CMD") or []
         if isinstance(entrypoint, str) or isinstance(cmd, str):
             raise UnrunnableImage(f"{dockerfile} must use the exec (JSON) form for ENTRYPOINT and CMD")
-        # The image's WORKDIR holds a copy of the checkout; here the checkout itself stands in.
-        return ImageRuntime(kind="project", entrypoint=entrypoint, cmd=cmd, workdir=str(project_root))
+        # The image has the project at its WORKDIR; the agent mounts the checkout there.
+        return ImageRuntime(kind="project", entrypoint=entrypoint, cmd=cmd, workdir=PROJECT_MOUNT)
     raise UnrunnableImage(
         f"image {image!r} cannot run on this test bed node: it runs only the project's images "
         f"(ghcr.io/modelops/modelops-<component>) and {TRITON_REPOSITORY}"

@@ -23,7 +23,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from . import sandbox
-from .images import ImageRuntime, UnrunnableImage, container_argv, resolve_image
+from .images import PROJECT_MOUNT, ImageRuntime, UnrunnableImage, container_argv, resolve_image
 
 log = logging.getLogger("nodeagent.pod")
 
@@ -250,7 +250,7 @@ class PodWorker(threading.Thread):
         }
         if runtime.kind == "project":
             env["PATH"] = f"{agent.project_python.parent}:{env['PATH']}"
-            env["PYTHONPATH"] = str(agent.project_root / "operator")
+            env["PYTHONPATH"] = f"{PROJECT_MOUNT}/operator"
             env["PYTHONUNBUFFERED"] = "1"
         source = sandbox.VolumeSource(agent.core, self.pod)
         for env_from in container.spec.get("envFrom") or []:
@@ -310,6 +310,7 @@ class PodWorker(threading.Thread):
         workdir = spec.get("workingDir") or container.runtime.workdir
         script.write_text(sandbox.launch_script(
             mounts, termination_file, spec.get("terminationMessagePath", "/dev/termination-log"), workdir,
+            self.agent.project_root if container.runtime.kind == "project" else None,
             (self.pod["spec"].get("hostname") or self.pod_name)[:63],
         ))
         log_file = self.dir / f"{container.name}.log"

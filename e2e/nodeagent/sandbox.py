@@ -17,6 +17,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from .images import PROJECT_MOUNT
+
 
 class SandboxError(Exception):
     """The sandbox could not be set up; the message says why."""
@@ -203,9 +205,11 @@ def materialize_volume(volume: dict, target: Path, source: VolumeSource) -> Path
 
 
 def launch_script(mounts: list[tuple[Path, str, bool]], termination_file: Path, termination_path: str,
-                  workdir: str, hostname: str) -> str:
+                  workdir: str, project: Path | None, hostname: str) -> str:
     """A shell script run inside the pod's namespaces that mounts volumes and execs the container."""
     lines = ["set -e", f"hostname {shlex.quote(hostname)}"]
+    if project is not None:
+        mounts = [(project, PROJECT_MOUNT, True), *mounts]
     for host_path, mount_path, read_only in mounts:
         src, dst = shlex.quote(str(host_path)), shlex.quote(mount_path)
         if host_path.is_dir():

@@ -10,7 +10,7 @@ from modelops.api import ModelDeploymentSpec
 from modelops.core import naming
 from modelops.core.conditions import find
 from modelops.core.objects import VersionView
-from modelops.core.rollout import ServerState, plan_rollout
+from modelops.core.rollout import ServerState, plan_rollout, rollout_failed_conditions
 
 pytestmark = pytest.mark.unit
 
@@ -239,3 +239,31 @@ def test_server_state_from_a_deployment() -> None:
     failed = {**body, "status": {**body["status"], "conditions": [{"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded"}]}}
     assert ServerState.from_deployment(failed).deadline_exceeded
     assert ServerState.from_deployment({"metadata": {}, "spec": {}}).version is None
+
+
+READY = {"type": "Ready", "status": "True", "reason": "Compressed", "message": "m", "lastTransitionTime": "t0"}
+
+
+@pytest.mark.parametrize(
+    ("conditions", "failed", "expected_status"),
+    [
+        ([READY], True, "True"),  # first failure marks the version
+        ([READY], False, None),  # nothing to clear: no write
+        ([READY, {"type": "RolloutFailed", "status": "True", "message": "x"}], False, "False"),  # retry clears
+        ([READY, {"type": "RolloutFailed", "status": "True", "message": "x"}], True, None),  # already marked
+    ],
+)
+def test_rollout_failed_condition_on_the_version(conditions, failed, expected_status) -> None:
+    new = rollout_failed_conditions(conditions, failed, "x" if expected_status is None else "verdict", T0)
+    if expected_status is None:
+        assert new is None
+        return
+    assert new[0] == READY, "other conditions are untouched"
+    marks = [c for c in new if c["type"] == "RolloutFailed"]
+    assert len(marks) == 1 and marks[0]["status"] == expected_status and marks[0]["message"] == "verdict"
+
+
+def test_the_retry_reports_which_versions_it_cleared() -> None:
+    old = {**converge(spec(), [v(1)]).status, "failedVersions": [2, 3]}
+    assert plan(spec(), old, [v(1), v(2), v(3)], done(1), retry="again").cleared == (2, 3)
+    assert plan(spec(), old, [v(1), v(2), v(3)], done(1)).cleared == ()

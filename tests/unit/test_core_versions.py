@@ -261,3 +261,13 @@ def test_ready_status_flips_conditions() -> None:
     assert ready["status"] == "True" and ready["lastTransitionTime"] == "2025-03-01T13:00:00Z"
     assert progressing["status"] == "False"
     assert done["compressedArtifact"]["sha256"] == "cd" * 32
+
+
+def test_the_rollout_failed_condition_written_by_a_deployment_survives_version_status_updates() -> None:
+    ready = version_status(None, state_from_job(JobResult("succeeded", report(), 0), "j", "k"), 1, NOW)
+    mark = {"type": "RolloutFailed", "status": "True", "reason": "RolledBack", "message": "on digits-latest",
+            "lastTransitionTime": "2025-01-01T00:00:00Z"}
+    marked = {**ready, "conditions": [*ready["conditions"], mark]}
+    again = version_status(marked, state_from_job(JobResult("succeeded", report(), 0), "j", "k"), 1, NOW)
+    assert mark in again["conditions"]
+    assert [c["type"] for c in again["conditions"]] == ["Ready", "Progressing", "RolloutFailed"]

@@ -9,9 +9,10 @@ from typing import Any
 
 from modelops.api.deployment import ModelDeploymentSpec
 from modelops.core import naming
-from modelops.core.conditions import FALSE, TRUE, Cond, merge_conditions, timestamp
+from modelops.core.conditions import FALSE, TRUE, Cond, find, merge_conditions, timestamp
 from modelops.core.objects import VersionView
 from modelops.core.resolve import Resolution, effective_versions, resolve_version
+from modelops.core.versions import ROLLOUT_FAILED
 
 NORMAL, WARNING = "Normal", "Warning"
 
@@ -78,6 +79,7 @@ class RolloutPlan:
     started: int | None = None  # version whose rollout starts now
     succeeded: tuple[int, float] | None = None  # version and seconds it took
     rolled_back: int | None = None
+    cleared: tuple[int, ...] = ()  # failed versions forgotten because of the retry annotation
 
 
 def _seconds_between(start: str, now: datetime) -> float:
@@ -111,7 +113,9 @@ def plan_rollout(
     failed = set(old.get("failedVersions") or [])
     last_retry = old.get("lastRetry")
     events: list[Event] = []
+    cleared: tuple[int, ...] = ()
     if retry is not None and retry != last_retry:
+        cleared = tuple(sorted(failed))
         if failed:
             events.append(Event(NORMAL, "RetryRequested",
                                 f"cleared the failed versions {sorted(failed)}; they may be rolled out again"))
@@ -216,6 +220,7 @@ def plan_rollout(
         started=started,
         succeeded=succeeded,
         rolled_back=rolled_back,
+        cleared=cleared,
     )
 
 
@@ -277,3 +282,24 @@ def _conditions(
     else:
         degraded = Cond("Degraded", FALSE, "AsExpected", "serving as the policy asks" if not rolling else "rollout under way")
     return [ready, progressing, degraded]
+
+
+def rollout_failed_conditions(
+    conditions: list[dict[str, Any]] | None, failed: bool, message: str, now: datetime
+) -> list[dict[str, Any]] | None:
+    """A version's conditions with its RolloutFailed condition set by one ModelDeployment's
+    verdict, or None when nothing would change. Other conditions are left as they are."""
+    existing = find(conditions, ROLLOUT_FAILED)
+    status = TRUE if failed else FALSE
+    if existing is None and not failed:
+        return None
+    if existing is not None and existing.get("status") == status and existing.get("message") == message:
+        return None
+    entry = {
+        "type": ROLLOUT_FAILED,
+        "status": status,
+        "reason": "RolledBack" if failed else "RetryRequested",
+        "message": message,
+        "lastTransitionTime": timestamp(now),
+    }
+    return [c for c in conditions or [] if c.get("type") != ROLLOUT_FAILED] + [entry]

@@ -24,6 +24,10 @@ REPORT_FILE = "report.json"
 _EXCERPT = 400
 
 
+# A ModelVersion condition owned by the ModelDeployment reconcile: True while some
+# deployment's rollout of this version failed and was rolled back.
+ROLLOUT_FAILED = "RolloutFailed"
+
 @dataclass(frozen=True)
 class Scheduling:
     """Where the compression Job runs, after defaults are applied."""
@@ -363,5 +367,8 @@ def version_status(
     ):
         if value is not None:
             status[key] = value
-    status["conditions"] = merge_conditions(old.get("conditions"), [ready, progressing], generation, now)
+    status["conditions"] = merge_conditions(old.get("conditions"), [ready, progressing], generation, now) + [
+        # Written by ModelDeployments whose rollout of this version failed; not ours to change.
+        c for c in old.get("conditions") or [] if c.get("type") == ROLLOUT_FAILED
+    ]
     return {k: v for k, v in status.items() if v is not None}

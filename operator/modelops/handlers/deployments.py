@@ -9,7 +9,7 @@ from modelops.api.deployment import ModelDeploymentSpec
 from modelops.api.model import ModelSpec
 from modelops.core import naming, render
 from modelops.core.objects import OwnerRef, VersionView, owned_by
-from modelops.core.rollout import RolloutPlan, ServerState, plan_rollout
+from modelops.core.rollout import RolloutPlan, ServerState, plan_rollout, rollout_failed_conditions
 from modelops.handlers.context import Context
 from modelops.handlers.queue import Key
 from modelops.serving import ServingConfigError
@@ -74,7 +74,26 @@ def reconcile_deployment(ctx: Context, key: Key) -> float | None:
         ctx.metrics.rollout_seconds.observe(result.succeeded[1])
     if result.rolled_back is not None:
         ctx.metrics.rollbacks.inc()
+        _mark_version(ctx, namespace, versions, result.rolled_back, True, (
+            f"the rollout of version {result.rolled_back} on ModelDeployment {name} did not become available "
+            f"within {spec.rollout.progress_deadline_seconds}s and was rolled back; Latest skips it until the "
+            f"modelops.dev/retry annotation on {name} changes"))
+    for number in result.cleared:
+        _mark_version(ctx, namespace, versions, number, False,
+                      f"ModelDeployment {name} was asked to retry version {number} (modelops.dev/retry)")
     return None
+
+
+def _mark_version(ctx: Context, namespace: str, versions: list[VersionView], number: int, failed: bool,
+                  message: str) -> None:
+    """Record a deployment's verdict on the ModelVersion itself, where `kubectl get mv` users look."""
+    view = next((v for v in versions if v.version == number and not v.deleting), None)
+    body = ctx.kube.get(k8s.MODELVERSIONS, namespace, view.name) if view else None
+    if body is None:
+        return
+    conditions = rollout_failed_conditions((body.get("status") or {}).get("conditions"), failed, message, ctx.clock())
+    if conditions is not None:
+        ctx.kube.patch_status(k8s.MODELVERSIONS, namespace, view.name, {"conditions": conditions})
 
 
 def _name_taken(deployment: dict[str, Any] | None, service: dict[str, Any] | None, uid: str, name: str) -> tuple[str, str] | None:
