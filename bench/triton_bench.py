@@ -37,12 +37,9 @@ import platform
 import resource
 import shutil
 import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
 import urllib.request
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
@@ -66,7 +63,7 @@ from modelops.serving import (
 )
 
 from e2e.loadgen import STABILITY_WINDOWS, InferenceCall, LoadReport, WindowStats, is_stable, run_load
-from e2e.tritonlocal import triton_command
+from e2e.tritonlocal import serve_locally
 
 RESULTS = ROOT / "bench" / "results" / "triton.json"
 CACHE_ROOT = Path.home() / ".cache" / "modelops" / "bench"
@@ -498,22 +495,6 @@ def write_served_copy(source: Path, destination: Path, intra_op_threads: int) ->
 # ---------------------------------------------------------------- tritonserver
 
 
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
-
-
-def _get_json(url: str) -> dict:
-    with urllib.request.urlopen(url, timeout=5) as response:
-        return json.load(response)
-
-
 @dataclass(frozen=True)
 class Server:
     url: str
@@ -523,48 +504,15 @@ class Server:
 
 @contextmanager
 def running_tritonserver(repo: Path, log: Path) -> Iterator[Server]:
-    """Start tritonserver on free 127.0.0.1 ports, wait until it is ready, and always stop it."""
-    http_port, grpc_port, metrics_port = free_ports(3)
-    container_command = [
-        "tritonserver",
-        f"--model-repository={repo}",
-        "--http-address=127.0.0.1",
-        f"--http-port={http_port}",
-        "--grpc-address=127.0.0.1",
-        f"--grpc-port={grpc_port}",
-        "--metrics-address=127.0.0.1",
-        f"--metrics-port={metrics_port}",
-        "--exit-timeout-secs=10",
-    ]
-    argv, env_additions = triton_command(container_command, CACHE_ROOT / "triton")
-    env = {**os.environ, **env_additions, "ORT_LOAD_CONFIG_FROM_MODEL": "1"}
-    url = f"127.0.0.1:{http_port}"
-    with log.open("wb") as log_file:
-        process = subprocess.Popen(argv, env=env, stdout=log_file, stderr=subprocess.STDOUT)
-    try:
-        started = time.monotonic()
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"tritonserver exited with {process.returncode}:\n{log.read_text()[-4000:]}")
-            if time.monotonic() - started > READY_DEADLINE_S:
-                raise RuntimeError(
-                    f"tritonserver not ready within {READY_DEADLINE_S:.0f} s:\n{log.read_text()[-4000:]}"
-                )
-            try:
-                with urllib.request.urlopen(f"http://{url}/v2/health/ready", timeout=1) as response:
-                    if response.status == 200:
-                        break
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass
-            time.sleep(0.2)
-        yield Server(url=url, ready_s=time.monotonic() - started, pid=process.pid)
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=30)
+    """tritonserver for one configuration; the served ONNX file carries its thread settings."""
+    with serve_locally(repo, CACHE_ROOT / "triton", log, READY_DEADLINE_S,
+                       extra_env={"ORT_LOAD_CONFIG_FROM_MODEL": "1"}) as server:
+        yield Server(url=server.http_url, ready_s=server.ready_s, pid=server.pid)
+
+
+def _get_json(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return json.load(response)
 
 
 def model_stats(url: str) -> dict[str, float]:

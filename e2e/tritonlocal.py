@@ -21,9 +21,17 @@ import hashlib
 import importlib.util
 import os
 import shutil
+import socket
+import subprocess
 import sys
 import sysconfig
 import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 STUB_NAME = "triton_python_backend_stub"
@@ -105,3 +113,66 @@ def triton_command(argv: list[str], cache_dir: Path) -> tuple[list[str], dict[st
         "PATH": os.pathsep.join([str(Path(sys.prefix) / "bin"), search_path]),
     }
     return real_argv, env
+
+
+@dataclass(frozen=True)
+class LocalServer:
+    http_url: str  # host:port, as tritonclient takes it
+    grpc_url: str
+    pid: int
+    ready_s: float  # seconds from start until /v2/health/ready answered 200
+
+
+def free_ports(count: int) -> list[int]:
+    """Distinct free loopback ports, held open together so none is handed out twice."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+@contextmanager
+def serve_locally(repository: Path, cache_dir: Path, log: Path, ready_timeout_s: float,
+                  extra_env: dict[str, str] | None = None) -> Iterator[LocalServer]:
+    """Run the wheel's tritonserver on free 127.0.0.1 ports until it is ready; always stop it.
+
+    Raises RuntimeError, with the end of the server's log, if it exits or is not ready in time.
+    """
+    http_port, grpc_port, metrics_port = free_ports(3)
+    argv, env_additions = triton_command([
+        "tritonserver", f"--model-repository={repository}",
+        "--http-address=127.0.0.1", f"--http-port={http_port}",
+        "--grpc-address=127.0.0.1", f"--grpc-port={grpc_port}",
+        "--metrics-address=127.0.0.1", f"--metrics-port={metrics_port}",
+        "--exit-timeout-secs=10",
+    ], cache_dir)
+    env = {**os.environ, **env_additions, **(extra_env or {})}
+    with log.open("wb") as log_file:
+        process = subprocess.Popen(argv, env=env, stdout=log_file, stderr=subprocess.STDOUT)
+    try:
+        started = time.monotonic()
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"tritonserver exited with {process.returncode}:\n{log.read_text()[-4000:]}")
+            if time.monotonic() - started > ready_timeout_s:
+                raise RuntimeError(f"tritonserver not ready within {ready_timeout_s:.0f} s:\n{log.read_text()[-4000:]}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/v2/health/ready", timeout=1) as response:
+                    if response.status == 200:
+                        break
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            time.sleep(0.2)  # polling the readiness endpoint; the server offers nothing to watch
+        yield LocalServer(f"127.0.0.1:{http_port}", f"127.0.0.1:{grpc_port}", process.pid, time.monotonic() - started)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=30)
+

@@ -5,10 +5,6 @@ onnxruntime answers on the same file. No Kubernetes: the server is a local proce
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -27,7 +23,7 @@ from sklearn.model_selection import train_test_split
 from sklearn.neural_network import MLPClassifier
 
 from e2e.loadgen import InferenceCall, run_load
-from e2e.tritonlocal import triton_command
+from e2e.tritonlocal import serve_locally
 from modelops.serving import (
     DynamicBatching,
     InstanceGroup,
@@ -83,33 +79,6 @@ def train_digits_onnx(path: Path) -> tuple[np.ndarray, np.ndarray, float]:
     return x_test, y_test.astype(np.int64), float(classifier.score(x_test, y_test))
 
 
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
-
-
-def wait_until_ready(url: str, process: subprocess.Popen, log: Path, deadline_s: float) -> float:
-    """Poll Triton's readiness endpoint until it answers 200; return the seconds it took."""
-    started = time.monotonic()
-    while time.monotonic() - started < deadline_s:
-        if process.poll() is not None:
-            pytest.fail(f"tritonserver exited with {process.returncode}:\n{log.read_text()[-4000:]}")
-        try:
-            with urllib.request.urlopen(f"{url}/v2/health/ready", timeout=1) as response:
-                if response.status == 200:
-                    return time.monotonic() - started
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            pass
-        time.sleep(0.2)
-    pytest.fail(f"tritonserver not ready within {deadline_s}s:\n{log.read_text()[-4000:]}")
-
-
 @dataclass(frozen=True)
 class Served:
     http_url: str
@@ -141,39 +110,15 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     layout_old = repo / MODEL / "1"
     layout_old.mkdir()
 
-    http_port, grpc_port, metrics_port = free_ports(3)
-    container_command = [
-        "tritonserver",
-        f"--model-repository={repo}",
-        "--http-address=127.0.0.1",
-        f"--http-port={http_port}",
-        "--grpc-address=127.0.0.1",
-        f"--grpc-port={grpc_port}",
-        "--metrics-address=127.0.0.1",
-        f"--metrics-port={metrics_port}",
-        "--exit-timeout-secs=10",
-    ]
-    argv, env_additions = triton_command(container_command, work / "cache")
-    log = work / "tritonserver.log"
-    with log.open("wb") as log_file:
-        process = subprocess.Popen(argv, env={**os.environ, **env_additions}, stdout=log_file, stderr=subprocess.STDOUT)
-    try:
-        wait_until_ready(f"http://127.0.0.1:{http_port}", process, log, READY_DEADLINE_S)
+    with serve_locally(repo, work / "cache", work / "tritonserver.log", READY_DEADLINE_S) as server:
         yield Served(
-            http_url=f"127.0.0.1:{http_port}",
-            grpc_url=f"127.0.0.1:{grpc_port}",
+            http_url=server.http_url,
+            grpc_url=server.grpc_url,
             onnx_path=onnx_path,
             eval_inputs=eval_inputs,
             eval_labels=eval_labels,
             sklearn_accuracy=sklearn_accuracy,
         )
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=30)
 
 
 def direct(served: Served, inputs: np.ndarray) -> dict[str, np.ndarray]:
