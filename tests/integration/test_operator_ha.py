@@ -16,6 +16,7 @@ from tests.integration.conftest import (
     LEADER_ELECTION_RULES,
     OPERATOR_ACCOUNT,
     OPERATOR_NAMESPACE,
+    OPERATOR_USER,
     AuditLog,
     OperatorProcess,
     apply_docs,
@@ -47,8 +48,8 @@ def model(name: str) -> dict[str, Any]:
         "apiVersion": "modelops.dev/v1alpha1", "kind": "Model", "metadata": {"name": name},
         "spec": {
             "storage": {"endpoint": "http://127.0.0.1:1", "bucket": "models", "credentialsSecret": {"name": "absent"}},
-            "signature": {"inputs": [{"name": "x", "dataType": "FP32", "dims": [4]}],
-                          "outputs": [{"name": "y", "dataType": "FP32", "dims": [2]}]},
+            "signature": {"inputs": [{"name": "input", "dataType": "FP32", "dims": [4]}],
+                          "outputs": [{"name": "output", "dataType": "FP32", "dims": [2]}]},
         },
     }
 
@@ -76,6 +77,7 @@ def write_windows(events: list[dict[str, Any]], namespace: str) -> dict[str, tup
     for event in events:
         ref = event.get("objectRef") or {}
         if (event.get("stage") != "ResponseComplete" or event.get("verb") not in WRITES
+                or event.get("user", {}).get("username") != OPERATOR_USER
                 or ref.get("apiGroup") != "modelops.dev" or ref.get("namespace") != namespace):
             continue
         agent = event.get("userAgent", "")
