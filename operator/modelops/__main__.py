@@ -5,17 +5,36 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import socket
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import kopf
 
+from modelops import __version__
 from modelops.handlers.context import Context, StoreCache
+from modelops.handlers.probes import serve_health
 from modelops.handlers.queue import Key
 from modelops.handlers.registry import Operator, build_registry
 from modelops.kube import Kube
+from modelops.leader import LeaderElector, LeaseConfig
 from modelops.metrics import Metrics
 from modelops.settings import Settings, SettingsError
+
+logger = logging.getLogger("modelops")
+
+# Where a pod finds its own namespace.
+SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+
+
+def identity(settings: Settings) -> str:
+    """This replica's name: the Lease holder and the user agent in the audit log."""
+    return settings.leader_election_identity or socket.gethostname()
+
+
+def user_agent(settings: Settings) -> str:
+    return f"modelops-operator/{__version__} ({identity(settings)})"
 
 
 def context_factory(settings: Settings) -> Callable[[Callable[[Key], None]], Context]:
@@ -23,7 +42,7 @@ def context_factory(settings: Settings) -> Callable[[Callable[[Key], None]], Con
         metrics = Metrics()
         return Context(
             settings=settings,
-            kube=Kube.from_environment(observe=metrics.observe_request),
+            kube=Kube.from_environment(observe=metrics.observe_request, user_agent=user_agent(settings)),
             metrics=metrics,
             stores=StoreCache(),
             wake=wake,
@@ -32,10 +51,58 @@ def context_factory(settings: Settings) -> Callable[[Callable[[Key], None]], Con
     return make
 
 
+def lease_config(settings: Settings) -> LeaseConfig:
+    namespace = settings.leader_election_namespace
+    if not namespace and SERVICE_ACCOUNT_NAMESPACE.exists():
+        namespace = SERVICE_ACCOUNT_NAMESPACE.read_text().strip()
+    if not namespace:
+        raise SettingsError("MODELOPS_LEADER_ELECTION_NAMESPACE: required outside a pod")
+    return LeaseConfig(
+        name=settings.leader_election_id,
+        namespace=namespace,
+        identity=identity(settings),
+        lease_duration=settings.lease_duration_seconds,
+        renew_deadline=settings.lease_renew_deadline_seconds,
+        retry_period=settings.lease_retry_period_seconds,
+    )
+
+
+def lost_leadership() -> None:
+    """Stop at once: a replica that may no longer hold the Lease must not reconcile another
+    moment. The restarted pod comes back as a standby."""
+    logger.critical("lost the leader lease; exiting so that a restart comes back as a standby")
+    logging.shutdown()
+    os._exit(1)
+
+
+async def run(settings: Settings, elector: LeaderElector | None) -> None:
+    if elector is not None:
+        # A standby answers its probes (it is healthy and ready to take over) and reconciles nothing.
+        probes = await serve_health(lambda: True, lambda: True, settings.bind_address, settings.health_port)
+        try:
+            await asyncio.to_thread(elector.acquire)
+        finally:
+            await probes.cleanup()
+        elector.keep(on_lost=lost_leadership)
+    operator = Operator(settings, context_factory(settings))
+    try:
+        await kopf.operator(
+            registry=build_registry(operator),
+            standalone=True,
+            clusterwide=not settings.namespaces,
+            namespaces=settings.namespaces,
+        )
+    finally:
+        if elector is not None:
+            # Hand over at once on a clean stop instead of after a lease duration.
+            await asyncio.to_thread(elector.release)
+
+
 def main() -> int:
     try:
         settings = Settings.from_env(os.environ)
-    except SettingsError as err:
+        config = lease_config(settings) if settings.leader_election else None
+    except (SettingsError, ValueError) as err:
         print(f"modelops: invalid settings: {err}", file=sys.stderr)
         return 2
     logging.basicConfig(
@@ -44,15 +111,10 @@ def main() -> int:
     )
     # kopf logs every watch event at DEBUG; keep it quiet unless asked.
     logging.getLogger("kopf").setLevel(max(logging.INFO, getattr(logging, settings.log_level)))
-    operator = Operator(settings, context_factory(settings))
-    asyncio.run(
-        kopf.operator(
-            registry=build_registry(operator),
-            standalone=True,
-            clusterwide=not settings.namespaces,
-            namespaces=settings.namespaces,
-        )
-    )
+    elector = None
+    if config is not None:
+        elector = LeaderElector(Kube.from_environment(user_agent=user_agent(settings)), config)
+    asyncio.run(run(settings, elector))
     return 0
 
 

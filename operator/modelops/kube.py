@@ -90,6 +90,7 @@ SERVICES = Resource("", "v1", "services", "Service")
 PODS = Resource("", "v1", "pods", "Pod")
 SECRETS = Resource("", "v1", "secrets", "Secret")
 EVENTS = Resource("", "v1", "events", "Event")
+LEASES = Resource("coordination.k8s.io", "v1", "leases", "Lease")
 
 RequestObserver = Callable[[str, str, int], None]
 
@@ -110,8 +111,10 @@ class Kube:
         self._instance = instance or socket.gethostname()
 
     @classmethod
-    def from_environment(cls, observe: RequestObserver | None = None) -> Kube:
-        """In a pod: the service account. Elsewhere: $KUBECONFIG or ~/.kube/config."""
+    def from_environment(cls, observe: RequestObserver | None = None, user_agent: str | None = None) -> Kube:
+        """In a pod: the service account. Elsewhere: $KUBECONFIG or ~/.kube/config.
+
+        The user agent names this replica, so the audit log tells replicas apart."""
         from kubernetes import client, config
 
         configuration = client.Configuration()
@@ -119,7 +122,10 @@ class Kube:
             config.load_incluster_config(client_configuration=configuration)
         else:
             config.load_kube_config(client_configuration=configuration)
-        return cls(client.ApiClient(configuration), observe)
+        api_client = client.ApiClient(configuration)
+        if user_agent:
+            api_client.user_agent = user_agent
+        return cls(api_client, observe)
 
     # -- transport ---------------------------------------------------------------------
 
@@ -232,6 +238,30 @@ class Kube:
 
     def patch_status(self, resource: Resource, namespace: str, name: str, status_patch: dict[str, Any]) -> dict[str, Any] | None:
         return self.patch(resource, namespace, name, {"status": status_patch}, subresource="status")
+
+    # -- leases (leader election) --------------------------------------------------------
+
+    def get_lease(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self.get(LEASES, namespace, name)
+
+    def create_lease(self, body: dict[str, Any]) -> bool:
+        """Create the Lease; False when another candidate created it first."""
+        path = LEASES.path(body["metadata"]["namespace"])
+        status, payload, headers = self._request("POST", LEASES, path, body=body)
+        if status == 409:
+            return False
+        self._check("POST", path, status, payload, headers)
+        return True
+
+    def replace_lease(self, body: dict[str, Any]) -> bool:
+        """Replace the Lease at the resourceVersion we read; False when it changed since."""
+        meta = body["metadata"]
+        path = LEASES.path(meta["namespace"], meta["name"])
+        status, payload, headers = self._request("PUT", LEASES, path, body=body)
+        if status == 409:
+            return False
+        self._check("PUT", path, status, payload, headers)
+        return True
 
     def emit_event(self, involved: dict[str, Any], type_: str, reason: str, message: str) -> None:
         """Record a Kubernetes Event about `involved`. Losing an event is not worth a retry."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from modelops import __version__
 
@@ -36,6 +36,20 @@ class Settings(BaseModel):
     max_backoff_seconds: float = Field(300.0, gt=0, description="Longest wait before retrying a failed reconcile.")
     rollout_history: int = Field(5, ge=1, le=50, description="Rollouts kept in a ModelDeployment's status.")
     log_level: str = Field("INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$")
+    leader_election: bool = Field(False, description="Reconcile only while holding a Lease, so replicas can stand by.")
+    leader_election_id: str = Field(
+        "modelops-operator", min_length=1, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+        description="Name of the Lease.",
+    )
+    leader_election_namespace: str = Field(
+        "", max_length=63, description="Namespace of the Lease; empty uses the pod's own namespace."
+    )
+    leader_election_identity: str = Field(
+        "", max_length=253, description="This replica's name in the Lease; empty uses the host name (the pod name)."
+    )
+    lease_duration_seconds: float = Field(15.0, gt=0, description="A standby takes over after the Lease went unrenewed this long.")
+    lease_renew_deadline_seconds: float = Field(10.0, gt=0, description="The leader stops (and exits) when it could not renew for this long.")
+    lease_retry_period_seconds: float = Field(2.0, gt=0, description="How often candidates try the Lease and the leader renews it.")
 
     @field_validator("namespaces", mode="before")
     @classmethod
@@ -43,6 +57,15 @@ class Settings(BaseModel):
         if isinstance(value, str):
             return tuple(ns.strip() for ns in value.split(",") if ns.strip())
         return value
+
+    @model_validator(mode="after")
+    def _lease_timings(self) -> Settings:
+        if not self.lease_duration_seconds > self.lease_renew_deadline_seconds > self.lease_retry_period_seconds:
+            raise ValueError(
+                "MODELOPS_LEASE_DURATION_SECONDS > MODELOPS_LEASE_RENEW_DEADLINE_SECONDS > MODELOPS_LEASE_RETRY_PERIOD_SECONDS "
+                "must hold, so that a leader stops before a standby may take over"
+            )
+        return self
 
     @classmethod
     def env_name(cls, field: str) -> str:
@@ -59,6 +82,6 @@ class Settings(BaseModel):
             return cls(**values)
         except ValidationError as err:
             problems = "; ".join(
-                f"{cls.env_name(str(e['loc'][0]))}: {e['msg']}" for e in err.errors()
+                f"{cls.env_name(str(e['loc'][0]))}: {e['msg']}" if e["loc"] else e["msg"] for e in err.errors()
             )
             raise SettingsError(problems) from None

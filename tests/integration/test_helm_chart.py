@@ -18,7 +18,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from modelops.settings import Settings
-from tests.integration.conftest import OPERATOR_RULES, ROOT, Storage, eventually
+from tests.integration.conftest import LEADER_ELECTION_RULES, OPERATOR_RULES, ROOT, Storage, eventually
 
 pytestmark = pytest.mark.integration
 
@@ -61,7 +61,9 @@ def test_the_chart_lints_with_every_optional_part_on(testbed) -> None:
 
 @pytest.mark.parametrize(("value", "field"), [
     ("replicaCount=two", "/replicaCount"),
-    ("replicaCount=2", "/replicaCount"),
+    ("replicaCount=11", "/replicaCount"),
+    ("leaderElection.enabled=false,replicaCount=2", "/replicaCount"),
+    ("leaderElection.leaseDurationSeconds=0", "/leaderElection/leaseDurationSeconds"),
     ("watchNamespaces=team-a", "/watchNamespaces"),
     ("operator.workers=many", "/operator/workers"),
     ("operator.logLevel=TRACE", "/operator/logLevel"),
@@ -79,7 +81,11 @@ def test_cluster_wide_by_default_the_cluster_role_holds_exactly_the_operators_ru
     docs = render(testbed)
     (role,) = of_kind(docs, "ClusterRole")
     assert grants(role["rules"]) == grants(OPERATOR_RULES)
-    assert of_kind(docs, "Role") == [] and of_kind(docs, "RoleBinding") == []
+    # The only namespaced grant: the leader-election Lease, in the release namespace.
+    (lease_role,) = of_kind(docs, "Role")
+    assert lease_role["metadata"]["namespace"] == "ops" and grants(lease_role["rules"]) == grants(LEADER_ELECTION_RULES)
+    (lease_binding,) = of_kind(docs, "RoleBinding")
+    assert lease_binding["roleRef"]["name"] == lease_role["metadata"]["name"]
     (binding,) = of_kind(docs, "ClusterRoleBinding")
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "mo-modelops", "namespace": "ops"}]
     assert of_kind(docs, "ServiceMonitor") == [] and of_kind(docs, "ConfigMap") == []
@@ -88,8 +94,9 @@ def test_cluster_wide_by_default_the_cluster_role_holds_exactly_the_operators_ru
 def test_watching_namespaces_gives_a_role_in_each_and_only_discovery_cluster_wide(testbed) -> None:
     docs = render(testbed, "watchNamespaces={team-a,team-b}")
     (cluster_role,) = of_kind(docs, "ClusterRole")
-    roles = {role["metadata"]["namespace"]: grants(role["rules"]) for role in of_kind(docs, "Role")}
-    bindings = {b["metadata"]["namespace"]: b for b in of_kind(docs, "RoleBinding")}
+    watching = [doc for doc in docs if not doc["metadata"]["name"].endswith("-leader-election")]
+    roles = {role["metadata"]["namespace"]: grants(role["rules"]) for role in of_kind(watching, "Role")}
+    bindings = {b["metadata"]["namespace"]: b for b in of_kind(watching, "RoleBinding")}
     assert sorted(roles) == sorted(bindings) == ["team-a", "team-b"]
     assert {r for _, r, _ in grants(cluster_role["rules"])} == {"customresourcedefinitions", "namespaces"}
     for namespace, granted in roles.items():
@@ -103,9 +110,14 @@ def test_the_deployment_runs_restricted_with_every_setting_from_values(testbed) 
     (deployment,) = of_kind(docs, "Deployment")
     pod = deployment["spec"]["template"]["spec"]
     (container,) = pod["containers"]
-    env = {var["name"]: var["value"] for var in container["env"]}
+    from_pod = {var["name"]: var["valueFrom"]["fieldRef"]["fieldPath"] for var in container["env"] if "valueFrom" in var}
+    assert from_pod == {"MODELOPS_LEADER_ELECTION_NAMESPACE": "metadata.namespace",
+                        "MODELOPS_LEADER_ELECTION_IDENTITY": "metadata.name"}
+    env = {var["name"]: var["value"] for var in container["env"] if "value" in var}
+    env |= {"MODELOPS_LEADER_ELECTION_NAMESPACE": "ops", "MODELOPS_LEADER_ELECTION_IDENTITY": "mo-modelops-0"}
     settings = Settings.from_env(env)  # the operator accepts what the chart renders
     assert set(env) == {Settings.env_name(field) for field in Settings.model_fields}
+    assert settings.leader_election and settings.leader_election_id == "mo-modelops"
     assert settings.namespaces == ("team-a", "team-b") and settings.workers == 8 and settings.retry_seconds == 2.5
     assert container["image"] == settings.operator_image == "ghcr.io/modelops/modelops-operator:1.2.3"
     assert settings.compressor_image == "ghcr.io/modelops/modelops-compressor:0.1.0"
@@ -120,7 +132,27 @@ def test_the_deployment_runs_restricted_with_every_setting_from_values(testbed) 
     assert container["securityContext"]["allowPrivilegeEscalation"] is False
     assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
-    assert deployment["spec"]["replicas"] == 1 and deployment["spec"]["strategy"] == {"type": "Recreate"}
+    assert deployment["spec"]["replicas"] == 1
+    # With leader election the new pod stands by before the old one stops.
+    assert deployment["spec"]["strategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
+    assert of_kind(docs, "PodDisruptionBudget") == []
+
+
+def test_without_leader_election_one_replica_is_recreated(testbed) -> None:
+    docs = render(testbed, "leaderElection.enabled=false")
+    (deployment,) = of_kind(docs, "Deployment")
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    env = {var["name"]: var.get("value") for var in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["MODELOPS_LEADER_ELECTION"] == "false"
+    assert of_kind(docs, "Role") == []
+
+
+def test_two_replicas_get_a_disruption_budget(testbed) -> None:
+    docs = render(testbed, "replicaCount=2")
+    (budget,) = of_kind(docs, "PodDisruptionBudget")
+    (deployment,) = of_kind(docs, "Deployment")
+    assert budget["spec"]["minAvailable"] == 1
+    assert budget["spec"]["selector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
 
 
 def test_optional_parts_render_when_enabled(testbed) -> None:
@@ -193,22 +225,29 @@ def test_helm_install_runs_the_operator_with_least_privilege(testbed, namespace,
     testbed.kubectl("label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted")
     try:
         helm_ok(testbed, "install", release, str(CHART), "--namespace", namespace,
-                "--set", f"watchNamespaces={{{namespace}}}", "--set", "operator.retrySeconds=2",
+                "--set", f"watchNamespaces={{{namespace}}}", "--set", "operator.retrySeconds=2", "--set", "replicaCount=2",
                 "--wait", f"--timeout={INSTALL_TIMEOUT_S}s", timeout=INSTALL_TIMEOUT_S + 60)
 
         deployment = json.loads(testbed.kubectl("get", "deployment", fullname, "-n", namespace, "-o", "json"))
-        assert deployment["status"].get("readyReplicas") == 1
+        # Two replicas, both Ready: the leader and a standby, which answers its probes too.
+        assert deployment["status"].get("readyReplicas") == 2
         assert deployment["spec"]["template"]["spec"]["containers"][0]["image"] == "ghcr.io/modelops/modelops-operator:0.1.0"
-        (pod,) = json.loads(testbed.kubectl("get", "pods", "-n", namespace, "-l", f"app.kubernetes.io/instance={release}",
-                                            "-o", "json"))["items"]
-        assert {c["type"]: c["status"] for c in pod["status"]["conditions"]}["Ready"] == "True"
+        pods = json.loads(testbed.kubectl("get", "pods", "-n", namespace, "-l", f"app.kubernetes.io/instance={release}",
+                                          "-o", "json"))["items"]
+        assert len(pods) == 2
+        for candidate in pods:
+            assert {c["type"]: c["status"] for c in candidate["status"]["conditions"]}["Ready"] == "True"
+        lease = eventually(lambda: json.loads(testbed.kubectl("get", "lease", fullname, "-n", namespace, "-o", "json",
+                                                              check=False) or "{}").get("spec"), 60, "the Lease")
+        (pod,) = [p for p in pods if p["metadata"]["name"] == lease["holderIdentity"]]
+        testbed.kubectl("get", "poddisruptionbudget", fullname, "-n", namespace)
 
         # What the operator needs, in the namespace it watches ...
         for verb, resource, sub in [
             ("get", "secrets", ""), ("create", "jobs.batch", ""), ("patch", "deployments.apps", ""),
             ("create", "services", ""), ("watch", "pods", ""), ("create", "events", ""),
             ("patch", "modelversions.modelops.dev", ""), ("patch", "modeldeployments.modelops.dev", "status"),
-            ("list", "customresourcedefinitions.apiextensions.k8s.io", ""),
+            ("list", "customresourcedefinitions.apiextensions.k8s.io", ""), ("update", "leases.coordination.k8s.io", ""),
         ]:
             assert can_i(testbed, account, namespace, verb, resource, sub), f"cannot {verb} {resource} {sub}"
         # ... and no more: no deletes, no listing Secrets, nothing outside that namespace.
@@ -218,6 +257,7 @@ def test_helm_install_runs_the_operator_with_least_privilege(testbed, namespace,
             ("update", "models.modelops.dev", namespace), ("create", "pods", namespace),
             ("get", "secrets", "default"), ("list", "pods", "default"), ("create", "jobs.batch", "default"),
             ("create", "customresourcedefinitions.apiextensions.k8s.io", "default"),
+            ("update", "leases.coordination.k8s.io", "default"), ("delete", "leases.coordination.k8s.io", namespace),
         ]:
             assert not can_i(testbed, account, where, verb, resource), f"may {verb} {resource} in {where}"
 

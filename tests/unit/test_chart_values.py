@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from modelops.settings import Settings
-from tests.integration.conftest import OPERATOR_RULES
+from tests.integration.conftest import LEADER_ELECTION_RULES, OPERATOR_RULES
 
 pytestmark = pytest.mark.unit
 
@@ -167,3 +167,10 @@ def test_nothing_the_operator_may_do_deletes_or_lists_secrets() -> None:
     grants = _grants(_defined_rules("modelops.namespacedRules"))
     assert not {g for g in grants if g[2] in ("delete", "deletecollection", "update", "*")}
     assert {verb for _, resource, verb in grants if resource == "secrets"} == {"get"}
+
+
+def test_leader_election_may_touch_only_leases_in_the_release_namespace() -> None:
+    assert _grants(_defined_rules("modelops.leaderElectionRules")) == _grants(LEADER_ELECTION_RULES)
+    rbac = (CHART / "templates" / "rbac.yaml").read_text()
+    block = rbac[rbac.index("modelops.leaderElectionRules") - 400:]
+    assert "kind: Role\n" in block and "namespace: {{ .Release.Namespace }}" in block

@@ -93,3 +93,10 @@ Nothing is deleted: children are owned by the custom resources and garbage-colle
   resources: ["namespaces"]
   verbs: ["list", "watch"]
 {{- end }}
+
+{{/* Leader election: the Lease in the release namespace (create cannot be narrowed to one name). */}}
+{{- define "modelops.leaderElectionRules" -}}
+- apiGroups: ["coordination.k8s.io"]
+  resources: ["leases"]
+  verbs: ["get", "create", "update"]
+{{- end }}
