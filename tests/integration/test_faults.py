@@ -1,0 +1,191 @@
+"""Faults, each asserted on the end state: kill -9s of the operator during a burst of creates
+and rollouts, the API server stopped for 90 s, etcd restarted. Afterwards there is exactly
+one Job per ModelVersion that needs one and one Deployment and Service per ModelDeployment,
+every status says what it should, and the operator converges soon after the fault ends.
+
+Compression Jobs target no node and Triton Deployments have no replicas, so the faults meet
+the operator's own work (status writes, child creation, template changes), not the load of
+pods. These tests are marked `faults` and run with `make test-faults` (docs/testbed.md).
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from e2e.testbed import cluster
+from modelops.core import naming
+from tests.integration.conftest import OperatorProcess, Storage, apply_docs, eventually, get_json, kubectl, publish_cached
+
+pytestmark = [pytest.mark.integration, pytest.mark.faults]
+
+NOWHERE = {"modelops.dev/test-node": "none"}
+SEED = 20261202
+
+
+def model(storage: Storage) -> dict[str, Any]:
+    return {
+        "apiVersion": "modelops.dev/v1alpha1", "kind": "Model", "metadata": {"name": "digits"},
+        "spec": {
+            "storage": {"endpoint": storage.endpoint, "bucket": storage.bucket, "credentialsSecret": {"name": "storage"}},
+            "signature": {"maxBatchSize": 8, "inputs": [{"name": "input", "dataType": "FP32", "dims": [64]}],
+                          "outputs": [{"name": "logits", "dataType": "FP32", "dims": [10]}]},
+            "versionDefaults": {"scheduling": {"gpus": 1, "nodeSelector": NOWHERE}},
+        },
+    }
+
+
+def version(storage: Storage, number: int, sha: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "modelops.dev/v1alpha1", "kind": "ModelVersion", "metadata": {"name": f"digits-v{number}"},
+        "spec": {"model": "digits", "version": number,
+                 "artifact": {"uri": f"s3://{storage.bucket}/digits/{number}/model.onnx", "format": "onnx", "sha256": sha}},
+    }
+
+
+def deployment(name: str, **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "modelops.dev/v1alpha1", "kind": "ModelDeployment", "metadata": {"name": name},
+        "spec": {"model": "digits", "replicas": 0, "triton": {"backend": "python"},
+                 "scheduling": {"nodeSelector": NOWHERE}, **spec},
+    }
+
+
+class Scenario:
+    """Versions 1..n: the odd ones come from the compression cache (Ready at once), the even
+    ones wait for a node that does not exist (Compressing, with a Job). Deployments: half
+    Latest, half Pinned to a cached version."""
+
+    def __init__(self, storage: Storage, versions: int, deployments: int) -> None:
+        self.model = model(storage)
+        self.versions = []
+        for number in range(1, versions + 1):
+            doc = version(storage, number, storage.put(f"digits/{number}/model.onnx", f"artifact {number}".encode()))
+            if number % 2:
+                publish_cached(storage, self.model, doc, f"compressed {number}".encode())
+            self.versions.append(doc)
+        self.cached = [n for n in range(1, versions + 1) if n % 2]
+        self.pinned: dict[str, int] = {}
+        self.deployments = []
+        for index in range(deployments):
+            name = f"serve-{index}"
+            if index % 2:
+                self.pinned[name] = self.cached[index % len(self.cached)]
+                self.deployments.append(deployment(name, versionPolicy="Pinned", version=self.pinned[name]))
+            else:
+                self.deployments.append(deployment(name))
+
+    def problems(self, testbed: Any, namespace: str) -> list[str]:
+        """What still differs from the converged end state; empty when converged."""
+        found: list[str] = []
+        versions = {v["metadata"]["name"]: v for v in get_json(testbed, namespace, "modelversions")["items"]}
+        for doc in self.versions:
+            name, number = doc["metadata"]["name"], doc["spec"]["version"]
+            status = versions.get(name, {}).get("status") or {}
+            want = "Ready" if number in self.cached else "Compressing"
+            if status.get("phase") != want:
+                found.append(f"{name}: phase {status.get('phase')}, want {want}")
+        jobs = [j["metadata"]["name"] for j in get_json(testbed, namespace, "jobs")["items"]]
+        want_jobs = sorted(naming.job_name(d["metadata"]["name"]) for d in self.versions if d["spec"]["version"] not in self.cached)
+        if sorted(jobs) != want_jobs:
+            found.append(f"jobs {sorted(jobs)}, want {want_jobs}")
+        latest = max(self.cached)
+        served = {d["metadata"]["name"]: d for d in get_json(testbed, namespace, "modeldeployments")["items"]}
+        children = get_json(testbed, namespace, "deployments,services")["items"]
+        for doc in self.deployments:
+            name = doc["metadata"]["name"]
+            live = served.get(name, {})
+            status = live.get("status") or {}
+            want = self.pinned.get(name, latest)
+            if status.get("desiredVersion") != want:
+                found.append(f"{name}: desiredVersion {status.get('desiredVersion')}, want {want}")
+            if status.get("observedGeneration") != live.get("metadata", {}).get("generation"):
+                found.append(f"{name}: observedGeneration {status.get('observedGeneration')} is behind")
+            owned = sorted(c["kind"] for c in children
+                           if [r["name"] for r in c["metadata"].get("ownerReferences", [])] == [name])
+            if owned != ["Deployment", "Service"]:
+                found.append(f"{name}: owns {owned}, want one Deployment and one Service")
+            template = next((c for c in children if c["kind"] == "Deployment" and c["metadata"]["name"] == name), None)
+            if template is not None:
+                served_version = template["spec"]["template"]["metadata"]["annotations"].get("modelops.dev/version")
+                if served_version != str(want):
+                    found.append(f"{name}: Deployment template at version {served_version}, want {want}")
+        return found
+
+    def repin(self, name: str, number: int) -> dict[str, Any]:
+        """A rollout: move a Pinned deployment to another cached version."""
+        self.pinned[name] = number
+        return deployment(name, versionPolicy="Pinned", version=number)
+
+
+def converge(testbed: Any, namespace: str, scenario: Scenario, timeout: float, what: str) -> float:
+    """Seconds until the scenario's end state holds."""
+    started = time.monotonic()
+    eventually(lambda: not scenario.problems(testbed, namespace), timeout, what, interval=1)
+    return time.monotonic() - started
+
+
+def test_fifty_kill9s_during_a_burst_leave_exactly_one_child_each_and_converge(
+    testbed: Any, namespace: str, storage: Storage, start_operator: Callable[..., OperatorProcess]
+) -> None:
+    rng = random.Random(SEED)
+    scenario = Scenario(storage, versions=16, deployments=8)
+    apply_docs(testbed, namespace, [storage.secret("storage"), scenario.model])
+    operator = start_operator()
+    # The burst: creates in small batches, and rollouts of the pinned deployments, while the
+    # operator is killed at random moments.
+    pending = scenario.versions + scenario.deployments
+    rng.shuffle(pending)
+    pinned = sorted(scenario.pinned)
+    kills = 0
+    while kills < 50:
+        batch, pending = pending[:2], pending[2:]
+        if batch:
+            apply_docs(testbed, namespace, batch)
+        elif kills % 3 == 0:
+            name = rng.choice(pinned)
+            apply_docs(testbed, namespace, [scenario.repin(name, rng.choice(scenario.cached))])
+        time.sleep(rng.uniform(0.05, 1.5))
+        operator.kill()
+        kills += 1
+        operator = start_operator()
+    seconds = converge(testbed, namespace, scenario, 120, "convergence after the last restart")
+    print(f"\n{kills} kill -9s; converged {seconds:.1f} s after the last restart")
+    assert operator.process is not None and operator.process.poll() is None
+
+
+def stop_for(component: str, seconds: float) -> None:
+    layout = cluster.Layout.from_env()
+    cluster.stop_component(layout, component)
+    time.sleep(seconds)  # the outage itself
+    cluster.start_component(layout, component)
+
+
+@pytest.mark.parametrize(("component", "outage"), [("kube-apiserver", 90.0), ("etcd", 5.0)])
+def test_a_control_plane_outage_mid_burst_converges_soon_after_it_ends(
+    testbed: Any, namespace: str, storage: Storage, start_operator: Callable[..., OperatorProcess],
+    component: str, outage: float,
+) -> None:
+    scenario = Scenario(storage, versions=10, deployments=6)
+    apply_docs(testbed, namespace, [storage.secret("storage"), scenario.model])
+    operator = start_operator()
+    half = len(scenario.versions) // 2
+    apply_docs(testbed, namespace, scenario.versions[:half] + scenario.deployments[:3])
+    outage_thread = threading.Thread(target=stop_for, args=(component, outage))
+    outage_thread.start()
+    outage_thread.join()
+    # Whatever the operator did during the outage, it is either still running or it exited;
+    # a kubelet would restart it, and so do we.
+    restarted = operator.process is not None and operator.process.poll() is not None
+    if restarted:
+        operator = start_operator()
+    apply_docs(testbed, namespace, scenario.versions[half:] + scenario.deployments[3:])
+    seconds = converge(testbed, namespace, scenario, 60, f"convergence after the {component} came back")
+    print(f"\n{component} down {outage:.0f} s; operator {'restarted' if restarted else 'kept running'}; "
+          f"converged {seconds:.1f} s after it came back")
+    assert kubectl(testbed, "get", "--raw", "/readyz").stdout.strip() == "ok"
