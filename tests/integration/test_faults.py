@@ -19,7 +19,6 @@ from typing import Any
 import pytest
 
 from e2e.testbed import cluster
-from modelops.core import naming
 from tests.integration.conftest import OperatorProcess, Storage, apply_docs, eventually, get_json, kubectl, publish_cached
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
@@ -90,10 +89,17 @@ class Scenario:
             want = "Ready" if number in self.cached else "Compressing"
             if status.get("phase") != want:
                 found.append(f"{name}: phase {status.get('phase')}, want {want}")
-        jobs = [j["metadata"]["name"] for j in get_json(testbed, namespace, "jobs")["items"]]
-        want_jobs = sorted(naming.job_name(d["metadata"]["name"]) for d in self.versions if d["spec"]["version"] not in self.cached)
-        if sorted(jobs) != want_jobs:
-            found.append(f"jobs {sorted(jobs)}, want {want_jobs}")
+        jobs_of: dict[str, list[str]] = {}
+        for job in get_json(testbed, namespace, "jobs")["items"]:
+            for ref in job["metadata"].get("ownerReferences", []):
+                jobs_of.setdefault(ref["name"], []).append(job["metadata"]["name"])
+        for doc in self.versions:
+            name = doc["metadata"]["name"]
+            want_jobs = 0 if doc["spec"]["version"] in self.cached else 1
+            if len(jobs_of.get(name, [])) != want_jobs:
+                found.append(f"{name}: Jobs {jobs_of.get(name, [])}, want {want_jobs}")
+            elif want_jobs and (versions.get(name, {}).get("status") or {}).get("jobName") != jobs_of[name][0]:
+                found.append(f"{name}: status.jobName does not name its Job {jobs_of[name][0]}")
         latest = max(self.cached)
         served = {d["metadata"]["name"]: d for d in get_json(testbed, namespace, "modeldeployments")["items"]}
         children = get_json(testbed, namespace, "deployments,services")["items"]
@@ -125,8 +131,16 @@ class Scenario:
 
 def converge(testbed: Any, namespace: str, scenario: Scenario, timeout: float, what: str) -> float:
     """Seconds until the scenario's end state holds."""
-    started = time.monotonic()
-    eventually(lambda: not scenario.problems(testbed, namespace), timeout, what, interval=1)
+    started, last = time.monotonic(), [""]
+
+    def converged() -> bool:
+        last[:] = scenario.problems(testbed, namespace)
+        return not last
+
+    try:
+        eventually(converged, timeout, what, interval=1)
+    except AssertionError:
+        raise AssertionError(f"no convergence after {timeout:.0f} s: {last}") from None
     return time.monotonic() - started
 
 
@@ -189,3 +203,44 @@ def test_a_control_plane_outage_mid_burst_converges_soon_after_it_ends(
     print(f"\n{component} down {outage:.0f} s; operator {'restarted' if restarted else 'kept running'}; "
           f"converged {seconds:.1f} s after it came back")
     assert kubectl(testbed, "get", "--raw", "/readyz").stdout.strip() == "ok"
+
+
+def test_the_standby_finishes_a_rollout_whose_leader_was_killed(
+    testbed: Any, namespace: str, storage: Storage, digits: Any, start_operator: Callable[..., OperatorProcess]
+) -> None:
+    from tests.integration.test_operator_ha import grant_leases, holder
+
+    served_model = model(storage)
+    served_model["spec"]["versionDefaults"] = {"scheduling": {"gpus": 0}}
+    versions = []
+    for number in (1, 2):
+        doc = version(storage, number, storage.put(f"digits/{number}/model.onnx", digits.onnx[number - 1]))
+        publish_cached(storage, served_model, doc, digits.onnx[number - 1])
+        versions.append(doc)
+    server = {
+        "apiVersion": "modelops.dev/v1alpha1", "kind": "ModelDeployment", "metadata": {"name": "digits"},
+        "spec": {"model": "digits", "versionPolicy": "Pinned", "version": 1, "replicas": 1,
+                 "triton": {"backend": "python"}},
+    }
+    grant_leases(testbed, namespace)
+    lease = {"leader_election": "true", "leader_election_namespace": namespace, "lease_duration_seconds": "4",
+             "lease_renew_deadline_seconds": "3", "lease_retry_period_seconds": "1"}
+    leader = start_operator(leader_election_identity="replica-a", **lease)
+    eventually(lambda: holder(testbed, namespace) == "replica-a", 30, "replica-a to lead")
+    start_operator(leader_election_identity="replica-b", **lease)
+    apply_docs(testbed, namespace, [storage.secret("storage"), served_model, *versions, server])
+
+    def served() -> int | None:
+        return (get_json(testbed, namespace, "modeldeployment", "digits").get("status") or {}).get("servedVersion")
+
+    eventually(lambda: served() == 1, 300, "version 1 to be served")
+    apply_docs(testbed, namespace, [{**server, "spec": {**server["spec"], "version": 2}}])
+    # The leader starts the rollout (the Deployment's template moves to version 2), then dies.
+    eventually(lambda: get_json(testbed, namespace, "deployment", "digits")["spec"]["template"]["metadata"]
+               ["annotations"].get("modelops.dev/version") == "2", 60, "the leader to start the rollout")
+    leader.kill()
+    eventually(lambda: holder(testbed, namespace) == "replica-b", 30, "replica-b to take over")
+    eventually(lambda: served() == 2, 300, "the standby to finish the rollout")
+    status = get_json(testbed, namespace, "modeldeployment", "digits")["status"]
+    assert status["rollouts"][-1]["version"] == 2 and status["rollouts"][-1]["outcome"] == "Succeeded"
+    assert {c["type"]: c["status"] for c in status["conditions"]}["Ready"] == "True"
