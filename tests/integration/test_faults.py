@@ -205,42 +205,121 @@ def test_a_control_plane_outage_mid_burst_converges_soon_after_it_ends(
     assert kubectl(testbed, "get", "--raw", "/readyz").stdout.strip() == "ok"
 
 
+def served_digits(storage: Storage, digits: Any) -> list[dict[str, Any]]:
+    """Two real digits versions from the compression cache and a deployment pinned to v1 with
+    one Triton pod (python backend, on the CPU node)."""
+    served_model = model(storage)
+    served_model["spec"]["versionDefaults"] = {"scheduling": {"gpus": 0}}
+    docs = [storage.secret("storage"), served_model]
+    for number in (1, 2):
+        doc = version(storage, number, storage.put(f"digits/{number}/model.onnx", digits.onnx[number - 1]))
+        publish_cached(storage, served_model, doc, digits.onnx[number - 1])
+        docs.append(doc)
+    docs.append({
+        "apiVersion": "modelops.dev/v1alpha1", "kind": "ModelDeployment", "metadata": {"name": "digits"},
+        "spec": {"model": "digits", "versionPolicy": "Pinned", "version": 1, "replicas": 1,
+                 "triton": {"backend": "python"}},
+    })
+    return docs
+
+
+def repinned(server: dict[str, Any], number: int) -> dict[str, Any]:
+    return {**server, "spec": {**server["spec"], "version": number}}
+
+
+def deployment_status(testbed: Any, namespace: str) -> dict[str, Any]:
+    return get_json(testbed, namespace, "modeldeployment", "digits").get("status") or {}
+
+
+def condition(testbed: Any, namespace: str, kind: str) -> dict[str, Any]:
+    return next((c for c in deployment_status(testbed, namespace).get("conditions", []) if c["type"] == kind), {})
+
+
+def template_version(testbed: Any, namespace: str) -> str | None:
+    annotations = get_json(testbed, namespace, "deployment", "digits")["spec"]["template"]["metadata"]["annotations"]
+    return annotations.get("modelops.dev/version")
+
+
 def test_the_standby_finishes_a_rollout_whose_leader_was_killed(
     testbed: Any, namespace: str, storage: Storage, digits: Any, start_operator: Callable[..., OperatorProcess]
 ) -> None:
     from tests.integration.test_operator_ha import grant_leases, holder
 
-    served_model = model(storage)
-    served_model["spec"]["versionDefaults"] = {"scheduling": {"gpus": 0}}
-    versions = []
-    for number in (1, 2):
-        doc = version(storage, number, storage.put(f"digits/{number}/model.onnx", digits.onnx[number - 1]))
-        publish_cached(storage, served_model, doc, digits.onnx[number - 1])
-        versions.append(doc)
-    server = {
-        "apiVersion": "modelops.dev/v1alpha1", "kind": "ModelDeployment", "metadata": {"name": "digits"},
-        "spec": {"model": "digits", "versionPolicy": "Pinned", "version": 1, "replicas": 1,
-                 "triton": {"backend": "python"}},
-    }
+    docs = served_digits(storage, digits)
     grant_leases(testbed, namespace)
     lease = {"leader_election": "true", "leader_election_namespace": namespace, "lease_duration_seconds": "4",
              "lease_renew_deadline_seconds": "3", "lease_retry_period_seconds": "1"}
     leader = start_operator(leader_election_identity="replica-a", **lease)
     eventually(lambda: holder(testbed, namespace) == "replica-a", 30, "replica-a to lead")
     start_operator(leader_election_identity="replica-b", **lease)
-    apply_docs(testbed, namespace, [storage.secret("storage"), served_model, *versions, server])
+    apply_docs(testbed, namespace, docs)
+    eventually(lambda: deployment_status(testbed, namespace).get("servedVersion") == 1, 300, "version 1 to be served")
 
-    def served() -> int | None:
-        return (get_json(testbed, namespace, "modeldeployment", "digits").get("status") or {}).get("servedVersion")
-
-    eventually(lambda: served() == 1, 300, "version 1 to be served")
-    apply_docs(testbed, namespace, [{**server, "spec": {**server["spec"], "version": 2}}])
+    apply_docs(testbed, namespace, [repinned(docs[-1], 2)])
     # The leader starts the rollout (the Deployment's template moves to version 2), then dies.
-    eventually(lambda: get_json(testbed, namespace, "deployment", "digits")["spec"]["template"]["metadata"]
-               ["annotations"].get("modelops.dev/version") == "2", 60, "the leader to start the rollout")
+    eventually(lambda: template_version(testbed, namespace) == "2", 60, "the leader to start the rollout")
     leader.kill()
     eventually(lambda: holder(testbed, namespace) == "replica-b", 30, "replica-b to take over")
-    eventually(lambda: served() == 2, 300, "the standby to finish the rollout")
-    status = get_json(testbed, namespace, "modeldeployment", "digits")["status"]
+    eventually(lambda: deployment_status(testbed, namespace).get("servedVersion") == 2, 300,
+               "the standby to finish the rollout")
+    status = deployment_status(testbed, namespace)
     assert status["rollouts"][-1]["version"] == 2 and status["rollouts"][-1]["outcome"] == "Succeeded"
-    assert {c["type"]: c["status"] for c in status["conditions"]}["Ready"] == "True"
+    assert condition(testbed, namespace, "Ready")["status"] == "True"
+
+
+def ready_pods(testbed: Any, namespace: str) -> list[dict[str, Any]]:
+    pods = get_json(testbed, namespace, "pods", "-l", "app.kubernetes.io/instance=digits")["items"]
+    return [p for p in pods if {c["type"]: c["status"] for c in p["status"].get("conditions", [])}.get("Ready") == "True"]
+
+
+def test_minio_down_during_a_model_fetch_keeps_the_old_version_serving_then_recovers(
+    testbed: Any, namespace: str, storage: Storage, digits: Any, start_operator: Callable[..., OperatorProcess]
+) -> None:
+    docs = served_digits(storage, digits)
+    start_operator()
+    apply_docs(testbed, namespace, docs)
+    eventually(lambda: deployment_status(testbed, namespace).get("servedVersion") == 1, 300, "version 1 to be served")
+    (old_pod,) = ready_pods(testbed, namespace)
+
+    testbed.stop_minio()
+    try:
+        apply_docs(testbed, namespace, [repinned(docs[-1], 2)])
+
+        def fetch_failed() -> bool:
+            pods = get_json(testbed, namespace, "pods", "-l", "app.kubernetes.io/instance=digits")["items"]
+            return any(s.get("restartCount", 0) >= 1 or "terminated" in (s.get("lastState") or {})
+                       for p in pods for s in p["status"].get("initContainerStatuses", []))
+
+        eventually(fetch_failed, 120, "the new pod's model fetch to fail while storage is down")
+        # Nothing that should not be served is: the old pod keeps serving version 1.
+        assert [p["metadata"]["name"] for p in ready_pods(testbed, namespace)] == [old_pod["metadata"]["name"]]
+        assert deployment_status(testbed, namespace).get("servedVersion") == 1
+        assert condition(testbed, namespace, "Progressing").get("status") == "True"
+    finally:
+        testbed.start_minio()
+    eventually(lambda: deployment_status(testbed, namespace).get("servedVersion") == 2, 300,
+               "the rollout to finish once storage is back")
+    assert condition(testbed, namespace, "Ready")["status"] == "True"
+
+
+def test_a_triton_pod_that_crashes_after_ready_is_degraded_then_heals(
+    testbed: Any, namespace: str, storage: Storage, digits: Any, start_operator: Callable[..., OperatorProcess]
+) -> None:
+    import os
+    import signal
+
+    docs = served_digits(storage, digits)
+    start_operator()
+    apply_docs(testbed, namespace, docs)
+    eventually(lambda: condition(testbed, namespace, "Ready").get("status") == "True", 300, "version 1 to be Ready")
+    (pod,) = ready_pods(testbed, namespace)
+    (triton,) = [s for s in pod["status"]["containerStatuses"] if s["name"] == "triton"]
+    os.killpg(int(triton["containerID"].removeprefix("modelops://")), signal.SIGKILL)
+
+    degraded = eventually(lambda: (c := condition(testbed, namespace, "Degraded")).get("status") == "True" and c,
+                          60, "the deployment to report Degraded")
+    print(f"\nDegraded: {degraded['reason']}: {degraded['message']}")
+    assert degraded["reason"] not in ("AsExpected", "")
+    eventually(lambda: condition(testbed, namespace, "Ready").get("status") == "True"
+               and condition(testbed, namespace, "Degraded").get("status") == "False", 300,
+               "the deployment to heal once Triton restarted")
