@@ -39,8 +39,12 @@ crds: ## Generate crds/*.yaml from the typed API, and the chart's copy
 	@rm -f charts/modelops/crds/*.yaml && cp crds/*.yaml charts/modelops/crds/
 
 .PHONY: test
-test: ## Run the whole test suite (unit, integration, e2e) on the local test bed
-	@scripts/run-tests.sh
+test: ## Run the test suite (unit, integration, e2e) on the local test bed; faults run on demand
+	@scripts/run-tests.sh -m "not faults"
+
+.PHONY: test-faults
+test-faults: ## Run the fault suite: kill -9s, control-plane outages, HA handover (about 10 minutes)
+	@scripts/run-tests.sh -m faults
 
 .PHONY: test-unit
 test-unit: ## Run only the unit tests (no cluster)

@@ -258,6 +258,8 @@ def start_process(lay: Layout, state: dict, name: str, argv: list[str], env: dic
     )
     out.close()
     state["pids"][name] = proc.pid
+    # Kept so that a fault test can stop a component and start it again as it was.
+    state.setdefault("commands", {})[name] = {"argv": argv, "env": env or {}}
     write_state(lay, state)
     return proc.pid
 
@@ -338,24 +340,47 @@ def start_minio_process(lay: Layout, state: dict) -> None:
             "MINIO_BROWSER": "off"})
 
 
-def stop_minio(lay: Layout) -> None:
-    """Kill MinIO (as an outage would); its data stays on disk for start_minio."""
+# Components a fault test may stop and start again, and how to tell that one is serving.
+RESTARTABLE = ("etcd", "kube-apiserver", "minio")
+
+
+def _serving(lay: Layout, state: dict, name: str) -> bool:
+    if name == "etcd":
+        return port_open("127.0.0.1", lay.etcd_client_port)
+    if name == "kube-apiserver":
+        return https_ok(f"{state['apiserver_url']}/readyz", Path(state["pki"]), "admin")
+    return port_open(lay.bridge_ip, lay.minio_port)
+
+
+def stop_component(lay: Layout, name: str) -> None:
+    """Kill one component (as an outage would: SIGKILL); its data stays on disk."""
+    if name not in RESTARTABLE:
+        raise ValueError(f"{name}: only {', '.join(RESTARTABLE)} can be stopped and started")
     with open(lay.state_dir / "lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         state = read_state(lay)
-        kill_pids([state["pids"]["minio"]], grace=0)
+        kill_pids([state["pids"][name]], grace=0)
+
+
+def start_component(lay: Layout, name: str, timeout: float = 120) -> None:
+    """Start a stopped component again with the same command, and wait until it serves."""
+    with open(lay.state_dir / "lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        state = read_state(lay)
+        if not pid_alive(state["pids"][name]):
+            command = state["commands"][name]
+            start_process(lay, state, name, command["argv"], command["env"])
+        wait_until(lay, name, lambda: _serving(lay, state, name), timeout, {name: state["pids"][name]})
+
+
+def stop_minio(lay: Layout) -> None:
+    """Kill MinIO (as an outage would); its data stays on disk for start_minio."""
+    stop_component(lay, "minio")
 
 
 def start_minio(lay: Layout, timeout: float = 60) -> None:
     """Start MinIO again with the same data and credentials, and wait until it listens."""
-    with open(lay.state_dir / "lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        state = read_state(lay)
-        if pid_alive(state["pids"]["minio"]):
-            return
-        start_minio_process(lay, state)
-        wait_until(lay, "MinIO", lambda: port_open(lay.bridge_ip, lay.minio_port), timeout,
-                   {"minio": state["pids"]["minio"]})
+    start_component(lay, "minio", timeout)
 
 
 # --------------------------------------------------------------------------- up / down
