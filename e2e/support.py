@@ -24,7 +24,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,7 @@ from e2e.tritonlocal import free_ports
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CACHE = Path(os.environ.get("MODELOPS_CACHE", Path.home() / ".cache" / "modelops"))
-BUCKET = "models"  # where e2e and the demo keep their artifacts
+BUCKET = "models"
 CRDS = ("models.modelops.dev", "modelversions.modelops.dev", "modeldeployments.modelops.dev")
 
 
@@ -75,12 +75,8 @@ class Testbed:
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> Testbed:
-        return cls(
-            kubeconfig=state["kubeconfig"], kubectl_path=state["kubectl"], helm_path=state["helm"],
-            apiserver_url=state["apiserver_url"], audit_log=state["audit_log"], s3_endpoint=state["s3_endpoint"],
-            s3_access_key=state["s3_access_key"], s3_secret_key=state["s3_secret_key"],
-            state_dir=state["state_dir"], python=state["python"], project_root=state["project_root"],
-        )
+        """From the test bed's state.json, where the binaries are `kubectl` and `helm`."""
+        return cls(**{f.name: state[f.name.removesuffix("_path")] for f in fields(cls)})
 
     def run_kubectl(self, *args: str, check: bool = True, input: str | None = None,
                     timeout: float = 120) -> subprocess.CompletedProcess:
@@ -130,16 +126,16 @@ class Testbed:
     def storage(self, bucket: str) -> Storage:
         return Storage(self.s3_endpoint, self.s3_access_key, self.s3_secret_key, bucket)
 
+    # The e2e tests and the demo keep their artifacts in BUCKET.
+
     def store(self) -> Any:
-        """The operator's own storage adapter (modelops.storage.ObjectStore) on MinIO."""
         return self.storage(BUCKET).store()
 
-    def ensure_bucket(self, bucket: str | None = None) -> None:
-        self.storage(bucket or BUCKET).ensure()
+    def ensure_bucket(self) -> None:
+        self.storage(BUCKET).ensure()
 
-    def upload(self, path: Path, key: str, bucket: str | None = None) -> tuple[str, str]:
-        """Upload a file; return its s3:// URI and sha256."""
-        return self.storage(bucket or BUCKET).upload(path, key)
+    def upload(self, path: Path, key: str) -> tuple[str, str]:
+        return self.storage(BUCKET).upload(path, key)
 
 
 def binaries() -> Path:
