@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from e2e.testbed import cluster
+
 pytestmark = pytest.mark.integration
 
 PROJECT_IMAGE = "ghcr.io/modelops/modelops-operator:0.1.0"
@@ -201,18 +203,29 @@ def test_kubectl_and_helm_work_against_the_test_bed(testbed, namespace, tmp_path
     assert "hi" in testbed.helm("list", "-n", namespace, "-q").stdout.split()
 
 
+def spare_layout() -> cluster.Layout:
+    """A test-bed index nobody on this machine uses (no bridge, no recorded state): bringing up
+    a used one would take over its ports and tear down its network."""
+    for index in range(11, 0, -1):  # 10.(244 + index) stays a valid address
+        layout = cluster.Layout.for_index(index)
+        if not Path("/sys/class/net", layout.bridge).exists() and not (layout.state_dir / "state.json").exists():
+            return layout
+    pytest.fail("every test-bed index is in use")
+
+
 def test_cluster_down_stops_every_process_it_started(testbed, tmp_path):
-    """A second, independent test bed (index 1) is brought up and torn down with the make targets' script."""
-    env = {**os.environ, "MODELOPS_TESTBED_INDEX": "1", "MODELOPS_TESTBED_DIR": str(tmp_path / "bed")}
+    """A second, independent test bed (a spare index) is brought up and torn down with the make targets' script."""
+    layout = spare_layout()
+    env = {**os.environ, "MODELOPS_TESTBED_INDEX": str(layout.index), "MODELOPS_TESTBED_DIR": str(tmp_path / "bed")}
     binaries = str(Path(testbed.kubectl_path).parent)
-    cluster = [sys.executable, "-m", "e2e.testbed.cluster"]
+    script = [sys.executable, "-m", "e2e.testbed.cluster"]
     try:
-        up = subprocess.run([*cluster, "up", "--binaries", binaries, "--python", sys.executable],
+        up = subprocess.run([*script, "up", "--binaries", binaries, "--python", sys.executable],
                             env=env, capture_output=True, text=True, timeout=300, cwd=testbed.project_root)
         assert up.returncode == 0, up.stderr
         pids, pod_pids = _start_and_record(testbed, up.stdout, tmp_path)
     finally:
-        down = subprocess.run([*cluster, "down"], env=env, capture_output=True, text=True, timeout=120,
+        down = subprocess.run([*script, "down"], env=env, capture_output=True, text=True, timeout=120,
                               cwd=testbed.project_root)
     assert down.returncode == 0, down.stderr
     # Every component and pod process was started as the leader of its own session, so
@@ -222,7 +235,7 @@ def test_cluster_down_stops_every_process_it_started(testbed, tmp_path):
         found = subprocess.run(["pgrep", "-s", str(pid)], capture_output=True, text=True).stdout.split()
         running = [p for p in found if _process_state(int(p)) not in ("Z", None)]
         assert not running, f"session {pid} still has running processes after cluster down: {running}"
-    bridge = subprocess.run(["ip", "link", "show", "mobr1"], capture_output=True)
+    bridge = subprocess.run(["ip", "link", "show", layout.bridge], capture_output=True)
     assert bridge.returncode != 0, "the second test bed's bridge was removed"
 
 
