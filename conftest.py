@@ -1,9 +1,10 @@
 """Shared pytest wiring: the local test bed, a namespace per test, and failure dumps.
 
-Tests marked `integration` or `e2e` use the `testbed` fixture. It reuses a running test
-bed (from `make cluster-up`) or brings one up for the session and tears it down at the
-end. When a test that used a namespace fails, the namespace's objects, events and pod
-logs are written under .testbed-artifacts/<test>/ and the path is printed.
+Tests marked `integration` or `e2e` use the `testbed` fixture, an e2e.support.Testbed (the
+helpers themselves live in e2e/support.py). It reuses a running test bed (from `make
+cluster-up`) or brings one up for the session and tears it down at the end. When a test that
+used a namespace fails, the namespace's objects, events and pod logs are written under
+.testbed-artifacts/<test>/ and the path is printed.
 """
 
 from __future__ import annotations
@@ -12,91 +13,24 @@ import json
 import os
 import re
 import secrets
-import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from e2e import support
+from e2e.support import Testbed
 
 REPO_ROOT = Path(__file__).resolve().parent
 ARTIFACTS = REPO_ROOT / ".testbed-artifacts"
 
 
-@dataclass(frozen=True)
-class Testbed:
-    """What a test needs to reach the local test bed."""
-
-    kubeconfig: str
-    kubectl_path: str
-    helm_path: str
-    apiserver_url: str
-    audit_log: str
-    s3_endpoint: str
-    s3_access_key: str
-    s3_secret_key: str
-    state_dir: str
-    python: str
-    project_root: str
-
-    def kubectl(self, *args: str, check: bool = True, input: str | None = None, timeout: float = 120) -> str:
-        result = subprocess.run(
-            [self.kubectl_path, f"--kubeconfig={self.kubeconfig}", *args],
-            capture_output=True, text=True, input=input, timeout=timeout,
-        )
-        if check and result.returncode != 0:
-            raise AssertionError(f"kubectl {' '.join(args)} failed ({result.returncode}): {result.stderr}")
-        return result.stdout if check else result.stdout + result.stderr
-
-    def helm(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [self.helm_path, f"--kubeconfig={self.kubeconfig}", *args],
-            capture_output=True, text=True, timeout=timeout,
-        )
-
-    def stop_minio(self) -> None:
-        """Kill the test bed's MinIO, as an outage would; data and credentials are kept."""
-        from e2e.testbed import cluster
-
-        cluster.stop_minio(cluster.Layout.from_env())
-
-    def start_minio(self) -> None:
-        from e2e.testbed import cluster
-
-        cluster.start_minio(cluster.Layout.from_env())
-
-    def pod_log(self, namespace: str, pod: str, container: str) -> str:
-        """A container's output, read from the node agent's log file for that pod."""
-        uid = json.loads(self.kubectl("get", "pod", pod, "-n", namespace, "-o", "json"))["metadata"]["uid"]
-        for path in Path(self.state_dir, "nodes").glob(f"*/pods/{uid}/{container}.log"):
-            return path.read_text(errors="replace")
-        return ""
-
-
-def _binaries() -> Path:
-    if os.environ.get("MODELOPS_BINARIES"):
-        return Path(os.environ["MODELOPS_BINARIES"])
-    out = subprocess.run([str(REPO_ROOT / "e2e/testbed/build.sh")], check=True, capture_output=True, text=True)
-    return Path(out.stdout.strip().splitlines()[-1])
-
-
 @pytest.fixture(scope="session")
 def testbed() -> Testbed:
-    from e2e.testbed import cluster
-
-    layout = cluster.Layout.from_env()
-    existing = cluster.read_state(layout)
-    reused = bool(existing and cluster.healthy(existing))
-    # sys.executable is the project's environment; the node agents run project images with it.
-    state = cluster.up(layout, _binaries(), Path(sys.executable))
-    yield Testbed(
-        kubeconfig=state["kubeconfig"], kubectl_path=state["kubectl"], helm_path=state["helm"],
-        apiserver_url=state["apiserver_url"], audit_log=state["audit_log"], s3_endpoint=state["s3_endpoint"],
-        s3_access_key=state["s3_access_key"], s3_secret_key=state["s3_secret_key"],
-        state_dir=state["state_dir"], python=state["python"], project_root=state["project_root"],
-    )
+    bed, reused = support.bring_up()
+    yield bed
     if not reused and not os.environ.get("MODELOPS_KEEP_TESTBED"):
-        cluster.down(layout)
+        support.bring_down()
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 import tempfile
 import time
@@ -19,7 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from e2e import lifecycle as lc
-from e2e.testbed import cluster as testbed
+from e2e import support
+from e2e.support import Testbed
 
 NAMESPACE = "modelops-demo"
 STARTED = time.monotonic()
@@ -33,7 +33,7 @@ def say(text: str) -> None:
     print(f"         {text}", flush=True)
 
 
-def wait(cl: lc.Cluster, what: str, *args: str, timeout: int = 600) -> None:
+def wait(cl: Testbed, what: str, *args: str, timeout: int = 600) -> None:
     say(f"waiting: {what}")
     cl.kubectl("wait", *args, "-n", NAMESPACE, f"--timeout={timeout}s", timeout=timeout + 30)
 
@@ -65,22 +65,18 @@ def deployment_line(md: dict) -> str:
 
 
 def main() -> int:
-    binaries = Path(os.environ["MODELOPS_BINARIES"])
-    layout = testbed.Layout.from_env()
-
     step("Bringing up the test bed: etcd, kube-apiserver, controller-manager, scheduler, MinIO, two nodes")
-    state = testbed.up(layout, binaries, Path(sys.executable))
-    cl = lc.Cluster.from_state(state)
+    cl, _ = support.bring_up()
     print(cl.kubectl("get", "nodes", "-o", "wide"), end="")
 
     step("Installing the CRDs and starting the operator")
-    lc.install_crds(cl)
+    support.install_crds(cl)
     cl.kubectl("create", "namespace", NAMESPACE, check=False)
     cl.kubectl("delete", "modeldeployments,modelversions,models", "--all", "-n", NAMESPACE, "--wait=true",
-               check=False)
-    operator = lc.Operator(cl, Path(state["state_dir"]) / "logs" / "demo-operator.log", [NAMESPACE])
+               check=False, timeout=600)
+    operator = support.OperatorProcess(Path(cl.kubeconfig), NAMESPACE, Path(cl.state_dir) / "logs" / "demo-operator.log")
     try:
-        operator.wait_ready()
+        operator.start()
         say(f"operator ready (log: {operator.log_path})")
         return run(cl)
     finally:
@@ -88,9 +84,9 @@ def main() -> int:
         say("operator stopped; the test bed keeps running (make cluster-down stops it)")
 
 
-def run(cl: lc.Cluster) -> int:
+def run(cl: Testbed) -> int:
     step("Training the digits classifier (scikit-learn's digits) and uploading it to MinIO")
-    files = lc.digits_files()
+    files = support.digits_model()
     say(f"trained: test accuracy {files.test_accuracy:.4f} ({files.onnx})")
     cl.ensure_bucket()
     model_uri, model_sha = cl.upload(files.onnx, "digits/fp32/model.onnx")

@@ -1,159 +1,24 @@
-"""Building blocks of the whole lifecycle on the test bed, shared by `make demo` and the e2e tests.
+"""The digits lifecycle on the test bed, shared by `make demo` and the e2e tests: its
+manifests, artifact variants, and inference against the served model.
 
-The operator runs as a local process with the test bed's admin credentials; artifacts are
-the digits classifier trained by models/digits.py, uploaded to the test bed's MinIO with
-their sha256; inference goes to the Triton pods' own IPs (the test bed has no kube-proxy).
+The test bed, the operator process, storage and the digits model itself come from
+e2e/support.py. Artifacts are the digits classifier trained by models/digits.py, uploaded to
+the test bed's MinIO with their sha256; inference goes to the Triton pods' own IPs (the test
+bed has no kube-proxy).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-CACHE = Path(os.environ.get("MODELOPS_CACHE", Path.home() / ".cache" / "modelops"))
-BUCKET = "models"
+from e2e.support import BUCKET, Testbed
+
 MODEL_NAME = "digits"
 SECRET_NAME = "digits-storage"
-SERVER_LABEL = "app.kubernetes.io/component=server"
-
-
-@dataclass(frozen=True)
-class Cluster:
-    """The test bed as seen by a client: kubectl with the admin kubeconfig, and MinIO."""
-
-    kubeconfig: str
-    kubectl_path: str
-    s3_endpoint: str
-    s3_access_key: str
-    s3_secret_key: str
-
-    @classmethod
-    def from_state(cls, state: dict) -> "Cluster":
-        return cls(state["kubeconfig"], state["kubectl"], state["s3_endpoint"], state["s3_access_key"],
-                   state["s3_secret_key"])
-
-    def kubectl(self, *args: str, input: str | None = None, check: bool = True, timeout: float = 600) -> str:
-        result = subprocess.run([self.kubectl_path, f"--kubeconfig={self.kubeconfig}", *args],
-                                input=input, capture_output=True, text=True, timeout=timeout)
-        if check and result.returncode != 0:
-            raise RuntimeError(f"kubectl {' '.join(args)}: {result.stderr.strip()}")
-        return result.stdout
-
-    def get(self, namespace: str, *args: str) -> dict:
-        return json.loads(self.kubectl("get", *args, "-n", namespace, "-o", "json"))
-
-    def apply(self, namespace: str, docs: list[dict]) -> None:
-        import yaml
-
-        self.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump_all(docs))
-
-    def store(self):
-        from modelops.storage import ObjectStore, StorageConfig
-
-        return ObjectStore(StorageConfig(endpoint_url=self.s3_endpoint, access_key_id=self.s3_access_key,
-                                         secret_access_key=self.s3_secret_key))
-
-    def ensure_bucket(self, bucket: str = BUCKET) -> None:
-        client = self.store().client
-        existing = {b["Name"] for b in client.list_buckets().get("Buckets", [])}
-        if bucket not in existing:
-            client.create_bucket(Bucket=bucket)
-
-    def upload(self, path: Path, key: str) -> tuple[str, str]:
-        """Upload a file; return its s3:// URI and sha256."""
-        uri = f"s3://{BUCKET}/{key}"
-        result = self.store().upload_file(path, uri)
-        return uri, result.sha256
-
-
-def install_crds(cluster: Cluster) -> None:
-    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO_ROOT / "crds"))
-    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/models.modelops.dev",
-                    "crd/modelversions.modelops.dev", "crd/modeldeployments.modelops.dev")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class Operator:
-    """`python -m modelops` as a local process; its output goes to a log file."""
-
-    def __init__(self, cluster: Cluster, log_path: Path, namespaces: list[str]):
-        self.health_port = free_port()
-        self.metrics_port = free_port()
-        self.log_path = log_path
-        env = {
-            **os.environ,
-            "KUBECONFIG": cluster.kubeconfig,
-            "PYTHONPATH": f"{REPO_ROOT / 'operator'}{os.pathsep}{REPO_ROOT}",
-            "MODELOPS_NAMESPACES": ",".join(namespaces),
-            "MODELOPS_HEALTH_PORT": str(self.health_port),
-            "MODELOPS_METRICS_PORT": str(self.metrics_port),
-            "MODELOPS_BIND_ADDRESS": "127.0.0.1",
-        }
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(log_path, "ab") as out:
-            self.process = subprocess.Popen([sys.executable, "-m", "modelops"], env=env, stdout=out,
-                                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-
-    def wait_ready(self, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"the operator exited with {self.process.returncode}; see {self.log_path}")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}/readyz", timeout=1) as response:
-                    if response.status == 200:
-                        return
-            except OSError:
-                pass
-            time.sleep(0.2)
-        raise TimeoutError(f"the operator did not report ready within {timeout:.0f}s; see {self.log_path}")
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-
-@dataclass(frozen=True)
-class DigitsFiles:
-    onnx: Path
-    eval_npz: Path
-    test_accuracy: float
-
-
-def digits_files() -> DigitsFiles:
-    """The trained digits classifier, cached by the training script's content."""
-    script = REPO_ROOT / "models" / "digits.py"
-    key = hashlib.sha256(script.read_bytes()).hexdigest()[:12]
-    out = CACHE / "digits" / key
-    meta = out / "meta.json"
-    if not meta.exists():
-        sys.path.insert(0, str(REPO_ROOT / "models"))
-        import digits
-
-        built = digits.build(out)
-        meta.write_text(json.dumps({"test_accuracy": built.test_accuracy}))
-    return DigitsFiles(out / "model.onnx", out / "eval.npz", json.loads(meta.read_text())["test_accuracy"])
 
 
 def relabelled_onnx(source: Path, target: Path, doc_string: str) -> Path:
@@ -183,12 +48,11 @@ def renamed_output_onnx(source: Path, target: Path, new_name: str) -> Path:
 # -- manifests -------------------------------------------------------------------------------
 
 
-def storage_secret(cluster: Cluster) -> dict:
-    return {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": SECRET_NAME}, "type": "Opaque",
-            "stringData": {"AWS_ACCESS_KEY_ID": cluster.s3_access_key, "AWS_SECRET_ACCESS_KEY": cluster.s3_secret_key}}
+def storage_secret(cluster: Testbed) -> dict:
+    return cluster.storage(BUCKET).secret(SECRET_NAME)
 
 
-def model_manifest(cluster: Cluster, eval_uri: str, threshold: float = 0.5) -> dict:
+def model_manifest(cluster: Testbed, eval_uri: str, threshold: float = 0.5) -> dict:
     return {
         "apiVersion": "modelops.dev/v1alpha1", "kind": "Model", "metadata": {"name": MODEL_NAME},
         "spec": {
@@ -237,7 +101,7 @@ def deployment_manifest(name: str, pinned: int | None = None, replicas: int = 1,
 # -- serving ---------------------------------------------------------------------------------
 
 
-def ready_server_ips(cluster: Cluster, namespace: str, deployment: str) -> list[str]:
+def ready_server_ips(cluster: Testbed, namespace: str, deployment: str) -> list[str]:
     pods = cluster.get(namespace, "pods", "-l", f"modelops.dev/deployment={deployment}")["items"]
     ips = []
     for pod in pods:

@@ -17,7 +17,9 @@ import numpy as np
 import pytest
 
 from e2e import lifecycle as lc
+from e2e import support
 from e2e.loadgen import InferenceCall, LoadReport, run_load
+from e2e.support import eventually as wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -29,26 +31,25 @@ MIN_REQUESTS = 10_000
 @pytest.fixture(scope="module")
 def bed(testbed):
     """A namespace with the CRDs, the storage Secret, the digits Model and a running operator."""
-    cluster = lc.Cluster(testbed.kubeconfig, testbed.kubectl_path, testbed.s3_endpoint, testbed.s3_access_key,
-                         testbed.s3_secret_key)
-    lc.install_crds(cluster)
+    support.install_crds(testbed)
     namespace = f"e2e-serving-{secrets.token_hex(3)}"
-    cluster.kubectl("create", "namespace", namespace)
-    cluster.ensure_bucket()
-    files = lc.digits_files()
+    testbed.kubectl("create", "namespace", namespace)
+    testbed.ensure_bucket()
+    files = support.digits_model()
     # A copy that differs only in its doc string, so this module's compressions get cache keys
     # of their own (the corruption test changes a cached artifact).
     unique = lc.relabelled_onnx(files.onnx, Path(tempfile.mkdtemp()) / "model.onnx", namespace)
-    model_uri, model_sha = cluster.upload(unique, f"{namespace}/fp32/model.onnx")
-    eval_uri, _ = cluster.upload(files.eval_npz, f"{namespace}/eval.npz")
-    cluster.apply(namespace, [lc.storage_secret(cluster), lc.model_manifest(cluster, eval_uri)])
-    operator = lc.Operator(cluster, Path(testbed.state_dir) / "logs" / f"operator-{namespace}.log", [namespace])
-    operator.wait_ready()
+    model_uri, model_sha = testbed.upload(unique, f"{namespace}/fp32/model.onnx")
+    eval_uri, _ = testbed.upload(files.eval_npz, f"{namespace}/eval.npz")
+    testbed.apply(namespace, [lc.storage_secret(testbed), lc.model_manifest(testbed, eval_uri)])
+    operator = support.OperatorProcess(Path(testbed.kubeconfig), namespace,
+                                       Path(testbed.state_dir) / "logs" / f"operator-{namespace}.log")
+    operator.start()
     data = np.load(files.eval_npz)
-    yield {"cluster": cluster, "namespace": namespace, "files": files, "model_uri": model_uri,
+    yield {"cluster": testbed, "namespace": namespace, "files": files, "model_uri": model_uri,
            "model_sha": model_sha, "inputs": data["inputs"], "labels": data["labels"], "operator": operator}
     operator.stop()
-    cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+    testbed.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
 
 
 def wait(bed, *args: str, timeout: int = 300) -> None:
@@ -132,13 +133,6 @@ def test_v1_to_v2_rollout_under_load_fails_no_request(bed):
     assert cluster.get(namespace, "deployment", "digits-pinned")["metadata"]["generation"] == pinned_generation
     assert status(bed, "modeldeployment", "digits-pinned")["servedVersion"] == 1
     assert rollout_finished(bed, "digits-pinned", 1)
-
-
-def wait_for(check, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
 
 
 def test_served_v2_agrees_with_onnxruntime_on_every_sample(bed):

@@ -1,8 +1,10 @@
 """Fixtures for the operator's integration tests on the local test bed.
 
-The test bed itself (`testbed`, `namespace`) comes from tests/conftest.py. Here: the CRDs,
-an operator identity with least-privilege RBAC (so the audit log can tell its requests
-apart), the operator as a subprocess (`python -m modelops`), and artifacts in MinIO.
+The test bed itself (`testbed`, `namespace`) comes from the root conftest.py, and the helpers
+(kubectl, the operator process, storage, the digits model) from e2e/support.py; the names
+tests import from here are kept. Here: the CRDs, an operator identity with least-privilege
+RBAC (so the audit log can tell its requests apart), the operator as a subprocess
+(`python -m modelops`), artifacts in MinIO, and the audit log.
 """
 
 from __future__ import annotations
@@ -10,14 +12,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import os
-import signal
-import socket
 import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +22,15 @@ from typing import Any
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[2]
+from e2e import support
+from e2e.support import (
+    OperatorProcess,
+    Storage,
+    Testbed,
+    eventually,  # noqa: F401 - tests import it from here
+)
+
+ROOT = support.REPO_ROOT
 OPERATOR_NAMESPACE = "modelops-it"
 OPERATOR_ACCOUNT = "modelops-operator"
 OPERATOR_USER = f"system:serviceaccount:{OPERATOR_NAMESPACE}:{OPERATOR_ACCOUNT}"
@@ -56,44 +60,25 @@ LEADER_ELECTION_RULES = [
 # -- kubectl -----------------------------------------------------------------------------
 
 
-def kubectl(testbed: Any, *args: str, input: str | None = None, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
-    result = subprocess.run(
-        [str(testbed.kubectl_path), f"--kubeconfig={testbed.kubeconfig}", *args],
-        input=input, capture_output=True, text=True, timeout=timeout,
-    )
-    if check and result.returncode != 0:
-        raise AssertionError(f"kubectl {' '.join(args)} failed:\n{result.stderr}")
-    return result
+def kubectl(testbed: Testbed, *args: str, input: str | None = None, check: bool = True,
+            timeout: float = 120) -> subprocess.CompletedProcess:
+    return testbed.run_kubectl(*args, input=input, check=check, timeout=timeout)
 
 
-def apply_docs(testbed: Any, namespace: str, docs: list[dict[str, Any]]) -> None:
-    kubectl(testbed, "apply", "-n", namespace, "-f", "-", input=yaml.safe_dump_all(docs))
+def apply_docs(testbed: Testbed, namespace: str, docs: list[dict[str, Any]]) -> None:
+    testbed.apply(namespace, docs)
 
 
-def get_json(testbed: Any, namespace: str, *args: str) -> dict[str, Any]:
-    return json.loads(kubectl(testbed, "get", "-n", namespace, *args, "-o", "json").stdout)
-
-
-def eventually(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.5) -> Any:
-    """Poll `check` until it returns something truthy; fail with `what` and the last value."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last: {last!r}")
+def get_json(testbed: Testbed, namespace: str, *args: str) -> dict[str, Any]:
+    return testbed.get(namespace, *args)
 
 
 # -- CRDs and the operator's identity -------------------------------------------------------
 
 
 @pytest.fixture(scope="session")
-def crds(testbed: Any) -> None:
-    kubectl(testbed, "apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"))
-    kubectl(testbed, "wait", "--for=condition=Established", "crd/models.modelops.dev",
-            "crd/modelversions.modelops.dev", "crd/modeldeployments.modelops.dev", "--timeout=60s")
+def crds(testbed: Testbed) -> None:
+    support.install_crds(testbed)
 
 
 @pytest.fixture(scope="session")
@@ -131,99 +116,14 @@ def operator_kubeconfig(testbed: Any, crds: None, tmp_path_factory: pytest.TempP
 # -- the operator process ---------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _http_get(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as err:
-        return err.code, ""
-    except OSError:
-        return 0, ""
-
-
-@dataclass
-class OperatorProcess:
-    """`python -m modelops` watching one namespace, as the operator service account."""
-
-    kubeconfig: Path
-    namespace: str
-    log_path: Path
-    extra_env: dict[str, str]
-    metrics_port: int = 0
-    health_port: int = 0
-    process: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        self.metrics_port, self.health_port = free_port(), free_port()
-        env = {
-            **os.environ,
-            "PYTHONPATH": str(ROOT / "operator"),
-            "KUBECONFIG": str(self.kubeconfig),
-            "MODELOPS_NAMESPACES": self.namespace,
-            "MODELOPS_BIND_ADDRESS": "127.0.0.1",
-            "MODELOPS_METRICS_PORT": str(self.metrics_port),
-            "MODELOPS_HEALTH_PORT": str(self.health_port),
-            "MODELOPS_RETRY_SECONDS": "2",
-            **self.extra_env,
-        }
-        log = self.log_path.open("ab")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "modelops"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        log.close()
-        eventually(lambda: self.health("/readyz") == 200 or self._exited(), 60, "the operator to become ready")
-        assert not self._exited(), f"the operator exited:\n{self.log_path.read_text()[-3000:]}"
-
-    def _exited(self) -> bool:
-        return self.process is not None and self.process.poll() is not None
-
-    def health(self, path: str) -> int:
-        return _http_get(f"http://127.0.0.1:{self.health_port}{path}")[0]
-
-    def metrics_text(self) -> str:
-        return _http_get(f"http://127.0.0.1:{self.metrics_port}/metrics")[1]
-
-    def metric(self, name: str, **labels: str) -> float:
-        """Sum of the samples of `name` whose labels include `labels`."""
-        from prometheus_client.parser import text_string_to_metric_families
-
-        total = 0.0
-        for family in text_string_to_metric_families(self.metrics_text()):
-            for sample in family.samples:
-                if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                    total += sample.value
-        return total
-
-    def kill(self) -> None:
-        """SIGKILL: no cleanup, as a crash or an OOM kill would leave it."""
-        assert self.process is not None
-        os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait(timeout=30)
-
-    def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=10)
-
-
 @pytest.fixture
 def start_operator(operator_kubeconfig: Path, namespace: str, tmp_path: Path) -> Iterator[Callable[..., OperatorProcess]]:
     """Start the operator (extra MODELOPS_* settings as keyword arguments); stopped after the test."""
     started: list[OperatorProcess] = []
 
     def start(**settings: str) -> OperatorProcess:
-        env = {f"MODELOPS_{key.upper()}": str(value) for key, value in settings.items()}
+        env = {"MODELOPS_RETRY_SECONDS": "2"}  # retries within a test's patience
+        env |= {f"MODELOPS_{key.upper()}": str(value) for key, value in settings.items()}
         operator = OperatorProcess(operator_kubeconfig, namespace, tmp_path / "operator.log", env)
         operator.start()
         started.append(operator)
@@ -277,35 +177,12 @@ def audit_log(testbed: Any) -> AuditLog:
 # -- object storage ------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Storage:
-    endpoint: str
-    access_key: str
-    secret_key: str
-    bucket: str
-
-    def client(self) -> Any:
-        import boto3
-
-        return boto3.client("s3", endpoint_url=self.endpoint, aws_access_key_id=self.access_key,
-                            aws_secret_access_key=self.secret_key, region_name="us-east-1")
-
-    def put(self, key: str, data: bytes) -> str:
-        """Upload and return the sha256."""
-        self.client().put_object(Bucket=self.bucket, Key=key, Body=data)
-        return hashlib.sha256(data).hexdigest()
-
-    def secret(self, name: str) -> dict[str, Any]:
-        return {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}, "type": "Opaque",
-                "stringData": {"AWS_ACCESS_KEY_ID": self.access_key, "AWS_SECRET_ACCESS_KEY": self.secret_key}}
-
-
 @pytest.fixture
 def storage(testbed: Any, namespace: str) -> Storage:
     """A bucket of this test's own, so no compression is reused across tests."""
     bucket = "it-" + hashlib.sha256(namespace.encode()).hexdigest()[:12]
-    store = Storage(testbed.s3_endpoint, testbed.s3_access_key, testbed.s3_secret_key, bucket)
-    store.client().create_bucket(Bucket=bucket)
+    store = testbed.storage(bucket)
+    store.ensure()
     return store
 
 
@@ -338,14 +215,8 @@ class Digits:
 
 
 @pytest.fixture(scope="session")
-def digits(tmp_path_factory: pytest.TempPathFactory) -> Digits:
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("digits_training", ROOT / "models" / "digits.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses resolve annotations through sys.modules
-    spec.loader.exec_module(module)
-    builds = [module.build(tmp_path_factory.mktemp(f"digits{seed}"), seed=seed) for seed in range(3)]
+def digits() -> Digits:
+    builds = [support.digits_model(seed) for seed in range(3)]
     return Digits(
         onnx=tuple(b.onnx.read_bytes() for b in builds),
         eval_npz=builds[0].eval_npz.read_bytes(),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import os
 import subprocess
@@ -13,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from e2e import support
 from modelops.compress import exitcodes
 from modelops.storage import (
     AccessDenied,
@@ -100,12 +100,9 @@ def test_closed_port_is_transient() -> None:
 
 
 @pytest.fixture(scope="module")
-def digits(tmp_path_factory):
-    spec = importlib.util.spec_from_file_location("digits_training", ROOT / "models" / "digits.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module.build(tmp_path_factory.mktemp("digits"))
+def digits():
+    """The digits artifacts as files (the integration conftest's `digits` holds bytes of three)."""
+    return support.digits_model()
 
 
 def _compress(testbed, tmp_path, *args: str) -> tuple[int, dict]:

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
+
+from e2e.testbed import cluster
 
 pytestmark = pytest.mark.integration
 
@@ -22,11 +23,7 @@ TRITON_IMAGE = "nvcr.io/nvidia/tritonserver:24.10-py3"
 
 
 def apply(testbed, namespace: str, *docs: dict) -> None:
-    testbed.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump_all(docs))
-
-
-def get_json(testbed, namespace: str, *args: str) -> dict:
-    return json.loads(testbed.kubectl("get", *args, "-n", namespace, "-o", "json"))
+    testbed.apply(namespace, list(docs))
 
 
 def test_deployment_replicas_become_ready_and_answer_on_their_pod_ips(testbed, namespace):
@@ -50,7 +47,7 @@ def test_deployment_replicas_become_ready_and_answer_on_their_pod_ips(testbed, n
         },
     })
     testbed.kubectl("rollout", "status", "deployment/web", "-n", namespace, "--timeout=120s")
-    pods = get_json(testbed, namespace, "pods", "-l", "app=web")["items"]
+    pods = testbed.get(namespace, "pods", "-l", "app=web")["items"]
     assert len(pods) == 2
     ips = {pod["status"]["podIP"] for pod in pods}
     assert len(ips) == 2, "each pod has an IP of its own"
@@ -75,9 +72,9 @@ def test_failed_job_reports_exit_code_and_termination_message(testbed, namespace
         }}},
     })
     testbed.kubectl("wait", "--for=condition=Failed", "job/exit3", "-n", namespace, "--timeout=120s")
-    job = get_json(testbed, namespace, "job", "exit3")
+    job = testbed.get(namespace, "job", "exit3")
     assert job["status"]["failed"] == 1
-    pod = get_json(testbed, namespace, "pods", "-l", "job-name=exit3")["items"][0]
+    pod = testbed.get(namespace, "pods", "-l", "job-name=exit3")["items"][0]
     assert pod["status"]["phase"] == "Failed"
     terminated = pod["status"]["containerStatuses"][0]["state"]["terminated"]
     assert terminated["exitCode"] == 3
@@ -101,10 +98,10 @@ def test_gpu_pod_lands_on_the_gpu_node_only_with_the_toleration(testbed, namespa
     apply(testbed, namespace, gpu_pod("tolerates", True), gpu_pod("intolerant", False))
     testbed.kubectl("wait", "--for=jsonpath={.status.phase}=Succeeded", "pod/tolerates", "-n", namespace,
                     "--timeout=120s")
-    assert get_json(testbed, namespace, "pod", "tolerates")["spec"]["nodeName"] == "testbed-gpu"
+    assert testbed.get(namespace, "pod", "tolerates")["spec"]["nodeName"] == "testbed-gpu"
     testbed.kubectl("wait", "--for=jsonpath={.status.conditions[?(@.type=='PodScheduled')].reason}=Unschedulable",
                     "pod/intolerant", "-n", namespace, "--timeout=60s")
-    pod = get_json(testbed, namespace, "pod", "intolerant")
+    pod = testbed.get(namespace, "pod", "intolerant")
     assert pod["status"]["phase"] == "Pending"
     assert not pod["spec"].get("nodeName")
     scheduled = next(c for c in pod["status"]["conditions"] if c["type"] == "PodScheduled")
@@ -116,7 +113,7 @@ def test_unrunnable_image_is_reported_on_the_pod(testbed, namespace):
                                "spec": {"containers": [{"name": "web", "image": "docker.io/library/nginx:1.27"}]}})
     testbed.kubectl("wait", "--for=jsonpath={.status.containerStatuses[0].state.waiting.reason}=ErrImagePull",
                     "pod/nginx", "-n", namespace, "--timeout=60s")
-    waiting = get_json(testbed, namespace, "pod", "nginx")["status"]["containerStatuses"][0]["state"]["waiting"]
+    waiting = testbed.get(namespace, "pod", "nginx")["status"]["containerStatuses"][0]["state"]["waiting"]
     assert "nginx:1.27" in waiting["message"] and "cannot run" in waiting["message"]
 
 
@@ -167,7 +164,7 @@ def test_triton_pod_serves_a_python_backend_model_from_a_configmap(testbed, name
         },
     })
     testbed.kubectl("wait", "--for=condition=Ready", "pod/triton", "-n", namespace, "--timeout=180s")
-    pod_ip = get_json(testbed, namespace, "pod", "triton")["status"]["podIP"]
+    pod_ip = testbed.get(namespace, "pod", "triton")["status"]["podIP"]
 
     import tritonclient.http as httpclient
 
@@ -201,23 +198,34 @@ def test_kubectl_and_helm_work_against_the_test_bed(testbed, namespace, tmp_path
     (chart / "values.yaml").write_text("greeting: hello\n")
     result = testbed.helm("install", "hi", str(chart), "-n", namespace, "--set", "greeting=bonjour", "--wait")
     assert result.returncode == 0, result.stderr
-    cm = get_json(testbed, namespace, "configmap", "hi-greeting")
+    cm = testbed.get(namespace, "configmap", "hi-greeting")
     assert cm["data"]["greeting"] == "bonjour"
     assert "hi" in testbed.helm("list", "-n", namespace, "-q").stdout.split()
 
 
+def spare_layout() -> cluster.Layout:
+    """A test-bed index nobody on this machine uses (no bridge, no recorded state): bringing up
+    a used one would take over its ports and tear down its network."""
+    for index in range(11, 0, -1):  # 10.(244 + index) stays a valid address
+        layout = cluster.Layout.for_index(index)
+        if not Path("/sys/class/net", layout.bridge).exists() and not (layout.state_dir / "state.json").exists():
+            return layout
+    pytest.fail("every test-bed index is in use")
+
+
 def test_cluster_down_stops_every_process_it_started(testbed, tmp_path):
-    """A second, independent test bed (index 1) is brought up and torn down with the make targets' script."""
-    env = {**os.environ, "MODELOPS_TESTBED_INDEX": "1", "MODELOPS_TESTBED_DIR": str(tmp_path / "bed")}
+    """A second, independent test bed (a spare index) is brought up and torn down with the make targets' script."""
+    layout = spare_layout()
+    env = {**os.environ, "MODELOPS_TESTBED_INDEX": str(layout.index), "MODELOPS_TESTBED_DIR": str(tmp_path / "bed")}
     binaries = str(Path(testbed.kubectl_path).parent)
-    cluster = [sys.executable, "-m", "e2e.testbed.cluster"]
+    script = [sys.executable, "-m", "e2e.testbed.cluster"]
     try:
-        up = subprocess.run([*cluster, "up", "--binaries", binaries, "--python", sys.executable],
+        up = subprocess.run([*script, "up", "--binaries", binaries, "--python", sys.executable],
                             env=env, capture_output=True, text=True, timeout=300, cwd=testbed.project_root)
         assert up.returncode == 0, up.stderr
         pids, pod_pids = _start_and_record(testbed, up.stdout, tmp_path)
     finally:
-        down = subprocess.run([*cluster, "down"], env=env, capture_output=True, text=True, timeout=120,
+        down = subprocess.run([*script, "down"], env=env, capture_output=True, text=True, timeout=120,
                               cwd=testbed.project_root)
     assert down.returncode == 0, down.stderr
     # Every component and pod process was started as the leader of its own session, so
@@ -227,7 +235,7 @@ def test_cluster_down_stops_every_process_it_started(testbed, tmp_path):
         found = subprocess.run(["pgrep", "-s", str(pid)], capture_output=True, text=True).stdout.split()
         running = [p for p in found if _process_state(int(p)) not in ("Z", None)]
         assert not running, f"session {pid} still has running processes after cluster down: {running}"
-    bridge = subprocess.run(["ip", "link", "show", "mobr1"], capture_output=True)
+    bridge = subprocess.run(["ip", "link", "show", layout.bridge], capture_output=True)
     assert bridge.returncode != 0, "the second test bed's bridge was removed"
 
 

@@ -1,22 +1,20 @@
 """Fixtures for the storage and compressor unit tests.
 
-`digits_model` trains the real digits classifier once per session; it is lazy, so test
-modules that do not ask for it never import torch.
+`digits_model` is the real digits classifier, trained once per machine and cached (see
+e2e/support.py); it is lazy, so test modules that do not ask for it never import torch.
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import io
 import re
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from e2e import support
 
 
 class FakeS3Client:
@@ -78,10 +76,6 @@ def fake_s3() -> FakeS3Client:
 
 
 @pytest.fixture(scope="session")
-def digits_model(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    """The digits classifier, trained once: paths to model.onnx, model.ts.pt, model.pt2, eval.npz."""
-    spec = importlib.util.spec_from_file_location("digits_training", REPO_ROOT / "models" / "digits.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module.build(tmp_path_factory.mktemp("digits"))
+def digits_model() -> Any:
+    """The digits classifier (trained once, cached): paths to model.onnx, model.ts.pt, model.pt2, eval.npz."""
+    return support.digits_model()

@@ -6,7 +6,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from modelops.core.conditions import Cond, find, is_true, merge_conditions, timestamp
+from modelops.core.conditions import Cond, find, merge_conditions, timestamp
 
 pytestmark = pytest.mark.unit
 
@@ -46,5 +46,5 @@ def test_merging_the_same_conditions_twice_is_stable() -> None:
 
 def test_lookup_helpers() -> None:
     conds = merge_conditions(None, [Cond("Ready", "True", "R")], None, T0)
-    assert is_true(conds, "Ready") and not is_true(conds, "Degraded")
+    assert find(conds, "Degraded") is None
     assert find(conds, "Ready")["reason"] == "R" and "observedGeneration" not in conds[0]

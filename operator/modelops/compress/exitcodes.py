@@ -24,8 +24,3 @@ REJECTED = ExitCode.REJECTED
 TRANSIENT = ExitCode.TRANSIENT
 
 PERMANENT_FAILURES = frozenset({USAGE, BAD_ARTIFACT, REJECTED})
-
-
-def is_retryable(code: int) -> bool:
-    """Whether a Job that exited with `code` may succeed when run again."""
-    return code == TRANSIENT

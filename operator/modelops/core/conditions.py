@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-TRUE, FALSE, UNKNOWN = "True", "False", "Unknown"
+TRUE, FALSE = "True", "False"
 
 
 @dataclass(frozen=True)
@@ -59,8 +59,3 @@ def find(conditions: list[dict[str, Any]] | None, type_: str) -> dict[str, Any] 
         if cond.get("type") == type_:
             return cond
     return None
-
-
-def is_true(conditions: list[dict[str, Any]] | None, type_: str) -> bool:
-    cond = find(conditions, type_)
-    return cond is not None and cond.get("status") == TRUE

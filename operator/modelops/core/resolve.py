@@ -7,7 +7,6 @@ from dataclasses import dataclass
 
 from modelops.core.objects import VersionView
 
-READY = "Ready"
 NEVER_READY = frozenset({"Rejected", "Failed"})
 
 

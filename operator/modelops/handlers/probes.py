@@ -16,11 +16,6 @@ async def _serve(app: web.Application, host: str, port: int) -> web.AppRunner:
     return runner
 
 
-def bound_port(runner: web.AppRunner) -> int:
-    """The port actually bound (useful when 0 asked for any free port)."""
-    return runner.addresses[0][1]
-
-
 async def serve_metrics(metrics: Metrics, host: str, port: int) -> web.AppRunner:
     async def handle(_: web.Request) -> web.Response:
         return web.Response(body=metrics.exposition(), headers={"Content-Type": CONTENT_TYPE})
