@@ -7,15 +7,17 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-TRUE, FALSE, UNKNOWN = "True", "False", "Unknown"
+from modelops.api.types import ConditionStatus, ConditionType
+
+TRUE, FALSE, UNKNOWN = ConditionStatus.TRUE, ConditionStatus.FALSE, ConditionStatus.UNKNOWN
 
 
 @dataclass(frozen=True)
 class Cond:
     """A condition as a decision produces it, before it meets the stored ones."""
 
-    type: str
-    status: str
+    type: ConditionType
+    status: ConditionStatus
     reason: str
     message: str = ""
 
@@ -42,9 +44,9 @@ def merge_conditions(
         else:
             since = timestamp(now)
         entry: dict[str, Any] = {
-            "type": cond.type,
-            "status": cond.status,
-            "reason": cond.reason,
+            "type": str(cond.type),
+            "status": str(cond.status),
+            "reason": str(cond.reason),
             "message": cond.message,
             "lastTransitionTime": since,
         }
