@@ -28,9 +28,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from modelops.api.deployment import Backend
 from modelops.compress.exitcodes import ExitCode
 from modelops.serving.config import (
-    BACKENDS,
     ServingConfigError,
     artifact_filename,
     validate_model_name,
@@ -92,7 +92,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--sha256", required=True, help="expected sha256 of the artifact (64 hex digits)")
     parser.add_argument("--model-name", required=True, help="Triton model name (folder in the repository)")
     parser.add_argument("--version", required=True, help="Triton version folder (positive integer)")
-    parser.add_argument("--backend", required=True, choices=BACKENDS, help="Triton backend")
+    parser.add_argument("--backend", required=True, choices=list(Backend), help="Triton backend")
     parser.add_argument("--repository", required=True, help="model repository directory")
     return parser
 
