@@ -27,6 +27,7 @@ import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 from modelops.api.deployment import Backend
 from modelops.compress.exitcodes import ExitCode
@@ -82,7 +83,7 @@ class FetchFailure:
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # argparse would print usage and exit
+    def error(self, message: str) -> NoReturn:  # argparse would print usage and exit
         raise UsageError(message)
 
 

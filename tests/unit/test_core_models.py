@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -12,7 +12,7 @@ from modelops.core.objects import VersionView
 
 pytestmark = pytest.mark.unit
 
-NOW = datetime(2025, 3, 1, tzinfo=timezone.utc)
+NOW = datetime(2025, 3, 1, tzinfo=UTC)
 
 
 def v(number: int, phase: str | None, name: str | None = None, created: str = "2025-01-01T00:00:00Z", deleting=False) -> VersionView:

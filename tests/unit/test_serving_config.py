@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from pydantic import ValidationError
 from google.protobuf import text_format
 from onnx import TensorProto, helper, numpy_helper
+from pydantic import ValidationError
 from tritonclient.grpc import model_config_pb2
 
 from modelops.api.deployment import TritonSpec

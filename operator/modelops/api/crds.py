@@ -130,7 +130,7 @@ def _resolve(node: dict[str, Any], definitions: dict[str, Any]) -> dict[str, Any
     ref = node.pop("$ref", None)
     if ref is None:
         return node
-    target = copy.deepcopy(definitions[ref.rsplit("/", 1)[-1]])
+    target: dict[str, Any] = copy.deepcopy(definitions[ref.rsplit("/", 1)[-1]])
     target.update(node)
     return target
 

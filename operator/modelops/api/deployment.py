@@ -21,7 +21,6 @@ from modelops.api.types import (
 )
 
 
-
 class VersionPolicy(StrEnum):
     LATEST = "Latest"
     PINNED = "Pinned"
@@ -104,7 +103,12 @@ class InstanceGroup(ApiModel):
 class TritonSpec(ApiModel):
     """How Triton serves the model."""
 
-    image: str | None = Field(None, max_length=512, pattern=IMAGE_RULE, description="Triton image; unset uses the operator's default (nvcr.io/nvidia/tritonserver).")
+    image: str | None = Field(
+        None,
+        max_length=512,
+        pattern=IMAGE_RULE,
+        description="Triton image; unset uses the operator's default (nvcr.io/nvidia/tritonserver).",
+    )
     backend: Backend = Field(Backend.ONNXRUNTIME, description="Triton backend: onnxruntime, python (runs the ONNX file with onnxruntime) or pytorch.")
     dynamic_batching: DynamicBatching = nested(DynamicBatching, "Dynamic batching.")
     instance_groups: list[InstanceGroup] | None = Field(None, max_length=8, description="Model instances; unset runs one.")

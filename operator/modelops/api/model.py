@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import math
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated
 
 from pydantic import AfterValidator, Field, ValidationInfo, field_validator
 
 from modelops.api.types import (
-    NAME_MAX,
+    REGION_RULE,
     ApiModel,
     BucketName,
     Conditions,
     EndpointUrl,
     LabelValue,
-    REGION_RULE,
     LocalObjectReference,
     S3Uri,
     TensorName,
@@ -271,7 +270,8 @@ class Evaluation(ApiModel):
 
     dataset_uri: S3Uri = Field(description="S3 URI of an .npz file with the array `inputs` and, for top1-accuracy, `labels`.")
     metric: Metric = Field(
-        description="top1-accuracy (threshold: largest allowed drop in percentage points), top1-agreement and cosine-similarity (threshold: minimum), max-abs-error (threshold: maximum)."
+        description="top1-accuracy (threshold: largest allowed drop in percentage points), top1-agreement and "
+        "cosine-similarity (threshold: minimum), max-abs-error (threshold: maximum)."
     )
     threshold: float = Field(
         allow_inf_nan=False,

@@ -317,7 +317,12 @@ class LocalObjectReference(ApiModel):
 class Toleration(ApiModel):
     """A toleration for a node taint, as in a pod spec."""
 
-    key: str | None = Field(None, max_length=317, pattern=LABEL_KEY_RULE, description="Taint key the toleration applies to; empty with operator Exists matches every taint.")
+    key: str | None = Field(
+        None,
+        max_length=317,
+        pattern=LABEL_KEY_RULE,
+        description="Taint key the toleration applies to; empty with operator Exists matches every taint.",
+    )
     operator: TolerationOperator = Field(
         TolerationOperator.EQUAL, description="Exists matches any value; Equal matches `value`."
     )

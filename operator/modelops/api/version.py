@@ -19,7 +19,6 @@ from modelops.api.types import (
 )
 
 
-
 class ArtifactFormat(StrEnum):
     ONNX = "onnx"
     TORCHSCRIPT = "torchscript"

@@ -4,7 +4,7 @@ the status does. That keeps a reconcile with nothing new from writing anything."
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from modelops.api.types import ConditionStatus, ConditionType
@@ -24,7 +24,7 @@ class Cond:
 
 def timestamp(moment: datetime) -> str:
     """RFC 3339 in UTC with second precision, as Kubernetes writes it."""
-    return moment.astimezone(timezone.utc).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return moment.astimezone(UTC).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def merge_conditions(

@@ -45,13 +45,6 @@ def owned_by(body: dict[str, Any] | None, owner_uid: str) -> bool:
     return any(ref.get("uid") == owner_uid for ref in refs)
 
 
-def controller_of(body: dict[str, Any]) -> dict[str, Any] | None:
-    for ref in body.get("metadata", {}).get("ownerReferences") or []:
-        if ref.get("controller"):
-            return ref
-    return None
-
-
 def with_owner(references: list[dict[str, Any]] | None, owner: OwnerRef) -> list[dict[str, Any]] | None:
     """The owner references with `owner` added as controller; None when it is already there."""
     references = list(references or [])
