@@ -74,7 +74,7 @@ def files_under(root: Path) -> set[Path]:
     return {Path(dirpath) / name for dirpath, dirnames, names in os.walk(root) for name in names + dirnames}
 
 
-@settings(max_examples=300, derandomize=True, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+@settings(max_examples=150, derandomize=True, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 @given(name=model_names, version=st.integers(-1, 2**31), signature=signatures, triton=tritons, gpus=st.integers(0, 4),
        uri_key=st.one_of(st.sampled_from(HOSTILE), st.text(max_size=20)))
 def test_accepted_objects_render_and_lay_out_inside_the_repository(
