@@ -121,6 +121,8 @@ INVALID: list[tuple[str, dict[str, Any], str, str]] = [
      "spec.triton.resources.limits", "resource names must be one of"),
     ("rollout cannot progress", edited(DEPLOYMENT, "spec.rollout", {"maxSurge": 0, "maxUnavailable": "0%"}),
      "spec.rollout.maxUnavailable", "maxUnavailable must not be 0 when maxSurge is 0"),
+    ("rollout maxSurge 0 with the default maxUnavailable", edited(DEPLOYMENT, "spec.rollout", {"maxSurge": 0}),
+     "spec.rollout.maxUnavailable", "maxUnavailable must not be 0 when maxSurge is 0"),
     ("rollout percentage", edited(DEPLOYMENT, "spec.rollout", {"maxSurge": "150%"}), "spec.rollout.maxSurge", "should match"),
     ("deployment name is not a DNS label", edited(DEPLOYMENT, "metadata.name", "1digits"), "metadata.name", "DNS label"),
     ("bucket name", edited(MODEL, "spec.storage.bucket", "Models_Bucket"), "spec.storage.bucket", "must be a bucket name"),

@@ -133,7 +133,7 @@ class RolloutSpec(ApiModel):
     }
 
     max_surge: RolloutCount = Field(1, description="Extra pods during a rollout (count or percentage).")
-    max_unavailable: RolloutCount = Field(0, description="Pods that may be unavailable during a rollout (count or percentage).")
+    max_unavailable: RolloutCount = Field(0, validate_default=True, description="Pods that may be unavailable during a rollout (count or percentage).")
     progress_deadline_seconds: int = Field(
         600, ge=10, le=86400, description="A rollout that is not available after this long has failed."
     )
