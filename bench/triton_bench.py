@@ -53,16 +53,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "operator")]
 
-from modelops.api.deployment import TritonSpec
-from modelops.api.model import Signature
-from modelops.serving import (
-    ServedModel,
-    layout_model_repository,
-    render_config_pbtxt,
-)
-
 from e2e.loadgen import STABILITY_WINDOWS, InferenceCall, LoadReport, WindowStats, is_stable, run_load
 from e2e.tritonlocal import serve_locally
+from modelops.api.deployment import TritonSpec
+from modelops.api.model import Signature
+from modelops.serving import ServedModel, layout_model_repository, render_config_pbtxt
 
 RESULTS = ROOT / "bench" / "results" / "triton.json"
 CACHE_ROOT = Path.home() / ".cache" / "modelops" / "bench"
