@@ -6,7 +6,6 @@ Every field carries a description because the CRD generator copies it into the s
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -121,10 +120,16 @@ def rule(message: str, *checks: Check) -> Rule:
 
 def checked_string(max_length: int, *rules: Rule) -> Any:
     """A string type bounded by max_length and the rules, in the CRD and in Python."""
+
+    def validate(value: str) -> str:
+        for each in rules:
+            each.validate(value)
+        return value
+
     return Annotated[
         str,
         Field(max_length=max_length),
-        AfterValidator(lambda value: [r.validate(value) for r in rules] and value),
+        AfterValidator(validate),
         WithJsonSchema({"type": "string", "maxLength": max_length, **validations(*(r.schema() for r in rules))}),
     ]
 
@@ -198,14 +203,6 @@ TensorName = checked_string(TENSOR_NAME_MAX, TENSOR_NAME)
 def is_s3_uri(value: str) -> bool:
     """True for what the apiserver accepts as an artifact or dataset URI."""
     return len(value) <= URI_MAX and S3_URI.holds(value)
-
-
-def is_ip_address(value: str) -> bool:
-    try:
-        ipaddress.ip_address(value)
-    except ValueError:
-        return False
-    return True
 
 
 ObjectName = Annotated[
