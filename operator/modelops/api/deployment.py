@@ -79,6 +79,17 @@ MAX_QUEUE_DELAY_MICROSECONDS = 60_000_000
 PreferredBatchSize = Annotated[int, Field(ge=1, le=MAX_BATCH_SIZE_MAX)]
 
 
+class FetchReason(StrEnum):
+    """Reasons the model fetcher (the Triton pod's init container) gives in its termination message."""
+
+    INVALID_ARGUMENTS = "InvalidArguments"
+    CHECKSUM_MISMATCH = "ChecksumMismatch"
+    ARTIFACT_NOT_FOUND = "ArtifactNotFound"
+    ACCESS_DENIED = "AccessDenied"
+    REPOSITORY_WRITE_FAILED = "RepositoryWriteFailed"
+    FETCH_FAILED = "FetchFailed"
+
+
 class DynamicBatching(ApiModel):
     """Triton's dynamic batcher, which groups concurrent requests (needs the Model's maxBatchSize > 0)."""
 
