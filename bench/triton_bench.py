@@ -53,17 +53,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "operator")]
 
-from modelops.serving import (
-    DynamicBatching,
-    InstanceGroup,
-    TensorSpec,
-    TritonModelConfig,
-    layout_model_repository,
-    render_config_pbtxt,
-)
-
 from e2e.loadgen import STABILITY_WINDOWS, InferenceCall, LoadReport, WindowStats, is_stable, run_load
 from e2e.tritonlocal import serve_locally
+from modelops.api.deployment import TritonSpec
+from modelops.api.model import Signature
+from modelops.serving import ServedModel, layout_model_repository, render_config_pbtxt
 
 RESULTS = ROOT / "bench" / "results" / "triton.json"
 CACHE_ROOT = Path.home() / ".cache" / "modelops" / "bench"
@@ -125,22 +119,24 @@ def ort_config(intra_op_threads: int) -> str:
     return json.dumps({"session_options": {"intra_op_num_threads": intra_op_threads, "inter_op_num_threads": 1}})
 
 
-def model_config(spec: EncoderSpec, batching: bool) -> TritonModelConfig:
+def model_config(spec: EncoderSpec, batching: bool) -> ServedModel:
     """Batching off: the default scheduler hands one request at a time to the model."""
-    return TritonModelConfig(
-        name=MODEL_NAME,
-        version=MODEL_VERSION,
-        backend="python",
-        inputs=(TensorSpec(INPUT_NAME, "INT64", (spec.seq_len,)),),
-        outputs=(TensorSpec(OUTPUT_NAME, "FP32", (spec.classes,)),),
-        max_batch_size=MAX_BATCH_SIZE,
-        dynamic_batching=DynamicBatching(
-            enabled=batching,
-            preferred_batch_sizes=PREFERRED_BATCH_SIZES if batching else (),
-            max_queue_delay_microseconds=QUEUE_DELAY_MICROSECONDS if batching else 0,
-        ),
-        instance_groups=(InstanceGroup(count=1, kind="KIND_CPU"),),
+    signature = Signature.model_validate(
+        {
+            "inputs": [{"name": INPUT_NAME, "dataType": "INT64", "dims": [spec.seq_len]}],
+            "outputs": [{"name": OUTPUT_NAME, "dataType": "FP32", "dims": [spec.classes]}],
+            "maxBatchSize": MAX_BATCH_SIZE,
+        }
     )
+    batcher = {
+        "enabled": batching,
+        "preferredBatchSizes": list(PREFERRED_BATCH_SIZES) if batching else [],
+        "maxQueueDelayMicroseconds": QUEUE_DELAY_MICROSECONDS if batching else 0,
+    }
+    triton = TritonSpec.model_validate(
+        {"backend": "python", "dynamicBatching": batcher, "instanceGroups": [{"count": 1, "kind": "KIND_CPU"}]}
+    )
+    return ServedModel(MODEL_NAME, MODEL_VERSION, signature, triton)
 
 
 # ---------------------------------------------------------------- statistics (pure)

@@ -9,17 +9,33 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 venv="$(scripts/ensure-venv.sh)" || exit 1
 # The test bed's binaries take minutes to build cold; build them before pytest starts
-# so that no test's timeout pays for it. A unit-only run needs none.
-if [[ "$*" != "-m unit" ]]; then
+# so that no test's timeout pays for it. A unit-only run (-m unit, with or without paths)
+# needs none.
+unit_only=0
+args=("$@")
+for ((i = 0; i + 1 < ${#args[@]}; i++)); do
+  [[ "${args[i]}" == "-m" && "${args[i + 1]}" == "unit" ]] && unit_only=1
+done
+if [[ $unit_only -eq 0 ]]; then
   binaries="$(e2e/testbed/build.sh)" || exit 1
   export MODELOPS_BINARIES="$binaries"
 fi
 export PYTHONPATH="$root/operator:$root"
+
+# Lint and type checks first (configuration in pyproject.toml). A finding fails the run,
+# after pytest has run too, so that one report shows everything.
+checks=0
+"$venv/bin/ruff" check --no-cache --output-format concise . || checks=1
+"$venv/bin/mypy" || checks=1
 
 "$venv/bin/python" -m pytest "$@"
 status=$?
 if [[ $status -eq 5 ]]; then
   echo "run-tests: pytest collected no tests; the selection is broken, so this run fails" >&2
   exit 1
+fi
+if [[ $checks -ne 0 ]]; then
+  echo "run-tests: ruff or mypy reported findings (above), so this run fails" >&2
+  [[ $status -eq 0 ]] && status=1
 fi
 exit $status

@@ -27,10 +27,11 @@ import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
+from modelops.api.deployment import Backend, FetchReason
 from modelops.compress.exitcodes import ExitCode
 from modelops.serving.config import (
-    BACKENDS,
     ServingConfigError,
     artifact_filename,
     validate_model_name,
@@ -82,7 +83,7 @@ class FetchFailure:
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # argparse would print usage and exit
+    def error(self, message: str) -> NoReturn:  # argparse would print usage and exit
         raise UsageError(message)
 
 
@@ -92,7 +93,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--sha256", required=True, help="expected sha256 of the artifact (64 hex digits)")
     parser.add_argument("--model-name", required=True, help="Triton model name (folder in the repository)")
     parser.add_argument("--version", required=True, help="Triton version folder (positive integer)")
-    parser.add_argument("--backend", required=True, choices=BACKENDS, help="Triton backend")
+    parser.add_argument("--backend", required=True, choices=list(Backend), help="Triton backend")
     parser.add_argument("--repository", required=True, help="model repository directory")
     return parser
 
@@ -140,19 +141,19 @@ def storage_config(environ: Mapping[str, str]) -> StorageConfig:
 def classify_failure(error: BaseException) -> FetchFailure:
     """Map an error to the exit code and reason the operator acts on."""
     if isinstance(error, UsageError | InvalidS3Uri):
-        return FetchFailure(ExitCode.USAGE, "InvalidArguments", str(error))
+        return FetchFailure(ExitCode.USAGE, FetchReason.INVALID_ARGUMENTS, str(error))
     if isinstance(error, ChecksumMismatch):
-        return FetchFailure(ExitCode.BAD_ARTIFACT, "ChecksumMismatch", str(error))
+        return FetchFailure(ExitCode.BAD_ARTIFACT, FetchReason.CHECKSUM_MISMATCH, str(error))
     if isinstance(error, ObjectNotFound):
-        return FetchFailure(ExitCode.BAD_ARTIFACT, "ArtifactNotFound", str(error))
+        return FetchFailure(ExitCode.BAD_ARTIFACT, FetchReason.ARTIFACT_NOT_FOUND, str(error))
     if isinstance(error, AccessDenied):
-        return FetchFailure(ExitCode.USAGE, "AccessDenied", str(error))
+        return FetchFailure(ExitCode.USAGE, FetchReason.ACCESS_DENIED, str(error))
     if isinstance(error, StorageError):
         code = ExitCode.TRANSIENT if error.transient else ExitCode.USAGE
         return FetchFailure(code, type(error).__name__, str(error))
     if isinstance(error, OSError):
-        return FetchFailure(ExitCode.TRANSIENT, "RepositoryWriteFailed", f"{type(error).__name__}: {error}")
-    return FetchFailure(UNEXPECTED_FAILURE, "FetchFailed", f"{type(error).__name__}: {error}")
+        return FetchFailure(ExitCode.TRANSIENT, FetchReason.REPOSITORY_WRITE_FAILED, f"{type(error).__name__}: {error}")
+    return FetchFailure(UNEXPECTED_FAILURE, FetchReason.FETCH_FAILED, f"{type(error).__name__}: {error}")
 
 
 def one_line(reason: str, message: str) -> str:

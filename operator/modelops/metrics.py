@@ -10,7 +10,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from modelops.api.model import VERSION_PHASES
+from modelops.api.version import Phase
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _RECONCILE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -35,7 +35,7 @@ class _VersionPhases(Collector):
         with self._lock:
             tally = Tally(self._phases.values())
         family = GaugeMetricFamily("modelops_model_versions", "ModelVersions by phase.", labels=["phase"])
-        for phase in VERSION_PHASES:
+        for phase in Phase:
             family.add_metric([phase], tally.get(phase, 0))
         yield family
 

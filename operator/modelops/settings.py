@@ -79,7 +79,7 @@ class Settings(BaseModel):
             if environ.get(cls.env_name(field), "") != ""
         }
         try:
-            return cls(**values)
+            return cls.model_validate(values)
         except ValidationError as err:
             problems = "; ".join(
                 f"{cls.env_name(str(e['loc'][0]))}: {e['msg']}" if e["loc"] else e["msg"] for e in err.errors()

@@ -3,86 +3,21 @@ knows the kinds: short names, the modelops category, printer columns, explain.""
 
 from __future__ import annotations
 
-import copy
+import json
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
 
+from tests.api_cases import DEPLOYMENT, INVALID, MODEL, VALID_EDITS, VERSION, edited
 from tests.integration.conftest import ROOT, apply_docs, get_json, kubectl
 
 pytestmark = pytest.mark.integration
 
-SHA = "ab" * 32
-MODEL = {
-    "apiVersion": "modelops.dev/v1alpha1", "kind": "Model", "metadata": {"name": "digits"},
-    "spec": {
-        "storage": {"endpoint": "http://minio:9000", "bucket": "models", "credentialsSecret": {"name": "s3"}},
-        "signature": {"inputs": [{"name": "input", "dataType": "FP32", "dims": [64]}],
-                      "outputs": [{"name": "logits", "dataType": "FP32", "dims": [10]}]},
-    },
-}
-VERSION = {
-    "apiVersion": "modelops.dev/v1alpha1", "kind": "ModelVersion", "metadata": {"name": "digits-v1"},
-    "spec": {"model": "digits", "version": 1, "artifact": {"uri": "s3://models/digits/1/model.onnx", "format": "onnx", "sha256": SHA}},
-}
-DEPLOYMENT = {
-    "apiVersion": "modelops.dev/v1alpha1", "kind": "ModelDeployment", "metadata": {"name": "digits"},
-    "spec": {"model": "digits"},
-}
-
-
-def edited(doc: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
-    """A copy of `doc` with the dotted `path` set to `value` (or removed when value is ...)."""
-    out = copy.deepcopy(doc)
-    *parents, leaf = path.split(".")
-    node = out
-    for key in parents:
-        node = node.setdefault(key, {})
-    if value is ...:
-        node.pop(leaf)
-    else:
-        node[leaf] = value
-    return out
-
-
-INVALID = [
-    ("sha256 shape", edited(VERSION, "spec.artifact.sha256", "abc123"), "spec.artifact.sha256", "64 lowercase hexadecimal"),
-    ("sha256 upper case", edited(VERSION, "spec.artifact.sha256", "AB" * 32), "spec.artifact.sha256", "sha256 digest"),
-    ("sha256 missing", edited(VERSION, "spec.artifact.sha256", ...), "spec.artifact.sha256", "Required value"),
-    ("artifact URI scheme", edited(VERSION, "spec.artifact.uri", "https://models/digits/1/model.onnx"), "spec.artifact.uri", "s3://<bucket>/<key>"),
-    ("artifact URI without key", edited(VERSION, "spec.artifact.uri", "s3://models/"), "spec.artifact.uri", "S3 URI"),
-    ("version zero", edited(VERSION, "spec.version", 0), "spec.version", "1 or greater"),
-    ("negative version", edited(VERSION, "spec.version", -3), "spec.version", "1 or greater"),
-    ("artifact format", edited(VERSION, "spec.artifact.format", "pickle"), "spec.artifact.format", "Unsupported value"),
-    ("quantization", edited(VERSION, "spec.compression", {"quantization": "int4"}), "spec.compression.quantization", "Unsupported value"),
-    ("pruning amount", edited(VERSION, "spec.compression", {"pruning": {"method": "structured", "amount": 0.99}}),
-     "spec.compression.pruning.amount", "less than or equal to 0.95"),
-    ("dataset URI", edited(VERSION, "spec.evaluation", {"datasetUri": "file:///tmp/x.npz", "metric": "top1-accuracy", "threshold": 0.5}),
-     "spec.evaluation.datasetUri", "S3 URI"),
-    ("metric", edited(VERSION, "spec.evaluation", {"datasetUri": "s3://models/e.npz", "metric": "f1", "threshold": 0.5}),
-     "spec.evaluation.metric", "Unsupported value"),
-    ("negative GPUs", edited(VERSION, "spec.scheduling", {"gpus": -1}), "spec.scheduling.gpus", "greater than or equal to 0"),
-    ("Pinned without version", edited(DEPLOYMENT, "spec.versionPolicy", "Pinned"), "spec.version", "required when versionPolicy is Pinned"),
-    ("Latest with version", edited(DEPLOYMENT, "spec.version", 2), "spec.version", "must not be set when versionPolicy is Latest"),
-    ("Pinned to version zero", edited(edited(DEPLOYMENT, "spec.versionPolicy", "Pinned"), "spec.version", 0), "spec.version", "1 or greater"),
-    ("negative replicas", edited(DEPLOYMENT, "spec.replicas", -1), "spec.replicas", "greater than or equal to 0"),
-    ("unknown backend", edited(DEPLOYMENT, "spec.triton", {"backend": "tensorrt"}), "spec.triton.backend", "Unsupported value"),
-    ("deployment name is not a DNS label", edited(DEPLOYMENT, "metadata.name", "1digits"), "metadata.name", "DNS label"),
-    ("bucket name", edited(MODEL, "spec.storage.bucket", "Models_Bucket"), "spec.storage.bucket", "should match"),
-    ("endpoint scheme", edited(MODEL, "spec.storage.endpoint", "minio:9000"), "spec.storage.endpoint", "http:// or https://"),
-    ("tensor data type", edited(MODEL, "spec.signature.inputs", [{"name": "input", "dataType": "float", "dims": [64]}]),
-     "spec.signature.inputs[0].dataType", "Unsupported value"),
-    ("tensor dims", edited(MODEL, "spec.signature.outputs", [{"name": "logits", "dataType": "FP32", "dims": [0]}]),
-     "spec.signature.outputs[0].dims", "-1 (variable) or 1 or greater"),
-    ("no outputs", edited(MODEL, "spec.signature.outputs", []), "spec.signature.outputs", "at least 1 items"),
-]
-
-
 @pytest.mark.parametrize(("case", "manifest", "field", "message"), INVALID, ids=[c[0] for c in INVALID])
 def test_invalid_manifest_is_rejected_with_the_field_named(testbed, crds, namespace, case, manifest, field, message) -> None:
-    result = kubectl(testbed, "create", "-n", namespace, "-f", "-", input=yaml.safe_dump(manifest), check=False)
+    # JSON, so that control characters reach the apiserver as they are.
+    result = kubectl(testbed, "create", "-n", namespace, "-f", "-", input=json.dumps(manifest), check=False)
     assert result.returncode != 0, f"{case}: accepted"
     assert field in result.stderr and message in result.stderr, result.stderr
     kind = manifest["kind"].lower()
@@ -95,6 +30,12 @@ def test_valid_manifests_and_the_samples_are_accepted(testbed, crds, namespace) 
     pinned = edited(edited(edited(DEPLOYMENT, "metadata.name", "pinned"), "spec.versionPolicy", "Pinned"), "spec.version", 1)
     apply_docs(testbed, namespace, [MODEL, VERSION, DEPLOYMENT, pinned])
     assert len(kubectl(testbed, "get", "modelops", "-n", namespace, "-o", "name").stdout.split()) == 4
+
+
+@pytest.mark.parametrize(("case", "manifest"), VALID_EDITS, ids=[c[0] for c in VALID_EDITS])
+def test_valid_edits_are_accepted(testbed, crds, namespace, case, manifest) -> None:
+    result = kubectl(testbed, "create", "--dry-run=server", "-n", namespace, "-f", "-", input=json.dumps(manifest), check=False)
+    assert result.returncode == 0, f"{case}: {result.stderr}"
 
 
 def test_defaults_are_filled_by_the_api_server(testbed, crds, namespace) -> None:

@@ -24,14 +24,9 @@ from sklearn.neural_network import MLPClassifier
 
 from e2e.loadgen import InferenceCall, run_load
 from e2e.tritonlocal import serve_locally
-from modelops.serving import (
-    DynamicBatching,
-    InstanceGroup,
-    TensorSpec,
-    TritonModelConfig,
-    layout_model_repository,
-    render_config_pbtxt,
-)
+from modelops.api.deployment import TritonSpec
+from modelops.api.model import Signature
+from modelops.serving import ServedModel, layout_model_repository, render_config_pbtxt
 
 pytestmark = pytest.mark.integration
 
@@ -94,16 +89,17 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     work = tmp_path_factory.mktemp("triton")
     onnx_path = work / "digits.onnx"
     eval_inputs, eval_labels, sklearn_accuracy = train_digits_onnx(onnx_path)
-    config = TritonModelConfig(
-        name=MODEL,
-        version=VERSION,
-        backend="python",
-        inputs=(TensorSpec("input", "FP32", (64,)),),
-        outputs=(TensorSpec("logits", "FP32", (10,)), TensorSpec("label", "INT64", (1,))),
-        max_batch_size=32,
-        dynamic_batching=DynamicBatching(enabled=True, preferred_batch_sizes=(8, 16), max_queue_delay_microseconds=2000),
-        instance_groups=(InstanceGroup(count=1, kind="KIND_CPU"),),
-    )
+    signature = Signature.model_validate({
+        "inputs": [{"name": "input", "dataType": "FP32", "dims": [64]}],
+        "outputs": [{"name": "logits", "dataType": "FP32", "dims": [10]}, {"name": "label", "dataType": "INT64", "dims": [1]}],
+        "maxBatchSize": 32,
+    })
+    triton = TritonSpec.model_validate({
+        "backend": "python",
+        "dynamicBatching": {"enabled": True, "preferredBatchSizes": [8, 16], "maxQueueDelayMicroseconds": 2000},
+        "instanceGroups": [{"count": 1, "kind": "KIND_CPU"}],
+    })
+    config = ServedModel(MODEL, VERSION, signature, triton)
     repo = work / "models"
     layout_model_repository(repo, MODEL, VERSION, "python", onnx_path, render_config_pbtxt(config))
     # A version the policy does not name must not be served.

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import pytest
 
 from modelops.api.crds import KINDS, SchemaError, crd, structural_schema
-from modelops.api.types import ApiModel, S3_URI_RULE, SHA256_RULE
+from modelops.api.types import BUCKET_NAME, ENDPOINT_URL, S3_URI, SHA256, TENSOR_NAME, ApiModel
 
 pytestmark = pytest.mark.unit
 
@@ -92,11 +91,16 @@ def test_versions_are_at_least_one(kind: str, path: tuple[str, ...]) -> None:
 def test_digest_and_uri_rules_sit_on_their_fields() -> None:
     spec = schema_of("ModelVersion")["properties"]["spec"]["properties"]
     artifact = spec["artifact"]["properties"]
-    assert rules(artifact["sha256"]) == [f"self.matches('{SHA256_RULE}')"]
-    assert rules(artifact["uri"]) == [f"self.matches('{S3_URI_RULE}')"]
-    assert rules(spec["evaluation"]["properties"]["datasetUri"]) == [f"self.matches('{S3_URI_RULE}')"]
+    assert rules(artifact["sha256"]) == [SHA256.cel]
+    assert rules(artifact["uri"]) == [S3_URI.cel]
+    assert rules(spec["evaluation"]["properties"]["datasetUri"]) == [S3_URI.cel]
     for field in (artifact["sha256"], artifact["uri"]):
         assert field["maxLength"] > 0  # bounded strings keep the CEL cost estimate low
+    model = schema_of("Model")["properties"]["spec"]["properties"]
+    assert rules(model["storage"]["properties"]["bucket"]) == [BUCKET_NAME.cel]
+    assert rules(model["storage"]["properties"]["endpoint"]) == [ENDPOINT_URL.cel]
+    tensor = model["signature"]["properties"]["inputs"]["items"]["properties"]["name"]
+    assert rules(tensor) == [TENSOR_NAME.cel]
 
 
 @pytest.mark.parametrize(
@@ -104,16 +108,60 @@ def test_digest_and_uri_rules_sit_on_their_fields() -> None:
     [
         ("s3://models/digits/1/model.onnx", True),
         ("s3://my.bucket-1/k", True),
+        ("s3://models/.hidden/k", True),
         ("s3://models/", False),
         ("s3://Models/key", False),
         ("s3:/models/key", False),
         ("https://models/key", False),
         ("s3://models/a key", False),
         ("s3://m/key", False),
+        ("s3://bucket/../../etc/passwd", False),
+        ("s3://models/a/../b", False),
+        ("s3://models/a/./b", False),
+        ("s3://models/a/..", False),
+        ("s3://models//k", False),
+        ("s3://models/k/", False),
+        ("s3://models/a\nb", False),
+        ("s3://models/a\x00b", False),
+        ("s3://models/a\x7fb", False),
+        ("s3://my..bucket/k", False),
+        ("s3://192.168.0.1/k", False),
+        ("s3://-models/k", False),
     ],
 )
 def test_s3_uri_rule(value: str, valid: bool) -> None:
-    assert bool(re.match(S3_URI_RULE, value)) is valid
+    assert S3_URI.holds(value) is valid
+
+
+@pytest.mark.parametrize(
+    ("value", "valid"),
+    [("models", True), ("a.b-c", True), ("abc", True), ("ab", False), ("a" * 64, False), ("a" * 63, True),
+     ("Models", False), ("a..b", False), ("-ab", False), ("ab-", False), ("10.0.0.1", False), ("a_b", False)],
+)
+def test_bucket_rule(value: str, valid: bool) -> None:
+    assert BUCKET_NAME.holds(value) is valid
+
+
+@pytest.mark.parametrize(
+    ("value", "valid"),
+    [("http://minio:9000", True), ("https://s3.eu-west-1.amazonaws.com", True), ("http://127.0.0.1:9000/", True),
+     ("http://[::1]:9000", True), ("https://minio.storage:9000/s3", True), ("minio:9000", False),
+     ("ftp://minio", False), ("http://user:secret@minio", False), ("http://minio:99999", False),
+     ("http://minio/?x=1", False), ("http://minio/#f", False), ("http://mi nio", False), ("http://", False),
+     ("http://minio\n", False)],
+)
+def test_endpoint_rule(value: str, valid: bool) -> None:
+    assert ENDPOINT_URL.holds(value) is valid
+
+
+@pytest.mark.parametrize(
+    ("value", "valid"),
+    [("input_ids", True), ("attention_mask", True), ("logits", True), ("input.1", True), ("onnx::Gemm_0", True),
+     ("INPUT__0", True), ("encoder/layer.0/out", True), ('in"put', False), ("in'put", False), ("../x", False),
+     ("a..b", False), ("/abs", False), ("a b", False), ("a\tb", False), ("", False), (".x", False), ("x.", False)],
+)
+def test_tensor_name_rule(value: str, valid: bool) -> None:
+    assert TENSOR_NAME.holds(value) is valid
 
 
 @pytest.mark.parametrize(
@@ -121,7 +169,7 @@ def test_s3_uri_rule(value: str, valid: bool) -> None:
     [("a" * 64, True), ("0123456789abcdef" * 4, True), ("A" * 64, False), ("a" * 63, False), ("g" * 64, False)],
 )
 def test_sha256_rule(value: str, valid: bool) -> None:
-    assert bool(re.match(SHA256_RULE, value)) is valid
+    assert SHA256.holds(value) is valid
 
 
 @pytest.mark.parametrize(
@@ -156,7 +204,7 @@ def test_enums_list_the_allowed_values() -> None:
     assert spec["artifact"]["properties"]["format"]["enum"] == ["onnx", "torchscript", "exported-program"]
     assert "int8-dynamic" in spec["compression"]["properties"]["quantization"]["enum"]
     status = schema_of("ModelVersion")["properties"]["status"]["properties"]
-    assert status["phase"]["enum"] == ["Pending", "Verifying", "Compressing", "Evaluating", "Ready", "Rejected", "Failed"]
+    assert status["phase"]["enum"] == ["Pending", "Verifying", "Compressing", "Ready", "Rejected", "Failed"]
 
 
 def test_conditions_are_a_map_keyed_by_type() -> None:

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import pytest
 from pydantic import ValidationError
+from pydantic.alias_generators import to_camel
 
 from modelops.api import ModelDeploymentSpec, ModelSpec, ModelVersionSpec
+from modelops.api.model import Evaluation
 from modelops.api.version import ModelVersionStatus
+from tests.api_cases import INVALID, VALID_EDITS, pydantic_loc
 
 pytestmark = pytest.mark.unit
 
@@ -46,14 +49,14 @@ def test_wire_format_is_camel_case_and_round_trips() -> None:
 
 def test_unknown_fields_are_ignored_for_forward_compatibility() -> None:
     spec = ModelVersionSpec.model_validate(
-        {"model": "m", "version": 1, "artifact": {"uri": "s3://b/k", "format": "onnx", "sha256": SHA}, "future": 1}
+        {"model": "m", "version": 1, "artifact": {"uri": "s3://bkt/k", "format": "onnx", "sha256": SHA}, "future": 1}
     )
     assert spec.version == 1 and "future" not in spec.wire()
 
 
 def test_version_overrides_are_all_optional() -> None:
     spec = ModelVersionSpec.model_validate(
-        {"model": "m", "version": 2, "artifact": {"uri": "s3://b/k", "format": "torchscript", "sha256": SHA}}
+        {"model": "m", "version": 2, "artifact": {"uri": "s3://bkt/k", "format": "torchscript", "sha256": SHA}}
     )
     assert spec.compression is None and spec.evaluation is None and spec.scheduling is None
 
@@ -61,12 +64,12 @@ def test_version_overrides_are_all_optional() -> None:
 @pytest.mark.parametrize(
     ("raw", "field"),
     [
-        ({"model": "m", "version": 1, "artifact": {"uri": "s3://b/k", "format": "zip", "sha256": SHA}}, "format"),
-        ({"model": "m", "version": 1, "artifact": {"uri": "s3://b/k", "format": "onnx"}}, "sha256"),
-        ({"model": "M!", "version": 1, "artifact": {"uri": "s3://b/k", "format": "onnx", "sha256": SHA}}, "model"),
+        ({"model": "m", "version": 1, "artifact": {"uri": "s3://bkt/k", "format": "zip", "sha256": SHA}}, "format"),
+        ({"model": "m", "version": 1, "artifact": {"uri": "s3://bkt/k", "format": "onnx"}}, "sha256"),
+        ({"model": "M!", "version": 1, "artifact": {"uri": "s3://bkt/k", "format": "onnx", "sha256": SHA}}, "model"),
         (
-            {"model": "m", "version": 1, "artifact": {"uri": "s3://b/k", "format": "onnx", "sha256": SHA},
-             "compression": {"pruning": {"amount": 0.99}}},
+            {"model": "m", "version": 1, "artifact": {"uri": "s3://bkt/k", "format": "onnx", "sha256": SHA},
+             "compression": {"pruning": {"amount": 1.0}}},
             "amount",
         ),
     ],
@@ -99,3 +102,58 @@ def test_status_parses_what_the_operator_writes() -> None:
     )
     assert status.phase == "Ready" and status.report.ratio == 3.9
     assert status.conditions[0].reason == "Compressed"
+
+
+SPEC_MODELS = {"Model": ModelSpec, "ModelVersion": ModelVersionSpec, "ModelDeployment": ModelDeploymentSpec}
+
+
+@pytest.mark.parametrize(
+    ("case", "manifest", "field", "message"),
+    [c for c in INVALID if c[2].startswith("spec.")],
+    ids=[c[0] for c in INVALID if c[2].startswith("spec.")],
+)
+def test_what_the_apiserver_refuses_the_models_refuse_at_the_same_field(case, manifest, field, message) -> None:
+    with pytest.raises(ValidationError) as caught:
+        SPEC_MODELS[manifest["kind"]].model_validate(manifest["spec"])
+    # A defaulted field is named in Python's spelling; compare in the API's.
+    locs = [tuple(to_camel(p) if isinstance(p, str) else p for p in error["loc"]) for error in caught.value.errors()]
+    wanted = pydantic_loc(field)
+    assert any(loc[: len(wanted)] == wanted for loc in locs), (case, locs)
+
+
+@pytest.mark.parametrize(("case", "manifest"), VALID_EDITS, ids=[c[0] for c in VALID_EDITS])
+def test_what_the_apiserver_accepts_the_models_accept(case, manifest) -> None:
+    SPEC_MODELS[manifest["kind"]].model_validate(manifest["spec"])
+
+
+@pytest.mark.parametrize(
+    ("metric", "low", "high"),
+    [("top1-accuracy", 0, 100), ("top1-agreement", 0, 1), ("cosine-similarity", 0, 1), ("max-abs-error", 0, None)],
+)
+def test_threshold_bounds_per_metric_are_inclusive(metric: str, low: float, high: float | None) -> None:
+    def evaluation(threshold: float) -> Evaluation:
+        return Evaluation.model_validate({"datasetUri": "s3://models/e.npz", "metric": metric, "threshold": threshold})
+
+    assert evaluation(low).threshold == low
+    with pytest.raises(ValidationError, match="threshold"):
+        evaluation(low - 1e-9)
+    if high is not None:
+        assert evaluation(high).threshold == high
+        with pytest.raises(ValidationError, match="threshold"):
+            evaluation(high + 1e-9)
+    with pytest.raises(ValidationError, match="threshold"):
+        evaluation(float("nan"))
+
+
+@pytest.mark.parametrize(
+    ("wire", "problem"),
+    [
+        ({"method": "unstructured"}, "greater than 0"),
+        ({"method": "structured", "amount": 0.0}, "greater than 0"),
+        ({"method": "none", "amount": 0.5}, "0 or unset"),
+    ],
+)
+def test_model_defaults_refuse_pruning_that_would_silently_do_nothing(wire: dict, problem: str) -> None:
+    with pytest.raises(ValidationError, match=problem) as caught:
+        ModelSpec.model_validate(model_spec(versionDefaults={"compression": {"pruning": wire}}))
+    assert caught.value.errors()[0]["loc"] == ("versionDefaults", "compression", "pruning", "amount")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -12,7 +12,7 @@ from modelops.core.objects import VersionView
 
 pytestmark = pytest.mark.unit
 
-NOW = datetime(2025, 3, 1, tzinfo=timezone.utc)
+NOW = datetime(2025, 3, 1, tzinfo=UTC)
 
 
 def v(number: int, phase: str | None, name: str | None = None, created: str = "2025-01-01T00:00:00Z", deleting=False) -> VersionView:
@@ -23,7 +23,7 @@ def v(number: int, phase: str | None, name: str | None = None, created: str = "2
 
 def test_counts_by_phase() -> None:
     counts = version_counts([v(1, "Ready"), v(2, "Ready"), v(3, None), v(4, "Rejected"), v(5, "Compressing"), v(6, "Failed", deleting=True)])
-    assert counts == {"total": 5, "pending": 1, "verifying": 0, "compressing": 1, "evaluating": 0,
+    assert counts == {"total": 5, "pending": 1, "verifying": 0, "compressing": 1,
                       "ready": 2, "rejected": 1, "failed": 0}
 
 

@@ -256,7 +256,7 @@ def test_image_overrides() -> None:
 
 
 def test_invalid_serving_config_is_reported_with_the_field() -> None:
-    with pytest.raises(ServingConfigError, match="dynamic_batching"):
+    with pytest.raises(ServingConfigError, match="triton.dynamicBatching.enabled"):
         triton_config_text("digits", model_spec(maxBatchSize=0), ModelDeploymentSpec.model_validate(
             {"model": "digits", "triton": {"dynamicBatching": {"enabled": True}}}), 1)
 

@@ -14,27 +14,40 @@ import onnx
 import pytest
 from google.protobuf import text_format
 from onnx import TensorProto, helper, numpy_helper
+from pydantic import ValidationError
 from tritonclient.grpc import model_config_pb2
 
+from modelops.api.deployment import TritonSpec
+from modelops.api.model import Signature, TensorSpec
 from modelops.serving import (
-    DynamicBatching,
-    InstanceGroup,
+    ServedModel,
     ServingConfigError,
-    TensorSpec,
-    TritonModelConfig,
     artifact_filename,
     default_model_filename,
     instance_kind_for,
     layout_model_repository,
     python_backend_model_source,
     render_config_pbtxt,
-    triton_data_type,
 )
 
 pytestmark = pytest.mark.unit
 
-DIGITS_INPUT = (TensorSpec("input", "FP32", (64,)),)
-DIGITS_OUTPUT = (TensorSpec("probabilities", "FP32", (10,)),)
+
+def tensor(name: str, data_type: str, dims: list[int]) -> TensorSpec:
+    return TensorSpec.model_validate({"name": name, "dataType": data_type, "dims": dims})
+
+
+def signature(inputs: list[TensorSpec], outputs: list[TensorSpec], max_batch_size: int = 0) -> Signature:
+    return Signature(inputs=inputs, outputs=outputs, max_batch_size=max_batch_size)
+
+
+def triton(**wire) -> TritonSpec:
+    """A TritonSpec as the apiserver hands it over (camelCase, defaults filled by the model)."""
+    return TritonSpec.model_validate(wire)
+
+
+DIGITS_INPUT = [tensor("input", "FP32", [64])]
+DIGITS_OUTPUT = [tensor("probabilities", "FP32", [10])]
 
 GOLDEN_ONNXRUNTIME_CPU_UNBATCHED = """\
 name: "digits"
@@ -183,50 +196,51 @@ instance_group [
 
 GOLDEN_CASES = {
     "onnxruntime-cpu-unbatched": (
-        TritonModelConfig(
-            name="digits",
-            version=1,
-            inputs=(TensorSpec("input", "float32", (1, 64)),),
-            outputs=(TensorSpec("probabilities", "FP32", (1, 10)),),
+        ServedModel(
+            "digits",
+            1,
+            signature([tensor("input", "FP32", [1, 64])], [tensor("probabilities", "FP32", [1, 10])]),
+            triton(),
         ),
         GOLDEN_ONNXRUNTIME_CPU_UNBATCHED,
     ),
     "python-gpu-batched": (
-        TritonModelConfig(
-            name="digits-int8",
-            version=7,
-            backend="python",
-            inputs=DIGITS_INPUT,
-            outputs=DIGITS_OUTPUT + (TensorSpec("label", "TYPE_INT64", (1,)),),
-            max_batch_size=32,
-            dynamic_batching=DynamicBatching(enabled=True, preferred_batch_sizes=(8, 16), max_queue_delay_microseconds=500),
-            instance_groups=(InstanceGroup(count=2, kind=instance_kind_for(1)),),
+        ServedModel(
+            "digits-int8",
+            7,
+            signature(DIGITS_INPUT, DIGITS_OUTPUT + [tensor("label", "INT64", [1])], max_batch_size=32),
+            triton(
+                backend="python",
+                dynamicBatching={"enabled": True, "preferredBatchSizes": [8, 16], "maxQueueDelayMicroseconds": 500},
+                instanceGroups=[{"count": 2}],
+            ),
+            gpus=1,
         ),
         GOLDEN_PYTHON_GPU_BATCHED,
     ),
     "pytorch-cpu-batched": (
-        TritonModelConfig(
-            name="resnet",
-            version=12,
-            backend="pytorch",
-            inputs=(TensorSpec("INPUT__0", "fp16", (3, -1, -1)),),
-            outputs=(TensorSpec("OUTPUT__0", "FP16", (1000,)),),
-            max_batch_size=8,
-            dynamic_batching=DynamicBatching(enabled=True),
-            instance_groups=(InstanceGroup(count=4, kind=instance_kind_for(0)),),
+        ServedModel(
+            "resnet",
+            12,
+            signature([tensor("INPUT__0", "FP16", [3, -1, -1])], [tensor("OUTPUT__0", "FP16", [1000])], max_batch_size=8),
+            triton(backend="pytorch", dynamicBatching={"enabled": True}, instanceGroups=[{"count": 4}]),
         ),
         GOLDEN_PYTORCH_CPU_BATCHED,
     ),
     "onnxruntime-two-groups-batching-off": (
-        TritonModelConfig(
-            name="tokens",
-            version=3,
-            inputs=(TensorSpec("input_ids", "INT64", (-1,)), TensorSpec("attention_mask", "int64", (-1,))),
-            outputs=(TensorSpec("logits", "FP32", (-1, 2)),),
-            max_batch_size=4,
+        ServedModel(
+            "tokens",
+            3,
+            signature(
+                [tensor("input_ids", "INT64", [-1]), tensor("attention_mask", "INT64", [-1])],
+                [tensor("logits", "FP32", [-1, 2])],
+                max_batch_size=4,
+            ),
             # Settings of a disabled batcher must not leak into the config.
-            dynamic_batching=DynamicBatching(enabled=False, preferred_batch_sizes=(2,), max_queue_delay_microseconds=9),
-            instance_groups=(InstanceGroup(count=1, kind="KIND_GPU"), InstanceGroup(count=2, kind="KIND_CPU")),
+            triton(
+                dynamicBatching={"enabled": False, "preferredBatchSizes": [2], "maxQueueDelayMicroseconds": 9},
+                instanceGroups=[{"count": 1, "kind": "KIND_GPU"}, {"count": 2, "kind": "KIND_CPU"}],
+            ),
         ),
         GOLDEN_ONNXRUNTIME_TWO_GROUPS_BATCHING_OFF,
     ),
@@ -241,43 +255,30 @@ def test_render_matches_golden(case: str) -> None:
 
 @pytest.mark.parametrize("case", sorted(GOLDEN_CASES))
 def test_rendered_config_is_a_valid_triton_model_config(case: str) -> None:
-    config, _ = GOLDEN_CASES[case]
-    parsed = text_format.Parse(render_config_pbtxt(config), model_config_pb2.ModelConfig())
-    assert parsed.name == config.name
-    assert list(parsed.version_policy.specific.versions) == [config.version]
-    assert parsed.max_batch_size == config.max_batch_size
-    assert [(t.name, list(t.dims)) for t in parsed.input] == [(t.name, list(t.dims)) for t in config.inputs]
+    served, _ = GOLDEN_CASES[case]
+    parsed = text_format.Parse(render_config_pbtxt(served), model_config_pb2.ModelConfig())
+    assert parsed.name == served.name
+    assert list(parsed.version_policy.specific.versions) == [served.version]
+    assert parsed.max_batch_size == served.signature.max_batch_size
+    assert [(t.name, list(t.dims)) for t in parsed.input] == [(t.name, t.dims) for t in served.signature.inputs]
     assert [model_config_pb2.DataType.Name(t.data_type) for t in parsed.output] == [
-        f"TYPE_{t.data_type}" for t in config.outputs
+        f"TYPE_{t.data_type}" for t in served.signature.outputs
     ]
     kinds = [model_config_pb2.ModelInstanceGroup.Kind.Name(g.kind) for g in parsed.instance_group]
-    assert kinds == [g.kind for g in config.instance_groups]
-    assert parsed.HasField("dynamic_batching") == config.dynamic_batching.enabled
-    if config.backend == "pytorch":
+    expected = [g.kind or instance_kind_for(served.gpus) for g in served.triton.instance_groups or []]
+    assert kinds == (expected or [instance_kind_for(served.gpus)])
+    assert parsed.HasField("dynamic_batching") == served.triton.dynamic_batching.enabled
+    if served.triton.backend == "pytorch":
         assert (parsed.platform, parsed.backend) == ("pytorch_libtorch", "")
     else:
-        assert (parsed.platform, parsed.backend) == ("", config.backend)
+        assert (parsed.platform, parsed.backend) == ("", served.triton.backend)
 
 
-def test_tensor_names_are_escaped() -> None:
-    config = TritonModelConfig(
-        name="odd",
-        version=1,
-        inputs=(TensorSpec('in"put\\0', "FP32", (2,)),),
-        outputs=(TensorSpec("onnx::Gemm_3", "FP32", (2,)),),
-    )
-    parsed = text_format.Parse(render_config_pbtxt(config), model_config_pb2.ModelConfig())
-    assert [t.name for t in parsed.input] == ['in"put\\0']
-    assert [t.name for t in parsed.output] == ["onnx::Gemm_3"]
-
-
-@pytest.mark.parametrize(
-    ("spelling", "expected"),
-    [("FP32", "FP32"), ("TYPE_INT64", "INT64"), ("float32", "FP32"), ("float", "FP32"), ("double", "FP64"),
-     ("bfloat16", "BF16"), ("uint8", "UINT8"), ("bool", "BOOL"), ("bytes", "STRING"), (" fp16 ", "FP16")],
-)
-def test_data_type_spellings(spelling: str, expected: str) -> None:
-    assert triton_data_type(spelling) == expected
+@pytest.mark.parametrize("name", ["onnx::Gemm_3", "input.1", "encoder/layer.0/out", "INPUT__0"])
+def test_tensor_names_the_api_accepts_survive_the_round_trip(name: str) -> None:
+    served = ServedModel("odd", 1, signature([tensor(name, "FP32", [2])], [tensor("y", "FP32", [2])]), triton())
+    parsed = text_format.Parse(render_config_pbtxt(served), model_config_pb2.ModelConfig())
+    assert [t.name for t in parsed.input] == [name]
 
 
 @pytest.mark.parametrize(
@@ -294,46 +295,56 @@ def test_instance_kind_follows_gpu_request(gpus: int, kind: str) -> None:
     assert instance_kind_for(gpus) == kind
 
 
-def _config(**changes):
-    fields = dict(name="digits", version=1, inputs=DIGITS_INPUT, outputs=DIGITS_OUTPUT, max_batch_size=8)
-    fields.update(changes)
-    return TritonModelConfig(**fields)
+def _served(name: str = "digits", version: int = 1, max_batch_size: int = 8, **triton_wire) -> ServedModel:
+    return ServedModel(name, version, signature(DIGITS_INPUT, DIGITS_OUTPUT, max_batch_size), triton(**triton_wire))
 
 
 @pytest.mark.parametrize(
     ("build", "field"),
     [
-        (lambda: _config(name="../etc"), "name"),
-        (lambda: _config(name=""), "name"),
-        (lambda: _config(version=0), "version"),
-        (lambda: _config(version=True), "version"),
-        (lambda: _config(backend="tensorflow"), "backend"),
-        (lambda: _config(max_batch_size=-1), "max_batch_size"),
-        (lambda: _config(inputs=()), "inputs"),
-        (lambda: _config(outputs=()), "outputs"),
-        (lambda: _config(inputs=DIGITS_INPUT * 2), "inputs"),
-        (lambda: _config(instance_groups=()), "instance_groups"),
-        (lambda: _config(max_batch_size=0, dynamic_batching=DynamicBatching(enabled=True)), "dynamic_batching.enabled"),
+        (lambda: _served(name="../etc"), "name"),
+        (lambda: _served(name=".."), "name"),
+        (lambda: _served(name=""), "name"),
+        (lambda: _served(version=0), "version"),
+        (lambda: _served(version=True), "version"),
+        (lambda: _served(max_batch_size=0, dynamicBatching={"enabled": True}), "triton.dynamicBatching.enabled"),
         (
-            lambda: _config(dynamic_batching=DynamicBatching(enabled=True, preferred_batch_sizes=(4, 16))),
-            "dynamic_batching.preferred_batch_sizes",
+            lambda: _served(dynamicBatching={"enabled": True, "preferredBatchSizes": [4, 16]}),
+            "triton.dynamicBatching.preferredBatchSizes",
         ),
-        (lambda: DynamicBatching(preferred_batch_sizes=(0,)), "dynamic_batching.preferred_batch_sizes"),
-        (lambda: DynamicBatching(max_queue_delay_microseconds=-5), "dynamic_batching.max_queue_delay_microseconds"),
-        (lambda: TensorSpec("x", "FP31", (1,)), "x.data_type"),
-        (lambda: TensorSpec("x", "FP32", ()), "x.dims"),
-        (lambda: TensorSpec("x", "FP32", (0,)), "x.dims"),
-        (lambda: TensorSpec("x", "FP32", (-2,)), "x.dims"),
-        (lambda: TensorSpec("", "FP32", (1,)), "name"),
-        (lambda: InstanceGroup(count=0), "instance_group.count"),
-        (lambda: InstanceGroup(kind="KIND_TPU"), "instance_group.kind"),
+        (lambda: artifact_filename("tensorflow"), "backend"),
     ],
 )
-def test_bad_settings_name_the_field(build, field: str) -> None:
+def test_settings_no_single_object_can_check_name_the_field(build, field: str) -> None:
     with pytest.raises(ServingConfigError) as caught:
         build()
     assert caught.value.field_name == field
     assert str(caught.value).startswith(f"{field}: ")
+
+
+@pytest.mark.parametrize(
+    ("model", "wire", "field"),
+    [
+        (TensorSpec, {"name": 'in"put', "dataType": "FP32", "dims": [1]}, "name"),
+        (TensorSpec, {"name": "../x", "dataType": "FP32", "dims": [1]}, "name"),
+        (TensorSpec, {"name": "x", "dataType": "FP31", "dims": [1]}, "dataType"),
+        (TensorSpec, {"name": "x", "dataType": "FP32", "dims": []}, "dims"),
+        (TensorSpec, {"name": "x", "dataType": "FP32", "dims": [0]}, "dims"),
+        (TensorSpec, {"name": "x", "dataType": "FP32", "dims": [-2]}, "dims"),
+        (Signature, {"inputs": [], "outputs": DIGITS_OUTPUT}, "inputs"),
+        (Signature, {"inputs": DIGITS_INPUT * 2, "outputs": DIGITS_OUTPUT}, "inputs"),
+        (Signature, {"inputs": DIGITS_INPUT, "outputs": DIGITS_OUTPUT, "maxBatchSize": -1}, "maxBatchSize"),
+        (TritonSpec, {"backend": "tensorflow"}, "backend"),
+        (TritonSpec, {"instanceGroups": [{"count": 0}]}, "instanceGroups"),
+        (TritonSpec, {"instanceGroups": [{"kind": "KIND_TPU"}]}, "instanceGroups"),
+        (TritonSpec, {"dynamicBatching": {"preferredBatchSizes": [0]}}, "dynamicBatching"),
+        (TritonSpec, {"dynamicBatching": {"maxQueueDelayMicroseconds": -5}}, "dynamicBatching"),
+    ],
+)
+def test_what_the_api_models_refuse_never_reaches_the_renderer(model, wire, field: str) -> None:
+    with pytest.raises(ValidationError) as caught:
+        model.model_validate(wire)
+    assert caught.value.errors()[0]["loc"][0] == field
 
 
 def _write_mlp(path: Path, rng: np.random.Generator) -> None:
@@ -359,14 +370,11 @@ def _write_mlp(path: Path, rng: np.random.Generator) -> None:
     onnx.save(model, path)
 
 
-MLP_CONFIG = TritonModelConfig(
-    name="mlp",
-    version=2,
-    backend="python",
-    inputs=(TensorSpec("input", "FP32", (4,)),),
-    outputs=(TensorSpec("probabilities", "FP32", (3,)), TensorSpec("label", "INT64", (1,))),
-    max_batch_size=16,
-    dynamic_batching=DynamicBatching(enabled=True),
+MLP_CONFIG = ServedModel(
+    "mlp",
+    2,
+    signature([tensor("input", "FP32", [4])], [tensor("probabilities", "FP32", [3]), tensor("label", "INT64", [1])], 16),
+    triton(backend="python", dynamicBatching={"enabled": True}),
 )
 
 
@@ -449,7 +457,7 @@ def python_backend_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     config_json = {
-        "max_batch_size": MLP_CONFIG.max_batch_size,
+        "max_batch_size": MLP_CONFIG.signature.max_batch_size,
         "input": [{"name": "input", "data_type": "TYPE_FP32"}],
         "output": [{"name": "probabilities", "data_type": "TYPE_FP32"}, {"name": "label", "data_type": "TYPE_INT64"}],
     }

@@ -15,7 +15,7 @@ from pydantic import BaseModel
 
 from modelops.api.deployment import DNS_LABEL_RULE, ModelDeploymentSpec, ModelDeploymentStatus
 from modelops.api.model import ModelSpec, ModelStatus
-from modelops.api.types import GROUP, VERSION, cel
+from modelops.api.types import GROUP, VERSION, ConditionType, cel
 from modelops.api.version import ModelVersionSpec, ModelVersionStatus
 
 CATEGORY = "modelops"
@@ -53,7 +53,7 @@ def _column(name: str, path: str, type_: str = "string", description: str = "", 
     return column
 
 
-_READY = _column("Ready", '.status.conditions[?(@.type=="Ready")].status', description="Ready condition.")
+_READY = _column("Ready", f'.status.conditions[?(@.type=="{ConditionType.READY}")].status', description="Ready condition.")
 _AGE = _column("Age", ".metadata.creationTimestamp", "date", "Time since creation.")
 
 KINDS: tuple[Kind, ...] = (
@@ -130,7 +130,7 @@ def _resolve(node: dict[str, Any], definitions: dict[str, Any]) -> dict[str, Any
     ref = node.pop("$ref", None)
     if ref is None:
         return node
-    target = copy.deepcopy(definitions[ref.rsplit("/", 1)[-1]])
+    target: dict[str, Any] = copy.deepcopy(definitions[ref.rsplit("/", 1)[-1]])
     target.update(node)
     return target
 

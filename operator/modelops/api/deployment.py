@@ -2,44 +2,111 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from enum import StrEnum
+from typing import Annotated
 
-from pydantic import Field
+from pydantic import Field, ValidationInfo, field_validator
 
-from modelops.api.model import Scheduling
+from modelops.api.model import MAX_BATCH_SIZE_MAX, Scheduling
 from modelops.api.types import (
     ApiModel,
     Conditions,
-    IntOrString,
     ObjectName,
     ResourceRequirements,
+    RolloutCount,
     VersionNumber,
     cel,
     nested,
     validations,
 )
 
-VersionPolicy = Literal["Latest", "Pinned"]
-Backend = Literal["onnxruntime", "python", "pytorch"]
-RolloutOutcome = Literal["Progressing", "Succeeded", "RolledBack", "Superseded"]
+
+class VersionPolicy(StrEnum):
+    LATEST = "Latest"
+    PINNED = "Pinned"
+
+
+class Backend(StrEnum):
+    ONNXRUNTIME = "onnxruntime"
+    PYTHON = "python"
+    PYTORCH = "pytorch"
+
+
+class InstanceKind(StrEnum):
+    CPU = "KIND_CPU"
+    GPU = "KIND_GPU"
+
+
+class RolloutOutcome(StrEnum):
+    PROGRESSING = "Progressing"
+    SUCCEEDED = "Succeeded"
+    ROLLED_BACK = "RolledBack"
+    SUPERSEDED = "Superseded"
+
+
+class DeploymentReason(StrEnum):
+    """Reasons of a ModelDeployment's conditions and events."""
+
+    # Version resolution
+    RESOLVED = "Resolved"
+    MODEL_NOT_FOUND = "ModelNotFound"
+    NO_READY_VERSION = "NoReadyVersion"
+    VERSION_NOT_SET = "VersionNotSet"
+    PINNED_VERSION_NOT_FOUND = "PinnedVersionNotFound"
+    PINNED_VERSION_NOT_READY = "PinnedVersionNotReady"
+    PINNED_VERSION_ROLLOUT_FAILED = "PinnedVersionRolloutFailed"
+    # Rendering and ownership
+    INVALID_SERVING_CONFIG = "InvalidServingConfig"
+    NAME_TAKEN = "NameTaken"
+    # Rollout
+    NOTHING_SERVED = "NothingServed"
+    ROLLOUT_STARTED = "RolloutStarted"
+    ROLLOUT_IN_PROGRESS = "RolloutInProgress"
+    ROLLOUT_COMPLETE = "RolloutComplete"
+    ROLLOUT_SUCCEEDED = "RolloutSucceeded"
+    PROGRESS_DEADLINE_EXCEEDED = "ProgressDeadlineExceeded"
+    ROLLED_BACK = "RolledBack"
+    RETRY_REQUESTED = "RetryRequested"
+    SERVING = "Serving"
+    UNAVAILABLE = "Unavailable"
+    AS_EXPECTED = "AsExpected"
 
 # Service and Deployment names come from the ModelDeployment's name.
 DNS_LABEL_RULE = "^[a-z]([-a-z0-9]*[a-z0-9])?$"
+# An image reference: [registry[:port]/]path[:tag][@digest], no spaces or control characters.
+IMAGE_RULE = r"^[A-Za-z0-9][A-Za-z0-9._/:@+-]*$"
+MAX_QUEUE_DELAY_MICROSECONDS = 60_000_000
+PreferredBatchSize = Annotated[int, Field(ge=1, le=MAX_BATCH_SIZE_MAX)]
+
+
+class FetchReason(StrEnum):
+    """Reasons the model fetcher (the Triton pod's init container) gives in its termination message."""
+
+    INVALID_ARGUMENTS = "InvalidArguments"
+    CHECKSUM_MISMATCH = "ChecksumMismatch"
+    ARTIFACT_NOT_FOUND = "ArtifactNotFound"
+    ACCESS_DENIED = "AccessDenied"
+    REPOSITORY_WRITE_FAILED = "RepositoryWriteFailed"
+    FETCH_FAILED = "FetchFailed"
 
 
 class DynamicBatching(ApiModel):
     """Triton's dynamic batcher, which groups concurrent requests (needs the Model's maxBatchSize > 0)."""
 
     enabled: bool = Field(False, description="Turn the dynamic batcher on.")
-    preferred_batch_sizes: list[int] | None = Field(None, max_length=16, description="Batch sizes the batcher aims for.")
-    max_queue_delay_microseconds: int = Field(0, ge=0, description="How long a request may wait for a batch to fill.")
+    preferred_batch_sizes: list[PreferredBatchSize] | None = Field(
+        None, max_length=16, description="Batch sizes the batcher aims for, each at most the Model's maxBatchSize."
+    )
+    max_queue_delay_microseconds: int = Field(
+        0, ge=0, le=MAX_QUEUE_DELAY_MICROSECONDS, description="How long a request may wait for a batch to fill."
+    )
 
 
 class InstanceGroup(ApiModel):
     """Copies of the model Triton runs."""
 
     count: int = Field(1, ge=1, le=64, description="Number of model instances.")
-    kind: Literal["KIND_CPU", "KIND_GPU"] | None = Field(
+    kind: InstanceKind | None = Field(
         None, description="KIND_CPU or KIND_GPU; unset picks KIND_GPU when gpus > 0, else KIND_CPU."
     )
 
@@ -47,8 +114,13 @@ class InstanceGroup(ApiModel):
 class TritonSpec(ApiModel):
     """How Triton serves the model."""
 
-    image: str | None = Field(None, max_length=512, description="Triton image; unset uses the operator's default (nvcr.io/nvidia/tritonserver).")
-    backend: Backend = Field("onnxruntime", description="Triton backend: onnxruntime, python (runs the ONNX file with onnxruntime) or pytorch.")
+    image: str | None = Field(
+        None,
+        max_length=512,
+        pattern=IMAGE_RULE,
+        description="Triton image; unset uses the operator's default (nvcr.io/nvidia/tritonserver).",
+    )
+    backend: Backend = Field(Backend.ONNXRUNTIME, description="Triton backend: onnxruntime, python (runs the ONNX file with onnxruntime) or pytorch.")
     dynamic_batching: DynamicBatching = nested(DynamicBatching, "Dynamic batching.")
     instance_groups: list[InstanceGroup] | None = Field(None, max_length=8, description="Model instances; unset runs one.")
     resources: ResourceRequirements | None = Field(None, description="CPU and memory for the Triton container.")
@@ -60,12 +132,30 @@ class TritonSpec(ApiModel):
 class RolloutSpec(ApiModel):
     """How a version change rolls out."""
 
-    max_surge: IntOrString = Field(1, description="Extra pods during a rollout (count or percentage).")
-    max_unavailable: IntOrString = Field(0, description="Pods that may be unavailable during a rollout (count or percentage).")
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": validations(
+            cel(
+                "!has(self.maxSurge) || !has(self.maxUnavailable) || "
+                "!((self.maxSurge == 0 || self.maxSurge == '0%') && (self.maxUnavailable == 0 || self.maxUnavailable == '0%'))",
+                "maxUnavailable must not be 0 when maxSurge is 0",
+                fieldPath=".maxUnavailable",
+            )
+        )
+    }
+
+    max_surge: RolloutCount = Field(1, description="Extra pods during a rollout (count or percentage).")
+    max_unavailable: RolloutCount = Field(0, validate_default=True, description="Pods that may be unavailable during a rollout (count or percentage).")
     progress_deadline_seconds: int = Field(
         600, ge=10, le=86400, description="A rollout that is not available after this long has failed."
     )
     auto_rollback: bool = Field(True, description="Roll a failed rollout back to the last good version, and skip the failed version under Latest.")
+
+    @field_validator("max_unavailable")
+    @classmethod
+    def _progress_possible(cls, value: int | str, info: ValidationInfo) -> int | str:
+        if value in (0, "0%") and info.data.get("max_surge") in (0, "0%"):
+            raise ValueError("maxUnavailable must not be 0 when maxSurge is 0")
+        return value
 
 
 class ModelDeploymentSpec(ApiModel):
@@ -74,13 +164,13 @@ class ModelDeploymentSpec(ApiModel):
     model_config = ApiModel.model_config | {
         "json_schema_extra": validations(
             cel(
-                "self.versionPolicy != 'Pinned' || has(self.version)",
+                f"self.versionPolicy != '{VersionPolicy.PINNED}' || has(self.version)",
                 "version is required when versionPolicy is Pinned",
                 fieldPath=".version",
                 reason="FieldValueRequired",
             ),
             cel(
-                "self.versionPolicy != 'Latest' || !has(self.version)",
+                f"self.versionPolicy != '{VersionPolicy.LATEST}' || !has(self.version)",
                 "version must not be set when versionPolicy is Latest",
                 fieldPath=".version",
                 reason="FieldValueForbidden",
@@ -89,12 +179,24 @@ class ModelDeploymentSpec(ApiModel):
     }
 
     model: ObjectName = Field(description="Name of the Model in the same namespace.")
-    version_policy: VersionPolicy = Field("Latest", description="Latest serves the highest Ready version; Pinned serves `version`.")
-    version: VersionNumber | None = Field(None, description="The version to serve; required with Pinned, forbidden with Latest.")
+    version_policy: VersionPolicy = Field(VersionPolicy.LATEST, description="Latest serves the highest Ready version; Pinned serves `version`.")
+    version: VersionNumber | None = Field(
+        None, validate_default=True, description="The version to serve; required with Pinned, forbidden with Latest."
+    )
     replicas: int = Field(1, ge=0, le=1000, description="Number of Triton pods.")
     triton: TritonSpec = nested(TritonSpec, "Triton settings.")
     scheduling: Scheduling = nested(Scheduling, "Scheduling of the Triton pods; gpus defaults to 0.")
     rollout: RolloutSpec = nested(RolloutSpec, "Rollout settings.")
+
+    @field_validator("version")
+    @classmethod
+    def _version_fits_policy(cls, version: int | None, info: ValidationInfo) -> int | None:
+        policy = info.data.get("version_policy")
+        if policy == VersionPolicy.PINNED and version is None:
+            raise ValueError("version is required when versionPolicy is Pinned")
+        if policy == VersionPolicy.LATEST and version is not None:
+            raise ValueError("version must not be set when versionPolicy is Latest")
+        return version
 
 
 class Endpoints(ApiModel):

@@ -2,50 +2,172 @@
 
 from __future__ import annotations
 
-from typing import Literal
+import math
+from enum import StrEnum
+from typing import Annotated
 
-from pydantic import Field
+from pydantic import AfterValidator, Field, ValidationInfo, field_validator
 
 from modelops.api.types import (
-    BUCKET_RULE,
-    URI_MAX,
+    REGION_RULE,
     ApiModel,
+    BucketName,
     Conditions,
+    EndpointUrl,
+    LabelValue,
     LocalObjectReference,
     S3Uri,
+    TensorName,
     Toleration,
     cel,
     nested,
     validations,
 )
 
-Quantization = Literal["none", "fp16", "bf16", "int8-weight-only", "int8-dynamic"]
-PruningMethod = Literal["none", "unstructured", "structured"]
-TargetFormat = Literal["onnx", "torchscript"]
-Metric = Literal["top1-accuracy", "top1-agreement", "cosine-similarity", "max-abs-error"]
-DataType = Literal[
-    "BOOL", "UINT8", "INT8", "INT16", "INT32", "INT64", "FP16", "FP32", "FP64", "BF16", "STRING"
-]
-VERSION_PHASES = ("Pending", "Verifying", "Compressing", "Evaluating", "Ready", "Rejected", "Failed")
+
+class Quantization(StrEnum):
+    NONE = "none"
+    FP16 = "fp16"
+    BF16 = "bf16"
+    INT8_WEIGHT_ONLY = "int8-weight-only"
+    INT8_DYNAMIC = "int8-dynamic"
+
+
+class PruningMethod(StrEnum):
+    NONE = "none"
+    UNSTRUCTURED = "unstructured"
+    STRUCTURED = "structured"
+
+
+class TargetFormat(StrEnum):
+    ONNX = "onnx"
+    TORCHSCRIPT = "torchscript"
+
+
+class Metric(StrEnum):
+    TOP1_ACCURACY = "top1-accuracy"
+    TOP1_AGREEMENT = "top1-agreement"
+    COSINE_SIMILARITY = "cosine-similarity"
+    MAX_ABS_ERROR = "max-abs-error"
+
+
+class DataType(StrEnum):
+    """Element types in Triton's naming (model_config.proto without TYPE_)."""
+
+    BOOL = "BOOL"
+    UINT8 = "UINT8"
+    INT8 = "INT8"
+    INT16 = "INT16"
+    INT32 = "INT32"
+    INT64 = "INT64"
+    FP16 = "FP16"
+    FP32 = "FP32"
+    FP64 = "FP64"
+    BF16 = "BF16"
+    STRING = "STRING"
+
+
+class ModelReason(StrEnum):
+    """Reasons of a Model's Ready condition."""
+
+    VERSION_READY = "VersionReady"
+    NO_READY_VERSION = "NoReadyVersion"
+    CREDENTIALS_NOT_FOUND = "CredentialsNotFound"
+
+
+# Allowed thresholds per metric, inclusive; None is unbounded. top1-accuracy's threshold is
+# the largest allowed drop in percentage points.
+THRESHOLD_RANGES: dict[Metric, tuple[float, float | None]] = {
+    Metric.TOP1_ACCURACY: (0.0, 100.0),
+    Metric.TOP1_AGREEMENT: (0.0, 1.0),
+    Metric.COSINE_SIMILARITY: (0.0, 1.0),
+    Metric.MAX_ABS_ERROR: (0.0, None),
+}
+# A pruning amount is a fraction strictly between these when the method is not none.
+PRUNING_AMOUNT_RANGE = (0.0, 1.0)
+# Dimensions are at least 1; -1 marks a variable size.
+VARIABLE_DIM = -1
+DIM_MAX = 2**31 - 1
+MAX_BATCH_SIZE_MAX = 1 << 16
+
+
+def _range_text(low: float, high: float | None) -> str:
+    return f"between {low:g} and {high:g}" if high is not None else f"{low:g} or greater"
+
+
+def _threshold_rules() -> list[dict[str, str]]:
+    rules = []
+    for metric, (low, high) in THRESHOLD_RANGES.items():
+        bound = f"self.threshold >= {low!r}" + (f" && self.threshold <= {high!r}" if high is not None else "")
+        rules.append(
+            cel(
+                f"self.metric != '{metric}' || ({bound})",
+                f"threshold for {metric} must be {_range_text(low, high)}",
+                fieldPath=".threshold",
+            )
+        )
+    return rules
+
+
+def threshold_problem(metric: Metric, threshold: float) -> str | None:
+    """What is wrong with a threshold for a metric, in THRESHOLD_RANGES' words; None if fine."""
+    low, high = THRESHOLD_RANGES[metric]
+    if not math.isfinite(threshold) or threshold < low or (high is not None and threshold > high):
+        return f"threshold for {metric} must be {_range_text(low, high)}"
+    return None
+
+
+_LOW, _HIGH = PRUNING_AMOUNT_RANGE
+_AMOUNT_TEXT = f"greater than {_LOW:g} and less than {_HIGH:g}"
+
+
+def pruning_problem(method: PruningMethod | None, amount: float | None) -> str | None:
+    """The pruning rule in Python: an amount in range exactly when a method prunes."""
+    if method is None:  # the method, and so the meaning of amount, comes from the defaults
+        return None if amount is None or _LOW < amount < _HIGH else f"amount must be {_AMOUNT_TEXT}"
+    if method == PruningMethod.NONE:
+        return None if amount in (None, 0.0) else "amount must be 0 or unset when method is none"
+    if amount is None or not _LOW < amount < _HIGH:
+        return f"amount must be {_AMOUNT_TEXT} when method is {method}"
+    return None
+
+
+def _pruning_rules() -> list[dict[str, str]]:
+    """pruning_problem in CEL. Where the apiserver fills defaults, has() is always true."""
+    amount = "(has(self.amount) ? self.amount : 0.0)"
+    in_range = f"({amount} > {_LOW!r} && {amount} < {_HIGH!r})"
+    return [
+        cel(
+            f"has(self.method) ? (self.method == '{PruningMethod.NONE}' || {in_range}) : (!has(self.amount) || {in_range})",
+            f"amount must be {_AMOUNT_TEXT} when method is not none",
+            fieldPath=".amount",
+        ),
+        cel(
+            f"!has(self.method) || self.method != '{PruningMethod.NONE}' || {amount} == 0.0",
+            "amount must be 0 or unset when method is none",
+            fieldPath=".amount",
+        ),
+    ]
+
+
+def _dim(value: int) -> int:
+    if value != VARIABLE_DIM and not 1 <= value <= DIM_MAX:
+        raise ValueError(f"every dimension must be {VARIABLE_DIM} (variable) or 1 to {DIM_MAX}")
+    return value
+
+
+Dim = Annotated[int, AfterValidator(_dim)]
 
 
 class StorageSpec(ApiModel):
     """S3-compatible object storage that holds the model's artifacts."""
 
-    endpoint: str | None = Field(
+    endpoint: EndpointUrl | None = Field(
         None,
-        max_length=URI_MAX,
         description="Endpoint URL of the S3-compatible service, for example https://minio.storage:9000. Leave empty for AWS S3.",
-        json_schema_extra=validations(
-            cel("self.matches('^https?://[^ /]+(/.*)?$')", "must be an http:// or https:// URL")
-        ),
     )
-    bucket: str = Field(
-        max_length=63,
-        pattern=BUCKET_RULE,
-        description="Bucket where compressed artifacts are written (under modelops-cache/).",
-    )
-    region: str = Field("us-east-1", max_length=64, description="Region of the bucket.")
+    bucket: BucketName = Field(description="Bucket where compressed artifacts are written (under modelops-cache/).")
+    region: str = Field("us-east-1", max_length=64, pattern=REGION_RULE, description="Region of the bucket.")
     credentials_secret: LocalObjectReference | None = Field(
         None,
         description="Secret with the keys AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY. Leave empty to use the pod's own identity.",
@@ -58,14 +180,17 @@ class StorageSpec(ApiModel):
 class TensorSpec(ApiModel):
     """One input or output tensor of the model."""
 
-    name: str = Field(min_length=1, max_length=256, description="Tensor name, as in the artifact.")
+    name: TensorName = Field(description="Tensor name, as in the artifact.")
     data_type: DataType = Field(description="Element type in Triton's naming, for example FP32.")
-    dims: list[int] = Field(
+    dims: list[Dim] = Field(
         min_length=1,
         max_length=16,
         description="Shape without the batch dimension when maxBatchSize > 0; -1 marks a variable size.",
         json_schema_extra=validations(
-            cel("self.all(d, d == -1 || d >= 1)", "every dimension must be -1 (variable) or 1 or greater")
+            cel(
+                f"self.all(d, d == {VARIABLE_DIM} || (d >= 1 && d <= {DIM_MAX}))",
+                f"every dimension must be {VARIABLE_DIM} (variable) or 1 to {DIM_MAX}",
+            )
         ),
     )
 
@@ -73,21 +198,61 @@ class TensorSpec(ApiModel):
 class Signature(ApiModel):
     """The tensor signature Triton needs to serve the model."""
 
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": validations(
+            *(
+                cel(
+                    f"self.{side}.all(a, self.{side}.exists_one(b, b.name == a.name))",
+                    f"tensor names must be unique within {side}",
+                    fieldPath=f".{side}",
+                )
+                for side in ("inputs", "outputs")
+            )
+        )
+    }
+
     inputs: list[TensorSpec] = Field(min_length=1, max_length=64, description="Input tensors.")
     outputs: list[TensorSpec] = Field(min_length=1, max_length=64, description="Output tensors.")
     max_batch_size: int = Field(
         0,
         ge=0,
-        le=4096,
+        le=MAX_BATCH_SIZE_MAX,
         description="Largest batch Triton forms. Above 0, the first dimension of every tensor is the batch and dims leave it out.",
     )
 
+    @field_validator("inputs", "outputs")
+    @classmethod
+    def _unique_names(cls, tensors: list[TensorSpec], info: ValidationInfo) -> list[TensorSpec]:
+        names = [t.name for t in tensors]
+        if len(set(names)) != len(names):
+            raise ValueError(f"tensor names must be unique within {info.field_name}")
+        return tensors
+
+
+_AMOUNT_DESCRIPTION = (
+    f"Fraction of weights to prune, {_AMOUNT_TEXT}; required when method is not none, 0 or unset when it is none."
+)
+
 
 class Pruning(ApiModel):
-    """Weight pruning applied before quantization."""
+    """Weight pruning applied before quantization. A method that prunes needs its amount."""
+
+    model_config = ApiModel.model_config | {"json_schema_extra": validations(*_pruning_rules())}
 
     method: PruningMethod | None = Field(None, description="none, unstructured (single weights) or structured (whole channels).")
-    amount: float | None = Field(None, ge=0.0, le=0.95, description="Fraction of weights to prune, 0 to 0.95.")
+    amount: float | None = Field(
+        None, ge=_LOW, lt=_HIGH, allow_inf_nan=False, validate_default=True, description=_AMOUNT_DESCRIPTION
+    )
+
+    @field_validator("amount")
+    @classmethod
+    def _amount_fits_method(cls, amount: float | None, info: ValidationInfo) -> float | None:
+        if "method" not in info.data:  # the method itself was invalid
+            return amount
+        problem = pruning_problem(info.data["method"], amount)
+        if problem is not None:
+            raise ValueError(problem)
+        return amount
 
 
 class Compression(ApiModel):
@@ -101,21 +266,38 @@ class Compression(ApiModel):
 class Evaluation(ApiModel):
     """The accuracy gate: the compressed model is compared with its parent on a dataset."""
 
+    model_config = ApiModel.model_config | {"json_schema_extra": validations(*_threshold_rules())}
+
     dataset_uri: S3Uri = Field(description="S3 URI of an .npz file with the array `inputs` and, for top1-accuracy, `labels`.")
     metric: Metric = Field(
-        description="top1-accuracy (threshold: largest allowed drop in percentage points), top1-agreement and cosine-similarity (threshold: minimum), max-abs-error (threshold: maximum)."
+        description="top1-accuracy (threshold: largest allowed drop in percentage points), top1-agreement and "
+        "cosine-similarity (threshold: minimum), max-abs-error (threshold: maximum)."
     )
-    threshold: float = Field(description="Pass mark for the metric; see metric for its meaning.")
+    threshold: float = Field(
+        allow_inf_nan=False,
+        description="Pass mark for the metric; see metric for its meaning. top1-accuracy: 0 to 100 points; "
+        "top1-agreement and cosine-similarity: 0 to 1; max-abs-error: 0 or greater.",
+    )
+
+    @field_validator("threshold")
+    @classmethod
+    def _threshold_fits_metric(cls, threshold: float, info: ValidationInfo) -> float:
+        if "metric" in info.data:
+            problem = threshold_problem(info.data["metric"], threshold)
+            if problem is not None:
+                raise ValueError(problem)
+        return threshold
 
 
 class Scheduling(ApiModel):
     """Where pods run. Unset fields come from the defaults."""
 
     gpus: int | None = Field(None, ge=0, le=16, description="nvidia.com/gpu to request; 0 runs on the CPU.")
-    node_selector: dict[str, str] | None = Field(None, description="Node labels the pods require.")
+    node_selector: dict[str, LabelValue] | None = Field(None, max_length=32, description="Node labels the pods require.")
     tolerations: list[Toleration] | None = Field(
         None,
         description="Tolerations for node taints. With gpus > 0 the nvidia.com/gpu taint is tolerated automatically.",
+        max_length=32,
         json_schema_extra={"x-kubernetes-list-type": "atomic"},
     )
 
@@ -123,16 +305,22 @@ class Scheduling(ApiModel):
 class PruningDefaults(Pruning):
     """Default weight pruning for the Model's versions."""
 
-    method: PruningMethod = Field("none", description="none, unstructured (single weights) or structured (whole channels).")
-    amount: float = Field(0.0, ge=0.0, le=0.95, description="Fraction of weights to prune, 0 to 0.95.")
+    model_config = ApiModel.model_config | {"json_schema_extra": validations(*_pruning_rules())}
+
+    method: PruningMethod = Field(
+        PruningMethod.NONE, description="none, unstructured (single weights) or structured (whole channels)."
+    )
+    amount: float = Field(0.0, ge=_LOW, lt=_HIGH, allow_inf_nan=False, validate_default=True, description=_AMOUNT_DESCRIPTION)
 
 
 class CompressionDefaults(Compression):
     """Default compression recipe for the Model's versions."""
 
-    quantization: Quantization = Field("int8-weight-only", description="Quantization of the weights (and activations for int8-dynamic).")
+    quantization: Quantization = Field(Quantization.INT8_WEIGHT_ONLY, description="Quantization of the weights (and activations for int8-dynamic).")
     pruning: PruningDefaults = nested(PruningDefaults, "Weight pruning.")
-    target_format: TargetFormat = Field("onnx", description="Format of the compressed artifact; ONNX serves on every Triton backend we support.")
+    target_format: TargetFormat = Field(
+        TargetFormat.ONNX, description="Format of the compressed artifact; ONNX serves on every Triton backend we support."
+    )
 
 
 class SchedulingDefaults(Scheduling):
@@ -165,7 +353,6 @@ class VersionCounts(ApiModel):
     pending: int = Field(0, description="Versions waiting for a prerequisite.")
     verifying: int = Field(0, description="Versions whose artifact is being checked.")
     compressing: int = Field(0, description="Versions being compressed.")
-    evaluating: int = Field(0, description="Versions being evaluated.")
     ready: int = Field(0, description="Versions ready to serve.")
     rejected: int = Field(0, description="Versions rejected by the accuracy gate.")
     failed: int = Field(0, description="Versions that failed.")

@@ -6,9 +6,13 @@ Every field carries a description because the CRD generator copies it into the s
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema
 from pydantic.alias_generators import to_camel
 
 GROUP = "modelops.dev"
@@ -18,12 +22,44 @@ API_VERSION = f"{GROUP}/{VERSION}"
 # Bounded lengths keep the apiserver's CEL cost estimate small.
 NAME_MAX = 253
 URI_MAX = 2048
+TENSOR_NAME_MAX = 256
 
-# No backslashes: the rules are embedded in CEL string literals.
-S3_URI_RULE = "^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]/[^ ]+$"
+# The regular expressions below are shared by CEL (RE2) and Python (re): plain classes,
+# anchors and repetition only, no look-around, and no single quote (they sit in CEL raw
+# string literals).
+BUCKET_RULE = r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$"
+IPV4_RULE = r"^[0-9]{1,3}([.][0-9]{1,3}){3}$"
+# s3://<bucket>/<key>: a key of one or more non-empty segments, none of them "." or "..".
+S3_URI_RULE = r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[^/ \x00-\x1f\x7f]+)+$"
+DOT_SEGMENT_RULE = r"/[.][.]?(/|$)"
+S3_URI_BUCKET_DOTS_RULE = r"^s3://[^/]*[.][.]"
+S3_URI_BUCKET_IPV4_RULE = r"^s3://[0-9]{1,3}([.][0-9]{1,3}){3}/"
 SHA256_RULE = r"^[a-f0-9]{64}$"
 DNS_SUBDOMAIN_RULE = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
-BUCKET_RULE = r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$"
+# http(s)://host[:port][/path]: a DNS name, IPv4 or [IPv6] host, no user info, query or fragment.
+_HOST = r"([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?([.][A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*|\[[0-9A-Fa-f:.]+\])"
+_PORT = r"(:([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5]))?"
+ENDPOINT_RULE = rf"^https?://{_HOST}{_PORT}(/[A-Za-z0-9._~%/-]*)?$"
+# Triton and ONNX tensor names: input_ids, input.1, onnx::Gemm_0, encoder/layer_0/out.
+# Dots only between other characters (so no ".."), no leading "/", no quotes, no spaces.
+TENSOR_NAME_RULE = r"^[A-Za-z0-9_:][A-Za-z0-9_:/-]*([.][A-Za-z0-9_:/-]+)*$"
+# A Kubernetes quantity, as in a pod's resources: 500m, 2Gi, 1.5, 1e3.
+QUANTITY_RULE = r"^[+-]?([0-9]+([.][0-9]*)?|[.][0-9]+)(([KMGTPE]i)|[numkMGTPE]|([eE][+-]?([0-9]+([.][0-9]*)?|[.][0-9]+)))?$"
+REGION_RULE = r"^[a-z0-9]([a-z0-9-]{0,62}[a-z0-9])?$"
+# Label keys ([prefix/]name) and values, as Kubernetes validates them on pods. (Keys of a
+# map cannot carry a pattern, and a CEL rule over them costs too much; a bad nodeSelector
+# key fails the pod, which the operator reports.)
+LABEL_KEY_RULE = (
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+    r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
+)
+LABEL_VALUE_RULE = r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$"
+
+
+def python_regex(regex: str) -> re.Pattern[str]:
+    """The regex as Python must compile it to match as RE2 does: RE2's $ is the end of the
+    text, Python's also matches before a final newline."""
+    return re.compile(regex.replace("$", r"\Z"))
 
 
 def cel(rule: str, message: str, **extra: str) -> dict[str, str]:
@@ -33,6 +69,84 @@ def cel(rule: str, message: str, **extra: str) -> dict[str, str]:
 
 def validations(*rules: dict[str, str]) -> dict[str, Any]:
     return {"x-kubernetes-validations": list(rules)}
+
+
+@dataclass(frozen=True)
+class Check:
+    """One test of a value, written once as CEL and once as the same test in Python."""
+
+    cel: str
+    holds: Callable[[Any], bool]
+
+
+def matches(regex: str) -> Check:
+    if "'" in regex:
+        raise ValueError(f"{regex!r}: a quote cannot sit in a CEL raw string")
+    compiled = python_regex(regex)
+    return Check(f"self.matches(r'{regex}')", lambda value: compiled.search(value) is not None)
+
+
+def lacks(regex: str) -> Check:
+    found = matches(regex)
+    return Check(f"!{found.cel}", lambda value: not found.holds(value))
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A validation rule that the apiserver (CEL) and pydantic (Python) enforce alike."""
+
+    message: str
+    checks: tuple[Check, ...]
+
+    @property
+    def cel(self) -> str:
+        return " && ".join(check.cel for check in self.checks)
+
+    def holds(self, value: Any) -> bool:
+        return all(check.holds(value) for check in self.checks)
+
+    def schema(self) -> dict[str, str]:
+        return cel(self.cel, self.message)
+
+    def validate(self, value: Any) -> Any:
+        if not self.holds(value):
+            raise ValueError(self.message)
+        return value
+
+
+def rule(message: str, *checks: Check) -> Rule:
+    return Rule(message, checks)
+
+
+def checked_string(max_length: int, *rules: Rule) -> Any:
+    """A string type bounded by max_length and the rules, in the CRD and in Python."""
+
+    def validate(value: str) -> str:
+        for each in rules:
+            each.validate(value)
+        return value
+
+    return Annotated[
+        str,
+        Field(max_length=max_length),
+        AfterValidator(validate),
+        WithJsonSchema({"type": "string", "maxLength": max_length, **validations(*(r.schema() for r in rules))}),
+    ]
+
+
+class ConditionType(StrEnum):
+    """Condition types; every kind has Ready."""
+
+    READY = "Ready"
+    PROGRESSING = "Progressing"
+    DEGRADED = "Degraded"
+    ROLLOUT_FAILED = "RolloutFailed"
+
+
+class ConditionStatus(StrEnum):
+    TRUE = "True"
+    FALSE = "False"
+    UNKNOWN = "Unknown"
 
 
 class ApiModel(BaseModel):
@@ -51,39 +165,45 @@ class ApiModel(BaseModel):
         return self.model_dump(by_alias=True, exclude_none=True, mode="json")
 
 
-S3Uri = Annotated[
-    str,
-    Field(max_length=URI_MAX),
-    WithJsonSchema(
-        {
-            "type": "string",
-            "maxLength": URI_MAX,
-            **validations(
-                cel(
-                    f"self.matches('{S3_URI_RULE}')",
-                    "must be an S3 URI of the form s3://<bucket>/<key>",
-                )
-            ),
-        }
-    ),
-]
+BUCKET_NAME = rule(
+    "must be a bucket name: 3 to 63 lowercase letters, digits, '.' and '-', starting and ending "
+    "with a letter or digit, without '..', and not an IP address",
+    matches(BUCKET_RULE),
+    lacks("[.][.]"),
+    lacks(IPV4_RULE),
+)
+S3_URI = rule(
+    "must be an S3 URI of the form s3://<bucket>/<key>: a valid bucket name, and a key without "
+    "empty, '.' or '..' segments, spaces or control characters",
+    matches(S3_URI_RULE),
+    lacks(DOT_SEGMENT_RULE),
+    lacks(S3_URI_BUCKET_DOTS_RULE),
+    lacks(S3_URI_BUCKET_IPV4_RULE),
+)
+SHA256 = rule("must be a sha256 digest: 64 lowercase hexadecimal characters", matches(SHA256_RULE))
+ENDPOINT_URL = rule(
+    "must be an http:// or https:// URL: a host name or IP address, an optional port and path, "
+    "and no user info, query or fragment",
+    matches(ENDPOINT_RULE),
+)
+TENSOR_NAME = rule(
+    "must be a tensor name: letters, digits, '_', ':', '-', '/' and single '.' between them; "
+    "no leading '/' or '.', no quotes, spaces or control characters",
+    matches(TENSOR_NAME_RULE),
+)
+QUANTITY = rule("must be a Kubernetes quantity, for example 500m, 2Gi or 4", matches(QUANTITY_RULE))
 
-Sha256 = Annotated[
-    str,
-    Field(max_length=64),
-    WithJsonSchema(
-        {
-            "type": "string",
-            "maxLength": 64,
-            **validations(
-                cel(
-                    f"self.matches('{SHA256_RULE}')",
-                    "must be a sha256 digest: 64 lowercase hexadecimal characters",
-                )
-            ),
-        }
-    ),
-]
+S3Uri = checked_string(URI_MAX, S3_URI)
+Sha256 = checked_string(64, SHA256)
+BucketName = checked_string(63, BUCKET_NAME)
+EndpointUrl = checked_string(URI_MAX, ENDPOINT_URL)
+TensorName = checked_string(TENSOR_NAME_MAX, TENSOR_NAME)
+
+
+def is_s3_uri(value: str) -> bool:
+    """True for what the apiserver accepts as an artifact or dataset URI."""
+    return len(value) <= URI_MAX and S3_URI.holds(value)
+
 
 ObjectName = Annotated[
     str,
@@ -92,6 +212,7 @@ ObjectName = Annotated[
 
 VersionNumber = Annotated[
     int,
+    Field(ge=1),
     WithJsonSchema(
         {
             "type": "integer",
@@ -101,16 +222,87 @@ VersionNumber = Annotated[
     ),
 ]
 
-# A Kubernetes quantity ("500m", "2Gi", 4) or a rollout count ("25%", 1).
-IntOrString = Annotated[
+ROLLOUT_COUNT_RULE = r"^(100|[1-9]?[0-9])%$"
+_ROLLOUT_COUNT = python_regex(ROLLOUT_COUNT_RULE)
+
+
+def _rollout_count(value: int | str) -> int | str:
+    if isinstance(value, str) and (len(value) > 4 or not _ROLLOUT_COUNT.search(value)):
+        raise ValueError("must be a count or a percentage from 0% to 100%")
+    if isinstance(value, int) and not 0 <= value <= 1000:
+        raise ValueError("must be a count from 0 to 1000 or a percentage")
+    return value
+
+
+# A rollout count (1) or percentage ("25%"), as in a Deployment's strategy.
+RolloutCount = Annotated[
     int | str,
+    AfterValidator(_rollout_count),
     WithJsonSchema(
         {
             "x-kubernetes-int-or-string": True,
             "anyOf": [{"type": "integer"}, {"type": "string"}],
+            "minimum": 0,
+            "maximum": 1000,
+            "maxLength": 4,
+            "pattern": ROLLOUT_COUNT_RULE,
         }
     ),
 ]
+
+_QUANTITY = python_regex(QUANTITY_RULE)
+
+
+def _quantity(value: int | str) -> int | str:
+    if isinstance(value, str) and (len(value) > 64 or not _QUANTITY.search(value)):
+        raise ValueError(QUANTITY.message)
+    if isinstance(value, int) and value < 0:
+        raise ValueError("must not be negative")
+    return value
+
+
+# A Kubernetes quantity ("500m", "2Gi", 4). The pattern applies to the string form only.
+Quantity = Annotated[
+    int | str,
+    AfterValidator(_quantity),
+    WithJsonSchema(
+        {
+            "x-kubernetes-int-or-string": True,
+            "anyOf": [{"type": "integer"}, {"type": "string"}],
+            "minimum": 0,
+            "maxLength": 64,
+            "pattern": QUANTITY_RULE,
+        }
+    ),
+]
+
+# The resources a container may set here; GPUs come from `gpus`.
+RESOURCE_NAMES = ("cpu", "memory", "ephemeral-storage")
+LabelValue = Annotated[str, Field(max_length=63, pattern=LABEL_VALUE_RULE)]
+RESOURCE_NAME = rule(
+    f"resource names must be one of {', '.join(RESOURCE_NAMES)}; GPUs are set with gpus",
+    Check(
+        "self.all(k, k in [" + ", ".join(f"'{n}'" for n in RESOURCE_NAMES) + "])",
+        lambda resources: all(name in RESOURCE_NAMES for name in resources),
+    ),
+)
+Resources = Annotated[
+    dict[str, Quantity],
+    Field(max_length=len(RESOURCE_NAMES)),
+    AfterValidator(RESOURCE_NAME.validate),
+    Field(json_schema_extra=validations(RESOURCE_NAME.schema())),
+]
+
+
+class TolerationOperator(StrEnum):
+    EXISTS = "Exists"
+    EQUAL = "Equal"
+
+
+class TaintEffect(StrEnum):
+    NO_SCHEDULE = "NoSchedule"
+    PREFER_NO_SCHEDULE = "PreferNoSchedule"
+    NO_EXECUTE = "NoExecute"
 
 
 class LocalObjectReference(ApiModel):
@@ -122,10 +314,17 @@ class LocalObjectReference(ApiModel):
 class Toleration(ApiModel):
     """A toleration for a node taint, as in a pod spec."""
 
-    key: str | None = Field(None, max_length=NAME_MAX, description="Taint key the toleration applies to; empty with operator Exists matches every taint.")
-    operator: Literal["Exists", "Equal"] = Field("Equal", description="Exists matches any value; Equal matches `value`.")
-    value: str | None = Field(None, max_length=63, description="Taint value to match when the operator is Equal.")
-    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
+    key: str | None = Field(
+        None,
+        max_length=317,
+        pattern=LABEL_KEY_RULE,
+        description="Taint key the toleration applies to; empty with operator Exists matches every taint.",
+    )
+    operator: TolerationOperator = Field(
+        TolerationOperator.EQUAL, description="Exists matches any value; Equal matches `value`."
+    )
+    value: str | None = Field(None, max_length=63, pattern=LABEL_VALUE_RULE, description="Taint value to match when the operator is Equal.")
+    effect: TaintEffect | None = Field(
         None, description="Taint effect to match; empty matches all effects."
     )
     toleration_seconds: int | None = Field(
@@ -136,15 +335,15 @@ class Toleration(ApiModel):
 class ResourceRequirements(ApiModel):
     """CPU and memory for a container, as Kubernetes quantities. GPUs are set with `gpus`."""
 
-    requests: dict[str, IntOrString] | None = Field(None, description="Minimum resources, for example cpu: 500m, memory: 1Gi.")
-    limits: dict[str, IntOrString] | None = Field(None, description="Maximum resources, for example cpu: 2, memory: 4Gi.")
+    requests: Resources | None = Field(None, description="Minimum resources, for example cpu: 500m, memory: 1Gi.")
+    limits: Resources | None = Field(None, description="Maximum resources, for example cpu: 2, memory: 4Gi.")
 
 
 class Condition(ApiModel):
     """A condition in the Kubernetes convention (metav1.Condition)."""
 
     type: str = Field(max_length=316, description="Condition type, for example Ready.")
-    status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
+    status: ConditionStatus = Field(description="True, False or Unknown.")
     reason: str = Field(max_length=1024, description="One CamelCase word that says why the condition has this status.")
     message: str = Field("", max_length=32768, description="What happened and what to do about it, for people.")
     observed_generation: int | None = Field(

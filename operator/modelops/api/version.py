@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from enum import StrEnum
 
 from pydantic import Field
 
@@ -18,9 +18,74 @@ from modelops.api.types import (
     validations,
 )
 
-ArtifactFormat = Literal["onnx", "torchscript", "exported-program"]
-Phase = Literal["Pending", "Verifying", "Compressing", "Evaluating", "Ready", "Rejected", "Failed"]
-TERMINAL_PHASES: frozenset[str] = frozenset({"Ready", "Rejected", "Failed"})
+
+class ArtifactFormat(StrEnum):
+    ONNX = "onnx"
+    TORCHSCRIPT = "torchscript"
+    EXPORTED_PROGRAM = "exported-program"
+
+
+class Phase(StrEnum):
+    """A ModelVersion's lifecycle phase. The compression Job also evaluates, so there is no
+    separate evaluation phase: a version is Compressing until the Job's verdict."""
+
+    PENDING = "Pending"
+    VERIFYING = "Verifying"
+    COMPRESSING = "Compressing"
+    READY = "Ready"
+    REJECTED = "Rejected"
+    FAILED = "Failed"
+
+
+TERMINAL_PHASES: frozenset[Phase] = frozenset({Phase.READY, Phase.REJECTED, Phase.FAILED})
+
+
+class VersionReason(StrEnum):
+    """Reasons of a ModelVersion's conditions and events."""
+
+    # Pending
+    MODEL_NOT_FOUND = "ModelNotFound"
+    DUPLICATE_VERSION = "DuplicateVersion"
+    JOB_NAME_TAKEN = "JobNameTaken"
+    # Verifying
+    CREDENTIALS_NOT_FOUND = "CredentialsNotFound"
+    ARTIFACT_NOT_FOUND = "ArtifactNotFound"
+    ACCESS_DENIED = "AccessDenied"
+    STORAGE_UNREACHABLE = "StorageUnreachable"
+    STORAGE_ERROR = "StorageError"
+    # Compressing
+    JOB_CREATED = "JobCreated"
+    JOB_PENDING = "JobPending"
+    JOB_RUNNING = "JobRunning"
+    JOB_RETRYING = "JobRetrying"
+    # Ready
+    COMPRESSED = "Compressed"
+    COMPRESSED_FROM_CACHE = "CompressedFromCache"
+    # Rejected
+    ACCURACY_GATE_FAILED = "AccuracyGateFailed"
+    SIGNATURE_MISMATCH = "SignatureMismatch"
+    # Failed
+    INVALID_SPEC = "InvalidSpec"
+    INVALID_RECIPE = "InvalidRecipe"
+    INVALID_ARTIFACT_URI = "InvalidArtifactUri"
+    CHECKSUM_MISMATCH = "ChecksumMismatch"
+    BAD_ARTIFACT = "BadArtifact"
+    RETRIES_EXHAUSTED = "RetriesExhausted"
+    INVALID_JOB_ARGUMENTS = "InvalidJobArguments"
+    COMPRESSION_FAILED = "CompressionFailed"
+    REPORT_MISSING = "ReportMissing"
+    REPORT_INVALID = "ReportInvalid"
+    # RolloutFailed, set by a ModelDeployment's verdict
+    ROLLED_BACK = "RolledBack"
+    RETRY_REQUESTED = "RetryRequested"
+
+
+class ReportOutcome(StrEnum):
+    """The compression Job's verdict in its report."""
+
+    PASSED = "Passed"
+    REJECTED = "Rejected"
+    FAILED = "Failed"
 
 
 class Artifact(ApiModel):
@@ -87,7 +152,9 @@ class ModelVersionStatus(ApiModel):
     """Observed state of a ModelVersion."""
 
     observed_generation: int | None = Field(None, description="The metadata.generation this status reflects.")
-    phase: Phase | None = Field(None, description="Pending, Verifying, Compressing, Evaluating, Ready, Rejected or Failed.")
+    phase: Phase | None = Field(
+        None, description="Pending, Verifying, Compressing (compression and evaluation), Ready, Rejected or Failed."
+    )
     job_name: str | None = Field(None, description="Name of the compression Job.")
     cache_key: str | None = Field(None, description="Content address of the compression output: sha256 of (source digest, recipe, compressor version).")
     compressed_artifact: CompressedArtifact | None = Field(None, description="The compressed artifact, once Ready.")

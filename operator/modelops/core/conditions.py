@@ -4,25 +4,27 @@ the status does. That keeps a reconcile with nothing new from writing anything."
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
-TRUE, FALSE = "True", "False"
+from modelops.api.types import ConditionStatus, ConditionType
+
+TRUE, FALSE = ConditionStatus.TRUE, ConditionStatus.FALSE
 
 
 @dataclass(frozen=True)
 class Cond:
     """A condition as a decision produces it, before it meets the stored ones."""
 
-    type: str
-    status: str
+    type: ConditionType
+    status: ConditionStatus
     reason: str
     message: str = ""
 
 
 def timestamp(moment: datetime) -> str:
     """RFC 3339 in UTC with second precision, as Kubernetes writes it."""
-    return moment.astimezone(timezone.utc).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return moment.astimezone(UTC).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def merge_conditions(
@@ -42,9 +44,9 @@ def merge_conditions(
         else:
             since = timestamp(now)
         entry: dict[str, Any] = {
-            "type": cond.type,
-            "status": cond.status,
-            "reason": cond.reason,
+            "type": str(cond.type),
+            "status": str(cond.status),
+            "reason": str(cond.reason),
             "message": cond.message,
             "lastTransitionTime": since,
         }

@@ -5,17 +5,19 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from modelops.api.model import VERSION_PHASES
+from modelops.api.model import ModelReason
+from modelops.api.types import ConditionType
+from modelops.api.version import Phase
 from modelops.core.conditions import FALSE, TRUE, Cond, merge_conditions
 from modelops.core.objects import VersionView
 from modelops.core.resolve import effective_versions
 
 
 def version_counts(versions: list[VersionView]) -> dict[str, int]:
-    counts = {phase.lower(): 0 for phase in VERSION_PHASES}
+    counts = {phase.lower(): 0 for phase in Phase}
     for view in versions:
         if not view.deleting:
-            counts[(view.phase or "Pending").lower()] += 1
+            counts[(view.phase or Phase.PENDING).lower()] += 1
     return {"total": sum(counts.values()), **counts}
 
 
@@ -36,11 +38,11 @@ def model_status(
     old = old or {}
     latest = latest_ready(versions)
     if credentials_problem:
-        ready = Cond("Ready", FALSE, "CredentialsNotFound", credentials_problem)
+        ready = Cond(ConditionType.READY, FALSE, ModelReason.CREDENTIALS_NOT_FOUND, credentials_problem)
     elif latest is None:
-        ready = Cond("Ready", FALSE, "NoReadyVersion", f"no version of Model {name} is Ready yet")
+        ready = Cond(ConditionType.READY, FALSE, ModelReason.NO_READY_VERSION, f"no version of Model {name} is Ready yet")
     else:
-        ready = Cond("Ready", TRUE, "VersionReady", f"version {latest} is Ready")
+        ready = Cond(ConditionType.READY, TRUE, ModelReason.VERSION_READY, f"version {latest} is Ready")
     status: dict[str, Any] = {
         "observedGeneration": generation,
         "versions": version_counts(versions),

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from modelops.api.types import API_VERSION
+from modelops.api.version import Phase
 
 
 @dataclass(frozen=True)
@@ -85,4 +86,4 @@ class VersionView:
 
     @property
     def ready(self) -> bool:
-        return self.phase == "Ready" and bool(self.compressed_uri and self.compressed_sha256)
+        return self.phase == Phase.READY and bool(self.compressed_uri and self.compressed_sha256)

@@ -212,27 +212,7 @@ def render_job(
 
 def triton_config_text(model_name: str, model: ModelSpec, spec: ModelDeploymentSpec, version: int) -> str:
     """config.pbtxt for one version; raises serving.ServingConfigError naming a bad field."""
-    gpus = spec.scheduling.gpus or 0
-    batching = spec.triton.dynamic_batching
-    groups = spec.triton.instance_groups or []
-    config = serving.TritonModelConfig(
-        name=model_name,
-        version=version,
-        inputs=tuple(serving.TensorSpec(t.name, t.data_type, tuple(t.dims)) for t in model.signature.inputs),
-        outputs=tuple(serving.TensorSpec(t.name, t.data_type, tuple(t.dims)) for t in model.signature.outputs),
-        backend=spec.triton.backend,
-        max_batch_size=model.signature.max_batch_size,
-        dynamic_batching=serving.DynamicBatching(
-            enabled=batching.enabled,
-            preferred_batch_sizes=tuple(batching.preferred_batch_sizes or ()),
-            max_queue_delay_microseconds=batching.max_queue_delay_microseconds,
-        ),
-        instance_groups=tuple(
-            serving.InstanceGroup(g.count, g.kind or serving.instance_kind_for(gpus)) for g in groups
-        )
-        or (serving.InstanceGroup(1, serving.instance_kind_for(gpus)),),
-    )
-    return serving.render_config_pbtxt(config)
+    return serving.render_config_pbtxt(serving.served_model(model_name, model, spec, version))
 
 
 def _http_probe(path: str, period: int, failures: int, timeout: int = 3) -> dict[str, Any]:

@@ -5,9 +5,12 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
+from modelops.api.deployment import DeploymentReason as Reason
+from modelops.api.deployment import VersionPolicy
+from modelops.api.version import Phase
 from modelops.core.objects import VersionView
 
-NEVER_READY = frozenset({"Rejected", "Failed"})
+NEVER_READY = frozenset({Phase.REJECTED, Phase.FAILED})
 
 
 def claim_order(view: VersionView) -> tuple[str, str]:
@@ -34,7 +37,7 @@ class Resolution:
     """The outcome of version resolution. `version` is None when nothing can be served."""
 
     version: VersionView | None
-    reason: str
+    reason: Reason
     message: str
 
 
@@ -47,21 +50,21 @@ def resolve_version(
 ) -> Resolution:
     """Latest: the highest Ready version whose rollout has not failed. Pinned: that version."""
     owners = effective_versions(versions)
-    if policy == "Pinned":
+    if policy == VersionPolicy.PINNED:
         return _resolve_pinned(pinned, model, owners, failed_rollouts)
     ready = [v for n, v in owners.items() if v.ready and n not in failed_rollouts]
     if ready:
         best = max(ready, key=lambda v: v.version)
-        return Resolution(best, "Resolved", f"Latest resolves to version {best.version} ({best.name})")
+        return Resolution(best, Reason.RESOLVED, f"Latest resolves to version {best.version} ({best.name})")
     skipped = sorted(n for n, v in owners.items() if v.ready and n in failed_rollouts)
     if not owners:
         message = f"Model {model} has no versions yet; create a ModelVersion"
     else:
-        phases = ", ".join(f"{n}: {v.phase or 'Pending'}" for n, v in sorted(owners.items()))
+        phases = ", ".join(f"{n}: {v.phase or Phase.PENDING}" for n, v in sorted(owners.items()))
         message = f"no Ready version of Model {model} (versions {phases})"
     if skipped:
         message += f"; versions {skipped} are skipped because their rollout failed"
-    return Resolution(None, "NoReadyVersion", message)
+    return Resolution(None, Reason.NO_READY_VERSION, message)
 
 
 def _resolve_pinned(
@@ -71,30 +74,30 @@ def _resolve_pinned(
     failed_rollouts: Collection[int],
 ) -> Resolution:
     if pinned is None:
-        return Resolution(None, "VersionNotSet", "versionPolicy is Pinned but spec.version is not set")
+        return Resolution(None, Reason.VERSION_NOT_SET, "versionPolicy is Pinned but spec.version is not set")
     view = owners.get(pinned)
     if view is None:
         return Resolution(
             None,
-            "PinnedVersionNotFound",
+            Reason.PINNED_VERSION_NOT_FOUND,
             f"Model {model} has no version {pinned}; create it or pin an existing version",
         )
     if pinned in failed_rollouts:
         return Resolution(
             None,
-            "PinnedVersionRolloutFailed",
+            Reason.PINNED_VERSION_ROLLOUT_FAILED,
             f"the rollout of version {pinned} failed; pin another version",
         )
     if view.phase in NEVER_READY:
         return Resolution(
             None,
-            "PinnedVersionNotReady",
+            Reason.PINNED_VERSION_NOT_READY,
             f"version {pinned} ({view.name}) is {view.phase} and will not become Ready; pin another version",
         )
     if not view.ready:
         return Resolution(
             None,
-            "PinnedVersionNotReady",
-            f"version {pinned} ({view.name}) is {view.phase or 'Pending'}; it is served once Ready",
+            Reason.PINNED_VERSION_NOT_READY,
+            f"version {pinned} ({view.name}) is {view.phase or Phase.PENDING}; it is served once Ready",
         )
-    return Resolution(view, "Resolved", f"pinned to version {pinned} ({view.name})")
+    return Resolution(view, Reason.RESOLVED, f"pinned to version {pinned} ({view.name})")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
@@ -28,7 +28,7 @@ async def serve_metrics(metrics: Metrics, host: str, port: int) -> web.AppRunner
 async def serve_health(live: Callable[[], bool], ready: Callable[[], bool], host: str, port: int) -> web.AppRunner:
     """Liveness: the event loop answers and the workers run. Readiness: the watches started."""
 
-    def check(probe: Callable[[], bool]):
+    def check(probe: Callable[[], bool]) -> Callable[[web.Request], Awaitable[web.Response]]:
         async def handle(_: web.Request) -> web.Response:
             ok = probe()
             return web.Response(status=200 if ok else 503, text="ok\n" if ok else "not ready\n")

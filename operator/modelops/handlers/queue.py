@@ -87,7 +87,7 @@ class WorkQueue:
     def _backoff(self, key: Key) -> float:
         failures = self._failures.get(key, 0) + 1
         self._failures[key] = failures
-        return min(self._max_backoff, 0.5 * 2 ** (failures - 1))
+        return min(self._max_backoff, 0.5 * 2.0 ** (failures - 1))
 
     async def _run(self) -> None:
         while True:

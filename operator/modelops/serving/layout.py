@@ -13,9 +13,10 @@ import tempfile
 from importlib import resources
 from pathlib import Path
 
+from modelops.api.deployment import Backend
 from modelops.serving.config import (
     artifact_filename,
-    validate_backend,
+    backend_of,
     validate_model_name,
     validate_version,
 )
@@ -46,7 +47,7 @@ def layout_model_repository(
     """
     validate_model_name(model_name)
     validate_version(version)
-    validate_backend(backend)
+    backend = backend_of(backend)
     repo = Path(repo_dir)
     repo.mkdir(parents=True, exist_ok=True)
     final = repo / model_name
@@ -60,7 +61,7 @@ def layout_model_repository(
             shutil.move(os.fspath(artifact_path), target)
         else:
             shutil.copyfile(artifact_path, target)
-        if backend == "python":
+        if backend == Backend.PYTHON:
             (version_dir / "model.py").write_text(python_backend_model_source(), encoding="utf-8")
         staging.chmod(0o755)
         _replace_dir(staging, final)

@@ -49,7 +49,7 @@ class TritonPythonModel:
 
     def execute(self, requests):
         responses = [None] * len(requests)
-        groups = {}
+        groups: dict[tuple[object, ...], list[tuple[int, dict[str, np.ndarray]]]] = {}
         for index, request in enumerate(requests):
             try:
                 feeds = self._read_inputs(request)
@@ -57,7 +57,7 @@ class TritonPythonModel:
                 responses[index] = pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(str(err)))
                 continue
             # Only requests whose inputs agree beyond the batch dimension can be concatenated.
-            key = tuple((name, feeds[name].dtype.str, feeds[name].shape[1:]) for name in self._input_names)
+            key: tuple[object, ...] = tuple((name, feeds[name].dtype.str, feeds[name].shape[1:]) for name in self._input_names)
             if not self._batched:
                 key = ("request", index)
             groups.setdefault(key, []).append((index, feeds))
@@ -94,7 +94,7 @@ class TritonPythonModel:
         for position, (index, _) in enumerate(members):
             tensors = [
                 pb_utils.Tensor(name, np.ascontiguousarray(parts[position], dtype=self._output_dtypes[name]))
-                for name, parts in zip(self._output_names, per_output)
+                for name, parts in zip(self._output_names, per_output, strict=True)
             ]
             responses.append((index, pb_utils.InferenceResponse(output_tensors=tensors)))
         return responses
