@@ -125,7 +125,7 @@ def score(pod_ip: str, inputs: np.ndarray, labels: np.ndarray, model: str = MODE
 
     client = httpclient.InferenceServerClient(url=f"{pod_ip}:8000")
     latencies, correct = [], 0
-    for x, y in zip(inputs, labels):
+    for x, y in zip(inputs, labels, strict=True):
         request = httpclient.InferInput("input", [1, x.shape[0]], "FP32")
         request.set_data_from_numpy(x[None, :].astype(np.float32))
         start = time.perf_counter()

@@ -16,7 +16,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from kubernetes import client, config, watch
@@ -148,7 +148,7 @@ class NodeAgent:
         self.core.patch_node_status(self.name, {"status": self._node_status()})
 
     def renew_lease(self) -> None:
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         try:
             self.coordination.patch_namespaced_lease(
                 self.name, "kube-node-lease",
@@ -220,7 +220,7 @@ class NodeAgent:
 
     def event(self, pod: dict, kind: str, reason: str, message: str) -> None:
         metadata = pod["metadata"]
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         event = client.CoreV1Event(
             metadata=client.V1ObjectMeta(generate_name=f"{metadata['name']}.", namespace=metadata["namespace"]),
             involved_object=client.V1ObjectReference(

@@ -228,16 +228,13 @@ def launch_script(mounts: list[tuple[Path, str, bool]], termination_file: Path, 
 
 
 def start_container(netns: str, script: Path, argv: list[str], env: dict[str, str], log_file: Path) -> subprocess.Popen:
-    out = open(log_file, "ab")
-    try:
+    with open(log_file, "ab") as out:  # the child keeps its own copy of the descriptor
         return subprocess.Popen(
             # Its own UTS namespace too, so that the hostname is the pod's name.
             ["ip", "netns", "exec", netns, "unshare", "--uts", "/bin/sh", str(script), *argv],
             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
             start_new_session=True,
         )
-    finally:
-        out.close()
 
 
 def signal_group(pid: int, sig: int) -> None:

@@ -65,7 +65,7 @@ class Layout:
     nodes: tuple[NodeSpec, ...]
 
     @classmethod
-    def for_index(cls, index: int, state_dir: Path | None = None) -> "Layout":
+    def for_index(cls, index: int, state_dir: Path | None = None) -> Layout:
         net = f"10.{244 + index}"
         return cls(
             index=index,
@@ -86,7 +86,7 @@ class Layout:
         )
 
     @classmethod
-    def from_env(cls) -> "Layout":
+    def from_env(cls) -> Layout:
         state_dir = os.environ.get("MODELOPS_TESTBED_DIR")
         return cls.for_index(int(os.environ.get("MODELOPS_TESTBED_INDEX", "0")), Path(state_dir) if state_dir else None)
 
@@ -251,12 +251,11 @@ def start_process(lay: Layout, state: dict, name: str, argv: list[str], env: dic
     """Start one component in its own session, and record its PID at once."""
     logs = lay.state_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    out = open(logs / f"{name}.log", "ab")
-    proc = subprocess.Popen(
-        argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-        env={**os.environ, **(env or {})}, start_new_session=True, cwd=lay.state_dir,
-    )
-    out.close()
+    with open(logs / f"{name}.log", "ab") as out:  # the child keeps its own copy of the descriptor
+        proc = subprocess.Popen(
+            argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env={**os.environ, **(env or {})}, start_new_session=True, cwd=lay.state_dir,
+        )
     state["pids"][name] = proc.pid
     # Kept so that a fault test can stop a component and start it again as it was.
     state.setdefault("commands", {})[name] = {"argv": argv, "env": env or {}}
@@ -492,7 +491,7 @@ def _up_locked(lay: Layout, binaries: Path, python: Path) -> dict:
         "--audit-log-batch-max-wait=1s",
         "--allow-privileged=true", "--profiling=false", "--v=1",
     ])
-    wait_until(lay, 
+    wait_until(lay,
         "kube-apiserver /readyz", lambda: https_ok(f"{state['apiserver_url']}/readyz", pki, "admin"), 120, pids
     )
 

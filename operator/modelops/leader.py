@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Protocol
 
@@ -66,7 +66,7 @@ def decide(holder: str | None, identity: str, unchanged_for: float, lease_durati
 
 def rfc3339_micro(moment: datetime) -> str:
     """metav1.MicroTime, as the Lease's acquireTime and renewTime want it."""
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def lease_body(config: LeaseConfig, existing: dict[str, Any] | None, now: datetime, release: bool = False) -> dict[str, Any]:
@@ -114,7 +114,7 @@ class LeaderElector:
         store: LeaseStore,
         config: LeaseConfig,
         clock: Callable[[], float] = time.monotonic,
-        wall: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
+        wall: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.store = store
         self.config = config

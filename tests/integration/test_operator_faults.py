@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.conftest import AuditLog, Storage, WRITE_VERBS, apply_docs, eventually, get_json, kubectl, publish_cached
+from tests.integration.conftest import WRITE_VERBS, AuditLog, Storage, apply_docs, eventually, get_json, kubectl, publish_cached
 
 pytestmark = pytest.mark.integration
 

@@ -8,7 +8,7 @@ import subprocess
 import sys
 import textwrap
 import urllib.request
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -185,7 +185,7 @@ def test_kubectl_and_helm_work_against_the_test_bed(testbed, namespace, tmp_path
     # Nodes stay Ready only while their leases are renewed (every 10 s; 40 s of silence marks them NotReady).
     for lease in json.loads(testbed.kubectl("get", "leases", "-n", "kube-node-lease", "-o", "json"))["items"]:
         renewed = datetime.fromisoformat(lease["spec"]["renewTime"].replace("Z", "+00:00"))
-        assert (datetime.now(timezone.utc) - renewed).total_seconds() < 30, lease["metadata"]["name"]
+        assert (datetime.now(UTC) - renewed).total_seconds() < 30, lease["metadata"]["name"]
     wide = testbed.kubectl("get", "nodes", "-o", "wide")
     assert "v1.34.4" in wide and wide.count(" Ready ") == 2
 

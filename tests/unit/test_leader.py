@@ -4,7 +4,7 @@ that behaves like the API server (resourceVersion guards, 409 on a stale write).
 from __future__ import annotations
 
 import copy
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -13,7 +13,7 @@ from modelops.leader import Decision, LeaderElector, LeaseConfig, decide, lease_
 
 pytestmark = pytest.mark.unit
 
-NOW = datetime(2026, 12, 2, 1, 0, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 12, 2, 1, 0, 0, tzinfo=UTC)
 
 
 @pytest.mark.parametrize(
@@ -44,7 +44,7 @@ def test_bodies_keep_acquire_time_on_renewal_and_count_takeovers() -> None:
     assert created["spec"]["acquireTime"] == "2026-12-02T01:00:00.000000Z"
     assert "resourceVersion" not in created["metadata"]
     stored = {**created, "metadata": {**created["metadata"], "resourceVersion": "7"}}
-    later = datetime(2026, 12, 2, 1, 0, 5, tzinfo=timezone.utc)
+    later = datetime(2026, 12, 2, 1, 0, 5, tzinfo=UTC)
     renewed = lease_body(config, stored, later)
     assert renewed["spec"]["acquireTime"] == created["spec"]["acquireTime"]
     assert renewed["spec"]["renewTime"] == "2026-12-02T01:00:05.000000Z"

@@ -30,7 +30,7 @@ def window(index: int, throughput: float, latency_ms: float, length_s: float = W
 
 
 def segment(throughputs: list[float], latencies: list[float], p95_ms: float = 10.0, tail: bool = True) -> LoadReport:
-    windows = [window(i, t, lat) for i, (t, lat) in enumerate(zip(throughputs, latencies))]
+    windows = [window(i, t, lat) for i, (t, lat) in enumerate(zip(throughputs, latencies, strict=True))]
     if tail:
         # Requests still in flight when the segment's time ran out land in a short last window.
         windows.append(window(len(windows), 1.0, 500.0, length_s=0.4))
@@ -202,14 +202,14 @@ def test_targets(int8_scale, batching_gain, p95_on, int8_met, batching_met) -> N
 
 
 def test_targets_need_every_point() -> None:
-    incomplete = points(grid(10.0, 30.0, 2.0), {key: 1.0 for key in grid(10.0, 30.0, 2.0)})[1:]
+    incomplete = points(grid(10.0, 30.0, 2.0), dict.fromkeys(grid(10.0, 30.0, 2.0), 1.0))[1:]
     with pytest.raises(KeyError, match="fp32, batching=False, concurrency=1"):
         tb.evaluate_targets(incomplete)
 
 
 def test_markdown_table_lists_every_point_and_marks_misses() -> None:
     throughput = grid(10.0, 12.0, 3.0)
-    measured = points(throughput, {key: 100.0 for key in throughput})
+    measured = points(throughput, dict.fromkeys(throughput, 100.0))
     measured[0]["stable"] = False
     measured[1].update(other_cores=0.8, quiet=False)
     text = tb.markdown_table({"points": measured, "targets": tb.evaluate_targets(measured)})
@@ -223,7 +223,7 @@ def test_markdown_table_lists_every_point_and_marks_misses() -> None:
 
 def test_markdown_states_the_onnxruntime_ceiling_when_measured() -> None:
     throughput = grid(10.0, 12.0, 3.0)
-    measured = points(throughput, {key: 100.0 for key in throughput})
+    measured = points(throughput, dict.fromkeys(throughput, 100.0))
     direct = {
         "fp32": {"batch1": {"best_ms": 60.0}, "batching_gain": 1.25},
         "int8": {"batch1": {"best_ms": 12.0}, "batching_gain": 1.5},
