@@ -317,7 +317,7 @@ def render_deployment(
     tolerations = tolerations_for(spec.scheduling.tolerations or (), gpus)
     if tolerations:
         pod_spec["tolerations"] = tolerations
-    deployment = {
+    deployment: dict[str, Any] = {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
         "metadata": {
