@@ -271,3 +271,8 @@ def test_verdicts_are_per_deployment(testbed, namespace, storage, digits, operat
     assert md_status(testbed, namespace, "cpu")["failedVersions"] == [3]
     cpu = md_status(testbed, namespace, "cpu")
     assert cpu["servedVersion"] == 2 and cpu.get("lastRetry") is None
+
+    # A deleted deployment takes its verdicts with it (its Model removes them).
+    kubectl(testbed, "delete", "modeldeployment", "cpu", "-n", namespace)
+    eventually(lambda: "cpu" not in (mv_status(testbed, namespace, "digits-v3").get("failedBy") or []), 10,
+               "the deleted deployment's mark on version 3 to be removed")
