@@ -5,8 +5,7 @@ Objects travel as plain JSON dicts. Errors follow one policy, decided here and n
 - 404 Not Found: the object is absent. Reads return None, writes return None.
 - 409 on create (AlreadyExists): someone (an earlier run of ours) created it; the existing
   object is read and returned, so a restart never duplicates a child.
-- 409 on update (Conflict), or a JSON patch whose `test` failed: raised as Conflict; the
-  reconcile is retried at once with fresh reads.
+- 409 on update (Conflict): raised as Conflict; the reconcile is retried at once with fresh reads.
 - 429, 5xx and connection errors: raised as Throttled with the server's Retry-After; the work
   queue retries after that delay.
 - 422/400: raised as Invalid (a bug in what we sent); 401/403: Forbidden (RBAC).
@@ -233,7 +232,8 @@ class Kube:
 
     def json_patch(self, resource: Resource, namespace: str, name: str, ops: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
         """RFC 6902 JSON patch, for removals that apply cannot express; None when the object is
-        gone. A failed `test` op comes back as 422 and is raised as Conflict: read again."""
+        gone. A failed `test` op comes back as a bare 422 (Invalid): the reconcile is retried
+        with backoff, from fresh reads."""
         path = resource.path(namespace, name)
         query = [("fieldManager", FIELD_MANAGER)]
         status, payload, headers = self._request(
@@ -241,8 +241,6 @@ class Kube:
         )
         if status == 404:
             return None
-        if status == 422 and "testing value" in str((payload or {}).get("message", "")):
-            raise Conflict(f"PATCH {path}: the object changed since it was read", status)
         self._check("PATCH", path, status, payload, headers)
         return payload
 

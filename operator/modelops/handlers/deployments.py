@@ -20,7 +20,7 @@ from modelops.core.rollout import (
     verdicts_of,
 )
 from modelops.handlers.context import Context
-from modelops.handlers.queue import Key
+from modelops.handlers.queue import Key, RetryLater
 from modelops.serving import ServingConfigError
 
 
@@ -100,7 +100,10 @@ def keep(ctx: Context, resource: k8s.Resource, live: dict[str, Any] | None, desi
     ops = removals(found)
     if ops:
         meta = desired["metadata"]
-        ctx.kube.json_patch(resource, meta["namespace"], meta["name"], ops)
+        try:
+            ctx.kube.json_patch(resource, meta["namespace"], meta["name"], ops)
+        except k8s.Invalid:  # a guarding test failed: the list changed since it was read
+            raise RetryLater(f"{resource.kind} {meta['name']} changed while entries added by hand were removed") from None
 
 
 VERDICT_ATTEMPTS = 5
