@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -230,6 +230,20 @@ class Kube:
         path = resource.path(namespace, name, subresource)
         status, payload, headers = self._request(
             "PATCH", resource, path, body=patch, content_type="application/merge-patch+json"
+        )
+        if status == 404:
+            return None
+        self._check("PATCH", path, status, payload, headers)
+        return payload
+
+    def json_patch(self, resource: Resource, namespace: str, name: str, ops: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+        """RFC 6902 JSON patch, for removals that apply cannot express; None when the object is
+        gone. A failed `test` op comes back as a bare 422 (Invalid): the reconcile is retried
+        with backoff, from fresh reads."""
+        path = resource.path(namespace, name)
+        query = [("fieldManager", FIELD_MANAGER)]
+        status, payload, headers = self._request(
+            "PATCH", resource, path, query=query, body=list(ops), content_type="application/json-patch+json"
         )
         if status == 404:
             return None

@@ -202,3 +202,77 @@ def test_a_rollout_that_misses_its_deadline_is_rolled_back(testbed, namespace, s
     reasons = [e["reason"] for e in get_json(testbed, namespace, "events")["items"]]
     assert "RolledBack" in reasons
     assert operator.metric("modelops_rollbacks_total") == 1
+
+
+def mv_status(testbed: Any, namespace: str, name: str) -> dict[str, Any]:
+    return get_json(testbed, namespace, "modelversion", name).get("status") or {}
+
+
+def md_status(testbed: Any, namespace: str, name: str) -> dict[str, Any]:
+    return get_json(testbed, namespace, "modeldeployment", name).get("status") or {}
+
+
+def test_verdicts_are_per_deployment(testbed, namespace, storage, digits, operator) -> None:
+    """Two Latest deployments of one Model. `gpu` asks for both GPUs of the test bed's GPU node,
+    so a rolling update (one extra pod) can never be scheduled: its rollout of version 2 misses
+    the deadline and is rolled back, while `cpu` serves version 2. Version 3 cannot load
+    anywhere, so both roll it back; a retry on `gpu` clears only `gpu`'s mark."""
+    secret, model = for_this_bed(sample_docs()[:2], storage, {})
+    versions = [version_manifest(n, storage, storage.put(f"digits/{n}/model.onnx", digits.onnx[n - 1])) for n in (1, 2, 3)]
+    for doc, compressed in zip(versions, (digits.onnx[0], digits.onnx[1], b"this is not an ONNX model")):
+        publish_cached(storage, model, doc, compressed)
+
+    def latest(name: str, **spec: Any) -> dict[str, Any]:
+        return {"apiVersion": "modelops.dev/v1alpha1", "kind": "ModelDeployment", "metadata": {"name": name},
+                "spec": {"model": "digits", "triton": {"backend": "python", "instanceGroups": [{"count": 1, "kind": "KIND_CPU"}]},
+                         "rollout": {"progressDeadlineSeconds": 30, "maxSurge": 1, "maxUnavailable": 0}, **spec}}
+
+    apply_docs(testbed, namespace, [secret, model, versions[0], latest("gpu", scheduling={"gpus": 2}), latest("cpu")])
+    wait_ready(testbed, namespace, "modeldeployment/gpu", "modeldeployment/cpu", timeout=300)
+
+    # Version 2: rolled back on gpu only; cpu keeps serving it.
+    apply_docs(testbed, namespace, [versions[1]])
+    kubectl(testbed, "wait", "-n", namespace, "--for=jsonpath={.status.failedVersions[0]}=2",
+            "modeldeployment/gpu", "--timeout=300s", timeout=330)
+    kubectl(testbed, "wait", "-n", namespace, "--for=jsonpath={.status.servedVersion}=2",
+            "modeldeployment/cpu", "--timeout=300s", timeout=330)
+    wait_ready(testbed, namespace, "modeldeployment/gpu", "modeldeployment/cpu", timeout=300)
+    gpu, cpu = md_status(testbed, namespace, "gpu"), md_status(testbed, namespace, "cpu")
+    assert (gpu["servedVersion"], gpu["failedVersions"]) == (1, [2])
+    assert cpu["servedVersion"] == 2 and "failedVersions" not in cpu
+    assert template_version(testbed, namespace, "cpu") == "2" and template_version(testbed, namespace, "gpu") == "1"
+    kubectl(testbed, "wait", "-n", namespace, "--for=jsonpath={.status.failedBy[0]}=gpu", "modelversion/digits-v2",
+            "--timeout=30s", timeout=60)
+    v2 = mv_status(testbed, namespace, "digits-v2")
+    assert v2["failedBy"] == ["gpu"] and v2["phase"] == "Ready"
+    mark = next(c for c in v2["conditions"] if c["type"] == "RolloutFailed")
+    assert (mark["status"], mark["reason"]) == ("True", "RolledBack") and "gpu" in mark["message"] and "cpu" not in mark["message"]
+    listed = kubectl(testbed, "get", "mv", "digits-v2", "-n", namespace).stdout
+    assert "FAILED-BY" in listed.splitlines()[0] and "gpu" in listed.splitlines()[1], listed
+
+    # Version 3 fails on both: each deployment adds its own name, neither loses the other's.
+    apply_docs(testbed, namespace, [versions[2]])
+    eventually(lambda: mv_status(testbed, namespace, "digits-v3").get("failedBy") == ["cpu", "gpu"], 300,
+               "both deployments to roll version 3 back", interval=1)
+    wait_ready(testbed, namespace, "modeldeployment/gpu", "modeldeployment/cpu", timeout=300)
+    assert md_status(testbed, namespace, "cpu")["failedVersions"] == [3]
+    assert md_status(testbed, namespace, "gpu")["failedVersions"] == [2, 3]
+    # latestReadyVersion is a fact about the versions, not about serving (docs/api.md).
+    assert get_json(testbed, namespace, "model", "digits")["status"]["latestReadyVersion"] == 3
+
+    # A retry on gpu clears gpu's marks only.
+    kubectl(testbed, "annotate", "modeldeployment", "gpu", "-n", namespace, "modelops.dev/retry=1")
+    kubectl(testbed, "wait", "-n", namespace, "--for=jsonpath={.status.lastRetry}=1", "modeldeployment/gpu",
+            "--timeout=30s", timeout=60)
+    # gpu now tries version 3 again (and will fail it again after its deadline); until then only
+    # cpu's mark is on it.
+    eventually(lambda: mv_status(testbed, namespace, "digits-v3").get("failedBy") == ["cpu"], 10,
+               "gpu's mark on version 3 to be cleared")
+    assert md_status(testbed, namespace, "cpu")["failedVersions"] == [3]
+    cpu = md_status(testbed, namespace, "cpu")
+    assert cpu["servedVersion"] == 2 and cpu.get("lastRetry") is None
+
+    # A deleted deployment takes its verdicts with it (its Model removes them).
+    kubectl(testbed, "delete", "modeldeployment", "cpu", "-n", namespace)
+    eventually(lambda: "cpu" not in (mv_status(testbed, namespace, "digits-v3").get("failedBy") or []), 10,
+               "the deleted deployment's mark on version 3 to be removed")

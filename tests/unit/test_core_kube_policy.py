@@ -97,3 +97,21 @@ def test_list_items_get_their_kind_and_requests_are_observed() -> None:
     assert items[0]["kind"] == "Pod" and items[0]["apiVersion"] == "v1"
     assert seen == [("GET", "pods", 200)]
     assert api.calls[0][1] == "/api/v1/namespaces/ns/pods?labelSelector=x=y"
+
+
+def test_json_patch_sends_the_operations_as_a_list() -> None:
+    api = FakeApiClient(Response(200, JOB), Response(404, {"message": "gone"}))
+    kube = k8s.Kube(api)
+    ops = ({"op": "test", "path": "/spec/x/0/name", "value": "a"}, {"op": "remove", "path": "/spec/x/0"})
+    assert kube.json_patch(k8s.DEPLOYMENTS, "ns", "d", ops) == JOB
+    method, url, content_type = api.calls[0]
+    assert (method, content_type) == ("PATCH", "application/json-patch+json")
+    assert url == "/apis/apps/v1/namespaces/ns/deployments/d?fieldManager=modelops"
+    assert kube.json_patch(k8s.DEPLOYMENTS, "ns", "d", ops) is None  # the object is gone
+
+
+def test_a_json_patch_whose_test_failed_is_invalid() -> None:
+    # The API server answers a failed `test` op with a bare 422.
+    kube = k8s.Kube(FakeApiClient(Response(422, {"reason": "Invalid", "message": "the server rejected our request"})))
+    with pytest.raises(k8s.Invalid):
+        kube.json_patch(k8s.DEPLOYMENTS, "ns", "d", [{"op": "test", "path": "/a", "value": 1}])

@@ -11,11 +11,10 @@ from modelops.api.model import Toleration
 from modelops.core import naming
 from modelops.core.objects import OwnerRef, VersionView
 from modelops.core.render import (
-    needs_apply,
+    managed_replicas,
     render_deployment,
     render_job,
     render_service,
-    spec_hash,
     triton_config_text,
 )
 from modelops.core.versions import Scheduling
@@ -66,7 +65,7 @@ def test_job_identity_and_ownership() -> None:
     ]
     assert meta["labels"][naming.LABEL_MANAGED_BY] == "modelops"
     assert meta["labels"][naming.LABEL_VERSION] == "1"
-    assert naming.ANNOTATION_SPEC_HASH in meta["annotations"]
+    assert meta["annotations"] == {naming.ANNOTATION_VERSION: "1"}
 
 
 def test_job_runs_the_compressor_cli_contract() -> None:
@@ -145,7 +144,7 @@ def test_job_gpu_scheduling(scheduling, gpu_limit, tolerations) -> None:
 
 def test_job_render_is_deterministic() -> None:
     assert job() == job()
-    assert spec_hash(job()) != spec_hash(job(version=2))
+    assert job() != job(version=2)
 
 
 def served(number: int = 1, sha: str = "cd" * 32) -> VersionView:
@@ -274,17 +273,10 @@ def test_service_ports_and_selector_match_the_pods() -> None:
     assert service["metadata"]["ownerReferences"][0]["uid"] == "uid-md"
 
 
-@pytest.mark.parametrize(
-    ("live_hash", "live_owner", "expected"),
-    [("same", "uid-md", False), ("other", "uid-md", True), ("same", "uid-else", True), (None, "uid-md", True)],
-)
-def test_needs_apply(live_hash, live_owner, expected) -> None:
-    desired = render_service(name="digits", namespace="ns", owner=MD_OWNER, model_name="digits")
-    digest = desired["metadata"]["annotations"][naming.ANNOTATION_SPEC_HASH]
-    annotations = {naming.ANNOTATION_SPEC_HASH: digest if live_hash == "same" else live_hash} if live_hash else {}
-    live = {"metadata": {"annotations": annotations, "ownerReferences": [{"uid": live_owner}]}}
-    assert needs_apply(live, desired) is expected
-    assert needs_apply(None, desired) is True
+def test_replicas_belong_to_the_model_deployment() -> None:
+    assert managed_replicas(ModelDeploymentSpec.model_validate({"model": "digits", "replicas": 3})) == 3
+    assert deployment(spec={"replicas": 3})["spec"]["replicas"] == 3
+    assert deployment(spec={"replicas": 0})["spec"]["replicas"] == 0
 
 
 def test_long_names_make_valid_job_names() -> None:

@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 
 import pytest
-
 from modelops.api import ModelDeploymentSpec
+from modelops.api.deployment import ModelDeploymentStatus
 from modelops.core import naming
 from modelops.core.conditions import find
 from modelops.core.objects import VersionView
-from modelops.core.rollout import ServerState, plan_rollout, rollout_failed_conditions
+from modelops.core.rollout import (
+    ServerState,
+    Verdict,
+    failed_by_status,
+    plan_rollout,
+    stale_verdicts,
+    verdicts_of,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -39,8 +47,11 @@ def rolling(version: int, replicas: int = 1, exceeded: bool = False) -> ServerSt
 
 
 def plan(md=None, old=None, versions=(), server=None, model_exists=True, now=T0, **kw):
-    return plan_rollout(spec=md or spec(), generation=1, old_status=old, versions=list(versions), server=server,
-                        model_exists=model_exists, endpoints=ENDPOINTS, now=now, **kw)
+    """The plan, with its status as the handler stores it (the wire form of the status model)."""
+    p = plan_rollout(spec=md or spec(), generation=1, old_status=old, versions=list(versions), server=server,
+                     model_exists=model_exists, endpoints=ENDPOINTS, now=now, **kw)
+    assert isinstance(p.status, ModelDeploymentStatus)
+    return replace(p, status=p.status.wire())
 
 
 def cond(status: dict, type_: str) -> tuple[str, str]:
@@ -241,29 +252,72 @@ def test_server_state_from_a_deployment() -> None:
     assert ServerState.from_deployment({"metadata": {}, "spec": {}}).version is None
 
 
-READY = {"type": "Ready", "status": "True", "reason": "Compressed", "message": "m", "lastTransitionTime": "t0"}
+def marked(number: int, *by: str, phase: str = "Ready") -> VersionView:
+    return replace(v(number, phase), failed_by=tuple(by))
 
 
 @pytest.mark.parametrize(
-    ("conditions", "failed", "expected_status"),
+    ("failed_versions", "versions", "expected"),
     [
-        ([READY], True, "True"),  # first failure marks the version
-        ([READY], False, None),  # nothing to clear: no write
-        ([READY, {"type": "RolloutFailed", "status": "True", "message": "x"}], False, "False"),  # retry clears
-        ([READY, {"type": "RolloutFailed", "status": "True", "message": "x"}], True, None),  # already marked
+        ((), [v(1), v(2)], []),  # nothing failed, nothing marked: no write
+        ((2,), [v(1), marked(2, "a")], []),  # already marked: a resync writes nothing
+        ((2,), [v(1), v(2)], [Verdict("digits-v2", add=frozenset({"a"}))]),  # a rollback marks
+        ((), [v(1), marked(2, "a", "b")], [Verdict("digits-v2", remove=frozenset({"a"}))]),  # a retry clears ours only
+        ((2,), [v(1), marked(2, "b")], [Verdict("digits-v2", add=frozenset({"a"}))]),  # another's mark is left alone
+        ((3,), [v(1)], []),  # a failed version whose ModelVersion is gone
     ],
 )
-def test_rollout_failed_condition_on_the_version(conditions, failed, expected_status) -> None:
-    new = rollout_failed_conditions(conditions, failed, "x" if expected_status is None else "verdict", T0)
-    if expected_status is None:
-        assert new is None
-        return
-    assert new[0] == READY, "other conditions are untouched"
-    marks = [c for c in new if c["type"] == "RolloutFailed"]
-    assert len(marks) == 1 and marks[0]["status"] == expected_status and marks[0]["message"] == "verdict"
+def test_verdicts_follow_the_deployments_failed_versions(failed_versions, versions, expected) -> None:
+    assert verdicts_of("a", failed_versions, versions) == expected
 
 
-def test_the_retry_reports_which_versions_it_cleared() -> None:
-    old = {**converge(spec(), [v(1)]).status, "failedVersions": [2, 3]}
-    assert plan(spec(), old, [v(1), v(2), v(3)], done(1), retry="again").cleared == (2, 3)
-    assert plan(spec(), old, [v(1), v(2), v(3)], done(1)).cleared == ()
+def test_a_duplicate_version_number_is_never_marked() -> None:
+    duplicate = VersionView("digits-v2-again", "digits", 2, "Ready", created="2025-02-01T00:00:00Z", failed_by=("a",))
+    assert verdicts_of("a", (2,), [v(2), duplicate]) == [
+        Verdict("digits-v2", add=frozenset({"a"})),
+        Verdict("digits-v2-again", remove=frozenset({"a"})),
+    ]
+
+
+def test_marks_of_deployments_that_are_gone_are_stale() -> None:
+    versions = [v(1), marked(2, "a", "gone"), marked(3, "a")]
+    assert stale_verdicts(versions, {"a", "b"}) == [Verdict("digits-v2", remove=frozenset({"gone"}))]
+
+
+READY = {"type": "Ready", "status": "True", "reason": "Compressed", "message": "m", "lastTransitionTime": "2025-01-01T00:00:00Z"}
+
+
+def test_the_first_mark_sets_failed_by_and_rolled_back() -> None:
+    new = failed_by_status({"phase": "Ready", "conditions": [READY]}, Verdict("v", add=frozenset({"a"})), T0)
+    assert new["failedBy"] == ["a"]
+    assert new["conditions"][0] == READY, "other conditions are untouched"
+    mark = find(new["conditions"], "RolloutFailed")
+    assert (mark["status"], mark["reason"]) == ("True", "RolledBack") and "ModelDeployment a" in mark["message"]
+
+
+def test_a_second_deployment_joins_the_list_and_keeps_the_transition_time() -> None:
+    first = failed_by_status({"conditions": [READY]}, Verdict("v", add=frozenset({"b"})), T0)
+    later = T0 + timedelta(minutes=5)
+    second = failed_by_status(first, Verdict("v", add=frozenset({"a"})), later)
+    assert second["failedBy"] == ["a", "b"]
+    mark = find(second["conditions"], "RolloutFailed")
+    assert mark["lastTransitionTime"] == "2025-03-01T12:00:00Z" and "a, b" in mark["message"]
+    # One retry removes one name; the other deployment's verdict stays.
+    after_retry = failed_by_status(second, Verdict("v", remove=frozenset({"a"})), later)
+    assert after_retry["failedBy"] == ["b"] and find(after_retry["conditions"], "RolloutFailed")["status"] == "True"
+
+
+def test_the_last_name_removed_turns_rolled_back_false() -> None:
+    marked_status = failed_by_status({"conditions": [READY]}, Verdict("v", add=frozenset({"a"})), T0)
+    cleared = failed_by_status(marked_status, Verdict("v", remove=frozenset({"a"})), T0)
+    assert cleared["failedBy"] is None  # a merge patch removes the field
+    mark = find(cleared["conditions"], "RolloutFailed")
+    assert (mark["status"], mark["reason"]) == ("False", "NoFailedRollout")
+
+
+@pytest.mark.parametrize(
+    ("failed_by", "verdict"),
+    [((), Verdict("v", remove=frozenset({"a"}))), (("a",), Verdict("v", add=frozenset({"a"})))],
+)
+def test_a_verdict_that_changes_nothing_writes_nothing(failed_by, verdict) -> None:
+    assert failed_by_status({"failedBy": list(failed_by) or None, "conditions": [READY]}, verdict, T0) is None

@@ -84,6 +84,7 @@ KINDS: tuple[Kind, ...] = (
             _READY,
             _column("Ratio", ".status.report.ratio", "number", "Compression ratio.", priority=1),
             _column("Job", ".status.jobName", description="Compression Job.", priority=1),
+            _column("Failed-By", ".status.failedBy", description="ModelDeployments that rolled this version back."),
             _AGE,
         ],
         selectable_fields=[".spec.model"],

@@ -159,4 +159,13 @@ class ModelVersionStatus(ApiModel):
     cache_key: str | None = Field(None, description="Content address of the compression output: sha256 of (source digest, recipe, compressor version).")
     compressed_artifact: CompressedArtifact | None = Field(None, description="The compressed artifact, once Ready.")
     report: CompressionReport | None = Field(None, description="The compression report.")
-    conditions: Conditions | None = Field(None, description="Ready, and Progressing while work is under way.")
+    failed_by: list[str] | None = Field(
+        None,
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+        description="ModelDeployments whose rollout of this version failed and was rolled back. Each verdict "
+        "holds for that ModelDeployment only: Latest skips the version there until its modelops.dev/retry "
+        "annotation changes, while other ModelDeployments may serve it.",
+    )
+    conditions: Conditions | None = Field(
+        None, description="Ready, Progressing while work is under way, and RolloutFailed while failedBy is not empty."
+    )

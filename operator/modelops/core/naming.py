@@ -16,7 +16,6 @@ LABEL_MODEL = f"{GROUP}/model"
 LABEL_VERSION = f"{GROUP}/version"
 LABEL_MODELVERSION = f"{GROUP}/modelversion"
 LABEL_DEPLOYMENT = f"{GROUP}/deployment"
-ANNOTATION_SPEC_HASH = f"{GROUP}/spec-hash"
 ANNOTATION_VERSION = f"{GROUP}/version"
 ANNOTATION_ARTIFACT_SHA256 = f"{GROUP}/artifact-sha256"
 # Set on a ModelDeployment (any new value) to forget its failed rollouts and try those versions again.

@@ -3,7 +3,6 @@ its Service. Pure functions of the specs; the same input always gives the same o
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from typing import Any
@@ -32,28 +31,11 @@ DRAIN_SECONDS = 5
 TRITON_SHUTDOWN_SECONDS = 30
 
 
-def spec_hash(obj: dict[str, Any]) -> str:
-    """Digest of a rendered object, stored on it so an unchanged render is never sent again."""
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
-
-
-def stamped(obj: dict[str, Any]) -> dict[str, Any]:
-    """The object with its spec-hash annotation."""
-    digest = spec_hash(obj)
-    meta = obj["metadata"]
-    return {**obj, "metadata": {**meta, "annotations": {**meta.get("annotations", {}), naming.ANNOTATION_SPEC_HASH: digest}}}
-
-
-def needs_apply(existing: dict[str, Any] | None, desired: dict[str, Any]) -> bool:
-    """Whether the live object differs from the render: another hash or another controller."""
-    if existing is None:
-        return True
-    live = existing.get("metadata", {})
-    want = desired["metadata"]
-    if (live.get("annotations") or {}).get(naming.ANNOTATION_SPEC_HASH) != want["annotations"][naming.ANNOTATION_SPEC_HASH]:
-        return True
-    live_owners = {ref.get("uid") for ref in live.get("ownerReferences") or []}
-    return not {ref["uid"] for ref in want.get("ownerReferences", [])} <= live_owners
+def managed_replicas(spec: ModelDeploymentSpec) -> int | None:
+    """The replica count the operator keeps on the Triton Deployment. It is the
+    ModelDeployment's own; when an autoscaler owns the count, this returns None and the
+    field is left out of the render, so that server-side apply leaves it to the autoscaler."""
+    return spec.replicas
 
 
 def restricted_container_security() -> dict[str, Any]:
@@ -207,7 +189,7 @@ def render_job(
             "template": {"metadata": {"labels": labels}, "spec": pod_spec},
         },
     }
-    return stamped(job)
+    return job
 
 
 def triton_config_text(model_name: str, model: ModelSpec, spec: ModelDeploymentSpec, version: int) -> str:
@@ -277,6 +259,8 @@ def render_deployment(
         "image": spec.triton.image or settings.triton_image,
         "imagePullPolicy": settings.image_pull_policy,
         "command": ["tritonserver"],
+        # Rendered empty so that a variable added by hand is seen as drift and removed.
+        "env": [],
         "args": [
             f"--model-repository={MODEL_REPOSITORY}",
             "--model-control-mode=none",
@@ -313,7 +297,7 @@ def render_deployment(
     tolerations = tolerations_for(spec.scheduling.tolerations or (), gpus)
     if tolerations:
         pod_spec["tolerations"] = tolerations
-    deployment = {
+    deployment: dict[str, Any] = {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
         "metadata": {
@@ -324,7 +308,6 @@ def render_deployment(
             "ownerReferences": [owner.reference()],
         },
         "spec": {
-            "replicas": spec.replicas,
             "selector": {"matchLabels": naming.server_selector(name)},
             "strategy": {
                 "type": "RollingUpdate",
@@ -335,7 +318,10 @@ def render_deployment(
             "template": {"metadata": {"labels": template_labels, "annotations": template_annotations}, "spec": pod_spec},
         },
     }
-    return stamped(deployment)
+    replicas = managed_replicas(spec)
+    if replicas is not None:
+        deployment["spec"]["replicas"] = replicas
+    return deployment
 
 
 def render_service(*, name: str, namespace: str, owner: OwnerRef, model_name: str) -> dict[str, Any]:
@@ -347,7 +333,6 @@ def render_service(*, name: str, namespace: str, owner: OwnerRef, model_name: st
             "name": name,
             "namespace": namespace,
             "labels": naming.server_labels(name, model_name),
-            "annotations": {},
             "ownerReferences": [owner.reference()],
         },
         "spec": {
@@ -360,7 +345,7 @@ def render_service(*, name: str, namespace: str, owner: OwnerRef, model_name: st
             ],
         },
     }
-    return stamped(service)
+    return service
 
 
 def endpoints(name: str, namespace: str) -> dict[str, str]:

@@ -3,18 +3,27 @@ and must be reverted, and the status that results. Plan first; the handler appli
 
 from __future__ import annotations
 
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from modelops.api.deployment import ModelDeploymentSpec
+from modelops.api.deployment import (
+    ModelDeploymentSpec,
+    ModelDeploymentStatus,
+    RolloutRecord,
+)
+from modelops.api.types import Condition
 from modelops.core import naming
-from modelops.core.conditions import FALSE, TRUE, Cond, find, merge_conditions, timestamp
+from modelops.core.conditions import FALSE, TRUE, Cond, merge_conditions, timestamp
 from modelops.core.objects import VersionView
 from modelops.core.resolve import Resolution, effective_versions, resolve_version
 from modelops.core.versions import ROLLOUT_FAILED
 
 NORMAL, WARNING = "Normal", "Warning"
+# Reasons of a ModelVersion's RolloutFailed condition, which sums up status.failedBy.
+REASON_ROLLED_BACK = "RolledBack"
+REASON_NO_FAILED_ROLLOUT = "NoFailedRollout"
 
 
 @dataclass(frozen=True)
@@ -74,12 +83,11 @@ class Event:
 class RolloutPlan:
     target: VersionView | None  # the version to render; None leaves the Deployment alone
     resolution: Resolution
-    status: dict[str, Any]
+    status: ModelDeploymentStatus
     events: tuple[Event, ...] = ()
     started: int | None = None  # version whose rollout starts now
     succeeded: tuple[int, float] | None = None  # version and seconds it took
     rolled_back: int | None = None
-    cleared: tuple[int, ...] = ()  # failed versions forgotten because of the retry annotation
 
 
 def _seconds_between(start: str, now: datetime) -> float:
@@ -113,15 +121,13 @@ def plan_rollout(
     failed = set(old.get("failedVersions") or [])
     last_retry = old.get("lastRetry")
     events: list[Event] = []
-    cleared: tuple[int, ...] = ()
     if retry is not None and retry != last_retry:
-        cleared = tuple(sorted(failed))
         if failed:
             events.append(Event(NORMAL, "RetryRequested",
                                 f"cleared the failed versions {sorted(failed)}; they may be rolled out again"))
         failed = set()
         last_retry = retry
-    records = [dict(r) for r in old.get("rollouts") or []]
+    records = [RolloutRecord.model_validate(r) for r in old.get("rollouts") or []]
     served: int | None = old.get("servedVersion")
     previous: int | None = old.get("previousVersion")
     now_text = timestamp(now)
@@ -138,9 +144,11 @@ def plan_rollout(
     ):
         rolled_back = server.version
         failed.add(rolled_back)
-        for record in records:
-            if record["version"] == rolled_back and record["outcome"] == "Progressing":
-                record.update(outcome="RolledBack", finishedAt=now_text)
+        records = [
+            r.model_copy(update={"outcome": "RolledBack", "finished_at": now_text})
+            if r.version == rolled_back and r.outcome == "Progressing" else r
+            for r in records
+        ]
         back_to = f"version {served}" if served is not None else "the previous version"
         events.append(
             Event(
@@ -174,20 +182,21 @@ def plan_rollout(
         served = server.version
 
     succeeded = None
-    if served is not None and records and records[-1]["version"] == served and records[-1]["outcome"] == "Progressing":
-        records[-1].update(outcome="Succeeded", finishedAt=now_text)
-        succeeded = (served, _seconds_between(records[-1]["startedAt"], now))
+    if served is not None and records and records[-1].version == served and records[-1].outcome == "Progressing":
+        records[-1] = records[-1].model_copy(update={"outcome": "Succeeded", "finished_at": now_text})
+        succeeded = (served, _seconds_between(records[-1].started_at, now))
         events.append(Event(NORMAL, "RolloutSucceeded", f"serving version {served}"))
 
     started = None
     in_flight = target is not None and target.version != served
-    if in_flight and not (records and records[-1]["version"] == target.version and records[-1]["outcome"] == "Progressing"):
-        if records and records[-1]["outcome"] == "Progressing":
-            records[-1].update(outcome="Superseded", finishedAt=now_text)
-        record: dict[str, Any] = {"version": target.version, "startedAt": now_text, "outcome": "Progressing"}
-        if served is not None:
-            record["fromVersion"] = served
-        records.append(record)
+    if in_flight and target is not None and not (
+        records and records[-1].version == target.version and records[-1].outcome == "Progressing"
+    ):
+        if records and records[-1].outcome == "Progressing":
+            records[-1] = records[-1].model_copy(update={"outcome": "Superseded", "finished_at": now_text})
+        records.append(RolloutRecord.model_validate(
+            {"version": target.version, "fromVersion": served, "startedAt": now_text, "outcome": "Progressing"}
+        ))
         started = target.version
         source = f" (from version {served})" if served is not None else ""
         events.append(Event(NORMAL, "RolloutStarted", f"rolling out version {target.version}{source}"))
@@ -199,7 +208,7 @@ def plan_rollout(
         desired = spec.version if spec.version_policy == "Pinned" else None
 
     conditions = _conditions(spec, resolution, target, served, desired, server, in_flight, records, blocked)
-    status: dict[str, Any] = {
+    status = ModelDeploymentStatus.model_validate({
         "observedGeneration": generation,
         "desiredVersion": desired,
         "servedVersion": served,
@@ -211,16 +220,15 @@ def plan_rollout(
         "endpoints": endpoints if (target is not None or server is not None) else None,
         "rollouts": records or None,
         "conditions": merge_conditions(old.get("conditions"), conditions, generation, now),
-    }
+    })
     return RolloutPlan(
         target=target,
         resolution=resolution,
-        status={k: v for k, v in status.items() if v is not None},
+        status=status,
         events=tuple(events),
         started=started,
         succeeded=succeeded,
         rolled_back=rolled_back,
-        cleared=cleared,
     )
 
 
@@ -232,7 +240,7 @@ def _conditions(
     desired: int | None,
     server: ServerState | None,
     in_flight: bool,
-    records: list[dict[str, Any]],
+    records: list[RolloutRecord],
     blocked: tuple[str, str] | None,
 ) -> list[Cond]:
     if blocked is not None:
@@ -274,8 +282,8 @@ def _conditions(
     else:
         ready = Cond("Ready", FALSE, "Unavailable", f"no ready replica of version {served}")
 
-    if records and records[-1]["outcome"] == "RolledBack":
-        bad = records[-1]["version"]
+    if records and records[-1].outcome == "RolledBack":
+        bad = records[-1].version
         degraded = Cond("Degraded", TRUE, "RolledBack", f"the rollout of version {bad} failed and was rolled back; serving version {served}")
     elif not rolling and desired != served and served is not None:
         degraded = Cond("Degraded", TRUE, resolution.reason, f"{resolution.message}; serving version {served} instead")
@@ -284,22 +292,62 @@ def _conditions(
     return [ready, progressing, degraded]
 
 
-def rollout_failed_conditions(
-    conditions: list[dict[str, Any]] | None, failed: bool, message: str, now: datetime
-) -> list[dict[str, Any]] | None:
-    """A version's conditions with its RolloutFailed condition set by one ModelDeployment's
-    verdict, or None when nothing would change. Other conditions are left as they are."""
-    existing = find(conditions, ROLLOUT_FAILED)
-    status = TRUE if failed else FALSE
-    if existing is None and not failed:
+# -- verdicts: which deployments failed a version ---------------------------------------------
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """A change to one ModelVersion's status.failedBy: names to add and names to remove."""
+
+    version_name: str
+    add: frozenset[str] = frozenset()
+    remove: frozenset[str] = frozenset()
+
+
+def verdicts_of(deployment: str, failed_versions: Collection[int], versions: Iterable[VersionView]) -> list[Verdict]:
+    """The changes that make the ModelVersions agree with one deployment's failedVersions: its
+    name on exactly the versions it failed. Empty when they agree, so a resync writes nothing."""
+    views = [v for v in versions if not v.deleting]
+    owners = {v.name for v in effective_versions(views).values()}
+    changes = []
+    for view in sorted(views, key=lambda v: (v.version, v.name)):
+        wanted = view.name in owners and view.version in failed_versions
+        marked = deployment in view.failed_by
+        if wanted and not marked:
+            changes.append(Verdict(view.name, add=frozenset({deployment})))
+        elif marked and not wanted:
+            changes.append(Verdict(view.name, remove=frozenset({deployment})))
+    return changes
+
+
+def stale_verdicts(versions: Iterable[VersionView], deployments: Collection[str]) -> list[Verdict]:
+    """Marks left by ModelDeployments that no longer exist."""
+    changes = []
+    for view in versions:
+        gone = frozenset(view.failed_by) - frozenset(deployments)
+        if gone and not view.deleting:
+            changes.append(Verdict(view.name, remove=gone))
+    return changes
+
+
+def failed_by_status(old_status: dict[str, Any] | None, verdict: Verdict, now: datetime) -> dict[str, Any] | None:
+    """The part of a ModelVersion's status that a verdict changes: failedBy, and the
+    RolloutFailed condition that sums it up. None when the verdict changes nothing."""
+    old = old_status or {}
+    before = set(old.get("failedBy") or [])
+    after = (before | verdict.add) - verdict.remove
+    if after == before:
         return None
-    if existing is not None and existing.get("status") == status and existing.get("message") == message:
-        return None
-    entry = {
-        "type": ROLLOUT_FAILED,
-        "status": status,
-        "reason": "RolledBack" if failed else "RetryRequested",
-        "message": message,
-        "lastTransitionTime": timestamp(now),
-    }
-    return [c for c in conditions or [] if c.get("type") != ROLLOUT_FAILED] + [entry]
+    conditions = [c for c in old.get("conditions") or [] if c.get("type") != ROLLOUT_FAILED]
+    existing = [c for c in old.get("conditions") or [] if c.get("type") == ROLLOUT_FAILED]
+    if after:
+        names = ", ".join(sorted(after))
+        wanted = Cond(
+            ROLLOUT_FAILED, TRUE, REASON_ROLLED_BACK,
+            f"the rollout of this version was rolled back on ModelDeployment {names}; Latest skips it there "
+            "until the modelops.dev/retry annotation of that ModelDeployment changes",
+        )
+    else:
+        wanted = Cond(ROLLOUT_FAILED, FALSE, REASON_NO_FAILED_ROLLOUT, "no ModelDeployment has a failed rollout of this version")
+    merged = Condition.model_validate(merge_conditions(existing, [wanted], None, now)[0])
+    return {"failedBy": sorted(after) or None, "conditions": [*conditions, merged.wire()]}

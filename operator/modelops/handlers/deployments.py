@@ -1,4 +1,5 @@
-"""Reconcile one ModelDeployment: resolve the version, render Triton, apply what changed."""
+"""Reconcile one ModelDeployment: resolve the version, render Triton, keep the children as
+rendered, and record this deployment's verdicts on the ModelVersions."""
 
 from __future__ import annotations
 
@@ -8,10 +9,18 @@ from modelops import kube as k8s
 from modelops.api.deployment import ModelDeploymentSpec
 from modelops.api.model import ModelSpec
 from modelops.core import naming, render
+from modelops.core.drift import differences, removals
 from modelops.core.objects import OwnerRef, VersionView, owned_by
-from modelops.core.rollout import RolloutPlan, ServerState, plan_rollout, rollout_failed_conditions
+from modelops.core.rollout import (
+    RolloutPlan,
+    ServerState,
+    Verdict,
+    failed_by_status,
+    plan_rollout,
+    verdicts_of,
+)
 from modelops.handlers.context import Context
-from modelops.handlers.queue import Key
+from modelops.handlers.queue import Key, RetryLater
 from modelops.serving import ServingConfigError
 
 
@@ -59,12 +68,10 @@ def reconcile_deployment(ctx: Context, key: Key) -> float | None:
             result = plan(("InvalidServingConfig", f"the Triton configuration is invalid: {err}"))
         else:
             service = render.render_service(name=name, namespace=namespace, owner=owner, model_name=spec.model)
-            if render.needs_apply(live_deployment, desired):
-                ctx.kube.apply(k8s.DEPLOYMENTS, desired)
-            if render.needs_apply(live_service, service):
-                ctx.kube.apply(k8s.SERVICES, service)
+            keep(ctx, k8s.DEPLOYMENTS, live_deployment, desired)
+            keep(ctx, k8s.SERVICES, live_service, service)
 
-    ctx.write_status(k8s.MODELDEPLOYMENTS, body, result.status)
+    ctx.write_status(k8s.MODELDEPLOYMENTS, body, result.status.wire())
     for event in result.events:
         ctx.kube.emit_event(body, event.type, event.reason, event.message)
     if result.started is not None:
@@ -74,26 +81,51 @@ def reconcile_deployment(ctx: Context, key: Key) -> float | None:
         ctx.metrics.rollout_seconds.observe(result.succeeded[1])
     if result.rolled_back is not None:
         ctx.metrics.rollbacks.inc()
-        _mark_version(ctx, namespace, versions, result.rolled_back, True, (
-            f"the rollout of version {result.rolled_back} on ModelDeployment {name} did not become available "
-            f"within {spec.rollout.progress_deadline_seconds}s and was rolled back; Latest skips it until the "
-            f"modelops.dev/retry annotation on {name} changes"))
-    for number in result.cleared:
-        _mark_version(ctx, namespace, versions, number, False,
-                      f"ModelDeployment {name} was asked to retry version {number} (modelops.dev/retry)")
+    # Level-triggered: this deployment's name sits on exactly the versions it failed.
+    for verdict in verdicts_of(name, result.status.failed_versions or (), versions):
+        record_verdict(ctx, namespace, verdict)
     return None
 
 
-def _mark_version(ctx: Context, namespace: str, versions: list[VersionView], number: int, failed: bool,
-                  message: str) -> None:
-    """Record a deployment's verdict on the ModelVersion itself, where `kubectl get mv` users look."""
-    view = next((v for v in versions if v.version == number and not v.deleting), None)
-    body = ctx.kube.get(k8s.MODELVERSIONS, namespace, view.name) if view else None
-    if body is None:
+def keep(ctx: Context, resource: k8s.Resource, live: dict[str, Any] | None, desired: dict[str, Any]) -> None:
+    """Make the live child what we render: server-side apply when a rendered field is missing
+    or different (this also recreates a deleted child), then remove the entries that someone
+    added to a rendered list, which apply leaves to their owner. No write when nothing differs."""
+    found = differences(desired, live)
+    if not found:
         return
-    conditions = rollout_failed_conditions((body.get("status") or {}).get("conditions"), failed, message, ctx.clock())
-    if conditions is not None:
-        ctx.kube.patch_status(k8s.MODELVERSIONS, namespace, view.name, {"conditions": conditions})
+    if any(d.kind != "extra" for d in found):
+        live = ctx.kube.apply(resource, desired)
+        found = differences(desired, live)
+    ops = removals(found)
+    if ops:
+        meta = desired["metadata"]
+        try:
+            ctx.kube.json_patch(resource, meta["namespace"], meta["name"], ops)
+        except k8s.Invalid:  # a guarding test failed: the list changed since it was read
+            raise RetryLater(f"{resource.kind} {meta['name']} changed while entries added by hand were removed") from None
+
+
+VERDICT_ATTEMPTS = 5
+
+
+def record_verdict(ctx: Context, namespace: str, verdict: Verdict) -> None:
+    """Change one ModelVersion's failedBy without losing a concurrent change: each write is
+    guarded by the resourceVersion it was computed from, and a conflict reads again."""
+    for _ in range(VERDICT_ATTEMPTS):
+        body = ctx.kube.get(k8s.MODELVERSIONS, namespace, verdict.version_name)
+        if body is None:
+            return
+        status = failed_by_status(body.get("status"), verdict, ctx.clock())
+        if status is None:
+            return
+        patch = {"metadata": {"resourceVersion": body["metadata"]["resourceVersion"]}, "status": status}
+        try:
+            ctx.kube.patch(k8s.MODELVERSIONS, namespace, verdict.version_name, patch, subresource="status")
+            return
+        except k8s.Conflict:
+            continue
+    raise k8s.Conflict(f"ModelVersion {verdict.version_name} kept changing while its failedBy was updated", 409)
 
 
 def _name_taken(deployment: dict[str, Any] | None, service: dict[str, Any] | None, uid: str, name: str) -> tuple[str, str] | None:

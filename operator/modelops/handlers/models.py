@@ -7,7 +7,9 @@ from modelops.api.model import ModelSpec
 from modelops.api.version import TERMINAL_PHASES
 from modelops.core.models import model_status
 from modelops.core.objects import OwnerRef, VersionView, with_owner
+from modelops.core.rollout import stale_verdicts
 from modelops.handlers.context import Context, CredentialsProblem
+from modelops.handlers.deployments import record_verdict
 from modelops.handlers.queue import Key
 
 
@@ -33,6 +35,9 @@ def reconcile_model(ctx: Context, key: Key) -> float | None:
     views = [VersionView.from_body(v) for v in versions]
     status = model_status(body.get("status"), key.name, views, problem, body["metadata"].get("generation"), ctx.clock())
     ctx.write_status(k8s.MODELS, body, status)
+    # A deleted ModelDeployment (or one moved to another Model) takes its verdicts with it.
+    for verdict in stale_verdicts(views, {d["metadata"]["name"] for d in deployments}):
+        record_verdict(ctx, key.namespace, verdict)
 
     # Versions waiting for this Model (or for a duplicate to go away), and every deployment.
     for view in views:

@@ -170,10 +170,13 @@ def build_registry(operator: Operator) -> kopf.OperatorRegistry:
         operator.wake(Key("Model", namespace, (body.get("spec") or {}).get("model", "")))
 
     @kopf.on.event(GROUP, VERSION, "modeldeployments", registry=registry)
-    async def deployment_event(event: dict[str, Any], name: str, namespace: str, **_: Any) -> None:
+    async def deployment_event(event: dict[str, Any], body: Any, name: str, namespace: str, **_: Any) -> None:
         key = Key("ModelDeployment", namespace, name)
-        operator.seen(key, event.get("type") == "DELETED")
+        deleted = event.get("type") == "DELETED"
+        operator.seen(key, deleted)
         operator.wake(key)
+        if deleted:  # its Model clears the verdicts it left on the versions
+            operator.wake(Key("Model", namespace, (body.get("spec") or {}).get("model", "")))
 
     @kopf.on.event("batch", "v1", "jobs", labels=MANAGED, registry=registry)
     async def job_event(body: Any, **_: Any) -> None:
@@ -181,6 +184,8 @@ def build_registry(operator: Operator) -> kopf.OperatorRegistry:
         if owner is not None:
             operator.wake(owner)
 
+    # A change to a child, by anyone, wakes its owner: a hand edit, a scale or a deletion is
+    # reverted by the owner's next reconcile (what it renders, it keeps).
     @kopf.on.event("apps", "v1", "deployments", labels=MANAGED, registry=registry)
     async def server_event(body: Any, **_: Any) -> None:
         owner = _owner_key(dict(body), "ModelDeployment")
