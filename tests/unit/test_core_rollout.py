@@ -321,3 +321,24 @@ def test_the_last_name_removed_turns_rolled_back_false() -> None:
 )
 def test_a_verdict_that_changes_nothing_writes_nothing(failed_by, verdict) -> None:
     assert failed_by_status({"failedBy": list(failed_by) or None, "conditions": [READY]}, verdict, T0) is None
+
+
+def test_a_pod_lost_after_the_rollout_is_degraded_not_a_rollout() -> None:
+    md = spec(replicas=2)
+    converged = converge(md, [v(1)]).status
+    crashed = ServerState(1, 2, updated=2, ready=1, available=1, total=2)
+    s = plan(md, converged, [v(1)], crashed, now=T0 + timedelta(minutes=5)).status
+    assert s["servedVersion"] == 1
+    assert cond(s, "Progressing") == ("False", "RolloutComplete")
+    assert cond(s, "Degraded") == ("True", "ReplicasUnavailable")
+    assert "1 of 2 replicas of version 1" in find(s["conditions"], "Degraded")["message"]
+    assert cond(s, "Ready") == ("True", "Serving")  # one replica still serves
+    assert s["rollouts"] == converged["rollouts"]
+
+    none_left = ServerState(1, 2, updated=2, ready=0, available=0, total=2)
+    s = plan(md, converged, [v(1)], none_left, now=T0 + timedelta(minutes=6)).status
+    assert cond(s, "Ready") == ("False", "Unavailable")
+    assert cond(s, "Degraded") == ("True", "ReplicasUnavailable")
+
+    healed = plan(md, s, [v(1)], done(1, replicas=2), now=T0 + timedelta(minutes=7)).status
+    assert cond(healed, "Ready") == ("True", "Serving") and cond(healed, "Degraded") == ("False", "AsExpected")

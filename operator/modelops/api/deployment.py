@@ -69,6 +69,7 @@ class DeploymentReason(StrEnum):
     RETRY_REQUESTED = "RetryRequested"
     SERVING = "Serving"
     UNAVAILABLE = "Unavailable"
+    REPLICAS_UNAVAILABLE = "ReplicasUnavailable"
     AS_EXPECTED = "AsExpected"
 
 # Service and Deployment names come from the ModelDeployment's name.

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from modelops.api.deployment import DeploymentReason as Reason
 from modelops.api.deployment import (
     ModelDeploymentSpec,
     ModelDeploymentStatus,
@@ -62,14 +63,18 @@ class ServerState:
         )
 
     @property
-    def complete(self) -> bool:
-        """Every pod runs the current template and is available; no old pod is left."""
+    def rolled_out(self) -> bool:
+        """Every pod runs the current template and no old pod is left (available or not)."""
         return (
             self.observed_generation >= self.generation
             and self.updated == self.replicas
-            and self.available == self.replicas
             and self.total == self.replicas
         )
+
+    @property
+    def complete(self) -> bool:
+        """Rolled out, and every pod is available."""
+        return self.rolled_out and self.available == self.replicas
 
 
 @dataclass(frozen=True)
@@ -258,7 +263,10 @@ def _conditions(
         ]
     replicas = spec.replicas
     ready_pods = server.ready if server else 0
-    rolling = in_flight or server is None or not server.complete
+    # A pod that fails after the rollout finished (a crash, a lost node) is not a rollout:
+    # it shows as Degraded, and the rollout stays complete.
+    rolling = in_flight or server is None or not server.rolled_out
+    unavailable = 0 if rolling or server is None else max(0, replicas - server.available)
     if rolling:
         counts = f"{server.updated}/{replicas} updated, {server.available} available" if server else "creating the Deployment"
         version = target.version if target else served
@@ -287,6 +295,11 @@ def _conditions(
         degraded = Cond("Degraded", TRUE, "RolledBack", f"the rollout of version {bad} failed and was rolled back; serving version {served}")
     elif not rolling and desired != served and served is not None:
         degraded = Cond("Degraded", TRUE, resolution.reason, f"{resolution.message}; serving version {served} instead")
+    elif unavailable:
+        degraded = Cond(
+            "Degraded", TRUE, Reason.REPLICAS_UNAVAILABLE,
+            f"{unavailable} of {replicas} replicas of version {served} are not available (crashed, restarting or not scheduled)",
+        )
     else:
         degraded = Cond("Degraded", FALSE, "AsExpected", "serving as the policy asks" if not rolling else "rollout under way")
     return [ready, progressing, degraded]
