@@ -9,7 +9,8 @@ from typing import Any
 
 from modelops import serving
 from modelops.api.deployment import ModelDeploymentSpec
-from modelops.api.model import ModelSpec, Signature, StorageSpec, Toleration
+from modelops.api.model import ModelSpec, Signature, StorageSpec
+from modelops.api.types import Toleration
 from modelops.compress import exitcodes
 from modelops.core import naming
 from modelops.core.objects import OwnerRef, VersionView

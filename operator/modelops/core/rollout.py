@@ -14,12 +14,11 @@ from modelops.api.deployment import (
     ModelDeploymentStatus,
     RolloutRecord,
 )
-from modelops.api.types import Condition
+from modelops.api.types import Condition, ConditionType
 from modelops.core import naming
 from modelops.core.conditions import FALSE, TRUE, Cond, merge_conditions, timestamp
 from modelops.core.objects import VersionView
 from modelops.core.resolve import Resolution, effective_versions, resolve_version
-from modelops.core.versions import ROLLOUT_FAILED
 
 NORMAL, WARNING = "Normal", "Warning"
 # Reasons of a ModelVersion's RolloutFailed condition, which sums up status.failedBy.
@@ -128,7 +127,7 @@ def plan_rollout(
     events: list[Event] = []
     if retry is not None and retry != last_retry:
         if failed:
-            events.append(Event(NORMAL, "RetryRequested",
+            events.append(Event(NORMAL, Reason.RETRY_REQUESTED,
                                 f"cleared the failed versions {sorted(failed)}; they may be rolled out again"))
         failed = set()
         last_retry = retry
@@ -167,7 +166,7 @@ def plan_rollout(
     if model_exists:
         resolution = resolve_version(spec.version_policy, spec.version, spec.model, versions, failed)
     else:
-        resolution = Resolution(None, "ModelNotFound", f"Model {spec.model} does not exist in this namespace; create it or fix spec.model")
+        resolution = Resolution(None, Reason.MODEL_NOT_FOUND, f"Model {spec.model} does not exist in this namespace; create it or fix spec.model")
 
     target: VersionView | None = None
     if blocked is None:
@@ -190,7 +189,7 @@ def plan_rollout(
     if served is not None and records and records[-1].version == served and records[-1].outcome == "Progressing":
         records[-1] = records[-1].model_copy(update={"outcome": "Succeeded", "finished_at": now_text})
         succeeded = (served, _seconds_between(records[-1].started_at, now))
-        events.append(Event(NORMAL, "RolloutSucceeded", f"serving version {served}"))
+        events.append(Event(NORMAL, Reason.ROLLOUT_SUCCEEDED, f"serving version {served}"))
 
     started = None
     in_flight = target is not None and target.version != served
@@ -204,7 +203,7 @@ def plan_rollout(
         ))
         started = target.version
         source = f" (from version {served})" if served is not None else ""
-        events.append(Event(NORMAL, "RolloutStarted", f"rolling out version {target.version}{source}"))
+        events.append(Event(NORMAL, Reason.ROLLOUT_STARTED, f"rolling out version {target.version}{source}"))
     records = records[-history:]
 
     if resolution.version is not None:
@@ -251,15 +250,15 @@ def _conditions(
     if blocked is not None:
         reason, message = blocked
         return [
-            Cond("Ready", FALSE, reason, message),
-            Cond("Progressing", FALSE, reason, message),
-            Cond("Degraded", TRUE, reason, message),
+            Cond(ConditionType.READY, FALSE, reason, message),
+            Cond(ConditionType.PROGRESSING, FALSE, reason, message),
+            Cond(ConditionType.DEGRADED, TRUE, reason, message),
         ]
     if target is None and served is None:
         return [
-            Cond("Ready", FALSE, resolution.reason, resolution.message),
-            Cond("Progressing", FALSE, resolution.reason, resolution.message),
-            Cond("Degraded", FALSE, "NothingServed", "no version is served yet"),
+            Cond(ConditionType.READY, FALSE, resolution.reason, resolution.message),
+            Cond(ConditionType.PROGRESSING, FALSE, resolution.reason, resolution.message),
+            Cond(ConditionType.DEGRADED, FALSE, Reason.NOTHING_SERVED, "no version is served yet"),
         ]
     replicas = spec.replicas
     ready_pods = server.ready if server else 0
@@ -270,38 +269,38 @@ def _conditions(
     if rolling:
         counts = f"{server.updated}/{replicas} updated, {server.available} available" if server else "creating the Deployment"
         version = target.version if target else served
-        progressing = Cond("Progressing", TRUE, "RolloutInProgress", f"rolling out version {version}: {counts}")
+        progressing = Cond(ConditionType.PROGRESSING, TRUE, Reason.ROLLOUT_IN_PROGRESS, f"rolling out version {version}: {counts}")
         if server is not None and server.deadline_exceeded and not spec.rollout.auto_rollback:
             progressing = Cond(
-                "Progressing", FALSE, "ProgressDeadlineExceeded",
+                ConditionType.PROGRESSING, FALSE, Reason.PROGRESS_DEADLINE_EXCEEDED,
                 f"version {version} did not become available within {spec.rollout.progress_deadline_seconds}s "
                 "and autoRollback is off; fix the version or pin another one",
             )
     else:
-        progressing = Cond("Progressing", FALSE, "RolloutComplete", f"version {served} is rolled out")
+        progressing = Cond(ConditionType.PROGRESSING, FALSE, Reason.ROLLOUT_COMPLETE, f"version {served} is rolled out")
 
     if not rolling and served == desired and (replicas == 0 or ready_pods >= 1):
-        ready = Cond("Ready", TRUE, "Serving", f"serving version {served} on {ready_pods}/{replicas} ready replicas")
+        ready = Cond(ConditionType.READY, TRUE, Reason.SERVING, f"serving version {served} on {ready_pods}/{replicas} ready replicas")
     elif resolution.version is None:
         still = f"; still serving version {served}" if served is not None else ""
-        ready = Cond("Ready", FALSE, resolution.reason, resolution.message + still)
+        ready = Cond(ConditionType.READY, FALSE, resolution.reason, resolution.message + still)
     elif rolling:
-        ready = Cond("Ready", FALSE, progressing.reason, progressing.message)
+        ready = Cond(ConditionType.READY, FALSE, progressing.reason, progressing.message)
     else:
-        ready = Cond("Ready", FALSE, "Unavailable", f"no ready replica of version {served}")
+        ready = Cond(ConditionType.READY, FALSE, Reason.UNAVAILABLE, f"no ready replica of version {served}")
 
     if records and records[-1].outcome == "RolledBack":
         bad = records[-1].version
-        degraded = Cond("Degraded", TRUE, "RolledBack", f"the rollout of version {bad} failed and was rolled back; serving version {served}")
+        degraded = Cond(ConditionType.DEGRADED, TRUE, Reason.ROLLED_BACK, f"the rollout of version {bad} failed and was rolled back; serving version {served}")
     elif not rolling and desired != served and served is not None:
-        degraded = Cond("Degraded", TRUE, resolution.reason, f"{resolution.message}; serving version {served} instead")
+        degraded = Cond(ConditionType.DEGRADED, TRUE, resolution.reason, f"{resolution.message}; serving version {served} instead")
     elif unavailable:
         degraded = Cond(
-            "Degraded", TRUE, Reason.REPLICAS_UNAVAILABLE,
+            ConditionType.DEGRADED, TRUE, Reason.REPLICAS_UNAVAILABLE,
             f"{unavailable} of {replicas} replicas of version {served} are not available (crashed, restarting or not scheduled)",
         )
     else:
-        degraded = Cond("Degraded", FALSE, "AsExpected", "serving as the policy asks" if not rolling else "rollout under way")
+        degraded = Cond(ConditionType.DEGRADED, FALSE, Reason.AS_EXPECTED, "serving as the policy asks" if not rolling else "rollout under way")
     return [ready, progressing, degraded]
 
 
@@ -351,16 +350,16 @@ def failed_by_status(old_status: dict[str, Any] | None, verdict: Verdict, now: d
     after = (before | verdict.add) - verdict.remove
     if after == before:
         return None
-    conditions = [c for c in old.get("conditions") or [] if c.get("type") != ROLLOUT_FAILED]
-    existing = [c for c in old.get("conditions") or [] if c.get("type") == ROLLOUT_FAILED]
+    conditions = [c for c in old.get("conditions") or [] if c.get("type") != ConditionType.ROLLOUT_FAILED]
+    existing = [c for c in old.get("conditions") or [] if c.get("type") == ConditionType.ROLLOUT_FAILED]
     if after:
         names = ", ".join(sorted(after))
         wanted = Cond(
-            ROLLOUT_FAILED, TRUE, REASON_ROLLED_BACK,
+            ConditionType.ROLLOUT_FAILED, TRUE, REASON_ROLLED_BACK,
             f"the rollout of this version was rolled back on ModelDeployment {names}; Latest skips it there "
             "until the modelops.dev/retry annotation of that ModelDeployment changes",
         )
     else:
-        wanted = Cond(ROLLOUT_FAILED, FALSE, REASON_NO_FAILED_ROLLOUT, "no ModelDeployment has a failed rollout of this version")
+        wanted = Cond(ConditionType.ROLLOUT_FAILED, FALSE, REASON_NO_FAILED_ROLLOUT, "no ModelDeployment has a failed rollout of this version")
     merged = Condition.model_validate(merge_conditions(existing, [wanted], None, now)[0])
     return {"failedBy": sorted(after) or None, "conditions": [*conditions, merged.wire()]}

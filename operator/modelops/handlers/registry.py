@@ -66,7 +66,10 @@ class Operator:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         # Reconciles run in threads; they wake other objects through the event loop.
-        self.ctx = self._make_context(lambda key: loop.call_soon_threadsafe(self.wake, key))
+        def wake_from_thread(key: Key) -> None:
+            loop.call_soon_threadsafe(self.wake, key)
+
+        self.ctx = self._make_context(wake_from_thread)
         self.queue = WorkQueue(
             self._work, self.settings.workers, self.settings.max_backoff_seconds, self.ctx.metrics.queue_depth.set
         )
@@ -157,20 +160,22 @@ def build_registry(operator: Operator) -> kopf.OperatorRegistry:
         await operator.stop()
 
     @kopf.on.event(GROUP, VERSION, "models", registry=registry)
-    async def model_event(event: dict[str, Any], name: str, namespace: str, **_: Any) -> None:
-        key = Key("Model", namespace, name)
+    async def model_event(event: kopf.RawEvent, name: str, namespace: str | None, **_: Any) -> None:
+        key = Key("Model", namespace or "", name)
         operator.seen(key, event.get("type") == "DELETED")
         operator.wake(key)
 
     @kopf.on.event(GROUP, VERSION, "modelversions", registry=registry)
-    async def version_event(event: dict[str, Any], body: Any, name: str, namespace: str, **_: Any) -> None:
+    async def version_event(event: kopf.RawEvent, body: kopf.Body, name: str, namespace: str | None, **_: Any) -> None:
+        namespace = namespace or ""
         key = Key("ModelVersion", namespace, name)
         operator.seen(key, event.get("type") == "DELETED")
         operator.wake(key)
         operator.wake(Key("Model", namespace, (body.get("spec") or {}).get("model", "")))
 
     @kopf.on.event(GROUP, VERSION, "modeldeployments", registry=registry)
-    async def deployment_event(event: dict[str, Any], body: Any, name: str, namespace: str, **_: Any) -> None:
+    async def deployment_event(event: kopf.RawEvent, body: kopf.Body, name: str, namespace: str | None, **_: Any) -> None:
+        namespace = namespace or ""
         key = Key("ModelDeployment", namespace, name)
         deleted = event.get("type") == "DELETED"
         operator.seen(key, deleted)
