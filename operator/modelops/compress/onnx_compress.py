@@ -7,7 +7,10 @@ Weights are the float32 initializers that feed the weight input of MatMul, Gemm 
 - int8 weight-only stores weights as int8 with one float32 scale per output channel and adds
   DequantizeLinear nodes (served directly by onnxruntime and Triton);
 - int8 dynamic hands the (pruned) model to onnxruntime.quantization.quantize_dynamic, after
-  rewriting Gemm as MatMul + Add, which is the form that quantizer handles.
+  rewriting Gemm as MatMul + Add, which is the form that quantizer handles. Weights are int8
+  per channel with a reduced (7-bit) range: full-range int8 saturates in onnxruntime's U8S8
+  kernels on x86 CPUs without VNNI, and 7-bit weights cannot (docs/compression.md has the
+  measurement behind this choice).
 """
 
 from __future__ import annotations
@@ -280,7 +283,10 @@ def compress_onnx(source_path: Path, destination: Path, recipe: Recipe, threads:
             started = time.perf_counter()
             _quantize_dynamic(prepared, destination)
             stats.seconds += time.perf_counter() - started
-            stats.notes.append("int8 dynamic by onnxruntime.quantization.quantize_dynamic (per-channel int8 weights)")
+            stats.notes.append(
+                "int8 dynamic by onnxruntime.quantization.quantize_dynamic "
+                "(uint8 activations, per-channel 7-bit int8 weights: exact on x86 with or without VNNI)"
+            )
             return stats
 
 
@@ -297,6 +303,8 @@ def _quantize_dynamic(source: Path, destination: Path) -> None:
             str(destination),
             weight_type=QuantType.QInt8,
             per_channel=True,
+            # 7-bit weights: u8 x s7 pair sums fit int16, so VPMADDUBSW (x86 without VNNI) never saturates.
+            reduce_range=True,
             extra_options={"MatMulConstBOnly": True},
         )
     finally:
