@@ -19,7 +19,10 @@ from modelops.api.types import (
     validations,
 )
 
-Quantization = Literal["none", "fp16", "bf16", "int8-weight-only", "int8-dynamic"]
+Quantization = Literal[
+    "none", "fp16", "fp16-compute", "bf16", "int8-weight-only", "int8-dynamic", "int4-weight-only"
+]
+BlockSize = Literal[16, 32, 64, 128, 256]
 PruningMethod = Literal["none", "unstructured", "structured"]
 TargetFormat = Literal["onnx", "torchscript"]
 Metric = Literal["top1-accuracy", "top1-agreement", "cosine-similarity", "max-abs-error"]
@@ -93,7 +96,10 @@ class Pruning(ApiModel):
 class Compression(ApiModel):
     """The compression recipe. Unset fields come from the Model's versionDefaults."""
 
-    quantization: Quantization | None = Field(None, description="Quantization of the weights (and activations for int8-dynamic).")
+    quantization: Quantization | None = Field(None, description="Quantization: fp16 and bf16 store narrow weights and compute in float32 (CPU serving); fp16-compute computes in float16 with casts only at the inputs and outputs (CUDA serving); int8-weight-only and int4-weight-only store int8 per-channel or int4 block-wise weights, embedding tables included; int8-dynamic also quantizes activations at run time.")
+    block_size: BlockSize | None = Field(
+        None, description="Weights per scale for int4-weight-only (16 to 256, a power of two); default 128. Ignored by the other quantizations."
+    )
     pruning: Pruning | None = Field(None, description="Weight pruning.")
     target_format: TargetFormat | None = Field(None, description="Format of the compressed artifact; ONNX serves on every Triton backend we support.")
 
@@ -130,7 +136,7 @@ class PruningDefaults(Pruning):
 class CompressionDefaults(Compression):
     """Default compression recipe for the Model's versions."""
 
-    quantization: Quantization = Field("int8-weight-only", description="Quantization of the weights (and activations for int8-dynamic).")
+    quantization: Quantization = Field("int8-weight-only", description="Quantization: fp16 and bf16 store narrow weights and compute in float32 (CPU serving); fp16-compute computes in float16 with casts only at the inputs and outputs (CUDA serving); int8-weight-only and int4-weight-only store int8 per-channel or int4 block-wise weights, embedding tables included; int8-dynamic also quantizes activations at run time.")
     pruning: PruningDefaults = nested(PruningDefaults, "Weight pruning.")
     target_format: TargetFormat = Field("onnx", description="Format of the compressed artifact; ONNX serves on every Triton backend we support.")
 
