@@ -184,3 +184,58 @@ def quantize_int8(weight: np.ndarray, axis: int | None, threads: int | None = No
     quantized, scale = _quantize_rows(moved.reshape(moved.shape[0], -1), threads)
     return np.moveaxis(quantized.reshape(moved.shape), 0, axis), scale
 
+
+
+INT4_MAX = 7
+INT4_ZERO_POINT = 8  # onnxruntime's default zero point for unsigned 4-bit blocks
+
+
+def quantize_int4_blocks(
+    weight: np.ndarray, block_size: int, rows_are_channels: bool, threads: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric block-wise int4, in onnxruntime's MatMulNBits / GatherBlockQuantized layout.
+
+    The channels (N) are the rows of `weight` when `rows_are_channels` (an embedding table
+    [vocab, hidden], a Gemm weight with transB) and its columns otherwise (a MatMul weight
+    [K, N]). Each channel's K values are split into blocks of `block_size` (the last one padded
+    with zeros); a block has one float32 scale = max|w| / 7 and values round(w / scale) + 8 in
+    [1, 15], two to a byte, the first in the low nibble.
+    Returns (uint8 [N, blocks, block_size / 2], float32 scales [N, blocks]).
+    """
+    threads = threads or default_threads()
+    if weight.dtype != np.float32 or weight.ndim != 2:
+        raise TypeError(f"int4 quantization expects a 2-D float32 weight, got {weight.dtype} {weight.shape}")
+    if block_size < 16 or block_size & (block_size - 1):
+        raise ValueError(f"block size {block_size} is not a power of two >= 16")
+    channels, depth = weight.shape if rows_are_channels else weight.shape[::-1]
+    blocks = -(-depth // block_size)
+    packed = np.empty((channels, blocks, block_size // 2), dtype=np.uint8)
+    scales = np.empty((channels, blocks), dtype=np.float32)
+    step = max(1, _BLOCK_BYTES // max(1, blocks * block_size * 4))
+    spans = [(start, min(start + step, channels)) for start in range(0, channels, step)]
+
+    def work(share: list[tuple[int, int]]) -> None:
+        padded = np.zeros((step, blocks * block_size), dtype=np.float32)
+        for start, end in share:
+            rows = padded[: end - start]
+            rows[:, :depth] = weight[start:end] if rows_are_channels else weight[:, start:end].T
+            grouped = rows.reshape(end - start, blocks, block_size)
+            absmax = np.max(np.abs(grouped), axis=2)
+            scale = (absmax / INT4_MAX).astype(np.float32)
+            scale[scale == 0] = 1.0
+            scales[start:end] = scale
+            values = np.rint(grouped / scale[:, :, None])
+            np.clip(values, -INT4_MAX, INT4_MAX, out=values)
+            nibbles = (values + INT4_ZERO_POINT).astype(np.uint8)
+            packed[start:end] = nibbles[:, :, 0::2] | (nibbles[:, :, 1::2] << 4)
+
+    _run_split(spans, work, threads)
+    return packed, scales
+
+
+def dequantize_int4_blocks(packed: np.ndarray, scales: np.ndarray, depth: int) -> np.ndarray:
+    """The [N, depth] float32 values that `quantize_int4_blocks` encoded (for tests and checks)."""
+    low = (packed & 0x0F).astype(np.float32)
+    high = (packed >> 4).astype(np.float32)
+    values = np.stack([low, high], axis=-1).reshape(packed.shape[0], packed.shape[1], -1) - INT4_ZERO_POINT
+    return (values * scales[:, :, None]).reshape(packed.shape[0], -1)[:, :depth]
