@@ -62,8 +62,22 @@ def prune_structured(weight: np.ndarray, amount: float, axis: int) -> np.ndarray
 
 
 def to_fp16(weight: np.ndarray) -> np.ndarray:
-    """Round to float16, saturating instead of overflowing to infinity."""
-    return np.clip(weight, -FP16_MAX, FP16_MAX).astype(np.float16)
+    """Round to float16, saturating instead of overflowing to infinity.
+
+    Works in 1 MiB chunks through an aligned scratch buffer, so the only full-size array is
+    the float16 result (weights inside a protobuf are often unaligned, which numpy's fast
+    loops need).
+    """
+    source = np.ascontiguousarray(weight, dtype=np.float32).reshape(-1)
+    result = np.empty(source.shape, dtype=np.float16)
+    step = _BLOCK_BYTES // 4
+    scratch = np.empty(min(step, source.size), dtype=np.float32)
+    for start in range(0, source.size, step):
+        chunk = scratch[: min(step, source.size - start)]
+        np.copyto(chunk, source[start : start + step])
+        np.clip(chunk, -FP16_MAX, FP16_MAX, out=chunk)
+        np.copyto(result[start : start + step], chunk, casting="same_kind")
+    return result.reshape(weight.shape)
 
 
 def to_bf16(weight: np.ndarray) -> np.ndarray:
