@@ -9,12 +9,12 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from onnx import TensorProto, numpy_helper
-
-from models import transformer as T
 from modelops.compress import weights as W
 from modelops.compress.onnx_compress import compress_onnx
 from modelops.compress.recipe import Recipe
+from onnx import TensorProto, numpy_helper
+
+from models import transformer as T
 
 pytestmark = pytest.mark.unit
 
@@ -152,3 +152,20 @@ def test_bert_shaped_model_meets_the_size_and_cosine_bars(tmp_path: Path) -> Non
     assert ratios["int4-weight-only"] >= 6.0, ratios
     assert cosines["int8-weight-only"] >= 0.99, cosines
     assert cosines["int4-weight-only"] >= 0.95, cosines
+
+
+def test_a_form_onnxruntime_cannot_run_is_an_error_naming_the_operator(tmp_path: Path, monkeypatch) -> None:
+    """Never a silent fallback: a graph the provider cannot load stops the compression."""
+    from modelops.compress import onnx_compress
+
+    source = T.export(tmp_path / "model.onnx", SMALL)
+    original = onnx_compress._plan_fp16_compute
+
+    def with_unknown_operator(graph, *args):
+        result = original(graph, *args)
+        graph.node[-1].op_type = "NoSuchOperator"  # stands in for an op without a float16 kernel
+        return result
+
+    monkeypatch.setattr(onnx_compress, "_plan_fp16_compute", with_unknown_operator)
+    with pytest.raises(onnx_compress.UnsupportedModel, match=r"cannot run the fp16-compute form.*NoSuchOperator"):
+        compress_onnx(source, tmp_path / "out.onnx", Recipe.from_dict({"quantization": "fp16-compute"}), threads=1)

@@ -532,12 +532,46 @@ def _stream(source: OnnxFile, destination: Path, recipe: Recipe, threads: int, f
     return stats
 
 
-def compress_onnx(source_path: Path, destination: Path, recipe: Recipe, threads: int | None = None) -> OnnxStats:
-    """Write the compressed form of the ONNX model at `source_path` to `destination`."""
+# Forms built from operators that not every onnxruntime provider implements.
+RUNTIME_CHECKED = ("int4-weight-only", "fp16-compute")
+
+
+def check_runtime_support(path: Path, recipe: Recipe, providers: tuple[str, ...] = ("CPUExecutionProvider",)) -> None:
+    """Raise UnsupportedModel, naming the operator, when onnxruntime cannot load this form."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    try:
+        ort.InferenceSession(str(path), options, providers=list(providers))
+    except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own types (NotImplemented, Fail, ...)
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UnsupportedModel(
+            f"onnxruntime {ort.__version__} ({', '.join(providers)}) cannot run the {recipe.quantization} form "
+            f"of this model: {first_line}"
+        ) from None
+
+
+def compress_onnx(
+    source_path: Path,
+    destination: Path,
+    recipe: Recipe,
+    threads: int | None = None,
+    providers: tuple[str, ...] | None = ("CPUExecutionProvider",),
+) -> OnnxStats:
+    """Write the compressed form of the ONNX model at `source_path` to `destination`.
+
+    Forms in RUNTIME_CHECKED are loaded once with onnxruntime on `providers` (None skips the
+    check), so that a form the serving runtime cannot run fails here with UnsupportedModel
+    instead of being replaced by another one.
+    """
     threads = threads or W.default_threads()
     with OnnxFile(source_path) as source:
         if recipe.quantization != "int8-dynamic":
-            return _stream(source, destination, recipe, threads, for_dynamic_int8=False)
+            stats = _stream(source, destination, recipe, threads, for_dynamic_int8=False)
+            if providers and recipe.quantization in RUNTIME_CHECKED:
+                check_runtime_support(destination, recipe, providers)
+            return stats
         with tempfile.TemporaryDirectory(dir=destination.parent) as scratch:
             prepared = Path(scratch) / "prepared.onnx"
             stats = _stream(source, prepared, recipe, threads, for_dynamic_int8=True)
