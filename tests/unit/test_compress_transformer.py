@@ -169,3 +169,23 @@ def test_a_form_onnxruntime_cannot_run_is_an_error_naming_the_operator(tmp_path:
     monkeypatch.setattr(onnx_compress, "_plan_fp16_compute", with_unknown_operator)
     with pytest.raises(onnx_compress.UnsupportedModel, match=r"cannot run the fp16-compute form.*NoSuchOperator"):
         compress_onnx(source, tmp_path / "out.onnx", Recipe.from_dict({"quantization": "fp16-compute"}), threads=1)
+
+
+def test_int8_dynamic_is_written_as_7_bit_matmulinteger_and_runs_exactly(tmp_path: Path) -> None:
+    from onnx.reference import ReferenceEvaluator
+
+    source, out, model = _compress(tmp_path, SMALL, {"quantization": "int8-dynamic"})
+    ops = [n.op_type for n in model.graph.node]
+    tensors = _initializers(model)
+    integer = [n for n in model.graph.node if n.op_type == "MatMulInteger"]
+    assert not any(n.op_type == "MatMul" and n.input[1] in tensors for n in model.graph.node)
+    # query, key and value read one activation: one DynamicQuantizeLinear serves all three.
+    assert 0 < ops.count("DynamicQuantizeLinear") < len(integer)
+    for node in integer:
+        weights = numpy_helper.to_array(tensors[node.input[1]])
+        assert weights.dtype == np.int8 and np.abs(weights).max() <= 64  # cannot saturate VPMADDUBSW
+    feeds = T.eval_inputs(SMALL, samples=4)
+    got = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    exact = ReferenceEvaluator(model).run(None, feeds)[0]
+    np.testing.assert_allclose(got, exact, atol=1e-4 * np.abs(exact).max())
+    assert _cosine(_outputs(source, SMALL), _outputs(out, SMALL)) >= 0.999

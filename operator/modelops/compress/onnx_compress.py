@@ -17,17 +17,16 @@ Weights are the float32 initializers that feed the weight input of MatMul, Gemm 
   of `block_size` weights; a tied projection (MatMul on Transpose(table)) shares the table's
   blocks. Weights that neither operator takes (Conv, a weight used elsewhere) get int8, and
   the notes say how many;
-- int8 dynamic hands the (pruned) model to onnxruntime.quantization.quantize_dynamic, after
-  rewriting Gemm as MatMul + Add, which is the form that quantizer handles. Weights are int8
-  per channel with a reduced (7-bit) range: full-range int8 saturates in onnxruntime's U8S8
-  kernels on x86 CPUs without VNNI, and 7-bit weights cannot (docs/compression.md has the
-  measurement behind this choice).
+- int8 dynamic writes, tensor by tensor, the graph onnxruntime's quantize_dynamic would:
+  DynamicQuantizeLinear on the activations, MatMulInteger, then the scales (Gemm is first
+  rewritten as MatMul + Add). Weights are int8 per channel with a reduced (7-bit) range:
+  full-range int8 saturates in onnxruntime's U8S8 kernels on x86 CPUs without VNNI, and 7-bit
+  weights cannot (docs/compression.md has the measurement behind this choice). Embedding
+  tables are int8 per row as in int8 weight-only.
 """
 
 from __future__ import annotations
 
-import logging
-import tempfile
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -125,6 +124,7 @@ class _TensorPlan:
     cast_to: int | None = None  # onnx.TensorProto.FLOAT16 or BFLOAT16
     cast_name: str = ""
     transpose: bool = False
+    quantize_levels: int = W.INT8_MAX
     int4_rows_are_channels: bool | None = None  # set for int4: layout of the source weight
     int4_scale_names: tuple[str, ...] = ()  # (name, kind): "flat" [N*blocks] or "gather" [N, blocks, 1]
     int4_scale_kinds: tuple[str, ...] = ()
@@ -187,7 +187,7 @@ class _Rewrite:
 
 
 def _plan(
-    model: onnx.ModelProto, tensors: Iterable[LazyTensor], recipe: Recipe, for_dynamic_int8: bool
+    model: onnx.ModelProto, tensors: Iterable[LazyTensor], recipe: Recipe
 ) -> tuple[dict[str, _TensorPlan], dict[str, np.ndarray], OnnxStats]:
     graph = model.graph
     opset = default_opset(model)
@@ -203,7 +203,7 @@ def _plan(
     rewrite = _Rewrite(_Names(graph))
     plans: dict[str, _TensorPlan] = {}
     quantization = recipe.quantization
-    weight_only = quantization in ("int8-weight-only", "int4-weight-only")
+    weight_only = quantization in ("int8-weight-only", "int4-weight-only", "int8-dynamic")
 
     if quantization == "int8-weight-only" and opset < OPSET_DEQUANTIZE:
         raise UnsupportedModel(f"int8-weight-only needs ONNX opset >= {OPSET_DEQUANTIZE}; the model uses opset {opset}")
@@ -218,7 +218,8 @@ def _plan(
     if quantization == "int8-weight-only" and not per_channel:
         stats.notes.append(f"opset {opset} has no per-axis DequantizeLinear: one scale per tensor")
 
-    transposed = _rewrite_gemms(graph, weights) if for_dynamic_int8 or quantization == "int4-weight-only" else set()
+    rewrite_gemms = quantization in ("int8-dynamic", "int4-weight-only")
+    transposed = _rewrite_gemms(graph, weights) if rewrite_gemms else set()
     tables = gather_tables(graph, by_name) if weight_only else set()
     if tables and not per_channel:
         stats.notes.append(f"opset {opset}: embedding tables stay float32 (per-row scales need opset {OPSET_PER_AXIS})")
@@ -228,6 +229,9 @@ def _plan(
         if not any(entry.domain == MS_DOMAIN for entry in model.opset_import):
             model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
         int4 = _plan_int4(graph, by_name, weights, tables, transposed, recipe.block_size or 128, rewrite)
+    dynamic: dict[str, dict[str, object]] = {}
+    if quantization == "int8-dynamic":
+        dynamic = _plan_dynamic_int8(graph, by_name, weights, tables, rewrite)
     for table in sorted(tables - set(int4)):
         _rewrite_int8_gathers(graph, table, rewrite, plans)
     fallback = 0
@@ -238,8 +242,10 @@ def _plan(
         if axis is not None and recipe.pruning_method != "none":
             plan["prune_axis"] = axis
             stats.tensors_pruned += 1
-        if tensor.name in int4:
-            plan.update(int4[tensor.name])
+        if tensor.name in int4 or tensor.name in dynamic:
+            plan.update(int4.get(tensor.name) or dynamic[tensor.name])
+            if tensor.name in transposed:
+                plan["transpose"] = "quantize_levels" in plan  # int4 reads [N, K] as it is
             stats.tensors_quantized += 1
         elif tensor.name in plans:  # an int8 embedding table, planned with its Gathers
             plan.update(
@@ -268,7 +274,7 @@ def _plan(
                 )
             )
             stats.tensors_quantized += 1
-            fallback += quantization == "int4-weight-only"
+            fallback += quantization in ("int4-weight-only", "int8-dynamic")
         elif quantization in ("fp16", "bf16") and large_float:
             target = onnx.TensorProto.FLOAT16 if quantization == "fp16" else onnx.TensorProto.BFLOAT16
             plan.update(cast_to=target, cast_name=rewrite.names.fresh(f"{tensor.name}_{quantization}"))
@@ -287,7 +293,14 @@ def _plan(
                 f"int4 does not fit {fallback} weights and {len(tables - set(int4))} embedding tables "
                 "(Conv, other uses, a width not a multiple of the block): they are int8 per channel or per row"
             )
-    elif tables:
+    elif quantization == "int8-dynamic":
+        stats.notes.append(
+            f"int8 dynamic: {len(dynamic)} MatMuls as DynamicQuantizeLinear + MatMulInteger (uint8 activations, "
+            "per-channel 7-bit int8 weights: exact on x86 with or without VNNI)"
+        )
+        if fallback:
+            stats.notes.append(f"{fallback} weights outside MatMul (Conv, other uses) are int8 weight-only")
+    if tables and quantization != "int4-weight-only":
         stats.notes.append(f"{len(tables)} embedding tables int8 with one scale per row; only gathered rows are dequantized")
     rewrite.apply(graph)
     return plans, rewrite.constants, stats
@@ -400,6 +413,58 @@ def _plan_int4(
     return plans
 
 
+def _plan_dynamic_int8(
+    graph: onnx.GraphProto,
+    by_name: dict[str, LazyTensor],
+    weights: dict[str, int],
+    tables: set[str],
+    rewrite: _Rewrite,
+) -> dict[str, dict[str, object]]:
+    """MatMul(A, W) -> DynamicQuantizeLinear(A), MatMulInteger, Cast, and Mul by the two scales.
+
+    The form onnxruntime's quantize_dynamic writes, written here tensor by tensor. Weights are
+    symmetric per output channel with |q| <= 64, so their zero point is 0 and omitted. One
+    DynamicQuantizeLinear serves every MatMul that reads the same activation.
+    """
+    uses = _consumers(graph)
+    plans: dict[str, dict[str, object]] = {}
+    quantized_inputs: dict[str, tuple[str, str, str]] = {}
+    matmuls: list[tuple[int, onnx.NodeProto, str]] = []
+    for name in sorted(weights):
+        tensor = by_name[name]
+        consumers = uses.get(name, [])
+        if name in tables or len(tensor.dims) != 2 or tensor.numel < MIN_ELEMENTS:
+            continue
+        if not consumers or not all(node.op_type == "MatMul" and index == 1 for _, node, index in consumers):
+            continue
+        plans[name] = {
+            "quantize": True,
+            "quantize_axis": -1,
+            "quantized_name": rewrite.names.fresh(f"{name}_int8"),
+            "scale_name": rewrite.names.fresh(f"{name}_scale"),
+            "quantize_levels": W.REDUCED_RANGE,
+        }
+        matmuls += [(position, node, name) for position, node, _ in consumers]
+    # In graph order, so that each activation's DynamicQuantizeLinear precedes all its readers.
+    for position, node, name in sorted(matmuls, key=lambda entry: entry[0]):
+        activation = node.input[0]
+        replacement: list[onnx.NodeProto] = []
+        if activation not in quantized_inputs:
+            outputs = [rewrite.names.fresh(f"{activation}_{suffix}") for suffix in ("uint8", "scale", "zero")]
+            replacement.append(
+                helper.make_node("DynamicQuantizeLinear", [activation], outputs, name=rewrite.names.fresh("DynamicQuantize"))
+            )
+            quantized_inputs[activation] = (outputs[0], outputs[1], outputs[2])
+        activation_q, activation_scale, activation_zero = quantized_inputs[activation]
+        quantized, scale = plans[name]["quantized_name"], plans[name]["scale_name"]
+        product = rewrite.node("MatMulInteger", [activation_q, quantized, activation_zero])  # type: ignore[list-item]
+        widened = rewrite.node("Cast", [product.output[0]], to=onnx.TensorProto.FLOAT)
+        scales = rewrite.node("Mul", [activation_scale, scale])  # type: ignore[list-item]
+        result = rewrite.node("Mul", [widened.output[0], scales.output[0]], node.output[0])
+        rewrite.replaced[position] = [*replacement, product, widened, scales, result]
+    return plans
+
+
 def _plan_fp16_compute(
     graph: onnx.GraphProto,
     tensors: list[LazyTensor],
@@ -490,10 +555,10 @@ def _prune(array: np.ndarray, recipe: Recipe, axis: int) -> np.ndarray:
     return W.prune_structured(array, recipe.pruning_amount, axis)
 
 
-def _stream(source: OnnxFile, destination: Path, recipe: Recipe, threads: int, for_dynamic_int8: bool) -> OnnxStats:
+def _stream(source: OnnxFile, destination: Path, recipe: Recipe, threads: int) -> OnnxStats:
     skeleton = onnx.ModelProto()
     skeleton.CopyFrom(source.skeleton)
-    plans, constants, stats = _plan(skeleton, source.initializers, recipe, for_dynamic_int8)
+    plans, constants, stats = _plan(skeleton, source.initializers, recipe)
     started = time.perf_counter()
     with OnnxStreamWriter(destination, skeleton) as writer:
         for tensor in source.initializers:
@@ -515,7 +580,7 @@ def _stream(source: OnnxFile, destination: Path, recipe: Recipe, threads: int, f
                 for name, kind in zip(plan.int4_scale_names, plan.int4_scale_kinds, strict=True):
                     writer.add_array(name, scales.reshape(-1) if kind == "flat" else scales[:, :, None])
             elif plan.quantize:
-                quantized, scale = W.quantize_int8(array, plan.quantize_axis, threads)
+                quantized, scale = W.quantize_int8(array, plan.quantize_axis, threads, plan.quantize_levels)
                 writer.add_array(plan.quantized_name, quantized)
                 writer.add_array(plan.scale_name, scale)
             elif plan.cast_to == onnx.TensorProto.FLOAT16:
@@ -540,8 +605,14 @@ def check_runtime_support(path: Path, recipe: Recipe, providers: tuple[str, ...]
     """Raise UnsupportedModel, naming the operator, when onnxruntime cannot load this form."""
     import onnxruntime as ort
 
+    # Kernel lookup happens at session creation at any optimization level; without optimizations,
+    # arena and prepacking the check costs about twice the output's size in memory, not more.
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.enable_cpu_mem_arena = False
+    options.enable_mem_pattern = False
+    options.add_session_config_entry("session.disable_prepacking", "1")
     try:
         ort.InferenceSession(str(path), options, providers=list(providers))
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own types (NotImplemented, Fail, ...)
@@ -567,40 +638,7 @@ def compress_onnx(
     """
     threads = threads or W.default_threads()
     with OnnxFile(source_path) as source:
-        if recipe.quantization != "int8-dynamic":
-            stats = _stream(source, destination, recipe, threads, for_dynamic_int8=False)
-            if providers and recipe.quantization in RUNTIME_CHECKED:
-                check_runtime_support(destination, recipe, providers)
-            return stats
-        with tempfile.TemporaryDirectory(dir=destination.parent) as scratch:
-            prepared = Path(scratch) / "prepared.onnx"
-            stats = _stream(source, prepared, recipe, threads, for_dynamic_int8=True)
-            started = time.perf_counter()
-            _quantize_dynamic(prepared, destination)
-            stats.seconds += time.perf_counter() - started
-            stats.notes.append(
-                "int8 dynamic by onnxruntime.quantization.quantize_dynamic "
-                "(uint8 activations, per-channel 7-bit int8 weights: exact on x86 with or without VNNI)"
-            )
-            return stats
-
-
-def _quantize_dynamic(source: Path, destination: Path) -> None:
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    # The quantizer logs advice about calibration (irrelevant to dynamic quantization) on the root logger.
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
-    try:
-        quantize_dynamic(
-            str(source),
-            str(destination),
-            weight_type=QuantType.QInt8,
-            per_channel=True,
-            # 7-bit weights: u8 x s7 pair sums fit int16, so VPMADDUBSW (x86 without VNNI) never saturates.
-            reduce_range=True,
-            extra_options={"MatMulConstBOnly": True},
-        )
-    finally:
-        root.setLevel(level)
+        stats = _stream(source, destination, recipe, threads)
+    if providers and recipe.quantization in RUNTIME_CHECKED:
+        check_runtime_support(destination, recipe, providers)
+    return stats

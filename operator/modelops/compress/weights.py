@@ -16,6 +16,7 @@ import ml_dtypes
 import numpy as np
 
 INT8_MAX = 127
+REDUCED_RANGE = 64  # onnxruntime's reduce_range for symmetric int8 weights: [-64, 64]
 FP16_MAX = float(np.finfo(np.float16).max)
 _BLOCK_BYTES = 1 << 20
 
@@ -109,13 +110,13 @@ def _aligned(block: np.ndarray, scratch: np.ndarray) -> np.ndarray:
     return view
 
 
-def _scale_from_absmax(absmax: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    scale = (absmax / INT8_MAX).astype(np.float32)
+def _scale_from_absmax(absmax: np.ndarray, levels: int) -> tuple[np.ndarray, np.ndarray]:
+    scale = (absmax / levels).astype(np.float32)
     scale[scale == 0] = 1.0  # an all-zero channel quantizes to zeros with any scale
     return scale, (np.float32(1.0) / scale).astype(np.float32)
 
 
-def _quantize_rows(matrix: np.ndarray, threads: int) -> tuple[np.ndarray, np.ndarray]:
+def _quantize_rows(matrix: np.ndarray, threads: int, levels: int) -> tuple[np.ndarray, np.ndarray]:
     """One scale per row of a 2-D matrix."""
     rows, cols = matrix.shape
     blocks = _blocks(rows, cols * 4)
@@ -128,7 +129,7 @@ def _quantize_rows(matrix: np.ndarray, threads: int) -> tuple[np.ndarray, np.nda
         for start, end in share:
             block = _aligned(matrix[start:end], scratch)
             absmax = np.maximum(block.max(axis=1), -block.min(axis=1))
-            block_scale, inverse = _scale_from_absmax(absmax)
+            block_scale, inverse = _scale_from_absmax(absmax, levels)
             scale[start:end] = block_scale
             out = product[: end - start]
             np.multiply(block, inverse[:, None], out=out)
@@ -139,7 +140,9 @@ def _quantize_rows(matrix: np.ndarray, threads: int) -> tuple[np.ndarray, np.nda
     return quantized, scale
 
 
-def _quantize_columns(matrix: np.ndarray, threads: int, per_column: bool) -> tuple[np.ndarray, np.ndarray]:
+def _quantize_columns(
+    matrix: np.ndarray, threads: int, per_column: bool, levels: int
+) -> tuple[np.ndarray, np.ndarray]:
     """One scale per column of a 2-D matrix (or one for the whole matrix)."""
     rows, cols = matrix.shape
     blocks = _blocks(rows, cols * 4)
@@ -158,7 +161,7 @@ def _quantize_columns(matrix: np.ndarray, threads: int, per_column: bool) -> tup
     absmax = np.maximum.reduce(_run_split(blocks, absmax_of, threads))
     if not per_column:
         absmax = np.array([absmax.max()], dtype=np.float32)
-    scale, inverse = _scale_from_absmax(absmax)
+    scale, inverse = _scale_from_absmax(absmax, levels)
     quantized = np.empty((rows, cols), dtype=np.int8)
 
     def quantize(share: list[tuple[int, int]]) -> None:
@@ -173,8 +176,13 @@ def _quantize_columns(matrix: np.ndarray, threads: int, per_column: bool) -> tup
     return quantized, scale
 
 
-def quantize_int8(weight: np.ndarray, axis: int | None, threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Symmetric int8 quantization: q = round(w / scale), scale = max|w| / 127.
+def quantize_int8(
+    weight: np.ndarray, axis: int | None, threads: int | None = None, levels: int = INT8_MAX
+) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric int8 quantization: q = round(w / scale), scale = max|w| / levels.
+
+    `levels` is 127 for the full int8 range; REDUCED_RANGE (64) keeps |q| <= 64, the 7-bit
+    weights that onnxruntime's U8S8 kernels cannot saturate with.
 
     With `axis`, there is one scale per slice along that axis (per output channel); with None,
     one scale for the tensor. Returns (int8 array of the same shape, float32 scales).
@@ -185,17 +193,19 @@ def quantize_int8(weight: np.ndarray, axis: int | None, threads: int | None = No
     if weight.ndim == 0 or weight.size == 0:
         raise ValueError("int8 quantization needs a non-empty tensor with at least one dimension")
     if axis is None:
-        quantized, scale = _quantize_columns(weight.reshape(1, -1), threads, per_column=False)
+        quantized, scale = _quantize_columns(weight.reshape(1, -1), threads, per_column=False, levels=levels)
         return quantized.reshape(weight.shape), scale.reshape(())
     axis = axis % weight.ndim
     if axis == 0:
-        quantized, scale = _quantize_rows(weight.reshape(weight.shape[0], -1), threads)
+        quantized, scale = _quantize_rows(weight.reshape(weight.shape[0], -1), threads, levels)
         return quantized.reshape(weight.shape), scale
     if axis == weight.ndim - 1:
-        quantized, scale = _quantize_columns(weight.reshape(-1, weight.shape[-1]), threads, per_column=True)
+        quantized, scale = _quantize_columns(
+            weight.reshape(-1, weight.shape[-1]), threads, per_column=True, levels=levels
+        )
         return quantized.reshape(weight.shape), scale
     moved = np.ascontiguousarray(np.moveaxis(weight, axis, 0))
-    quantized, scale = _quantize_rows(moved.reshape(moved.shape[0], -1), threads)
+    quantized, scale = _quantize_rows(moved.reshape(moved.shape[0], -1), threads, levels)
     return np.moveaxis(quantized.reshape(moved.shape), 0, axis), scale
 
 
