@@ -211,6 +211,7 @@ def quantize_int8(
 
 
 INT4_MAX = 7
+INT4_LEVELS_BELOW_ZERO = 8
 INT4_ZERO_POINT = 8  # onnxruntime's default zero point for unsigned 4-bit blocks
 
 
@@ -222,8 +223,9 @@ def quantize_int4_blocks(
     The channels (N) are the rows of `weight` when `rows_are_channels` (an embedding table
     [vocab, hidden], a Gemm weight with transB) and its columns otherwise (a MatMul weight
     [K, N]). Each channel's K values are split into blocks of `block_size` (the last one padded
-    with zeros); a block has one float32 scale = max|w| / 7 and values round(w / scale) + 8 in
-    [1, 15], two to a byte, the first in the low nibble.
+    with zeros); a block has one float32 scale = v / -8, where v is its value of largest
+    magnitude (so the scale may be negative, as in onnxruntime's own quantizer), and values
+    clip(round(w / scale), -8, 7) + 8 in [0, 15], two to a byte, the first in the low nibble.
     Returns (uint8 [N, blocks, block_size / 2], float32 scales [N, blocks]).
     """
     threads = threads or default_threads()
@@ -244,12 +246,13 @@ def quantize_int4_blocks(
             rows = padded[: end - start]
             rows[:, :depth] = weight[start:end] if rows_are_channels else weight[:, start:end].T
             grouped = rows.reshape(end - start, blocks, block_size)
-            absmax = np.max(np.abs(grouped), axis=2)
-            scale = (absmax / INT4_MAX).astype(np.float32)
+            # The block's largest-magnitude value maps to -8 exactly, so all 16 levels are used.
+            largest = np.take_along_axis(grouped, np.argmax(np.abs(grouped), axis=2)[:, :, None], axis=2)[:, :, 0]
+            scale = (largest / -INT4_LEVELS_BELOW_ZERO).astype(np.float32)
             scale[scale == 0] = 1.0
             scales[start:end] = scale
             values = np.rint(grouped / scale[:, :, None])
-            np.clip(values, -INT4_MAX, INT4_MAX, out=values)
+            np.clip(values, -INT4_LEVELS_BELOW_ZERO, INT4_MAX, out=values)
             nibbles = (values + INT4_ZERO_POINT).astype(np.uint8)
             packed[start:end] = nibbles[:, :, 0::2] | (nibbles[:, :, 1::2] << 4)
 
