@@ -31,6 +31,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -126,8 +127,8 @@ class _TensorPlan:
     transpose: bool = False
     quantize_levels: int = W.INT8_MAX
     int4_rows_are_channels: bool | None = None  # set for int4: layout of the source weight
-    int4_scale_names: tuple[str, ...] = ()  # (name, kind): "flat" [N*blocks] or "gather" [N, blocks, 1]
-    int4_scale_kinds: tuple[str, ...] = ()
+    int4_scale_names: tuple[str, ...] = ()  # the scales, written once per layout that reads them:
+    int4_scale_kinds: tuple[str, ...] = ()  # "flat" [N * blocks] (MatMulNBits), "gather" [N, blocks, 1]
 
 
 def _attrs(node: onnx.NodeProto) -> dict[str, object]:
@@ -173,9 +174,9 @@ class _Rewrite:
         self.constants[name] = value
         return name
 
-    def node(self, op_type: str, inputs: list[str], output: str | None = None, **attrs: object) -> onnx.NodeProto:
+    def node(self, op_type: str, inputs: list[str], output: str | None = None, **attrs: Any) -> onnx.NodeProto:
         output = output or self.names.fresh(f"{inputs[0]}_{op_type.lower()}")
-        domain = attrs.pop("domain", "")
+        domain = str(attrs.pop("domain", ""))
         return helper.make_node(op_type, inputs, [output], name=self.names.fresh(op_type), domain=domain, **attrs)
 
     def apply(self, graph: onnx.GraphProto) -> None:
@@ -259,7 +260,7 @@ def _plan(
             plan["transpose"] = True
         large_float = tensor.is_float32 and tensor.numel >= MIN_ELEMENTS and tensor.name in by_name
         if "quantized_name" in plan:
-            pass
+            pass  # planned above, with its graph rewrite
         elif weight_only and axis is not None and tensor.numel >= MIN_ELEMENTS:
             plan.update(
                 quantize=True,
@@ -400,9 +401,9 @@ def _plan_int4(
             flat_scale = rewrite.names.fresh(f"{table}_scale")
             scale_names.append(flat_scale)
             scale_kinds.append("flat")
-            for transpose, readers in projections:
+            for transpose, matmuls in projections:
                 rewrite.replaced[transpose] = []
-                for reader_position, reader in readers:
+                for reader_position, reader in matmuls:
                     rewrite.replaced[reader_position] = [matmul_nbits(reader, packed, flat_scale, hidden, vocab)]
         plans[table] = {
             "int4_rows_are_channels": True,
