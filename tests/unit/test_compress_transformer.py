@@ -197,3 +197,39 @@ def test_int8_dynamic_is_written_as_7_bit_matmulinteger_and_runs_exactly(tmp_pat
     exact = ReferenceEvaluator(model).run(None, feeds)[0]
     np.testing.assert_allclose(got, exact, atol=1e-4 * np.abs(exact).max())
     assert _cosine(_outputs(source, SMALL), _outputs(out, SMALL)) >= 0.999
+
+
+def _tied_gemm_model() -> onnx.ModelProto:
+    """An embedding table that a Gemm(transB=1) also uses: the 2-D form of a tied projection."""
+    from onnx import helper
+
+    rng = np.random.default_rng(4)
+    table = rng.standard_normal((300, 64), dtype=np.float32)
+    nodes = [
+        helper.make_node("Gather", ["table", "ids"], ["rows"], axis=0),
+        helper.make_node("Tanh", ["rows"], ["hidden"]),
+        helper.make_node("Gemm", ["hidden", "table"], ["logits"], transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "tied_gemm",
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, ["n"])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["n", 300])],
+        [numpy_helper.from_array(table, "table")],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("quantization", ["int8-weight-only", "int4-weight-only", "int8-dynamic"])
+def test_a_table_tied_to_a_gemm_is_stored_once_as_int8_rows(tmp_path: Path, quantization: str) -> None:
+    onnx.save(_tied_gemm_model(), tmp_path / "m.onnx")
+    stats = compress_onnx(tmp_path / "m.onnx", tmp_path / "q.onnx", Recipe.from_dict({"quantization": quantization}))
+    model = onnx.load(tmp_path / "q.onnx")
+    onnx.checker.check_model(model, full_check=True)
+    assert [t.name for t in model.graph.initializer if np.prod(t.dims) >= 300 * 64] == ["table_int8"]
+    if quantization == "int4-weight-only":  # GatherBlockQuantized cannot serve a Gemm: said, not hidden
+        assert any("1 embedding tables" in note and "int8" in note for note in stats.notes), stats.notes
+    ids = np.array([0, 5, 299], dtype=np.int64)
+    expected = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"]).run(None, {"ids": ids})[0]
+    got = ort.InferenceSession(str(tmp_path / "q.onnx"), providers=["CPUExecutionProvider"]).run(None, {"ids": ids})[0]
+    assert _cosine(expected, got) >= 0.999
