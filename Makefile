@@ -59,4 +59,5 @@ demo: ## Run the whole lifecycle on the local test bed
 bench: ## Run the benchmarks; JSON under bench/results/, summary in docs/benchmarks.md
 	@python=$(venv_python); \
 	  PYTHONPATH=operator:. "$$python" bench/compress_bench.py; \
+	  PYTHONPATH=operator:. "$$python" bench/transformer_bench.py; \
 	  PYTHONPATH=operator:. "$$python" bench/triton_bench.py

@@ -14,9 +14,11 @@ import re
 from typing import Any
 
 # Bump when a change in the compressor changes its output for the same input and recipe.
-COMPRESSOR_VERSION = "1.0.0"
+COMPRESSOR_VERSION = "1.1.0"
 
-QUANTIZATIONS = ("none", "fp16", "bf16", "int8-weight-only", "int8-dynamic")
+QUANTIZATIONS = ("none", "fp16", "fp16-compute", "bf16", "int8-weight-only", "int8-dynamic", "int4-weight-only")
+BLOCK_SIZES = (16, 32, 64, 128, 256)
+DEFAULT_BLOCK_SIZE = 128
 PRUNING_METHODS = ("none", "unstructured", "structured")
 TARGET_FORMATS = ("onnx", "torchscript")
 MAX_PRUNING_AMOUNT = 0.95
@@ -64,10 +66,11 @@ def normalize_recipe(recipe: dict[str, Any] | None) -> dict[str, Any]:
     """Return the canonical recipe: every default filled in, no-op pruning spelled one way.
 
     Pruning with amount 0 and pruning with method "none" mean the same thing, so both become
-    {"method": "none", "amount": 0.0}.
+    {"method": "none", "amount": 0.0}. blockSize is kept only for int4-weight-only (the one
+    quantization it changes), with its default filled in.
     """
     recipe = _mapping(recipe, "recipe")
-    _reject_unknown(recipe, "", {"quantization", "pruning", "targetFormat"})
+    _reject_unknown(recipe, "", {"quantization", "blockSize", "pruning", "targetFormat"})
     quantization = _choice(recipe.get("quantization", "none"), "quantization", QUANTIZATIONS)
     pruning = _mapping(recipe.get("pruning"), "pruning")
     _reject_unknown(pruning, "pruning", {"method", "amount"})
@@ -78,11 +81,17 @@ def normalize_recipe(recipe: dict[str, Any] | None) -> dict[str, Any]:
     if method == "none" or amount == 0.0:
         method, amount = "none", 0.0
     target = _choice(recipe.get("targetFormat", "onnx"), "targetFormat", TARGET_FORMATS)
-    return {
+    normalized: dict[str, Any] = {
         "quantization": quantization,
         "pruning": {"method": method, "amount": amount},
         "targetFormat": target,
     }
+    block_size = recipe.get("blockSize")
+    if block_size is not None and (isinstance(block_size, bool) or block_size not in BLOCK_SIZES):
+        raise InvalidRecipe(f"blockSize: {block_size!r} is not one of {', '.join(map(str, BLOCK_SIZES))}")
+    if quantization == "int4-weight-only":
+        normalized["blockSize"] = int(block_size or DEFAULT_BLOCK_SIZE)
+    return normalized
 
 
 def canonical_json(value: Any) -> str:

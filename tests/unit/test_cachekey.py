@@ -108,3 +108,13 @@ def test_compressed_prefix_layout() -> None:
         compressed_prefix("models", "../escape")
     with pytest.raises(ValueError, match="bucket"):
         compressed_prefix("", key)
+
+
+def test_block_size_is_part_of_an_int4_recipe_only() -> None:
+    from modelops.cachekey import DEFAULT_BLOCK_SIZE
+
+    assert normalize_recipe({"quantization": "int4-weight-only"})["blockSize"] == DEFAULT_BLOCK_SIZE
+    assert normalize_recipe({"quantization": "int4-weight-only", "blockSize": 32})["blockSize"] == 32
+    assert "blockSize" not in normalize_recipe({"quantization": "int8-weight-only", "blockSize": 32})
+    with pytest.raises(InvalidRecipe, match="^blockSize: 48 is not one of"):
+        normalize_recipe({"quantization": "int4-weight-only", "blockSize": 48})

@@ -9,6 +9,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
+from onnx.reference import ReferenceEvaluator
 
 from modelops.compress.onnx_compress import compress_onnx, weight_axes
 from modelops.compress.onnx_stream import OnnxFile, OnnxFormatError, OnnxStreamWriter
@@ -147,7 +148,15 @@ def test_recipes_keep_the_interface_and_stay_close(tmp_path: Path, quantization:
     assert [v.name for v in result.graph.input] == ["x"] and [v.name for v in result.graph.output] == ["y"]
     x = np.random.default_rng(2).standard_normal((5, 8), dtype=np.float32)
     expected = _run(model, x)
-    np.testing.assert_allclose(_run(str(out), x), expected, atol=0.15 * np.abs(expected).max())
+    got = _run(str(out), x)
+    # 8-bit grids (weights, and activations for int8-dynamic) cost about 2% of the output's range here.
+    np.testing.assert_allclose(got, expected, atol=0.05 * np.abs(expected).max())
+    if quantization == "int8-dynamic":
+        # onnx's reference evaluator does the integer arithmetic exactly (int32 accumulation), so
+        # onnxruntime must agree with it on any CPU; a saturating kernel (x86 without VNNI and
+        # full-range int8 weights) misses by several units.
+        exact = ReferenceEvaluator(result).run(None, {"x": x})[0]
+        np.testing.assert_allclose(got, exact, atol=1e-4 * np.abs(expected).max())
     types = {t.name: t.data_type for t in result.graph.initializer}
     assert types["shape"] == TensorProto.INT64  # non-float constants are untouched
     if quantization == "int8-weight-only":

@@ -118,6 +118,15 @@ CASES = [
     ),
     ("onnx-int8-weight-only", "onnx", {"quantization": "int8-weight-only"}, {**ACC, "threshold": 0.5}, "Passed", 0.30),
     ("onnx-int8-dynamic", "onnx", {"quantization": "int8-dynamic"}, {**ACC, "threshold": 0.5}, "Passed", 0.30),
+    (
+        "onnx-int4-weight-only",
+        "onnx",
+        {"quantization": "int4-weight-only", "blockSize": 32},
+        {**ACC, "threshold": 2.0},
+        "Passed",
+        0.20,
+    ),
+    ("onnx-fp16-compute", "onnx", {"quantization": "fp16-compute"}, ACC, "Passed", 0.52),
     ("onnx-unstructured-50", "onnx", {"pruning": {"method": "unstructured", "amount": 0.5}}, ACC, "Passed", 1.001),
     (
         "onnx-structured-5",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import AfterValidator, Field, ValidationInfo, field_validator
 
@@ -28,9 +28,15 @@ from modelops.api.types import (
 class Quantization(StrEnum):
     NONE = "none"
     FP16 = "fp16"
+    FP16_COMPUTE = "fp16-compute"
     BF16 = "bf16"
     INT8_WEIGHT_ONLY = "int8-weight-only"
     INT8_DYNAMIC = "int8-dynamic"
+    INT4_WEIGHT_ONLY = "int4-weight-only"
+
+
+# Block sizes of int4-weight-only that onnxruntime's MatMulNBits kernels take.
+BlockSize = Literal[16, 32, 64, 128, 256]
 
 
 class PruningMethod(StrEnum):
@@ -258,7 +264,10 @@ class Pruning(ApiModel):
 class Compression(ApiModel):
     """The compression recipe. Unset fields come from the Model's versionDefaults."""
 
-    quantization: Quantization | None = Field(None, description="Quantization of the weights (and activations for int8-dynamic).")
+    quantization: Quantization | None = Field(None, description="Quantization: fp16 and bf16 store narrow weights and compute in float32 (CPU serving); fp16-compute computes in float16 with casts only at the inputs and outputs (CUDA serving); int8-weight-only and int4-weight-only store int8 per-channel or int4 block-wise weights, embedding tables included; int8-dynamic also quantizes activations at run time.")
+    block_size: BlockSize | None = Field(
+        None, description="Weights per scale for int4-weight-only (16 to 256, a power of two); default 128. Ignored by the other quantizations."
+    )
     pruning: Pruning | None = Field(None, description="Weight pruning.")
     target_format: TargetFormat | None = Field(None, description="Format of the compressed artifact; ONNX serves on every Triton backend we support.")
 
@@ -316,7 +325,7 @@ class PruningDefaults(Pruning):
 class CompressionDefaults(Compression):
     """Default compression recipe for the Model's versions."""
 
-    quantization: Quantization = Field(Quantization.INT8_WEIGHT_ONLY, description="Quantization of the weights (and activations for int8-dynamic).")
+    quantization: Quantization = Field(Quantization.INT8_WEIGHT_ONLY, description="Quantization: fp16 and bf16 store narrow weights and compute in float32 (CPU serving); fp16-compute computes in float16 with casts only at the inputs and outputs (CUDA serving); int8-weight-only and int4-weight-only store int8 per-channel or int4 block-wise weights, embedding tables included; int8-dynamic also quantizes activations at run time.")
     pruning: PruningDefaults = nested(PruningDefaults, "Weight pruning.")
     target_format: TargetFormat = Field(
         TargetFormat.ONNX, description="Format of the compressed artifact; ONNX serves on every Triton backend we support."

@@ -4,24 +4,38 @@ Weights are the float32 initializers that feed the weight input of MatMul, Gemm 
 - pruning zeroes weights in place (same names, same shapes);
 - fp16 / bf16 store every sizeable float32 initializer in the narrow type and add a Cast back
   to float32, so the model's interface and arithmetic stay float32 and any runtime can run it;
+- fp16-compute stores every float32 initializer as float16 under its own name and retypes the
+  graph, so the model computes in float16, with Casts only at its float inputs and outputs
+  (for CUDA serving; onnxruntime's CPU provider lacks float16 kernels for several ops);
 - int8 weight-only stores weights as int8 with one float32 scale per output channel and adds
-  DequantizeLinear nodes (served directly by onnxruntime and Triton);
-- int8 dynamic hands the (pruned) model to onnxruntime.quantization.quantize_dynamic, after
-  rewriting Gemm as MatMul + Add, which is the form that quantizer handles.
+  DequantizeLinear nodes (served directly by onnxruntime and Triton). Embedding tables (the
+  data of a Gather) get one scale per row, and only the gathered rows are dequantized:
+  Gather(int8 table) and Gather(scales), then Cast and Mul. Another use of the table (a tied
+  output projection) reads one DequantizeLinear of the same int8 table;
+- int4 weight-only stores MatMul weights block-wise as com.microsoft MatMulNBits and embedding
+  tables as GatherBlockQuantized (onnxruntime contrib operators), one float32 scale per block
+  of `block_size` weights; a tied projection (MatMul on Transpose(table)) shares the table's
+  blocks. Weights that neither operator takes (Conv, a weight used elsewhere) get int8, and
+  the notes say how many;
+- int8 dynamic writes, tensor by tensor, the graph onnxruntime's quantize_dynamic would:
+  DynamicQuantizeLinear on the activations, MatMulInteger, then the scales (Gemm is first
+  rewritten as MatMul + Add). Weights are int8 per channel with a reduced (7-bit) range:
+  full-range int8 saturates in onnxruntime's U8S8 kernels on x86 CPUs without VNNI, and 7-bit
+  weights cannot (docs/compression.md has the measurement behind this choice). Embedding
+  tables are int8 per row as in int8 weight-only.
 """
 
 from __future__ import annotations
 
-import logging
-import tempfile
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
-from onnx import helper
+from onnx import helper, numpy_helper
 
 from modelops.compress import weights as W
 from modelops.compress.onnx_stream import LazyTensor, OnnxFile, OnnxStreamWriter
@@ -33,6 +47,7 @@ MIN_ELEMENTS = 64
 # DequantizeLinear exists from opset 10; its per-axis form and Cast from bfloat16 need 13.
 OPSET_DEQUANTIZE = 10
 OPSET_PER_AXIS = 13
+MS_DOMAIN = "com.microsoft"
 
 
 class UnsupportedModel(ValueError):
@@ -110,37 +125,117 @@ class _TensorPlan:
     cast_to: int | None = None  # onnx.TensorProto.FLOAT16 or BFLOAT16
     cast_name: str = ""
     transpose: bool = False
+    quantize_levels: int = W.INT8_MAX
+    int4_rows_are_channels: bool | None = None  # set for int4: layout of the source weight
+    int4_scale_names: tuple[str, ...] = ()  # the scales, written once per layout that reads them:
+    int4_scale_kinds: tuple[str, ...] = ()  # "flat" [N * blocks] (MatMulNBits), "gather" [N, blocks, 1]
+
+
+def _attrs(node: onnx.NodeProto) -> dict[str, object]:
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+
+def _consumers(graph: onnx.GraphProto) -> dict[str, list[tuple[int, onnx.NodeProto, int]]]:
+    """Value name -> (node position, node, input index) of every use."""
+    uses: dict[str, list[tuple[int, onnx.NodeProto, int]]] = {}
+    for position, node in enumerate(graph.node):
+        for index, name in enumerate(node.input):
+            uses.setdefault(name, []).append((position, node, index))
+    return uses
+
+
+def _is_table_gather(node: onnx.NodeProto, index: int) -> bool:
+    return node.op_type == "Gather" and node.domain in ("", "ai.onnx") and index == 0 and _attrs(node).get("axis", 0) == 0
+
+
+def gather_tables(graph: onnx.GraphProto, candidates: dict[str, LazyTensor]) -> set[str]:
+    """Float32 2-D initializers that are the data of a Gather on axis 0 (embedding tables)."""
+    tables: set[str] = set()
+    for node in graph.node:
+        if node.input and _is_table_gather(node, 0):
+            tensor = candidates.get(node.input[0])
+            if tensor is not None and tensor.is_float32 and len(tensor.dims) == 2 and tensor.numel >= MIN_ELEMENTS:
+                tables.add(tensor.name)
+    return tables
+
+
+@dataclass
+class _Rewrite:
+    """What planning adds to the graph besides per-tensor plans."""
+
+    names: _Names
+    head: list[onnx.NodeProto] = field(default_factory=list)  # nodes that read only initializers or inputs
+    # Node position in the graph -> its replacement (protobuf wrappers have no stable identity).
+    replaced: dict[int, list[onnx.NodeProto]] = field(default_factory=dict)
+    constants: dict[str, np.ndarray] = field(default_factory=dict)  # new small initializers
+
+    def constant(self, base: str, value: np.ndarray) -> str:
+        name = self.names.fresh(base)
+        self.constants[name] = value
+        return name
+
+    def node(self, op_type: str, inputs: list[str], output: str | None = None, **attrs: Any) -> onnx.NodeProto:
+        output = output or self.names.fresh(f"{inputs[0]}_{op_type.lower()}")
+        domain = str(attrs.pop("domain", ""))
+        return helper.make_node(op_type, inputs, [output], name=self.names.fresh(op_type), domain=domain, **attrs)
+
+    def apply(self, graph: onnx.GraphProto) -> None:
+        nodes = list(self.head)
+        for position, node in enumerate(graph.node):
+            nodes.extend(self.replaced.get(position, [node]))
+        del graph.node[:]
+        graph.node.extend(nodes)
 
 
 def _plan(
-    model: onnx.ModelProto, tensors: Iterable[LazyTensor], recipe: Recipe, for_dynamic_int8: bool
-) -> tuple[dict[str, _TensorPlan], list[onnx.NodeProto], OnnxStats]:
+    model: onnx.ModelProto, tensors: Iterable[LazyTensor], recipe: Recipe
+) -> tuple[dict[str, _TensorPlan], dict[str, np.ndarray], OnnxStats]:
     graph = model.graph
     opset = default_opset(model)
     stats = OnnxStats()
     graph_inputs = {v.name for v in graph.input}
     tensors = list(tensors)
-    by_name = {t.name: t for t in tensors}
+    by_name = {t.name: t for t in tensors if t.name not in graph_inputs}
     weights = {
         name: axis
         for name, axis in weight_axes(graph).items()
-        if name in by_name and by_name[name].is_float32 and len(by_name[name].dims) >= 2 and name not in graph_inputs
+        if name in by_name and by_name[name].is_float32 and len(by_name[name].dims) >= 2
     }
-    names = _Names(graph)
-    new_nodes: list[onnx.NodeProto] = []
+    rewrite = _Rewrite(_Names(graph))
     plans: dict[str, _TensorPlan] = {}
+    quantization = recipe.quantization
+    weight_only = quantization in ("int8-weight-only", "int4-weight-only", "int8-dynamic")
 
-    if recipe.quantization == "int8-weight-only" and opset < OPSET_DEQUANTIZE:
+    if quantization == "int8-weight-only" and opset < OPSET_DEQUANTIZE:
         raise UnsupportedModel(f"int8-weight-only needs ONNX opset >= {OPSET_DEQUANTIZE}; the model uses opset {opset}")
-    if recipe.quantization == "bf16" and opset < OPSET_PER_AXIS:
+    if quantization in ("bf16", "int4-weight-only") and opset < OPSET_PER_AXIS:
         raise UnsupportedModel(
-            f"bf16 needs ONNX opset >= {OPSET_PER_AXIS} (Cast from bfloat16); the model uses opset {opset}"
+            f"{quantization} needs ONNX opset >= {OPSET_PER_AXIS} (per-axis DequantizeLinear, Cast from bfloat16); "
+            f"the model uses opset {opset}"
         )
+    if quantization == "fp16-compute":
+        return _plan_fp16_compute(graph, tensors, by_name, rewrite, stats)
     per_channel = opset >= OPSET_PER_AXIS
-    if recipe.quantization == "int8-weight-only" and not per_channel:
+    if quantization == "int8-weight-only" and not per_channel:
         stats.notes.append(f"opset {opset} has no per-axis DequantizeLinear: one scale per tensor")
 
-    transposed = _rewrite_gemms(graph, weights) if for_dynamic_int8 else set()
+    rewrite_gemms = quantization in ("int8-dynamic", "int4-weight-only")
+    transposed = _rewrite_gemms(graph, weights) if rewrite_gemms else set()
+    tables = gather_tables(graph, by_name) if weight_only else set()
+    if tables and not per_channel:
+        stats.notes.append(f"opset {opset}: embedding tables stay float32 (per-row scales need opset {OPSET_PER_AXIS})")
+        tables = set()
+    int4: dict[str, dict[str, object]] = {}
+    if quantization == "int4-weight-only":
+        if not any(entry.domain == MS_DOMAIN for entry in model.opset_import):
+            model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
+        int4 = _plan_int4(graph, by_name, weights, tables, transposed, recipe.block_size or 128, rewrite)
+    dynamic: dict[str, dict[str, object]] = {}
+    if quantization == "int8-dynamic":
+        dynamic = _plan_dynamic_int8(graph, by_name, weights, tables, rewrite)
+    for table in sorted(tables - set(int4)):
+        _rewrite_int8_gathers(graph, table, rewrite, plans)
+    fallback = 0
     for tensor in tensors:
         stats.tensors_total += 1
         plan: dict[str, object] = {}
@@ -148,43 +243,273 @@ def _plan(
         if axis is not None and recipe.pruning_method != "none":
             plan["prune_axis"] = axis
             stats.tensors_pruned += 1
-        if tensor.name in transposed:
+        if tensor.name in int4 or tensor.name in dynamic:
+            plan.update(int4.get(tensor.name) or dynamic[tensor.name])
+            if tensor.name in transposed:
+                plan["transpose"] = "quantize_levels" in plan  # int4 reads [N, K] as it is
+            stats.tensors_quantized += 1
+        elif tensor.name in plans:  # an int8 embedding table, planned with its Gathers
+            plan.update(
+                quantize=True,
+                quantize_axis=0,
+                quantized_name=plans[tensor.name].quantized_name,
+                scale_name=plans[tensor.name].scale_name,
+            )
+            stats.tensors_quantized += 1
+        elif tensor.name in transposed:
             plan["transpose"] = True
-        large_float = tensor.is_float32 and tensor.numel >= MIN_ELEMENTS and tensor.name not in graph_inputs
-        if recipe.quantization == "int8-weight-only" and axis is not None and tensor.numel >= MIN_ELEMENTS:
+        large_float = tensor.is_float32 and tensor.numel >= MIN_ELEMENTS and tensor.name in by_name
+        if "quantized_name" in plan:
+            pass  # planned above, with its graph rewrite
+        elif weight_only and axis is not None and tensor.numel >= MIN_ELEMENTS:
             plan.update(
                 quantize=True,
                 quantize_axis=axis if per_channel else None,
-                quantized_name=names.fresh(f"{tensor.name}_int8"),
-                scale_name=names.fresh(f"{tensor.name}_scale"),
+                quantized_name=rewrite.names.fresh(f"{tensor.name}_int8"),
+                scale_name=rewrite.names.fresh(f"{tensor.name}_scale"),
             )
             attrs = {"axis": axis} if per_channel else {}
-            new_nodes.append(
-                helper.make_node(
-                    "DequantizeLinear",
-                    [plan["quantized_name"], plan["scale_name"]],
-                    [tensor.name],
-                    name=names.fresh(f"{tensor.name}_dequantize"),
-                    **attrs,
+            rewrite.head.append(
+                rewrite.node(
+                    "DequantizeLinear", [plan["quantized_name"], plan["scale_name"]], tensor.name, **attrs  # type: ignore[list-item]
                 )
             )
             stats.tensors_quantized += 1
-        elif recipe.quantization in ("fp16", "bf16") and large_float:
-            target = onnx.TensorProto.FLOAT16 if recipe.quantization == "fp16" else onnx.TensorProto.BFLOAT16
-            plan.update(cast_to=target, cast_name=names.fresh(f"{tensor.name}_{recipe.quantization}"))
-            new_nodes.append(
-                helper.make_node(
-                    "Cast",
-                    [plan["cast_name"]],
-                    [tensor.name],
-                    name=names.fresh(f"{tensor.name}_cast"),
-                    to=onnx.TensorProto.FLOAT,
-                )
-            )
+            fallback += quantization in ("int4-weight-only", "int8-dynamic")
+        elif quantization in ("fp16", "bf16") and large_float:
+            target = onnx.TensorProto.FLOAT16 if quantization == "fp16" else onnx.TensorProto.BFLOAT16
+            plan.update(cast_to=target, cast_name=rewrite.names.fresh(f"{tensor.name}_{quantization}"))
+            rewrite.head.append(rewrite.node("Cast", [plan["cast_name"]], tensor.name, to=onnx.TensorProto.FLOAT))  # type: ignore[list-item]
             stats.tensors_cast += 1
         if plan:
             plans[tensor.name] = _TensorPlan(**plan)  # type: ignore[arg-type]
-    return plans, new_nodes, stats
+    if quantization == "int4-weight-only":
+        gathered = sum(1 for name in int4 if name in tables)
+        stats.notes.append(
+            f"int4 block size {recipe.block_size or 128}: {len(int4) - gathered} MatMul weights as MatMulNBits, "
+            f"{gathered} embedding tables as GatherBlockQuantized (com.microsoft operators of onnxruntime)"
+        )
+        if fallback or tables - set(int4):
+            stats.notes.append(
+                f"int4 does not fit {fallback} weights and {len(tables - set(int4))} embedding tables "
+                "(Conv, other uses, a width not a multiple of the block): they are int8 per channel or per row"
+            )
+    elif quantization == "int8-dynamic":
+        stats.notes.append(
+            f"int8 dynamic: {len(dynamic)} MatMuls as DynamicQuantizeLinear + MatMulInteger (uint8 activations, "
+            "per-channel 7-bit int8 weights: exact on x86 with or without VNNI)"
+        )
+        if fallback:
+            stats.notes.append(f"{fallback} weights outside MatMul (Conv, other uses) are int8 weight-only")
+    if tables and quantization != "int4-weight-only":
+        stats.notes.append(f"{len(tables)} embedding tables int8 with one scale per row; only gathered rows are dequantized")
+    rewrite.apply(graph)
+    return plans, rewrite.constants, stats
+
+
+def _rewrite_int8_gathers(graph: onnx.GraphProto, table: str, rewrite: _Rewrite, plans: dict[str, _TensorPlan]) -> None:
+    """Gather(table, ids) -> Gather(int8, ids) · Unsqueeze(Gather(scales, ids), -1); other uses dequantize."""
+    quantized = rewrite.names.fresh(f"{table}_int8")
+    scale = rewrite.names.fresh(f"{table}_scale")
+    plans[table] = _TensorPlan(quantize=True, quantize_axis=0, quantized_name=quantized, scale_name=scale)
+    last_axis = rewrite.constant(f"{table}_last_axis", np.array([-1], dtype=np.int64))
+    other_uses = False
+    for position, node, index in _consumers(graph).get(table, []):
+        if not _is_table_gather(node, index):
+            other_uses = True
+            continue
+        ids = node.input[1]
+        rows = rewrite.node("Gather", [quantized, ids], axis=0)
+        row_scales = rewrite.node("Gather", [scale, ids], axis=0)
+        column = rewrite.node("Unsqueeze", [row_scales.output[0], last_axis])
+        widened = rewrite.node("Cast", [rows.output[0]], to=onnx.TensorProto.FLOAT)
+        product = rewrite.node("Mul", [widened.output[0], column.output[0]], node.output[0])
+        rewrite.replaced[position] = [rows, row_scales, column, widened, product]
+    if other_uses:  # a tied projection: the same int8 table, dequantized whole where a MatMul needs it
+        rewrite.head.append(rewrite.node("DequantizeLinear", [quantized, scale], table, axis=0))
+
+
+def _plan_int4(
+    graph: onnx.GraphProto,
+    by_name: dict[str, LazyTensor],
+    weights: dict[str, int],
+    tables: set[str],
+    transposed: set[str],
+    block_size: int,
+    rewrite: _Rewrite,
+) -> dict[str, dict[str, object]]:
+    """Rewrite MatMuls on 2-D weights as MatMulNBits and table Gathers as GatherBlockQuantized."""
+    uses = _consumers(graph)
+    plans: dict[str, dict[str, object]] = {}
+
+    def matmul_nbits(node: onnx.NodeProto, packed: str, scale: str, k: int, n: int) -> onnx.NodeProto:
+        return rewrite.node(
+            "MatMulNBits", [node.input[0], packed, scale], node.output[0],
+            domain=MS_DOMAIN, K=k, N=n, bits=4, block_size=block_size,
+        )  # fmt: skip
+
+    for name in sorted(weights):
+        tensor = by_name[name]
+        consumers = uses.get(name, [])
+        if name in tables or len(tensor.dims) != 2 or tensor.numel < MIN_ELEMENTS:
+            continue
+        if not consumers or not all(node.op_type == "MatMul" and index == 1 for _, node, index in consumers):
+            continue
+        rows_are_channels = name in transposed  # a Gemm transB weight is stored [N, K]
+        n, k = tensor.dims if rows_are_channels else tensor.dims[::-1]
+        packed = rewrite.names.fresh(f"{name}_int4")
+        scale = rewrite.names.fresh(f"{name}_scale")
+        for position, node, _ in consumers:
+            rewrite.replaced[position] = [matmul_nbits(node, packed, scale, k, n)]
+        plans[name] = {
+            "int4_rows_are_channels": rows_are_channels,
+            "quantized_name": packed,
+            "int4_scale_names": (scale,),
+            "int4_scale_kinds": ("flat",),
+        }
+
+    for table in sorted(tables):
+        vocab, hidden = by_name[table].dims
+        gathers, projections, fits = [], [], hidden % block_size == 0
+        for position, node, index in uses.get(table, []):
+            if _is_table_gather(node, index):
+                gathers.append((position, node))
+                continue
+            transposes = node.op_type == "Transpose" and list(_attrs(node).get("perm", [1, 0])) == [1, 0]  # type: ignore[call-overload]
+            readers = uses.get(node.output[0], []) if transposes else []
+            if not readers or not all(r.op_type == "MatMul" and i == 1 for _, r, i in readers):
+                fits = False
+                break
+            projections.append((position, [(p, r) for p, r, _ in readers]))
+        if not fits:
+            continue
+        packed = rewrite.names.fresh(f"{table}_int4")
+        gather_scale = rewrite.names.fresh(f"{table}_row_scale")
+        scale_names, scale_kinds = [gather_scale], ["gather"]
+        minus_one = rewrite.constant(f"{table}_minus_one", np.array([-1], dtype=np.int64))
+        for position, node in gathers:
+            ids = node.input[1]
+            shape = rewrite.node("Shape", [ids])
+            target = rewrite.node("Concat", [shape.output[0], minus_one], axis=0)
+            blocks = rewrite.node(
+                "GatherBlockQuantized", [packed, ids, gather_scale],
+                domain=MS_DOMAIN, gather_axis=0, quantize_axis=2, block_size=block_size, bits=4,
+            )  # fmt: skip
+            rows = rewrite.node("Reshape", [blocks.output[0], target.output[0]], node.output[0])
+            rewrite.replaced[position] = [shape, target, blocks, rows]
+        if projections:
+            flat_scale = rewrite.names.fresh(f"{table}_scale")
+            scale_names.append(flat_scale)
+            scale_kinds.append("flat")
+            for transpose, matmuls in projections:
+                rewrite.replaced[transpose] = []
+                for reader_position, reader in matmuls:
+                    rewrite.replaced[reader_position] = [matmul_nbits(reader, packed, flat_scale, hidden, vocab)]
+        plans[table] = {
+            "int4_rows_are_channels": True,
+            "quantized_name": packed,
+            "int4_scale_names": tuple(scale_names),
+            "int4_scale_kinds": tuple(scale_kinds),
+        }
+    return plans
+
+
+def _plan_dynamic_int8(
+    graph: onnx.GraphProto,
+    by_name: dict[str, LazyTensor],
+    weights: dict[str, int],
+    tables: set[str],
+    rewrite: _Rewrite,
+) -> dict[str, dict[str, object]]:
+    """MatMul(A, W) -> DynamicQuantizeLinear(A), MatMulInteger, Cast, and Mul by the two scales.
+
+    The form onnxruntime's quantize_dynamic writes, written here tensor by tensor. Weights are
+    symmetric per output channel with |q| <= 64, so their zero point is 0 and omitted. One
+    DynamicQuantizeLinear serves every MatMul that reads the same activation.
+    """
+    uses = _consumers(graph)
+    plans: dict[str, dict[str, object]] = {}
+    quantized_inputs: dict[str, tuple[str, str, str]] = {}
+    matmuls: list[tuple[int, onnx.NodeProto, str]] = []
+    for name in sorted(weights):
+        tensor = by_name[name]
+        consumers = uses.get(name, [])
+        if name in tables or len(tensor.dims) != 2 or tensor.numel < MIN_ELEMENTS:
+            continue
+        if not consumers or not all(node.op_type == "MatMul" and index == 1 for _, node, index in consumers):
+            continue
+        plans[name] = {
+            "quantize": True,
+            "quantize_axis": -1,
+            "quantized_name": rewrite.names.fresh(f"{name}_int8"),
+            "scale_name": rewrite.names.fresh(f"{name}_scale"),
+            "quantize_levels": W.REDUCED_RANGE,
+        }
+        matmuls += [(position, node, name) for position, node, _ in consumers]
+    # In graph order, so that each activation's DynamicQuantizeLinear precedes all its readers.
+    for position, node, name in sorted(matmuls, key=lambda entry: entry[0]):
+        activation = node.input[0]
+        replacement: list[onnx.NodeProto] = []
+        if activation not in quantized_inputs:
+            outputs = [rewrite.names.fresh(f"{activation}_{suffix}") for suffix in ("uint8", "scale", "zero")]
+            replacement.append(
+                helper.make_node("DynamicQuantizeLinear", [activation], outputs, name=rewrite.names.fresh("DynamicQuantize"))
+            )
+            quantized_inputs[activation] = (outputs[0], outputs[1], outputs[2])
+        activation_q, activation_scale, activation_zero = quantized_inputs[activation]
+        quantized, scale = plans[name]["quantized_name"], plans[name]["scale_name"]
+        product = rewrite.node("MatMulInteger", [activation_q, quantized, activation_zero])  # type: ignore[list-item]
+        widened = rewrite.node("Cast", [product.output[0]], to=onnx.TensorProto.FLOAT)
+        scales = rewrite.node("Mul", [activation_scale, scale])  # type: ignore[list-item]
+        result = rewrite.node("Mul", [widened.output[0], scales.output[0]], node.output[0])
+        rewrite.replaced[position] = [*replacement, product, widened, scales, result]
+    return plans
+
+
+def _plan_fp16_compute(
+    graph: onnx.GraphProto,
+    tensors: list[LazyTensor],
+    by_name: dict[str, LazyTensor],
+    rewrite: _Rewrite,
+    stats: OnnxStats,
+) -> tuple[dict[str, _TensorPlan], dict[str, np.ndarray], OnnxStats]:
+    """Every float32 value becomes float16; Casts convert the float inputs and outputs only."""
+    single, half = onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16
+    plans: dict[str, _TensorPlan] = {}
+    for tensor in tensors:
+        stats.tensors_total += 1
+        if tensor.is_float32 and tensor.name in by_name:
+            plans[tensor.name] = _TensorPlan(cast_to=half, cast_name=tensor.name)
+            stats.tensors_cast += 1
+    renamed: dict[str, str] = {}
+    for value in graph.input:
+        if value.type.tensor_type.elem_type == single and value.name not in by_name:
+            renamed[value.name] = rewrite.names.fresh(f"{value.name}_fp16")
+            rewrite.head.append(rewrite.node("Cast", [value.name], renamed[value.name], to=half))
+    tail: list[onnx.NodeProto] = []
+    for value in graph.output:
+        if value.type.tensor_type.elem_type == single:
+            inner = rewrite.names.fresh(f"{value.name}_fp16")
+            renamed[value.name] = inner
+            tail.append(rewrite.node("Cast", [inner], value.name, to=single))
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            node.input[i] = renamed.get(name, name)
+        for i, name in enumerate(node.output):
+            node.output[i] = renamed.get(name, name)
+        for attribute in node.attribute:
+            if node.op_type == "Cast" and attribute.name == "to" and attribute.i == single:
+                attribute.i = half
+            elif attribute.type == onnx.AttributeProto.TENSOR and attribute.t.data_type == single:
+                value = numpy_helper.to_array(attribute.t)
+                attribute.t.CopyFrom(numpy_helper.from_array(W.to_fp16(value), attribute.t.name))
+    graph.node.extend(tail)
+    del graph.value_info[:]  # stale float32 annotations; runtimes infer the float16 ones
+    stats.notes.append(
+        "fp16-compute: weights and arithmetic in float16, Casts at the float inputs and outputs only (for CUDA serving)"
+    )
+    rewrite.apply(graph)
+    return plans, rewrite.constants, stats
 
 
 def _rewrite_gemms(graph: onnx.GraphProto, weights: dict[str, int]) -> set[str]:
@@ -231,14 +556,10 @@ def _prune(array: np.ndarray, recipe: Recipe, axis: int) -> np.ndarray:
     return W.prune_structured(array, recipe.pruning_amount, axis)
 
 
-def _stream(source: OnnxFile, destination: Path, recipe: Recipe, threads: int, for_dynamic_int8: bool) -> OnnxStats:
+def _stream(source: OnnxFile, destination: Path, recipe: Recipe, threads: int) -> OnnxStats:
     skeleton = onnx.ModelProto()
     skeleton.CopyFrom(source.skeleton)
-    plans, new_nodes, stats = _plan(skeleton, source.initializers, recipe, for_dynamic_int8)
-    # New nodes read only initializers, so putting them first keeps the graph topologically sorted.
-    nodes = list(new_nodes) + list(skeleton.graph.node)
-    del skeleton.graph.node[:]
-    skeleton.graph.node.extend(nodes)
+    plans, constants, stats = _plan(skeleton, source.initializers, recipe)
     started = time.perf_counter()
     with OnnxStreamWriter(destination, skeleton) as writer:
         for tensor in source.initializers:
@@ -252,8 +573,15 @@ def _stream(source: OnnxFile, destination: Path, recipe: Recipe, threads: int, f
                 array = np.ascontiguousarray(array.T)
             if plan.prune_axis is not None:
                 array = _prune(array, recipe, plan.prune_axis)
-            if plan.quantize:
-                quantized, scale = W.quantize_int8(array, plan.quantize_axis, threads)
+            if plan.int4_rows_are_channels is not None:
+                packed, scales = W.quantize_int4_blocks(
+                    array, recipe.block_size or 128, plan.int4_rows_are_channels, threads
+                )
+                writer.add_array(plan.quantized_name, packed)
+                for name, kind in zip(plan.int4_scale_names, plan.int4_scale_kinds, strict=True):
+                    writer.add_array(name, scales.reshape(-1) if kind == "flat" else scales[:, :, None])
+            elif plan.quantize:
+                quantized, scale = W.quantize_int8(array, plan.quantize_axis, threads, plan.quantize_levels)
                 writer.add_array(plan.quantized_name, quantized)
                 writer.add_array(plan.scale_name, scale)
             elif plan.cast_to == onnx.TensorProto.FLOAT16:
@@ -264,40 +592,54 @@ def _stream(source: OnnxFile, destination: Path, recipe: Recipe, threads: int, f
                 writer.add_array(tensor.name, array)
             del array
             tensor.release()
+        for name, value in constants.items():
+            writer.add_array(name, value)
     stats.seconds = time.perf_counter() - started
     return stats
 
 
-def compress_onnx(source_path: Path, destination: Path, recipe: Recipe, threads: int | None = None) -> OnnxStats:
-    """Write the compressed form of the ONNX model at `source_path` to `destination`."""
+# Forms built from operators that not every onnxruntime provider implements.
+RUNTIME_CHECKED = ("int4-weight-only", "fp16-compute")
+
+
+def check_runtime_support(path: Path, recipe: Recipe, providers: tuple[str, ...] = ("CPUExecutionProvider",)) -> None:
+    """Raise UnsupportedModel, naming the operator, when onnxruntime cannot load this form."""
+    import onnxruntime as ort
+
+    # Kernel lookup happens at session creation at any optimization level; without optimizations,
+    # arena and prepacking the check costs about twice the output's size in memory, not more.
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.enable_cpu_mem_arena = False
+    options.enable_mem_pattern = False
+    options.add_session_config_entry("session.disable_prepacking", "1")
+    try:
+        ort.InferenceSession(str(path), options, providers=list(providers))
+    except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own types (NotImplemented, Fail, ...)
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UnsupportedModel(
+            f"onnxruntime {ort.__version__} ({', '.join(providers)}) cannot run the {recipe.quantization} form "
+            f"of this model: {first_line}"
+        ) from None
+
+
+def compress_onnx(
+    source_path: Path,
+    destination: Path,
+    recipe: Recipe,
+    threads: int | None = None,
+    providers: tuple[str, ...] | None = ("CPUExecutionProvider",),
+) -> OnnxStats:
+    """Write the compressed form of the ONNX model at `source_path` to `destination`.
+
+    Forms in RUNTIME_CHECKED are loaded once with onnxruntime on `providers` (None skips the
+    check), so that a form the serving runtime cannot run fails here with UnsupportedModel
+    instead of being replaced by another one.
+    """
     threads = threads or W.default_threads()
     with OnnxFile(source_path) as source:
-        if recipe.quantization != "int8-dynamic":
-            return _stream(source, destination, recipe, threads, for_dynamic_int8=False)
-        with tempfile.TemporaryDirectory(dir=destination.parent) as scratch:
-            prepared = Path(scratch) / "prepared.onnx"
-            stats = _stream(source, prepared, recipe, threads, for_dynamic_int8=True)
-            started = time.perf_counter()
-            _quantize_dynamic(prepared, destination)
-            stats.seconds += time.perf_counter() - started
-            stats.notes.append("int8 dynamic by onnxruntime.quantization.quantize_dynamic (per-channel int8 weights)")
-            return stats
-
-
-def _quantize_dynamic(source: Path, destination: Path) -> None:
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    # The quantizer logs advice about calibration (irrelevant to dynamic quantization) on the root logger.
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
-    try:
-        quantize_dynamic(
-            str(source),
-            str(destination),
-            weight_type=QuantType.QInt8,
-            per_channel=True,
-            extra_options={"MatMulConstBOnly": True},
-        )
-    finally:
-        root.setLevel(level)
+        stats = _stream(source, destination, recipe, threads)
+    if providers and recipe.quantization in RUNTIME_CHECKED:
+        check_runtime_support(destination, recipe, providers)
+    return stats

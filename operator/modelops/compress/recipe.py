@@ -19,6 +19,7 @@ class Recipe:
     pruning_method: str
     pruning_amount: float
     target_format: str
+    block_size: int | None = None  # int4-weight-only only
 
     @classmethod
     def from_dict(cls, recipe: dict[str, Any] | None) -> Recipe:
@@ -28,14 +29,18 @@ class Recipe:
             pruning_method=normalized["pruning"]["method"],
             pruning_amount=normalized["pruning"]["amount"],
             target_format=normalized["targetFormat"],
+            block_size=normalized.get("blockSize"),
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        recipe: dict[str, Any] = {
             "quantization": self.quantization,
             "pruning": {"method": self.pruning_method, "amount": self.pruning_amount},
             "targetFormat": self.target_format,
         }
+        if self.block_size is not None:
+            recipe["blockSize"] = self.block_size
+        return recipe
 
     @property
     def hash(self) -> str:
@@ -90,8 +95,8 @@ def check_supported(recipe: Recipe, source_format: str) -> None:
         raise InvalidRecipe(f"source-format: {source_format!r} is not one of {', '.join(SOURCE_FORMATS)}")
     if recipe.target_format == "torchscript" and source_format == "onnx":
         raise UnsupportedRecipe("targetFormat: an ONNX source cannot be converted to TorchScript; use onnx")
-    if recipe.target_format == "torchscript" and recipe.quantization.startswith("int8"):
+    if recipe.target_format == "torchscript" and (recipe.quantization.startswith("int") or recipe.quantization == "fp16-compute"):
         raise UnsupportedRecipe(
-            f"quantization: {recipe.quantization} is produced as ONNX (DequantizeLinear / onnxruntime kernels); "
+            f"quantization: {recipe.quantization} is produced as ONNX only (onnxruntime kernels); "
             "use targetFormat onnx"
         )

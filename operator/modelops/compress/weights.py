@@ -16,6 +16,7 @@ import ml_dtypes
 import numpy as np
 
 INT8_MAX = 127
+REDUCED_RANGE = 64  # onnxruntime's reduce_range for symmetric int8 weights: [-64, 64]
 FP16_MAX = float(np.finfo(np.float16).max)
 _BLOCK_BYTES = 1 << 20
 
@@ -62,8 +63,22 @@ def prune_structured(weight: np.ndarray, amount: float, axis: int) -> np.ndarray
 
 
 def to_fp16(weight: np.ndarray) -> np.ndarray:
-    """Round to float16, saturating instead of overflowing to infinity."""
-    return np.clip(weight, -FP16_MAX, FP16_MAX).astype(np.float16)
+    """Round to float16, saturating instead of overflowing to infinity.
+
+    Works in 1 MiB chunks through an aligned scratch buffer, so the only full-size array is
+    the float16 result (weights inside a protobuf are often unaligned, which numpy's fast
+    loops need).
+    """
+    source = np.ascontiguousarray(weight, dtype=np.float32).reshape(-1)
+    result = np.empty(source.shape, dtype=np.float16)
+    step = _BLOCK_BYTES // 4
+    scratch = np.empty(min(step, source.size), dtype=np.float32)
+    for start in range(0, source.size, step):
+        chunk = scratch[: min(step, source.size - start)]
+        np.copyto(chunk, source[start : start + step])
+        np.clip(chunk, -FP16_MAX, FP16_MAX, out=chunk)
+        np.copyto(result[start : start + step], chunk, casting="same_kind")
+    return result.reshape(weight.shape)
 
 
 def to_bf16(weight: np.ndarray) -> np.ndarray:
@@ -95,13 +110,13 @@ def _aligned(block: np.ndarray, scratch: np.ndarray) -> np.ndarray:
     return view
 
 
-def _scale_from_absmax(absmax: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    scale = (absmax / INT8_MAX).astype(np.float32)
+def _scale_from_absmax(absmax: np.ndarray, levels: int) -> tuple[np.ndarray, np.ndarray]:
+    scale = (absmax / levels).astype(np.float32)
     scale[scale == 0] = 1.0  # an all-zero channel quantizes to zeros with any scale
     return scale, (np.float32(1.0) / scale).astype(np.float32)
 
 
-def _quantize_rows(matrix: np.ndarray, threads: int) -> tuple[np.ndarray, np.ndarray]:
+def _quantize_rows(matrix: np.ndarray, threads: int, levels: int) -> tuple[np.ndarray, np.ndarray]:
     """One scale per row of a 2-D matrix."""
     rows, cols = matrix.shape
     blocks = _blocks(rows, cols * 4)
@@ -114,7 +129,7 @@ def _quantize_rows(matrix: np.ndarray, threads: int) -> tuple[np.ndarray, np.nda
         for start, end in share:
             block = _aligned(matrix[start:end], scratch)
             absmax = np.maximum(block.max(axis=1), -block.min(axis=1))
-            block_scale, inverse = _scale_from_absmax(absmax)
+            block_scale, inverse = _scale_from_absmax(absmax, levels)
             scale[start:end] = block_scale
             out = product[: end - start]
             np.multiply(block, inverse[:, None], out=out)
@@ -125,7 +140,9 @@ def _quantize_rows(matrix: np.ndarray, threads: int) -> tuple[np.ndarray, np.nda
     return quantized, scale
 
 
-def _quantize_columns(matrix: np.ndarray, threads: int, per_column: bool) -> tuple[np.ndarray, np.ndarray]:
+def _quantize_columns(
+    matrix: np.ndarray, threads: int, per_column: bool, levels: int
+) -> tuple[np.ndarray, np.ndarray]:
     """One scale per column of a 2-D matrix (or one for the whole matrix)."""
     rows, cols = matrix.shape
     blocks = _blocks(rows, cols * 4)
@@ -144,7 +161,7 @@ def _quantize_columns(matrix: np.ndarray, threads: int, per_column: bool) -> tup
     absmax = np.maximum.reduce(_run_split(blocks, absmax_of, threads))
     if not per_column:
         absmax = np.array([absmax.max()], dtype=np.float32)
-    scale, inverse = _scale_from_absmax(absmax)
+    scale, inverse = _scale_from_absmax(absmax, levels)
     quantized = np.empty((rows, cols), dtype=np.int8)
 
     def quantize(share: list[tuple[int, int]]) -> None:
@@ -159,8 +176,13 @@ def _quantize_columns(matrix: np.ndarray, threads: int, per_column: bool) -> tup
     return quantized, scale
 
 
-def quantize_int8(weight: np.ndarray, axis: int | None, threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Symmetric int8 quantization: q = round(w / scale), scale = max|w| / 127.
+def quantize_int8(
+    weight: np.ndarray, axis: int | None, threads: int | None = None, levels: int = INT8_MAX
+) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric int8 quantization: q = round(w / scale), scale = max|w| / levels.
+
+    `levels` is 127 for the full int8 range; REDUCED_RANGE (64) keeps |q| <= 64, the 7-bit
+    weights that onnxruntime's U8S8 kernels cannot saturate with.
 
     With `axis`, there is one scale per slice along that axis (per output channel); with None,
     one scale for the tensor. Returns (int8 array of the same shape, float32 scales).
@@ -171,16 +193,76 @@ def quantize_int8(weight: np.ndarray, axis: int | None, threads: int | None = No
     if weight.ndim == 0 or weight.size == 0:
         raise ValueError("int8 quantization needs a non-empty tensor with at least one dimension")
     if axis is None:
-        quantized, scale = _quantize_columns(weight.reshape(1, -1), threads, per_column=False)
+        quantized, scale = _quantize_columns(weight.reshape(1, -1), threads, per_column=False, levels=levels)
         return quantized.reshape(weight.shape), scale.reshape(())
     axis = axis % weight.ndim
     if axis == 0:
-        quantized, scale = _quantize_rows(weight.reshape(weight.shape[0], -1), threads)
+        quantized, scale = _quantize_rows(weight.reshape(weight.shape[0], -1), threads, levels)
         return quantized.reshape(weight.shape), scale
     if axis == weight.ndim - 1:
-        quantized, scale = _quantize_columns(weight.reshape(-1, weight.shape[-1]), threads, per_column=True)
+        quantized, scale = _quantize_columns(
+            weight.reshape(-1, weight.shape[-1]), threads, per_column=True, levels=levels
+        )
         return quantized.reshape(weight.shape), scale
     moved = np.ascontiguousarray(np.moveaxis(weight, axis, 0))
-    quantized, scale = _quantize_rows(moved.reshape(moved.shape[0], -1), threads)
+    quantized, scale = _quantize_rows(moved.reshape(moved.shape[0], -1), threads, levels)
     return np.moveaxis(quantized.reshape(moved.shape), 0, axis), scale
 
+
+
+INT4_MAX = 7
+INT4_LEVELS_BELOW_ZERO = 8
+INT4_ZERO_POINT = 8  # onnxruntime's default zero point for unsigned 4-bit blocks
+
+
+def quantize_int4_blocks(
+    weight: np.ndarray, block_size: int, rows_are_channels: bool, threads: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric block-wise int4, in onnxruntime's MatMulNBits / GatherBlockQuantized layout.
+
+    The channels (N) are the rows of `weight` when `rows_are_channels` (an embedding table
+    [vocab, hidden], a Gemm weight with transB) and its columns otherwise (a MatMul weight
+    [K, N]). Each channel's K values are split into blocks of `block_size` (the last one padded
+    with zeros); a block has one float32 scale = v / -8, where v is its value of largest
+    magnitude (so the scale may be negative, as in onnxruntime's own quantizer), and values
+    clip(round(w / scale), -8, 7) + 8 in [0, 15], two to a byte, the first in the low nibble.
+    Returns (uint8 [N, blocks, block_size / 2], float32 scales [N, blocks]).
+    """
+    threads = threads or default_threads()
+    if weight.dtype != np.float32 or weight.ndim != 2:
+        raise TypeError(f"int4 quantization expects a 2-D float32 weight, got {weight.dtype} {weight.shape}")
+    if block_size < 16 or block_size & (block_size - 1):
+        raise ValueError(f"block size {block_size} is not a power of two >= 16")
+    channels, depth = weight.shape if rows_are_channels else weight.shape[::-1]
+    blocks = -(-depth // block_size)
+    packed = np.empty((channels, blocks, block_size // 2), dtype=np.uint8)
+    scales = np.empty((channels, blocks), dtype=np.float32)
+    step = max(1, _BLOCK_BYTES // max(1, blocks * block_size * 4))
+    spans = [(start, min(start + step, channels)) for start in range(0, channels, step)]
+
+    def work(share: list[tuple[int, int]]) -> None:
+        padded = np.zeros((step, blocks * block_size), dtype=np.float32)
+        for start, end in share:
+            rows = padded[: end - start]
+            rows[:, :depth] = weight[start:end] if rows_are_channels else weight[:, start:end].T
+            grouped = rows.reshape(end - start, blocks, block_size)
+            # The block's largest-magnitude value maps to -8 exactly, so all 16 levels are used.
+            largest = np.take_along_axis(grouped, np.argmax(np.abs(grouped), axis=2)[:, :, None], axis=2)[:, :, 0]
+            scale = (largest / -INT4_LEVELS_BELOW_ZERO).astype(np.float32)
+            scale[scale == 0] = 1.0
+            scales[start:end] = scale
+            values = np.rint(grouped / scale[:, :, None])
+            np.clip(values, -INT4_LEVELS_BELOW_ZERO, INT4_MAX, out=values)
+            nibbles = (values + INT4_ZERO_POINT).astype(np.uint8)
+            packed[start:end] = nibbles[:, :, 0::2] | (nibbles[:, :, 1::2] << 4)
+
+    _run_split(spans, work, threads)
+    return packed, scales
+
+
+def dequantize_int4_blocks(packed: np.ndarray, scales: np.ndarray, depth: int) -> np.ndarray:
+    """The [N, depth] float32 values that `quantize_int4_blocks` encoded (for tests and checks)."""
+    low = (packed & 0x0F).astype(np.float32)
+    high = (packed >> 4).astype(np.float32)
+    values = np.stack([low, high], axis=-1).reshape(packed.shape[0], packed.shape[1], -1) - INT4_ZERO_POINT
+    return (values * scales[:, :, None]).reshape(packed.shape[0], -1)[:, :depth]

@@ -50,6 +50,9 @@ def effective_recipe(spec: ModelVersionSpec, model: ModelSpec) -> dict[str, Any]
         },
         "targetFormat": (own and own.target_format) or defaults.target_format,
     }
+    block_size = (own and own.block_size) or defaults.block_size
+    if block_size is not None:
+        recipe["blockSize"] = block_size
     return normalize_recipe(recipe)
 
 
