@@ -44,7 +44,12 @@ class ObjectNotFound(StorageError):
 
 
 class AccessDenied(StorageError):
-    """The credentials are missing, wrong, or lack permission."""
+    """The credentials are missing, wrong, or lack permission (HTTP 403). Permanent."""
+
+
+class InvalidRequest(StorageError):
+    """Storage refused the request itself (HTTP 400 and other 4xx): the URI or the key is not
+    acceptable to it. Permanent: sending the same request again gets the same answer."""
 
 
 class ChecksumMismatch(StorageError):
@@ -58,7 +63,8 @@ class ChecksumMismatch(StorageError):
 
 
 class StorageUnreachable(StorageError):
-    """The endpoint could not be reached or kept failing (throttling, 5xx, timeouts)."""
+    """The endpoint could not be reached or kept failing (throttling, 5xx, timeouts). The only
+    transient kind: everything else is an answer that a retry would repeat."""
 
     transient = True
 
@@ -260,6 +266,7 @@ def hash_file(path: str | os.PathLike[str], chunk_size: int = 8 * 1024 * 1024) -
 _NOT_FOUND_CODES = {"404", "NoSuchKey", "NoSuchBucket", "NotFound"}
 _DENIED_CODES = {"403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "Forbidden"}
 _THROTTLE_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded", "TooManyRequests"}
+_TRANSIENT_STATUS = {429, 500, 502, 503, 504}
 
 
 def translate_error(exc: BaseException, uri: str) -> StorageError:
@@ -283,8 +290,10 @@ def translate_error(exc: BaseException, uri: str) -> StorageError:
             return AccessDenied(f"access denied: {detail}")
         if code == "PreconditionFailed" or status == 412:
             return ObjectChanged(f"object changed while reading: {detail}")
-        if code in _THROTTLE_CODES or status in (429, 500, 502, 503, 504):
+        if code in _THROTTLE_CODES or status in _TRANSIENT_STATUS or status >= 500:
             return StorageUnreachable(f"storage kept failing: {detail}")
+        if 400 <= status < 500:
+            return InvalidRequest(f"storage refused the request: {detail}")
         return StorageError(f"storage request failed: {detail}")
     if isinstance(exc, bce.SSLError):
         return StorageError(f"TLS verification failed for {uri}: {exc}")
