@@ -179,6 +179,8 @@ class ObjectInfo:
 class TransferResult:
     sha256: str
     size: int
+    # The ETag of the object that was read or written: it changes whenever the object does.
+    etag: str = ""
 
 
 def backoff_delay(attempt: int, tuning: TransferTuning, rand: Callable[[], float] = random.random) -> float:
@@ -426,7 +428,7 @@ class ObjectStore:
             partial.unlink(missing_ok=True)
             raise
         os.replace(partial, dest)
-        return TransferResult(sha256=digest, size=info.size)
+        return TransferResult(sha256=digest, size=info.size, etag=info.etag)
 
     def upload_file(self, path: str | os.PathLike[str], uri: str) -> TransferResult:
         """Upload with concurrent multipart parts; the sha256 is stored as object metadata."""
@@ -450,12 +452,12 @@ class ObjectStore:
                 Config=transfer,
             ),
         )
-        return result
+        return TransferResult(sha256=result.sha256, size=result.size, etag=self.head(uri).etag)
 
     def upload_bytes(self, data: bytes, uri: str, content_type: str = "application/octet-stream") -> TransferResult:
         loc = parse_s3_uri(uri)
         digest = hashlib.sha256(data).hexdigest()
-        self._call(
+        response = self._call(
             uri,
             lambda: self.client.put_object(
                 Bucket=loc.bucket,
@@ -465,7 +467,7 @@ class ObjectStore:
                 Metadata={SHA256_METADATA_KEY: digest},
             ),
         )
-        return TransferResult(sha256=digest, size=len(data))
+        return TransferResult(sha256=digest, size=len(data), etag=str(response.get("ETag", "")).strip('"'))
 
     def read_bytes(self, uri: str) -> bytes:
         """Read a small object (a report, a dataset) into memory."""

@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from modelops import kube as k8s
+from modelops import cachestore, kube as k8s, reuse
 from modelops.api.model import ModelSpec
 from modelops.api.version import TERMINAL_PHASES, ModelVersionSpec
 from modelops.cachekey import InvalidRecipe
@@ -16,7 +16,6 @@ from modelops.core.objects import OwnerRef, VersionView, owned_by
 from modelops.core.versions import (
     VersionState,
     cache_key,
-    cached_report_usable,
     check_prerequisites,
     effective_evaluation,
     effective_recipe,
@@ -32,7 +31,14 @@ from modelops.core.versions import (
 )
 from modelops.handlers.context import Context, CredentialsProblem
 from modelops.handlers.queue import Key
-from modelops.storage import AccessDenied, ObjectNotFound, ObjectStore, StorageError, StorageUnreachable
+from modelops.storage import (
+    AccessDenied,
+    InvalidRequest,
+    ObjectNotFound,
+    ObjectStore,
+    StorageError,
+    StorageUnreachable,
+)
 
 _WARNING_PHASES = {"Rejected", "Failed"}
 
@@ -99,10 +105,29 @@ def _decide(ctx: Context, body: dict[str, Any]) -> VersionState:
     return state_from_job(result, job_name, key, recheck_seconds=ctx.settings.retry_seconds)
 
 
+def storage_problem(err: StorageError, field: str, uri: str, retry: float) -> VersionState:
+    """A storage answer about `field` (its URI `uri`) as a state: Verifying and retried only when
+    the storage could not answer (5xx, throttling, connection); every answer it gave is final."""
+    if isinstance(err, StorageUnreachable):
+        return waiting("Verifying", "StorageUnreachable", f"{err}; retrying every {retry:g}s", retry)
+    if isinstance(err, AccessDenied):
+        return waiting(
+            "Failed", str(reuse.Reason.ACCESS_DENIED),
+            f"{field}: the Model's credentials may not read {uri}; fix the Secret or the bucket policy, "
+            "then recreate the ModelVersion",
+        )
+    if isinstance(err, InvalidRequest):
+        return waiting(
+            "Failed", str(reuse.Reason.INVALID_ARTIFACT_URI),
+            f"{field}: storage refused {uri!r} as a request ({err}); fix the URI in a new ModelVersion",
+        )
+    return waiting("Failed", "StorageError", f"{field}: {err}")
+
+
 def _start(
     ctx: Context, body: dict[str, Any], spec: ModelVersionSpec, model: ModelSpec, key: str, job_name: str
 ) -> VersionState | dict[str, Any]:
-    """Verify the artifact, reuse a cached compression, or create the Job."""
+    """Verify the artifact, decide on the cache (`reuse.decide`), or create the Job."""
     meta = body["metadata"]
     namespace = meta["namespace"]
     retry = ctx.settings.retry_seconds
@@ -113,19 +138,23 @@ def _start(
         return waiting("Verifying", "CredentialsNotFound", f"{err}; create it in namespace {namespace}", retry)
     except ObjectNotFound:
         return waiting("Verifying", "ArtifactNotFound", f"no object at {spec.artifact.uri}; upload it (checked again every {retry:g}s)", retry)
-    except AccessDenied:
-        return waiting("Verifying", "AccessDenied", f"the Model's credentials may not read {spec.artifact.uri}; fix the Secret or the bucket policy", retry)
-    except StorageUnreachable as err:
-        return waiting("Verifying", "StorageUnreachable", f"{err}; retrying every {retry:g}s", retry)
     except StorageError as err:
-        return waiting("Verifying", "StorageError", f"{err}; retrying every {retry:g}s", retry)
+        return storage_problem(err, "spec.artifact.uri", spec.artifact.uri, retry)
 
     evaluation = effective_evaluation(spec, model)
+    recipe = effective_recipe(spec, model)
     prefix = output_prefix(spec, model)
-    cached = _read_report(store, report_uri(prefix))
-    if cached_report_usable(cached, evaluation):
+    try:
+        lookup = cachestore.look_up(store, prefix, spec.artifact.sha256, recipe, evaluation)
+    except StorageError as err:
+        field, uri = ("evaluation.datasetUri", evaluation.dataset_uri) if evaluation else ("cache", prefix)
+        return storage_problem(err, field, uri, retry)
+    decision = lookup.decision
+    if decision.action == reuse.Action.FAIL:
+        return waiting("Failed", str(decision.reason), decision.message, cache_key=key)
+    if decision.action in (reuse.Action.READY, reuse.Action.REJECT):
         ctx.metrics.cache_hits.inc()
-        return state_from_report(cached, job_name=None, key=key, from_cache=True)
+        return state_from_report(cachestore.reused_report(lookup, evaluation), job_name=None, key=key, from_cache=True)
 
     job = render.render_job(
         name=job_name,
@@ -135,8 +164,8 @@ def _start(
         version_name=meta["name"],
         version=spec.version,
         artifact=spec.artifact.wire(),
-        recipe=effective_recipe(spec, model),
-        evaluation=evaluation,
+        recipe=recipe.wire(),
+        evaluation=evaluation.wire() if evaluation is not None else None,
         output_prefix=prefix,
         storage=model.storage,
         signature=model.signature,
@@ -146,7 +175,8 @@ def _start(
     created_job, created = ctx.kube.create(k8s.JOBS, job)
     if created:
         ctx.metrics.jobs_created.inc()
-        ctx.kube.emit_event(body, "Normal", "JobCreated", f"created compression Job {job_name}")
+        what = "evaluation" if decision.action == reuse.Action.EVALUATE else "compression"
+        ctx.kube.emit_event(body, "Normal", "JobCreated", f"created {what} Job {job_name}: {decision.message}")
     return created_job
 
 
