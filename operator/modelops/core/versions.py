@@ -225,7 +225,7 @@ def job_result(job: dict[str, Any], pods: list[dict[str, Any]]) -> JobResult:
     )
 
 
-_EXIT_REASONS = {
+_EXIT_REASONS: dict[int | None, tuple[str, str, str]] = {
     exitcodes.BAD_ARTIFACT: ("Failed", "BadArtifact", "the artifact could not be verified or read"),
     exitcodes.REJECTED: ("Rejected", "AccuracyGateFailed", "the compressed model failed the accuracy gate"),
     exitcodes.TRANSIENT: ("Failed", "RetriesExhausted", "compression kept failing on transient errors (storage?)"),
@@ -291,11 +291,12 @@ def state_from_job(
 def _size(n: int | None) -> str:
     if n is None:
         return "?"
+    size = float(n)
     for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return str(size)
 
 
 def _summary(report: CompressionReport) -> str:

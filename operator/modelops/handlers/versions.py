@@ -78,6 +78,7 @@ def _decide(ctx: Context, body: dict[str, Any]) -> VersionState:
     blocked = check_prerequisites(VersionView.from_body(body), model_body is not None, siblings)
     if blocked is not None:
         return blocked
+    assert model_body is not None  # check_prerequisites stops at a missing Model
     model = ModelSpec.model_validate(model_body["spec"])
     try:
         key = cache_key(spec, model)
