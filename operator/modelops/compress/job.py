@@ -162,7 +162,7 @@ def _run(spec: JobSpec, store: ObjectStore, workdir: Path) -> JobResult:
             full = {
                 **{k: v for k, v in lookup.report.items() if k not in ("metric", "evaluation")},
                 "outcome": evaluated.outcome,
-                "reason": str(reuse.Reason.EVALUATED_FROM_CACHE) if evaluated.outcome == "Passed" else "AccuracyGateRejected",
+                "reason": str(reuse.Reason.EVALUATED_FROM_CACHE if evaluated.outcome == "Passed" else reuse.Reason.GATE_REJECTED),
                 "message": evaluated.message,
                 "latencyMsBefore": evaluated.latency_ms_before,
                 "latencyMsAfter": evaluated.latency_ms_after,
