@@ -25,6 +25,7 @@ from tests.integration.conftest import (
 )
 from tests.integration.test_compression_lifecycle import (
     condition,
+    events_for,
     jobs,
     secret_and_model,
     status_of,
@@ -120,6 +121,9 @@ def test_a_cached_compression_never_skips_the_gate(testbed, namespace, storage, 
     assert ready["reason"] == "CachedCompressionEvaluated", ready
     assert v4["jobName"] == "digits-v4-compress" and "digits-v4-compress" in job_names(testbed, namespace)
     assert v4["compressedArtifact"] == v1["compressedArtifact"], "the compression itself was reused"
+    uid = get_json(testbed, namespace, "modelversion", "digits-v4")["metadata"]["uid"]
+    messages = [e["message"] for e in events_for(testbed, namespace, uid)]
+    assert any(m.startswith("Evaluating: evaluation Job digits-v4-compress") for m in messages), messages
     dataset = v4["report"]["metric"]["dataset"]
     assert dataset["etag"] != v1["report"]["metric"]["dataset"]["etag"]
     assert dataset["samples"] == v1["report"]["metric"]["dataset"]["samples"] // 2

@@ -182,6 +182,14 @@ def test_a_pod_awaiting_the_scheduler_is_looked_at_again(pods, recheck) -> None:
     assert state.retry_after == recheck
 
 
+@pytest.mark.parametrize("result", [JobResult("running"), JobResult("running", failed_attempts=1)])
+def test_a_job_that_evaluates_a_cached_compression_shows_as_evaluating(result) -> None:
+    state = state_from_job(result, "v1-compress", "k", evaluating=True)
+    assert state.phase == "Evaluating" and state.progressing and "evaluation Job v1-compress" in state.message
+    done = state_from_job(JobResult("succeeded", report(reason="CachedCompressionEvaluated"), 0), "v1-compress", "k", evaluating=True)
+    assert (done.phase, done.reason) == ("Ready", "CachedCompressionEvaluated")
+
+
 def test_pending_pod_explains_why() -> None:
     unscheduled = {"status": {"conditions": [{"type": "PodScheduled", "status": "False", "message": "0/2 nodes have nvidia.com/gpu"}]}}
     state = state_from_job(job_result(job(None), [unscheduled]), "v1-compress", "k")

@@ -247,26 +247,39 @@ def _last_failure(result: JobResult) -> str:
     return text[:_EXCERPT]
 
 
+def _running(result: JobResult, job_name: str, key: str | None, recheck_seconds: float | None) -> VersionState:
+    """A running Job: waiting for a node, retrying, or running."""
+    recheck = recheck_seconds if result.awaiting_scheduler else None
+    if result.detail:
+        return waiting("Compressing", "JobPending", f"compression Job {job_name} is waiting for a node: {result.detail}", recheck, job_name=job_name, cache_key=key)
+    if result.failed_attempts:
+        return waiting(
+            "Compressing",
+            "JobRetrying",
+            f"compression Job {job_name} is retrying after {_attempts(result.failed_attempts)} failed; "
+            f"last failure: {_last_failure(result)}",
+            recheck,
+            job_name=job_name,
+            cache_key=key,
+        )
+    return waiting("Compressing", "JobRunning", f"compression Job {job_name} is running", recheck, job_name=job_name, cache_key=key)
+
+
 def state_from_job(
-    result: JobResult, job_name: str, key: str | None, recheck_seconds: float | None = None
+    result: JobResult,
+    job_name: str,
+    key: str | None,
+    recheck_seconds: float | None = None,
+    evaluating: bool = False,
 ) -> VersionState:
     """The version's state from its compression Job. `recheck_seconds` is how soon to look
-    again while a pod awaits the scheduler, whose verdict no Job event reports."""
+    again while a pod awaits the scheduler, whose verdict no Job event reports. A Job that
+    evaluates a cached compression (`evaluating`) shows as Evaluating while it runs."""
     if result.state == "running":
-        recheck = recheck_seconds if result.awaiting_scheduler else None
-        if result.detail:
-            return waiting("Compressing", "JobPending", f"compression Job {job_name} is waiting for a node: {result.detail}", recheck, job_name=job_name, cache_key=key)
-        if result.failed_attempts:
-            return waiting(
-                "Compressing",
-                "JobRetrying",
-                f"compression Job {job_name} is retrying after {_attempts(result.failed_attempts)} failed; "
-                f"last failure: {_last_failure(result)}",
-                recheck,
-                job_name=job_name,
-                cache_key=key,
-            )
-        return waiting("Compressing", "JobRunning", f"compression Job {job_name} is running", recheck, job_name=job_name, cache_key=key)
+        if evaluating:
+            running = _running(result, job_name, key, recheck_seconds)
+            return replace(running, phase="Evaluating", message=running.message.replace("compression Job", "evaluation Job", 1))
+        return _running(result, job_name, key, recheck_seconds)
     if result.report is not None:
         state = state_from_report(result.report, job_name=job_name, key=key, from_cache=False)
         if result.state == "failed" and result.exit_code == exitcodes.TRANSIENT and result.failed_attempts:

@@ -86,11 +86,14 @@ def _decide(ctx: Context, body: dict[str, Any]) -> VersionState:
         return waiting("Failed", "InvalidRecipe", str(err))
     job_name = naming.job_name(name)
     job = ctx.kube.get(k8s.JOBS, namespace, job_name)
+    # A Job that evaluates a cached compression shows as Evaluating while it runs; the phase
+    # it was created with is the record of that.
+    evaluating = (body.get("status") or {}).get("phase") == "Evaluating"
     if job is None:
         started = _start(ctx, body, spec, model, key, job_name)
         if isinstance(started, VersionState):
             return started
-        job = started
+        job, evaluating = started
     if not owned_by(job, meta["uid"]):
         return waiting(
             "Pending", "JobNameTaken",
@@ -103,7 +106,7 @@ def _decide(ctx: Context, body: dict[str, Any]) -> VersionState:
     result = job_result(job, pods)
     if result.state == "succeeded" and result.report is None:
         result = replace(result, report=_stored_report(ctx, namespace, model, output_prefix(spec, model)))
-    return state_from_job(result, job_name, key, recheck_seconds=ctx.settings.retry_seconds)
+    return state_from_job(result, job_name, key, recheck_seconds=ctx.settings.retry_seconds, evaluating=evaluating)
 
 
 def storage_problem(err: StorageError, field: str, uri: str, retry: float) -> VersionState:
@@ -127,8 +130,9 @@ def storage_problem(err: StorageError, field: str, uri: str, retry: float) -> Ve
 
 def _start(
     ctx: Context, body: dict[str, Any], spec: ModelVersionSpec, model: ModelSpec, key: str, job_name: str
-) -> VersionState | dict[str, Any]:
-    """Verify the artifact, decide on the cache (`reuse.decide`), or create the Job."""
+) -> VersionState | tuple[dict[str, Any], bool]:
+    """Verify the artifact, decide on the cache (`reuse.decide`), or create the Job (and say
+    whether it only evaluates a cached compression)."""
     meta = body["metadata"]
     namespace = meta["namespace"]
     retry = ctx.settings.retry_seconds
@@ -174,11 +178,12 @@ def _start(
         settings=ctx.settings,
     )
     created_job, created = ctx.kube.create(k8s.JOBS, job)
+    evaluating = decision.action == reuse.Action.EVALUATE
     if created:
         ctx.metrics.jobs_created.inc()
-        what = "evaluation" if decision.action == reuse.Action.EVALUATE else "compression"
+        what = "evaluation" if evaluating else "compression"
         ctx.kube.emit_event(body, "Normal", "JobCreated", f"created {what} Job {job_name}: {decision.message}")
-    return created_job
+    return created_job, evaluating
 
 
 def _read_report(store: ObjectStore, uri: str) -> dict[str, Any] | None:
