@@ -127,6 +127,11 @@ def gate_passes(metric: str, threshold: float, compressed: float | None, drop: f
     return False
 
 
+def _has_values(measurement: MetricReport) -> bool:
+    """A measurement that can be judged: a value, and for top-1 accuracy the drop."""
+    return measurement.compressed is not None and (measurement.name != "top1-accuracy" or measurement.drop is not None)
+
+
 def judged(measurement: MetricReport, threshold: float) -> MetricReport:
     """The measurement with this threshold applied."""
     passed = gate_passes(measurement.name, threshold, measurement.compressed, measurement.drop)
@@ -198,7 +203,7 @@ def decide(
     if evaluation is None:
         return Decision(Action.READY, Reason.COMPRESSED_FROM_CACHE, "reused an identical earlier compression")
     assert request.dataset is not None
-    if measurement is None or measurement.name != evaluation.metric:
+    if measurement is None or measurement.name != evaluation.metric or not _has_values(measurement):
         return Decision(
             Action.EVALUATE,
             Reason.NOT_MEASURED,

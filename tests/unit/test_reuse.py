@@ -80,6 +80,8 @@ CASES = [
     ("dataset without sha256 metadata, same ETag", replace(REQUEST, dataset=replace(DATASET, sha256=None)), RECORD, STORED_ARTIFACT, MEASURED, Action.READY, Reason.COMPRESSED_FROM_CACHE),
     ("dataset without ETag", replace(REQUEST, dataset=replace(DATASET, etag="")), RECORD, STORED_ARTIFACT, measured(dataset=dataset_report(etag="")), Action.EVALUATE, Reason.DATASET_CHANGED),
     ("measurement records no dataset", REQUEST, RECORD, STORED_ARTIFACT, measured(dataset=None), Action.EVALUATE, Reason.DATASET_CHANGED),
+    ("measurement without values", REQUEST, RECORD, STORED_ARTIFACT, measured(compressed=None, drop=None), Action.EVALUATE, Reason.NOT_MEASURED),
+    ("top-1 measurement without a drop", REQUEST, RECORD, STORED_ARTIFACT, measured(drop=None), Action.EVALUATE, Reason.NOT_MEASURED),
     ("other metric", replace(REQUEST, evaluation=gate(metric="top1-agreement", threshold=0.99)), RECORD, STORED_ARTIFACT, MEASURED, Action.EVALUATE, Reason.NOT_MEASURED),
     ("stricter threshold that the measurement fails", replace(REQUEST, evaluation=gate(threshold=0.1)), RECORD, STORED_ARTIFACT, MEASURED, Action.REJECT, Reason.GATE_REJECTED),
     ("stricter threshold that it still passes", replace(REQUEST, evaluation=gate(threshold=0.3)), RECORD, STORED_ARTIFACT, MEASURED, Action.READY, Reason.COMPRESSED_FROM_CACHE),
