@@ -152,7 +152,9 @@ def _start(
     try:
         lookup = cachestore.look_up(store, prefix, spec.artifact.sha256, recipe, evaluation)
     except StorageError as err:
-        field, uri = ("evaluation.datasetUri", evaluation.dataset_uri) if evaluation else ("cache", prefix)
+        # Storage errors name the URI they were about: the dataset, or the cache entry.
+        on_dataset = evaluation is not None and evaluation.dataset_uri in str(err)
+        field, uri = ("evaluation.datasetUri", evaluation.dataset_uri) if on_dataset and evaluation else ("cache entry", prefix)
         return storage_problem(err, field, uri, retry)
     decision = lookup.decision
     if decision.action == reuse.Action.FAIL:
