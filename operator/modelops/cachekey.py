@@ -2,116 +2,107 @@
 
 The key is a sha256 over (source artifact digest, normalised recipe, compressor version), so
 re-applying the same manifests finds the existing output instead of compressing again, and
-recipes that mean the same thing (defaults spelled out or left out) share one entry.
+recipes that mean the same thing (defaults spelled out or left out) share one entry. The recipe
+is the API's `Compression` model; its fields, choices and bounds are defined there only.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import math
 import re
 from typing import Any
+
+from pydantic import ValidationError
+from pydantic.alias_generators import to_camel
+
+from modelops.api.model import Compression, Pruning, Quantization
 
 # Bump when a change in the compressor changes its output for the same input and recipe.
 COMPRESSOR_VERSION = "1.1.0"
 
-QUANTIZATIONS = ("none", "fp16", "fp16-compute", "bf16", "int8-weight-only", "int8-dynamic", "int4-weight-only")
-BLOCK_SIZES = (16, 32, 64, 128, 256)
-DEFAULT_BLOCK_SIZE = 128
-PRUNING_METHODS = ("none", "unstructured", "structured")
-TARGET_FORMATS = ("onnx", "torchscript")
-MAX_PRUNING_AMOUNT = 0.95
-
 CACHE_ROOT = "modelops-cache"
 
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+# What an unset recipe field means (the compressor's own defaults; a Model's versionDefaults
+# are applied before, by the operator).
+# Built without validation: the API's bounds on a pruning amount are for a method that prunes.
+_NO_PRUNING = Pruning.model_construct(method="none", amount=0.0)
+_DEFAULTS = {"quantization": "none", "target_format": "onnx"}
+# int4-weight-only's block size when the recipe leaves it unset.
+DEFAULT_BLOCK_SIZE = 128
 
 
 class InvalidRecipe(ValueError):
-    """A recipe field has a wrong name, type or value; the message names the field."""
+    """A recipe or evaluation field has a wrong name, type or value; the message names the field."""
 
 
-def _choice(value: Any, field: str, allowed: tuple[str, ...]) -> str:
-    if value not in allowed:
-        raise InvalidRecipe(f"{field}: {value!r} is not one of {', '.join(allowed)}")
-    return value
+def field_error(err: ValidationError, prefix: str = "") -> InvalidRecipe:
+    """The first problem pydantic found, as `field.path: message` in the API's camelCase."""
+    first = err.errors()[0]
+    path = ".".join(to_camel(str(part)) for part in (prefix, *first["loc"]) if part != "")
+    return InvalidRecipe(f"{path or 'recipe'}: {first['msg']}")
 
 
-def _amount(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise InvalidRecipe(f"pruning.amount: {value!r} is not a number")
-    if not 0.0 <= value <= MAX_PRUNING_AMOUNT:
-        raise InvalidRecipe(f"pruning.amount: {value} is outside [0, {MAX_PRUNING_AMOUNT}]")
-    # Six decimals are far below any meaningful difference in sparsity and keep keys stable.
-    return round(float(value), 6)
+def parse_recipe(value: str | bytes | dict[str, Any] | None) -> Compression:
+    """A recipe from JSON text or a dict, validated by the API model."""
+    try:
+        if value is None:
+            return Compression()
+        if isinstance(value, (str, bytes)):
+            return Compression.model_validate_json(value)
+        return Compression.model_validate(value)
+    except ValidationError as err:
+        raise field_error(err) from None
 
 
-def _mapping(value: Any, field: str) -> dict[str, Any]:
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise InvalidRecipe(f"{field}: must be an object, got {type(value).__name__}")
-    return value
-
-
-def _reject_unknown(value: dict[str, Any], field: str, known: set[str]) -> None:
-    unknown = sorted(set(value) - known)
-    if unknown:
-        where = f"{field}." if field else ""
-        raise InvalidRecipe(f"{where}{unknown[0]}: unknown field (known: {', '.join(sorted(known))})")
-
-
-def normalize_recipe(recipe: dict[str, Any] | None) -> dict[str, Any]:
-    """Return the canonical recipe: every default filled in, no-op pruning spelled one way.
+def normalize_recipe(recipe: Compression | str | bytes | dict[str, Any] | None) -> Compression:
+    """The canonical recipe: every field set, and no-op pruning spelled one way.
 
     Pruning with amount 0 and pruning with method "none" mean the same thing, so both become
-    {"method": "none", "amount": 0.0}. blockSize is kept only for int4-weight-only (the one
+    {"method": "none", "amount": 0.0}. A pruning method without an amount is an error: it would
+    otherwise silently mean no pruning. blockSize is kept only for int4-weight-only (the one
     quantization it changes), with its default filled in.
     """
-    recipe = _mapping(recipe, "recipe")
-    _reject_unknown(recipe, "", {"quantization", "blockSize", "pruning", "targetFormat"})
-    quantization = _choice(recipe.get("quantization", "none"), "quantization", QUANTIZATIONS)
-    pruning = _mapping(recipe.get("pruning"), "pruning")
-    _reject_unknown(pruning, "pruning", {"method", "amount"})
-    method = _choice(pruning.get("method", "none"), "pruning.method", PRUNING_METHODS)
-    amount = _amount(pruning.get("amount", 0.0))
-    if method != "none" and "amount" not in pruning:
+    recipe = recipe if isinstance(recipe, Compression) else parse_recipe(recipe)
+    pruning = recipe.pruning or _NO_PRUNING
+    method = pruning.method or "none"
+    if method != "none" and pruning.amount is None:
         raise InvalidRecipe(f"pruning.amount: required when pruning.method is {method!r}")
-    if method == "none" or amount == 0.0:
-        method, amount = "none", 0.0
-    target = _choice(recipe.get("targetFormat", "onnx"), "targetFormat", TARGET_FORMATS)
-    normalized: dict[str, Any] = {
-        "quantization": quantization,
-        "pruning": {"method": method, "amount": amount},
-        "targetFormat": target,
-    }
-    block_size = recipe.get("blockSize")
-    if block_size is not None and (isinstance(block_size, bool) or block_size not in BLOCK_SIZES):
-        raise InvalidRecipe(f"blockSize: {block_size!r} is not one of {', '.join(map(str, BLOCK_SIZES))}")
-    if quantization == "int4-weight-only":
-        normalized["blockSize"] = int(block_size or DEFAULT_BLOCK_SIZE)
-    return normalized
+    # Six decimals are far below any meaningful difference in sparsity and keep keys stable.
+    amount = round(float(pruning.amount or 0.0), 6)
+    no_op = method == "none" or amount == 0.0
+    quantization = recipe.quantization or _DEFAULTS["quantization"]
+    block_size = (recipe.block_size or DEFAULT_BLOCK_SIZE) if quantization == Quantization.INT4_WEIGHT_ONLY else None
+    # model_copy keeps any recipe field this function has no default for.
+    return recipe.model_copy(
+        update={
+            "quantization": quantization,
+            "block_size": block_size,
+            "pruning": _NO_PRUNING if no_op else Pruning(method=method, amount=amount),
+            "target_format": recipe.target_format or _DEFAULTS["target_format"],
+        }
+    )
 
 
 def canonical_json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
 
 
-def recipe_hash(recipe: dict[str, Any] | None) -> str:
+def recipe_hash(recipe: Compression | str | dict[str, Any] | None) -> str:
     """sha256 of the normalised recipe alone (reported beside the output)."""
-    return hashlib.sha256(canonical_json(normalize_recipe(recipe)).encode()).hexdigest()
+    return hashlib.sha256(canonical_json(normalize_recipe(recipe).wire()).encode()).hexdigest()
 
 
 def compression_cache_key(
-    source_sha256: str, recipe: dict[str, Any] | None, compressor_version: str = COMPRESSOR_VERSION
+    source_sha256: str, recipe: Compression | dict[str, Any] | None, compressor_version: str = COMPRESSOR_VERSION
 ) -> str:
     source = source_sha256.strip().lower() if isinstance(source_sha256, str) else ""
     if not _SHA256_HEX.match(source):
         raise ValueError(f"source_sha256: {source_sha256!r} is not a sha256 hex digest (64 hex characters)")
     if not isinstance(compressor_version, str) or not compressor_version:
         raise ValueError("compressor_version: must be a non-empty string")
-    material = {"source": source, "recipe": normalize_recipe(recipe), "compressor": compressor_version}
+    material = {"source": source, "recipe": normalize_recipe(recipe).wire(), "compressor": compressor_version}
     return hashlib.sha256(canonical_json(material).encode()).hexdigest()
 
 

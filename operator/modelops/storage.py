@@ -44,7 +44,12 @@ class ObjectNotFound(StorageError):
 
 
 class AccessDenied(StorageError):
-    """The credentials are missing, wrong, or lack permission."""
+    """The credentials are missing, wrong, or lack permission (HTTP 403). Permanent."""
+
+
+class InvalidRequest(StorageError):
+    """Storage refused the request itself (HTTP 400 and other 4xx): the URI or the key is not
+    acceptable to it. Permanent: sending the same request again gets the same answer."""
 
 
 class ChecksumMismatch(StorageError):
@@ -58,7 +63,8 @@ class ChecksumMismatch(StorageError):
 
 
 class StorageUnreachable(StorageError):
-    """The endpoint could not be reached or kept failing (throttling, 5xx, timeouts)."""
+    """The endpoint could not be reached or kept failing (throttling, 5xx, timeouts). The only
+    transient kind: everything else is an answer that a retry would repeat."""
 
     transient = True
 
@@ -173,6 +179,8 @@ class ObjectInfo:
 class TransferResult:
     sha256: str
     size: int
+    # The ETag of the object that was read or written: it changes whenever the object does.
+    etag: str = ""
 
 
 def backoff_delay(attempt: int, tuning: TransferTuning, rand: Callable[[], float] = random.random) -> float:
@@ -260,6 +268,7 @@ def hash_file(path: str | os.PathLike[str], chunk_size: int = 8 * 1024 * 1024) -
 _NOT_FOUND_CODES = {"404", "NoSuchKey", "NoSuchBucket", "NotFound"}
 _DENIED_CODES = {"403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "Forbidden"}
 _THROTTLE_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded", "TooManyRequests"}
+_TRANSIENT_STATUS = {429, 500, 502, 503, 504}
 
 
 def translate_error(exc: BaseException, uri: str) -> StorageError:
@@ -283,8 +292,10 @@ def translate_error(exc: BaseException, uri: str) -> StorageError:
             return AccessDenied(f"access denied: {detail}")
         if code == "PreconditionFailed" or status == 412:
             return ObjectChanged(f"object changed while reading: {detail}")
-        if code in _THROTTLE_CODES or status in (429, 500, 502, 503, 504):
+        if code in _THROTTLE_CODES or status in _TRANSIENT_STATUS or status >= 500:
             return StorageUnreachable(f"storage kept failing: {detail}")
+        if 400 <= status < 500:
+            return InvalidRequest(f"storage refused the request: {detail}")
         return StorageError(f"storage request failed: {detail}")
     if isinstance(exc, bce.SSLError):
         return StorageError(f"TLS verification failed for {uri}: {exc}")
@@ -417,7 +428,7 @@ class ObjectStore:
             partial.unlink(missing_ok=True)
             raise
         os.replace(partial, dest)
-        return TransferResult(sha256=digest, size=info.size)
+        return TransferResult(sha256=digest, size=info.size, etag=info.etag)
 
     def upload_file(self, path: str | os.PathLike[str], uri: str) -> TransferResult:
         """Upload with concurrent multipart parts; the sha256 is stored as object metadata."""
@@ -441,12 +452,12 @@ class ObjectStore:
                 Config=transfer,
             ),
         )
-        return result
+        return TransferResult(sha256=result.sha256, size=result.size, etag=self.head(uri).etag)
 
     def upload_bytes(self, data: bytes, uri: str, content_type: str = "application/octet-stream") -> TransferResult:
         loc = parse_s3_uri(uri)
         digest = hashlib.sha256(data).hexdigest()
-        self._call(
+        response = self._call(
             uri,
             lambda: self.client.put_object(
                 Bucket=loc.bucket,
@@ -456,7 +467,7 @@ class ObjectStore:
                 Metadata={SHA256_METADATA_KEY: digest},
             ),
         )
-        return TransferResult(sha256=digest, size=len(data))
+        return TransferResult(sha256=digest, size=len(data), etag=str(response.get("ETag", "")).strip('"'))
 
     def read_bytes(self, uri: str) -> bytes:
         """Read a small object (a report, a dataset) into memory."""

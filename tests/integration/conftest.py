@@ -186,22 +186,36 @@ def storage(testbed: Any, namespace: str) -> Storage:
     return store
 
 
-def publish_cached(storage: Storage, model_doc: dict[str, Any], version_doc: dict[str, Any], artifact: bytes) -> None:
-    """Put a finished compression where the version's cache key points, so it is Ready at once."""
+def publish_cached(storage: Storage, model_doc: dict[str, Any], version_doc: dict[str, Any], artifact: bytes,
+                   drop: float = 0.0) -> None:
+    """Put a finished compression where the version's cache key points, so it is Ready at once:
+    the artifact, its record (with the ETag the reuse check verifies) and, with a gate, a
+    measurement (a top-1 `drop`) on the dataset object now at the gate's URI."""
+    from modelops import reuse
     from modelops.api import ModelSpec, ModelVersionSpec
-    from modelops.core.versions import output_prefix
+    from modelops.cachekey import COMPRESSOR_VERSION, recipe_hash
+    from modelops.core.versions import effective_evaluation, effective_recipe, output_prefix
 
-    prefix = output_prefix(ModelVersionSpec.model_validate(version_doc["spec"]), ModelSpec.model_validate(model_doc["spec"]))
+    spec, model = ModelVersionSpec.model_validate(version_doc["spec"]), ModelSpec.model_validate(model_doc["spec"])
+    prefix = output_prefix(spec, model)
     key = prefix.removeprefix(f"s3://{storage.bucket}/")
     digest = storage.put(key + "model.onnx", artifact)
+    etag = storage.client().head_object(Bucket=storage.bucket, Key=key + "model.onnx")["ETag"].strip('"')
     report = {
         "outcome": "Passed", "reason": "Compressed", "message": "ok", "device": "cpu",
-        "artifact": {"uri": prefix + "model.onnx", "sha256": digest, "bytes": len(artifact), "format": "onnx"},
+        "artifact": {"uri": prefix + "model.onnx", "sha256": digest, "bytes": len(artifact), "format": "onnx", "etag": etag},
+        "source": {"uri": spec.artifact.uri, "sha256": spec.artifact.sha256},
+        "recipeHash": recipe_hash(effective_recipe(spec, model)), "compressorVersion": COMPRESSOR_VERSION,
         "bytesBefore": 4 * len(artifact), "bytesAfter": len(artifact), "ratio": 4.0,
     }
-    gate = model_doc["spec"].get("versionDefaults", {}).get("evaluation")
-    if gate:  # a cached result counts only if it passed the gate the version asks for
-        report["metric"] = {"name": gate["metric"], "threshold": gate["threshold"], "passed": True}
+    gate = effective_evaluation(spec, model)
+    if gate is not None:  # a cached gate counts only for the dataset object it was measured on
+        data_key = gate.dataset_uri.removeprefix(f"s3://{storage.bucket}/")
+        data_etag = storage.client().head_object(Bucket=storage.bucket, Key=data_key)["ETag"].strip('"')
+        measurement = {"name": gate.metric, "parent": 97.0, "compressed": 97.0 - drop, "drop": drop,
+                       "dataset": {"uri": gate.dataset_uri, "etag": data_etag}}
+        uri = reuse.measurement_uri(prefix, gate, data_etag, digest)
+        storage.put(uri.removeprefix(f"s3://{storage.bucket}/"), json.dumps(measurement).encode())
     storage.put(key + "report.json", json.dumps(report).encode())
 
 

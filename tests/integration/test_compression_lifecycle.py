@@ -1,7 +1,8 @@
 """Artifacts and compression through the real operator, compression Jobs, node agent and MinIO:
 int8 meets its size and accuracy bars, the accuracy gate rejects a destructive recipe and Latest
 never serves it, a wrong sha256 fails once and for good, a MinIO outage is retried and ends in a
-clear condition, and an identical request is served from the cache without a Job."""
+clear condition, an identical request is served from the cache without a Job, a corrupted cache
+entry is compressed again, and a URI that storage refuses fails at once, without retries."""
 
 from __future__ import annotations
 
@@ -409,3 +410,54 @@ def test_identical_requests_are_served_from_the_cache(testbed, namespace, storag
     assert operator_job_creates(audit_log, namespace) == []
     assert operator.metric("modelops_compression_cache_hits_total") == 2
     assert operator.metric("modelops_compression_jobs_created_total") == 1
+
+
+def test_a_corrupted_cache_entry_is_compressed_again_not_served(testbed, namespace, storage, digits, operator) -> None:
+    uri, sha, _ = upload_version(storage, digits, namespace, 1)
+    secret, model = secret_and_model(storage)
+    apply_docs(testbed, namespace, [secret, model, version("digits-v1", 1, uri, sha)])
+    first = wait_phase(testbed, namespace, "digits-v1", "Ready")
+    cached = first["compressedArtifact"]
+    assert cached["etag"], "the record carries the ETag that reuse verifies"
+    # Someone overwrites the cached artifact; the record (report.json) still names the old bytes.
+    storage.put(cached["uri"].removeprefix(f"s3://{storage.bucket}/"), b"not the compressed model")
+
+    apply_docs(testbed, namespace, [version("digits-v2", 2, uri, sha)])
+    second = wait_phase(testbed, namespace, "digits-v2", "Ready")
+    assert condition(second, "Ready")["reason"] == "Compressed" and second["report"]["fromCache"] is False
+    assert second["jobName"] == "digits-v2-compress"
+    artifact = second["compressedArtifact"]
+    assert download_sha256(storage, artifact["uri"]) == (artifact["bytes"], artifact["sha256"])
+    assert artifact["sha256"] != hashlib.sha256(b"not the compressed model").hexdigest()
+    uid = get_json(testbed, namespace, "modelversion", "digits-v2")["metadata"]["uid"]
+    created = [e["message"] for e in events_for(testbed, namespace, uid) if e["reason"] == "JobCreated"]
+    assert created and cached["uri"] in created[0] and "compressing again" in created[0], created
+
+
+# -- 6. what storage refuses -----------------------------------------------------------------
+
+
+def test_a_uri_that_storage_refuses_fails_at_once_and_is_never_retried(testbed, namespace, storage, digits,
+                                                                      start_operator, audit_log: AuditLog) -> None:
+    """MinIO answers 400 for a key over 1024 bytes (as for `../../etc/passwd`, which the
+    apiserver will refuse itself): a permanent InvalidArtifactUri, not a retry every few seconds."""
+    operator: OperatorProcess = start_operator(resync_seconds=3)
+    secret, model = secret_and_model(storage)
+    refused = f"s3://{storage.bucket}/digits/{'k' * 1100}.onnx"
+    audit_log.mark()
+    apply_docs(testbed, namespace, [secret, model, version("digits-v1", 1, refused, "ab" * 32)])
+    status = wait_phase(testbed, namespace, "digits-v1", "Failed", timeout=120)
+    ready = condition(status, "Ready")
+    assert (ready["status"], ready["reason"]) == ("False", "InvalidArtifactUri")
+    assert ready["message"].startswith("spec.artifact.uri:") and refused in ready["message"]
+    assert condition(status, "Progressing")["status"] == "False"
+
+    before = operator.metric("modelops_reconcile_total", kind="ModelVersion")
+    eventually(lambda: operator.metric("modelops_reconcile_total", kind="ModelVersion") - before >= 3, 60,
+               "three more reconciles of the version")
+    assert status_of(testbed, namespace, "digits-v1") == status, "a Failed version is left alone"
+    assert jobs(testbed, namespace) == [] and operator_job_creates(audit_log, namespace) == []
+    status_writes = [e for e in audit_log.operator_requests(namespace)
+                     if e["verb"] == "patch" and e["objectRef"].get("subresource") == "status"
+                     and e["objectRef"].get("resource") == "modelversions"]
+    assert len(status_writes) == 1, [e["responseStatus"] for e in status_writes]

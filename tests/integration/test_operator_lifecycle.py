@@ -180,6 +180,7 @@ def test_a_rollout_that_misses_its_deadline_is_rolled_back(testbed, namespace, s
     secret, model = for_this_bed(sample_docs()[:2], storage, {})
     good = version_manifest(1, storage, storage.put("digits/1/model.onnx", digits.onnx[0]))
     bad = version_manifest(2, storage, storage.put("digits/2/model.onnx", digits.onnx[1]))
+    storage.put("digits/eval.npz", digits.eval_npz)  # the gate's dataset: a cached gate counts only with it
     publish_cached(storage, model, good, digits.onnx[0])
     publish_cached(storage, model, bad, b"this is not an ONNX model")
     serve = {

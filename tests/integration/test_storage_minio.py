@@ -17,6 +17,7 @@ from modelops.compress import exitcodes
 from modelops.storage import (
     AccessDenied,
     ChecksumMismatch,
+    InvalidRequest,
     ObjectNotFound,
     ObjectStore,
     StorageConfig,
@@ -87,6 +88,16 @@ def test_missing_objects_and_wrong_credentials(testbed, minio_store, bucket) -> 
     with pytest.raises(AccessDenied) as info:
         wrong.read_bytes(f"s3://{bucket}/present")
     assert "wrong-secret" not in str(info.value)
+
+
+@pytest.mark.parametrize("key", ["../../etc/passwd", "a/../../b"])
+def test_a_key_that_minio_refuses_is_permanent_not_retried(testbed, bucket, key) -> None:
+    attempts: list[float] = []
+    store = ObjectStore(StorageConfig.from_env(_env(testbed)), TUNING, sleep=attempts.append)
+    with pytest.raises(InvalidRequest) as info:
+        store.head(f"s3://{bucket}/{key}")
+    assert not info.value.transient and "400" in str(info.value)
+    assert attempts == [], "a refused request is never retried"
 
 
 def test_closed_port_is_transient() -> None:

@@ -61,7 +61,7 @@ class FakeS3Client:
     ) -> dict:
         self.calls.append(f"put {Key}")
         self.objects[(Bucket, Key)] = (bytes(Body), dict(Metadata or {}))
-        return {}
+        return {"ETag": f'"{self._etag(bytes(Body))}"'}
 
     def upload_file(
         self, Filename: str, Bucket: str, Key: str, ExtraArgs: dict | None = None, Config: Any = None

@@ -204,7 +204,7 @@ def test_enums_list_the_allowed_values() -> None:
     assert spec["artifact"]["properties"]["format"]["enum"] == ["onnx", "torchscript", "exported-program"]
     assert "int8-dynamic" in spec["compression"]["properties"]["quantization"]["enum"]
     status = schema_of("ModelVersion")["properties"]["status"]["properties"]
-    assert status["phase"]["enum"] == ["Pending", "Verifying", "Compressing", "Ready", "Rejected", "Failed"]
+    assert status["phase"]["enum"] == ["Pending", "Verifying", "Compressing", "Evaluating", "Ready", "Rejected", "Failed"]
 
 
 def test_conditions_are_a_map_keyed_by_type() -> None:

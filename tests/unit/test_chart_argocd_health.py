@@ -152,6 +152,7 @@ VERSION_CASES = {
     "verifying": (version("Verifying", "ArtifactNotFound", "no object at s3://models/digits/2/model.onnx"),
                   "Progressing", "Verifying: no object at"),
     "compressing": (version("Compressing", "JobRunning", "Job digits-v2-compress is running"), "Progressing", "Compressing"),
+    "evaluating": (version("Evaluating", "JobRunning", "evaluation Job digits-v2-compress is running"), "Progressing", "Evaluating"),
     "ready": (version("Ready", "Compressed", "compressed 4.0x"), "Healthy", "Ready: compressed 4.0x"),
     "ready from the cache": (version("Ready", "CompressedFromCache", "reused"), "Healthy", "Ready: reused"),
     "rejected by the gate": (version("Rejected", "AccuracyGateFailed", "top-1 accuracy dropped 3.1 points"),

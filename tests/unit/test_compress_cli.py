@@ -76,10 +76,21 @@ def test_success_publishes_model_then_report_and_writes_the_termination_message(
     assert message["artifact"]["uri"] == "s3://models/out/run/model.onnx"
     assert message["metric"]["name"] == "top1-accuracy" and message["metric"]["passed"] is True
     puts = [call for call in fake_s3.calls if call.startswith("put ")]
-    assert puts == ["put out/run/model.onnx", "put out/run/report.json"]
+    # The artifact, the measurement (for later versions on the same dataset), then report.json.
+    assert puts[0] == "put out/run/model.onnx" and puts[-1] == "put out/run/report.json"
+    assert len(puts) == 3 and puts[1].startswith("put out/run/evaluations/")
+    assert message["artifact"]["etag"]
     full = json.loads(fake_s3.objects[("models", "out/run/report.json")][0])
     assert {k: full[k] for k in report.COMPACT_KEYS} == message
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == message
+
+
+def _puts(fake_s3) -> list[str]:
+    return [call for call in fake_s3.calls if call.startswith("put ")]
+
+
+def _downloads(fake_s3) -> list[str]:
+    return [call for call in fake_s3.calls if call.startswith("get ") and "bytes=" in call]
 
 
 def test_a_second_run_reuses_the_complete_entry(tmp_path, store, fake_s3, digits_model) -> None:
@@ -88,13 +99,14 @@ def test_a_second_run_reuses_the_complete_entry(tmp_path, store, fake_s3, digits
     fake_s3.calls.clear()
     second_code, second = _main(tmp_path, argv, store)
     assert first_code == second_code == exitcodes.SUCCESS
-    assert second == first
-    assert not any(call.startswith(("get digits/", "put ")) for call in fake_s3.calls)
+    assert second["artifact"] == first["artifact"] and second["metric"] == first["metric"]
+    assert second["reason"] == "CompressedFromCache"
+    assert _puts(fake_s3) == [] and _downloads(fake_s3) == []
 
 
-def test_a_changed_evaluation_is_not_served_from_the_cache(tmp_path, store, fake_s3, digits_model) -> None:
+def test_a_changed_evaluation_evaluates_the_cached_artifact_without_compressing(tmp_path, store, fake_s3, digits_model) -> None:
     sha = _sha(digits_model.onnx.read_bytes())
-    _main(tmp_path, _args(sha, {"quantization": "fp16"}), store)
+    _, first = _main(tmp_path, _args(sha, {"quantization": "fp16"}), store)
     fake_s3.calls.clear()
     code, message = _main(
         tmp_path,
@@ -102,7 +114,64 @@ def test_a_changed_evaluation_is_not_served_from_the_cache(tmp_path, store, fake
         store,
     )
     assert code == exitcodes.SUCCESS and message["metric"]["name"] == "top1-agreement"
-    assert "put out/run/report.json" in fake_s3.calls
+    assert message["reason"] == "CachedCompressionEvaluated" and message["artifact"] == first["artifact"]
+    # The cached artifact was read (and its sha256 verified), nothing compressed or republished.
+    assert "get out/run/model.onnx bytes=0-" in " ".join(_downloads(fake_s3))
+    assert [p for p in _puts(fake_s3) if not p.startswith("put out/run/evaluations/")] == []
+    assert len(_puts(fake_s3)) == 1
+
+
+def test_a_dataset_replaced_in_place_is_evaluated_again(tmp_path, store, fake_s3, digits_model) -> None:
+    sha = _sha(digits_model.onnx.read_bytes())
+    argv = _args(sha, {"quantization": "int8-weight-only"})
+    _main(tmp_path, argv, store)
+    data = np.load(digits_model.eval_npz)
+    half = len(data["labels"]) // 2
+    fake_s3.objects[("models", "digits/eval.npz")] = (_npz(inputs=data["inputs"][:half], labels=data["labels"][:half]), {})
+    fake_s3.calls.clear()
+    code, message = _main(tmp_path, argv, store)
+    assert code == exitcodes.SUCCESS and message["reason"] == "CachedCompressionEvaluated"
+    assert "get digits/eval.npz bytes=0-" in " ".join(_downloads(fake_s3))
+    full_puts = _puts(fake_s3)
+    assert len(full_puts) == 1 and full_puts[0].startswith("put out/run/evaluations/")
+    stored = json.loads(fake_s3.objects[("models", full_puts[0].removeprefix("put models/").removeprefix("put "))][0])
+    assert stored["dataset"]["samples"] == half
+
+
+def test_a_missing_dataset_fails_before_anything_is_reused(tmp_path, store, fake_s3, digits_model) -> None:
+    argv = _args(_sha(digits_model.onnx.read_bytes()), {"quantization": "fp16"})
+    _main(tmp_path, argv, store)
+    del fake_s3.objects[("models", "digits/eval.npz")]
+    code, message = _main(tmp_path, argv, store)
+    assert code == exitcodes.BAD_ARTIFACT
+    assert message["reason"] == "DatasetNotFound" and "s3://models/digits/eval.npz" in message["message"]
+
+
+def test_a_stricter_threshold_is_rejected_from_the_recorded_measurement(tmp_path, store, fake_s3, digits_model) -> None:
+    sha = _sha(digits_model.onnx.read_bytes())
+    recipe = {"quantization": "int8-weight-only", "pruning": {"method": "unstructured", "amount": 0.5}}
+    loose = {**EVAL, "metric": "cosine-similarity", "threshold": 0.5}
+    _, first = _main(tmp_path, _args(sha, recipe, evaluation=loose), store)
+    measured = first["metric"]["compressed"]
+    assert measured < 1.0, "the pruned model must differ from its parent for this test to mean anything"
+    fake_s3.calls.clear()
+    stricter = {**loose, "threshold": (measured + 1.0) / 2}
+    code, message = _main(tmp_path, _args(sha, recipe, evaluation=stricter), store)
+    assert code == exitcodes.REJECTED and message["outcome"] == "Rejected"
+    assert message["metric"]["compressed"] == measured and message["metric"]["passed"] is False
+    assert _puts(fake_s3) == [] and _downloads(fake_s3) == []
+
+
+def test_a_corrupted_cache_entry_is_compressed_again(tmp_path, store, fake_s3, digits_model) -> None:
+    argv = _args(_sha(digits_model.onnx.read_bytes()), {"quantization": "fp16"})
+    _, first = _main(tmp_path, argv, store)
+    fake_s3.objects[("models", "out/run/model.onnx")] = (b"garbage", {"sha256": first["artifact"]["sha256"]})
+    fake_s3.calls.clear()
+    code, message = _main(tmp_path, argv, store)
+    assert code == exitcodes.SUCCESS and message["reason"] != "CompressedFromCache"
+    assert "put out/run/model.onnx" in _puts(fake_s3)
+    assert fake_s3.objects[("models", "out/run/model.onnx")][0] != b"garbage"
+    assert _sha(fake_s3.objects[("models", "out/run/model.onnx")][0]) == message["artifact"]["sha256"]
 
 
 def test_rejection_exits_11_and_still_publishes_the_report(tmp_path, store, fake_s3, digits_model) -> None:

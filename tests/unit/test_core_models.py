@@ -22,8 +22,9 @@ def v(number: int, phase: str | None, name: str | None = None, created: str = "2
 
 
 def test_counts_by_phase() -> None:
-    counts = version_counts([v(1, "Ready"), v(2, "Ready"), v(3, None), v(4, "Rejected"), v(5, "Compressing"), v(6, "Failed", deleting=True)])
-    assert counts == {"total": 5, "pending": 1, "verifying": 0, "compressing": 1,
+    counts = version_counts([v(1, "Ready"), v(2, "Ready"), v(3, None), v(4, "Rejected"), v(5, "Compressing"),
+                             v(6, "Failed", deleting=True), v(7, "Evaluating")])
+    assert counts == {"total": 6, "pending": 1, "verifying": 0, "compressing": 1, "evaluating": 1,
                       "ready": 2, "rejected": 1, "failed": 0}
 
 

@@ -12,7 +12,6 @@ from modelops.cachekey import compressed_prefix, compression_cache_key
 from modelops.core.objects import VersionView
 from modelops.core.versions import (
     JobResult,
-    cached_report_usable,
     check_prerequisites,
     effective_evaluation,
     effective_recipe,
@@ -67,14 +66,22 @@ def version(**extra) -> ModelVersionSpec:
     ],
 )
 def test_recipe_fields_come_from_the_version_then_the_model(own, defaults, expected) -> None:
-    assert effective_recipe(version(**own), model(**defaults)) == expected
+    assert effective_recipe(version(**own), model(**defaults)).wire() == expected
+
+
+def test_a_pruning_method_without_an_amount_is_refused_at_the_door() -> None:
+    from pydantic import ValidationError
+
+    # The same rule as the CRD's: the version is never accepted, so it never silently prunes nothing.
+    with pytest.raises(ValidationError, match="compression.pruning.amount"):
+        version(compression={"pruning": {"method": "unstructured"}})
 
 
 def test_evaluation_and_scheduling_fall_back_to_model_defaults() -> None:
     m = model(evaluation=GATE, scheduling={"gpus": 2, "nodeSelector": {"pool": "gpu"}})
-    assert effective_evaluation(version(), m) == GATE
+    assert effective_evaluation(version(), m).wire() == GATE
     own_gate = {**GATE, "threshold": 1.0}
-    assert effective_evaluation(version(evaluation=own_gate), m) == own_gate
+    assert effective_evaluation(version(evaluation=own_gate), m).wire() == own_gate
     assert effective_evaluation(version(), model()) is None
     sched = effective_scheduling(version(scheduling={"gpus": 0}), m)
     assert sched.gpus == 0 and sched.node_selector == {"pool": "gpu"}
@@ -176,6 +183,14 @@ def test_a_pod_awaiting_the_scheduler_is_looked_at_again(pods, recheck) -> None:
     assert state.retry_after == recheck
 
 
+@pytest.mark.parametrize("result", [JobResult("running"), JobResult("running", failed_attempts=1)])
+def test_a_job_that_evaluates_a_cached_compression_shows_as_evaluating(result) -> None:
+    state = state_from_job(result, "v1-compress", "k", evaluating=True)
+    assert state.phase == "Evaluating" and state.progressing and "evaluation Job v1-compress" in state.message
+    done = state_from_job(JobResult("succeeded", report(reason="CachedCompressionEvaluated"), 0), "v1-compress", "k", evaluating=True)
+    assert (done.phase, done.reason) == ("Ready", "CachedCompressionEvaluated")
+
+
 def test_pending_pod_explains_why() -> None:
     unscheduled = {"status": {"conditions": [{"type": "PodScheduled", "status": "False", "message": "0/2 nodes have nvidia.com/gpu"}]}}
     state = state_from_job(job_result(job(None), [unscheduled]), "v1-compress", "k")
@@ -207,10 +222,11 @@ def test_state_from_job(result, phase, reason) -> None:
 def test_ready_state_carries_artifact_and_report() -> None:
     state = state_from_report(report(), job_name=None, key="k", from_cache=True)
     assert state.phase == "Ready" and state.reason == "CompressedFromCache"
-    assert state.compressed == {"uri": "s3://models/modelops-cache/k/model.onnx", "sha256": "cd" * 32, "bytes": 100, "format": "onnx"}
-    assert state.report["ratio"] == 4.0 and state.report["fromCache"] is True
-    assert state.report["metric"]["drop"] == 0.2
-    assert "libraries" not in state.report and "outcome" not in state.report
+    assert state.compressed.wire() == {"uri": "s3://models/modelops-cache/k/model.onnx", "sha256": "cd" * 32, "bytes": 100, "format": "onnx"}
+    wire = state.report.wire()
+    assert wire["ratio"] == 4.0 and wire["fromCache"] is True
+    assert wire["metric"]["drop"] == 0.2
+    assert "libraries" not in wire and "outcome" not in wire
     assert "4.00x" in state.message and "drop 0.2 points, allowed 0.5" in state.message
 
 
@@ -227,20 +243,18 @@ def test_parse_report(text, parsed) -> None:
     assert (parse_report(text) is not None) == parsed
 
 
-@pytest.mark.parametrize(
-    ("cached", "evaluation", "usable"),
-    [
-        (report(), None, True),
-        (report(), GATE, True),
-        (report(), {**GATE, "threshold": 0.1}, False),
-        (report(), {**GATE, "metric": "cosine-similarity"}, False),
-        (report(metric=None), GATE, False),
-        (report("Rejected"), None, False),
-        (None, None, False),
-    ],
-)
-def test_cached_report_usable(cached, evaluation, usable) -> None:
-    assert cached_report_usable(cached, evaluation) is usable
+def test_a_job_that_evaluated_a_cached_compression_says_so() -> None:
+    state = state_from_report(report(reason="CachedCompressionEvaluated"), job_name="j", key="k", from_cache=False)
+    assert (state.phase, state.reason) == ("Ready", "CachedCompressionEvaluated")
+    assert state.report.from_cache is True and "evaluated an identical earlier compression" in state.message
+
+
+def test_status_is_built_by_the_api_model_and_validates() -> None:
+    from modelops.api import ModelVersionStatus
+
+    status = version_status(None, state_from_job(JobResult("succeeded", report(), 0), "j", "k"), 1, NOW)
+    assert ModelVersionStatus.model_validate(status).wire() == status
+    assert status["report"]["metric"]["passed"] is True
 
 
 def test_status_is_stable_for_the_same_state() -> None:

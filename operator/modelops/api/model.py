@@ -362,6 +362,7 @@ class VersionCounts(ApiModel):
     pending: int = Field(0, description="Versions waiting for a prerequisite.")
     verifying: int = Field(0, description="Versions whose artifact is being checked.")
     compressing: int = Field(0, description="Versions being compressed.")
+    evaluating: int = Field(0, description="Versions whose cached compression is being evaluated on their own dataset.")
     ready: int = Field(0, description="Versions ready to serve.")
     rejected: int = Field(0, description="Versions rejected by the accuracy gate.")
     failed: int = Field(0, description="Versions that failed.")

@@ -26,12 +26,14 @@ class ArtifactFormat(StrEnum):
 
 
 class Phase(StrEnum):
-    """A ModelVersion's lifecycle phase. The compression Job also evaluates, so there is no
-    separate evaluation phase: a version is Compressing until the Job's verdict."""
+    """A ModelVersion's lifecycle phase. A Job that compresses also evaluates and reports
+    Compressing; Evaluating is a Job that evaluates a cached compression on this version's
+    own dataset, compressing nothing."""
 
     PENDING = "Pending"
     VERIFYING = "Verifying"
     COMPRESSING = "Compressing"
+    EVALUATING = "Evaluating"
     READY = "Ready"
     REJECTED = "Rejected"
     FAILED = "Failed"
@@ -120,6 +122,16 @@ class CompressedArtifact(ApiModel):
     sha256: str = Field(description="sha256 of the compressed artifact.")
     bytes: int = Field(description="Size in bytes.")
     format: str = Field(description="Format of the compressed artifact.")
+    etag: str | None = Field(None, description="Storage ETag of the object as written; a cached artifact is reused only while its ETag, size and sha256 are unchanged.")
+
+
+class DatasetReport(ApiModel):
+    """The evaluation dataset object a measurement was taken on."""
+
+    uri: str = Field(description="S3 URI of the dataset.")
+    etag: str | None = Field(None, description="Storage ETag of the dataset object that was read.")
+    sha256: str | None = Field(None, description="sha256 of the dataset bytes that were read.")
+    samples: int | None = Field(None, description="Number of samples evaluated.")
 
 
 class MetricReport(ApiModel):
@@ -131,6 +143,7 @@ class MetricReport(ApiModel):
     compressed: float | None = Field(None, description="Value for the compressed model.")
     drop: float | None = Field(None, description="Drop in percentage points (top1-accuracy).")
     passed: bool | None = Field(None, description="Whether the gate passed.")
+    dataset: DatasetReport | None = Field(None, description="The dataset object the values were measured on.")
 
 
 class CompressionReport(ApiModel):

@@ -8,7 +8,6 @@ the exit code is one of modelops.compress.exitcodes.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -16,6 +15,10 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from pydantic import BaseModel, ValidationError
+
+from modelops.api.model import Compression, Evaluation
+from modelops.cachekey import InvalidRecipe, field_error
 from modelops.compress import exitcodes, report
 from modelops.compress.job import JobResult, JobSpec, run
 from modelops.compress.recipe import SOURCE_FORMATS
@@ -33,14 +36,16 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
-def _json_object(text: str) -> dict:
+def parse_json_argument(text: str, model: type[BaseModel], option: str, field: str = "") -> BaseModel:
+    """A JSON argument parsed by its API model: bad JSON is a usage error naming the option, a
+    bad field an InvalidRecipe naming the field."""
     try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise argparse.ArgumentTypeError(f"not valid JSON ({exc.msg} at {exc.pos})") from None
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError("must be a JSON object")
-    return value
+        return model.model_validate_json(text)
+    except ValidationError as err:
+        first = err.errors()[0]
+        if first["type"] == "json_invalid":
+            raise UsageError(f"{option}: not valid JSON ({first['msg']})") from None
+        raise field_error(err, field) from None
 
 
 def _names(text: str) -> list[str]:
@@ -62,9 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--source-uri", required=True, help="s3://bucket/key of the artifact")
     parser.add_argument("--source-sha256", required=True, help="expected sha256 of the artifact")
     parser.add_argument("--source-format", required=True, choices=SOURCE_FORMATS)
-    parser.add_argument("--recipe-json", required=True, type=_json_object, help="the compression recipe")
+    parser.add_argument("--recipe-json", required=True, help="the compression recipe (the API's compression, as JSON)")
     parser.add_argument("--output-prefix", required=True, help="s3://bucket/prefix/ for model.* and report.json")
-    parser.add_argument("--eval-json", type=_json_object, help="the evaluation (accuracy gate)")
+    parser.add_argument("--eval-json", help="the evaluation (the API's accuracy gate, as JSON)")
     parser.add_argument("--input-names", type=_names, help="ONNX input names for torch sources (comma-separated)")
     parser.add_argument("--output-names", type=_names, help="ONNX output names for torch sources (comma-separated)")
     parser.add_argument("--input-shape", type=_shape, help="example input shape for TorchScript sources, e.g. 1,64")
@@ -91,7 +96,13 @@ def main(
     logging.getLogger("modelops").setLevel(logging.INFO)
     try:
         args = build_parser().parse_args(argv)
+        recipe = parse_json_argument(args.recipe_json, Compression, "--recipe-json")
+        evaluation = None
+        if args.eval_json is not None:
+            evaluation = parse_json_argument(args.eval_json, Evaluation, "--eval-json", "evaluation")
         store = store or ObjectStore(StorageConfig.from_env(environ))
+    except InvalidRecipe as exc:
+        result = JobResult(exitcodes.USAGE, report.failure_report("InvalidRecipe", str(exc)))
     except (UsageError, ValueError) as exc:
         result = JobResult(exitcodes.USAGE, report.failure_report("InvalidArguments", str(exc)))
     else:
@@ -99,9 +110,9 @@ def main(
             source_uri=args.source_uri,
             source_sha256=args.source_sha256,
             source_format=args.source_format,
-            recipe=args.recipe_json,
+            recipe=recipe,
             output_prefix=args.output_prefix,
-            evaluation=args.eval_json,
+            evaluation=evaluation,
             input_names=args.input_names,
             output_names=args.output_names,
             input_shape=args.input_shape,

@@ -8,9 +8,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from modelops import cachestore, reuse
+from modelops.api.version import DatasetReport, MetricReport
 from modelops.cachekey import InvalidRecipe, compression_cache_key
 from modelops.compress import exitcodes, report
-from modelops.compress.recipe import Evaluation, Recipe, UnsupportedRecipe
+from modelops.compress.recipe import Evaluation, Recipe, UnsupportedRecipe, parse_evaluation
 from modelops.storage import (
     AccessDenied,
     ChecksumMismatch,
@@ -23,7 +25,7 @@ from modelops.storage import (
 
 log = logging.getLogger("modelops.compress")
 
-REPORT_FILE = "report.json"
+REPORT_FILE = reuse.REPORT_FILE
 ARTIFACT_FORMATS = {"onnx": "onnx", "torchscript": "torchscript"}
 # torch.export.load insists on the .pt2 suffix.
 SOURCE_SUFFIXES = {"onnx": ".onnx", "torchscript": ".pt", "exported-program": ".pt2"}
@@ -34,9 +36,9 @@ class JobSpec:
     source_uri: str
     source_sha256: str
     source_format: str
-    recipe: dict[str, Any]
+    recipe: Any  # a Compression, or its JSON text or dict
     output_prefix: str
-    evaluation: dict[str, Any] | None = None
+    evaluation: Any = None  # an Evaluation, or its JSON text or dict
     input_names: list[str] | None = None
     output_names: list[str] | None = None
     input_shape: tuple[int, ...] | None = None
@@ -94,29 +96,6 @@ def _classify(exc: BaseException) -> Failure:
     return Failure(exitcodes.TRANSIENT, "InternalError", f"{type(exc).__name__}: {message}")
 
 
-def _cached(
-    store: ObjectStore, report_uri: str, spec: JobSpec, recipe: Recipe, evaluation: Evaluation | None
-) -> dict | None:
-    """The existing report for exactly this request, if a previous run completed it."""
-    if not store.exists(report_uri):
-        return None
-    try:
-        existing = json.loads(store.read_bytes(report_uri))
-    except ValueError:
-        return None
-    wanted_eval = None if evaluation is None else evaluation.to_dict()
-    stored_eval = existing.get("evaluation")
-    if stored_eval is not None:
-        stored_eval = {k: v for k, v in stored_eval.items() if k != "samples"}
-    same = (
-        existing.get("recipeHash") == recipe.hash
-        and existing.get("compressorVersion") == report.COMPRESSOR_VERSION
-        and (existing.get("source") or {}).get("sha256") == spec.source_sha256
-        and stored_eval == wanted_eval
-    )
-    return existing if same and existing.get("outcome") in ("Passed", "Rejected") else None
-
-
 def run(spec: JobSpec, store: ObjectStore, workdir: Path) -> JobResult:
     """Run the whole Job; never raises. The report is for the termination message and the logs."""
     try:
@@ -128,7 +107,7 @@ def run(spec: JobSpec, store: ObjectStore, workdir: Path) -> JobResult:
         if failure.reason in ("InternalError", "OutOfMemory"):
             log.exception("compression failed")
         try:
-            recipe_hash = Recipe.from_dict(spec.recipe).hash
+            recipe_hash = Recipe.of(spec.recipe).hash
         except InvalidRecipe:
             recipe_hash = None
         return JobResult(
@@ -139,8 +118,8 @@ def run(spec: JobSpec, store: ObjectStore, workdir: Path) -> JobResult:
 def _run(spec: JobSpec, store: ObjectStore, workdir: Path) -> JobResult:
     from modelops.compress.pipeline import Dataset, Options, compress_artifact
 
-    recipe = Recipe.from_dict(spec.recipe)
-    evaluation = Evaluation.from_dict(spec.evaluation) if spec.evaluation is not None else None
+    recipe = Recipe.of(spec.recipe)
+    evaluation = parse_evaluation(spec.evaluation) if spec.evaluation is not None else None
     source_sha256 = _field(lambda: validate_sha256(spec.source_sha256, "source-sha256"))
     _field(lambda: parse_s3_uri(spec.source_uri), "source-uri")
     prefix = spec.output_prefix if spec.output_prefix.endswith("/") else spec.output_prefix + "/"
@@ -148,18 +127,53 @@ def _run(spec: JobSpec, store: ObjectStore, workdir: Path) -> JobResult:
     _field(lambda: parse_s3_uri(report_uri), "output-prefix")
     spec = JobSpec(**{**spec.__dict__, "source_sha256": source_sha256})
 
-    existing = _cached(store, report_uri, spec, recipe, evaluation)
-    if existing is not None:
-        log.info("report.json already exists for this request; reusing %s", report_uri)
+    # The same decision the operator took before creating this Job; it may differ now (a
+    # restarted Job, a dataset replaced meanwhile), and this one is the one that counts.
+    lookup = cachestore.look_up(store, prefix, source_sha256, recipe.compression, evaluation)
+    decision = lookup.decision
+    log.info("cache decision: %s (%s): %s", decision.action, decision.reason, decision.message)
+    if decision.action == reuse.Action.FAIL:
+        raise Failure(exitcodes.BAD_ARTIFACT, str(decision.reason), decision.message)
+    if decision.action in (reuse.Action.READY, reuse.Action.REJECT):
+        existing = cachestore.reused_report(lookup, evaluation)
         return JobResult(_exit_code(existing["outcome"]), existing)
 
     source_path = workdir / "source" / f"artifact{SOURCE_SUFFIXES.get(spec.source_format, '')}"
     source = store.download(spec.source_uri, source_path, expected_sha256=source_sha256)
     dataset = None
+    dataset_read = None
     if evaluation is not None:
         dataset_path = workdir / "dataset" / "eval.npz"
-        store.download(evaluation.dataset_uri, dataset_path)
+        try:
+            dataset_read = store.download(evaluation.dataset_uri, dataset_path)
+        except ObjectNotFound:
+            raise Failure(
+                exitcodes.BAD_ARTIFACT,
+                str(reuse.Reason.DATASET_NOT_FOUND),
+                f"evaluation.datasetUri: no object at {evaluation.dataset_uri}; upload the dataset or fix the URI",
+            ) from None
         dataset = Dataset.from_npz(dataset_path)
+
+    options = Options(spec.input_names, spec.output_names, spec.input_shape, spec.threads)
+    if decision.action == reuse.Action.EVALUATE:
+        assert evaluation is not None and dataset is not None and lookup.report is not None
+        evaluated = _evaluate_cached(store, lookup.report, source_path, spec, recipe, evaluation, dataset, options, workdir)
+        if evaluated is not None:
+            full = {
+                **{k: v for k, v in lookup.report.items() if k not in ("metric", "evaluation")},
+                "outcome": evaluated.outcome,
+                "reason": str(reuse.Reason.EVALUATED_FROM_CACHE if evaluated.outcome == "Passed" else reuse.Reason.GATE_REJECTED),
+                "message": evaluated.message,
+                "latencyMsBefore": evaluated.latency_ms_before,
+                "latencyMsAfter": evaluated.latency_ms_after,
+                "metric": _record_measurement(
+                    store, prefix, evaluation, evaluated, dataset_read, len(dataset.inputs), lookup.report["artifact"]["sha256"]
+                ),
+                "evaluation": {**evaluation.wire(), "samples": len(dataset.inputs)},
+                "fromCache": True,
+                "notes": evaluated.notes,
+            }
+            return JobResult(_exit_code(full["outcome"]), full)
 
     result = compress_artifact(
         source_path,
@@ -168,7 +182,7 @@ def _run(spec: JobSpec, store: ObjectStore, workdir: Path) -> JobResult:
         workdir / "output",
         evaluation,
         dataset,
-        Options(spec.input_names, spec.output_names, spec.input_shape, spec.threads),
+        options,
     )
     artifact_uri = prefix + result.output_path.name
     uploaded = store.upload_file(result.output_path, artifact_uri)
@@ -180,16 +194,71 @@ def _run(spec: JobSpec, store: ObjectStore, workdir: Path) -> JobResult:
             "sha256": uploaded.sha256,
             "bytes": uploaded.size,
             "format": ARTIFACT_FORMATS[result.output_format],
+            "etag": uploaded.etag,
         },
         recipe=recipe.to_dict(),
         recipe_hash=recipe.hash,
-        cache_key=compression_cache_key(source.sha256, recipe.to_dict()),
-        evaluation=None if evaluation is None else evaluation.to_dict(),
+        cache_key=compression_cache_key(source.sha256, recipe.compression),
+        evaluation=None if evaluation is None else evaluation.wire(),
         samples=None if dataset is None else len(dataset.inputs),
     )
+    if evaluation is not None and dataset is not None:
+        full["metric"] = _record_measurement(
+            store, prefix, evaluation, result, dataset_read, len(dataset.inputs), uploaded.sha256
+        )
     # report.json goes last: its presence marks the prefix as a complete cache entry.
     store.upload_bytes(json.dumps(full, indent=2, sort_keys=True).encode(), report_uri, "application/json")
     return JobResult(_exit_code(full["outcome"]), full)
+
+
+def _evaluate_cached(
+    store: ObjectStore,
+    record: dict[str, Any],
+    source_path: Path,
+    spec: JobSpec,
+    recipe: Recipe,
+    evaluation: Evaluation,
+    dataset: Any,
+    options: Any,
+    workdir: Path,
+) -> Any:
+    """The gate on the cached artifact, verified by its recorded sha256 while it streams; None
+    when it does not verify, so that the caller compresses again."""
+    from modelops.compress.pipeline import evaluate_compressed
+
+    artifact = record["artifact"]
+    path = workdir / "cached" / Path(artifact["uri"]).name
+    try:
+        store.download(artifact["uri"], path, expected_sha256=artifact["sha256"])
+    except (ChecksumMismatch, ObjectNotFound) as exc:
+        log.warning("the cached artifact cannot be reused, compressing again: %s", exc)
+        return None
+    return evaluate_compressed(source_path, spec.source_format, path, recipe, evaluation, dataset, options)
+
+
+def _record_measurement(
+    store: ObjectStore,
+    prefix: str,
+    evaluation: Evaluation,
+    result: Any,
+    dataset_read: Any,
+    samples: int,
+    artifact_sha256: str,
+) -> dict[str, Any] | None:
+    """The measurement with the dataset object it was taken on, stored for later versions."""
+    if result.metric is None:
+        return None
+    metric = MetricReport.model_validate(
+        {
+            **result.metric.to_dict(),
+            "dataset": DatasetReport(
+                uri=evaluation.dataset_uri, etag=dataset_read.etag or None, sha256=dataset_read.sha256, samples=samples
+            ).wire(),
+        }
+    )
+    if dataset_read.etag:
+        cachestore.write_measurement(store, prefix, evaluation, artifact_sha256, metric)
+    return metric.wire()
 
 
 def _field(check: Any, name: str | None = None) -> Any:

@@ -187,3 +187,57 @@ def compress_artifact(
         notes=notes,
         seconds={k: round(v, 3) for k, v in seconds.items()},
     )
+
+
+def evaluate_compressed(
+    source_path: Path,
+    source_format: str,
+    compressed_path: Path,
+    recipe: Recipe,
+    evaluation: Evaluation,
+    dataset: Dataset,
+    options: Options | None = None,
+) -> CompressionResult:
+    """Evaluate an earlier compression output against its parent, without compressing again."""
+    options = options or Options()
+    threads = options.threads or default_threads()
+    device = runtime.select_device(onnx_runtime_needed="onnx" in (source_format, recipe.target_format))
+    started = time.perf_counter()
+    if source_format == "onnx":
+        parent = runtime.onnx_runner(source_path, device, threads)
+    else:
+        from modelops.compress import torch_models
+
+        module, _, _ = torch_models.load(source_path, source_format, device)
+        parent = runtime.torch_runner(module, device)
+    if recipe.target_format == "onnx":
+        compressed = runtime.onnx_runner(compressed_path, device, threads)
+    else:
+        from modelops.compress import torch_models
+
+        compressed = runtime.torch_runner(torch_models.load_saved_torchscript(compressed_path, device), device)
+    seconds = {"load": time.perf_counter() - started}
+    started = time.perf_counter()
+    metric = evaluate_gate(
+        evaluation.metric,
+        evaluation.threshold,
+        runtime.run_all(parent, dataset.inputs),
+        runtime.run_all(compressed, dataset.inputs),
+        dataset.labels,
+    )
+    example = _example_batch(dataset, options, None)
+    seconds["evaluate"] = time.perf_counter() - started
+    return CompressionResult(
+        output_path=compressed_path,
+        output_format=recipe.target_format,
+        outcome="Passed" if metric.passed else "Rejected",
+        message=metric.explain(),
+        device=device,
+        metric=metric,
+        latency_ms_before=runtime.median_latency_ms(parent, example) if example is not None else None,
+        latency_ms_after=runtime.median_latency_ms(compressed, example) if example is not None else None,
+        runtimes={"before": parent.runtime, "after": compressed.runtime},
+        weights={},
+        notes=["evaluated an earlier compression of the same artifact and recipe; nothing was compressed again"],
+        seconds={k: round(v, 3) for k, v in seconds.items()},
+    )

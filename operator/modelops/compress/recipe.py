@@ -1,89 +1,78 @@
-"""The compressor's view of a recipe and of an evaluation request, parsed from the CRD's dicts."""
+"""The compressor's view of a recipe and of an evaluation request.
+
+Both are the API's models (`Compression`, `Evaluation`); this module only normalises them and
+says which recipes a source format can take. Choices and bounds live in `modelops.api`.
+"""
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
-from modelops.cachekey import InvalidRecipe, normalize_recipe, recipe_hash
-from modelops.storage import InvalidS3Uri, parse_s3_uri
+from pydantic import ValidationError
 
-METRICS = ("top1-accuracy", "top1-agreement", "cosine-similarity", "max-abs-error")
-SOURCE_FORMATS = ("onnx", "torchscript", "exported-program")
+from modelops.api.model import Compression, Evaluation
+from modelops.api.version import ArtifactFormat
+from modelops.cachekey import InvalidRecipe, field_error, normalize_recipe, recipe_hash
+
+__all__ = ["SOURCE_FORMATS", "Evaluation", "Recipe", "UnsupportedRecipe", "check_supported", "parse_evaluation"]
+
+SOURCE_FORMATS: tuple[str, ...] = tuple(ArtifactFormat)
 
 
 @dataclass(frozen=True)
 class Recipe:
-    quantization: str
-    pruning_method: str
-    pruning_amount: float
-    target_format: str
-    block_size: int | None = None  # int4-weight-only only
+    """A normalised recipe with flat names for the compression code."""
+
+    compression: Compression
 
     @classmethod
-    def from_dict(cls, recipe: dict[str, Any] | None) -> Recipe:
-        normalized = normalize_recipe(recipe)
-        return cls(
-            quantization=normalized["quantization"],
-            pruning_method=normalized["pruning"]["method"],
-            pruning_amount=normalized["pruning"]["amount"],
-            target_format=normalized["targetFormat"],
-            block_size=normalized.get("blockSize"),
-        )
+    def of(cls, recipe: Compression | dict[str, Any] | str | None) -> Recipe:
+        return cls(normalize_recipe(recipe))
+
+    from_dict = of
+
+    @property
+    def quantization(self) -> str:
+        return str(self.compression.quantization)
+
+    @property
+    def pruning_method(self) -> str:
+        assert self.compression.pruning is not None  # normalised
+        return str(self.compression.pruning.method)
+
+    @property
+    def pruning_amount(self) -> float:
+        assert self.compression.pruning is not None
+        return float(self.compression.pruning.amount or 0.0)
+
+    @property
+    def target_format(self) -> str:
+        return str(self.compression.target_format)
+
+    @property
+    def block_size(self) -> int | None:
+        """Weights per scale for int4-weight-only; None for every other quantization."""
+        return self.compression.block_size
 
     def to_dict(self) -> dict[str, Any]:
-        recipe: dict[str, Any] = {
-            "quantization": self.quantization,
-            "pruning": {"method": self.pruning_method, "amount": self.pruning_amount},
-            "targetFormat": self.target_format,
-        }
-        if self.block_size is not None:
-            recipe["blockSize"] = self.block_size
-        return recipe
+        return self.compression.wire()
 
     @property
     def hash(self) -> str:
-        return recipe_hash(self.to_dict())
+        return recipe_hash(self.compression)
 
 
-@dataclass(frozen=True)
-class Evaluation:
-    """An accuracy gate.
-
-    Thresholds: top1-accuracy allows at most `threshold` percentage points of drop;
-    top1-agreement (a fraction in [0, 1]) and cosine-similarity need at least `threshold`;
-    max-abs-error allows at most `threshold`.
-    """
-
-    dataset_uri: str
-    metric: str
-    threshold: float
-
-    @classmethod
-    def from_dict(cls, spec: dict[str, Any]) -> Evaluation:
-        if not isinstance(spec, dict):
-            raise InvalidRecipe(f"evaluation: must be an object, got {type(spec).__name__}")
-        unknown = sorted(set(spec) - {"datasetUri", "metric", "threshold"})
-        if unknown:
-            raise InvalidRecipe(f"evaluation.{unknown[0]}: unknown field")
-        uri = spec.get("datasetUri")
-        try:
-            parse_s3_uri(uri)
-        except InvalidS3Uri as exc:
-            raise InvalidRecipe(f"evaluation.datasetUri: {exc}") from None
-        metric = spec.get("metric", "top1-accuracy")
-        if metric not in METRICS:
-            raise InvalidRecipe(f"evaluation.metric: {metric!r} is not one of {', '.join(METRICS)}")
-        threshold = spec.get("threshold")
-        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not math.isfinite(threshold):
-            raise InvalidRecipe(f"evaluation.threshold: {threshold!r} is not a number")
-        if threshold < 0 or (metric in ("top1-agreement", "cosine-similarity") and threshold > 1):
-            raise InvalidRecipe(f"evaluation.threshold: {threshold} is out of range for {metric}")
-        return cls(dataset_uri=uri, metric=metric, threshold=float(threshold))
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"datasetUri": self.dataset_uri, "metric": self.metric, "threshold": self.threshold}
+def parse_evaluation(value: str | bytes | dict[str, Any] | Evaluation) -> Evaluation:
+    """An evaluation from JSON text or a dict, validated by the API model; errors name the field."""
+    if isinstance(value, Evaluation):
+        return value
+    try:
+        if isinstance(value, (str, bytes)):
+            return Evaluation.model_validate_json(value)
+        return Evaluation.model_validate(value)
+    except ValidationError as err:
+        raise field_error(err, "evaluation") from None
 
 
 class UnsupportedRecipe(InvalidRecipe):

@@ -10,16 +10,18 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from modelops.api.model import ModelSpec, Toleration
-from modelops.api.version import CompressedArtifact, CompressionReport, ModelVersionSpec
-from modelops.cachekey import compressed_prefix, compression_cache_key, normalize_recipe
+from modelops.api.model import Compression, Evaluation, ModelSpec, Pruning
+from modelops.api.types import Toleration
+from modelops.api.types import Condition
+from modelops.api.version import CompressedArtifact, CompressionReport, ModelVersionSpec, ModelVersionStatus, Phase
+from modelops.cachekey import InvalidRecipe, compressed_prefix, compression_cache_key, normalize_recipe
+from modelops.reuse import REPORT_FILE, Reason
 from modelops.compress import exitcodes
 from modelops.core.conditions import FALSE, TRUE, Cond, merge_conditions
 from modelops.core.objects import VersionView
 from modelops.core.resolve import owner_of_number
 
 COMPRESSOR_CONTAINER = "compress"
-REPORT_FILE = "report.json"
 # Termination messages are capped at 4096 bytes; excerpts in conditions stay short.
 _EXCERPT = 400
 
@@ -37,28 +39,32 @@ class Scheduling:
     tolerations: tuple[Toleration, ...] = ()
 
 
-def effective_recipe(spec: ModelVersionSpec, model: ModelSpec) -> dict[str, Any]:
-    """The version's recipe with the Model's defaults filled in, normalised for the cache key."""
+def effective_recipe(spec: ModelVersionSpec, model: ModelSpec) -> Compression:
+    """The version's recipe with the Model's defaults filled in, normalised for the cache key.
+
+    A pruning amount comes from the version, else from the Model's defaults where they set
+    one; a pruning method with no amount anywhere is an InvalidRecipe, not silently none."""
     defaults = model.version_defaults.compression
-    own = spec.compression
-    pruning = own.pruning if own and own.pruning else None
-    recipe = {
-        "quantization": (own and own.quantization) or defaults.quantization,
-        "pruning": {
-            "method": (pruning and pruning.method) or defaults.pruning.method,
-            "amount": pruning.amount if pruning and pruning.amount is not None else defaults.pruning.amount,
-        },
-        "targetFormat": (own and own.target_format) or defaults.target_format,
-    }
-    block_size = (own and own.block_size) or defaults.block_size
-    if block_size is not None:
-        recipe["blockSize"] = block_size
-    return normalize_recipe(recipe)
+    own = spec.compression or Compression()
+    own_pruning = own.pruning or Pruning()
+    default_amount = defaults.pruning.amount if "amount" in defaults.pruning.model_fields_set else None
+    recipe = Compression(
+        quantization=own.quantization or defaults.quantization,
+        pruning=Pruning.model_construct(
+            method=own_pruning.method or defaults.pruning.method,
+            amount=own_pruning.amount if own_pruning.amount is not None else default_amount,
+        ),
+        target_format=own.target_format or defaults.target_format,
+        block_size=own.block_size or defaults.block_size,
+    )
+    try:
+        return normalize_recipe(recipe)
+    except InvalidRecipe as err:
+        raise InvalidRecipe(f"compression.{err}") from None
 
 
-def effective_evaluation(spec: ModelVersionSpec, model: ModelSpec) -> dict[str, Any] | None:
-    evaluation = spec.evaluation or model.version_defaults.evaluation
-    return evaluation.wire() if evaluation else None
+def effective_evaluation(spec: ModelVersionSpec, model: ModelSpec) -> Evaluation | None:
+    return spec.evaluation or model.version_defaults.evaluation
 
 
 def effective_scheduling(spec: ModelVersionSpec, model: ModelSpec) -> Scheduling:
@@ -91,14 +97,14 @@ class VersionState:
     message: str
     job_name: str | None = None
     cache_key: str | None = None
-    compressed: dict[str, Any] | None = None
-    report: dict[str, Any] | None = None
+    compressed: CompressedArtifact | None = None
+    report: CompressionReport | None = None
     # Seconds until the operator should look again without being told (storage checks).
     retry_after: float | None = None
 
     @property
     def progressing(self) -> bool:
-        return self.phase in ("Pending", "Verifying", "Compressing", "Evaluating")
+        return self.phase in (Phase.PENDING, Phase.VERIFYING, Phase.COMPRESSING, Phase.EVALUATING)
 
 
 def waiting(phase: str, reason: str, message: str, retry_after: float | None = None, **extra: Any) -> VersionState:
@@ -221,7 +227,7 @@ def job_result(job: dict[str, Any], pods: list[dict[str, Any]]) -> JobResult:
     )
 
 
-_EXIT_REASONS = {
+_EXIT_REASONS: dict[int | None, tuple[str, str, str]] = {
     exitcodes.BAD_ARTIFACT: ("Failed", "BadArtifact", "the artifact could not be verified or read"),
     exitcodes.REJECTED: ("Rejected", "AccuracyGateFailed", "the compressed model failed the accuracy gate"),
     exitcodes.TRANSIENT: ("Failed", "RetriesExhausted", "compression kept failing on transient errors (storage?)"),
@@ -243,26 +249,39 @@ def _last_failure(result: JobResult) -> str:
     return text[:_EXCERPT]
 
 
+def _running(result: JobResult, job_name: str, key: str | None, recheck_seconds: float | None) -> VersionState:
+    """A running Job: waiting for a node, retrying, or running."""
+    recheck = recheck_seconds if result.awaiting_scheduler else None
+    if result.detail:
+        return waiting("Compressing", "JobPending", f"compression Job {job_name} is waiting for a node: {result.detail}", recheck, job_name=job_name, cache_key=key)
+    if result.failed_attempts:
+        return waiting(
+            "Compressing",
+            "JobRetrying",
+            f"compression Job {job_name} is retrying after {_attempts(result.failed_attempts)} failed; "
+            f"last failure: {_last_failure(result)}",
+            recheck,
+            job_name=job_name,
+            cache_key=key,
+        )
+    return waiting("Compressing", "JobRunning", f"compression Job {job_name} is running", recheck, job_name=job_name, cache_key=key)
+
+
 def state_from_job(
-    result: JobResult, job_name: str, key: str | None, recheck_seconds: float | None = None
+    result: JobResult,
+    job_name: str,
+    key: str | None,
+    recheck_seconds: float | None = None,
+    evaluating: bool = False,
 ) -> VersionState:
     """The version's state from its compression Job. `recheck_seconds` is how soon to look
-    again while a pod awaits the scheduler, whose verdict no Job event reports."""
+    again while a pod awaits the scheduler, whose verdict no Job event reports. A Job that
+    evaluates a cached compression (`evaluating`) shows as Evaluating while it runs."""
     if result.state == "running":
-        recheck = recheck_seconds if result.awaiting_scheduler else None
-        if result.detail:
-            return waiting("Compressing", "JobPending", f"compression Job {job_name} is waiting for a node: {result.detail}", recheck, job_name=job_name, cache_key=key)
-        if result.failed_attempts:
-            return waiting(
-                "Compressing",
-                "JobRetrying",
-                f"compression Job {job_name} is retrying after {_attempts(result.failed_attempts)} failed; "
-                f"last failure: {_last_failure(result)}",
-                recheck,
-                job_name=job_name,
-                cache_key=key,
-            )
-        return waiting("Compressing", "JobRunning", f"compression Job {job_name} is running", recheck, job_name=job_name, cache_key=key)
+        if evaluating:
+            running = _running(result, job_name, key, recheck_seconds)
+            return replace(running, phase="Evaluating", message=running.message.replace("compression Job", "evaluation Job", 1))
+        return _running(result, job_name, key, recheck_seconds)
     if result.report is not None:
         state = state_from_report(result.report, job_name=job_name, key=key, from_cache=False)
         if result.state == "failed" and result.exit_code == exitcodes.TRANSIENT and result.failed_attempts:
@@ -287,11 +306,12 @@ def state_from_job(
 def _size(n: int | None) -> str:
     if n is None:
         return "?"
+    size = float(n)
     for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return str(size)
 
 
 def _summary(report: CompressionReport) -> str:
@@ -313,40 +333,29 @@ def _summary(report: CompressionReport) -> str:
 
 
 def state_from_report(report: dict[str, Any], job_name: str | None, key: str | None, from_cache: bool) -> VersionState:
-    """Ready, Rejected or Failed, from the compressor's report."""
+    """Ready, Rejected or Failed, from the compressor's report (or the cache's, `from_cache`)."""
     outcome = report.get("outcome")
+    evaluated_cached = report.get("reason") == Reason.EVALUATED_FROM_CACHE
     try:
-        details = CompressionReport.model_validate({**report, "fromCache": from_cache})
+        details = CompressionReport.model_validate({**report, "fromCache": from_cache or evaluated_cached})
     except ValidationError:
         details = CompressionReport(from_cache=from_cache)
-    wire_report = details.wire()
     if outcome == "Passed":
         try:
             artifact = CompressedArtifact.model_validate(report.get("artifact") or {})
         except ValidationError:
-            return waiting("Failed", "ReportInvalid", "the compression report names no complete compressed artifact", job_name=job_name, cache_key=key, report=wire_report)
-        reason = "CompressedFromCache" if from_cache else "Compressed"
-        message = _summary(details) + (" (reused an identical earlier compression)" if from_cache else "")
-        return VersionState("Ready", reason, message, job_name, key, artifact.wire(), wire_report)
+            return waiting("Failed", "ReportInvalid", "the compression report names no complete compressed artifact", job_name=job_name, cache_key=key, report=details)
+        if from_cache:
+            reason, note = str(Reason.COMPRESSED_FROM_CACHE), f" ({report.get('message') or 'reused an identical earlier compression'})"
+        elif evaluated_cached:
+            reason, note = str(Reason.EVALUATED_FROM_CACHE), " (evaluated an identical earlier compression on this version's dataset)"
+        else:
+            reason, note = "Compressed", ""
+        return VersionState("Ready", reason, _summary(details) + note, job_name, key, artifact, details)
     phase = "Rejected" if outcome == "Rejected" else "Failed"
     reason = report.get("reason") or ("AccuracyGateFailed" if phase == "Rejected" else "CompressionFailed")
     message = report.get("message") or _summary(details)
-    return VersionState(phase, reason, message, job_name, key, None, wire_report)
-
-
-def cached_report_usable(report: dict[str, Any] | None, evaluation: dict[str, Any] | None) -> bool:
-    """A cached output counts only if it passed the same gate this version asks for."""
-    if report is None or report.get("outcome") != "Passed":
-        return False
-    metric = report.get("metric")
-    if evaluation is None:
-        return True
-    return bool(
-        metric
-        and metric.get("name") == evaluation["metric"]
-        and metric.get("threshold") == evaluation["threshold"]
-        and metric.get("passed") is True
-    )
+    return VersionState(phase, reason, message, job_name, key, None, details)
 
 
 def version_status(
@@ -361,17 +370,17 @@ def version_status(
         state.reason if state.progressing else state.phase,
         state.message if state.progressing else f"{state.phase}: nothing more to do for this version",
     )
-    status: dict[str, Any] = {"observedGeneration": generation, "phase": state.phase}
-    for key, value in (
-        ("jobName", state.job_name or old.get("jobName")),
-        ("cacheKey", state.cache_key or old.get("cacheKey")),
-        ("compressedArtifact", state.compressed),
-        ("report", state.report),
-    ):
-        if value is not None:
-            status[key] = value
-    status["conditions"] = merge_conditions(old.get("conditions"), [ready, progressing], generation, now) + [
+    conditions = merge_conditions(old.get("conditions"), [ready, progressing], generation, now) + [
         # Written by ModelDeployments whose rollout of this version failed; not ours to change.
         c for c in old.get("conditions") or [] if c.get("type") == ROLLOUT_FAILED
     ]
-    return {k: v for k, v in status.items() if v is not None}
+    status = ModelVersionStatus(
+        observed_generation=generation,
+        phase=state.phase,  # type: ignore[arg-type]
+        job_name=state.job_name or old.get("jobName"),
+        cache_key=state.cache_key or old.get("cacheKey"),
+        compressed_artifact=state.compressed,
+        report=state.report,
+        conditions=[Condition.model_validate(c) for c in conditions],
+    )
+    return status.wire()

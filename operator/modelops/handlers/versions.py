@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from modelops import kube as k8s
+from modelops import cachestore, kube as k8s, reuse
 from modelops.api.model import ModelSpec
 from modelops.api.version import TERMINAL_PHASES, ModelVersionSpec
 from modelops.cachekey import InvalidRecipe
@@ -16,7 +16,6 @@ from modelops.core.objects import OwnerRef, VersionView, owned_by
 from modelops.core.versions import (
     VersionState,
     cache_key,
-    cached_report_usable,
     check_prerequisites,
     effective_evaluation,
     effective_recipe,
@@ -32,7 +31,14 @@ from modelops.core.versions import (
 )
 from modelops.handlers.context import Context, CredentialsProblem
 from modelops.handlers.queue import Key
-from modelops.storage import AccessDenied, ObjectNotFound, ObjectStore, StorageError, StorageUnreachable
+from modelops.storage import (
+    AccessDenied,
+    InvalidRequest,
+    ObjectNotFound,
+    ObjectStore,
+    StorageError,
+    StorageUnreachable,
+)
 
 _WARNING_PHASES = {"Rejected", "Failed"}
 
@@ -72,6 +78,7 @@ def _decide(ctx: Context, body: dict[str, Any]) -> VersionState:
     blocked = check_prerequisites(VersionView.from_body(body), model_body is not None, siblings)
     if blocked is not None:
         return blocked
+    assert model_body is not None  # check_prerequisites stops at a missing Model
     model = ModelSpec.model_validate(model_body["spec"])
     try:
         key = cache_key(spec, model)
@@ -79,11 +86,14 @@ def _decide(ctx: Context, body: dict[str, Any]) -> VersionState:
         return waiting("Failed", "InvalidRecipe", str(err))
     job_name = naming.job_name(name)
     job = ctx.kube.get(k8s.JOBS, namespace, job_name)
+    # A Job that evaluates a cached compression shows as Evaluating while it runs; the phase
+    # it was created with is the record of that.
+    evaluating = (body.get("status") or {}).get("phase") == "Evaluating"
     if job is None:
         started = _start(ctx, body, spec, model, key, job_name)
         if isinstance(started, VersionState):
             return started
-        job = started
+        job, evaluating = started
     if not owned_by(job, meta["uid"]):
         return waiting(
             "Pending", "JobNameTaken",
@@ -96,13 +106,33 @@ def _decide(ctx: Context, body: dict[str, Any]) -> VersionState:
     result = job_result(job, pods)
     if result.state == "succeeded" and result.report is None:
         result = replace(result, report=_stored_report(ctx, namespace, model, output_prefix(spec, model)))
-    return state_from_job(result, job_name, key, recheck_seconds=ctx.settings.retry_seconds)
+    return state_from_job(result, job_name, key, recheck_seconds=ctx.settings.retry_seconds, evaluating=evaluating)
+
+
+def storage_problem(err: StorageError, field: str, uri: str, retry: float) -> VersionState:
+    """A storage answer about `field` (its URI `uri`) as a state: Verifying and retried only when
+    the storage could not answer (5xx, throttling, connection); every answer it gave is final."""
+    if isinstance(err, StorageUnreachable):
+        return waiting("Verifying", "StorageUnreachable", f"{err}; retrying every {retry:g}s", retry)
+    if isinstance(err, AccessDenied):
+        return waiting(
+            "Failed", str(reuse.Reason.ACCESS_DENIED),
+            f"{field}: the Model's credentials may not read {uri}; fix the Secret or the bucket policy, "
+            "then recreate the ModelVersion",
+        )
+    if isinstance(err, InvalidRequest):
+        return waiting(
+            "Failed", str(reuse.Reason.INVALID_ARTIFACT_URI),
+            f"{field}: storage refused {uri!r} as a request ({err}); fix the URI in a new ModelVersion",
+        )
+    return waiting("Failed", "StorageError", f"{field}: {err}")
 
 
 def _start(
     ctx: Context, body: dict[str, Any], spec: ModelVersionSpec, model: ModelSpec, key: str, job_name: str
-) -> VersionState | dict[str, Any]:
-    """Verify the artifact, reuse a cached compression, or create the Job."""
+) -> VersionState | tuple[dict[str, Any], bool]:
+    """Verify the artifact, decide on the cache (`reuse.decide`), or create the Job (and say
+    whether it only evaluates a cached compression)."""
     meta = body["metadata"]
     namespace = meta["namespace"]
     retry = ctx.settings.retry_seconds
@@ -113,19 +143,25 @@ def _start(
         return waiting("Verifying", "CredentialsNotFound", f"{err}; create it in namespace {namespace}", retry)
     except ObjectNotFound:
         return waiting("Verifying", "ArtifactNotFound", f"no object at {spec.artifact.uri}; upload it (checked again every {retry:g}s)", retry)
-    except AccessDenied:
-        return waiting("Verifying", "AccessDenied", f"the Model's credentials may not read {spec.artifact.uri}; fix the Secret or the bucket policy", retry)
-    except StorageUnreachable as err:
-        return waiting("Verifying", "StorageUnreachable", f"{err}; retrying every {retry:g}s", retry)
     except StorageError as err:
-        return waiting("Verifying", "StorageError", f"{err}; retrying every {retry:g}s", retry)
+        return storage_problem(err, "spec.artifact.uri", spec.artifact.uri, retry)
 
     evaluation = effective_evaluation(spec, model)
+    recipe = effective_recipe(spec, model)
     prefix = output_prefix(spec, model)
-    cached = _read_report(store, report_uri(prefix))
-    if cached_report_usable(cached, evaluation):
+    try:
+        lookup = cachestore.look_up(store, prefix, spec.artifact.sha256, recipe, evaluation)
+    except StorageError as err:
+        # Storage errors name the URI they were about: the dataset, or the cache entry.
+        on_dataset = evaluation is not None and evaluation.dataset_uri in str(err)
+        field, uri = ("evaluation.datasetUri", evaluation.dataset_uri) if on_dataset and evaluation else ("cache entry", prefix)
+        return storage_problem(err, field, uri, retry)
+    decision = lookup.decision
+    if decision.action == reuse.Action.FAIL:
+        return waiting("Failed", str(decision.reason), decision.message, cache_key=key)
+    if decision.action in (reuse.Action.READY, reuse.Action.REJECT):
         ctx.metrics.cache_hits.inc()
-        return state_from_report(cached, job_name=None, key=key, from_cache=True)
+        return state_from_report(cachestore.reused_report(lookup, evaluation), job_name=None, key=key, from_cache=True)
 
     job = render.render_job(
         name=job_name,
@@ -135,8 +171,8 @@ def _start(
         version_name=meta["name"],
         version=spec.version,
         artifact=spec.artifact.wire(),
-        recipe=effective_recipe(spec, model),
-        evaluation=evaluation,
+        recipe=recipe.wire(),
+        evaluation=evaluation.wire() if evaluation is not None else None,
         output_prefix=prefix,
         storage=model.storage,
         signature=model.signature,
@@ -144,10 +180,12 @@ def _start(
         settings=ctx.settings,
     )
     created_job, created = ctx.kube.create(k8s.JOBS, job)
+    evaluating = decision.action == reuse.Action.EVALUATE
     if created:
         ctx.metrics.jobs_created.inc()
-        ctx.kube.emit_event(body, "Normal", "JobCreated", f"created compression Job {job_name}")
-    return created_job
+        what = "evaluation" if evaluating else "compression"
+        ctx.kube.emit_event(body, "Normal", "JobCreated", f"created {what} Job {job_name}: {decision.message}")
+    return created_job, evaluating
 
 
 def _read_report(store: ObjectStore, uri: str) -> dict[str, Any] | None:

@@ -1,6 +1,6 @@
 -- Argo CD health of a modelops.dev ModelVersion.
 -- Healthy: phase Ready (compressed, gated, servable). Degraded: Rejected by the accuracy gate
--- or Failed; both are final. Anything else (Pending, Verifying, Compressing) is
+-- or Failed; both are final. Anything else (Pending, Verifying, Compressing, Evaluating) is
 -- Progressing.
 local hs = {}
 
