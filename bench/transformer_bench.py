@@ -223,7 +223,6 @@ def main(argv: list[str] | None = None) -> int:
     from importlib import metadata
 
     from modelops.compress.cpu import cpu_features
-
     from models import transformer as T
 
     config = replace(T.PRESETS["bench"], layers=args.layers)

@@ -18,7 +18,7 @@ import os
 import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
@@ -280,7 +280,7 @@ class Kube:
     def emit_event(self, involved: dict[str, Any], type_: str, reason: str, message: str) -> None:
         """Record a Kubernetes Event about `involved`. Losing an event is not worth a retry."""
         meta = involved["metadata"]
-        now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         event = {
             "apiVersion": "v1",
             "kind": "Event",

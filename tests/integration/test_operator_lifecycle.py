@@ -220,7 +220,7 @@ def test_verdicts_are_per_deployment(testbed, namespace, storage, digits, operat
     anywhere, so both roll it back; a retry on `gpu` clears only `gpu`'s mark."""
     secret, model = for_this_bed(sample_docs()[:2], storage, {})
     versions = [version_manifest(n, storage, storage.put(f"digits/{n}/model.onnx", digits.onnx[n - 1])) for n in (1, 2, 3)]
-    for doc, compressed in zip(versions, (digits.onnx[0], digits.onnx[1], b"this is not an ONNX model")):
+    for doc, compressed in zip(versions, (digits.onnx[0], digits.onnx[1], b"this is not an ONNX model"), strict=True):
         publish_cached(storage, model, doc, compressed)
 
     def latest(name: str, **spec: Any) -> dict[str, Any]:

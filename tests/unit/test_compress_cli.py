@@ -265,7 +265,7 @@ def test_unreachable_storage_is_transient_and_secrets_stay_out(tmp_path, digits_
 def test_exit_codes_are_distinct_and_every_failure_but_transient_is_permanent() -> None:
     codes = [exitcodes.SUCCESS, exitcodes.USAGE, exitcodes.BAD_ARTIFACT, exitcodes.REJECTED, exitcodes.TRANSIENT]
     assert codes == [0, 2, 10, 11, 12]
-    assert exitcodes.PERMANENT_FAILURES == set(codes) - {exitcodes.SUCCESS, exitcodes.TRANSIENT}
+    assert set(codes) - {exitcodes.SUCCESS, exitcodes.TRANSIENT} == exitcodes.PERMANENT_FAILURES
 
 
 def test_exitcodes_import_pulls_in_neither_torch_nor_onnx() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from modelops.compress.cpu import cpu_features, parse_cpuinfo
 
 pytestmark = pytest.mark.unit

@@ -160,7 +160,7 @@ def test_recipes_keep_the_interface_and_stay_close(tmp_path: Path, quantization:
     types = {t.name: t.data_type for t in result.graph.initializer}
     assert types["shape"] == TensorProto.INT64  # non-float constants are untouched
     if quantization == "int8-weight-only":
-        assert {op for op in (n.op_type for n in result.graph.node)} >= {"DequantizeLinear", "Gemm", "MatMul"}
+        assert {n.op_type for n in result.graph.node} >= {"DequantizeLinear", "Gemm", "MatMul"}
         assert types["w1_int8"] == TensorProto.INT8 and types["w2_int8"] == TensorProto.INT8
         assert "b1" in types and types["b1"] == TensorProto.FLOAT  # too small to matter
     if quantization in ("fp16", "bf16"):

@@ -9,11 +9,11 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from onnx import TensorProto, numpy_helper
+
 from modelops.compress import weights as W
 from modelops.compress.onnx_compress import compress_onnx
 from modelops.compress.recipe import Recipe
-from onnx import TensorProto, numpy_helper
-
 from models import transformer as T
 
 pytestmark = pytest.mark.unit

@@ -8,6 +8,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+
 from modelops.api import ModelDeploymentSpec, ModelSpec
 from modelops.core.drift import Difference, differences, quantity, removals
 from modelops.core.objects import OwnerRef, VersionView

@@ -42,12 +42,12 @@ def model_spec(**signature) -> ModelSpec:
 
 
 def job(**overrides):
-    args = dict(
-        name="digits-v1-compress", namespace="ns", owner=MV_OWNER, model="digits", version_name="digits-v1", version=1,
-        artifact=ARTIFACT, recipe=RECIPE, evaluation=None, output_prefix="s3://models/modelops-cache/" + "k" * 64 + "/",
-        storage=model_spec().storage, signature=model_spec().signature, scheduling=Scheduling(gpus=1, node_selector=GPU_NODE),
-        settings=SETTINGS,
-    )
+    args = {
+        "name": "digits-v1-compress", "namespace": "ns", "owner": MV_OWNER, "model": "digits", "version_name": "digits-v1", "version": 1,
+        "artifact": ARTIFACT, "recipe": RECIPE, "evaluation": None, "output_prefix": "s3://models/modelops-cache/" + "k" * 64 + "/",
+        "storage": model_spec().storage, "signature": model_spec().signature, "scheduling": Scheduling(gpus=1, node_selector=GPU_NODE),
+        "settings": SETTINGS,
+    }
     return render_job(**{**args, **overrides})
 
 
@@ -73,7 +73,7 @@ def test_job_runs_the_compressor_cli_contract() -> None:
     assert container["image"] == SETTINGS.compressor_image
     assert container["command"] == ["python", "-m", "modelops.compress"]
     args = container["args"]
-    pairs = dict(zip(args[::2], args[1::2]))
+    pairs = dict(zip(args[::2], args[1::2], strict=False))
     assert pairs["--source-uri"] == ARTIFACT["uri"] and pairs["--source-sha256"] == ARTIFACT["sha256"]
     assert pairs["--source-format"] == "onnx"
     assert json.loads(pairs["--recipe-json"]) == RECIPE
@@ -98,7 +98,7 @@ def test_job_runs_the_compressor_cli_contract() -> None:
 def test_torch_sources_export_with_the_signature_names(source_format, max_batch, expected) -> None:
     rendered = job(artifact={**ARTIFACT, "format": source_format}, signature=model_spec(maxBatchSize=max_batch).signature)
     args = rendered["spec"]["template"]["spec"]["containers"][0]["args"]
-    pairs = dict(zip(args[::2], args[1::2]))
+    pairs = dict(zip(args[::2], args[1::2], strict=False))
     assert {k: v for k, v in pairs.items() if k in ("--input-names", "--output-names", "--input-shape")} == expected
     assert pairs["--source-format"] == source_format
 
@@ -197,7 +197,7 @@ def test_init_container_fetches_exactly_the_version() -> None:
     fetch = pod["initContainers"][0]
     assert fetch["image"] == SETTINGS.operator_image
     assert fetch["command"] == ["python", "-m", "modelops.fetch"]
-    args = dict(zip(fetch["args"][::2], fetch["args"][1::2]))
+    args = dict(zip(fetch["args"][::2], fetch["args"][1::2], strict=False))
     assert args == {
         "--uri": "s3://models/modelops-cache/3/model.onnx", "--sha256": "cd" * 32, "--model-name": "digits",
         "--version": "3", "--backend": "python", "--repository": "/models",

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
+
 from modelops.api import ModelDeploymentSpec
 from modelops.api.deployment import ModelDeploymentStatus
 from modelops.core import naming
@@ -22,7 +23,7 @@ from modelops.core.rollout import (
 
 pytestmark = pytest.mark.unit
 
-T0 = datetime(2025, 3, 1, 12, 0, tzinfo=timezone.utc)
+T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 ENDPOINTS = {"http": "http://digits.ns.svc:8000", "grpc": "digits.ns.svc:8001"}
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -27,7 +27,7 @@ from modelops.core.versions import (
 pytestmark = pytest.mark.unit
 
 SHA = "ab" * 32
-NOW = datetime(2025, 3, 1, 12, 0, tzinfo=timezone.utc)
+NOW = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 GATE = {"datasetUri": "s3://models/digits/eval.npz", "metric": "top1-accuracy", "threshold": 0.5}
 
 

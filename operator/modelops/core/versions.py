@@ -11,24 +11,20 @@ from typing import Any
 from pydantic import ValidationError
 
 from modelops.api.model import Compression, Evaluation, ModelSpec, Pruning
-from modelops.api.types import Toleration
-from modelops.api.types import Condition
-from modelops.api.version import CompressedArtifact, CompressionReport, ModelVersionSpec, ModelVersionStatus, Phase
+from modelops.api.types import Condition, ConditionType, Toleration
+from modelops.api.version import CompressedArtifact, CompressionReport, ModelVersionSpec, ModelVersionStatus, Phase, ReportOutcome, VersionReason
 from modelops.cachekey import InvalidRecipe, compressed_prefix, compression_cache_key, normalize_recipe
-from modelops.reuse import REPORT_FILE, Reason
 from modelops.compress import exitcodes
 from modelops.core.conditions import FALSE, TRUE, Cond, merge_conditions
 from modelops.core.objects import VersionView
 from modelops.core.resolve import owner_of_number
+from modelops.reuse import REPORT_FILE, Reason
 
 COMPRESSOR_CONTAINER = "compress"
 # Termination messages are capped at 4096 bytes; excerpts in conditions stay short.
 _EXCERPT = 400
 
 
-# A ModelVersion condition owned by the ModelDeployment reconcile: True while some
-# deployment's rollout of this version failed and was rolled back.
-ROLLOUT_FAILED = "RolloutFailed"
 
 @dataclass(frozen=True)
 class Scheduling:
@@ -117,15 +113,15 @@ def check_prerequisites(
     """Pending with a reason while the Model is missing or another version owns the number."""
     if not model_exists:
         return waiting(
-            "Pending",
-            "ModelNotFound",
+            Phase.PENDING,
+            VersionReason.MODEL_NOT_FOUND,
             f"Model {view.model} does not exist in this namespace; create it or fix spec.model",
         )
     owner = owner_of_number([*siblings, view], view.version)
     if owner is not None and owner.name != view.name:
         return waiting(
-            "Pending",
-            "DuplicateVersion",
+            Phase.PENDING,
+            VersionReason.DUPLICATE_VERSION,
             f"version {view.version} of Model {view.model} is already claimed by ModelVersion {owner.name}; "
             "delete one of them or use another version number",
         )
@@ -140,7 +136,7 @@ def parse_report(text: str | None) -> dict[str, Any] | None:
         report = json.loads(text)
     except ValueError:
         return None
-    if not isinstance(report, dict) or report.get("outcome") not in ("Passed", "Rejected", "Failed"):
+    if not isinstance(report, dict) or report.get("outcome") not in tuple(ReportOutcome):
         return None
     return report
 
@@ -163,7 +159,7 @@ class JobResult:
 def _job_condition(job: dict[str, Any], type_: str) -> dict[str, Any] | None:
     for cond in (job.get("status") or {}).get("conditions") or []:
         if cond.get("type") == type_ and cond.get("status") == "True":
-            return cond
+            return dict(cond)
     return None
 
 
@@ -190,7 +186,7 @@ def _unschedulable(pods: list[dict[str, Any]]) -> str:
 
 def _awaiting_scheduler(pods: list[dict[str, Any]]) -> bool:
     return any(
-        (pod.get("status") or {}).get("phase", "Pending") == "Pending"
+        (pod.get("status") or {}).get("phase", "Pending") == Phase.PENDING
         and not any(c.get("type") == "PodScheduled" for c in (pod.get("status") or {}).get("conditions") or [])
         for pod in pods
     )
@@ -228,10 +224,10 @@ def job_result(job: dict[str, Any], pods: list[dict[str, Any]]) -> JobResult:
 
 
 _EXIT_REASONS: dict[int | None, tuple[str, str, str]] = {
-    exitcodes.BAD_ARTIFACT: ("Failed", "BadArtifact", "the artifact could not be verified or read"),
-    exitcodes.REJECTED: ("Rejected", "AccuracyGateFailed", "the compressed model failed the accuracy gate"),
-    exitcodes.TRANSIENT: ("Failed", "RetriesExhausted", "compression kept failing on transient errors (storage?)"),
-    exitcodes.USAGE: ("Failed", "InvalidJobArguments", "the compressor rejected its arguments; check operator and compressor versions"),
+    exitcodes.BAD_ARTIFACT: (Phase.FAILED, VersionReason.BAD_ARTIFACT, "the artifact could not be verified or read"),
+    exitcodes.REJECTED: (Phase.REJECTED, VersionReason.ACCURACY_GATE_FAILED, "the compressed model failed the accuracy gate"),
+    exitcodes.TRANSIENT: (Phase.FAILED, VersionReason.RETRIES_EXHAUSTED, "compression kept failing on transient errors (storage?)"),
+    exitcodes.USAGE: (Phase.FAILED, VersionReason.INVALID_JOB_ARGUMENTS, "the compressor rejected its arguments; check operator and compressor versions"),
 }
 
 
@@ -253,18 +249,21 @@ def _running(result: JobResult, job_name: str, key: str | None, recheck_seconds:
     """A running Job: waiting for a node, retrying, or running."""
     recheck = recheck_seconds if result.awaiting_scheduler else None
     if result.detail:
-        return waiting("Compressing", "JobPending", f"compression Job {job_name} is waiting for a node: {result.detail}", recheck, job_name=job_name, cache_key=key)
+        return waiting(
+            Phase.COMPRESSING, VersionReason.JOB_PENDING, f"compression Job {job_name} is waiting for a node: {result.detail}",
+            recheck, job_name=job_name, cache_key=key,
+        )
     if result.failed_attempts:
         return waiting(
-            "Compressing",
-            "JobRetrying",
+            Phase.COMPRESSING,
+            VersionReason.JOB_RETRYING,
             f"compression Job {job_name} is retrying after {_attempts(result.failed_attempts)} failed; "
             f"last failure: {_last_failure(result)}",
             recheck,
             job_name=job_name,
             cache_key=key,
         )
-    return waiting("Compressing", "JobRunning", f"compression Job {job_name} is running", recheck, job_name=job_name, cache_key=key)
+    return waiting(Phase.COMPRESSING, VersionReason.JOB_RUNNING, f"compression Job {job_name} is running", recheck, job_name=job_name, cache_key=key)
 
 
 def state_from_job(
@@ -280,7 +279,7 @@ def state_from_job(
     if result.state == "running":
         if evaluating:
             running = _running(result, job_name, key, recheck_seconds)
-            return replace(running, phase="Evaluating", message=running.message.replace("compression Job", "evaluation Job", 1))
+            return replace(running, phase=Phase.EVALUATING, message=running.message.replace("compression Job", "evaluation Job", 1))
         return _running(result, job_name, key, recheck_seconds)
     if result.report is not None:
         state = state_from_report(result.report, job_name=job_name, key=key, from_cache=False)
@@ -290,14 +289,14 @@ def state_from_job(
         return state
     if result.state == "succeeded":
         return waiting(
-            "Failed",
-            "ReportMissing",
+            Phase.FAILED,
+            VersionReason.REPORT_MISSING,
             f"compression Job {job_name} succeeded but left no readable report; recreate the ModelVersion to retry",
             job_name=job_name,
             cache_key=key,
         )
     phase, reason, summary = _EXIT_REASONS.get(
-        result.exit_code, ("Failed", "CompressionFailed", f"the compressor exited with code {result.exit_code}")
+        result.exit_code, (Phase.FAILED, VersionReason.COMPRESSION_FAILED, f"the compressor exited with code {result.exit_code}")
     )
     detail = f": {result.detail}" if result.detail else ""
     return waiting(phase, reason, f"{summary} (Job {job_name}){detail}", job_name=job_name, cache_key=key)
@@ -344,16 +343,19 @@ def state_from_report(report: dict[str, Any], job_name: str | None, key: str | N
         try:
             artifact = CompressedArtifact.model_validate(report.get("artifact") or {})
         except ValidationError:
-            return waiting("Failed", "ReportInvalid", "the compression report names no complete compressed artifact", job_name=job_name, cache_key=key, report=details)
+            return waiting(
+                Phase.FAILED, VersionReason.REPORT_INVALID, "the compression report names no complete compressed artifact",
+                job_name=job_name, cache_key=key, report=details,
+            )
         if from_cache:
             reason, note = str(Reason.COMPRESSED_FROM_CACHE), f" ({report.get('message') or 'reused an identical earlier compression'})"
         elif evaluated_cached:
             reason, note = str(Reason.EVALUATED_FROM_CACHE), " (evaluated an identical earlier compression on this version's dataset)"
         else:
             reason, note = "Compressed", ""
-        return VersionState("Ready", reason, _summary(details) + note, job_name, key, artifact, details)
-    phase = "Rejected" if outcome == "Rejected" else "Failed"
-    reason = report.get("reason") or ("AccuracyGateFailed" if phase == "Rejected" else "CompressionFailed")
+        return VersionState(Phase.READY, reason, _summary(details) + note, job_name, key, artifact, details)
+    phase = Phase.REJECTED if outcome == ReportOutcome.REJECTED else Phase.FAILED
+    reason = report.get("reason") or (VersionReason.ACCURACY_GATE_FAILED if phase == Phase.REJECTED else VersionReason.COMPRESSION_FAILED)
     message = report.get("message") or _summary(details)
     return VersionState(phase, reason, message, job_name, key, None, details)
 
@@ -363,20 +365,20 @@ def version_status(
 ) -> dict[str, Any]:
     """The full status to store for `state`, keeping unchanged transition times."""
     old = old or {}
-    ready = Cond("Ready", TRUE if state.phase == "Ready" else FALSE, state.reason, state.message)
+    ready = Cond(ConditionType.READY, TRUE if state.phase == Phase.READY else FALSE, state.reason, state.message)
     progressing = Cond(
-        "Progressing",
+        ConditionType.PROGRESSING,
         TRUE if state.progressing else FALSE,
         state.reason if state.progressing else state.phase,
         state.message if state.progressing else f"{state.phase}: nothing more to do for this version",
     )
     conditions = merge_conditions(old.get("conditions"), [ready, progressing], generation, now) + [
         # Written by ModelDeployments whose rollout of this version failed; not ours to change.
-        c for c in old.get("conditions") or [] if c.get("type") == ROLLOUT_FAILED
+        c for c in old.get("conditions") or [] if c.get("type") == ConditionType.ROLLOUT_FAILED
     ]
     status = ModelVersionStatus(
         observed_generation=generation,
-        phase=state.phase,  # type: ignore[arg-type]
+        phase=state.phase,
         job_name=state.job_name or old.get("jobName"),
         cache_key=state.cache_key or old.get("cacheKey"),
         compressed_artifact=state.compressed,

@@ -7,9 +7,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from modelops import cachestore, kube as k8s, reuse
+from modelops import cachestore, reuse
+from modelops import kube as k8s
 from modelops.api.model import ModelSpec
-from modelops.api.version import TERMINAL_PHASES, ModelVersionSpec
+from modelops.api.version import TERMINAL_PHASES, ModelVersionSpec, Phase, VersionReason
 from modelops.cachekey import InvalidRecipe
 from modelops.core import naming, render
 from modelops.core.objects import OwnerRef, VersionView, owned_by
@@ -40,7 +41,7 @@ from modelops.storage import (
     StorageUnreachable,
 )
 
-_WARNING_PHASES = {"Rejected", "Failed"}
+_WARNING_PHASES = {Phase.REJECTED, Phase.FAILED}
 
 
 def reconcile_version(ctx: Context, key: Key) -> float | None:
@@ -68,7 +69,7 @@ def _decide(ctx: Context, body: dict[str, Any]) -> VersionState:
     try:
         spec = ModelVersionSpec.model_validate(body.get("spec") or {})
     except ValidationError as err:
-        return waiting("Failed", "InvalidSpec", f"spec does not match the API: {err.errors()[0]['loc']}: {err.errors()[0]['msg']}")
+        return waiting(Phase.FAILED, VersionReason.INVALID_SPEC, f"spec does not match the API: {err.errors()[0]['loc']}: {err.errors()[0]['msg']}")
     model_body = ctx.kube.get(k8s.MODELS, namespace, spec.model)
     siblings = [
         VersionView.from_body(b)
@@ -83,12 +84,12 @@ def _decide(ctx: Context, body: dict[str, Any]) -> VersionState:
     try:
         key = cache_key(spec, model)
     except InvalidRecipe as err:
-        return waiting("Failed", "InvalidRecipe", str(err))
+        return waiting(Phase.FAILED, VersionReason.INVALID_RECIPE, str(err))
     job_name = naming.job_name(name)
     job = ctx.kube.get(k8s.JOBS, namespace, job_name)
     # A Job that evaluates a cached compression shows as Evaluating while it runs; the phase
     # it was created with is the record of that.
-    evaluating = (body.get("status") or {}).get("phase") == "Evaluating"
+    evaluating = (body.get("status") or {}).get("phase") == Phase.EVALUATING
     if job is None:
         started = _start(ctx, body, spec, model, key, job_name)
         if isinstance(started, VersionState):
@@ -96,7 +97,7 @@ def _decide(ctx: Context, body: dict[str, Any]) -> VersionState:
         job, evaluating = started
     if not owned_by(job, meta["uid"]):
         return waiting(
-            "Pending", "JobNameTaken",
+            Phase.PENDING, VersionReason.JOB_NAME_TAKEN,
             f"a Job named {job_name} exists but does not belong to this ModelVersion; delete it",
             retry_after=ctx.settings.retry_seconds,
         )
@@ -113,19 +114,19 @@ def storage_problem(err: StorageError, field: str, uri: str, retry: float) -> Ve
     """A storage answer about `field` (its URI `uri`) as a state: Verifying and retried only when
     the storage could not answer (5xx, throttling, connection); every answer it gave is final."""
     if isinstance(err, StorageUnreachable):
-        return waiting("Verifying", "StorageUnreachable", f"{err}; retrying every {retry:g}s", retry)
+        return waiting(Phase.VERIFYING, VersionReason.STORAGE_UNREACHABLE, f"{err}; retrying every {retry:g}s", retry)
     if isinstance(err, AccessDenied):
         return waiting(
-            "Failed", str(reuse.Reason.ACCESS_DENIED),
+            Phase.FAILED, reuse.Reason.ACCESS_DENIED,
             f"{field}: the Model's credentials may not read {uri}; fix the Secret or the bucket policy, "
             "then recreate the ModelVersion",
         )
     if isinstance(err, InvalidRequest):
         return waiting(
-            "Failed", str(reuse.Reason.INVALID_ARTIFACT_URI),
+            Phase.FAILED, reuse.Reason.INVALID_ARTIFACT_URI,
             f"{field}: storage refused {uri!r} as a request ({err}); fix the URI in a new ModelVersion",
         )
-    return waiting("Failed", "StorageError", f"{field}: {err}")
+    return waiting(Phase.FAILED, VersionReason.STORAGE_ERROR, f"{field}: {err}")
 
 
 def _start(
@@ -140,9 +141,10 @@ def _start(
         store = ctx.store_for(namespace, model.storage)
         store.head(spec.artifact.uri)
     except CredentialsProblem as err:
-        return waiting("Verifying", "CredentialsNotFound", f"{err}; create it in namespace {namespace}", retry)
+        return waiting(Phase.VERIFYING, VersionReason.CREDENTIALS_NOT_FOUND, f"{err}; create it in namespace {namespace}", retry)
     except ObjectNotFound:
-        return waiting("Verifying", "ArtifactNotFound", f"no object at {spec.artifact.uri}; upload it (checked again every {retry:g}s)", retry)
+        message = f"no object at {spec.artifact.uri}; upload it (checked again every {retry:g}s)"
+        return waiting(Phase.VERIFYING, VersionReason.ARTIFACT_NOT_FOUND, message, retry)
     except StorageError as err:
         return storage_problem(err, "spec.artifact.uri", spec.artifact.uri, retry)
 
@@ -158,7 +160,7 @@ def _start(
         return storage_problem(err, field, uri, retry)
     decision = lookup.decision
     if decision.action == reuse.Action.FAIL:
-        return waiting("Failed", str(decision.reason), decision.message, cache_key=key)
+        return waiting(Phase.FAILED, decision.reason, decision.message, cache_key=key)
     if decision.action in (reuse.Action.READY, reuse.Action.REJECT):
         ctx.metrics.cache_hits.inc()
         return state_from_report(cachestore.reused_report(lookup, evaluation), job_name=None, key=key, from_cache=True)
