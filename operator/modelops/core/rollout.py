@@ -12,6 +12,7 @@ from modelops.api.deployment import DeploymentReason as Reason
 from modelops.api.deployment import (
     ModelDeploymentSpec,
     ModelDeploymentStatus,
+    RolloutOutcome,
     RolloutRecord,
 )
 from modelops.api.types import Condition, ConditionType
@@ -149,8 +150,8 @@ def plan_rollout(
         rolled_back = server.version
         failed.add(rolled_back)
         records = [
-            r.model_copy(update={"outcome": "RolledBack", "finished_at": now_text})
-            if r.version == rolled_back and r.outcome == "Progressing" else r
+            r.model_copy(update={"outcome": RolloutOutcome.ROLLED_BACK, "finished_at": now_text})
+            if r.version == rolled_back and r.outcome == RolloutOutcome.PROGRESSING else r
             for r in records
         ]
         back_to = f"version {served}" if served is not None else "the previous version"
@@ -186,18 +187,18 @@ def plan_rollout(
         served = server.version
 
     succeeded = None
-    if served is not None and records and records[-1].version == served and records[-1].outcome == "Progressing":
-        records[-1] = records[-1].model_copy(update={"outcome": "Succeeded", "finished_at": now_text})
+    if served is not None and records and records[-1].version == served and records[-1].outcome == RolloutOutcome.PROGRESSING:
+        records[-1] = records[-1].model_copy(update={"outcome": RolloutOutcome.SUCCEEDED, "finished_at": now_text})
         succeeded = (served, _seconds_between(records[-1].started_at, now))
         events.append(Event(NORMAL, Reason.ROLLOUT_SUCCEEDED, f"serving version {served}"))
 
     started = None
     in_flight = target is not None and target.version != served
     if in_flight and target is not None and not (
-        records and records[-1].version == target.version and records[-1].outcome == "Progressing"
+        records and records[-1].version == target.version and records[-1].outcome == RolloutOutcome.PROGRESSING
     ):
-        if records and records[-1].outcome == "Progressing":
-            records[-1] = records[-1].model_copy(update={"outcome": "Superseded", "finished_at": now_text})
+        if records and records[-1].outcome == RolloutOutcome.PROGRESSING:
+            records[-1] = records[-1].model_copy(update={"outcome": RolloutOutcome.SUPERSEDED, "finished_at": now_text})
         records.append(RolloutRecord.model_validate(
             {"version": target.version, "fromVersion": served, "startedAt": now_text, "outcome": "Progressing"}
         ))
@@ -289,7 +290,7 @@ def _conditions(
     else:
         ready = Cond(ConditionType.READY, FALSE, Reason.UNAVAILABLE, f"no ready replica of version {served}")
 
-    if records and records[-1].outcome == "RolledBack":
+    if records and records[-1].outcome == RolloutOutcome.ROLLED_BACK:
         bad = records[-1].version
         degraded = Cond(ConditionType.DEGRADED, TRUE, Reason.ROLLED_BACK, f"the rollout of version {bad} failed and was rolled back; serving version {served}")
     elif not rolling and desired != served and served is not None:
