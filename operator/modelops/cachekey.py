@@ -16,7 +16,7 @@ from typing import Any
 from pydantic import ValidationError
 from pydantic.alias_generators import to_camel
 
-from modelops.api.model import Compression, Pruning, PruningMethod, Quantization
+from modelops.api.model import Compression, Pruning, PruningMethod, Quantization, TargetFormat
 
 # Bump when a change in the compressor changes its output for the same input and recipe.
 COMPRESSOR_VERSION = "1.1.0"
@@ -28,7 +28,7 @@ _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 # are applied before, by the operator).
 # Built without validation: the API's bounds on a pruning amount are for a method that prunes.
 _NO_PRUNING = Pruning.model_construct(method=PruningMethod.NONE, amount=0.0)
-_DEFAULTS = {"quantization": "none", "target_format": "onnx"}
+_DEFAULTS = {"quantization": Quantization.NONE, "target_format": TargetFormat.ONNX}
 # int4-weight-only's block size when the recipe leaves it unset.
 DEFAULT_BLOCK_SIZE = 128
 
