@@ -67,7 +67,7 @@ def test_short_names_category_and_columns(testbed, crds, namespace) -> None:
     for short in ("mdl", "mv", "mdep"):
         assert kubectl(testbed, "get", short, "-n", namespace, "-o", "name").stdout.strip()
     header = kubectl(testbed, "get", "mv", "-n", namespace).stdout.splitlines()[0].split()
-    assert header == ["NAME", "MODEL", "VERSION", "PHASE", "READY", "AGE"]
+    assert header == ["NAME", "MODEL", "VERSION", "PHASE", "READY", "FAILED-BY", "AGE"]
 
 
 def test_explain_teaches_the_api(testbed, crds) -> None:

@@ -142,6 +142,7 @@ def test_samples_compress_serve_and_roll_forward(testbed, namespace, storage, di
 
 def test_a_missing_artifact_is_a_condition_not_a_crash(testbed, namespace, storage, operator) -> None:
     docs = for_this_bed(sample_docs()[:2], storage, {})
+    storage.put("digits/eval.npz", b"the gate's dataset")  # present, so only the artifact is missing
     apply_docs(testbed, namespace, docs + [version_manifest(1, storage, "ab" * 32)])
     status = eventually(
         lambda: (get_json(testbed, namespace, "modelversion", "digits-v1").get("status") or {}).get("phase") == "Verifying"
@@ -158,6 +159,7 @@ def test_a_missing_artifact_is_a_condition_not_a_crash(testbed, namespace, stora
 
 def test_a_duplicate_version_number_waits_with_a_reason(testbed, namespace, storage, operator) -> None:
     docs = for_this_bed(sample_docs()[:2], storage, {})
+    storage.put("digits/eval.npz", b"the gate's dataset")
     sha = storage.put("digits/1/model.onnx", b"bytes")
     first = version_manifest(1, storage, sha)
     apply_docs(testbed, namespace, docs + [first])
@@ -219,6 +221,7 @@ def test_verdicts_are_per_deployment(testbed, namespace, storage, digits, operat
     the deadline and is rolled back, while `cpu` serves version 2. Version 3 cannot load
     anywhere, so both roll it back; a retry on `gpu` clears only `gpu`'s mark."""
     secret, model = for_this_bed(sample_docs()[:2], storage, {})
+    storage.put("digits/eval.npz", digits.eval_npz)  # the gate's dataset: a cached gate counts only with it
     versions = [version_manifest(n, storage, storage.put(f"digits/{n}/model.onnx", digits.onnx[n - 1])) for n in (1, 2, 3)]
     for doc, compressed in zip(versions, (digits.onnx[0], digits.onnx[1], b"this is not an ONNX model"), strict=True):
         publish_cached(storage, model, doc, compressed)
