@@ -16,7 +16,9 @@ from typing import Any
 # Bump when a change in the compressor changes its output for the same input and recipe.
 COMPRESSOR_VERSION = "1.0.0"
 
-QUANTIZATIONS = ("none", "fp16", "bf16", "int8-weight-only", "int8-dynamic")
+QUANTIZATIONS = ("none", "fp16", "bf16", "int8-weight-only", "int8-dynamic", "auto")
+# What `quantization: auto` optimises among the candidates that pass the gate.
+OBJECTIVES = ("size", "latency")
 PRUNING_METHODS = ("none", "unstructured", "structured")
 TARGET_FORMATS = ("onnx", "torchscript")
 MAX_PRUNING_AMOUNT = 0.95
@@ -67,8 +69,9 @@ def normalize_recipe(recipe: dict[str, Any] | None) -> dict[str, Any]:
     {"method": "none", "amount": 0.0}.
     """
     recipe = _mapping(recipe, "recipe")
-    _reject_unknown(recipe, "", {"quantization", "pruning", "targetFormat"})
+    _reject_unknown(recipe, "", {"quantization", "pruning", "targetFormat", "objective"})
     quantization = _choice(recipe.get("quantization", "none"), "quantization", QUANTIZATIONS)
+    objective = _choice(recipe.get("objective") or "size", "objective", OBJECTIVES)
     pruning = _mapping(recipe.get("pruning"), "pruning")
     _reject_unknown(pruning, "pruning", {"method", "amount"})
     method = _choice(pruning.get("method", "none"), "pruning.method", PRUNING_METHODS)
@@ -78,11 +81,15 @@ def normalize_recipe(recipe: dict[str, Any] | None) -> dict[str, Any]:
     if method == "none" or amount == 0.0:
         method, amount = "none", 0.0
     target = _choice(recipe.get("targetFormat", "onnx"), "targetFormat", TARGET_FORMATS)
-    return {
+    normalized: dict[str, Any] = {
         "quantization": quantization,
         "pruning": {"method": method, "amount": amount},
         "targetFormat": target,
     }
+    # The objective only steers `auto`; an explicit recipe keeps the key it always had.
+    if quantization == "auto":
+        normalized["objective"] = objective
+    return normalized
 
 
 def canonical_json(value: Any) -> str:

@@ -78,7 +78,11 @@ def test_success_publishes_model_then_report_and_writes_the_termination_message(
     puts = [call for call in fake_s3.calls if call.startswith("put ")]
     assert puts == ["put out/run/model.onnx", "put out/run/report.json"]
     full = json.loads(fake_s3.objects[("models", "out/run/report.json")][0])
-    assert {k: full[k] for k in report.COMPACT_KEYS} == message
+    assert {k: full[k] for k in report.COMPACT_KEYS if k != "latency"} == {k: v for k, v in message.items() if k != "latency"}
+    # The termination message carries where latency was measured; report.json also has how.
+    assert message["latency"] == {k: full["latency"][k] for k in message["latency"]}
+    assert message["latency"]["runtime"].startswith("onnxruntime ") and message["latency"]["device"] == "cpu"
+    assert "vnni" in message["latency"]["cpu"] and full["latency"]["rounds"] >= 5
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == message
 
 

@@ -19,7 +19,9 @@ from modelops.api.types import (
     validations,
 )
 
-Quantization = Literal["none", "fp16", "bf16", "int8-weight-only", "int8-dynamic"]
+Quantization = Literal["none", "fp16", "bf16", "int8-weight-only", "int8-dynamic", "auto"]
+# What `quantization: auto` optimises among the candidates that pass the accuracy gate.
+Objective = Literal["size", "latency"]
 PruningMethod = Literal["none", "unstructured", "structured"]
 TargetFormat = Literal["onnx", "torchscript"]
 Metric = Literal["top1-accuracy", "top1-agreement", "cosine-similarity", "max-abs-error"]
@@ -93,15 +95,16 @@ class Pruning(ApiModel):
 class Compression(ApiModel):
     """The compression recipe. Unset fields come from the Model's versionDefaults."""
 
-    quantization: Quantization | None = Field(None, description="Quantization of the weights (and activations for int8-dynamic).")
+    quantization: Quantization | None = Field(None, description="Quantization of the weights (and activations for int8-dynamic). auto tries int8-dynamic, int8-weight-only, int4-weight-only and fp16 against the accuracy gate and keeps the best by objective.")
     pruning: Pruning | None = Field(None, description="Weight pruning.")
     target_format: TargetFormat | None = Field(None, description="Format of the compressed artifact; ONNX serves on every Triton backend we support.")
+    objective: Objective | None = Field(None, description="For quantization auto: size keeps the smallest candidate that passes the gate, latency the fastest (measured in onnxruntime on the Job's device). Default size.")
 
 
 class Evaluation(ApiModel):
     """The accuracy gate: the compressed model is compared with its parent on a dataset."""
 
-    dataset_uri: S3Uri = Field(description="S3 URI of an .npz file with the array `inputs` and, for top1-accuracy, `labels`.")
+    dataset_uri: S3Uri = Field(description="S3 URI of an .npz file with one array per model input, named as the input (a single-input model may use the name `inputs`), and, for top1-accuracy, `labels`.")
     metric: Metric = Field(
         description="top1-accuracy (threshold: largest allowed drop in percentage points), top1-agreement and cosine-similarity (threshold: minimum), max-abs-error (threshold: maximum)."
     )

@@ -65,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--recipe-json", required=True, type=_json_object, help="the compression recipe")
     parser.add_argument("--output-prefix", required=True, help="s3://bucket/prefix/ for model.* and report.json")
     parser.add_argument("--eval-json", type=_json_object, help="the evaluation (accuracy gate)")
+    parser.add_argument("--signature-json", type=_json_object, help="the Model's signature, checked against the artifact")
     parser.add_argument("--input-names", type=_names, help="ONNX input names for torch sources (comma-separated)")
     parser.add_argument("--output-names", type=_names, help="ONNX output names for torch sources (comma-separated)")
     parser.add_argument("--input-shape", type=_shape, help="example input shape for TorchScript sources, e.g. 1,64")
@@ -93,7 +94,7 @@ def main(
         args = build_parser().parse_args(argv)
         store = store or ObjectStore(StorageConfig.from_env(environ))
     except (UsageError, ValueError) as exc:
-        result = JobResult(exitcodes.USAGE, report.failure_report("InvalidArguments", str(exc)))
+        result = JobResult(exitcodes.USAGE, report.failure_report(report.Reason.INVALID_ARGUMENTS, str(exc)))
     else:
         spec = JobSpec(
             source_uri=args.source_uri,
@@ -106,6 +107,7 @@ def main(
             output_names=args.output_names,
             input_shape=args.input_shape,
             threads=args.threads,
+            signature=args.signature_json,
         )
         if args.workdir is not None:
             result = run(spec, store, args.workdir)

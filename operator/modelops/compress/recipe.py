@@ -19,6 +19,7 @@ class Recipe:
     pruning_method: str
     pruning_amount: float
     target_format: str
+    objective: str | None = None  # only for quantization "auto"
 
     @classmethod
     def from_dict(cls, recipe: dict[str, Any] | None) -> Recipe:
@@ -28,14 +29,18 @@ class Recipe:
             pruning_method=normalized["pruning"]["method"],
             pruning_amount=normalized["pruning"]["amount"],
             target_format=normalized["targetFormat"],
+            objective=normalized.get("objective"),
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        recipe: dict[str, Any] = {
             "quantization": self.quantization,
             "pruning": {"method": self.pruning_method, "amount": self.pruning_amount},
             "targetFormat": self.target_format,
         }
+        if self.objective is not None:
+            recipe["objective"] = self.objective
+        return recipe
 
     @property
     def hash(self) -> str:

@@ -49,6 +49,7 @@ def effective_recipe(spec: ModelVersionSpec, model: ModelSpec) -> dict[str, Any]
             "amount": pruning.amount if pruning and pruning.amount is not None else defaults.pruning.amount,
         },
         "targetFormat": (own and own.target_format) or defaults.target_format,
+        "objective": (own and own.objective) or defaults.objective,
     }
     return normalize_recipe(recipe)
 
@@ -298,6 +299,8 @@ def _summary(report: CompressionReport) -> str:
     if report.device:
         parts.append(f"on {report.device}")
     text = "compressed " + " ".join(parts) if parts else "compressed"
+    if report.chosen_quantization:
+        text += f" with {report.chosen_quantization} (chosen by quantization auto)"
     metric = report.metric
     if metric is not None and metric.compressed is not None:
         text += f"; {metric.name} {metric.compressed:g}"
