@@ -135,9 +135,11 @@ def run(cl: lc.Cluster) -> int:
     say(f"{rows[0][3].samples} samples each; accuracy drop v1 -> v2: "
         f"{(rows[0][3].accuracy - rows[1][3].accuracy) * 100:.2f} points")
 
-    step("Publishing v3: a re-export whose output is renamed, so Triton cannot load it")
+    # A renamed tensor would be Rejected by the Job (SignatureMismatch) before any rollout; this
+    # re-export matches the signature and passes the gate, but Triton cannot load it.
+    step("Publishing v3: a re-export that gives its input a default value, so Triton cannot load it")
     with tempfile.TemporaryDirectory() as tmp:
-        broken = lc.renamed_output_onnx(files.onnx, Path(tmp) / "model.onnx", "scores")
+        broken = lc.unservable_onnx(files.onnx, Path(tmp) / "model.onnx")
         v3_uri, v3_sha = cl.upload(broken, "digits/v3/model.onnx")
     cl.apply(NAMESPACE, [lc.version_manifest(3, v3_uri, v3_sha, quantization="int8-weight-only")])
     wait(cl, "v3 Ready (it compresses and passes the gate: the model itself is fine)",

@@ -7,7 +7,7 @@ latencies are measured together with the parent's, and the best that passed is k
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
@@ -101,14 +101,25 @@ class CompressionResult:
     candidates: list[Candidate] | None = None
 
 
-def _recipes(recipe: Recipe, source_format: str) -> list[Recipe]:
+def _recipes(recipe: Recipe, source_format: str) -> list[tuple[str, Recipe | InvalidRecipe]]:
+    """(quantization, recipe) to compress; for auto, a candidate this compressor cannot
+    build keeps its error, so that the report says so instead of dropping it."""
     if recipe.quantization != AUTO:
         check_supported(recipe, source_format)
-        return [recipe]
+        return [(recipe.quantization, recipe)]
     if recipe.target_format != "onnx":
         raise UnsupportedRecipe("quantization: auto compares ONNX candidates; use targetFormat onnx")
-    check_supported(replace(recipe, quantization="none", objective=None), source_format)
-    return [replace(recipe, quantization=q, objective=None) for q in AUTO_CANDIDATES]
+    base = {k: v for k, v in recipe.to_dict().items() if k != "objective"}
+    candidates: list[tuple[str, Recipe | InvalidRecipe]] = []
+    for quantization in AUTO_CANDIDATES:
+        try:
+            candidate = Recipe.from_dict({**base, "quantization": quantization})
+            check_supported(candidate, source_format)
+        except InvalidRecipe as exc:
+            candidates.append((quantization, exc))
+        else:
+            candidates.append((quantization, candidate))
+    return candidates
 
 
 def _example(feeds: runtime.Feeds | None, batch: int, parent: runtime.Runner, options: Options) -> runtime.Feeds | None:
@@ -183,8 +194,12 @@ def compress_artifact(
 
     started = time.perf_counter()
     candidates: list[Candidate] = []
-    for candidate_recipe in recipes:
-        outdir = workdir / "candidates" / candidate_recipe.quantization if searching else workdir
+    for quantization, candidate_recipe in recipes:
+        if isinstance(candidate_recipe, InvalidRecipe):
+            message = f"not supported by this compressor: {candidate_recipe}"
+            candidates.append(Candidate(quantization, Verdict.UNSUPPORTED, message))
+            continue
+        outdir = workdir / "candidates" / quantization if searching else workdir
         try:
             candidate = _compress_one(
                 onnx_source if candidate_recipe.target_format == "onnx" else None,
