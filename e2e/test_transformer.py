@@ -83,14 +83,20 @@ def bed(testbed):
     import onnx
 
     onnx.save(model, str(work / "model.onnx"))
+    # The same weights under another doc string, for the auto versions: keys of their own, so
+    # that only auto's entry can serve the explicit request that follows it.
+    model.doc_string = f"{namespace}-auto"
+    onnx.save(model, str(work / "model-auto.onnx"))
     transformer.write_eval_npz(work / "eval.npz", config, samples=SAMPLES)
     model_uri, model_sha = cluster.upload(work / "model.onnx", f"{namespace}/bert/model.onnx")
+    auto_uri, auto_sha = cluster.upload(work / "model-auto.onnx", f"{namespace}/bert-auto/model.onnx")
     eval_uri, _ = cluster.upload(work / "eval.npz", f"{namespace}/bert/eval.npz")
     cluster.apply(namespace, [lc.storage_secret(cluster), model_manifest(cluster, eval_uri, config, transformer)])
     operator = lc.Operator(cluster, Path(testbed.state_dir) / "logs" / f"operator-{namespace}.log", [namespace])
     operator.wait_ready()
     data = dict(np.load(work / "eval.npz"))
     yield {"cluster": cluster, "namespace": namespace, "uri": model_uri, "sha": model_sha, "data": data,
+           "auto_uri": auto_uri, "auto_sha": auto_sha,
            "config": config, "output": transformer.output_name(config), "work": work}
     operator.stop()
     cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
@@ -128,8 +134,12 @@ def direct_outputs(bed, artifact: dict) -> np.ndarray:
     local = bed["work"] / f"served-{artifact['sha256'][:12]}.onnx"
     bed["cluster"].store().download(artifact["uri"], local, expected_sha256=artifact["sha256"])
     session = ort.InferenceSession(str(local), providers=["CPUExecutionProvider"])
-    feeds = {i.name: bed["data"][i.name] for i in session.get_inputs()}
-    return session.run([bed["output"]], feeds)[0]
+    # The same batches of 8 as the requests: int8-dynamic scales activations per batch.
+    names = [i.name for i in session.get_inputs()]
+    return np.concatenate([
+        session.run([bed["output"]], {n: bed["data"][n][start:start + 8] for n in names})[0]
+        for start in range(0, SAMPLES, 8)
+    ])
 
 
 def assert_served_like_onnxruntime(bed, version: int) -> None:
@@ -159,7 +169,7 @@ def test_three_input_transformer_is_gated_and_served_as_onnxruntime_runs_it(bed)
 
 def test_auto_reports_every_candidate_and_serves_its_pick(bed):
     cluster, namespace = bed["cluster"], bed["namespace"]
-    cluster.apply(namespace, [version_manifest(2, bed["uri"], bed["sha"], {"quantization": "auto", "objective": "size"})])
+    cluster.apply(namespace, [version_manifest(2, bed["auto_uri"], bed["auto_sha"], {"quantization": "auto", "objective": "size"})])
     wait(bed, "--for=condition=Ready", f"modelversion/{MODEL}-v2", timeout=900)
     mv = status(bed, "modelversion", f"{MODEL}-v2")
     report = mv["report"]
@@ -175,15 +185,36 @@ def test_auto_reports_every_candidate_and_serves_its_pick(bed):
     assert mv["compressedArtifact"]["bytes"] == candidates[chosen]["bytes"]
     ready = next(c for c in mv["conditions"] if c["type"] == "Ready")
     assert chosen in ready["message"], "the status names the chosen recipe"
-    print("auto candidates:", {q: (c["verdict"], c["bytes"], c["latencyMs"]) for q, c in candidates.items()},
+    print("auto candidates:", {q: (c["verdict"], c.get("bytes"), c.get("latencyMs")) for q, c in candidates.items()},
           "chose", chosen)
     wait(bed, "--for=jsonpath={.status.servedVersion}=2", f"modeldeployment/{MODEL}-latest", timeout=300)
     wait(bed, "--for=condition=Ready", f"modeldeployment/{MODEL}-latest")
     assert_served_like_onnxruntime(bed, 2)
 
     # An explicit request for the recipe auto picked finds auto's entry in the cache.
-    cluster.apply(namespace, [version_manifest(3, bed["uri"], bed["sha"], {"quantization": chosen})])
+    cluster.apply(namespace, [version_manifest(3, bed["auto_uri"], bed["auto_sha"], {"quantization": chosen})])
     wait(bed, "--for=condition=Ready", f"modelversion/{MODEL}-v3", timeout=300)
     v3 = status(bed, "modelversion", f"{MODEL}-v3")
     assert v3["compressedArtifact"] == mv["compressedArtifact"]
     assert next(c for c in v3["conditions"] if c["type"] == "Ready")["reason"] == "CompressedFromCache"
+
+
+def test_an_artifact_that_does_not_match_the_signature_is_rejected_naming_the_tensor(bed):
+    import onnx
+
+    cluster, namespace = bed["cluster"], bed["namespace"]
+    model = onnx.load(str(bed["work"] / "model.onnx"))
+    old, new = model.graph.output[0].name, "embedding"
+    for node in model.graph.node:
+        node.output[:] = [new if name == old else name for name in node.output]
+    model.graph.output[0].name = new
+    onnx.save(model, str(bed["work"] / "renamed.onnx"))
+    uri, sha = cluster.upload(bed["work"] / "renamed.onnx", f"{namespace}/bert-renamed/model.onnx")
+    served_before = status(bed, "modeldeployment", f"{MODEL}-latest")["servedVersion"]
+    cluster.apply(namespace, [version_manifest(4, uri, sha, {"quantization": "int8-dynamic"})])
+    wait(bed, "--for=jsonpath={.status.phase}=Rejected", f"modelversion/{MODEL}-v4", timeout=300)
+    ready = next(c for c in status(bed, "modelversion", f"{MODEL}-v4")["conditions"] if c["type"] == "Ready")
+    assert ready["reason"] == "SignatureMismatch"
+    assert f"output '{old}'" in ready["message"] and f"'{new}'" in ready["message"]
+    md = status(bed, "modeldeployment", f"{MODEL}-latest")
+    assert md["servedVersion"] == served_before and md.get("desiredVersion") != 4, "never rolled out"
