@@ -94,3 +94,11 @@ def test_unreadable_and_empty_datasets_are_refused(tmp_path) -> None:
         npz(tmp_path, labels=np.arange(3))
     with pytest.raises(DatasetError, match="'labels' must be a 1-D integer array"):
         npz(tmp_path, x=np.ones((3, 2)), labels=np.ones(3))
+
+
+def test_the_single_input_form_feeds_a_sole_input_that_has_a_default(tmp_path) -> None:
+    dataset = npz(tmp_path, inputs=np.ones((4, 64), np.float32))
+    feeds, _ = dataset.feeds((InputSpec("input", np.dtype(np.float32), (-1, 64), optional=True),))
+    assert list(feeds) == ["input"]
+    with pytest.raises(DatasetError, match="feeds none of the model's inputs \\('x'\\)"):
+        npz(tmp_path, other=np.ones((4, 64), np.float32)).feeds((InputSpec("x", np.dtype(np.float32), (-1, 64), optional=True),))

@@ -56,8 +56,9 @@ class Dataset:
         """
         required = [spec for spec in inputs if not spec.optional]
         arrays = dict(self.arrays)
-        if len(required) == 1 and required[0].name not in arrays and SINGLE_INPUT in arrays:
-            arrays[required[0].name] = arrays.pop(SINGLE_INPUT)
+        sole = required if required else list(inputs)
+        if len(sole) == 1 and sole[0].name not in arrays and SINGLE_INPUT in arrays:
+            arrays[sole[0].name] = arrays.pop(SINGLE_INPUT)
         missing = [spec.name for spec in required if spec.name not in arrays]
         if missing:
             raise DatasetError(
@@ -96,6 +97,9 @@ class Dataset:
                             f"{list(spec.dims)} at dimension {axis}"
                         )
             feeds[spec.name] = array.astype(spec.dtype, copy=False)
+        if not feeds:
+            names = ", ".join(repr(spec.name) for spec in inputs) or "none"
+            raise DatasetError(f"the evaluation dataset feeds none of the model's inputs ({names})")
         if self.labels is not None and len(self.labels) != samples:
             raise DatasetError(f"'labels' has {len(self.labels)} entries; the inputs have {samples} samples")
         return feeds, batch
