@@ -234,7 +234,7 @@ def compress_artifact(
     seconds["compress"] = time.perf_counter() - started
 
     started = time.perf_counter()
-    latency_info: dict[str, object] = {"device": device, "cpu": runtime.cpu_description()}
+    latency_info: dict[str, object] = {"device": device, "cpu": runtime.cpu_description(), "threads": threads}
     if example is not None:
         runners = {} if module is not None else {"parent": parent}
         runners |= {c.quantization: c.runner for c in candidates if c.runner is not None}
