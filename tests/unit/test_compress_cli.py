@@ -314,3 +314,18 @@ def test_auto_rejects_when_no_candidate_passes(tmp_path, store, fake_s3, digits_
     assert message["chosenQuantization"] is None
     assert "no candidate passed the gate" in message["message"]
     assert all(c["verdict"] != "Passed" for c in message["candidates"])
+
+
+def test_a_long_candidate_list_fits_the_termination_message_with_its_verdicts() -> None:
+    candidates = [
+        {"quantization": q, "verdict": "Rejected", "bytes": 123456, "ratio": 3.9, "latencyMs": 12.5,
+         "metric": {"name": "cosine-similarity", "threshold": 0.99, "compressed": 0.98, "passed": False},
+         "message": "x" * 240}
+        for q in ("int8-dynamic", "int8-weight-only", "int4-weight-only", "fp16")
+    ] * 3
+    text = report.compact({"outcome": "Rejected", "message": "m" * 3000, "candidates": candidates,
+                           "latency": {"runtime": "onnxruntime", "rounds": 7, "cpu": "c"}})
+    short = json.loads(text)
+    assert len(text.encode()) <= report.TERMINATION_LIMIT
+    assert [c["verdict"] for c in short["candidates"]] == ["Rejected"] * 12
+    assert "message" not in short["candidates"][0] and short["latency"] == {"runtime": "onnxruntime", "cpu": "c"}

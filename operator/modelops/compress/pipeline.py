@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -173,7 +174,7 @@ def compress_artifact(
     seconds["load"] = time.perf_counter() - started
 
     feeds, batch = dataset.feeds(parent.inputs) if dataset is not None else (None, runtime.EVAL_BATCH)
-    samples = 0 if dataset is None else len(next(iter(feeds.values())))
+    samples = 0 if feeds is None else len(next(iter(feeds.values())))
     example = _example(feeds, batch, parent, options)
     if example is None and module is not None and recorded_example is not None:
         example = {parent.inputs[0].name: np.asarray(recorded_example, dtype=np.float32)}
@@ -220,6 +221,7 @@ def compress_artifact(
                 raise
             candidate = Candidate(candidate_recipe.quantization, Verdict.FAILED, f"{type(exc).__name__}: {exc}", candidate_recipe)
         if candidate.runner is not None and evaluation is not None:
+            assert dataset is not None and feeds is not None and parent_outputs is not None
             candidate.metric = evaluate_gate(
                 evaluation.metric,
                 evaluation.threshold,
@@ -288,7 +290,7 @@ def compress_artifact(
 
 def _compress_one(
     onnx_source: Path | None,
-    module: object,
+    module: Any,
     recipe: Recipe,
     outdir: Path,
     device: str,
@@ -319,8 +321,9 @@ def _compress_one(
         from modelops.compress import torch_models
 
         weights = {"pruned": torch_models.prune(module, recipe)}
-        first = None if example is None else next(iter(example.values()))
-        torch_models.save_torchscript(module, recipe, first, output)
+        if example is None:
+            raise UnsupportedRecipe("input-shape: tracing a TorchScript output needs an example input")
+        torch_models.save_torchscript(module, recipe, next(iter(example.values())), output)
         if recipe.quantization in ("fp16", "bf16"):
             notes.append(f"the TorchScript module computes in {recipe.quantization} with float32 inputs and outputs")
         names = list(example) if example is not None else ["input"]
@@ -364,7 +367,7 @@ def _all_rejected(
     summary = "; ".join(f"{c.quantization}: {c.verdict} ({c.message[:80]})" for c in candidates)
     tried = next((c for c in candidates if c.output_path is not None), None)
     return CompressionResult(
-        output_path=tried.output_path if tried else workdir / OUTPUT_FILES["onnx"],
+        output_path=tried.output_path if tried and tried.output_path else workdir / OUTPUT_FILES["onnx"],
         output_format="onnx",
         outcome="Rejected",
         message=f"auto: no candidate passed the gate; {summary}",

@@ -141,13 +141,14 @@ def failure_report(
 
 def compact(report: dict[str, Any]) -> str:
     """The report's contract keys as JSON that fits a termination message."""
-    short = {key: report.get(key) for key in COMPACT_KEYS}
-    if isinstance(short.get("latency"), dict):
-        short["latency"] = {k: v for k, v in short["latency"].items() if k in _COMPACT_LATENCY}
+    short: dict[str, Any] = {key: report.get(key) for key in COMPACT_KEYS}
+    latency, candidates = short.get("latency"), short.get("candidates")
+    if isinstance(latency, dict):
+        short["latency"] = {k: v for k, v in latency.items() if k in _COMPACT_LATENCY}
     text = json.dumps(short, separators=(",", ":"), sort_keys=True)
-    if len(text) > TERMINATION_LIMIT and short.get("candidates"):
+    if len(text) > TERMINATION_LIMIT and isinstance(candidates, list):
         # Candidates keep their figures and verdicts; their messages stay in report.json.
-        short["candidates"] = [{k: v for k, v in c.items() if k != "message"} for c in short["candidates"]]
+        short["candidates"] = [{k: v for k, v in c.items() if k != "message"} for c in candidates]
         text = json.dumps(short, separators=(",", ":"), sort_keys=True)
     message = str(short.get("message") or "")
     while len(text) > TERMINATION_LIMIT and message:
