@@ -329,3 +329,20 @@ def test_a_long_candidate_list_fits_the_termination_message_with_its_verdicts() 
     assert len(text.encode()) <= report.TERMINATION_LIMIT
     assert [c["verdict"] for c in short["candidates"]] == ["Rejected"] * 12
     assert "message" not in short["candidates"][0] and short["latency"] == {"runtime": "onnxruntime", "cpu": "c"}
+
+
+def test_an_input_with_a_default_value_matches_the_signature_and_is_evaluated(tmp_path, store, fake_s3, digits_model) -> None:
+    """ONNX calls an input with an initializer of the same name an input (with a default), so
+    the Job passes it and feeds it from the dataset; the e2e rollback story relies on this."""
+    import onnx
+
+    model = onnx.load(str(digits_model.onnx))
+    model.graph.initializer.append(onnx.numpy_helper.from_array(np.zeros((1, 64), np.float32), "input"))
+    data = model.SerializeToString()
+    fake_s3.objects[("models", "digits/defaulted.onnx")] = (data, {})
+    argv = _args(_sha(data), {"quantization": "int8-weight-only"}, source="digits/defaulted.onnx")
+    code, message = _main(tmp_path, argv + ["--signature-json", json.dumps(DIGITS_SIGNATURE)], store)
+    assert code == exitcodes.SUCCESS, message
+    assert message["metric"]["drop"] == 0.0, "the dataset, not the zero default, was fed"
+    full = json.loads(fake_s3.objects[("models", "out/run/report.json")][0])
+    assert full["interface"]["inputs"][0] == {"name": "input", "dataType": "FP32", "dims": [-1, 64], "hasDefault": True}
