@@ -12,7 +12,6 @@ from modelops.compress.interface import (
     SignatureMismatch,
     Tensor,
     check_signature,
-    read_interface,
     signature_problems,
 )
 
@@ -133,6 +132,8 @@ def test_read_interface_of_a_real_onnx_file(tmp_path: Path) -> None:
     )
     path = tmp_path / "m.onnx"
     onnx.save(helper.make_model(graph), str(path))
+    from modelops.compress.runtime import read_interface
+
     found = read_interface(path)
     assert found.inputs == (Tensor("ids", "INT64", (-1, 16)), Tensor("bias", "INT64", (16,), True))
     assert found.outputs == (Tensor("out", "INT64", (-1, 16)),)

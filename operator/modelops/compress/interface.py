@@ -5,13 +5,13 @@ names, element types or shapes differ would be rolled out and then fail at load 
 request. The Job compares the two first and Rejects the version with SignatureMismatch,
 naming the tensor.
 
-The comparison (`signature_problems`) is pure; `read_interface` is the only part that reads a file.
+This module is pure, so the operator may use it too (import-linter keeps onnx out of it);
+`runtime.read_interface` reads an artifact's interface.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from modelops.api.model import Signature, TensorSpec
@@ -19,7 +19,7 @@ from modelops.api.model import Signature, TensorSpec
 VARIABLE = -1
 
 # ONNX TensorProto element types in Triton's naming (the signature's dataType).
-_ONNX_TO_TRITON = {
+ONNX_TO_TRITON = {
     1: "FP32",
     2: "UINT8",
     3: "INT8",
@@ -76,27 +76,6 @@ class Interface:
             )
 
         return cls(tensors(data["inputs"]), tensors(data["outputs"]))
-
-
-def read_interface(path: Path) -> Interface:
-    """Graph inputs and outputs of an ONNX file, without loading external weight data."""
-    import onnx
-
-    graph = onnx.load(str(path), load_external_data=False).graph
-    initializers = {i.name for i in graph.initializer}
-
-    def tensor(value: Any, has_default: bool = False) -> Tensor:
-        tensor_type = value.type.tensor_type
-        data_type = _ONNX_TO_TRITON.get(tensor_type.elem_type, f"ONNX type {tensor_type.elem_type}")
-        dims = None
-        if tensor_type.HasField("shape"):
-            dims = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else VARIABLE for d in tensor_type.shape.dim)
-        return Tensor(value.name, data_type, dims, has_default)
-
-    return Interface(
-        inputs=tuple(tensor(v, v.name in initializers) for v in graph.input),
-        outputs=tuple(tensor(v) for v in graph.output),
-    )
 
 
 def _dims_problem(kind: str, spec: TensorSpec, actual: Tensor, max_batch_size: int) -> str | None:

@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from modelops.compress.interface import ONNX_TO_TRITON, VARIABLE, Interface, Tensor
+
 EVAL_BATCH = 512
 LATENCY_BATCH = 32
 LATENCY_WARMUP_S = 0.3
@@ -180,6 +182,27 @@ def measure_latency(
         spread = (max(medians) - min(medians)) / median if median > 0 else 0.0
         result[name] = Latency(median, spread, LATENCY_ROUNDS, calls[name])
     return result
+
+
+def read_interface(path: Path) -> Interface:
+    """Graph inputs and outputs of an ONNX file, without loading external weight data."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    initializers = {i.name for i in graph.initializer}
+
+    def tensor(value: Any, has_default: bool = False) -> Tensor:
+        tensor_type = value.type.tensor_type
+        data_type = ONNX_TO_TRITON.get(tensor_type.elem_type, f"ONNX type {tensor_type.elem_type}")
+        dims = None
+        if tensor_type.HasField("shape"):
+            dims = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else VARIABLE for d in tensor_type.shape.dim)
+        return Tensor(value.name, data_type, dims, has_default)
+
+    return Interface(
+        inputs=tuple(tensor(v, v.name in initializers) for v in graph.input),
+        outputs=tuple(tensor(v) for v in graph.output),
+    )
 
 
 def cpu_description(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
