@@ -142,3 +142,14 @@ def test_read_interface_of_a_real_onnx_file(tmp_path: Path) -> None:
         outputs=[{"name": "out", "dataType": "INT64", "dims": [16]}],
     )
     assert signature_problems(found, sig) == []
+
+
+def test_the_operator_reuses_a_cached_entry_only_when_its_interface_matches_the_signature() -> None:
+    from modelops.core.versions import cached_report_usable
+
+    passed = {"outcome": "Passed", "metric": None, "interface": interface().to_dict()}
+    assert cached_report_usable(passed, None, signature())
+    renamed = {**passed, "interface": interface(outputs=(("scores", "FP32", (-1, 10)),)).to_dict()}
+    assert not cached_report_usable(renamed, None, signature()), "the Job decides, and Rejects it"
+    assert not cached_report_usable({"outcome": "Passed", "metric": None}, None, signature()), "no recorded interface"
+    assert cached_report_usable({"outcome": "Passed", "metric": None}, None), "without a signature, as before"

@@ -10,10 +10,11 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from modelops.api.model import ModelSpec, Toleration
+from modelops.api.model import ModelSpec, Signature, Toleration
 from modelops.api.version import CompressedArtifact, CompressionReport, ModelVersionSpec
 from modelops.cachekey import compressed_prefix, compression_cache_key, normalize_recipe
 from modelops.compress import exitcodes
+from modelops.compress.interface import Interface, signature_problems
 from modelops.core.conditions import FALSE, TRUE, Cond, merge_conditions
 from modelops.core.objects import VersionView
 from modelops.core.resolve import owner_of_number
@@ -334,9 +335,14 @@ def state_from_report(report: dict[str, Any], job_name: str | None, key: str | N
     return VersionState(phase, reason, message, job_name, key, None, wire_report)
 
 
-def cached_report_usable(report: dict[str, Any] | None, evaluation: dict[str, Any] | None) -> bool:
-    """A cached output counts only if it passed the same gate this version asks for."""
+def cached_report_usable(
+    report: dict[str, Any] | None, evaluation: dict[str, Any] | None, signature: Signature | None = None
+) -> bool:
+    """A cached output counts only if it passed the same gate this version asks for and, when a
+    signature is given, its recorded interface matches it (otherwise the Job decides)."""
     if report is None or report.get("outcome") != "Passed":
+        return False
+    if signature is not None and not _interface_matches(report.get("interface"), signature):
         return False
     metric = report.get("metric")
     if evaluation is None:
@@ -347,6 +353,13 @@ def cached_report_usable(report: dict[str, Any] | None, evaluation: dict[str, An
         and metric.get("threshold") == evaluation["threshold"]
         and metric.get("passed") is True
     )
+
+
+def _interface_matches(recorded: Any, signature: Signature) -> bool:
+    try:
+        return not signature_problems(Interface.from_dict(recorded), signature)
+    except (KeyError, TypeError, AttributeError):
+        return False  # an entry that recorded no interface: the Job compresses again and records it
 
 
 def version_status(

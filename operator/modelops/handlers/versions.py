@@ -123,7 +123,7 @@ def _start(
     evaluation = effective_evaluation(spec, model)
     prefix = output_prefix(spec, model)
     cached = _read_report(store, report_uri(prefix))
-    if cached_report_usable(cached, evaluation):
+    if cached_report_usable(cached, evaluation, model.signature):
         ctx.metrics.cache_hits.inc()
         return state_from_report(cached, job_name=None, key=key, from_cache=True)
 
