@@ -4,7 +4,9 @@
 2. train the digits classifier and upload it to MinIO with its sha256;
 3. apply a Model, version 1 (fp32) and version 2 (int8), a Latest and a Pinned(v1) deployment;
 4. wait on conditions, then send the held-out digits to both endpoints and compare;
-5. publish a broken version 3 and watch the Latest deployment roll back to version 2.
+5. publish a broken version 3 and watch the Latest deployment roll back to version 2;
+6. publish a version 4 whose output is renamed: the compression Job rejects it
+   (SignatureMismatch) and it is never rolled out.
 """
 
 from __future__ import annotations
@@ -62,6 +64,19 @@ def deployment_line(md: dict) -> str:
             f"served={status.get('servedVersion')} previous={status.get('previousVersion')} "
             f"ready={status.get('readyReplicas')}/{md['spec']['replicas']} "
             f"Ready={ready.get('status')} ({ready.get('reason')}: {ready.get('message')})")
+
+
+def renamed_output_onnx(source: Path, target: Path, new_name: str) -> Path:
+    """The same model with its output tensor renamed: it no longer matches the Model's signature."""
+    import onnx
+
+    model = onnx.load(str(source))
+    old = model.graph.output[0].name
+    for node in model.graph.node:
+        node.output[:] = [new_name if name == old else name for name in node.output]
+    model.graph.output[0].name = new_name
+    onnx.save(model, str(target))
+    return target
 
 
 def main() -> int:
@@ -131,9 +146,11 @@ def run(cl: Testbed) -> int:
     say(f"{rows[0][3].samples} samples each; accuracy drop v1 -> v2: "
         f"{(rows[0][3].accuracy - rows[1][3].accuracy) * 100:.2f} points")
 
-    step("Publishing v3: a re-export whose output is renamed, so Triton cannot load it")
+    # A renamed tensor would be Rejected by the Job (SignatureMismatch) before any rollout; this
+    # re-export matches the signature and passes the gate, but Triton cannot load it.
+    step("Publishing v3: a re-export that gives its input a default value, so Triton cannot load it")
     with tempfile.TemporaryDirectory() as tmp:
-        broken = lc.renamed_output_onnx(files.onnx, Path(tmp) / "model.onnx", "scores")
+        broken = lc.unservable_onnx(files.onnx, Path(tmp) / "model.onnx")
         v3_uri, v3_sha = cl.upload(broken, "digits/v3/model.onnx")
     cl.apply(NAMESPACE, [lc.version_manifest(3, v3_uri, v3_sha, quantization="int8-weight-only")])
     wait(cl, "v3 Ready (it compresses and passes the gate: the model itself is fine)",
@@ -158,6 +175,16 @@ def run(cl: Testbed) -> int:
     ip = lc.ready_server_ips(cl, NAMESPACE, "digits-latest")[0]
     after = lc.score(ip, inputs[:200], labels[:200])
     say(f"digits-latest still answers: accuracy {after.accuracy:.4f} on 200 samples, p50 {after.p50_ms:.2f} ms")
+
+    step("Publishing v4: a re-export whose output is renamed; the Job checks it against the signature")
+    with tempfile.TemporaryDirectory() as tmp:
+        renamed = renamed_output_onnx(files.onnx, Path(tmp) / "model.onnx", "scores")
+        v4_uri, v4_sha = cl.upload(renamed, "digits/v4/model.onnx")
+    cl.apply(NAMESPACE, [lc.version_manifest(4, v4_uri, v4_sha, quantization="int8-weight-only")])
+    wait(cl, "v4 Rejected by the compression Job", "--for=jsonpath={.status.phase}=Rejected", "modelversion/digits-v4")
+    ready = next(c for c in cl.get(NAMESPACE, "modelversion", "digits-v4")["status"]["conditions"] if c["type"] == "Ready")
+    say(f"digits-v4 Ready={ready['status']} ({ready['reason']}): {ready['message']}")
+    say(deployment_line(cl.get(NAMESPACE, "modeldeployment", "digits-latest")))
     print(cl.kubectl("get", "modelops", "-n", NAMESPACE), end="")
     step("Done")
     print(json.dumps({"namespace": NAMESPACE, "seconds": round(time.monotonic() - STARTED, 1)}))

@@ -31,16 +31,21 @@ def relabelled_onnx(source: Path, target: Path, doc_string: str) -> Path:
     return target
 
 
-def renamed_output_onnx(source: Path, target: Path, new_name: str) -> Path:
-    """A valid ONNX file whose output tensor has another name: it evaluates fine but no longer
-    matches the Model's signature, so Triton refuses to load it."""
+def unservable_onnx(source: Path, target: Path) -> Path:
+    """A valid ONNX file that passes the compression Job but cannot become ready in Triton.
+
+    Its input also gets a default value (an initializer of the same name), as some exporters
+    leave behind. ONNX still calls it an input, so it matches the Model's signature and
+    evaluates exactly like its parent; but onnxruntime's serving session no longer lists it
+    among the model's inputs, so the Triton model that is configured with it fails at load.
+    """
     import onnx
 
     model = onnx.load(str(source))
-    old = model.graph.output[0].name
-    for node in model.graph.node:
-        node.output[:] = [new_name if name == old else name for name in node.output]
-    model.graph.output[0].name = new_name
+    first = model.graph.input[0]
+    dims = [d.dim_value or 1 for d in first.type.tensor_type.shape.dim]
+    dtype = onnx.helper.tensor_dtype_to_np_dtype(first.type.tensor_type.elem_type)
+    model.graph.initializer.append(onnx.numpy_helper.from_array(np.zeros(dims, dtype=dtype), first.name))
     onnx.save(model, str(target))
     return target
 

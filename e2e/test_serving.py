@@ -155,7 +155,7 @@ def test_served_v2_agrees_with_onnxruntime_on_every_sample(bed):
 def test_broken_v3_is_rolled_back_and_v4_rolls_out(bed):
     cluster, namespace = bed["cluster"], bed["namespace"]
     with tempfile.TemporaryDirectory() as tmp:
-        broken = lc.renamed_output_onnx(bed["files"].onnx, Path(tmp) / "model.onnx", "scores")
+        broken = lc.unservable_onnx(bed["files"].onnx, Path(tmp) / "model.onnx")
         uri, sha = cluster.upload(broken, f"{namespace}/v3/model.onnx")
     cluster.apply(namespace, [lc.version_manifest(3, uri, sha, quantization="int8-weight-only")])
     wait(bed, "--for=condition=Ready", "modelversion/digits-v3")

@@ -16,7 +16,7 @@ from typing import Any
 from pydantic import ValidationError
 from pydantic.alias_generators import to_camel
 
-from modelops.api.model import Compression, Pruning, PruningMethod, Quantization, TargetFormat
+from modelops.api.model import Compression, Objective, Pruning, PruningMethod, Quantization, TargetFormat
 
 # Bump when a change in the compressor changes its output for the same input and recipe.
 COMPRESSOR_VERSION = "1.1.0"
@@ -74,11 +74,14 @@ def normalize_recipe(recipe: Compression | str | bytes | dict[str, Any] | None) 
     no_op = method == "none" or amount == 0.0
     quantization = recipe.quantization or _DEFAULTS["quantization"]
     block_size = (recipe.block_size or DEFAULT_BLOCK_SIZE) if quantization == Quantization.INT4_WEIGHT_ONLY else None
+    # The objective only steers `auto`; an explicit recipe keeps the key it always had.
+    objective = (recipe.objective or Objective.SIZE) if quantization == Quantization.AUTO else None
     # model_copy keeps any recipe field this function has no default for.
     return recipe.model_copy(
         update={
             "quantization": quantization,
             "block_size": block_size,
+            "objective": objective,
             "pruning": _NO_PRUNING if no_op else Pruning(method=method, amount=amount),
             "target_format": recipe.target_format or _DEFAULTS["target_format"],
         }

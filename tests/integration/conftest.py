@@ -207,6 +207,11 @@ def publish_cached(storage: Storage, model_doc: dict[str, Any], version_doc: dic
         "source": {"uri": spec.artifact.uri, "sha256": spec.artifact.sha256},
         "recipeHash": recipe_hash(effective_recipe(spec, model)), "compressorVersion": COMPRESSOR_VERSION,
         "bytesBefore": 4 * len(artifact), "bytesAfter": len(artifact), "ratio": 4.0,
+        # The tensors the Job read from the artifact; the reuse check holds them against the signature.
+        "interface": {
+            kind: [{"name": t.name, "dataType": str(t.data_type), "dims": None} for t in tensors]
+            for kind, tensors in (("inputs", model.signature.inputs), ("outputs", model.signature.outputs))
+        },
     }
     gate = effective_evaluation(spec, model)
     if gate is not None:  # a cached gate counts only for the dataset object it was measured on

@@ -81,7 +81,11 @@ def test_success_publishes_model_then_report_and_writes_the_termination_message(
     assert len(puts) == 3 and puts[1].startswith("put out/run/evaluations/")
     assert message["artifact"]["etag"]
     full = json.loads(fake_s3.objects[("models", "out/run/report.json")][0])
-    assert {k: full[k] for k in report.COMPACT_KEYS} == message
+    assert {k: full[k] for k in report.COMPACT_KEYS if k != "latency"} == {k: v for k, v in message.items() if k != "latency"}
+    # The termination message carries where latency was measured; report.json also has how.
+    assert message["latency"] == {k: full["latency"][k] for k in message["latency"]}
+    assert message["latency"]["runtime"].startswith("onnxruntime ") and message["latency"]["device"] == "cpu"
+    assert "vnni" in message["latency"]["cpu"] and full["latency"]["rounds"] >= 5
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == message
 
 
@@ -278,3 +282,136 @@ def test_compact_report_truncates_long_messages() -> None:
     text = report.compact(report.failure_report("InternalError", "x" * 10_000))
     assert len(text) <= report.TERMINATION_LIMIT
     assert json.loads(text)["message"].endswith("...")
+
+
+DIGITS_SIGNATURE = {
+    "maxBatchSize": 64,
+    "inputs": [{"name": "input", "dataType": "FP32", "dims": [64]}],
+    "outputs": [{"name": "logits", "dataType": "FP32", "dims": [10]}],
+}
+
+
+def test_a_signature_mismatch_is_rejected_naming_the_tensor_and_caches_nothing(tmp_path, store, fake_s3, digits_model) -> None:
+    sha = _sha(digits_model.onnx.read_bytes())
+    renamed = {**DIGITS_SIGNATURE, "outputs": [{"name": "scores", "dataType": "FP32", "dims": [10]}]}
+    code, message = _main(tmp_path, _args(sha, {"quantization": "int8-weight-only"}) + ["--signature-json", json.dumps(renamed)], store)
+    assert code == exitcodes.REJECTED
+    assert (message["outcome"], message["reason"]) == ("Rejected", "SignatureMismatch")
+    assert "output 'scores'" in message["message"] and "'logits'" in message["message"]
+    assert not [key for (_, key) in fake_s3.objects if key.startswith("out/")], "a mismatch is no cache entry"
+
+
+def test_a_matching_signature_passes_and_a_cached_entry_is_checked_against_the_next_signature(
+    tmp_path, store, fake_s3, digits_model
+) -> None:
+    sha = _sha(digits_model.onnx.read_bytes())
+    argv = _args(sha, {"quantization": "int8-weight-only"})
+    code, message = _main(tmp_path, argv + ["--signature-json", json.dumps(DIGITS_SIGNATURE)], store)
+    assert code == exitcodes.SUCCESS
+    full = json.loads(fake_s3.objects[("models", "out/run/report.json")][0])
+    assert [t["name"] for t in full["interface"]["outputs"]] == ["logits"]
+    # The same artifact and recipe under a Model whose signature differs: the cached entry is not served.
+    wider = {**DIGITS_SIGNATURE, "inputs": [{"name": "input", "dataType": "FP32", "dims": [128]}]}
+    fake_s3.calls.clear()
+    code, message = _main(tmp_path, argv + ["--signature-json", json.dumps(wider)], store)
+    assert (code, message["reason"]) == (exitcodes.REJECTED, "SignatureMismatch")
+    assert "the cached compressed artifact" in message["message"] and "input 'input'" in message["message"]
+    assert not [c for c in fake_s3.calls if c.startswith("put ")]
+
+
+def test_an_invalid_signature_is_a_usage_error_naming_the_field(tmp_path, store, digits_model) -> None:
+    bad = {**DIGITS_SIGNATURE, "maxBatchSize": -1}
+    argv = _args(_sha(digits_model.onnx.read_bytes()), {}) + ["--signature-json", json.dumps(bad)]
+    code, message = _main(tmp_path, argv, store)
+    assert (code, message["reason"]) == (exitcodes.USAGE, "InvalidArguments")
+    assert "signature-json: maxBatchSize" in message["message"]
+
+
+def test_auto_tries_every_candidate_serves_the_smallest_that_passes_and_caches_it_under_its_recipe(
+    tmp_path, store, fake_s3, digits_model
+) -> None:
+    from modelops.cachekey import compressed_prefix, compression_cache_key
+    from modelops.compress.pipeline import AUTO_CANDIDATES
+
+    sha = _sha(digits_model.onnx.read_bytes())
+    argv = _args(sha, {"quantization": "auto", "objective": "size"}) + ["--signature-json", json.dumps(DIGITS_SIGNATURE)]
+    code, message = _main(tmp_path, argv, store)
+    assert code == exitcodes.SUCCESS, message
+    candidates = {c["quantization"]: c for c in message["candidates"]}
+    assert list(candidates) == list(AUTO_CANDIDATES), "every candidate is reported, none dropped"
+    for c in candidates.values():
+        assert c["verdict"] in ("Passed", "Rejected", "Unsupported", "Failed")
+        if c["verdict"] in ("Passed", "Rejected"):
+            assert c["bytes"] > 0 and c["latencyMs"] > 0 and c["metric"]["name"] == "top1-accuracy"
+        else:
+            assert c["bytes"] is None and c["message"]
+    passed = [c for c in candidates.values() if c["verdict"] == "Passed"]
+    smallest = min(passed, key=lambda c: c["bytes"])
+    assert message["chosenQuantization"] == smallest["quantization"] and message["objective"] == "size"
+    assert message["bytesAfter"] == smallest["bytes"]
+    assert message["message"].startswith(f"auto chose {smallest['quantization']}")
+    # The pick is a complete cache entry of its own recipe, where an explicit request finds it.
+    resolved = {"quantization": smallest["quantization"]}
+    prefix = compressed_prefix("models", compression_cache_key(sha, resolved))
+    assert message["artifact"]["uri"] == prefix + "model.onnx"
+    fake_s3.calls.clear()
+    code, explicit = _main(
+        tmp_path, _args(sha, resolved, prefix=prefix) + ["--signature-json", json.dumps(DIGITS_SIGNATURE)], store
+    )
+    assert code == exitcodes.SUCCESS and explicit["artifact"] == message["artifact"]
+    assert not [c for c in fake_s3.calls if c.startswith("put ")], "the explicit request hits the cache"
+
+
+def test_auto_by_latency_picks_the_fastest_passing_candidate(tmp_path, store, digits_model) -> None:
+    sha = _sha(digits_model.onnx.read_bytes())
+    code, message = _main(tmp_path, _args(sha, {"quantization": "auto", "objective": "latency"}), store)
+    assert code == exitcodes.SUCCESS
+    passed = [c for c in message["candidates"] if c["verdict"] == "Passed"]
+    assert message["chosenQuantization"] == min(passed, key=lambda c: c["latencyMs"])["quantization"]
+
+
+def test_auto_without_an_evaluation_is_refused(tmp_path, store, digits_model) -> None:
+    code, message = _main(tmp_path, _args(_sha(digits_model.onnx.read_bytes()), {"quantization": "auto"}, evaluation=None), store)
+    assert (code, message["reason"]) == (exitcodes.USAGE, "UnsupportedRecipe")
+    assert "needs an evaluation" in message["message"]
+
+
+def test_auto_rejects_when_no_candidate_passes(tmp_path, store, fake_s3, digits_model) -> None:
+    recipe = {"quantization": "auto", "pruning": {"method": "unstructured", "amount": 0.95}}
+    code, message = _main(tmp_path, _args(_sha(digits_model.onnx.read_bytes()), recipe, evaluation={**EVAL, "threshold": 0.0}), store)
+    assert code == exitcodes.REJECTED and message["outcome"] == "Rejected"
+    assert message["chosenQuantization"] is None
+    assert "no candidate passed the gate" in message["message"]
+    assert all(c["verdict"] != "Passed" for c in message["candidates"])
+
+
+def test_a_long_candidate_list_fits_the_termination_message_with_its_verdicts() -> None:
+    candidates = [
+        {"quantization": q, "verdict": "Rejected", "bytes": 123456, "ratio": 3.9, "latencyMs": 12.5,
+         "metric": {"name": "cosine-similarity", "threshold": 0.99, "compressed": 0.98, "passed": False},
+         "message": "x" * 240}
+        for q in ("int8-dynamic", "int8-weight-only", "int4-weight-only", "fp16")
+    ] * 3
+    text = report.compact({"outcome": "Rejected", "message": "m" * 3000, "candidates": candidates,
+                           "latency": {"runtime": "onnxruntime", "rounds": 7, "cpu": "c"}})
+    short = json.loads(text)
+    assert len(text.encode()) <= report.TERMINATION_LIMIT
+    assert [c["verdict"] for c in short["candidates"]] == ["Rejected"] * 12
+    assert "message" not in short["candidates"][0] and short["latency"] == {"runtime": "onnxruntime", "cpu": "c"}
+
+
+def test_an_input_with_a_default_value_matches_the_signature_and_is_evaluated(tmp_path, store, fake_s3, digits_model) -> None:
+    """ONNX calls an input with an initializer of the same name an input (with a default), so
+    the Job passes it and feeds it from the dataset; the e2e rollback story relies on this."""
+    import onnx
+
+    model = onnx.load(str(digits_model.onnx))
+    model.graph.initializer.append(onnx.numpy_helper.from_array(np.zeros((1, 64), np.float32), "input"))
+    data = model.SerializeToString()
+    fake_s3.objects[("models", "digits/defaulted.onnx")] = (data, {})
+    argv = _args(_sha(data), {"quantization": "int8-weight-only"}, source="digits/defaulted.onnx")
+    code, message = _main(tmp_path, argv + ["--signature-json", json.dumps(DIGITS_SIGNATURE)], store)
+    assert code == exitcodes.SUCCESS, message
+    assert message["metric"]["drop"] == 0.0, "the dataset, not the zero default, was fed"
+    full = json.loads(fake_s3.objects[("models", "out/run/report.json")][0])
+    assert full["interface"]["inputs"][0] == {"name": "input", "dataType": "FP32", "dims": [-1, 64], "hasDefault": True}

@@ -33,6 +33,15 @@ class Quantization(StrEnum):
     INT8_WEIGHT_ONLY = "int8-weight-only"
     INT8_DYNAMIC = "int8-dynamic"
     INT4_WEIGHT_ONLY = "int4-weight-only"
+    # Tries the candidates against the gate and keeps the best by objective (docs/compression.md).
+    AUTO = "auto"
+
+
+class Objective(StrEnum):
+    """What `quantization: auto` optimises among the candidates that pass the accuracy gate."""
+
+    SIZE = "size"
+    LATENCY = "latency"
 
 
 # Block sizes of int4-weight-only that onnxruntime's MatMulNBits kernels take.
@@ -264,12 +273,13 @@ class Pruning(ApiModel):
 class Compression(ApiModel):
     """The compression recipe. Unset fields come from the Model's versionDefaults."""
 
-    quantization: Quantization | None = Field(None, description="Quantization: fp16 and bf16 store narrow weights and compute in float32 (CPU serving); fp16-compute computes in float16 with casts only at the inputs and outputs (CUDA serving); int8-weight-only and int4-weight-only store int8 per-channel or int4 block-wise weights, embedding tables included; int8-dynamic also quantizes activations at run time.")
+    quantization: Quantization | None = Field(None, description="Quantization: fp16 and bf16 store narrow weights and compute in float32 (CPU serving); fp16-compute computes in float16 with casts only at the inputs and outputs (CUDA serving); int8-weight-only and int4-weight-only store int8 per-channel or int4 block-wise weights, embedding tables included; int8-dynamic also quantizes activations at run time; auto tries int8-dynamic, int8-weight-only, int4-weight-only and fp16 against the accuracy gate and keeps the best by objective.")
     block_size: BlockSize | None = Field(
         None, description="Weights per scale for int4-weight-only (16 to 256, a power of two); default 128. Ignored by the other quantizations."
     )
     pruning: Pruning | None = Field(None, description="Weight pruning.")
     target_format: TargetFormat | None = Field(None, description="Format of the compressed artifact; ONNX serves on every Triton backend we support.")
+    objective: Objective | None = Field(None, description="For quantization auto: size keeps the smallest candidate that passes the gate, latency the fastest (measured in onnxruntime on the Job's device). Default size.")
 
 
 class Evaluation(ApiModel):
@@ -277,7 +287,7 @@ class Evaluation(ApiModel):
 
     model_config = ApiModel.model_config | {"json_schema_extra": validations(*_threshold_rules())}
 
-    dataset_uri: S3Uri = Field(description="S3 URI of an .npz file with the array `inputs` and, for top1-accuracy, `labels`.")
+    dataset_uri: S3Uri = Field(description="S3 URI of an .npz file with one array per model input, named as the input (a single-input model may use the name `inputs`), and, for top1-accuracy, `labels`.")
     metric: Metric = Field(
         description="top1-accuracy (threshold: largest allowed drop in percentage points), top1-agreement and "
         "cosine-similarity (threshold: minimum), max-abs-error (threshold: maximum)."

@@ -146,6 +146,28 @@ class MetricReport(ApiModel):
     dataset: DatasetReport | None = Field(None, description="The dataset object the values were measured on.")
 
 
+class LatencyReport(ApiModel):
+    """Where and how the latencies were measured."""
+
+    runtime: str | None = Field(None, description="Runtime and execution provider, for example onnxruntime 1.20 (CPUExecutionProvider).")
+    device: str | None = Field(None, description="cpu or cuda.")
+    cpu: str | None = Field(None, description="The CPU model and the features that change int8 kernels (avx2, avx512, vnni).")
+    batch: int | None = Field(None, description="Samples per timed call.")
+    spread: float | None = Field(None, description="Largest (max - min) / median over the timed rounds of any measured model.")
+
+
+class CandidateReport(ApiModel):
+    """One recipe tried by quantization auto."""
+
+    quantization: str = Field(description="The candidate's quantization.")
+    verdict: str = Field(description="Passed, Rejected (by the gate), Unsupported (by this compressor or source) or Failed.")
+    bytes: int | None = Field(None, description="Size of the candidate's artifact in bytes.")
+    ratio: float | None = Field(None, description="Source bytes / candidate bytes.")
+    latency_ms: float | None = Field(None, description="Median latency of the candidate in milliseconds.")
+    metric: MetricReport | None = Field(None, description="The gate's measurement of the candidate.")
+    message: str | None = Field(None, description="Why the candidate got its verdict.")
+
+
 class CompressionReport(ApiModel):
     """What compression did, as reported by the compression Job."""
 
@@ -159,6 +181,10 @@ class CompressionReport(ApiModel):
     recipe_hash: str | None = Field(None, description="Hash of the normalised recipe.")
     compressor_version: str | None = Field(None, description="Version of the compressor that produced the artifact.")
     from_cache: bool = Field(False, description="True when an earlier identical compression was reused.")
+    latency: LatencyReport | None = Field(None, description="The runtime, device and CPU of the latency figures.")
+    objective: str | None = Field(None, description="For quantization auto: size or latency.")
+    chosen_quantization: str | None = Field(None, description="For quantization auto: the candidate that is served.")
+    candidates: list[CandidateReport] | None = Field(None, description="For quantization auto: every candidate tried, with its verdict.")
 
 
 class ModelVersionStatus(ApiModel):

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ValidationError
 
-from modelops.api.model import Compression, Evaluation
+from modelops.api.model import Compression, Evaluation, Signature
 from modelops.cachekey import InvalidRecipe, field_error
 from modelops.compress import exitcodes, report
 from modelops.compress.job import JobResult, JobSpec, run
@@ -70,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--recipe-json", required=True, help="the compression recipe (the API's compression, as JSON)")
     parser.add_argument("--output-prefix", required=True, help="s3://bucket/prefix/ for model.* and report.json")
     parser.add_argument("--eval-json", help="the evaluation (the API's accuracy gate, as JSON)")
+    parser.add_argument("--signature-json", help="the Model's signature (the API's, as JSON), checked against the artifact")
     parser.add_argument("--input-names", type=_names, help="ONNX input names for torch sources (comma-separated)")
     parser.add_argument("--output-names", type=_names, help="ONNX output names for torch sources (comma-separated)")
     parser.add_argument("--input-shape", type=_shape, help="example input shape for TorchScript sources, e.g. 1,64")
@@ -100,11 +101,17 @@ def main(
         evaluation = None
         if args.eval_json is not None:
             evaluation = parse_json_argument(args.eval_json, Evaluation, "--eval-json", "evaluation")
+        signature = None
+        if args.signature_json is not None:
+            try:
+                signature = parse_json_argument(args.signature_json, Signature, "--signature-json")
+            except InvalidRecipe as exc:  # the operator renders it from the Model: a usage error, not a recipe's
+                raise UsageError(f"signature-json: {exc}") from None
         store = store or ObjectStore(StorageConfig.from_env(environ))
     except InvalidRecipe as exc:
         result = JobResult(exitcodes.USAGE, report.failure_report("InvalidRecipe", str(exc)))
     except (UsageError, ValueError) as exc:
-        result = JobResult(exitcodes.USAGE, report.failure_report("InvalidArguments", str(exc)))
+        result = JobResult(exitcodes.USAGE, report.failure_report(report.Reason.INVALID_ARGUMENTS, str(exc)))
     else:
         spec = JobSpec(
             source_uri=args.source_uri,
@@ -117,6 +124,7 @@ def main(
             output_names=args.output_names,
             input_shape=args.input_shape,
             threads=args.threads,
+            signature=signature,
         )
         if args.workdir is not None:
             result = run(spec, store, args.workdir)

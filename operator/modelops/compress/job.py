@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from modelops import cachestore, reuse
+from modelops.api.model import Signature
 from modelops.api.version import DatasetReport, MetricReport
-from modelops.cachekey import InvalidRecipe, compression_cache_key
+from modelops.cachekey import InvalidRecipe, compressed_prefix, compression_cache_key
 from modelops.compress import exitcodes, report
 from modelops.compress.recipe import Evaluation, Recipe, UnsupportedRecipe, parse_evaluation
+from modelops.compress.report import Reason
 from modelops.storage import (
     AccessDenied,
     ChecksumMismatch,
@@ -43,6 +47,7 @@ class JobSpec:
     output_names: list[str] | None = None
     input_shape: tuple[int, ...] | None = None
     threads: int | None = None
+    signature: dict[str, Any] | None = None  # the Model's signature, checked against the artifact
 
 
 @dataclass(frozen=True)
@@ -59,9 +64,14 @@ class Failure(Exception):
         self.exit_code = exit_code
         self.reason = reason
 
+    @property
+    def outcome(self) -> str:
+        return "Rejected" if self.exit_code == exitcodes.REJECTED else "Failed"
+
 
 def _classify(exc: BaseException) -> Failure:
     """Map an exception to (exit code, reason). Only storage outages and the unexpected are retried."""
+    from modelops.compress.interface import SignatureMismatch
     from modelops.compress.metrics import DatasetError
     from modelops.compress.onnx_compress import UnsupportedModel
     from modelops.compress.onnx_stream import OnnxFormatError, OutputTooLarge
@@ -69,31 +79,33 @@ def _classify(exc: BaseException) -> Failure:
     if isinstance(exc, Failure):
         return exc
     message = str(exc)
+    if isinstance(exc, SignatureMismatch):
+        return Failure(exitcodes.REJECTED, Reason.SIGNATURE_MISMATCH, message)
     if isinstance(exc, UnsupportedRecipe):
-        return Failure(exitcodes.USAGE, "UnsupportedRecipe", message)
+        return Failure(exitcodes.USAGE, Reason.UNSUPPORTED_RECIPE, message)
     if isinstance(exc, InvalidRecipe):
-        return Failure(exitcodes.USAGE, "InvalidRecipe", message)
+        return Failure(exitcodes.USAGE, Reason.INVALID_RECIPE, message)
     if isinstance(exc, ChecksumMismatch):
-        return Failure(exitcodes.BAD_ARTIFACT, "ChecksumMismatch", message)
+        return Failure(exitcodes.BAD_ARTIFACT, Reason.CHECKSUM_MISMATCH, message)
     if isinstance(exc, ObjectNotFound):
-        return Failure(exitcodes.BAD_ARTIFACT, "ArtifactNotFound", message)
+        return Failure(exitcodes.BAD_ARTIFACT, Reason.ARTIFACT_NOT_FOUND, message)
     if isinstance(exc, AccessDenied):
-        return Failure(exitcodes.BAD_ARTIFACT, "AccessDenied", message)
+        return Failure(exitcodes.BAD_ARTIFACT, Reason.ACCESS_DENIED, message)
     if isinstance(exc, StorageError):
         if exc.transient:
-            return Failure(exitcodes.TRANSIENT, "StorageUnreachable", message)
-        return Failure(exitcodes.BAD_ARTIFACT, "StorageError", message)
+            return Failure(exitcodes.TRANSIENT, Reason.STORAGE_UNREACHABLE, message)
+        return Failure(exitcodes.BAD_ARTIFACT, Reason.STORAGE_ERROR, message)
     if isinstance(exc, DatasetError):
-        return Failure(exitcodes.BAD_ARTIFACT, "BadDataset", message)
+        return Failure(exitcodes.BAD_ARTIFACT, Reason.BAD_DATASET, message)
     if isinstance(exc, OnnxFormatError):
-        return Failure(exitcodes.BAD_ARTIFACT, "UnreadableArtifact", message)
+        return Failure(exitcodes.BAD_ARTIFACT, Reason.UNREADABLE_ARTIFACT, message)
     if isinstance(exc, (UnsupportedModel, OutputTooLarge)):
-        return Failure(exitcodes.BAD_ARTIFACT, "UnsupportedModel", message)
+        return Failure(exitcodes.BAD_ARTIFACT, Reason.UNSUPPORTED_MODEL, message)
     if type(exc).__name__ == "TorchLoadError":
-        return Failure(exitcodes.BAD_ARTIFACT, "UnreadableArtifact", message)
+        return Failure(exitcodes.BAD_ARTIFACT, Reason.UNREADABLE_ARTIFACT, message)
     if isinstance(exc, MemoryError):
-        return Failure(exitcodes.TRANSIENT, "OutOfMemory", "the compressor ran out of memory")
-    return Failure(exitcodes.TRANSIENT, "InternalError", f"{type(exc).__name__}: {message}")
+        return Failure(exitcodes.TRANSIENT, Reason.OUT_OF_MEMORY, "the compressor ran out of memory")
+    return Failure(exitcodes.TRANSIENT, Reason.INTERNAL_ERROR, f"{type(exc).__name__}: {message}")
 
 
 def run(spec: JobSpec, store: ObjectStore, workdir: Path) -> JobResult:
@@ -104,15 +116,40 @@ def run(spec: JobSpec, store: ObjectStore, workdir: Path) -> JobResult:
         if isinstance(exc, KeyboardInterrupt):
             raise
         failure = _classify(exc)
-        if failure.reason in ("InternalError", "OutOfMemory"):
+        if failure.reason in (Reason.INTERNAL_ERROR, Reason.OUT_OF_MEMORY):
             log.exception("compression failed")
         try:
             recipe_hash = Recipe.of(spec.recipe).hash
         except InvalidRecipe:
             recipe_hash = None
         return JobResult(
-            failure.exit_code, report.failure_report(failure.reason, str(failure), recipe_hash=recipe_hash)
+            failure.exit_code,
+            report.failure_report(failure.reason, str(failure), recipe_hash=recipe_hash, outcome=failure.outcome),
         )
+
+
+def _signature(spec: JobSpec) -> Signature | None:
+    if spec.signature is None:
+        return None
+    try:
+        return Signature.model_validate(spec.signature)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise Failure(exitcodes.USAGE, Reason.INVALID_ARGUMENTS, f"signature-json: {where}: {first['msg']}") from None
+
+
+def _check_cached_interface(existing: dict[str, Any], signature: Signature | None) -> bool:
+    """A cached result is served only when its recorded interface matches this Model's signature."""
+    from modelops.compress.interface import Interface, check_signature
+
+    if signature is None:
+        return True
+    recorded = existing.get("interface")
+    if not recorded:
+        return False  # an older entry that recorded no interface: compress again and record it
+    check_signature(Interface.from_dict(recorded), signature, "the cached compressed artifact")
+    return True
 
 
 def _run(spec: JobSpec, store: ObjectStore, workdir: Path) -> JobResult:
@@ -120,11 +157,12 @@ def _run(spec: JobSpec, store: ObjectStore, workdir: Path) -> JobResult:
 
     recipe = Recipe.of(spec.recipe)
     evaluation = parse_evaluation(spec.evaluation) if spec.evaluation is not None else None
+    signature = _signature(spec)
     source_sha256 = _field(lambda: validate_sha256(spec.source_sha256, "source-sha256"))
     _field(lambda: parse_s3_uri(spec.source_uri), "source-uri")
     prefix = spec.output_prefix if spec.output_prefix.endswith("/") else spec.output_prefix + "/"
     report_uri = prefix + REPORT_FILE
-    _field(lambda: parse_s3_uri(report_uri), "output-prefix")
+    bucket = _field(lambda: parse_s3_uri(report_uri), "output-prefix").bucket
     spec = JobSpec(**{**spec.__dict__, "source_sha256": source_sha256})
 
     # The same decision the operator took before creating this Job; it may differ now (a
@@ -136,7 +174,10 @@ def _run(spec: JobSpec, store: ObjectStore, workdir: Path) -> JobResult:
         raise Failure(exitcodes.BAD_ARTIFACT, str(decision.reason), decision.message)
     if decision.action in (reuse.Action.READY, reuse.Action.REJECT):
         existing = cachestore.reused_report(lookup, evaluation)
-        return JobResult(_exit_code(existing["outcome"]), existing)
+        # A cached result is served only when its recorded interface matches this Model's signature.
+        if _check_cached_interface(existing, signature):
+            return JobResult(_exit_code(existing["outcome"]), existing)
+        log.info("the cached entry recorded no interface to check against the signature; compressing again")
 
     source_path = workdir / "source" / f"artifact{SOURCE_SUFFIXES.get(spec.source_format, '')}"
     source = store.download(spec.source_uri, source_path, expected_sha256=source_sha256)
@@ -154,7 +195,7 @@ def _run(spec: JobSpec, store: ObjectStore, workdir: Path) -> JobResult:
             ) from None
         dataset = Dataset.from_npz(dataset_path)
 
-    options = Options(spec.input_names, spec.output_names, spec.input_shape, spec.threads)
+    options = Options(spec.input_names, spec.output_names, spec.input_shape, spec.threads, signature)
     if decision.action == reuse.Action.EVALUATE:
         assert evaluation is not None and dataset is not None and lookup.report is not None
         evaluated = _evaluate_cached(store, lookup.report, source_path, spec, recipe, evaluation, dataset, options, workdir)
@@ -167,48 +208,75 @@ def _run(spec: JobSpec, store: ObjectStore, workdir: Path) -> JobResult:
                 "latencyMsBefore": evaluated.latency_ms_before,
                 "latencyMsAfter": evaluated.latency_ms_after,
                 "metric": _record_measurement(
-                    store, prefix, evaluation, evaluated, dataset_read, len(dataset.inputs), lookup.report["artifact"]["sha256"]
+                    store, prefix, evaluation, evaluated, dataset_read, dataset.samples, lookup.report["artifact"]["sha256"]
                 ),
-                "evaluation": {**evaluation.wire(), "samples": len(dataset.inputs)},
+                "evaluation": {**evaluation.wire(), "samples": dataset.samples},
                 "fromCache": True,
                 "notes": evaluated.notes,
             }
             return JobResult(_exit_code(full["outcome"]), full)
 
-    result = compress_artifact(
-        source_path,
-        spec.source_format,
-        recipe,
-        workdir / "output",
-        evaluation,
-        dataset,
-        options,
-    )
-    artifact_uri = prefix + result.output_path.name
+    result = compress_artifact(source_path, spec.source_format, recipe, workdir / "output", evaluation, dataset, options)
+    source_info = {"uri": spec.source_uri, "sha256": source.sha256, "bytes": source.size, "format": spec.source_format}
+    samples = None if dataset is None else dataset.samples
+    artifact_prefix = prefix
+    if result.candidates is not None and result.outcome == "Passed":
+        # auto's pick is also a complete entry under its own recipe's key, so an explicit request
+        # for that recipe reuses it. An entry that is already complete there is left as it is.
+        resolved_prefix = compressed_prefix(bucket, compression_cache_key(source.sha256, result.recipe.compression))
+        if not store.exists(resolved_prefix + REPORT_FILE):
+            artifact_prefix = resolved_prefix
+    artifact_uri = artifact_prefix + result.output_path.name
     uploaded = store.upload_file(result.output_path, artifact_uri)
+    artifact = {
+        "uri": artifact_uri,
+        "sha256": uploaded.sha256,
+        "bytes": uploaded.size,
+        "format": ARTIFACT_FORMATS[result.output_format],
+        "etag": uploaded.etag,
+    }
+    evaluation_wire = None if evaluation is None else evaluation.wire()
+    metric = None
+    if evaluation is not None and dataset is not None:
+        for entry_prefix in dict.fromkeys((artifact_prefix, prefix)):  # both entries know the measurement
+            metric = _record_measurement(store, entry_prefix, evaluation, result, dataset_read, dataset.samples, uploaded.sha256)
+    if artifact_prefix != prefix:
+        resolved = replace(result, candidates=None, objective=None)
+        entry = _success(resolved, source_info, artifact, result.recipe, evaluation_wire, samples, metric)
+        entry["notes"] = [*entry["notes"], f"chosen by quantization auto (objective {result.objective})"]
+        _publish(store, artifact_prefix + REPORT_FILE, entry)
+    full = _success(result, source_info, artifact, recipe, evaluation_wire, samples, metric)
+    _publish(store, report_uri, full)
+    return JobResult(_exit_code(full["outcome"]), full)
+
+
+def _success(
+    result: Any,
+    source: dict[str, Any],
+    artifact: dict[str, Any],
+    recipe: Recipe,
+    evaluation: dict[str, Any] | None,
+    samples: int | None,
+    metric: dict[str, Any] | None,
+) -> dict[str, Any]:
     full = report.success_report(
         result,
-        source={"uri": spec.source_uri, "sha256": source.sha256, "bytes": source.size, "format": spec.source_format},
-        artifact={
-            "uri": artifact_uri,
-            "sha256": uploaded.sha256,
-            "bytes": uploaded.size,
-            "format": ARTIFACT_FORMATS[result.output_format],
-            "etag": uploaded.etag,
-        },
+        source=source,
+        artifact=artifact,
         recipe=recipe.to_dict(),
         recipe_hash=recipe.hash,
-        cache_key=compression_cache_key(source.sha256, recipe.compression),
-        evaluation=None if evaluation is None else evaluation.wire(),
-        samples=None if dataset is None else len(dataset.inputs),
+        cache_key=compression_cache_key(source["sha256"], recipe.compression),
+        evaluation=evaluation,
+        samples=samples,
     )
-    if evaluation is not None and dataset is not None:
-        full["metric"] = _record_measurement(
-            store, prefix, evaluation, result, dataset_read, len(dataset.inputs), uploaded.sha256
-        )
+    if metric is not None:
+        full["metric"] = metric  # with the dataset object it was measured on
+    return full
+
+
+def _publish(store: ObjectStore, uri: str, full: dict[str, Any]) -> None:
     # report.json goes last: its presence marks the prefix as a complete cache entry.
-    store.upload_bytes(json.dumps(full, indent=2, sort_keys=True).encode(), report_uri, "application/json")
-    return JobResult(_exit_code(full["outcome"]), full)
+    store.upload_bytes(json.dumps(full, indent=2, sort_keys=True).encode(), uri, "application/json")
 
 
 def _evaluate_cached(

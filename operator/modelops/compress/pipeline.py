@@ -1,56 +1,85 @@
-"""Compress one local artifact and evaluate it against its parent (no object storage here)."""
+"""Compress one local artifact and evaluate it against its parent (no object storage here).
+
+With `quantization: auto` every candidate recipe is compressed and gated in turn, their
+latencies are measured together with the parent's, and the best that passed is kept.
+"""
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
+from typing import Any
+
 import numpy as np
 
+from modelops.api.model import Signature
 from modelops.compress import runtime
-from modelops.compress.metrics import DatasetError, MetricResult, evaluate_gate
+from modelops.compress.dataset import Dataset
+from modelops.compress.interface import check_signature
+from modelops.compress.runtime import read_interface
+from modelops.compress.metrics import MetricResult, evaluate_gate
 from modelops.compress.onnx_compress import compress_onnx
-from modelops.compress.recipe import Evaluation, Recipe, UnsupportedRecipe, check_supported
+from modelops.compress.recipe import Evaluation, InvalidRecipe, Recipe, UnsupportedRecipe, check_supported
 from modelops.compress.weights import default_threads
 
 OUTPUT_FILES = {"onnx": "model.onnx", "torchscript": "model.pt"}
+AUTO = "auto"
+# The documented candidate list of `quantization: auto`, in the order ties are broken.
+AUTO_CANDIDATES = ("int8-dynamic", "int8-weight-only", "int4-weight-only", "fp16")
+OBJECTIVES = ("size", "latency")
+_MESSAGE_LIMIT = 240
 
 
-@dataclass(frozen=True)
-class Dataset:
-    inputs: np.ndarray
-    labels: np.ndarray | None
+class Verdict(StrEnum):
+    PASSED = "Passed"
+    REJECTED = "Rejected"
+    UNSUPPORTED = "Unsupported"
+    FAILED = "Failed"
 
-    @classmethod
-    def from_npz(cls, path: Path) -> Dataset:
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                arrays = {name: data[name] for name in data.files}
-        except Exception as exc:  # noqa: BLE001 - numpy raises several types for a bad archive
-            raise DatasetError(f"the evaluation dataset is not a readable .npz file: {exc}") from exc
-        inputs = arrays.get("inputs")
-        if inputs is None:
-            raise DatasetError(
-                f"the evaluation dataset has no array 'inputs' (it has: {', '.join(sorted(arrays)) or 'none'})"
-            )
-        if inputs.ndim < 1 or len(inputs) == 0 or inputs.dtype.kind not in "fiub":
-            raise DatasetError(f"'inputs' must be a non-empty numeric array; got {inputs.dtype} {inputs.shape}")
-        labels = arrays.get("labels")
-        if labels is not None and (labels.dtype.kind not in "iu" or labels.shape != (len(inputs),)):
-            raise DatasetError(
-                f"'labels' must be integers of shape ({len(inputs)},); got {labels.dtype} {labels.shape}"
-            )
-        return cls(inputs=inputs, labels=labels)
+
+__all__ = ["AUTO_CANDIDATES", "Candidate", "CompressionResult", "Dataset", "Options", "Verdict", "compress_artifact"]
 
 
 @dataclass(frozen=True)
 class Options:
-    """Settings the recipe does not carry: tensor names and an input shape for torch sources."""
+    """Settings the recipe does not carry: the Model's signature, tensor names and an input
+    shape for torch sources, and the thread count."""
 
     input_names: list[str] | None = None
     output_names: list[str] | None = None
     input_shape: tuple[int, ...] | None = None
     threads: int | None = None
+    signature: Signature | None = None
+
+
+@dataclass
+class Candidate:
+    """One recipe's result: its artifact, the gate's verdict, and its latency."""
+
+    quantization: str
+    verdict: Verdict
+    message: str
+    recipe: Recipe | None = None
+    output_path: Path | None = None
+    bytes: int | None = None
+    metric: MetricResult | None = None
+    latency: runtime.Latency | None = None
+    weights: dict[str, int] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    runner: runtime.Runner | None = field(default=None, repr=False)
+
+    def to_dict(self, source_bytes: int) -> dict[str, object]:
+        return {
+            "quantization": self.quantization,
+            "verdict": str(self.verdict),
+            "bytes": self.bytes,
+            "ratio": round(source_bytes / self.bytes, 4) if self.bytes else None,
+            "latencyMs": None if self.latency is None else round(self.latency.median_ms, 4),
+            "metric": None if self.metric is None else self.metric.to_dict(),
+            "message": self.message[:_MESSAGE_LIMIT],
+        }
 
 
 @dataclass
@@ -65,16 +94,42 @@ class CompressionResult:
     latency_ms_after: float | None
     runtimes: dict[str, str]
     weights: dict[str, int]
+    recipe: Recipe  # the recipe that produced the artifact (auto's pick, or the one asked for)
     notes: list[str] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
+    latency: dict[str, object] = field(default_factory=dict)
+    interface: dict[str, object] | None = None
+    objective: str | None = None
+    candidates: list[Candidate] | None = None
 
 
-def _example_batch(dataset: Dataset | None, options: Options, fallback: np.ndarray | None) -> np.ndarray | None:
-    if dataset is not None:
-        return np.ascontiguousarray(dataset.inputs[: runtime.LATENCY_BATCH]).astype(np.float32, copy=False)
-    if options.input_shape is not None:
-        return np.zeros(options.input_shape, dtype=np.float32)
-    return fallback
+def _recipes(recipe: Recipe, source_format: str) -> list[tuple[str, Recipe | InvalidRecipe]]:
+    """(quantization, recipe) to compress; for auto, a candidate this compressor cannot
+    build keeps its error, so that the report says so instead of dropping it."""
+    if recipe.quantization != AUTO:
+        check_supported(recipe, source_format)
+        return [(recipe.quantization, recipe)]
+    if recipe.target_format != "onnx":
+        raise UnsupportedRecipe("quantization: auto compares ONNX candidates; use targetFormat onnx")
+    base = {k: v for k, v in recipe.to_dict().items() if k != "objective"}
+    candidates: list[tuple[str, Recipe | InvalidRecipe]] = []
+    for quantization in AUTO_CANDIDATES:
+        try:
+            candidate = Recipe.from_dict({**base, "quantization": quantization})
+            check_supported(candidate, source_format)
+        except InvalidRecipe as exc:
+            candidates.append((quantization, exc))
+        else:
+            candidates.append((quantization, candidate))
+    return candidates
+
+
+def _example(feeds: runtime.Feeds | None, batch: int, parent: runtime.Runner, options: Options) -> runtime.Feeds | None:
+    if feeds is not None:
+        return runtime.slice_feeds(feeds, 0, batch if batch != runtime.EVAL_BATCH else runtime.LATENCY_BATCH)
+    if options.input_shape is not None and len(parent.inputs) == 1:
+        return {parent.inputs[0].name: np.zeros(options.input_shape, dtype=np.float32)}
+    return runtime.zero_feeds(parent.inputs)
 
 
 def compress_artifact(
@@ -87,54 +142,167 @@ def compress_artifact(
     options: Options | None = None,
 ) -> CompressionResult:
     options = options or Options()
-    check_supported(recipe, source_format)
+    recipes = _recipes(recipe, source_format)
+    searching = recipe.quantization == AUTO
     if evaluation is not None and dataset is None:
         raise ValueError("an evaluation needs its dataset")
+    if searching and evaluation is None:
+        raise UnsupportedRecipe("quantization: auto gates every candidate, so it needs an evaluation")
     threads = options.threads or default_threads()
     workdir.mkdir(parents=True, exist_ok=True)
-    output = workdir / OUTPUT_FILES[recipe.target_format]
     device = runtime.select_device(onnx_runtime_needed=recipe.target_format == "onnx")
     seconds: dict[str, float] = {}
     notes: list[str] = []
-    parent_outputs: np.ndarray | None = None
-    latency_before: float | None = None
+    latency_before: runtime.Latency | None = None
 
     started = time.perf_counter()
+    module = recorded_example = None
+    onnx_source = source_path
     if source_format == "onnx":
         from modelops.compress.onnx_stream import OnnxFile
 
         with OnnxFile(source_path):  # a cheap, early format check with a clear error
             pass
+        if options.signature is not None:
+            check_signature(read_interface(source_path), options.signature)
         parent = runtime.onnx_runner(source_path, device, threads)
-        example = _example_batch(dataset, options, runtime.onnx_example_batch(source_path))
-        module = None
     else:
         from modelops.compress import torch_models
 
         module, input_names, recorded_example = torch_models.load(source_path, source_format, device)
-        parent = runtime.torch_runner(module, device)
-        example = _example_batch(dataset, options, recorded_example)
-        if example is None:
-            raise UnsupportedRecipe(
-                "input-shape: a TorchScript source needs an example input; pass --input-shape or an evaluation dataset"
-            )
         input_names = options.input_names or input_names or ["input"]
+        parent = runtime.torch_runner(module, device, input_names)
     seconds["load"] = time.perf_counter() - started
 
+    feeds, batch = dataset.feeds(parent.inputs) if dataset is not None else (None, runtime.EVAL_BATCH)
+    samples = 0 if feeds is None else len(next(iter(feeds.values())))
+    example = _example(feeds, batch, parent, options)
+    if example is None and module is not None and recorded_example is not None:
+        example = {parent.inputs[0].name: np.asarray(recorded_example, dtype=np.float32)}
+    if example is None and module is not None:
+        raise UnsupportedRecipe(
+            "input-shape: a TorchScript source needs an example input; pass --input-shape or an evaluation dataset"
+        )
     # The parent is measured before compression, which may change a torch module in place.
-    if dataset is not None:
-        parent_outputs = runtime.run_all(parent, dataset.inputs)
-    if example is not None:
-        latency_before = runtime.median_latency_ms(parent, example)
+    parent_outputs = runtime.run_all(parent, feeds, samples, batch) if feeds is not None else None
+    if module is not None and example is not None:
+        latency_before = runtime.measure_latency({"parent": parent}, example)["parent"]
+        if recipe.target_format == "onnx":
+            onnx_source = workdir / "parent.onnx"
+            torch_models.export_onnx(
+                module, example[parent.inputs[0].name], onnx_source, input_names, options.output_names or ["output"]
+            )
+            notes.append(f"{source_format} exported to ONNX opset {torch_models.ONNX_OPSET} before compression")
 
     started = time.perf_counter()
-    weights: dict[str, int] = {}
-    if recipe.target_format == "onnx":
-        onnx_source = source_path
-        if module is not None:
-            onnx_source = workdir / "parent.onnx"
-            torch_models.export_onnx(module, example, onnx_source, input_names, options.output_names or ["output"])
-            notes.append(f"{source_format} exported to ONNX opset {torch_models.ONNX_OPSET} before compression")
+    candidates: list[Candidate] = []
+    for quantization, candidate_recipe in recipes:
+        if isinstance(candidate_recipe, InvalidRecipe):
+            message = f"not supported by this compressor: {candidate_recipe}"
+            candidates.append(Candidate(quantization, Verdict.UNSUPPORTED, message))
+            continue
+        outdir = workdir / "candidates" / quantization if searching else workdir
+        try:
+            candidate = _compress_one(
+                onnx_source if candidate_recipe.target_format == "onnx" else None,
+                module,
+                candidate_recipe,
+                outdir,
+                device,
+                threads,
+                options.signature,
+                example,
+            )
+        except (InvalidRecipe, UnsupportedRecipe) as exc:
+            if not searching:
+                raise
+            candidate = Candidate(candidate_recipe.quantization, Verdict.UNSUPPORTED, str(exc), candidate_recipe)
+        except Exception as exc:  # noqa: BLE001 - a candidate that cannot be built or run is reported, not fatal
+            if not searching:
+                raise
+            candidate = Candidate(candidate_recipe.quantization, Verdict.FAILED, f"{type(exc).__name__}: {exc}", candidate_recipe)
+        if candidate.runner is not None and evaluation is not None:
+            assert dataset is not None and feeds is not None and parent_outputs is not None
+            candidate.metric = evaluate_gate(
+                evaluation.metric,
+                evaluation.threshold,
+                parent_outputs,
+                runtime.run_all(candidate.runner, feeds, samples, batch),
+                dataset.labels,
+            )
+            passed = candidate.metric.passed
+            candidate.verdict = Verdict.PASSED if passed else Verdict.REJECTED
+            candidate.message = candidate.metric.explain()
+        candidates.append(candidate)
+    seconds["compress"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    latency_info: dict[str, object] = {"device": device, "cpu": runtime.cpu_description(), "threads": threads}
+    if example is not None:
+        runners = {} if module is not None else {"parent": parent}
+        runners |= {c.quantization: c.runner for c in candidates if c.runner is not None}
+        measured = runtime.measure_latency(runners, example)
+        latency_before = measured.pop("parent", latency_before)
+        for c in candidates:
+            c.latency = measured.get(c.quantization)
+        spreads = [m.spread for m in measured.values()] + ([latency_before.spread] if latency_before else [])
+        latency_info |= {
+            "batch": len(next(iter(example.values()))),
+            "rounds": runtime.LATENCY_ROUNDS,
+            "spread": round(max(spreads), 4) if spreads else None,
+            "spreadBefore": None if latency_before is None else round(latency_before.spread, 4),
+        }
+    else:
+        notes.append("latency not measured: no example input (give an evaluation dataset)")
+    seconds["latency"] = time.perf_counter() - started
+
+    chosen = _choose(candidates, recipe.objective) if searching else candidates[0]
+    if searching and chosen is None:
+        return _all_rejected(candidates, recipe, workdir, device, parent, latency_before, latency_info, notes, seconds)
+    assert chosen is not None and chosen.output_path is not None and chosen.runner is not None
+    if chosen.latency is not None:
+        latency_info["spreadAfter"] = round(chosen.latency.spread, 4)
+    latency_info["runtime"] = chosen.runner.runtime
+    outcome = "Passed" if chosen.metric is None or chosen.metric.passed else "Rejected"
+    message = chosen.metric.explain() if chosen.metric is not None else "compressed; no evaluation requested"
+    if searching:
+        message = f"auto chose {chosen.quantization} (objective {recipe.objective}): {message}"
+    interface = read_interface(chosen.output_path).to_dict() if chosen.output_path.suffix == ".onnx" else None
+    return CompressionResult(
+        output_path=chosen.output_path,
+        output_format=chosen.recipe.target_format if chosen.recipe else recipe.target_format,
+        outcome=outcome,
+        message=message,
+        device=device,
+        metric=chosen.metric,
+        latency_ms_before=None if latency_before is None else latency_before.median_ms,
+        latency_ms_after=None if chosen.latency is None else chosen.latency.median_ms,
+        runtimes={"before": parent.runtime, "after": chosen.runner.runtime},
+        weights=chosen.weights,
+        recipe=chosen.recipe or recipe,
+        notes=notes + chosen.notes,
+        seconds={k: round(v, 3) for k, v in seconds.items()},
+        latency=latency_info,
+        interface=interface,
+        objective=recipe.objective if searching else None,
+        candidates=candidates if searching else None,
+    )
+
+
+def _compress_one(
+    onnx_source: Path | None,
+    module: Any,
+    recipe: Recipe,
+    outdir: Path,
+    device: str,
+    threads: int,
+    signature: Signature | None,
+    example: runtime.Feeds | None,
+) -> Candidate:
+    outdir.mkdir(parents=True, exist_ok=True)
+    output = outdir / OUTPUT_FILES[recipe.target_format]
+    notes: list[str] = []
+    if onnx_source is not None:
         stats = compress_onnx(onnx_source, output, recipe, threads)
         weights = {
             "tensors": stats.tensors_total,
@@ -147,45 +315,75 @@ def compress_artifact(
             notes.append(
                 f"weights stored as {recipe.quantization} and cast to float32 in the graph; the model computes in float32"
             )
-        compressed = runtime.onnx_runner(output, device, threads)
+        if signature is not None:
+            check_signature(read_interface(output), signature, "the compressed artifact")
+        runner = runtime.onnx_runner(output, device, threads)
     else:
+        from modelops.compress import torch_models
+
         weights = {"pruned": torch_models.prune(module, recipe)}
-        torch_models.save_torchscript(module, recipe, example, output)
+        if example is None:
+            raise UnsupportedRecipe("input-shape: tracing a TorchScript output needs an example input")
+        torch_models.save_torchscript(module, recipe, next(iter(example.values())), output)
         if recipe.quantization in ("fp16", "bf16"):
             notes.append(f"the TorchScript module computes in {recipe.quantization} with float32 inputs and outputs")
-        compressed = runtime.torch_runner(torch_models.load_saved_torchscript(output, device), device)
-    seconds["compress"] = time.perf_counter() - started
-
-    metric: MetricResult | None = None
-    started = time.perf_counter()
-    if evaluation is not None:
-        metric = evaluate_gate(
-            evaluation.metric,
-            evaluation.threshold,
-            parent_outputs,
-            runtime.run_all(compressed, dataset.inputs),
-            dataset.labels,
-        )
-    latency_after = runtime.median_latency_ms(compressed, example) if example is not None else None
-    seconds["evaluate"] = time.perf_counter() - started
-    if example is None:
-        notes.append("latency not measured: no example input (give an evaluation dataset)")
-
-    outcome = "Passed" if metric is None or metric.passed else "Rejected"
-    message = metric.explain() if metric is not None else "compressed; no evaluation requested"
-    return CompressionResult(
-        output_path=output,
-        output_format=recipe.target_format,
-        outcome=outcome,
-        message=message,
-        device=device,
-        metric=metric,
-        latency_ms_before=latency_before,
-        latency_ms_after=latency_after,
-        runtimes={"before": parent.runtime, "after": compressed.runtime},
+        names = list(example) if example is not None else ["input"]
+        runner = runtime.torch_runner(torch_models.load_saved_torchscript(output, device), device, names)
+    return Candidate(
+        recipe.quantization,
+        Verdict.PASSED,
+        "compressed; no evaluation requested",
+        recipe,
+        output,
+        output.stat().st_size,
         weights=weights,
         notes=notes,
+        runner=runner,
+    )
+
+
+def _choose(candidates: list[Candidate], objective: str | None) -> Candidate | None:
+    """The candidate to serve: among those that passed, the smallest or the fastest; ties go
+    to the earlier candidate in AUTO_CANDIDATES."""
+    passed = [c for c in candidates if c.verdict == Verdict.PASSED and c.bytes is not None]
+    if not passed:
+        return None
+    if objective == "latency" and all(c.latency is not None for c in passed):
+        return min(passed, key=lambda c: c.latency.median_ms)  # type: ignore[union-attr]
+    return min(passed, key=lambda c: c.bytes or 0)
+
+
+def _all_rejected(
+    candidates: list[Candidate],
+    recipe: Recipe,
+    workdir: Path,
+    device: str,
+    parent: runtime.Runner,
+    latency_before: runtime.Latency | None,
+    latency_info: dict[str, object],
+    notes: list[str],
+    seconds: dict[str, float],
+) -> CompressionResult:
+    """No candidate passed: Rejected, with every candidate's verdict in the report."""
+    summary = "; ".join(f"{c.quantization}: {c.verdict} ({c.message[:80]})" for c in candidates)
+    tried = next((c for c in candidates if c.output_path is not None), None)
+    return CompressionResult(
+        output_path=tried.output_path if tried and tried.output_path else workdir / OUTPUT_FILES["onnx"],
+        output_format="onnx",
+        outcome="Rejected",
+        message=f"auto: no candidate passed the gate; {summary}",
+        device=device,
+        metric=tried.metric if tried else None,
+        latency_ms_before=None if latency_before is None else latency_before.median_ms,
+        latency_ms_after=None,
+        runtimes={"before": parent.runtime, "after": parent.runtime},
+        weights={},
+        recipe=recipe,
+        notes=notes,
         seconds={k: round(v, 3) for k, v in seconds.items()},
+        latency=latency_info | {"runtime": parent.runtime},
+        objective=recipe.objective,
+        candidates=candidates,
     )
 
 
@@ -208,25 +406,39 @@ def evaluate_compressed(
     else:
         from modelops.compress import torch_models
 
-        module, _, _ = torch_models.load(source_path, source_format, device)
-        parent = runtime.torch_runner(module, device)
+        module, input_names, _ = torch_models.load(source_path, source_format, device)
+        input_names = options.input_names or input_names or ["input"]
+        parent = runtime.torch_runner(module, device, input_names)
     if recipe.target_format == "onnx":
         compressed = runtime.onnx_runner(compressed_path, device, threads)
     else:
         from modelops.compress import torch_models
 
-        compressed = runtime.torch_runner(torch_models.load_saved_torchscript(compressed_path, device), device)
+        compressed = runtime.torch_runner(torch_models.load_saved_torchscript(compressed_path, device), device, [spec.name for spec in parent.inputs])
     seconds = {"load": time.perf_counter() - started}
     started = time.perf_counter()
+    feeds, batch = dataset.feeds(parent.inputs)
+    samples = len(next(iter(feeds.values())))
     metric = evaluate_gate(
         evaluation.metric,
         evaluation.threshold,
-        runtime.run_all(parent, dataset.inputs),
-        runtime.run_all(compressed, dataset.inputs),
+        runtime.run_all(parent, feeds, samples, batch),
+        runtime.run_all(compressed, feeds, samples, batch),
         dataset.labels,
     )
-    example = _example_batch(dataset, options, None)
     seconds["evaluate"] = time.perf_counter() - started
+    example = _example(feeds, batch, parent, options)
+    latency: dict[str, runtime.Latency] = {}
+    latency_info: dict[str, object] = {"device": device, "cpu": runtime.cpu_description(), "threads": threads}
+    if example is not None:
+        latency = runtime.measure_latency({"parent": parent, "compressed": compressed}, example)
+        latency_info |= {
+            "batch": len(next(iter(example.values()))),
+            "rounds": runtime.LATENCY_ROUNDS,
+            "spread": round(max(m.spread for m in latency.values()), 4),
+            "runtime": compressed.runtime,
+        }
+    interface = read_interface(compressed_path).to_dict() if compressed_path.suffix == ".onnx" else None
     return CompressionResult(
         output_path=compressed_path,
         output_format=recipe.target_format,
@@ -234,10 +446,13 @@ def evaluate_compressed(
         message=metric.explain(),
         device=device,
         metric=metric,
-        latency_ms_before=runtime.median_latency_ms(parent, example) if example is not None else None,
-        latency_ms_after=runtime.median_latency_ms(compressed, example) if example is not None else None,
+        latency_ms_before=latency["parent"].median_ms if "parent" in latency else None,
+        latency_ms_after=latency["compressed"].median_ms if "compressed" in latency else None,
         runtimes={"before": parent.runtime, "after": compressed.runtime},
         weights={},
+        recipe=recipe,
+        latency=latency_info,
+        interface=interface,
         notes=["evaluated an earlier compression of the same artifact and recipe; nothing was compressed again"],
         seconds={k: round(v, 3) for k, v in seconds.items()},
     )

@@ -55,6 +55,11 @@ class Recipe:
         """Weights per scale for int4-weight-only; None for every other quantization."""
         return self.compression.block_size
 
+    @property
+    def objective(self) -> str | None:
+        """What `auto` optimises; None for every other quantization."""
+        return str(self.compression.objective) if self.compression.objective else None
+
     def to_dict(self) -> dict[str, Any]:
         return self.compression.wire()
 

@@ -4,10 +4,33 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
+from enum import StrEnum
 from importlib import metadata
 from typing import Any
 
 from modelops.cachekey import COMPRESSOR_VERSION
+
+
+class Reason(StrEnum):
+    """The reasons a compression Job reports; the operator shows them on the ModelVersion."""
+
+    ACCURACY_GATE_PASSED = "AccuracyGatePassed"
+    ACCURACY_GATE_REJECTED = "AccuracyGateRejected"
+    SIGNATURE_MISMATCH = "SignatureMismatch"
+    UNSUPPORTED_RECIPE = "UnsupportedRecipe"
+    INVALID_RECIPE = "InvalidRecipe"
+    INVALID_ARGUMENTS = "InvalidArguments"
+    CHECKSUM_MISMATCH = "ChecksumMismatch"
+    ARTIFACT_NOT_FOUND = "ArtifactNotFound"
+    ACCESS_DENIED = "AccessDenied"
+    STORAGE_UNREACHABLE = "StorageUnreachable"
+    STORAGE_ERROR = "StorageError"
+    BAD_DATASET = "BadDataset"
+    UNREADABLE_ARTIFACT = "UnreadableArtifact"
+    UNSUPPORTED_MODEL = "UnsupportedModel"
+    OUT_OF_MEMORY = "OutOfMemory"
+    INTERNAL_ERROR = "InternalError"
+
 
 # Kubernetes keeps at most 4096 bytes of a termination message; stay well below.
 TERMINATION_LIMIT = 3500
@@ -27,7 +50,13 @@ COMPACT_KEYS = (
     "recipeHash",
     "compressorVersion",
     "libraries",
+    "latency",
+    "objective",
+    "chosenQuantization",
+    "candidates",
 )
+# The latency keys that go into the termination message (the full block stays in report.json).
+_COMPACT_LATENCY = ("runtime", "device", "cpu", "batch", "spread")
 
 
 def library_versions() -> dict[str, str | None]:
@@ -58,9 +87,10 @@ def success_report(
 ) -> dict[str, Any]:
     """The full report for a compression that ran to the end (outcome Passed or Rejected)."""
     before, after = source["bytes"], artifact["bytes"]
+    passed = result.outcome == "Passed"
     return {
         "outcome": result.outcome,
-        "reason": "AccuracyGatePassed" if result.outcome == "Passed" else "AccuracyGateRejected",
+        "reason": Reason.ACCURACY_GATE_PASSED if passed else Reason.ACCURACY_GATE_REJECTED,
         "message": result.message,
         "device": result.device,
         "artifact": artifact,
@@ -71,7 +101,16 @@ def success_report(
         "ratio": round(before / after, 4) if after else None,
         "latencyMsBefore": _round(result.latency_ms_before),
         "latencyMsAfter": _round(result.latency_ms_after),
-        "latency": {"runtimeBefore": result.runtimes["before"], "runtimeAfter": result.runtimes["after"]},
+        "latency": {
+            **result.latency,
+            "runtimeBefore": result.runtimes["before"],
+            "runtimeAfter": result.runtimes["after"],
+        },
+        "interface": result.interface,
+        "objective": result.objective,
+        "chosenQuantization": result.recipe.quantization if result.candidates is not None and passed else None,
+        "resolvedRecipe": result.recipe.to_dict() if result.candidates is not None and passed else None,
+        "candidates": None if result.candidates is None else [c.to_dict(before) for c in result.candidates],
         "metric": result.metric.to_dict() if result.metric is not None else None,
         "evaluation": None if evaluation is None else {**evaluation, "samples": samples},
         "recipe": recipe,
@@ -87,10 +126,10 @@ def success_report(
 
 
 def failure_report(
-    reason: str, message: str, device: str | None = None, recipe_hash: str | None = None
+    reason: str, message: str, device: str | None = None, recipe_hash: str | None = None, outcome: str = "Failed"
 ) -> dict[str, Any]:
     return {
-        "outcome": "Failed",
+        "outcome": outcome,
         "reason": reason,
         "message": message,
         "device": device,
@@ -102,8 +141,15 @@ def failure_report(
 
 def compact(report: dict[str, Any]) -> str:
     """The report's contract keys as JSON that fits a termination message."""
-    short = {key: report.get(key) for key in COMPACT_KEYS}
+    short: dict[str, Any] = {key: report.get(key) for key in COMPACT_KEYS}
+    latency, candidates = short.get("latency"), short.get("candidates")
+    if isinstance(latency, dict):
+        short["latency"] = {k: v for k, v in latency.items() if k in _COMPACT_LATENCY}
     text = json.dumps(short, separators=(",", ":"), sort_keys=True)
+    if len(text) > TERMINATION_LIMIT and isinstance(candidates, list):
+        # Candidates keep their figures and verdicts; their messages stay in report.json.
+        short["candidates"] = [{k: v for k, v in c.items() if k != "message"} for c in candidates]
+        text = json.dumps(short, separators=(",", ":"), sort_keys=True)
     message = str(short.get("message") or "")
     while len(text) > TERMINATION_LIMIT and message:
         message = message[: max(0, len(message) - (len(text) - TERMINATION_LIMIT) - 3)]

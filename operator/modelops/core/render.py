@@ -126,6 +126,7 @@ def render_job(
         "--source-format", artifact["format"],
         "--recipe-json", _compact_json(recipe),
         "--output-prefix", output_prefix,
+        "--signature-json", _compact_json(signature.wire()),
     ]
     if evaluation is not None:
         args += ["--eval-json", _compact_json(evaluation)]

@@ -10,11 +10,12 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from modelops.api.model import Compression, Evaluation, ModelSpec, Pruning
+from modelops.api.model import Compression, Evaluation, ModelSpec, Pruning, Signature
 from modelops.api.types import Condition, ConditionType, Toleration
 from modelops.api.version import CompressedArtifact, CompressionReport, ModelVersionSpec, ModelVersionStatus, Phase, ReportOutcome, VersionReason
 from modelops.cachekey import InvalidRecipe, compressed_prefix, compression_cache_key, normalize_recipe
 from modelops.compress import exitcodes
+from modelops.compress.interface import Interface, signature_problems
 from modelops.core.conditions import FALSE, TRUE, Cond, merge_conditions
 from modelops.core.objects import VersionView
 from modelops.core.resolve import owner_of_number
@@ -52,6 +53,7 @@ def effective_recipe(spec: ModelVersionSpec, model: ModelSpec) -> Compression:
         ),
         target_format=own.target_format or defaults.target_format,
         block_size=own.block_size or defaults.block_size,
+        objective=own.objective or defaults.objective,
     )
     try:
         return normalize_recipe(recipe)
@@ -320,6 +322,8 @@ def _summary(report: CompressionReport) -> str:
     if report.device:
         parts.append(f"on {report.device}")
     text = "compressed " + " ".join(parts) if parts else "compressed"
+    if report.chosen_quantization:
+        text += f" with {report.chosen_quantization} (chosen by quantization auto)"
     metric = report.metric
     if metric is not None and metric.compressed is not None:
         text += f"; {metric.name} {metric.compressed:g}"
@@ -358,6 +362,15 @@ def state_from_report(report: dict[str, Any], job_name: str | None, key: str | N
     reason = report.get("reason") or (VersionReason.ACCURACY_GATE_FAILED if phase == Phase.REJECTED else VersionReason.COMPRESSION_FAILED)
     message = report.get("message") or _summary(details)
     return VersionState(phase, reason, message, job_name, key, None, details)
+
+
+def interface_matches(recorded: Any, signature: Signature) -> bool:
+    """Whether a cached report's recorded interface (its `interface`) fits the Model's signature.
+    An entry that recorded none does not: the Job compresses again and records it."""
+    try:
+        return not signature_problems(Interface.from_dict(recorded), signature)
+    except (KeyError, TypeError, AttributeError):
+        return False  # an entry that recorded no interface: the Job compresses again and records it
 
 
 def version_status(

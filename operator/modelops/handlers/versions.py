@@ -17,6 +17,7 @@ from modelops.core.objects import OwnerRef, VersionView, owned_by
 from modelops.core.versions import (
     VersionState,
     cache_key,
+    interface_matches,
     check_prerequisites,
     effective_evaluation,
     effective_recipe,
@@ -161,9 +162,12 @@ def _start(
     decision = lookup.decision
     if decision.action == reuse.Action.FAIL:
         return waiting(Phase.FAILED, decision.reason, decision.message, cache_key=key)
-    if decision.action in (reuse.Action.READY, reuse.Action.REJECT):
+    cached = cachestore.reused_report(lookup, evaluation) if decision.action in (reuse.Action.READY, reuse.Action.REJECT) else None
+    # A cached result counts only when its recorded interface fits this Model's signature;
+    # otherwise the Job checks the artifact itself.
+    if cached is not None and (decision.action == reuse.Action.REJECT or interface_matches(cached.get("interface"), model.signature)):
         ctx.metrics.cache_hits.inc()
-        return state_from_report(cachestore.reused_report(lookup, evaluation), job_name=None, key=key, from_cache=True)
+        return state_from_report(cached, job_name=None, key=key, from_cache=True)
 
     job = render.render_job(
         name=job_name,
