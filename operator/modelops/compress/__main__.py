@@ -14,6 +14,7 @@ import sys
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import NoReturn, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
@@ -27,16 +28,19 @@ from modelops.storage import ObjectStore, StorageConfig
 DEFAULT_TERMINATION_LOG = "/dev/termination-log"
 
 
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+
 class UsageError(Exception):
     pass
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # argparse would exit(2) before we could report
+    def error(self, message: str) -> NoReturn:  # argparse would exit(2) before we could report
         raise UsageError(message)
 
 
-def parse_json_argument(text: str, model: type[BaseModel], option: str, field: str = "") -> BaseModel:
+def parse_json_argument(text: str, model: type[ModelT], option: str, field: str = "") -> ModelT:
     """A JSON argument parsed by its API model: bad JSON is a usage error naming the option, a
     bad field an InvalidRecipe naming the field."""
     try:

@@ -83,7 +83,7 @@ class Dataset:
                         f"input {spec.name!r}: the dataset's shape {list(array.shape)} has rank {array.ndim}; "
                         f"the model takes rank {len(spec.dims)} {list(spec.dims)}"
                     )
-                for axis, (want, have) in enumerate(zip(spec.dims, array.shape)):
+                for axis, (want, have) in enumerate(zip(spec.dims, array.shape, strict=True)):
                     if axis == 0 and want != -1:
                         batch = want  # a fixed first dimension: evaluate in batches of exactly that size
                         if samples % want:

@@ -93,7 +93,7 @@ def _dims_problem(kind: str, spec: TensorSpec, actual: Tensor, max_batch_size: i
         # Triton sends any batch from 1 to maxBatchSize, so the artifact's first dimension must be free.
         if batch != VARIABLE and not (max_batch_size == 1 and batch == 1):
             return f"{where} fixes the batch dimension to {batch}; with maxBatchSize {max_batch_size} it must be variable"
-    for axis, (want, have) in enumerate(zip(declared, dims)):
+    for axis, (want, have) in enumerate(zip(declared, dims, strict=True)):
         if want == have or have == VARIABLE:
             continue
         if want == VARIABLE and kind == "output":

@@ -47,7 +47,7 @@ class JobSpec:
     output_names: list[str] | None = None
     input_shape: tuple[int, ...] | None = None
     threads: int | None = None
-    signature: dict[str, Any] | None = None  # the Model's signature, checked against the artifact
+    signature: Signature | dict[str, Any] | None = None  # the Model's signature, checked against the artifact
 
 
 @dataclass(frozen=True)
@@ -129,8 +129,8 @@ def run(spec: JobSpec, store: ObjectStore, workdir: Path) -> JobResult:
 
 
 def _signature(spec: JobSpec) -> Signature | None:
-    if spec.signature is None:
-        return None
+    if spec.signature is None or isinstance(spec.signature, Signature):
+        return spec.signature
     try:
         return Signature.model_validate(spec.signature)
     except ValidationError as exc:

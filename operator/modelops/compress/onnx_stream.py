@@ -367,7 +367,7 @@ class OnnxStreamWriter:
         header.data_type = data_type if data_type is not None else onnx.helper.np_dtype_to_tensor_dtype(array.dtype)
         header.dims.extend(array.shape)
         as_bytes = np.ascontiguousarray(array).reshape(-1).view(np.uint8)
-        self._write_initializer(header.SerializeToString(), memoryview(as_bytes))
+        self._write_initializer(header.SerializeToString(), as_bytes.data)  # the buffer itself, no copy
 
     def add_encoded(self, encoded: memoryview | bytes) -> None:
         """Append an initializer that is already a serialized TensorProto."""

@@ -18,10 +18,10 @@ from modelops.api.model import Signature
 from modelops.compress import runtime
 from modelops.compress.dataset import Dataset
 from modelops.compress.interface import check_signature
-from modelops.compress.runtime import read_interface
 from modelops.compress.metrics import MetricResult, evaluate_gate
 from modelops.compress.onnx_compress import compress_onnx
 from modelops.compress.recipe import Evaluation, InvalidRecipe, Recipe, UnsupportedRecipe, check_supported
+from modelops.compress.runtime import read_interface
 from modelops.compress.weights import default_threads
 
 OUTPUT_FILES = {"onnx": "model.onnx", "torchscript": "model.pt"}

@@ -17,11 +17,11 @@ from modelops.core.objects import OwnerRef, VersionView, owned_by
 from modelops.core.versions import (
     VersionState,
     cache_key,
-    interface_matches,
     check_prerequisites,
     effective_evaluation,
     effective_recipe,
     effective_scheduling,
+    interface_matches,
     job_result,
     output_prefix,
     parse_report,
