@@ -186,6 +186,35 @@ def storage(testbed: Any, namespace: str) -> Storage:
     return store
 
 
+# A node selector no node has: compression Jobs and Triton pods stay Pending, so a test checks
+# the operator's objects without the load of pods.
+NOWHERE = {"modelops.dev/test-node": "none"}
+
+
+def digits_model_manifest(storage: Storage, node_selector: dict[str, str] | None = None, gpus: int = 1) -> dict[str, Any]:
+    """The digits Model (64 inputs, 10 logits) on this test's bucket; Jobs go where `node_selector` says."""
+    scheduling: dict[str, Any] = {"gpus": gpus}
+    if node_selector is not None:
+        scheduling["nodeSelector"] = node_selector
+    return {
+        "apiVersion": "modelops.dev/v1alpha1", "kind": "Model", "metadata": {"name": "digits"},
+        "spec": {
+            "storage": {"endpoint": storage.endpoint, "bucket": storage.bucket, "credentialsSecret": {"name": "storage"}},
+            "signature": {"maxBatchSize": 8, "inputs": [{"name": "input", "dataType": "FP32", "dims": [64]}],
+                          "outputs": [{"name": "logits", "dataType": "FP32", "dims": [10]}]},
+            "versionDefaults": {"scheduling": scheduling},
+        },
+    }
+
+
+def digits_version_manifest(storage: Storage, number: int, sha: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "modelops.dev/v1alpha1", "kind": "ModelVersion", "metadata": {"name": f"digits-v{number}"},
+        "spec": {"model": "digits", "version": number,
+                 "artifact": {"uri": f"s3://{storage.bucket}/digits/{number}/model.onnx", "format": "onnx", "sha256": sha}},
+    }
+
+
 def publish_cached(storage: Storage, model_doc: dict[str, Any], version_doc: dict[str, Any], artifact: bytes,
                    drop: float = 0.0) -> None:
     """Put a finished compression where the version's cache key points, so it is Ready at once:

@@ -11,10 +11,13 @@ from typing import Any
 import pytest
 
 from tests.integration.conftest import (
+    NOWHERE,
     WRITE_VERBS,
     OperatorProcess,
     Storage,
     apply_docs,
+    digits_model_manifest,
+    digits_version_manifest,
     eventually,
     get_json,
     kubectl,
@@ -26,28 +29,9 @@ pytestmark = pytest.mark.integration
 # Reverts are driven by watch events, not by the periodic resync (set far away here).
 REVERT_SECONDS = 10
 NO_RESYNC = {"resync_seconds": 3600}
-NOWHERE = {"modelops.dev/test-node": "none"}
 GPU_NODE = {"nvidia.com/gpu.present": "true"}
 
 
-def model(storage: Storage, node_selector: dict[str, str]) -> dict[str, Any]:
-    return {
-        "apiVersion": "modelops.dev/v1alpha1", "kind": "Model", "metadata": {"name": "digits"},
-        "spec": {
-            "storage": {"endpoint": storage.endpoint, "bucket": storage.bucket, "credentialsSecret": {"name": "storage"}},
-            "signature": {"maxBatchSize": 8, "inputs": [{"name": "input", "dataType": "FP32", "dims": [64]}],
-                          "outputs": [{"name": "logits", "dataType": "FP32", "dims": [10]}]},
-            "versionDefaults": {"scheduling": {"gpus": 1, "nodeSelector": node_selector}},
-        },
-    }
-
-
-def version(storage: Storage, number: int, sha: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "modelops.dev/v1alpha1", "kind": "ModelVersion", "metadata": {"name": f"digits-v{number}"},
-        "spec": {"model": "digits", "version": number,
-                 "artifact": {"uri": f"s3://{storage.bucket}/digits/{number}/model.onnx", "format": "onnx", "sha256": sha}},
-    }
 
 
 def serve(replicas: int = 1) -> dict[str, Any]:
@@ -67,8 +51,8 @@ def env_of(deployment: dict[str, Any], container: str) -> dict[str, Any]:
 
 def serving_scenario(testbed: Any, namespace: str, storage: Storage) -> dict[str, Any]:
     """A Ready version (from the cache) and a ModelDeployment whose children exist."""
-    model_doc = model(storage, NOWHERE)
-    v1 = version(storage, 1, storage.put("digits/1/model.onnx", b"artifact 1"))
+    model_doc = digits_model_manifest(storage, NOWHERE)
+    v1 = digits_version_manifest(storage, 1, storage.put("digits/1/model.onnx", b"artifact 1"))
     publish_cached(storage, model_doc, v1, b"compressed bytes")
     apply_docs(testbed, namespace, [storage.secret("storage"), model_doc, v1, serve()])
     eventually(lambda: (get_json(testbed, namespace, "modeldeployment", "serve").get("status") or {}).get("desiredVersion") == 1
@@ -150,8 +134,8 @@ def test_a_hand_edited_child_converges_to_zero_writes(testbed, namespace, storag
 
 def test_a_job_deleted_while_compressing_is_recreated(testbed, namespace, storage, start_operator) -> None:
     operator = start_operator(**NO_RESYNC)
-    apply_docs(testbed, namespace, [storage.secret("storage"), model(storage, NOWHERE),
-                                    version(storage, 1, storage.put("digits/1/model.onnx", b"artifact 1"))])
+    apply_docs(testbed, namespace, [storage.secret("storage"), digits_model_manifest(storage, NOWHERE),
+                                    digits_version_manifest(storage, 1, storage.put("digits/1/model.onnx", b"artifact 1"))])
     first = eventually(lambda: get_json(testbed, namespace, "jobs")["items"], 60, "the compression Job")[0]
     kubectl(testbed, "delete", "-n", namespace, "job/digits-v1-compress", "--wait=true")
 
@@ -170,7 +154,7 @@ def test_a_job_of_a_finished_version_is_not_recreated(testbed, namespace, storag
     operator = start_operator(resync_seconds=2)
     storage.put("digits/1/model.onnx", b"artifact 1")
     wrong = hashlib.sha256(b"not the uploaded bytes").hexdigest()  # the Job fails fast and for good
-    apply_docs(testbed, namespace, [storage.secret("storage"), model(storage, GPU_NODE), version(storage, 1, wrong)])
+    apply_docs(testbed, namespace, [storage.secret("storage"), digits_model_manifest(storage, GPU_NODE), digits_version_manifest(storage, 1, wrong)])
     eventually(lambda: (get_json(testbed, namespace, "modelversion", "digits-v1").get("status") or {}).get("phase") == "Failed",
                300, "the version to fail its checksum")
     kubectl(testbed, "delete", "-n", namespace, "job/digits-v1-compress", "--wait=true")

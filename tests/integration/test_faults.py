@@ -19,32 +19,24 @@ from typing import Any
 import pytest
 
 from e2e.testbed import cluster
-from tests.integration.conftest import OperatorProcess, Storage, apply_docs, eventually, get_json, kubectl, publish_cached
+from tests.integration.conftest import (
+    NOWHERE,
+    OperatorProcess,
+    Storage,
+    apply_docs,
+    digits_model_manifest,
+    digits_version_manifest,
+    eventually,
+    get_json,
+    kubectl,
+    publish_cached,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
-NOWHERE = {"modelops.dev/test-node": "none"}
 SEED = 20261202
 
 
-def model(storage: Storage) -> dict[str, Any]:
-    return {
-        "apiVersion": "modelops.dev/v1alpha1", "kind": "Model", "metadata": {"name": "digits"},
-        "spec": {
-            "storage": {"endpoint": storage.endpoint, "bucket": storage.bucket, "credentialsSecret": {"name": "storage"}},
-            "signature": {"maxBatchSize": 8, "inputs": [{"name": "input", "dataType": "FP32", "dims": [64]}],
-                          "outputs": [{"name": "logits", "dataType": "FP32", "dims": [10]}]},
-            "versionDefaults": {"scheduling": {"gpus": 1, "nodeSelector": NOWHERE}},
-        },
-    }
-
-
-def version(storage: Storage, number: int, sha: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "modelops.dev/v1alpha1", "kind": "ModelVersion", "metadata": {"name": f"digits-v{number}"},
-        "spec": {"model": "digits", "version": number,
-                 "artifact": {"uri": f"s3://{storage.bucket}/digits/{number}/model.onnx", "format": "onnx", "sha256": sha}},
-    }
 
 
 def deployment(name: str, **spec: Any) -> dict[str, Any]:
@@ -61,10 +53,10 @@ class Scenario:
     Latest, half Pinned to a cached version."""
 
     def __init__(self, storage: Storage, versions: int, deployments: int) -> None:
-        self.model = model(storage)
+        self.model = digits_model_manifest(storage, NOWHERE)
         self.versions = []
         for number in range(1, versions + 1):
-            doc = version(storage, number, storage.put(f"digits/{number}/model.onnx", f"artifact {number}".encode()))
+            doc = digits_version_manifest(storage, number, storage.put(f"digits/{number}/model.onnx", f"artifact {number}".encode()))
             if number % 2:
                 publish_cached(storage, self.model, doc, f"compressed {number}".encode())
             self.versions.append(doc)
@@ -208,11 +200,11 @@ def test_a_control_plane_outage_mid_burst_converges_soon_after_it_ends(
 def served_digits(storage: Storage, digits: Any) -> list[dict[str, Any]]:
     """Two real digits versions from the compression cache and a deployment pinned to v1 with
     one Triton pod (python backend, on the CPU node)."""
-    served_model = model(storage)
+    served_model = digits_model_manifest(storage, NOWHERE)
     served_model["spec"]["versionDefaults"] = {"scheduling": {"gpus": 0}}
     docs = [storage.secret("storage"), served_model]
     for number in (1, 2):
-        doc = version(storage, number, storage.put(f"digits/{number}/model.onnx", digits.onnx[number - 1]))
+        doc = digits_version_manifest(storage, number, storage.put(f"digits/{number}/model.onnx", digits.onnx[number - 1]))
         publish_cached(storage, served_model, doc, digits.onnx[number - 1])
         docs.append(doc)
     docs.append({

@@ -10,31 +10,24 @@ from typing import Any
 
 import pytest
 
-from tests.integration.conftest import WRITE_VERBS, AuditLog, Storage, apply_docs, eventually, get_json, kubectl, publish_cached
+from tests.integration.conftest import (
+    NOWHERE,
+    WRITE_VERBS,
+    AuditLog,
+    Storage,
+    apply_docs,
+    digits_model_manifest,
+    digits_version_manifest,
+    eventually,
+    get_json,
+    kubectl,
+    publish_cached,
+)
 
 pytestmark = pytest.mark.integration
 
-NOWHERE = {"modelops.dev/test-node": "none"}
 
 
-def model(storage: Storage) -> dict[str, Any]:
-    return {
-        "apiVersion": "modelops.dev/v1alpha1", "kind": "Model", "metadata": {"name": "digits"},
-        "spec": {
-            "storage": {"endpoint": storage.endpoint, "bucket": storage.bucket, "credentialsSecret": {"name": "storage"}},
-            "signature": {"maxBatchSize": 8, "inputs": [{"name": "input", "dataType": "FP32", "dims": [64]}],
-                          "outputs": [{"name": "logits", "dataType": "FP32", "dims": [10]}]},
-            "versionDefaults": {"scheduling": {"gpus": 1, "nodeSelector": NOWHERE}},
-        },
-    }
-
-
-def version(storage: Storage, number: int, sha: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "modelops.dev/v1alpha1", "kind": "ModelVersion", "metadata": {"name": f"digits-v{number}"},
-        "spec": {"model": "digits", "version": number,
-                 "artifact": {"uri": f"s3://{storage.bucket}/digits/{number}/model.onnx", "format": "onnx", "sha256": sha}},
-    }
 
 
 def deployment(name: str, **spec: Any) -> dict[str, Any]:
@@ -58,9 +51,9 @@ def test_sigkill_mid_reconcile_then_restart_ends_with_exactly_one_job_per_versio
 ) -> None:
     count = 20
     shas = {n: storage.put(f"digits/{n}/model.onnx", f"artifact {n}".encode()) for n in range(1, count + 1)}
-    apply_docs(testbed, namespace, [storage.secret("storage"), model(storage)])
+    apply_docs(testbed, namespace, [storage.secret("storage"), digits_model_manifest(storage, NOWHERE)])
     operator = start_operator(workers=1)
-    apply_docs(testbed, namespace, [version(storage, n, shas[n]) for n in range(1, count + 1)])
+    apply_docs(testbed, namespace, [digits_version_manifest(storage, n, shas[n]) for n in range(1, count + 1)])
 
     eventually(lambda: operator.metric("modelops_compression_jobs_created_total") >= 1, 60, "the first Job", interval=0.02)
     operator.kill()
@@ -100,10 +93,10 @@ def wait_converged(testbed: Any, namespace: str, quiet_seconds: float = 6) -> No
 def converge_mixed_scenario(testbed: Any, namespace: str, storage: Storage) -> None:
     """One Ready version (from the cache) served by two deployments, three versions whose
     Jobs wait for a node that does not exist."""
-    model_doc = model(storage)
+    model_doc = digits_model_manifest(storage, NOWHERE)
     docs = [storage.secret("storage"), model_doc]
     for number in range(1, 5):
-        doc = version(storage, number, storage.put(f"digits/{number}/model.onnx", f"artifact {number}".encode()))
+        doc = digits_version_manifest(storage, number, storage.put(f"digits/{number}/model.onnx", f"artifact {number}".encode()))
         if number == 1:
             publish_cached(storage, model_doc, doc, b"compressed bytes")
         docs.append(doc)
