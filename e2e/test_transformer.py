@@ -19,6 +19,8 @@ import numpy as np
 import pytest
 
 from e2e import lifecycle as lc
+from e2e import support
+from e2e.support import Testbed
 
 pytestmark = pytest.mark.e2e
 
@@ -27,20 +29,20 @@ SAMPLES = 32
 
 
 def _transformer_module():
-    spec = importlib.util.spec_from_file_location("transformer_model", lc.REPO_ROOT / "models" / "transformer.py")
+    spec = importlib.util.spec_from_file_location("transformer_model", support.REPO_ROOT / "models" / "transformer.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
     spec.loader.exec_module(module)
     return module
 
 
-def model_manifest(cluster: lc.Cluster, eval_uri: str, config, transformer) -> dict:
+def model_manifest(cluster: Testbed, eval_uri: str, config, transformer) -> dict:
     tensor = {"dataType": "INT64", "dims": [-1]}
     return {
         "apiVersion": "modelops.dev/v1alpha1", "kind": "Model", "metadata": {"name": MODEL},
         "spec": {
             "description": "BERT-shaped sentence encoder (generated weights), three inputs.",
-            "storage": {"endpoint": cluster.s3_endpoint, "bucket": lc.BUCKET, "credentialsSecret": {"name": lc.SECRET_NAME}},
+            "storage": {"endpoint": cluster.s3_endpoint, "bucket": support.BUCKET, "credentialsSecret": {"name": lc.SECRET_NAME}},
             "signature": {
                 "maxBatchSize": 8,
                 "inputs": [{"name": name, **tensor} for name in transformer.input_names(config)],
@@ -68,9 +70,8 @@ def deployment_manifest() -> dict:
 
 @pytest.fixture(scope="module")
 def bed(testbed):
-    cluster = lc.Cluster(testbed.kubeconfig, testbed.kubectl_path, testbed.s3_endpoint, testbed.s3_access_key,
-                         testbed.s3_secret_key)
-    lc.install_crds(cluster)
+    cluster = testbed
+    support.install_crds(testbed)
     namespace = f"e2e-bert-{secrets.token_hex(3)}"
     cluster.kubectl("create", "namespace", namespace)
     cluster.ensure_bucket()
@@ -92,8 +93,9 @@ def bed(testbed):
     auto_uri, auto_sha = cluster.upload(work / "model-auto.onnx", f"{namespace}/bert-auto/model.onnx")
     eval_uri, _ = cluster.upload(work / "eval.npz", f"{namespace}/bert/eval.npz")
     cluster.apply(namespace, [lc.storage_secret(cluster), model_manifest(cluster, eval_uri, config, transformer)])
-    operator = lc.Operator(cluster, Path(testbed.state_dir) / "logs" / f"operator-{namespace}.log", [namespace])
-    operator.wait_ready()
+    operator = support.OperatorProcess(Path(testbed.kubeconfig), namespace,
+                                       Path(testbed.state_dir) / "logs" / f"operator-{namespace}.log")
+    operator.start()
     data = dict(np.load(work / "eval.npz"))
     yield {"cluster": cluster, "namespace": namespace, "uri": model_uri, "sha": model_sha, "data": data,
            "auto_uri": auto_uri, "auto_sha": auto_sha,
