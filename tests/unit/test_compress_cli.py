@@ -319,6 +319,19 @@ def test_a_matching_signature_passes_and_a_cached_entry_is_checked_against_the_n
     assert not [c for c in fake_s3.calls if c.startswith("put ")]
 
 
+def test_a_cached_compression_evaluated_for_a_new_gate_is_held_to_the_signature(tmp_path, store, fake_s3, digits_model) -> None:
+    # Cached without a signature; then the same artifact and recipe, a different gate (so the
+    # cached artifact is evaluated, not compressed) and a signature it does not match.
+    sha = _sha(digits_model.onnx.read_bytes())
+    _main(tmp_path, _args(sha, {"quantization": "int8-weight-only"}), store)
+    renamed = {**DIGITS_SIGNATURE, "outputs": [{"name": "scores", "dataType": "FP32", "dims": [10]}]}
+    other_gate = {**EVAL, "metric": "top1-agreement", "threshold": 0.9}
+    argv = _args(sha, {"quantization": "int8-weight-only"}, evaluation=other_gate) + ["--signature-json", json.dumps(renamed)]
+    code, message = _main(tmp_path, argv, store)
+    assert (code, message["reason"]) == (exitcodes.REJECTED, "SignatureMismatch")
+    assert "output 'scores'" in message["message"]
+
+
 def test_an_invalid_signature_is_a_usage_error_naming_the_field(tmp_path, store, digits_model) -> None:
     bad = {**DIGITS_SIGNATURE, "maxBatchSize": -1}
     argv = _args(_sha(digits_model.onnx.read_bytes()), {}) + ["--signature-json", json.dumps(bad)]

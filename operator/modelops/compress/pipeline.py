@@ -398,6 +398,11 @@ def evaluate_compressed(
 ) -> CompressionResult:
     """Evaluate an earlier compression output against its parent, without compressing again."""
     options = options or Options()
+    if options.signature is not None:  # a cached entry is held to this Model's signature too
+        if source_format == "onnx":
+            check_signature(read_interface(source_path), options.signature)
+        if compressed_path.suffix == ".onnx":
+            check_signature(read_interface(compressed_path), options.signature, "the cached compressed artifact")
     threads = options.threads or default_threads()
     device = runtime.select_device(onnx_runtime_needed="onnx" in (source_format, recipe.target_format))
     started = time.perf_counter()
