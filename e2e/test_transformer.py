@@ -20,7 +20,6 @@ import pytest
 
 from e2e import lifecycle as lc
 from e2e import support
-from e2e.support import Testbed
 
 pytestmark = pytest.mark.e2e
 
@@ -36,7 +35,7 @@ def _transformer_module():
     return module
 
 
-def model_manifest(cluster: Testbed, eval_uri: str, config, transformer) -> dict:
+def model_manifest(cluster: support.Testbed, eval_uri: str, config, transformer) -> dict:
     tensor = {"dataType": "INT64", "dims": [-1]}
     return {
         "apiVersion": "modelops.dev/v1alpha1", "kind": "Model", "metadata": {"name": MODEL},
