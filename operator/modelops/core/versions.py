@@ -19,7 +19,7 @@ from modelops.compress.interface import Interface, signature_problems
 from modelops.core.conditions import FALSE, TRUE, Cond, merge_conditions
 from modelops.core.objects import VersionView
 from modelops.core.resolve import owner_of_number
-from modelops.reuse import REPORT_FILE, Reason
+from modelops.reuse import Reason
 
 COMPRESSOR_CONTAINER = "compress"
 # Termination messages are capped at 4096 bytes; excerpts in conditions stay short.
@@ -80,10 +80,6 @@ def cache_key(spec: ModelVersionSpec, model: ModelSpec) -> str:
 
 def output_prefix(spec: ModelVersionSpec, model: ModelSpec) -> str:
     return compressed_prefix(model.storage.bucket, cache_key(spec, model))
-
-
-def report_uri(prefix: str) -> str:
-    return prefix + REPORT_FILE
 
 
 @dataclass(frozen=True)

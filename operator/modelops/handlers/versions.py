@@ -24,8 +24,6 @@ from modelops.core.versions import (
     interface_matches,
     job_result,
     output_prefix,
-    parse_report,
-    report_uri,
     state_from_job,
     state_from_report,
     version_status,
@@ -37,7 +35,6 @@ from modelops.storage import (
     AccessDenied,
     InvalidRequest,
     ObjectNotFound,
-    ObjectStore,
     StorageError,
     StorageUnreachable,
 )
@@ -107,7 +104,7 @@ def _decide(ctx: Context, body: dict[str, Any]) -> VersionState:
     )
     result = job_result(job, pods)
     if result.state == "succeeded" and result.report is None:
-        result = replace(result, report=_stored_report(ctx, namespace, model, output_prefix(spec, model)))
+        result = replace(result, report=_stored_report(ctx, namespace, spec, model))
     return state_from_job(result, job_name, key, recheck_seconds=ctx.settings.retry_seconds, evaluating=evaluating)
 
 
@@ -194,16 +191,16 @@ def _start(
     return created_job, evaluating
 
 
-def _read_report(store: ObjectStore, uri: str) -> dict[str, Any] | None:
+def _stored_report(ctx: Context, namespace: str, spec: ModelVersionSpec, model: ModelSpec) -> dict[str, Any] | None:
+    """What the Job left in storage, for when its termination message is unusable: judged by the
+    same reuse decision as a cache hit, so an evaluation-only Job's verdict counts only through
+    the measurement it recorded for this version's gate, never through the compression record's."""
     try:
-        return parse_report(store.read_bytes(uri).decode("utf-8", "replace"))
-    except StorageError:
+        store = ctx.store_for(namespace, model.storage)
+        evaluation = effective_evaluation(spec, model)
+        lookup = cachestore.look_up(store, output_prefix(spec, model), spec.artifact.sha256, effective_recipe(spec, model), evaluation)
+    except (CredentialsProblem, StorageError):
         return None
-
-
-def _stored_report(ctx: Context, namespace: str, model: ModelSpec, prefix: str) -> dict[str, Any] | None:
-    """The report the Job left in storage, for when its termination message is unusable."""
-    try:
-        return _read_report(ctx.store_for(namespace, model.storage), report_uri(prefix))
-    except CredentialsProblem:
+    if lookup.decision.action not in (reuse.Action.READY, reuse.Action.REJECT):
         return None
+    return cachestore.reused_report(lookup, evaluation)
