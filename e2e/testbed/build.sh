@@ -3,9 +3,12 @@
 # the directory that holds them: etcd, kube-apiserver, kube-controller-manager,
 # kube-scheduler, kubectl, helm and minio.
 #
-# Each go.mod under e2e/testbed/go pins one upstream release. The output directory
-# is keyed by those files and the Go toolchain, so a warm machine reuses it and a
-# changed pin rebuilds. Go's module and build caches live beside it, outside the checkout.
+# Each go.mod under e2e/testbed/go pins one upstream release. Each module's output is
+# keyed by its go.mod, go.sum, build recipe and the Go toolchain, so a warm machine
+# reuses it, a changed pin rebuilds only that module, and adding a module builds only
+# the new one. The printed directory links every module's binaries together. Go's
+# module and build caches live beside it, outside the checkout. A lock serialises
+# concurrent callers (two test runs on one machine), which would otherwise race.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -16,17 +19,13 @@ export GOFLAGS="-mod=readonly -buildvcs=false"
 export GOTOOLCHAIN=local
 export CGO_ENABLED=0
 
-kube_version="v1.34.4"
-
-key="$( (go version; cat "$here/build.sh"; cat "$here"/go/*/go.mod "$here"/go/*/go.sum) | sha256sum | cut -c1-16)"
-out="$cache/bin/$key"
-if [[ -f "$out/.complete" ]]; then
-  echo "$out"
-  exit 0
-fi
+mkdir -p "$cache/bin"
+exec 9>"$cache/bin/.lock"
+flock 9
 
 log() { echo "[build] $*" >&2; }
-mkdir -p "$out"
+go_version="$(go version)"
+kube_version="v1.34.4"
 ldflags="-s -w"
 # Stamp the Kubernetes version as the upstream release build does, so that discovery,
 # kubectl version and helm's kubeVersion checks see v1.34.4 rather than v0.0.0.
@@ -35,24 +34,49 @@ kube_ldflags="$ldflags -X k8s.io/component-base/version.gitVersion=$kube_version
  -X k8s.io/component-base/version.gitTreeState=clean \
  -X k8s.io/client-go/pkg/version.gitVersion=$kube_version \
  -X k8s.io/client-go/pkg/version.gitMajor=1 -X k8s.io/client-go/pkg/version.gitMinor=34"
-
-# build MODULE_DIR LDFLAGS OUTPUT PACKAGE...: OUTPUT is a file for one package, a directory for several.
-build() {
-  local module="$1" flags="$2" output="$3"; shift 3
-  log "go build in $module: $* (cold builds take minutes on 2 cores)"
-  (cd "$here/go/$module" && go build -trimpath -ldflags "$flags" -o "$output" "$@")
-}
-
-build etcd "$ldflags" "$out/etcd" go.etcd.io/etcd/server/v3
-build kubernetes "$kube_ldflags" "$out/" \
-  k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
-  k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl
 # As helm's own Makefile does: its default Kubernetes version follows the client-go it is built with.
 helm_ldflags="$ldflags -X helm.sh/helm/v3/internal/version.version=v3.19.5 \
  -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor=34 \
  -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=34"
-build helm "$helm_ldflags" "$out/helm" helm.sh/helm/v3/cmd/helm
-build minio "$ldflags" "$out/minio" github.com/minio/minio
-touch "$out/.complete"
-log "ready: $out"
-echo "$out"
+
+# One recipe per module: MODULE|LDFLAGS|OUTPUT NAME (empty: one binary per package)|PACKAGES
+recipes=(
+  "etcd|$ldflags|etcd|go.etcd.io/etcd/server/v3"
+  "kubernetes|$kube_ldflags||k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl"
+  "helm|$helm_ldflags|helm|helm.sh/helm/v3/cmd/helm"
+  "minio|$ldflags|minio|github.com/minio/minio"
+)
+
+# build_module RECIPE: builds into its own keyed directory (once) and prints that directory.
+build_module() {
+  local module flags name packages key out
+  IFS='|' read -r module flags name packages <<<"$1"
+  key="$( (echo "$go_version"; echo "$1"; cat "$here/go/$module/go.mod" "$here/go/$module/go.sum") | sha256sum | cut -c1-16)"
+  out="$cache/bin/$module-$key"
+  if [[ ! -f "$out/.complete" ]]; then
+    log "go build in $module: $packages (cold builds take minutes on 2 cores)"
+    rm -rf "$out" && mkdir -p "$out"
+    # shellcheck disable=SC2086 # packages is a word list
+    (cd "$here/go/$module" && go build -trimpath -ldflags "$flags" -o "$out/$name" $packages)
+    touch "$out/.complete"
+  fi
+  echo "$out"
+}
+
+module_dirs=()
+for recipe in "${recipes[@]}"; do
+  module_dirs+=("$(build_module "$recipe")")
+done
+
+# The set of module outputs names the linked directory, so callers see one stable path.
+set_key="$(printf '%s\n' "${module_dirs[@]}" | sha256sum | cut -c1-16)"
+linked="$cache/bin/set-$set_key"
+if [[ ! -f "$linked/.complete" ]]; then
+  rm -rf "$linked" && mkdir -p "$linked"
+  for dir in "${module_dirs[@]}"; do
+    for binary in "$dir"/*; do ln -s "$binary" "$linked/$(basename "$binary")"; done
+  done
+  touch "$linked/.complete"
+  log "ready: $linked"
+fi
+echo "$linked"
