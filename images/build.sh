@@ -150,6 +150,13 @@ build_image() {
   else
     bh tag "localhost/modelops-$name:$key" "$ref"
   fi
+  # Older builds of this image: the newest few stay (other checkouts may run them), the rest go.
+  local old
+  for old in $(ls -1dt "$images/$name"-*/ 2>/dev/null | tail -n +5); do
+    old="${old%/}"
+    bh rmi --force "localhost/modelops-$name:${old##*-}" >/dev/null 2>&1 || true
+    rm -rf "$old"
+  done
   # This checkout's image of that name: what the node agent of its test bed runs.
   printf '{"image": "%s", "key": "%s", "dir": "%s"}\n' "$ref" "$key" "$dir" >"$root/build/images/$name.json.tmp"
   mv "$root/build/images/$name.json.tmp" "$root/build/images/$name.json"
