@@ -37,6 +37,11 @@ cluster-down: ## Stop every process of the local test bed and remove its network
 crds: ## Generate crds/*.yaml from the typed API, and the chart's copy
 	@PYTHONPATH=operator $(venv_python) -m modelops.api.crdgen crds/
 	@rm -f charts/modelops/crds/*.yaml && cp crds/*.yaml charts/modelops/crds/
+	@PYTHONPATH=operator $(venv_python) -m modelops.api.docgen crds/ docs/api-reference.md
+
+.PHONY: api-reference
+api-reference: ## Generate docs/api-reference.md from crds/ (every field, type, default, validation)
+	@PYTHONPATH=operator $(venv_python) -m modelops.api.docgen crds/ docs/api-reference.md
 
 .PHONY: test
 test: ## Run the test suite (unit, integration, e2e) on the local test bed; faults run on demand
