@@ -43,6 +43,10 @@ crds: ## Generate crds/*.yaml from the typed API, and the chart's copy
 api-reference: ## Generate docs/api-reference.md from crds/ (every field, type, default, validation)
 	@PYTHONPATH=operator $(venv_python) -m modelops.api.docgen crds/ docs/api-reference.md
 
+.PHONY: chart-docs
+chart-docs: ## Generate the values table of charts/modelops/README.md from the comments in values.yaml
+	@$(venv_python) scripts/chart-values-table.py
+
 .PHONY: test
 test: ## Run the test suite (unit, integration, e2e) on the local test bed; faults run on demand
 	@scripts/run-tests.sh -m "not faults"
