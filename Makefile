@@ -24,10 +24,16 @@ venv: ## Build (once) the Python environment and print its path
 binaries: ## Build (once) etcd, Kubernetes, kubectl, helm and MinIO from pinned Go modules
 	@e2e/testbed/build.sh
 
+TESTBED ?= local
+
 .PHONY: cluster-up
-cluster-up: ## Bring up the local test bed (or reuse a running one); prints the kubeconfig path
+cluster-up: ## Bring up the local test bed (or reuse a running one); prints the kubeconfig path. TESTBED=kind: a kind cluster with MinIO
+ifeq ($(TESTBED),kind)
+	@e2e/testbed/kind/up.sh
+else
 	@python=$(venv_python); bin=$(binaries); \
 	  $(PYTHON) -m e2e.testbed.cluster up --binaries "$$bin" --python "$$python"
+endif
 
 .PHONY: cluster-down
 cluster-down: ## Stop every process of the local test bed and remove its network
