@@ -49,6 +49,10 @@ crds: ## Generate crds/*.yaml from the typed API, and the chart's copy
 api-reference: ## Generate docs/api-reference.md from crds/ (every field, type, default, validation)
 	@PYTHONPATH=operator $(venv_python) -m modelops.api.docgen crds/ docs/api-reference.md
 
+.PHONY: manifests
+manifests: ## Generate the kustomize manifests under config/ (crd, default, namespaced) from the chart
+	@bin=$(binaries); $(venv_python) scripts/render-manifests.py --helm "$$bin/helm"
+
 .PHONY: chart-docs
 chart-docs: ## Generate the values table of charts/modelops/README.md from the comments in values.yaml
 	@$(venv_python) scripts/chart-values-table.py
