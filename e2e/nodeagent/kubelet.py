@@ -7,7 +7,7 @@ the cluster CA. This server answers, as a kubelet does:
 - `GET /containerLogs/{namespace}/{pod}/{container}` with `follow`, `tailLines`,
   `previous`, `limitBytes`: the container's output, from the files the node agent writes
   (`<container>.log`, and `<container>.previous.log` for the instance before);
-- `/exec/{namespace}/{pod}/{container}?command=...&stdin=1&stdout=1&stderr=1`: upgraded to
+- `/exec/{namespace}/{pod}/{container}?command=...&input=1&output=1&error=1`: upgraded to
   SPDY/3.1 (remotecommand v4), the command runs in the container's namespaces and root
   (nsenter), as the container's user, with the container's environment; TTYs are not
   offered;
@@ -163,12 +163,11 @@ class KubeletServer:
 
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)
-        server = self.loop.run_until_complete(
+        self.server = self.loop.run_until_complete(
             asyncio.start_server(self._connection, self.host, self.port, ssl=self.context))
         log.info("kubelet API on https://%s:%d", self.host, self.port)
         self.ready.set()
-        with server:
-            self.loop.run_forever()
+        self.loop.run_forever()
 
     # ------------------------------------------------------------------ HTTP
 
@@ -307,13 +306,15 @@ class KubeletServer:
         command = query.get("command", [])
         if not command:
             raise Refused(400, "you must specify at least 1 command")
-        if query.get("tty", ["false"])[0] in ("1", "true"):
+        if query.get("tty", ["0"])[0] in ("1", "true"):
             raise Refused(400, "this node does not allocate TTYs; run kubectl exec without -t")
         process = container.process
         if process is None or process.poll() is not None:
             raise Refused(400, f'container "{name}" in pod "{pod}" is not running')
         env, uid, gid = _process_identity(process.pid)
-        want = {kind for kind in ("stdin", "stdout", "stderr") if query.get(kind, ["false"])[0] in ("1", "true")}
+        # The apiserver names them as the kubelet API does: input, output, error (and tty).
+        want = {kind for kind, param in (("stdin", "input"), ("stdout", "output"), ("stderr", "error"))
+                if query.get(param, ["0"])[0] in ("1", "true")}
         self._upgrade(headers, writer, EXEC_PROTOCOLS)
         session = spdy.Session(reader, writer)
         serving = asyncio.ensure_future(session.serve())

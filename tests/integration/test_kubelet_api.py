@@ -12,6 +12,7 @@ import ssl
 import subprocess
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -50,19 +51,31 @@ def test_nodes_publish_their_kubelet_endpoint_and_refuse_clients_without_a_clust
         assert status["daemonEndpoints"]["kubeletEndpoint"]["Port"] == spec.kubelet_port
         internal = [a["address"] for a in status["addresses"] if a["type"] == "InternalIP"]
         assert internal == [layout.bridge_ip]
-        # The serving certificate is the cluster CA's, for the InternalIP; a client without one is turned away.
-        context = ssl.create_default_context(cafile=f"{testbed.state_dir}/pki/ca.crt")
-        with pytest.raises((ssl.SSLError, ConnectionError)), socket.create_connection((layout.bridge_ip, spec.kubelet_port), timeout=5) as raw, \
-                    context.wrap_socket(raw, server_hostname=layout.bridge_ip) as tls:
-            tls.sendall(b"GET /healthz HTTP/1.1\r\nHost: node\r\n\r\n")
-            answer = tls.recv(100)
-            raise AssertionError(f"the kubelet API answered a client without a certificate: {answer!r}")
+        # The serving certificate is the cluster CA's, for the InternalIP; a client with a
+        # certificate from that CA gets an answer, a client without one is turned away.
+        pki = Path(testbed.state_dir) / "pki"
+        assert healthz(layout.bridge_ip, spec.kubelet_port, pki, client="admin").startswith("HTTP/1.1 200")
+        try:
+            answer = healthz(layout.bridge_ip, spec.kubelet_port, pki, client=None)
+        except (ssl.SSLError, ConnectionError):
+            answer = ""
+        assert answer == "", f"the kubelet API answered a client without a certificate: {answer!r}"
+
+
+def healthz(host: str, port: int, pki: Path, client: str | None) -> str:
+    context = ssl.create_default_context(cafile=str(pki / "ca.crt"))
+    if client:
+        context.load_cert_chain(str(pki / f"{client}.crt"), str(pki / f"{client}.key"))
+    with socket.create_connection((host, port), timeout=5) as raw, context.wrap_socket(raw, server_hostname=host) as tls:
+        tls.sendall(b"GET /healthz HTTP/1.1\r\nHost: node\r\n\r\n")
+        return tls.recv(100).decode()
 
 
 def test_kubectl_logs_of_a_job_with_tail_and_limit(testbed, namespace):
     testbed.apply(namespace, [{
         "apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "digits-v1-compress"},
-        "spec": {"backoffLimit": 0, "template": pod("x", "for i in 1 2 3 4; do echo line-$i; done; echo oops >&2")["spec"]},
+        "spec": {"backoffLimit": 0,
+                 "template": {"spec": pod("x", "for i in 1 2 3 4; do echo line-$i; done; echo oops >&2")["spec"]}},
     }])
     testbed.kubectl("wait", "--for=condition=Complete", "job/digits-v1-compress", "-n", namespace, "--timeout=90s")
     # As the README's troubleshooting section says to look at a compression Job.
