@@ -38,14 +38,21 @@ def file_name(kind: str, api_version: str) -> str:
 
 def _strict(node: Any) -> Any:
     """The schema with the OpenAPI extensions made explicit and unknown properties refused."""
-    if isinstance(node, list):
-        return [_strict(item) for item in node]
     if not isinstance(node, dict):
         return node
-    if node.get("format") == "int-or-string" or node.get("x-kubernetes-int-or-string"):
+    if node.get("format") == "int-or-string" or node.get("x-kubernetes-int-or-string") is True:
         return {**INT_OR_STRING, **({"description": node["description"]} if "description" in node else {})}
-    out = {key: _strict(value) if key not in ("enum", "default", "example") else value for key, value in node.items()}
-    if out.get("nullable") and "type" in out:
+    out = dict(node)
+    for key in ("properties", "patternProperties", "definitions"):
+        if isinstance(node.get(key), dict):
+            out[key] = {name: _strict(child) for name, child in node[key].items()}
+    for key in ("allOf", "anyOf", "oneOf"):
+        if isinstance(node.get(key), list):
+            out[key] = [_strict(child) for child in node[key]]
+    for key in ("items", "additionalProperties", "not"):
+        if isinstance(node.get(key), dict):
+            out[key] = _strict(node[key])
+    if out.get("nullable") is True and isinstance(out.get("type"), str):
         out["type"] = [out["type"], "null"]
     if ("properties" in out and "additionalProperties" not in out
             and not out.get("x-kubernetes-preserve-unknown-fields")):

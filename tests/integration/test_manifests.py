@@ -139,7 +139,7 @@ def test_helm_set_takes_decimals_and_the_schema_still_names_a_bad_one(testbed) -
                                  "--set-json", "operator.resyncSeconds=90.5"))
     env = {e["name"]: e.get("value") for e in docs[("Deployment", NAMESPACE, "modelops")]["spec"]["template"]["spec"]
            ["containers"][0]["env"]}
-    assert (env["MODELOPS_RETRY_SECONDS"], env["MODELOPS_LEADER_ELECTION_RETRY_PERIOD_SECONDS"],
+    assert (env["MODELOPS_RETRY_SECONDS"], env["MODELOPS_LEASE_RETRY_PERIOD_SECONDS"],
             env["MODELOPS_RESYNC_SECONDS"]) == ("0.5", "1.5", "90.5")
     for bad in ("operator.retrySeconds=abc", "operator.retrySeconds=0", "operator.retrySeconds=-1"):
         result = testbed.helm("template", "modelops", str(CHART), "--set", bad)
