@@ -40,9 +40,10 @@ cluster-down: ## Stop every process of the local test bed and remove its network
 	@$(PYTHON) -m e2e.testbed.cluster down
 
 .PHONY: crds
-crds: ## Generate crds/*.yaml from the typed API, and the chart's copy
+crds: ## Generate crds/*.yaml from the typed API, their copies (chart, config/crd) and docs/api-reference.md
 	@PYTHONPATH=operator $(venv_python) -m modelops.api.crdgen crds/
 	@rm -f charts/modelops/crds/*.yaml && cp crds/*.yaml charts/modelops/crds/
+	@cp crds/*.yaml config/crd/
 	@PYTHONPATH=operator $(venv_python) -m modelops.api.docgen crds/ docs/api-reference.md
 
 .PHONY: api-reference
