@@ -21,10 +21,12 @@ read and written from one thread.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import json
 import logging
 import os
+import signal
 import socket
 import ssl
 import threading
@@ -357,7 +359,12 @@ class KubeletServer:
         outputs = [asyncio.ensure_future(pump_out(source, streams[kind]))
                    for kind, source in (("stdout", child.stdout), ("stderr", child.stderr)) if source is not None]
         feeder = asyncio.ensure_future(pump_in(streams["stdin"])) if "stdin" in streams else None
-        code = await child.wait()
+        exited = asyncio.ensure_future(child.wait())
+        await asyncio.wait([exited, asyncio.ensure_future(session.done.wait())], return_when=asyncio.FIRST_COMPLETED)
+        if not exited.done():  # the client went away (kubectl interrupted): so does the command
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(child.pid, signal.SIGKILL)
+        code = await exited
         await asyncio.gather(*outputs)
         if feeder is not None:
             feeder.cancel()

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from e2e.support import eventually
 from e2e.testbed import cluster
 from e2e.tritonlocal import free_ports
 
@@ -34,6 +35,19 @@ def pod(name: str, script: str, restart: str = "Never", **extra) -> dict:
             "volumes": [{"name": "work", "emptyDir": {}}],
         },
     }
+
+
+def commands_with(marker: str) -> list[str]:
+    """Command lines of the processes on this machine (the test bed's pods run here) that name `marker`."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            text = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if marker in text and "sleep" in text:
+            found.append(text)
+    return found
 
 
 def read_line(process: subprocess.Popen, timeout: float) -> str:
@@ -117,6 +131,19 @@ def test_kubectl_exec_runs_in_the_container_and_returns_its_exit_code(testbed, n
     assert result.stdout == "shell\nhello from the pod\ninside\n"
     assert "to-stderr" in result.stderr
     assert testbed.kubectl("exec", "shell", "-n", namespace, "--", "true") == ""
+
+    # An interrupted kubectl exec takes its command with it.
+    marker = f"{namespace}-interrupted"
+    running = subprocess.Popen(
+        [testbed.kubectl_path, f"--kubeconfig={testbed.kubeconfig}", "exec", "shell", "-n", namespace, "--",
+         "sh", "-c", f"echo started; sleep 3600; : {marker}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert read_line(running, 60) == "started\n"
+        assert commands_with(marker), "the exec'd command runs as a process on the node"
+    finally:
+        running.kill()
+        running.communicate(timeout=30)
+    eventually(lambda: not commands_with(marker), 30, "the exec'd command to stop with its kubectl")
 
 
 def test_kubectl_logs_previous_shows_the_instance_before_a_restart(testbed, namespace):
