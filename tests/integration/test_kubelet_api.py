@@ -86,16 +86,19 @@ def healthz(host: str, port: int, pki: Path, client: str | None) -> str:
 
 
 def test_kubectl_logs_of_a_job_with_tail_and_limit(testbed, namespace):
+    spec = pod("x", "for i in 1 2 3 4; do echo line-$i; done; echo oops >&2")["spec"]
+    spec["initContainers"] = [{"name": "prepare", "image": IMAGE, "command": ["sh", "-c", "echo prepared"]}]
     testbed.apply(namespace, [{
         "apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "digits-v1-compress"},
-        "spec": {"backoffLimit": 0,
-                 "template": {"spec": pod("x", "for i in 1 2 3 4; do echo line-$i; done; echo oops >&2")["spec"]}},
+        "spec": {"backoffLimit": 0, "template": {"spec": spec}},
     }])
     testbed.kubectl("wait", "--for=condition=Complete", "job/digits-v1-compress", "-n", namespace, "--timeout=90s")
     # As the README's troubleshooting section says to look at a compression Job.
     assert testbed.kubectl("logs", "job/digits-v1-compress", "-n", namespace) == "line-1\nline-2\nline-3\nline-4\noops\n"
     assert testbed.kubectl("logs", "job/digits-v1-compress", "-n", namespace, "--tail=2") == "line-4\noops\n"
     assert testbed.kubectl("logs", "job/digits-v1-compress", "-n", namespace, "--limit-bytes=6") == "line-1"
+    # An init container's output, as for the Triton pods' model fetcher (`-c fetch`).
+    assert testbed.kubectl("logs", "job/digits-v1-compress", "-n", namespace, "-c", "prepare") == "prepared\n"
     missing = testbed.run_kubectl("logs", "job/digits-v1-compress", "-n", namespace, "--previous", check=False)
     assert missing.returncode != 0 and "previous terminated container" in missing.stderr
 
