@@ -15,7 +15,7 @@
 #   (packages.txt). build/images/<name>.json in the checkout names the image and that
 #   directory, so the node agent of this checkout's test bed runs this checkout's image.
 # - buildah keeps its storage under $MODELOPS_CACHE/images/storage (chroot isolation,
-#   overlay storage, vfs where overlay cannot mount). A lock serialises concurrent callers.
+#   overlay storage, vfs where overlay cannot mount). Locks serialise concurrent callers.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -46,7 +46,9 @@ if [[ ${#need[@]} -gt 0 ]]; then
 fi
 [[ $(id -u) -eq 0 ]] || { log "buildah with chroot isolation and debootstrap need root here"; exit 1; }
 
-exec 9>"$images/.lock"
+# One lock for the base, one per image: `make test` (the operator image) need not wait for
+# `make images` building the compressor. buildah's storage has locks of its own.
+exec 9>"$images/.lock-base"
 flock 9
 
 storage=(--root "$images/storage" --runroot "/run/modelops-buildah")
@@ -99,6 +101,8 @@ if ! bh inspect --type image "$base_image" >/dev/null 2>&1; then
 fi
 
 # ---------------------------------------------------------------- images
+# (The base's key is the text from the base's header to the line above, with its packages.)
+flock -u 9
 version="$(sed -n 's/^__version__ = "\(.*\)"/\1/p' "$root/operator/modelops/__init__.py")"
 
 # The inputs of one image: what its Dockerfile copies, and how it is built.
@@ -119,6 +123,8 @@ done
 
 build_image() {
   local name=$1 key dir ref started ctr mnt
+  exec 8>"$images/.lock-$name"
+  flock 8
   key="$(inputs "$name" | sha256sum | cut -c1-16)"
   dir="$images/$name-$key"
   ref="ghcr.io/modelops/modelops-$name:$version"
@@ -160,6 +166,7 @@ build_image() {
   # This checkout's image of that name: what the node agent of its test bed runs.
   printf '{"image": "%s", "key": "%s", "dir": "%s"}\n' "$ref" "$key" "$dir" >"$root/build/images/$name.json.tmp"
   mv "$root/build/images/$name.json.tmp" "$root/build/images/$name.json"
+  flock -u 8
   echo "$dir"
 }
 
