@@ -156,9 +156,9 @@ build_image() {
   else
     bh tag "localhost/modelops-$name:$key" "$ref"
   fi
-  # Older builds of this image: the newest few stay (other checkouts may run them), the rest go.
+  # Older builds of this image: the newest two stay (another checkout may run one), the rest go.
   local old
-  for old in $(ls -1dt "$images/$name"-*/ 2>/dev/null | tail -n +5); do
+  for old in $(ls -1dt "$images/$name"-*/ 2>/dev/null | tail -n +3); do
     old="${old%/}"
     bh rmi --force "localhost/modelops-$name:${old##*-}" >/dev/null 2>&1 || true
     rm -rf "$old"
