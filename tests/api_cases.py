@@ -13,7 +13,7 @@ SHA = "ab" * 32
 MODEL: dict[str, Any] = {
     "apiVersion": "modelops.dev/v1alpha1", "kind": "Model", "metadata": {"name": "digits"},
     "spec": {
-        "storage": {"endpoint": "http://minio:9000", "bucket": "models", "credentialsSecret": {"name": "s3"}},
+        "storage": {"endpoint": "https://minio:9000", "bucket": "models", "credentialsSecret": {"name": "s3"}},
         "signature": {"inputs": [{"name": "input", "dataType": "FP32", "dims": [64]}],
                       "outputs": [{"name": "logits", "dataType": "FP32", "dims": [10]}]},
     },

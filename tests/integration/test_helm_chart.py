@@ -192,7 +192,7 @@ def smoke_objects(storage: Storage) -> list[dict[str, Any]]:
     secret = yaml.safe_load((samples / "00-storage-credentials.yaml").read_text())
     secret["stringData"] = storage.secret(secret["metadata"]["name"])["stringData"]
     model = yaml.safe_load((samples / "01-model.yaml").read_text())
-    model["spec"]["storage"].update(endpoint=storage.endpoint, bucket=storage.bucket)
+    model["spec"]["storage"].update(storage.model_storage(model["spec"]["storage"]["credentialsSecret"]["name"]))
     version = {
         "apiVersion": "modelops.dev/v1alpha1", "kind": "ModelVersion", "metadata": {"name": "digits-v1"},
         "spec": {"model": model["metadata"]["name"], "version": 1,

@@ -18,7 +18,7 @@ SHA = "ab" * 32
 
 def model_spec(**extra) -> dict:
     return {
-        "storage": {"endpoint": "http://minio:9000", "bucket": "models", "credentialsSecret": {"name": "s3"}},
+        "storage": {"endpoint": "https://minio:9000", "bucket": "models", "credentialsSecret": {"name": "s3"}},
         "signature": {
             "inputs": [{"name": "x", "dataType": "FP32", "dims": [64]}],
             "outputs": [{"name": "y", "dataType": "FP32", "dims": [10]}],
