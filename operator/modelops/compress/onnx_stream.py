@@ -53,7 +53,7 @@ MAX_RANK = 32
 MAX_ELEMENTS = 2**44
 _KNOWN_TYPES = frozenset(onnx.TensorProto.DataType.values()) - {onnx.TensorProto.UNDEFINED}
 # Bytes per element of the whole-byte numeric types, whose raw_data size is exact.
-_ELEMENT_SIZES = {
+_ELEMENT_SIZES: dict[int, int] = {
     t: np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t)).itemsize
     for t in (
         onnx.TensorProto.FLOAT, onnx.TensorProto.UINT8, onnx.TensorProto.INT8, onnx.TensorProto.UINT16,
