@@ -49,9 +49,8 @@ def needles(*values: str) -> dict[str, str]:
     found = {}
     for value in values:
         found[value] = value
-        for encode in (base64.b64encode, base64.urlsafe_b64encode):
-            encoded = encode(value.encode()).decode()
-            found[f"base64({value[:6]}…)"] = encoded.rstrip("=")
+        for label, encode in (("base64", base64.b64encode), ("base64url", base64.urlsafe_b64encode)):
+            found[f"{label}({value[:6]}…)"] = encode(value.encode()).decode().rstrip("=")
     return found
 
 
@@ -146,7 +145,11 @@ def test_a_planted_credential_appears_nowhere(testbed, namespace, storage: Stora
     places["audit log"] = "\n".join(json.dumps(e) for e in audit_log.events_since_mark())
     assert len([k for k in places if k.startswith("Event ")]) >= 10
 
+    # The search finds what is there: every credential is in its Secret, as base64.
+    for name, key in (("storage", storage.secret_key), ("canary", canary_secret)):
+        stored = json.dumps(get_json(testbed, namespace, "secret", name))
+        assert look_for[f"base64({key[:6]}…)"] in stored
     hits = [f"{what} in {where}" for where, text in places.items() for what, needle in look_for.items() if needle in text]
-    print(f"\n[leak] searched {len(places)} places for {len(look_for)} forms of 4 credentials: {len(hits)} hits",
+    print(f"\n[leak] searched {len(places)} places for {len(look_for)} forms of 4 credentials (raw, base64, base64url): {len(hits)} hits",
           file=sys.stderr)
     assert hits == []
