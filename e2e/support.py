@@ -77,7 +77,7 @@ class Testbed:
     s3_endpoint: str
     s3_ca: str
     s3_access_key: str
-    s3_secret_key: str
+    s3_secret_key: str = field(repr=False)  # kept out of test reports
     state_dir: str
     python: str
     project_root: str
@@ -276,7 +276,7 @@ class Storage:
 
     endpoint: str
     access_key: str
-    secret_key: str
+    secret_key: str = field(repr=False)  # kept out of test reports
     bucket: str
     ca_file: str | None = None  # the CA that signs the endpoint's certificate
 
