@@ -6,8 +6,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from modelops.core.conditions import find
 from modelops.api.model import StorageSpec
+from modelops.core.conditions import find
 from modelops.core.models import latest_ready, model_status, transport_condition, version_counts
 from modelops.core.objects import VersionView
 
