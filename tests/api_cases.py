@@ -13,7 +13,7 @@ SHA = "ab" * 32
 MODEL: dict[str, Any] = {
     "apiVersion": "modelops.dev/v1alpha1", "kind": "Model", "metadata": {"name": "digits"},
     "spec": {
-        "storage": {"endpoint": "http://minio:9000", "bucket": "models", "credentialsSecret": {"name": "s3"}},
+        "storage": {"endpoint": "https://minio:9000", "bucket": "models", "credentialsSecret": {"name": "s3"}},
         "signature": {"inputs": [{"name": "input", "dataType": "FP32", "dims": [64]}],
                       "outputs": [{"name": "logits", "dataType": "FP32", "dims": [10]}]},
     },
@@ -131,10 +131,10 @@ INVALID: list[tuple[str, dict[str, Any], str, str]] = [
     ("bucket name too short", edited(MODEL, "spec.storage.bucket", "ab"), "spec.storage.bucket", "must be a bucket name"),
     ("region", edited(MODEL, "spec.storage.region", "us east"), "spec.storage.region", "should match"),
     ("endpoint scheme", edited(MODEL, "spec.storage.endpoint", "minio:9000"), "spec.storage.endpoint", "http:// or https://"),
-    ("endpoint with credentials", edited(MODEL, "spec.storage.endpoint", "http://key:secret@minio:9000"),
+    ("endpoint with credentials", edited(MODEL, "spec.storage.endpoint", "https://key:secret@minio:9000"),
      "spec.storage.endpoint", "no user info"),
-    ("endpoint port", edited(MODEL, "spec.storage.endpoint", "http://minio:70000"), "spec.storage.endpoint", "http:// or https://"),
-    ("endpoint with a space", edited(MODEL, "spec.storage.endpoint", "http://minio :9000"), "spec.storage.endpoint", "http:// or https://"),
+    ("endpoint port", edited(MODEL, "spec.storage.endpoint", "https://minio:70000"), "spec.storage.endpoint", "http:// or https://"),
+    ("endpoint with a space", edited(MODEL, "spec.storage.endpoint", "https://minio :9000"), "spec.storage.endpoint", "http:// or https://"),
     ("tensor data type", edited(MODEL, "spec.signature.inputs", [{"name": "input", "dataType": "float", "dims": [64]}]),
      "spec.signature.inputs[0].dataType", "Unsupported value"),
     ("tensor name with a quote", edited(MODEL, "spec.signature.inputs", tensors('in"put')),
@@ -154,6 +154,23 @@ INVALID: list[tuple[str, dict[str, Any], str, str]] = [
     ("no outputs", edited(MODEL, "spec.signature.outputs", []), "spec.signature.outputs", "at least 1 items"),
     ("maxBatchSize too big", edited(MODEL, "spec.signature.maxBatchSize", 1 << 20), "spec.signature.maxBatchSize", "less than or equal to"),
     ("negative maxBatchSize", edited(MODEL, "spec.signature.maxBatchSize", -1), "spec.signature.maxBatchSize", "greater than or equal to 0"),
+    ("caBundle with both refs", edited(MODEL, "spec.storage.caBundle", {"configMapRef": {"name": "ca"}, "secretRef": {"name": "ca"}}),
+     "spec.storage.caBundle", "exactly one of configMapRef and secretRef"),
+    ("caBundle with no ref", edited(MODEL, "spec.storage.caBundle", {"key": "ca.crt"}),
+     "spec.storage.caBundle", "exactly one of configMapRef and secretRef"),
+    ("caBundle key", edited(MODEL, "spec.storage.caBundle", {"configMapRef": {"name": "ca"}, "key": "../ca"}),
+     "spec.storage.caBundle.key", "should match"),
+]
+
+# Refused by the apiserver (CEL) but parsed by the pydantic models, because a Model stored
+# before the rule existed must still reach the operator, which reports it
+# (StorageSpec.transport_problem: InsecureEndpoint) instead of failing to read it.
+APISERVER_ONLY: list[tuple[str, dict[str, Any], str, str]] = [
+    ("http endpoint without insecure", edited(MODEL, "spec.storage.endpoint", "http://minio:9000"),
+     "spec.storage.endpoint", "use https://, or set insecure: true"),
+    ("caBundle with verifyTLS false", edited(edited(MODEL, "spec.storage.verifyTLS", False), "spec.storage.caBundle",
+                                             {"configMapRef": {"name": "ca"}}),
+     "spec.storage.caBundle", "caBundle needs verifyTLS true"),
 ]
 
 # Names and values the rules must keep accepting.
@@ -161,7 +178,10 @@ VALID_EDITS: list[tuple[str, dict[str, Any]]] = [
     ("transformer tensor names", edited(MODEL, "spec.signature.inputs", tensors("input_ids", "attention_mask", "input.1", "onnx::Gemm_0"))),
     ("variable dims", edited(MODEL, "spec.signature.outputs", [{"name": "logits", "dataType": "FP32", "dims": [-1, 2]}])),
     ("https endpoint with path", edited(MODEL, "spec.storage.endpoint", "https://s3.eu-west-1.amazonaws.com/")),
-    ("IP endpoint", edited(MODEL, "spec.storage.endpoint", "http://127.0.0.1:9000")),
+    ("IP endpoint", edited(MODEL, "spec.storage.endpoint", "https://127.0.0.1:9000")),
+    ("insecure http endpoint", edited(edited(MODEL, "spec.storage.endpoint", "http://127.0.0.1:9000"), "spec.storage.insecure", True)),
+    ("CA bundle in a ConfigMap", edited(MODEL, "spec.storage.caBundle", {"configMapRef": {"name": "kube-root-ca.crt"}})),
+    ("CA bundle in a Secret", edited(MODEL, "spec.storage.caBundle", {"secretRef": {"name": "tls"}, "key": "ca.pem"})),
     ("dotted bucket", edited(MODEL, "spec.storage.bucket", "my.models-1")),
     ("default pruning", edited(MODEL, "spec.versionDefaults", {"compression": pruning(method="structured", amount=0.5)})),
     ("pruning amount only", edited(VERSION, "spec.compression", pruning(amount=0.3))),

@@ -9,12 +9,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.api_cases import DEPLOYMENT, INVALID, MODEL, VALID_EDITS, VERSION, edited
+from tests.api_cases import APISERVER_ONLY, DEPLOYMENT, INVALID, MODEL, VALID_EDITS, VERSION, edited
 from tests.integration.conftest import ROOT, apply_docs, get_json, kubectl
 
 pytestmark = pytest.mark.integration
 
-@pytest.mark.parametrize(("case", "manifest", "field", "message"), INVALID, ids=[c[0] for c in INVALID])
+@pytest.mark.parametrize(
+    ("case", "manifest", "field", "message"), INVALID + APISERVER_ONLY, ids=[c[0] for c in INVALID + APISERVER_ONLY]
+)
 def test_invalid_manifest_is_rejected_with_the_field_named(testbed, crds, namespace, case, manifest, field, message) -> None:
     # JSON, so that control characters reach the apiserver as they are.
     result = kubectl(testbed, "create", "-n", namespace, "-f", "-", input=json.dumps(manifest), check=False)

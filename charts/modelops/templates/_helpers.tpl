@@ -76,8 +76,13 @@ Nothing is deleted: children are owned by the custom resources and garbage-colle
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["get", "list", "watch"]
+# Named Secrets only (a Model's credentialsSecret, or its caBundle.secretRef): get, never list or watch.
 - apiGroups: [""]
   resources: ["secrets"]
+  verbs: ["get"]
+# A Model's caBundle.configMapRef.
+- apiGroups: [""]
+  resources: ["configmaps"]
   verbs: ["get"]
 - apiGroups: [""]
   resources: ["events"]

@@ -87,6 +87,7 @@ class FetchReason(StrEnum):
     CHECKSUM_MISMATCH = "ChecksumMismatch"
     ARTIFACT_NOT_FOUND = "ArtifactNotFound"
     ACCESS_DENIED = "AccessDenied"
+    TLS_VERIFICATION_FAILED = "TLSVerificationFailed"
     REPOSITORY_WRITE_FAILED = "RepositoryWriteFailed"
     FETCH_FAILED = "FetchFailed"
 
