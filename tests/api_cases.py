@@ -125,6 +125,17 @@ INVALID: list[tuple[str, dict[str, Any], str, str]] = [
      "spec.rollout.maxUnavailable", "maxUnavailable must not be 0 when maxSurge is 0"),
     ("rollout percentage", edited(DEPLOYMENT, "spec.rollout", {"maxSurge": "150%"}), "spec.rollout.maxSurge", "should match"),
     ("deployment name is not a DNS label", edited(DEPLOYMENT, "metadata.name", "1digits"), "metadata.name", "DNS label"),
+    ("canary settings with RollingUpdate", edited(DEPLOYMENT, "spec.rollout", {"canary": {"steps": [{"weight": 10}]}}),
+     "spec.rollout.canary", "canary must not be set when strategy is RollingUpdate"),
+    ("canary weight 100", edited(DEPLOYMENT, "spec.rollout", {"strategy": "Canary", "canary": {"steps": [{"weight": 100}]}}),
+     "spec.rollout.canary.steps[0].weight", "less than or equal to 99"),
+    ("canary without steps", edited(DEPLOYMENT, "spec.rollout", {"strategy": "Canary", "canary": {"steps": []}}),
+     "spec.rollout.canary.steps", "at least 1 items"),
+    ("canary pause", edited(DEPLOYMENT, "spec.rollout", {"strategy": "Canary", "canary": {"steps": [{"weight": 10, "pause": "5 min"}]}}),
+     "spec.rollout.canary.steps[0].pause", "should match"),
+    ("canary error ratio", edited(DEPLOYMENT, "spec.rollout", {"strategy": "Canary", "canary": {"analysis": {"maxErrorRatio": 2}}}),
+     "spec.rollout.canary.analysis.maxErrorRatio", "less than or equal to 1"),
+    ("unknown strategy", edited(DEPLOYMENT, "spec.rollout", {"strategy": "BlueGreen"}), "spec.rollout.strategy", "Unsupported value"),
     ("bucket name", edited(MODEL, "spec.storage.bucket", "Models_Bucket"), "spec.storage.bucket", "must be a bucket name"),
     ("bucket name with ..", edited(MODEL, "spec.storage.bucket", "my..models"), "spec.storage.bucket", "must be a bucket name"),
     ("bucket name is an IP", edited(MODEL, "spec.storage.bucket", "192.168.1.1"), "spec.storage.bucket", "not an IP address"),
@@ -171,6 +182,12 @@ VALID_EDITS: list[tuple[str, dict[str, Any]]] = [
     ("max-abs-error", edited(VERSION, "spec.evaluation", gate("max-abs-error", 1000))),
     ("resources", edited(DEPLOYMENT, "spec.triton", {"resources": {"limits": {"cpu": "500m", "memory": "2Gi"}, "requests": {"cpu": 1}}})),
     ("rollout percentages", edited(DEPLOYMENT, "spec.rollout", {"maxSurge": "25%", "maxUnavailable": 0})),
+    ("suspended", edited(DEPLOYMENT, "spec.suspended", True)),
+    ("canary with the defaults", edited(DEPLOYMENT, "spec.rollout", {"strategy": "Canary"})),
+    ("canary steps and analysis", edited(DEPLOYMENT, "spec.rollout", {"strategy": "Canary", "canary": {
+        "steps": [{"weight": 10, "pause": "30s"}, {"weight": 50, "pause": "2m"}],
+        "analysis": {"maxErrorRatio": 0.01, "maxP99LatencyMs": 250, "maxLatencyRatio": 3, "minRequests": 500, "interval": "5s"},
+        "httpRoute": {"parent": "public", "namespace": "gateways", "sectionName": "http"}}})),
 ]
 
 
