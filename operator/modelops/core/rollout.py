@@ -191,8 +191,14 @@ def plan_rollout(
     # What the stable Deployment renders: the target, unless a suspension or a canary holds it
     # at the served version. `target` stays the version on its way (for records and conditions).
     stable_target = target
-    if spec.suspended and serving_view is not None:
-        stable_target = serving_view
+    if spec.suspended:
+        # The pod template stays as it is (the live one, else the served one): a new version
+        # rolls out on resume, where a rollout can be watched and rolled back.
+        for kept in (server.version if server else None, served):
+            view = owners.get(kept) if kept is not None else None
+            if view is not None and view.ready and kept not in failed:
+                stable_target = view
+                break
 
     canary_plan = None
     if spec.rollout.strategy == RolloutStrategy.CANARY and spec.suspended:
