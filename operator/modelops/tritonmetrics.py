@@ -26,6 +26,7 @@ _COUNTERS = {
     "nv_inference_request_duration_us": "duration_us",
     "nv_inference_queue_duration_us": "queue_us",
     "nv_inference_compute_infer_duration_us": "compute_us",
+    "nv_inference_count": "inferences",
 }
 _SUMMARY = "nv_inference_request_summary_us"
 

@@ -74,6 +74,7 @@ ANALYSIS = CanaryAnalysis.model_validate({"maxErrorRatio": 0.01, "maxP99LatencyM
     (Measurement(200, 2, 1.0, 2.0), Measurement(1000, 0, 1.0, 2.0), False, WAIT, "pause"),
     (Measurement(200, 2, 1.0, 2.0), Measurement(1000, 0, 1.0, 2.0), True, PASS, "within"),
     (Measurement(200, 0, 1.0, 60.0), None, True, FAIL, "p99 latency 60.00 ms"),
+    (Measurement(200, 0, 9.0, 60.0), Measurement(1000, 0, 1.0, 2.0), False, WAIT, "latency is judged"),
     (Measurement(200, 0, 3.5, 20.0), Measurement(1000, 0, 1.0, 2.0), True, FAIL, "3.50x"),
     (Measurement(200, 0, 2.9, 20.0), Measurement(1000, 0, 1.0, 2.0), True, PASS, "within"),
     (Measurement(200, 0, 3.5, None), None, True, PASS, "within"),  # no stable pods: no ratio to judge

@@ -18,6 +18,9 @@ nv_inference_request_success{model="other",version="1"} 7
 # TYPE nv_inference_request_failure counter
 nv_inference_request_failure{model="digits",reason="OTHER",version="1"} 1
 nv_inference_request_failure{model="digits",reason="BACKEND",version="1"} 3
+# HELP nv_inference_count Number of inferences performed (does not include cached requests)
+# TYPE nv_inference_count counter
+nv_inference_count{model="digits",version="1"} 20
 # HELP nv_inference_request_duration_us Cumulative inference request duration in microseconds
 # TYPE nv_inference_request_duration_us counter
 nv_inference_request_duration_us{model="digits",version="1"} 131900
@@ -40,6 +43,7 @@ nv_inference_request_summary_us{model="other",version="1",quantile="0.99"} 99999
 def test_counters_of_one_model() -> None:
     m = parse(TEXT, "digits")
     assert (m.success, m.failure, m.duration_us, m.queue_us, m.compute_us, m.p99_us) == (20, 4, 131900, 2202, 68781, 874)
+    assert m.inferences == 20
 
 
 def test_all_models_and_a_server_without_summaries() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated
 
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from modelops.api.model import MAX_BATCH_SIZE_MAX, Scheduling
 from modelops.api.types import (
@@ -82,6 +82,8 @@ class DeploymentReason(StrEnum):
     CANARY_PROMOTED = "CanaryPromoted"
     CANARY_ABORTED = "CanaryAborted"
     METRICS_UNAVAILABLE = "MetricsUnavailable"
+    # Autoscaling
+    SCALED = "Scaled"
 
 
 class RolloutStrategy(StrEnum):
@@ -196,6 +198,65 @@ class CanarySpec(ApiModel):
     http_route: HTTPRouteRef | None = Field(None, description="Where Gateway API is installed: split traffic by HTTPRoute weights.")
 
 
+class AutoscalingMetric(StrEnum):
+    QUEUE_TIME_RATIO = "queue-time-ratio"
+    INFERENCES_PER_SECOND = "inferences-per-second"
+
+
+class AutoscalingProvider(StrEnum):
+    OPERATOR = "operator"
+    HPA = "hpa"
+    KEDA = "keda"
+
+
+class AutoscalingSpec(ApiModel):
+    """Replicas that follow the load. The replica count then belongs to the scaler."""
+
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": validations(
+            cel("self.minReplicas <= self.maxReplicas", "minReplicas must not be greater than maxReplicas", fieldPath=".minReplicas"),
+            cel(f"self.provider != '{AutoscalingProvider.KEDA}' || has(self.prometheusAddress)",
+                "prometheusAddress is required when provider is keda", fieldPath=".prometheusAddress", reason="FieldValueRequired"),
+        )
+    }
+
+    min_replicas: int = Field(1, ge=1, le=1000, description="Fewest Triton pods.")
+    max_replicas: int = Field(ge=1, le=1000, description="Most Triton pods.")
+    metric: AutoscalingMetric = Field(
+        AutoscalingMetric.QUEUE_TIME_RATIO,
+        description="queue-time-ratio: time requests wait in Triton's queue over the time they compute; "
+        "inferences-per-second: inferences per second per pod. Both from Triton's counters.",
+    )
+    target: float = Field(gt=0, le=1_000_000, description="The value of the metric the scaler holds each pod at.")
+    provider: AutoscalingProvider = Field(
+        AutoscalingProvider.OPERATOR,
+        description="operator: the operator reads Triton's metrics on the pods and scales (no metrics adapter needed); "
+        "hpa: an autoscaling/v2 HorizontalPodAutoscaler on a Pods metric from a Prometheus adapter; "
+        "keda: a KEDA ScaledObject with a Prometheus trigger.",
+    )
+    stabilization_window: Duration = Field(
+        "60s", description="operator: a scale-down takes the highest recommendation over this window."
+    )
+    cooldown: Duration = Field("120s", description="operator: least time between a change of replicas and a scale-down.")
+    interval: Duration = Field("10s", description="operator: how often Triton's metrics are read.")
+    prometheus_address: str | None = Field(
+        None, max_length=512, pattern=r"^https?://[^\s]+$", description="keda: address of the Prometheus server the trigger queries."
+    )
+
+    @field_validator("max_replicas")
+    @classmethod
+    def _range(cls, value: int, info: ValidationInfo) -> int:
+        if value < info.data.get("min_replicas", 1):
+            raise ValueError("minReplicas must not be greater than maxReplicas")
+        return value
+
+    @model_validator(mode="after")
+    def _keda_needs_prometheus(self) -> AutoscalingSpec:
+        if self.provider == AutoscalingProvider.KEDA and self.prometheus_address is None:
+            raise ValueError("prometheusAddress is required when provider is keda")
+        return self
+
+
 class RolloutSpec(ApiModel):
     """How a version change rolls out."""
 
@@ -278,6 +339,9 @@ class ModelDeploymentSpec(ApiModel):
         description="Scale the Triton pods to 0 (frees their GPUs) and keep everything else; false again restores spec.replicas. "
         "Versions keep compressing while suspended; a new version rolls out on resume.",
     )
+    autoscaling: AutoscalingSpec | None = Field(
+        None, description="Scale the Triton pods between minReplicas and maxReplicas on a Triton metric; replicas is then ignored."
+    )
     triton: TritonSpec = nested(TritonSpec, "Triton settings.")
     scheduling: Scheduling = nested(Scheduling, "Scheduling of the Triton pods; gpus defaults to 0.")
     rollout: RolloutSpec = nested(RolloutSpec, "Rollout settings.")
@@ -359,6 +423,25 @@ class CanaryStatus(ApiModel):
     message: str | None = Field(None, description="The last decision, with its figures.")
 
 
+class Recommendation(ApiModel):
+    """One recommendation of the operator's scaler."""
+
+    time: str = Field(json_schema_extra={"format": "date-time"}, description="When it was made.")
+    replicas: int = Field(description="The replicas the metric asked for.")
+
+
+class AutoscalingStatus(ApiModel):
+    """What the operator's scaler measured and decided."""
+
+    replicas: int = Field(description="The replica count the scaler asks for.")
+    metric: AutoscalingMetric = Field(description="The metric.")
+    value: float | None = Field(None, description="The metric's last value (per pod for inferences-per-second).")
+    last_scale_time: str | None = Field(None, json_schema_extra={"format": "date-time"}, description="When replicas last changed.")
+    recommendations: list[Recommendation] | None = Field(
+        None, description="Recent recommendations (time, replicas) that the stabilisation window looks at."
+    )
+
+
 class ModelDeploymentStatus(ApiModel):
     """Observed state of a ModelDeployment."""
 
@@ -377,4 +460,5 @@ class ModelDeploymentStatus(ApiModel):
     endpoints: Endpoints | None = Field(None, description="In-cluster endpoints.")
     rollouts: list[RolloutRecord] | None = Field(None, description="The most recent rollouts, newest last.")
     canary: CanaryStatus | None = Field(None, description="The canary in progress, or the last one.")
+    autoscaling: AutoscalingStatus | None = Field(None, description="The operator's scaler, with provider operator.")
     conditions: Conditions | None = Field(None, description="Ready, Progressing and Degraded.")

@@ -62,6 +62,17 @@ class PodMetrics:
     queue_us: float = 0.0
     compute_us: float = 0.0
     p99_us: float | None = None  # nv_inference_request_summary_us{quantile="0.99"}
+    inferences: float = 0.0  # nv_inference_count
+
+    def minus_counters(self, earlier: PodMetrics) -> PodMetrics:
+        """Every counter since `earlier`; a pod that restarted since then counts from zero."""
+        if self.success < earlier.success or self.inferences < earlier.inferences or self.compute_us < earlier.compute_us:
+            return self
+        return PodMetrics(
+            self.success - earlier.success, self.failure - earlier.failure, self.duration_us - earlier.duration_us,
+            self.queue_us - earlier.queue_us, self.compute_us - earlier.compute_us, self.p99_us,
+            self.inferences - earlier.inferences,
+        )
 
     def minus(self, base: Mapping[str, Any] | None) -> PodMetrics:
         """Counters since `base`; a pod that restarted since then counts from zero."""
@@ -124,12 +135,15 @@ def measure(pods: Mapping[str, PodMetrics], baseline: Mapping[str, Mapping[str, 
 
 
 def judge(analysis: CanaryAnalysis, canary: Measurement, stable: Measurement | None, paused: bool) -> tuple[str, str]:
-    """(Pass | Fail | Wait, why). A failing canary is aborted as soon as it has served
-    minRequests, even before the pause is over; a passing one waits for the pause."""
+    """(Pass | Fail | Wait, why). Errors abort as soon as the canary has served minRequests,
+    even before the pause is over. Latency is judged at the end of the pause, so that the
+    first requests of freshly started pods (cold caches, lazy initialisation) weigh little."""
     if canary.requests < analysis.min_requests:
         return WAIT, f"{canary.requests}/{analysis.min_requests} requests reached the canary"
     if canary.error_ratio > analysis.max_error_ratio:
         return FAIL, f"error ratio {canary.error_ratio:.3f} is above maxErrorRatio {analysis.max_error_ratio}"
+    if not paused:
+        return WAIT, "no errors above the limit so far; latency is judged when the step's pause is over"
     if analysis.max_p99_latency_ms is not None and canary.p99_latency_ms is not None \
             and canary.p99_latency_ms > analysis.max_p99_latency_ms:
         return FAIL, f"p99 latency {canary.p99_latency_ms:.2f} ms is above maxP99LatencyMs {analysis.max_p99_latency_ms}"
@@ -138,8 +152,6 @@ def judge(analysis: CanaryAnalysis, canary: Measurement, stable: Measurement | N
         ratio = canary.mean_latency_ms / stable.mean_latency_ms
         if ratio > analysis.max_latency_ratio:
             return FAIL, f"mean latency is {ratio:.2f}x the stable pods', above maxLatencyRatio {analysis.max_latency_ratio}"
-    if not paused:
-        return WAIT, "within the limits; the step's pause is not over"
     return PASS, "within the limits"
 
 

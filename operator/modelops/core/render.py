@@ -8,7 +8,7 @@ import math
 from typing import Any
 
 from modelops import serving
-from modelops.api.deployment import ModelDeploymentSpec
+from modelops.api.deployment import AutoscalingProvider, ModelDeploymentSpec
 from modelops.api.model import ModelSpec, Signature, StorageSpec
 from modelops.api.types import Toleration
 from modelops.compress import exitcodes
@@ -39,6 +39,8 @@ def managed_replicas(spec: ModelDeploymentSpec) -> int | None:
     autoscaler."""
     if spec.suspended:
         return 0
+    if spec.autoscaling is not None and spec.autoscaling.provider != AutoscalingProvider.OPERATOR:
+        return None
     return spec.replicas
 
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from modelops import kube as k8s
 from modelops import tritonmetrics
-from modelops.api.deployment import ModelDeploymentSpec, RolloutStrategy
+from modelops.api.deployment import DeploymentReason, ModelDeploymentSpec, RolloutStrategy
 from modelops.api.model import ModelSpec
 from modelops.core import naming, render
 from modelops.core.canary import CanaryServer
@@ -21,6 +21,7 @@ from modelops.core.rollout import (
     plan_rollout,
     verdicts_of,
 )
+from modelops.handlers import scaling
 from modelops.handlers.context import Context
 from modelops.handlers.queue import Key, RetryLater
 from modelops.serving import ServingConfigError
@@ -41,6 +42,8 @@ def reconcile_deployment(ctx: Context, key: Key) -> float | None:
     )
     live_deployment = ctx.kube.get(k8s.DEPLOYMENTS, namespace, name)
     live_service = ctx.kube.get(k8s.SERVICES, namespace, name)
+    scaled = scaling.scale(ctx, spec, body, live_deployment)
+    spec = scaled.spec
     canary_inputs = _canary_inputs(ctx, spec, body, name, namespace)
 
     def plan(blocked: tuple[str, str] | None = None) -> RolloutPlan:
@@ -76,8 +79,17 @@ def reconcile_deployment(ctx: Context, key: Key) -> float | None:
             keep(ctx, k8s.DEPLOYMENTS, live_deployment, desired)
             keep(ctx, k8s.SERVICES, live_service, service)
             keep_canary(ctx, result, canary_inputs[0], spec, model_body, versions, name, namespace, owner)
+            split = result.canary.weights if result.canary is not None and result.canary.hold else None
+            canary_status = result.status.canary
+            scaling.keep_providers(ctx, keep, spec, name, namespace, owner, split,
+                                   canary_status.stable_version if canary_status is not None and split else None)
 
-    ctx.write_status(k8s.MODELDEPLOYMENTS, body, result.status.wire())
+    status = result.status
+    if scaled.status is not None:
+        status = status.model_copy(update={"autoscaling": scaled.status})
+    ctx.write_status(k8s.MODELDEPLOYMENTS, body, status.wire())
+    if scaled.message is not None:
+        ctx.kube.emit_event(body, "Normal", DeploymentReason.SCALED, scaled.message)
     for event in result.events:
         ctx.kube.emit_event(body, event.type, event.reason, event.message)
     if result.started is not None:
@@ -90,7 +102,8 @@ def reconcile_deployment(ctx: Context, key: Key) -> float | None:
     # Level-triggered: this deployment's name sits on exactly the versions it failed.
     for verdict in verdicts_of(name, result.status.failed_versions or (), versions):
         record_verdict(ctx, namespace, verdict)
-    return result.requeue
+    waits = [w for w in (result.requeue, scaled.requeue) if w is not None]
+    return min(waits) if waits else None
 
 
 def _canary_inputs(
