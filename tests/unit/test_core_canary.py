@@ -61,7 +61,7 @@ def test_measure_counts_from_the_baseline_and_a_restarted_pod_from_zero() -> Non
                 "b": {"success": 40, "failure": 0, "durationUs": 90_000}}  # b restarted: counters went down
     m = measure(pods, baseline)
     assert (m.requests, m.failures) == (120, 0)
-    assert m.mean_latency_ms == pytest.approx((200_000 + 40_000) / 120 / 1000)
+    assert m.mean_latency_ms == pytest.approx((200_000 + 40_000) / 120 / 1000)  # 120 successes
     assert m.p99_latency_ms == 9.0
 
 

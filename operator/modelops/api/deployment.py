@@ -5,7 +5,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated
 
-from pydantic import Field, ValidationInfo, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator
 
 from modelops.api.model import MAX_BATCH_SIZE_MAX, Scheduling
 from modelops.api.types import (
@@ -214,7 +214,7 @@ class AutoscalingSpec(ApiModel):
 
     model_config = ApiModel.model_config | {
         "json_schema_extra": validations(
-            cel("self.minReplicas <= self.maxReplicas", "minReplicas must not be greater than maxReplicas", fieldPath=".minReplicas"),
+            cel("self.minReplicas <= self.maxReplicas", "minReplicas must not be greater than maxReplicas", fieldPath=".maxReplicas"),
             cel(f"self.provider != '{AutoscalingProvider.KEDA}' || has(self.prometheusAddress)",
                 "prometheusAddress is required when provider is keda", fieldPath=".prometheusAddress", reason="FieldValueRequired"),
         )
@@ -240,7 +240,7 @@ class AutoscalingSpec(ApiModel):
     cooldown: Duration = Field("120s", description="operator: least time between a change of replicas and a scale-down.")
     interval: Duration = Field("10s", description="operator: how often Triton's metrics are read.")
     prometheus_address: str | None = Field(
-        None, max_length=512, pattern=r"^https?://[^\s]+$", description="keda: address of the Prometheus server the trigger queries."
+        None, validate_default=True, max_length=512, pattern=r"^https?://[^\s]+$", description="keda: address of the Prometheus server the trigger queries."
     )
 
     @field_validator("max_replicas")
@@ -250,11 +250,12 @@ class AutoscalingSpec(ApiModel):
             raise ValueError("minReplicas must not be greater than maxReplicas")
         return value
 
-    @model_validator(mode="after")
-    def _keda_needs_prometheus(self) -> AutoscalingSpec:
-        if self.provider == AutoscalingProvider.KEDA and self.prometheus_address is None:
+    @field_validator("prometheus_address")
+    @classmethod
+    def _keda_needs_prometheus(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if info.data.get("provider") == AutoscalingProvider.KEDA and value is None:
             raise ValueError("prometheusAddress is required when provider is keda")
-        return self
+        return value
 
 
 class RolloutSpec(ApiModel):

@@ -129,7 +129,8 @@ def measure(pods: Mapping[str, PodMetrics], baseline: Mapping[str, Mapping[str, 
     return Measurement(
         requests=requests,
         failures=int(failure),
-        mean_latency_ms=duration / requests / 1000.0 if requests else None,
+        # Triton's duration counter covers the successful requests.
+        mean_latency_ms=duration / success / 1000.0 if success else None,
         p99_latency_ms=max(p99s) / 1000.0 if p99s else None,
     )
 
