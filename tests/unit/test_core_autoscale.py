@@ -56,6 +56,9 @@ def test_scales_up_at_once_and_down_after_the_window_and_cooldown() -> None:
 
 def test_within_the_tolerance_nothing_changes_and_a_missing_value_holds() -> None:
     assert run([(0, 108), (10, 92), (20, None)], start=2) == [2, 2, 2]
+    first = decide(SPEC, 1, 250, None, T0)
+    # Between readings the status stays exactly as it was: a reconcile then writes nothing.
+    assert decide(SPEC, 3, None, first.status.wire(), T0 + timedelta(seconds=3)).status == first.status
 
 
 def test_bounds() -> None:

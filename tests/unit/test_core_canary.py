@@ -231,3 +231,11 @@ def test_a_suspended_canary_deployment_stops_its_canary_pods_too() -> None:
     p = rollout(old, done(1, 9), ready(2, 1), md=canary_spec(suspended=True))
     assert p.canary.canary_replicas == 0 and p.target.version == 1
     assert find(p.status["conditions"], "Ready")["reason"] == "Suspended"
+
+
+def test_between_analyses_a_reconcile_changes_nothing() -> None:
+    start = step(None)
+    counting = step(start.status, server=ready(2, 1), metrics=pods((0, 0), (0, 0)), now=T0 + timedelta(seconds=5))
+    analysed = step(counting.status, server=ready(2, 1), metrics=pods((50, 0), (200, 0)), now=T0 + timedelta(seconds=10))
+    soon = step(analysed.status, server=ready(2, 1), metrics=pods((60, 0), (240, 0)), now=T0 + timedelta(seconds=12))
+    assert soon.status == analysed.status and soon.events == () and soon.requeue == 3.0

@@ -62,8 +62,13 @@ class ScaleDecision:
 def decide(
     spec: AutoscalingSpec, current: int, value: float | None, old: Mapping[str, object] | None, now: datetime
 ) -> ScaleDecision:
-    """The replicas to run. `current` is what the Deployment asks for now (not its ready pods)."""
+    """The replicas to run. `current` is what the Deployment asks for now (not its ready pods).
+    Without a new value (no reading yet, or not an interval since the last) nothing changes,
+    so a reconcile between readings writes nothing."""
     previous = AutoscalingStatus.model_validate(old) if old else None
+    if value is None and previous is not None:
+        held = max(spec.min_replicas, min(previous.replicas, spec.max_replicas))
+        return ScaleDecision(held, previous.model_copy(update={"replicas": held}))
     replicas = previous.replicas if previous is not None else max(spec.min_replicas, min(current, spec.max_replicas))
     replicas = max(spec.min_replicas, min(replicas, spec.max_replicas))
     # A scaler that just started has nothing to stabilise on: its cooldown starts now.

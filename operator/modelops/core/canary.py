@@ -288,6 +288,14 @@ def plan_canary(
         data["lastAnalysis"] = None
         return waiting("the canary pods are ready; counting requests from now", wants_metrics=True)
 
+    # One analysis per interval, however often the object is reconciled (each status write
+    # wakes it): between analyses the status stays as it is, so nothing is written.
+    last = (data.get("lastAnalysis") or {}).get("time") or data["stepStartedAt"]
+    since = (now - datetime.strptime(last, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=now.tzinfo)).total_seconds()
+    if since < interval:
+        return CanaryPlan(status=CanaryStatus.model_validate(data), hold=True, canary_version=candidate, canary_replicas=count,
+                          events=tuple(events), requeue=max(0.5, interval - since), weights=(100 - weight, weight),
+                          wants_metrics=True)
     baseline = {entry["pod"]: entry for entry in data.get("baseline") or []}
     canary = measure(canary_pods, baseline)
     stable = measure(stable_pods, baseline) if stable_pods else None

@@ -37,18 +37,22 @@ def scale(ctx: Context, spec: ModelDeploymentSpec, body: dict[str, Any], live: d
         return Scaling(spec.model_copy(update={"replicas": count}))
     key = (meta["namespace"], meta["name"])
     now = ctx.clock()
+    interval = float(seconds(auto.interval))
     value = None
-    selector = ",".join(f"{k}={v}" for k, v in naming.server_selector(meta["name"]).items())
-    read = tritonmetrics.read_pods(ctx.kube.list(k8s.PODS, meta["namespace"], label_selector=selector), spec.model)
-    if read is not None:
-        reading = autoscale.Reading(now, read[1])  # the stable pods
-        before = ctx.readings.get(key)
-        if before is not None:
-            value = autoscale.metric_value(auto.metric, before, reading)
-        ctx.readings[key] = reading
+    before = ctx.readings.get(key)
+    since = (now - before.time).total_seconds() if before is not None else interval
+    if since >= interval:  # one reading per interval, however often the object is reconciled
+        selector = ",".join(f"{k}={v}" for k, v in naming.server_selector(meta["name"]).items())
+        read = tritonmetrics.read_pods(ctx.kube.list(k8s.PODS, meta["namespace"], label_selector=selector), spec.model)
+        if read is not None:
+            reading = autoscale.Reading(now, read[1])  # the stable pods
+            if before is not None:
+                value = autoscale.metric_value(auto.metric, before, reading)
+            ctx.readings[key] = reading
+        since = 0.0
     decision = autoscale.decide(auto, live_replicas, value, (body.get("status") or {}).get("autoscaling"), now)
     return Scaling(spec.model_copy(update={"replicas": decision.replicas}), decision.status, decision.message,
-                   float(seconds(auto.interval)))
+                   max(0.5, interval - since))
 
 
 def keep_providers(
