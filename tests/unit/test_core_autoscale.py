@@ -82,3 +82,13 @@ def test_the_replicas_belong_to_the_scaler() -> None:
         assert managed_replicas(ModelDeploymentSpec.model_validate({**base, "autoscaling": auto})) == rendered
     assert managed_replicas(ModelDeploymentSpec.model_validate({**base, "suspended": True, "autoscaling": {
         "minReplicas": 1, "maxReplicas": 4, "target": 1, "provider": "hpa"}})) == 0
+
+
+def test_the_ratio_is_over_the_measured_pods_and_no_scale_down_while_pods_start() -> None:
+    up = decide(SPEC, 1, 250, None, T0, pods=1, ready=1)
+    assert up.replicas == 3
+    # 3 asked for, 1 ready and measured: 1 x 150 / 100 asks for 2, but pods are still starting.
+    later = decide(SPEC, 3, 150, up.status.wire(), T0 + timedelta(seconds=120), pods=1, ready=1)
+    assert later.replicas == 3
+    settled = decide(SPEC, 3, 20, later.status.wire(), T0 + timedelta(seconds=240), pods=3, ready=3)
+    assert settled.replicas == 1

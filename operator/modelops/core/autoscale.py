@@ -2,10 +2,12 @@
 readings of Triton's counters, and the replica count it asks for. Pure; the handler keeps the
 previous reading and applies the count.
 
-The count follows the HorizontalPodAutoscaler's rule, desired = ceil(current * value / target),
-left alone within 10 % of the target, and kept between minReplicas and maxReplicas. A scale-up
-happens at once; a scale-down takes the highest recommendation of the stabilisation window and
-waits for the cooldown since the last change, so that a dip in the load does not flap the pods.
+The count follows the HorizontalPodAutoscaler's rule, desired = ceil(measured * value / target)
+over the pods that were measured (ready in both readings), left alone within 10 % of the
+target, and kept between minReplicas and maxReplicas. A scale-up happens at once; a
+scale-down takes the highest recommendation of the stabilisation window, waits for the
+cooldown since the last change, and never happens while pods of an earlier change are still
+starting, so that a dip in the load (or a slow start) does not flap the pods.
 """
 
 from __future__ import annotations
@@ -29,6 +31,11 @@ class Reading:
 
     time: datetime
     pods: Mapping[str, PodMetrics]
+
+
+def measured(before: Reading, after: Reading) -> int:
+    """The pods a metric_value covers."""
+    return sum(1 for name in after.pods if name in before.pods)
 
 
 def metric_value(metric: AutoscalingMetric, before: Reading, after: Reading) -> float | None:
@@ -60,9 +67,11 @@ class ScaleDecision:
 
 
 def decide(
-    spec: AutoscalingSpec, current: int, value: float | None, old: Mapping[str, object] | None, now: datetime
+    spec: AutoscalingSpec, current: int, value: float | None, old: Mapping[str, object] | None, now: datetime,
+    pods: int | None = None, ready: int | None = None,
 ) -> ScaleDecision:
-    """The replicas to run. `current` is what the Deployment asks for now (not its ready pods).
+    """The replicas to run. `current` is what the Deployment asks for now, `pods` the pods the
+    value was measured on, `ready` the Deployment's ready pods.
     Without a new value (no reading yet, or not an interval since the last) nothing changes,
     so a reconcile between readings writes nothing."""
     previous = AutoscalingStatus.model_validate(old) if old else None
@@ -81,7 +90,8 @@ def decide(
     message = None
     if value is not None:
         ratio = value / spec.target
-        raw = replicas if abs(ratio - 1) <= TOLERANCE else math.ceil(replicas * ratio)
+        base = pods if pods else replicas
+        raw = replicas if abs(ratio - 1) <= TOLERANCE else math.ceil(base * ratio)
         raw = max(spec.min_replicas, min(raw, spec.max_replicas))
         recommendations.append({"time": timestamp(now), "replicas": raw})  # type: ignore[arg-type]
         wanted = replicas
@@ -90,7 +100,8 @@ def decide(
         else:
             highest = max(int(r["replicas"] if isinstance(r, dict) else r.replicas) for r in recommendations)
             cooled = last_change is None or (now - last_change).total_seconds() >= seconds(spec.cooldown)
-            if highest < replicas and cooled:
+            settled = ready is None or ready >= replicas
+            if highest < replicas and cooled and settled:
                 wanted = highest
         if wanted != replicas:
             message = (f"scaled from {replicas} to {wanted} replicas: {spec.metric} is {value:.3g} "

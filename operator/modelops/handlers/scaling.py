@@ -38,7 +38,7 @@ def scale(ctx: Context, spec: ModelDeploymentSpec, body: dict[str, Any], live: d
     key = (meta["namespace"], meta["name"])
     now = ctx.clock()
     interval = float(seconds(auto.interval))
-    value = None
+    value, pods = None, None
     before = ctx.readings.get(key)
     since = (now - before.time).total_seconds() if before is not None else interval
     if since >= interval:  # one reading per interval, however often the object is reconciled
@@ -48,9 +48,11 @@ def scale(ctx: Context, spec: ModelDeploymentSpec, body: dict[str, Any], live: d
             reading = autoscale.Reading(now, read[1])  # the stable pods
             if before is not None:
                 value = autoscale.metric_value(auto.metric, before, reading)
+                pods = autoscale.measured(before, reading)
             ctx.readings[key] = reading
         since = 0.0
-    decision = autoscale.decide(auto, live_replicas, value, (body.get("status") or {}).get("autoscaling"), now)
+    ready = int(((live or {}).get("status") or {}).get("readyReplicas", 0))
+    decision = autoscale.decide(auto, live_replicas, value, (body.get("status") or {}).get("autoscaling"), now, pods, ready)
     return Scaling(spec.model_copy(update={"replicas": decision.replicas}), decision.status, decision.message,
                    max(0.5, interval - since))
 
