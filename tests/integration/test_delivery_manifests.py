@@ -76,7 +76,7 @@ def kubeconform(testbed: Any, path: Path) -> tuple[int, dict[str, Any]]:
 def test_kubeconform_passes_the_delivery_renderings(testbed, tmp_path: Path) -> None:
     docs = rendered()
     path = tmp_path / "delivery.yaml"
-    path.write_text(yaml.safe_dump_all(docs))
+    path.write_text(yaml.safe_dump_all(json.loads(json.dumps(docs))))  # StrEnums as plain strings
     code, report = kubeconform(testbed, path)
     problems = [r for r in report.get("resources", []) if r["status"] != "statusValid"]
     assert code == 0 and not problems, json.dumps(problems, indent=1)
