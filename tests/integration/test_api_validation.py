@@ -43,8 +43,9 @@ def test_valid_edits_are_accepted(testbed, crds, namespace, case, manifest) -> N
 def test_defaults_are_filled_by_the_api_server(testbed, crds, namespace) -> None:
     apply_docs(testbed, namespace, [MODEL, DEPLOYMENT])
     spec = get_json(testbed, namespace, "modeldeployment", "digits")["spec"]
-    assert spec["versionPolicy"] == "Latest" and spec["replicas"] == 1
-    assert spec["rollout"] == {"maxSurge": 1, "maxUnavailable": 0, "progressDeadlineSeconds": 600, "autoRollback": True}
+    assert spec["versionPolicy"] == "Latest" and spec["replicas"] == 1 and spec["suspended"] is False
+    assert spec["rollout"] == {"strategy": "RollingUpdate", "maxSurge": 1, "maxUnavailable": 0,
+                               "progressDeadlineSeconds": 600, "autoRollback": True}
     model = get_json(testbed, namespace, "model", "digits")["spec"]
     assert model["storage"]["region"] == "us-east-1" and model["storage"]["verifyTLS"] is True
     assert model["versionDefaults"]["compression"]["quantization"] == "int8-weight-only"

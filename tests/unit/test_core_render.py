@@ -152,6 +152,11 @@ def served(number: int = 1, sha: str = "cd" * 32) -> VersionView:
                        compressed_uri=f"s3://models/modelops-cache/{number}/model.onnx", compressed_sha256=sha, compressed_format="onnx")
 
 
+def test_a_suspended_deployment_renders_zero_replicas() -> None:
+    assert deployment({"replicas": 3, "suspended": True})["spec"]["replicas"] == 0
+    assert deployment({"replicas": 3, "suspended": True})["spec"]["template"] == deployment({"replicas": 3})["spec"]["template"]
+
+
 def deployment(spec: dict | None = None, version: VersionView | None = None, model: ModelSpec | None = None, settings=SETTINGS):
     return render_deployment(
         name="digits", namespace="ns", owner=MD_OWNER, spec=ModelDeploymentSpec.model_validate({"model": "digits", **(spec or {})}),
@@ -169,6 +174,7 @@ def test_triton_container_ports_probes_and_command() -> None:
     assert triton["args"] == [
         "--model-repository=/models", "--model-control-mode=none", "--strict-readiness=true",
         "--http-port=8000", "--grpc-port=8001", "--metrics-port=8002",
+        "--metrics-config=summary_latencies=true",
     ]
     assert triton["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": "http"}
     assert triton["livenessProbe"]["httpGet"] == {"path": "/v2/health/live", "port": "http"}
@@ -349,3 +355,20 @@ def test_long_names_make_valid_job_names() -> None:
     name = naming.job_name(long)
     assert len(name) <= 63 and name.endswith("-compress")
     assert naming.job_name(long) == name and naming.job_name(long + "b") != name
+
+
+def test_the_canary_deployment_shares_the_service_selector_and_has_its_own() -> None:
+    from modelops.core import naming
+
+    stable = deployment()
+    canary = render_deployment(
+        name="digits", namespace="ns", owner=MD_OWNER, spec=ModelDeploymentSpec.model_validate({"model": "digits"}),
+        model_name="digits", model=model_spec(), version=served(), settings=SETTINGS, canary_replicas=2,
+    )
+    service_selector = naming.server_selector("digits")
+    assert canary["metadata"]["name"] == "digits-canary" and canary["spec"]["replicas"] == 2
+    assert canary["spec"]["selector"]["matchLabels"] == {**service_selector, "modelops.dev/track": "canary"}
+    assert stable["spec"]["selector"]["matchLabels"] == service_selector
+    labels = canary["spec"]["template"]["metadata"]["labels"]
+    assert service_selector.items() <= labels.items() and labels["modelops.dev/track"] == "canary"
+    assert canary["spec"]["template"]["spec"] == stable["spec"]["template"]["spec"]

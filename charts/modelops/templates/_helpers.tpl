@@ -87,6 +87,15 @@ Nothing is deleted: children are owned by the custom resources and garbage-colle
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create"]
+- apiGroups: ["autoscaling"]
+  resources: ["horizontalpodautoscalers"]
+  verbs: ["get", "create", "patch"]
+- apiGroups: ["keda.sh"]
+  resources: ["scaledobjects"]
+  verbs: ["get", "create", "patch"]
+- apiGroups: ["gateway.networking.k8s.io"]
+  resources: ["httproutes"]
+  verbs: ["get", "create", "patch"]
 {{- end }}
 
 {{/* What kopf needs cluster-wide to discover the API and the namespaces, whatever it watches. */}}

@@ -8,7 +8,7 @@ import math
 from typing import Any
 
 from modelops import serving
-from modelops.api.deployment import ModelDeploymentSpec
+from modelops.api.deployment import AutoscalingProvider, ModelDeploymentSpec
 from modelops.api.model import ModelSpec, Signature, StorageSpec
 from modelops.api.types import Toleration
 from modelops.compress import exitcodes
@@ -34,8 +34,13 @@ TRITON_SHUTDOWN_SECONDS = 30
 
 def managed_replicas(spec: ModelDeploymentSpec) -> int | None:
     """The replica count the operator keeps on the Triton Deployment. It is the
-    ModelDeployment's own; when an autoscaler owns the count, this returns None and the
-    field is left out of the render, so that server-side apply leaves it to the autoscaler."""
+    ModelDeployment's own (0 while suspended); when an autoscaler owns the count, this returns
+    None and the field is left out of the render, so that server-side apply leaves it to the
+    autoscaler."""
+    if spec.suspended:
+        return 0
+    if spec.autoscaling is not None and spec.autoscaling.provider != AutoscalingProvider.OPERATOR:
+        return None
     return spec.replicas
 
 
@@ -256,13 +261,20 @@ def render_deployment(
     model: ModelSpec,
     version: VersionView,
     settings: Settings,
+    canary_replicas: int | None = None,
 ) -> dict[str, Any]:
-    """The Triton Deployment serving `version`. Only the version (and the specs) change it."""
+    """The Triton Deployment serving `version`. Only the version (and the specs) change it.
+    With `canary_replicas`, the canary Deployment `<name>-canary` instead: that many pods,
+    selected by the same Service as the stable ones, told apart by the canary track label."""
     if not (version.compressed_uri and version.compressed_sha256):
         raise ValueError(f"version {version.version} has no compressed artifact to serve")
     gpus = spec.scheduling.gpus or 0
     config_text = triton_config_text(model_name, model, spec, version.version)
     labels = naming.server_labels(name, model_name)
+    selector = naming.server_selector(name)
+    if canary_replicas is not None:
+        labels = {**labels, naming.LABEL_TRACK: naming.TRACK_CANARY}
+        selector = naming.canary_selector(name)
     template_labels = {**labels, naming.LABEL_VERSION: str(version.version)}
     template_annotations = {
         naming.ANNOTATION_VERSION: str(version.version),
@@ -308,6 +320,8 @@ def render_deployment(
             f"--http-port={HTTP_PORT}",
             f"--grpc-port={GRPC_PORT}",
             f"--metrics-port={METRICS_PORT}",
+            # p99 request latency for the canary analysis (nv_inference_request_summary_us).
+            "--metrics-config=summary_latencies=true",
         ],
         "ports": [
             {"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"},
@@ -342,14 +356,14 @@ def render_deployment(
         "apiVersion": "apps/v1",
         "kind": "Deployment",
         "metadata": {
-            "name": name,
+            "name": naming.canary_name(name) if canary_replicas is not None else name,
             "namespace": namespace,
             "labels": labels,
             "annotations": {naming.ANNOTATION_VERSION: str(version.version)},
             "ownerReferences": [owner.reference()],
         },
         "spec": {
-            "selector": {"matchLabels": naming.server_selector(name)},
+            "selector": {"matchLabels": selector},
             "strategy": {
                 "type": "RollingUpdate",
                 "rollingUpdate": {"maxSurge": spec.rollout.max_surge, "maxUnavailable": spec.rollout.max_unavailable},
@@ -359,7 +373,7 @@ def render_deployment(
             "template": {"metadata": {"labels": template_labels, "annotations": template_annotations}, "spec": pod_spec},
         },
     }
-    replicas = managed_replicas(spec)
+    replicas = managed_replicas(spec) if canary_replicas is None else canary_replicas
     if replicas is not None:
         deployment["spec"]["replicas"] = replicas
     return deployment

@@ -10,7 +10,7 @@ import tempfile
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -92,6 +92,8 @@ class Context:
     stores: StoreCache
     wake: Callable[[Key], None]
     clock: Callable[[], datetime] = utcnow
+    # The operator's scaler: the last reading of Triton's counters per ModelDeployment.
+    readings: dict[tuple[str, str], Any] = field(default_factory=dict)
 
     def credentials(self, namespace: str, storage: StorageSpec) -> tuple[SecretStr | None, SecretStr | None]:
         """Access keys from the Model's Secret; raises CredentialsProblem naming what is missing."""
