@@ -18,6 +18,14 @@ from tests.integration.conftest import ROOT, eventually
 pytestmark = pytest.mark.integration
 
 IMAGE = "ghcr.io/modelops/modelops-operator:0.1.0"
+# What Pod Security "restricted" (enforced on the test namespaces) asks of a pod and a container.
+POD_RESTRICTED = {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
+CONTAINER_RESTRICTED = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+
+
+def allow_root(testbed: Any, namespace: str) -> None:
+    """Let this namespace run root pods: the tests of runAsUser 0 need one."""
+    testbed.kubectl("label", "--overwrite", "namespace", namespace, "pod-security.kubernetes.io/enforce=privileged")
 
 
 def operator_image() -> Path:
@@ -97,12 +105,11 @@ def test_a_pod_of_the_built_image_runs_in_its_root_as_its_security_context_says(
         "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "facts"},
         "spec": {
             "restartPolicy": "Never",
-            "securityContext": {"runAsNonRoot": True, "runAsUser": 1234, "runAsGroup": 2345, "fsGroup": 3456},
+            "securityContext": {**POD_RESTRICTED, "runAsUser": 1234, "runAsGroup": 2345, "fsGroup": 3456},
             "containers": [{
                 "name": "main", "image": IMAGE, "command": ["python", "-c", PROBE],
                 "env": [{"name": "GREETING", "value": "from the pod"}],
-                "securityContext": {"readOnlyRootFilesystem": True, "allowPrivilegeEscalation": False,
-                                    "capabilities": {"drop": ["ALL"]}},
+                "securityContext": {**CONTAINER_RESTRICTED, "readOnlyRootFilesystem": True},
                 "volumeMounts": [{"name": "scratch", "mountPath": "/scratch"}, {"name": "config", "mountPath": "/config"}],
             }],
             "volumes": [{"name": "scratch", "emptyDir": {}}, {"name": "config", "configMap": {"name": "greeting"}}],
@@ -122,9 +129,11 @@ def test_the_image_user_runs_where_the_pod_names_none_and_writes_stay_in_the_con
     who = "import os; open('/dev/termination-log', 'w').write(f'{os.getuid()}:{os.getgid()}')"
     terminated = run_to_completion(testbed, namespace, {
         "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "image-user"},
-        "spec": {"restartPolicy": "Never", "containers": [{"name": "main", "image": IMAGE, "command": ["python", "-c", who]}]},
+        "spec": {"restartPolicy": "Never", "securityContext": POD_RESTRICTED, "containers": [{
+            "name": "main", "image": IMAGE, "command": ["python", "-c", who], "securityContext": CONTAINER_RESTRICTED}]},
     })
     assert terminated["message"] == "65532:65532"
+    allow_root(testbed, namespace)
     # runAsUser alone keeps the image's group; a writable root takes the write in the
     # container's own layer, never in the image that every pod shares.
     terminated = run_to_completion(testbed, namespace, {
@@ -140,6 +149,7 @@ def test_the_image_user_runs_where_the_pod_names_none_and_writes_stay_in_the_con
 
 def test_run_as_non_root_refuses_a_root_user(testbed, namespace) -> None:
     operator_image()
+    allow_root(testbed, namespace)  # so that the node, not admission, refuses it
     testbed.apply(namespace, [{
         "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "root"},
         "spec": {"restartPolicy": "Never", "securityContext": {"runAsNonRoot": True, "runAsUser": 0},
@@ -158,8 +168,8 @@ def test_run_as_non_root_refuses_a_root_user(testbed, namespace) -> None:
 def test_an_image_tag_not_built_here_runs_in_the_development_virtualenv(testbed, namespace) -> None:
     terminated = run_to_completion(testbed, namespace, {
         "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "dev"},
-        "spec": {"restartPolicy": "Never", "containers": [{
-            "name": "main", "image": "ghcr.io/modelops/modelops-operator:0.0.0-dev",
+        "spec": {"restartPolicy": "Never", "securityContext": {**POD_RESTRICTED, "runAsUser": 65532}, "containers": [{
+            "name": "main", "image": "ghcr.io/modelops/modelops-operator:0.0.0-dev", "securityContext": CONTAINER_RESTRICTED,
             "command": ["python", "-c", "import sys; open('/dev/termination-log', 'w').write(sys.prefix)"]}]},
     })
     assert terminated["message"] == str(Path(testbed.python).parent.parent)
