@@ -1,14 +1,16 @@
-"""What every reconcile needs: settings, the Kubernetes adapter, storage access, metrics, a
-clock and a way to wake other objects. Built once at startup; nothing here is global."""
+"""What every reconcile needs: settings, the Kubernetes adapter and the watch-fed cache it
+reads from, storage access, metrics, a clock and a way to wake other objects. Built once at
+startup; nothing here is global."""
 
 from __future__ import annotations
 
 import base64
 import hashlib
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -17,29 +19,92 @@ from pydantic import SecretStr
 from modelops import kube as k8s
 from modelops.api.model import StorageSpec
 from modelops.core.patch import merge_patch
+from modelops.handlers.cache import Cache
 from modelops.handlers.queue import Key
 from modelops.metrics import Metrics
 from modelops.settings import Settings
-from modelops.storage import ObjectStore, StorageConfig, TransferTuning
+from modelops.storage import ObjectInfo, ObjectStore, StorageConfig, TransferTuning
 
 CREDENTIAL_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
 # The operator only HEADs and reads small objects: fail fast and let the queue retry.
 OPERATOR_TUNING = TransferTuning(max_attempts=2, stream_attempts=1, connect_timeout_s=3.0, read_timeout_s=10.0)
+# Storage answers and credentials Secrets are reused for this long (watching every Secret of
+# the cluster would need RBAC to read them all), and at most this many are kept.
+READ_TTL_SECONDS = 10.0
+READ_CACHE_LIMIT = 4096
+SMALL_READ_LIMIT = 1 << 20  # bytes: reports and measurements, never artifacts
 
 
 class CredentialsProblem(Exception):
     """The Model's credentials Secret is missing or incomplete. The message is for people."""
 
 
-class StoreCache:
-    """One ObjectStore (and boto3 client) per distinct storage configuration."""
+class _Bounded:
+    """A least-recently-used map of at most `limit` entries, safe across threads."""
 
-    def __init__(self, limit: int = 64) -> None:
-        self._stores: OrderedDict[str, ObjectStore] = OrderedDict()
+    def __init__(self, limit: int) -> None:
+        self._items: OrderedDict[Any, Any] = OrderedDict()
         self._limit = limit
         self._lock = threading.Lock()
 
-    def get(self, config: StorageConfig) -> ObjectStore:
+    def get(self, key: Any) -> Any:
+        with self._lock:
+            value = self._items.get(key)
+            if value is not None:
+                self._items.move_to_end(key)
+            return value
+
+    def put(self, key: Any, value: Any) -> None:
+        with self._lock:
+            self._items[key] = value
+            self._items.move_to_end(key)
+            while len(self._items) > self._limit:
+                self._items.popitem(last=False)
+
+
+class CachedReads:
+    """The operator's reads of one store: a HEAD is reused for `ttl` seconds by URI, and a
+    small object's bytes by URI and ETag, so they are read again only when a HEAD shows new
+    content. Missing objects and errors are never kept: an upload is seen on the next look."""
+
+    def __init__(self, store: ObjectStore, ttl: float = READ_TTL_SECONDS, limit: int = READ_CACHE_LIMIT,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.store = store
+        self._ttl = ttl
+        self._clock = clock
+        self._heads = _Bounded(limit)
+        self._bodies = _Bounded(limit)
+
+    def head(self, uri: str) -> ObjectInfo:
+        kept = self._heads.get(uri)
+        now = self._clock()
+        if kept is not None and kept[0] > now:
+            return kept[1]  # type: ignore[no-any-return]
+        info = self.store.head(uri)
+        self._heads.put(uri, (now + self._ttl, info))
+        return info
+
+    def read_bytes(self, uri: str) -> bytes:
+        info = self.head(uri)
+        key = (uri, info.etag)
+        kept = self._bodies.get(key)
+        if kept is not None:
+            return kept  # type: ignore[no-any-return]
+        data = self.store.read_bytes(uri)
+        if info.etag and len(data) <= SMALL_READ_LIMIT:
+            self._bodies.put(key, data)
+        return data
+
+
+class StoreCache:
+    """One ObjectStore (and boto3 client) per distinct storage configuration, with its cached reads."""
+
+    def __init__(self, limit: int = 64) -> None:
+        self._stores: OrderedDict[str, CachedReads] = OrderedDict()
+        self._limit = limit
+        self._lock = threading.Lock()
+
+    def get(self, config: StorageConfig) -> CachedReads:
         material = config.model_dump_json() + "|" + "|".join(
             s.get_secret_value() if s else "" for s in (config.access_key_id, config.secret_access_key)
         )
@@ -47,7 +112,7 @@ class StoreCache:
         with self._lock:
             store = self._stores.get(digest)
             if store is None:
-                store = ObjectStore(config, OPERATOR_TUNING)
+                store = CachedReads(ObjectStore(config, OPERATOR_TUNING))
                 self._stores[digest] = store
                 while len(self._stores) > self._limit:
                     self._stores.popitem(last=False)
@@ -66,14 +131,26 @@ class Context:
     metrics: Metrics
     stores: StoreCache
     wake: Callable[[Key], None]
+    cache: Cache = field(default_factory=Cache)
     clock: Callable[[], datetime] = utcnow
+    _secrets: _Bounded = field(default_factory=lambda: _Bounded(256))
+
+    def secret(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """A Secret as read at most READ_TTL_SECONDS ago (None: it does not exist)."""
+        now = time.monotonic()
+        kept = self._secrets.get((namespace, name))
+        if kept is not None and kept[0] > now:
+            return kept[1]  # type: ignore[no-any-return]
+        secret = self.kube.get(k8s.SECRETS, namespace, name)
+        self._secrets.put((namespace, name), (now + READ_TTL_SECONDS, secret))
+        return secret
 
     def credentials(self, namespace: str, storage: StorageSpec) -> tuple[SecretStr | None, SecretStr | None]:
         """Access keys from the Model's Secret; raises CredentialsProblem naming what is missing."""
         ref = storage.credentials_secret
         if ref is None:
             return None, None
-        secret = self.kube.get(k8s.SECRETS, namespace, ref.name)
+        secret = self.secret(namespace, ref.name)
         if secret is None:
             raise CredentialsProblem(f"Secret {ref.name} named in spec.storage.credentialsSecret does not exist")
         data = secret.get("data") or {}
@@ -83,7 +160,7 @@ class Context:
         key_id, secret_key = (SecretStr(base64.b64decode(data[key]).decode()) for key in CREDENTIAL_KEYS)
         return key_id, secret_key
 
-    def store_for(self, namespace: str, storage: StorageSpec) -> ObjectStore:
+    def store_for(self, namespace: str, storage: StorageSpec) -> CachedReads:
         key_id, secret_key = self.credentials(namespace, storage)
         config = StorageConfig(
             endpoint_url=storage.endpoint,
@@ -101,7 +178,7 @@ class Context:
         if not patch:
             return False
         meta = body["metadata"]
-        self.kube.patch_status(resource, meta["namespace"], meta["name"], patch)
+        self.cache.store(resource, self.kube.patch_status(resource, meta["namespace"], meta["name"], patch))
         return True
 
     def adopt(self, resource: k8s.Resource, body: dict[str, Any], owner_references: list[dict[str, Any]] | None) -> None:
@@ -109,9 +186,10 @@ class Context:
         if owner_references is None:
             return
         meta = body["metadata"]
-        self.kube.patch(
+        patched = self.kube.patch(
             resource,
             meta["namespace"],
             meta["name"],
             {"metadata": {"ownerReferences": owner_references, "resourceVersion": meta["resourceVersion"]}},
         )
+        self.cache.store(resource, patched)
