@@ -42,7 +42,9 @@ def context_factory(settings: Settings) -> Callable[[Callable[[Key], None]], Con
         metrics = Metrics()
         return Context(
             settings=settings,
-            kube=Kube.from_environment(observe=metrics.observe_request, user_agent=user_agent(settings)),
+            kube=Kube.from_environment(
+                observe=metrics.observe_request, user_agent=user_agent(settings), connections=settings.workers + 2
+            ),
             metrics=metrics,
             stores=StoreCache(),
             wake=wake,
@@ -109,8 +111,9 @@ def main() -> int:
         level=getattr(logging, settings.log_level),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    # kopf logs every watch event at DEBUG; keep it quiet unless asked.
+    # kopf logs every watch event at DEBUG and every handler call at INFO; keep it quiet unless asked.
     logging.getLogger("kopf").setLevel(max(logging.INFO, getattr(logging, settings.log_level)))
+    logging.getLogger("kopf.objects").setLevel(logging.DEBUG if settings.log_level == "DEBUG" else logging.WARNING)
     elector = None
     if config is not None:
         elector = LeaderElector(Kube.from_environment(user_agent=user_agent(settings)), config)

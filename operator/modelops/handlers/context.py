@@ -182,14 +182,18 @@ class Context:
         return True
 
     def adopt(self, resource: k8s.Resource, body: dict[str, Any], owner_references: list[dict[str, Any]] | None) -> None:
-        """Set ownerReferences, guarded by resourceVersion so a concurrent change is not lost."""
+        """Set ownerReferences with a JSON patch guarded by a test of the list it was computed
+        from, so a concurrent change of that list is not lost, while a status write meanwhile
+        (which a resourceVersion guard would turn into a conflict) does not matter."""
         if owner_references is None:
             return
         meta = body["metadata"]
-        patched = self.kube.patch(
-            resource,
-            meta["namespace"],
-            meta["name"],
-            {"metadata": {"ownerReferences": owner_references, "resourceVersion": meta["resourceVersion"]}},
-        )
+        old = meta.get("ownerReferences")
+        ops: list[dict[str, Any]] = [{"op": "add", "path": "/metadata/ownerReferences", "value": owner_references}]
+        if old is not None:
+            ops.insert(0, {"op": "test", "path": "/metadata/ownerReferences", "value": old})
+        try:
+            patched = self.kube.json_patch(resource, meta["namespace"], meta["name"], ops)
+        except k8s.Invalid:  # the test failed: someone changed the list since it was read
+            raise k8s.Conflict(f"{resource.kind} {meta['name']}: ownerReferences changed while it was adopted", 409) from None
         self.cache.store(resource, patched)

@@ -13,6 +13,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import kopf
@@ -65,6 +66,9 @@ class Operator:
         self.cache = Cache()
         self._runners: list[Any] = []
         self._resync: asyncio.Task[None] | None = None
+        # Reconciles wait on the API server most of the time: one thread per worker, so that
+        # `workers` requests are in flight (asyncio's default pool has only cores + 4 threads).
+        self._threads = ThreadPoolExecutor(settings.workers, thread_name_prefix="modelops-reconcile")
         self.ready = False
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -96,6 +100,7 @@ class Operator:
             await self.queue.stop()
         for runner in self._runners:
             await runner.cleanup()
+        self._threads.shutdown(wait=False, cancel_futures=True)
         if self.ctx is not None:
             self.ctx.kube.close()
 
@@ -125,7 +130,7 @@ class Operator:
         assert ctx is not None
         started = time.monotonic()
         try:
-            retry_after = await asyncio.to_thread(RECONCILERS[key.kind], ctx, key)
+            retry_after = await asyncio.get_running_loop().run_in_executor(self._threads, RECONCILERS[key.kind], ctx, key)
         except k8s.Conflict:
             ctx.metrics.reconciles.labels(key.kind, "conflict").inc()
             raise RetryLater(f"{key}: changed while reconciling", delay=0.0) from None
