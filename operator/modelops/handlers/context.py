@@ -113,6 +113,7 @@ class StoreCache:
             store = self._stores.get(digest)
             if store is None:
                 store = CachedReads(ObjectStore(config, OPERATOR_TUNING))
+                store.store.client  # noqa: B018 - made once here, not by every worker that races to it
                 self._stores[digest] = store
                 while len(self._stores) > self._limit:
                     self._stores.popitem(last=False)
