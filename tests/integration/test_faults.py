@@ -349,7 +349,7 @@ def test_minio_down_during_compression_is_a_condition_serves_nothing_new_then_re
     uri, sha, _ = upload_version(storage, digits, namespace, 2, seed=1)
     v2 = {**v2, "spec": {**v2["spec"], "artifact": {**v2["spec"]["artifact"], "uri": uri, "sha256": sha}}}
     with node_gate(testbed, namespace) as selector:
-        v2["spec"]["scheduling"] = {"nodeSelector": selector, "gpus": 0}
+        v2["spec"]["scheduling"] = {"nodeSelector": selector, "gpus": 1}
         apply_docs(testbed, namespace, [v2])
         job = wait_job_pending(testbed, namespace, "digits-v2")["jobName"]
         testbed.stop_minio()

@@ -1,5 +1,5 @@
 """The watch-fed cache keeps what reconciles read, indexes children by Model, never goes back
-in time, never resurrects a deleted object; the storage read cache reuses by URI and ETag;
+in time, never resurrects a deleted object; storage reads are reused by URI and ETag;
 a watch event wakes only what it can change."""
 
 from __future__ import annotations
@@ -104,21 +104,31 @@ class CountingStore:
         return self.etag.encode()
 
 
-def test_storage_reads_are_reused_by_uri_and_etag_and_misses_are_never_kept() -> None:
+def test_reports_are_reused_by_uri_and_etag_and_heads_stay_fresh() -> None:
     now = [0.0]
     store = CountingStore()
     reads = CachedReads(store, ttl=10, clock=lambda: now[0])  # type: ignore[arg-type]
     assert reads.read_bytes("s3://b/r.json") == b"e1" and reads.read_bytes("s3://b/r.json") == b"e1"
-    assert (store.heads, store.reads) == (1, 1)
-    now[0] = 11  # the HEAD expired: asked again; same ETag, so the bytes are reused
-    assert reads.read_bytes("s3://b/r.json") == b"e1" and (store.heads, store.reads) == (2, 1)
-    store.etag, now[0] = "e2", 22  # new content: read again
-    assert reads.read_bytes("s3://b/r.json") == b"e2" and store.reads == 2
+    assert (store.heads, store.reads) == (2, 1)  # a fresh HEAD each time, the bytes once
+    store.etag = "e2"  # replaced in place: seen at once, read again
+    assert reads.head("s3://b/r.json").etag == "e2" and reads.read_bytes("s3://b/r.json") == b"e2" and store.reads == 2
+
+
+def test_an_artifacts_existence_is_reused_for_the_ttl_and_a_miss_never_is() -> None:
+    now = [0.0]
+    store = CountingStore()
+    reads = CachedReads(store, ttl=10, clock=lambda: now[0])  # type: ignore[arg-type]
+    reads.head_recent("s3://b/a")
+    reads.head_recent("s3://b/a")
+    assert store.heads == 1
+    now[0] = 11
+    reads.head_recent("s3://b/a")
+    assert store.heads == 2
     store.missing = True
     with pytest.raises(ObjectNotFound):
-        reads.head("s3://b/new")
+        reads.head_recent("s3://b/new")
     store.missing = False
-    assert reads.head("s3://b/new").etag == "e2"  # uploaded since: seen at once
+    assert reads.head_recent("s3://b/new").etag == "e1"  # uploaded since: seen at once
 
 
 def test_a_model_wakes_its_children_only_when_its_spec_changes() -> None:

@@ -28,7 +28,7 @@ from modelops.storage import ObjectInfo, ObjectStore, StorageConfig, TransferTun
 CREDENTIAL_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
 # The operator only HEADs and reads small objects: fail fast and let the queue retry.
 OPERATOR_TUNING = TransferTuning(max_attempts=2, stream_attempts=1, connect_timeout_s=3.0, read_timeout_s=10.0)
-# Storage answers and credentials Secrets are reused for this long (watching every Secret of
+# An artifact's existence and credentials Secrets are reused for this long (watching every Secret of
 # the cluster would need RBAC to read them all), and at most this many are kept.
 READ_TTL_SECONDS = 10.0
 READ_CACHE_LIMIT = 4096
@@ -63,9 +63,12 @@ class _Bounded:
 
 
 class CachedReads:
-    """The operator's reads of one store: a HEAD is reused for `ttl` seconds by URI, and a
-    small object's bytes by URI and ETag, so they are read again only when a HEAD shows new
-    content. Missing objects and errors are never kept: an upload is seen on the next look."""
+    """The operator's reads of one store. A report's or measurement's bytes are reused by URI
+    and ETag: each look asks a fresh HEAD (cheap), and reads the object again only when the HEAD
+    shows new content. HEADs themselves are fresh, since an ETag decides reuse (a dataset
+    replaced in place must be evaluated again at once); only the check that a version's own
+    artifact exists (`head_recent`) may be `ttl` seconds old, because the Job verifies the
+    artifact's bytes anyway. Misses and errors are never kept: an upload is seen at once."""
 
     def __init__(self, store: ObjectStore, ttl: float = READ_TTL_SECONDS, limit: int = READ_CACHE_LIMIT,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -76,6 +79,10 @@ class CachedReads:
         self._bodies = _Bounded(limit)
 
     def head(self, uri: str) -> ObjectInfo:
+        return self.store.head(uri)
+
+    def head_recent(self, uri: str) -> ObjectInfo:
+        """A HEAD at most `ttl` seconds old."""
         kept = self._heads.get(uri)
         now = self._clock()
         if kept is not None and kept[0] > now:

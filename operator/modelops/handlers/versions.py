@@ -131,7 +131,7 @@ def _start(
     retry = ctx.settings.retry_seconds
     try:
         store = ctx.store_for(namespace, model.storage)
-        store.head(spec.artifact.uri)
+        store.head_recent(spec.artifact.uri)
     except CredentialsProblem as err:
         return waiting(Phase.VERIFYING, VersionReason.CREDENTIALS_NOT_FOUND, f"{err}; create it in namespace {namespace}", retry)
     except ObjectNotFound:
