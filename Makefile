@@ -24,19 +24,39 @@ venv: ## Build (once) the Python environment and print its path
 binaries: ## Build (once) etcd, Kubernetes, kubectl, helm and MinIO from pinned Go modules
 	@e2e/testbed/build.sh
 
+TESTBED ?= local
+
 .PHONY: cluster-up
-cluster-up: ## Bring up the local test bed (or reuse a running one); prints the kubeconfig path
+cluster-up: ## Bring up the local test bed (or reuse a running one); prints the kubeconfig path. TESTBED=kind: a kind cluster with MinIO
+ifeq ($(TESTBED),kind)
+	@e2e/testbed/kind/up.sh
+else
 	@python=$(venv_python); bin=$(binaries); \
 	  $(PYTHON) -m e2e.testbed.cluster up --binaries "$$bin" --python "$$python"
+endif
 
 .PHONY: cluster-down
 cluster-down: ## Stop every process of the local test bed and remove its network
 	@$(PYTHON) -m e2e.testbed.cluster down
 
 .PHONY: crds
-crds: ## Generate crds/*.yaml from the typed API, and the chart's copy
+crds: ## Generate crds/*.yaml from the typed API, their copies (chart, config/crd) and docs/api-reference.md
 	@PYTHONPATH=operator $(venv_python) -m modelops.api.crdgen crds/
 	@rm -f charts/modelops/crds/*.yaml && cp crds/*.yaml charts/modelops/crds/
+	@cp crds/*.yaml config/crd/
+	@PYTHONPATH=operator $(venv_python) -m modelops.api.docgen crds/ docs/api-reference.md
+
+.PHONY: api-reference
+api-reference: ## Generate docs/api-reference.md from crds/ (every field, type, default, validation)
+	@PYTHONPATH=operator $(venv_python) -m modelops.api.docgen crds/ docs/api-reference.md
+
+.PHONY: manifests
+manifests: ## Generate the kustomize manifests under config/ (crd, default, namespaced) from the chart
+	@bin=$(binaries); $(venv_python) scripts/render-manifests.py --helm "$$bin/helm"
+
+.PHONY: chart-docs
+chart-docs: ## Generate the values table of charts/modelops/README.md from the comments in values.yaml
+	@$(venv_python) scripts/chart-values-table.py
 
 .PHONY: test
 test: ## Run the test suite (unit, integration, e2e) on the local test bed; faults run on demand

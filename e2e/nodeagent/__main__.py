@@ -32,6 +32,10 @@ def main() -> None:
     # overcommitted node.
     parser.add_argument("--cpu", default=str(max(8, (os.cpu_count() or 2) * 4)))
     parser.add_argument("--max-pods", type=int, default=110)
+    parser.add_argument("--kubelet-port", type=int, default=0, help="serve the kubelet API (logs, exec, port-forward) here")
+    parser.add_argument("--kubelet-cert", type=Path, help="the kubelet API's serving certificate")
+    parser.add_argument("--kubelet-key", type=Path)
+    parser.add_argument("--client-ca", type=Path, help="the CA whose client certificates the kubelet API accepts")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     agent = NodeAgent(NodeConfig(
@@ -40,7 +44,8 @@ def main() -> None:
         netns_prefix=args.netns_prefix, apiserver_host=args.apiserver_host, apiserver_port=args.apiserver_port,
         project_root=args.project_root, project_python=args.project_python,
         kubernetes_version=args.kubernetes_version, cpu_capacity=args.cpu,
-        memory_capacity=memory_capacity(), max_pods=args.max_pods,
+        memory_capacity=memory_capacity(), max_pods=args.max_pods, kubelet_port=args.kubelet_port,
+        kubelet_cert=args.kubelet_cert, kubelet_key=args.kubelet_key, client_ca=args.client_ca,
     ))
     install_signal_handlers(agent)
     agent.run()

@@ -50,6 +50,11 @@ class NodeConfig:
     cpu_capacity: str
     memory_capacity: str
     max_pods: int
+    # The kubelet API (logs, exec, port-forward): its port on the node IP and its TLS files; 0: not served.
+    kubelet_port: int = 0
+    kubelet_cert: Path | None = None
+    kubelet_key: Path | None = None
+    client_ca: Path | None = None
 
 
 class NodeAgent:
@@ -117,7 +122,7 @@ class NodeAgent:
             "allocatable": capacity,
             "conditions": conditions,
             "addresses": [{"type": "InternalIP", "address": self.host_ip}, {"type": "Hostname", "address": self.name}],
-            "daemonEndpoints": {"kubeletEndpoint": {"Port": 0}},
+            "daemonEndpoints": {"kubeletEndpoint": {"Port": self.cfg.kubelet_port}},
             "nodeInfo": {
                 "machineID": uuid.uuid5(uuid.NAMESPACE_DNS, self.name).hex,
                 "systemUUID": str(uuid.uuid5(uuid.NAMESPACE_DNS, self.name)),
@@ -303,6 +308,11 @@ class NodeAgent:
     def run(self) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.clean_leftovers()
+        if self.cfg.kubelet_port:
+            from .kubelet import KubeletServer
+
+            KubeletServer(self, self.host_ip, self.cfg.kubelet_port, self.cfg.kubelet_cert, self.cfg.kubelet_key,
+                          self.cfg.client_ca).start()
         self.register()
         self.renew_lease()
         threading.Thread(target=self.heartbeat_loop, name="heartbeat", daemon=True).start()

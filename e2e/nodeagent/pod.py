@@ -314,6 +314,8 @@ class PodWorker(threading.Thread):
             (self.pod["spec"].get("hostname") or self.pod_name)[:63],
         ))
         log_file = self.dir / f"{container.name}.log"
+        if log_file.exists():  # the instance before stays readable: kubectl logs --previous
+            log_file.replace(self.dir / f"{container.name}.previous.log")
         container.process = sandbox.start_container(self.netns, script, argv, env, log_file)
         (self.dir / f"{container.name}.pid").write_text(str(container.process.pid))
         container.state = {"running": {"startedAt": now_rfc3339()}}

@@ -44,6 +44,7 @@ class NodeSpec:
     name: str
     pod_cidr: str
     gpus: int
+    kubelet_port: int = 0
 
 
 @dataclass(frozen=True)
@@ -80,8 +81,9 @@ class Layout:
             controller_manager_port=10257 + 10 * index,
             scheduler_port=10259 + 10 * index,
             nodes=(
-                NodeSpec("testbed-cpu", f"{net}.1.0/24", gpus=0),
-                NodeSpec("testbed-gpu", f"{net}.2.0/24", gpus=2),
+                # Both nodes share the bridge IP; each serves its kubelet API on a port of its own.
+                NodeSpec("testbed-cpu", f"{net}.1.0/24", gpus=0, kubelet_port=10250 + 10 * index),
+                NodeSpec("testbed-gpu", f"{net}.2.0/24", gpus=2, kubelet_port=10251 + 10 * index),
             ),
         )
 
@@ -191,6 +193,11 @@ def make_pki(lay: Layout, pki: Path) -> None:
     make_cert(pki, "scheduler", "/CN=system:kube-scheduler")
     for node in lay.nodes:
         make_cert(pki, f"node-{node.name}", f"/O=system:nodes/CN=system:node:{node.name}")
+        # The node's kubelet API serves on the node's InternalIP (the bridge address).
+        make_cert(pki, f"kubelet-{node.name}", f"/CN={node.name}", [f"IP:{lay.bridge_ip}", f"DNS:{node.name}"],
+                  server=True)
+    # The apiserver's identity towards the kubelets (logs, exec, port-forward).
+    make_cert(pki, "apiserver-kubelet-client", "/O=system:masters/CN=kube-apiserver-kubelet-client")
     # Service account tokens are signed with an RSA key, as kube-apiserver expects by default.
     openssl("genrsa", "-out", str(pki / "sa.key"), "2048")
     (pki / "sa.key").chmod(0o600)
@@ -480,6 +487,11 @@ def _up_locked(lay: Layout, binaries: Path, python: Path) -> dict:
         f"--bind-address={lay.bridge_ip}", f"--advertise-address={lay.bridge_ip}", f"--secure-port={lay.apiserver_port}",
         f"--tls-cert-file={pki / 'apiserver.crt'}", f"--tls-private-key-file={pki / 'apiserver.key'}",
         f"--client-ca-file={pki / 'ca.crt'}",
+        # Nodes are reached by their InternalIP, with a verified kubelet certificate.
+        "--kubelet-preferred-address-types=InternalIP",
+        f"--kubelet-certificate-authority={pki / 'ca.crt'}",
+        f"--kubelet-client-certificate={pki / 'apiserver-kubelet-client.crt'}",
+        f"--kubelet-client-key={pki / 'apiserver-kubelet-client.key'}",
         "--authorization-mode=Node,RBAC",
         "--enable-admission-plugins=NodeRestriction",
         f"--service-cluster-ip-range={SERVICE_CIDR}",
@@ -528,6 +540,8 @@ def _up_locked(lay: Layout, binaries: Path, python: Path) -> dict:
             f"--apiserver-host={lay.bridge_ip}", f"--apiserver-port={lay.apiserver_port}",
             f"--project-root={REPO_ROOT}", f"--project-python={python}",
             f"--kubernetes-version={KUBE_VERSION}",
+            f"--kubelet-port={node.kubelet_port}", f"--client-ca={pki / 'ca.crt'}",
+            f"--kubelet-cert={pki / f'kubelet-{node.name}.crt'}", f"--kubelet-key={pki / f'kubelet-{node.name}.key'}",
         ], env={"PYTHONPATH": f"{REPO_ROOT}{os.pathsep}{REPO_ROOT / 'operator'}"})
     write_state(lay, state)
 

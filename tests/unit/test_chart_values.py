@@ -8,8 +8,11 @@ templates are exactly OPERATOR_RULES, the rules the integration tests grant the 
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -90,7 +93,8 @@ def _check_against_schema(tree: dict[str, Any], node: dict[str, Any], prefix: st
             continue
         child = properties[key]
         actual = JSON_TYPES[type(value)]
-        allowed = {child["type"]} | ({"integer"} if child["type"] == "number" else set())
+        declared = child["type"] if isinstance(child["type"], list) else [child["type"]]
+        allowed = set(declared) | ({"integer"} if "number" in declared else set())
         if actual not in allowed:
             problems.append(f"{path}: default is {actual}, schema says {child['type']}")
         if isinstance(value, dict) and "properties" in child:
@@ -174,3 +178,28 @@ def test_leader_election_may_touch_only_leases_in_the_release_namespace() -> Non
     rbac = (CHART / "templates" / "rbac.yaml").read_text()
     block = rbac[rbac.index("modelops.leaderElectionRules") - 400:]
     assert "kind: Role\n" in block and "namespace: {{ .Release.Namespace }}" in block
+
+
+def test_the_readme_values_table_is_generated_from_the_values_comments() -> None:
+    script = CHART.parents[1] / "scripts" / "chart-values-table.py"
+    result = subprocess.run([sys.executable, str(script), "--check"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+def test_the_values_table_follows_a_changed_comment() -> None:
+    spec = importlib.util.spec_from_file_location("chart_values_table", CHART.parents[1] / "scripts" / "chart-values-table.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    text = (CHART / "values.yaml").read_text().replace("# -- Objects reconciled at the same time.",
+                                                        "# -- Reconciles running in parallel.")
+    table = module.table(text, schema())
+    assert "| `operator.workers` | int | `4` | Reconciles running in parallel. |" in table
+    assert "| `leaderElection.leaseDurationSeconds` | number | `15` |" in table
+
+
+def test_decimal_settings_accept_the_strings_helm_set_makes_of_them() -> None:
+    """`helm --set x=0.5` passes "0.5" (a string): the schema takes a positive decimal string
+    where it takes a number, and refuses anything else."""
+    pattern = re.compile(schema()["properties"]["operator"]["properties"]["retrySeconds"]["pattern"])
+    assert all(pattern.match(v) for v in ("0.5", "15", "2.25", "10.0", ".5"))
+    assert not any(pattern.match(v) for v in ("0", "0.0", "-1", "1e3", "abc", "1.", ""))
