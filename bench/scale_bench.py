@@ -167,7 +167,8 @@ class Audit:
             handle.seek(self.offset)
             lines = handle.read().splitlines()
         events = [json.loads(line) for line in lines if line.strip()]
-        return [e for e in events if e.get("stage") == "ResponseComplete" and str(e.get("userAgent", "")).startswith(USER_AGENT)]
+        return [e for e in events if e.get("stage") == "ResponseComplete" and str(e.get("userAgent", "")).startswith(USER_AGENT)
+                and (e.get("objectRef") or {}).get("namespace") == NAMESPACE]
 
 
 def by_verb(events: list[dict[str, Any]]) -> dict[str, int]:
