@@ -69,7 +69,7 @@ def namespace(request, testbed: Testbed) -> str:
     """A fresh namespace for one test; dumped on failure, deleted afterwards."""
     base = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()).strip("-")[:40].strip("-")
     name = f"{base}-{secrets.token_hex(3)}"
-    testbed.kubectl("create", "namespace", name)
+    testbed.create_namespace(name)
     yield name
     failed = any(getattr(getattr(request.node, f"report_{w}", None), "failed", False) for w in ("setup", "call"))
     if failed:

@@ -86,7 +86,7 @@ def main() -> int:
 
     step("Installing the CRDs and starting the operator")
     support.install_crds(cl)
-    cl.kubectl("create", "namespace", NAMESPACE, check=False)
+    cl.create_namespace(NAMESPACE)
     cl.kubectl("delete", "modeldeployments,modelversions,models", "--all", "-n", NAMESPACE, "--wait=true",
                check=False, timeout=600)
     operator = support.OperatorProcess(Path(cl.kubeconfig), NAMESPACE, Path(cl.state_dir) / "logs" / "demo-operator.log")

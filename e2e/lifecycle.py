@@ -62,7 +62,7 @@ def model_manifest(cluster: Testbed, eval_uri: str, threshold: float = 0.5) -> d
         "apiVersion": "modelops.dev/v1alpha1", "kind": "Model", "metadata": {"name": MODEL_NAME},
         "spec": {
             "description": "Handwritten digit classifier (scikit-learn digits).",
-            "storage": {"endpoint": cluster.s3_endpoint, "bucket": BUCKET, "credentialsSecret": {"name": SECRET_NAME}},
+            "storage": cluster.storage(BUCKET).model_storage(SECRET_NAME),
             "signature": {
                 "maxBatchSize": 64,
                 "inputs": [{"name": "input", "dataType": "FP32", "dims": [64]}],

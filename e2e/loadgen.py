@@ -70,6 +70,8 @@ class LoadReport:
     windows: tuple[WindowStats, ...]
     stable_from_window: int | None
     errors: Mapping[str, int] = field(default_factory=dict)
+    by_endpoint: Mapping[str, int] = field(default_factory=dict)  # requests sent to each endpoint
+    failures_by_endpoint: Mapping[str, int] = field(default_factory=dict)
 
     @property
     def stable(self) -> bool:
@@ -159,6 +161,8 @@ def summarize(records: Sequence[RequestRecord], duration_s: float, window_s: flo
         windows=tuple(windows),
         stable_from_window=first_stable_window(full_windows),
         errors=dict(Counter(r.error for r in failures if r.error is not None)),
+        by_endpoint=dict(Counter(r.endpoint for r in records)),
+        failures_by_endpoint=dict(Counter(r.endpoint for r in failures)),
     )
 
 

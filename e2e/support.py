@@ -36,6 +36,28 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 CACHE = Path(os.environ.get("MODELOPS_CACHE", Path.home() / ".cache" / "modelops"))
 BUCKET = "models"
 CRDS = ("models.modelops.dev", "modelversions.modelops.dev", "modeldeployments.modelops.dev")
+# Every namespace the tests, the e2e suite and the demo create enforces Pod Security
+# "restricted": the apiserver refuses any pod we render that breaks it.
+POD_SECURITY_LABELS = {
+    f"pod-security.kubernetes.io/{mode}": "restricted" for mode in ("enforce", "audit", "warn")
+} | {"pod-security.kubernetes.io/enforce-version": "latest"}
+
+
+def restricted(pod_spec: dict[str, Any]) -> dict[str, Any]:
+    """A pod spec with what Pod Security "restricted" asks of every pod and container added,
+    for the pods tests write themselves (the operator's own pods come with it)."""
+    spec = {**pod_spec, "securityContext": {"runAsNonRoot": True, "runAsUser": 1000, "seccompProfile": {"type": "RuntimeDefault"},
+                                            **pod_spec.get("securityContext", {})}}
+    for kind in ("initContainers", "containers"):
+        if kind in spec:
+            spec[kind] = [{**c, "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
+                                                    **c.get("securityContext", {})}} for c in spec[kind]]
+    return spec
+
+
+# The test bed's CA, which signs MinIO's certificate, is published in every namespace by
+# kube-controller-manager as this ConfigMap; Models name it as their storage.caBundle.
+TESTBED_CA_BUNDLE = {"configMapRef": {"name": "kube-root-ca.crt"}, "key": "ca.crt"}
 
 
 def eventually(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.5) -> Any:
@@ -67,8 +89,9 @@ class Testbed:
     apiserver_url: str
     audit_log: str
     s3_endpoint: str
+    s3_ca: str
     s3_access_key: str
-    s3_secret_key: str
+    s3_secret_key: str = field(repr=False)  # kept out of test reports
     state_dir: str
     python: str
     project_root: str
@@ -123,8 +146,14 @@ class Testbed:
             return path.read_text(errors="replace")
         return ""
 
+    def create_namespace(self, name: str, labels: dict[str, str] | None = None) -> None:
+        """A namespace that enforces Pod Security "restricted" (POD_SECURITY_LABELS)."""
+        doc = {"apiVersion": "v1", "kind": "Namespace",
+               "metadata": {"name": name, "labels": {**POD_SECURITY_LABELS, **(labels or {})}}}
+        self.kubectl("apply", "-f", "-", input=yaml.safe_dump(doc))
+
     def storage(self, bucket: str) -> Storage:
-        return Storage(self.s3_endpoint, self.s3_access_key, self.s3_secret_key, bucket)
+        return Storage(self.s3_endpoint, self.s3_access_key, self.s3_secret_key, bucket, self.s3_ca)
 
     # The e2e tests and the demo keep their artifacts in BUCKET.
 
@@ -261,22 +290,29 @@ class Storage:
 
     endpoint: str
     access_key: str
-    secret_key: str
+    secret_key: str = field(repr=False)  # kept out of test reports
     bucket: str
+    ca_file: str | None = None  # the CA that signs the endpoint's certificate
 
     def client(self) -> Any:
         """A plain boto3 client: writes through it bypass the operator's storage adapter."""
         import boto3
 
         return boto3.client("s3", endpoint_url=self.endpoint, aws_access_key_id=self.access_key,
-                            aws_secret_access_key=self.secret_key, region_name="us-east-1")
+                            aws_secret_access_key=self.secret_key, region_name="us-east-1",
+                            verify=self.ca_file if self.ca_file else True)
 
     def store(self) -> Any:
         """The operator's storage adapter (modelops.storage.ObjectStore) on this endpoint."""
         from modelops.storage import ObjectStore, StorageConfig
 
         return ObjectStore(StorageConfig(endpoint_url=self.endpoint, access_key_id=self.access_key,
-                                         secret_access_key=self.secret_key))
+                                         secret_access_key=self.secret_key, ca_bundle=self.ca_file))
+
+    def model_storage(self, secret: str = "storage") -> dict[str, Any]:
+        """A Model's spec.storage for this bucket: HTTPS, verified with the test bed's CA bundle."""
+        return {"endpoint": self.endpoint, "bucket": self.bucket, "credentialsSecret": {"name": secret},
+                "caBundle": dict(TESTBED_CA_BUNDLE)}
 
     def ensure(self) -> None:
         """Create the bucket unless it exists."""

@@ -33,7 +33,7 @@ def bed(testbed):
     """A namespace with the CRDs, the storage Secret, the digits Model and a running operator."""
     support.install_crds(testbed)
     namespace = f"e2e-serving-{secrets.token_hex(3)}"
-    testbed.kubectl("create", "namespace", namespace)
+    testbed.create_namespace(namespace)
     testbed.ensure_bucket()
     files = support.digits_model()
     # A copy that differs only in its doc string, so this module's compressions get cache keys

@@ -41,7 +41,7 @@ def model_manifest(cluster: support.Testbed, eval_uri: str, config, transformer)
         "apiVersion": "modelops.dev/v1alpha1", "kind": "Model", "metadata": {"name": MODEL},
         "spec": {
             "description": "BERT-shaped sentence encoder (generated weights), three inputs.",
-            "storage": {"endpoint": cluster.s3_endpoint, "bucket": support.BUCKET, "credentialsSecret": {"name": lc.SECRET_NAME}},
+            "storage": cluster.storage(support.BUCKET).model_storage(lc.SECRET_NAME),
             "signature": {
                 "maxBatchSize": 8,
                 "inputs": [{"name": name, **tensor} for name in transformer.input_names(config)],
@@ -72,7 +72,7 @@ def bed(testbed):
     cluster = testbed
     support.install_crds(testbed)
     namespace = f"e2e-bert-{secrets.token_hex(3)}"
-    cluster.kubectl("create", "namespace", namespace)
+    cluster.create_namespace(namespace)
     cluster.ensure_bucket()
     transformer = _transformer_module()
     config = transformer.PRESETS["small"]

@@ -13,7 +13,7 @@ SHA = "ab" * 32
 MODEL: dict[str, Any] = {
     "apiVersion": "modelops.dev/v1alpha1", "kind": "Model", "metadata": {"name": "digits"},
     "spec": {
-        "storage": {"endpoint": "http://minio:9000", "bucket": "models", "credentialsSecret": {"name": "s3"}},
+        "storage": {"endpoint": "https://minio:9000", "bucket": "models", "credentialsSecret": {"name": "s3"}},
         "signature": {"inputs": [{"name": "input", "dataType": "FP32", "dims": [64]}],
                       "outputs": [{"name": "logits", "dataType": "FP32", "dims": [10]}]},
     },
@@ -125,16 +125,35 @@ INVALID: list[tuple[str, dict[str, Any], str, str]] = [
      "spec.rollout.maxUnavailable", "maxUnavailable must not be 0 when maxSurge is 0"),
     ("rollout percentage", edited(DEPLOYMENT, "spec.rollout", {"maxSurge": "150%"}), "spec.rollout.maxSurge", "should match"),
     ("deployment name is not a DNS label", edited(DEPLOYMENT, "metadata.name", "1digits"), "metadata.name", "DNS label"),
+    ("canary settings with RollingUpdate", edited(DEPLOYMENT, "spec.rollout", {"canary": {"steps": [{"weight": 10}]}}),
+     "spec.rollout.canary", "canary must not be set when strategy is RollingUpdate"),
+    ("canary weight 100", edited(DEPLOYMENT, "spec.rollout", {"strategy": "Canary", "canary": {"steps": [{"weight": 100}]}}),
+     "spec.rollout.canary.steps[0].weight", "less than or equal to 99"),
+    ("canary without steps", edited(DEPLOYMENT, "spec.rollout", {"strategy": "Canary", "canary": {"steps": []}}),
+     "spec.rollout.canary.steps", "at least 1 items"),
+    ("canary pause", edited(DEPLOYMENT, "spec.rollout", {"strategy": "Canary", "canary": {"steps": [{"weight": 10, "pause": "5 min"}]}}),
+     "spec.rollout.canary.steps[0].pause", "should match"),
+    ("canary error ratio", edited(DEPLOYMENT, "spec.rollout", {"strategy": "Canary", "canary": {"analysis": {"maxErrorRatio": 2}}}),
+     "spec.rollout.canary.analysis.maxErrorRatio", "less than or equal to 1"),
+    ("unknown strategy", edited(DEPLOYMENT, "spec.rollout", {"strategy": "BlueGreen"}), "spec.rollout.strategy", "Unsupported value"),
+    ("autoscaling min above max", edited(DEPLOYMENT, "spec.autoscaling", {"minReplicas": 5, "maxReplicas": 2, "target": 1}),
+     "spec.autoscaling.maxReplicas", "minReplicas must not be greater than maxReplicas"),
+    ("keda without Prometheus", edited(DEPLOYMENT, "spec.autoscaling", {"maxReplicas": 2, "target": 1, "provider": "keda"}),
+     "spec.autoscaling.prometheusAddress", "prometheusAddress is required when provider is keda"),
+    ("autoscaling metric", edited(DEPLOYMENT, "spec.autoscaling", {"maxReplicas": 2, "target": 1, "metric": "gpu"}),
+     "spec.autoscaling.metric", "Unsupported value"),
+    ("autoscaling target 0", edited(DEPLOYMENT, "spec.autoscaling", {"maxReplicas": 2, "target": 0}),
+     "spec.autoscaling.target", "greater than 0"),
     ("bucket name", edited(MODEL, "spec.storage.bucket", "Models_Bucket"), "spec.storage.bucket", "must be a bucket name"),
     ("bucket name with ..", edited(MODEL, "spec.storage.bucket", "my..models"), "spec.storage.bucket", "must be a bucket name"),
     ("bucket name is an IP", edited(MODEL, "spec.storage.bucket", "192.168.1.1"), "spec.storage.bucket", "not an IP address"),
     ("bucket name too short", edited(MODEL, "spec.storage.bucket", "ab"), "spec.storage.bucket", "must be a bucket name"),
     ("region", edited(MODEL, "spec.storage.region", "us east"), "spec.storage.region", "should match"),
     ("endpoint scheme", edited(MODEL, "spec.storage.endpoint", "minio:9000"), "spec.storage.endpoint", "http:// or https://"),
-    ("endpoint with credentials", edited(MODEL, "spec.storage.endpoint", "http://key:secret@minio:9000"),
+    ("endpoint with credentials", edited(MODEL, "spec.storage.endpoint", "https://key:secret@minio:9000"),
      "spec.storage.endpoint", "no user info"),
-    ("endpoint port", edited(MODEL, "spec.storage.endpoint", "http://minio:70000"), "spec.storage.endpoint", "http:// or https://"),
-    ("endpoint with a space", edited(MODEL, "spec.storage.endpoint", "http://minio :9000"), "spec.storage.endpoint", "http:// or https://"),
+    ("endpoint port", edited(MODEL, "spec.storage.endpoint", "https://minio:70000"), "spec.storage.endpoint", "http:// or https://"),
+    ("endpoint with a space", edited(MODEL, "spec.storage.endpoint", "https://minio :9000"), "spec.storage.endpoint", "http:// or https://"),
     ("tensor data type", edited(MODEL, "spec.signature.inputs", [{"name": "input", "dataType": "float", "dims": [64]}]),
      "spec.signature.inputs[0].dataType", "Unsupported value"),
     ("tensor name with a quote", edited(MODEL, "spec.signature.inputs", tensors('in"put')),
@@ -154,6 +173,23 @@ INVALID: list[tuple[str, dict[str, Any], str, str]] = [
     ("no outputs", edited(MODEL, "spec.signature.outputs", []), "spec.signature.outputs", "at least 1 items"),
     ("maxBatchSize too big", edited(MODEL, "spec.signature.maxBatchSize", 1 << 20), "spec.signature.maxBatchSize", "less than or equal to"),
     ("negative maxBatchSize", edited(MODEL, "spec.signature.maxBatchSize", -1), "spec.signature.maxBatchSize", "greater than or equal to 0"),
+    ("caBundle with both refs", edited(MODEL, "spec.storage.caBundle", {"configMapRef": {"name": "ca"}, "secretRef": {"name": "ca"}}),
+     "spec.storage.caBundle", "exactly one of configMapRef and secretRef"),
+    ("caBundle with no ref", edited(MODEL, "spec.storage.caBundle", {"key": "ca.crt"}),
+     "spec.storage.caBundle", "exactly one of configMapRef and secretRef"),
+    ("caBundle key", edited(MODEL, "spec.storage.caBundle", {"configMapRef": {"name": "ca"}, "key": "../ca"}),
+     "spec.storage.caBundle.key", "should match"),
+]
+
+# Refused by the apiserver (CEL) but parsed by the pydantic models, because a Model stored
+# before the rule existed must still reach the operator, which reports it
+# (StorageSpec.transport_problem: InsecureEndpoint) instead of failing to read it.
+APISERVER_ONLY: list[tuple[str, dict[str, Any], str, str]] = [
+    ("http endpoint without insecure", edited(MODEL, "spec.storage.endpoint", "http://minio:9000"),
+     "spec.storage.endpoint", "use https://, or set insecure: true"),
+    ("caBundle with verifyTLS false", edited(edited(MODEL, "spec.storage.verifyTLS", False), "spec.storage.caBundle",
+                                             {"configMapRef": {"name": "ca"}}),
+     "spec.storage.caBundle", "caBundle needs verifyTLS true"),
 ]
 
 # Names and values the rules must keep accepting.
@@ -161,7 +197,10 @@ VALID_EDITS: list[tuple[str, dict[str, Any]]] = [
     ("transformer tensor names", edited(MODEL, "spec.signature.inputs", tensors("input_ids", "attention_mask", "input.1", "onnx::Gemm_0"))),
     ("variable dims", edited(MODEL, "spec.signature.outputs", [{"name": "logits", "dataType": "FP32", "dims": [-1, 2]}])),
     ("https endpoint with path", edited(MODEL, "spec.storage.endpoint", "https://s3.eu-west-1.amazonaws.com/")),
-    ("IP endpoint", edited(MODEL, "spec.storage.endpoint", "http://127.0.0.1:9000")),
+    ("IP endpoint", edited(MODEL, "spec.storage.endpoint", "https://127.0.0.1:9000")),
+    ("insecure http endpoint", edited(edited(MODEL, "spec.storage.endpoint", "http://127.0.0.1:9000"), "spec.storage.insecure", True)),
+    ("CA bundle in a ConfigMap", edited(MODEL, "spec.storage.caBundle", {"configMapRef": {"name": "kube-root-ca.crt"}})),
+    ("CA bundle in a Secret", edited(MODEL, "spec.storage.caBundle", {"secretRef": {"name": "tls"}, "key": "ca.pem"})),
     ("dotted bucket", edited(MODEL, "spec.storage.bucket", "my.models-1")),
     ("default pruning", edited(MODEL, "spec.versionDefaults", {"compression": pruning(method="structured", amount=0.5)})),
     ("pruning amount only", edited(VERSION, "spec.compression", pruning(amount=0.3))),
@@ -171,6 +210,15 @@ VALID_EDITS: list[tuple[str, dict[str, Any]]] = [
     ("max-abs-error", edited(VERSION, "spec.evaluation", gate("max-abs-error", 1000))),
     ("resources", edited(DEPLOYMENT, "spec.triton", {"resources": {"limits": {"cpu": "500m", "memory": "2Gi"}, "requests": {"cpu": 1}}})),
     ("rollout percentages", edited(DEPLOYMENT, "spec.rollout", {"maxSurge": "25%", "maxUnavailable": 0})),
+    ("suspended", edited(DEPLOYMENT, "spec.suspended", True)),
+    ("autoscaling", edited(DEPLOYMENT, "spec.autoscaling", {"minReplicas": 1, "maxReplicas": 4, "metric": "inferences-per-second",
+                                                          "target": 150, "provider": "keda",
+                                                          "prometheusAddress": "http://prometheus.monitoring:9090"})),
+    ("canary with the defaults", edited(DEPLOYMENT, "spec.rollout", {"strategy": "Canary"})),
+    ("canary steps and analysis", edited(DEPLOYMENT, "spec.rollout", {"strategy": "Canary", "canary": {
+        "steps": [{"weight": 10, "pause": "30s"}, {"weight": 50, "pause": "2m"}],
+        "analysis": {"maxErrorRatio": 0.01, "maxP99LatencyMs": 250, "maxLatencyRatio": 3, "minRequests": 500, "interval": "5s"},
+        "httpRoute": {"parent": "public", "namespace": "gateways", "sectionName": "http"}}})),
 ]
 
 

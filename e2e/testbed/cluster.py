@@ -188,6 +188,14 @@ def make_pki(lay: Layout, pki: Path) -> None:
         "DNS:kubernetes.default", "DNS:kubernetes.default.svc", "DNS:kubernetes.default.svc.cluster.local",
     ]
     make_cert(pki, "apiserver", "/CN=kube-apiserver", sans, server=True)
+    # MinIO serves HTTPS with a certificate from the same CA, so that every namespace's
+    # kube-root-ca.crt ConfigMap verifies it (a Model's storage.caBundle names that).
+    make_cert(pki, "minio", "/CN=minio", [f"IP:{lay.bridge_ip}", "IP:127.0.0.1", "DNS:localhost"], server=True)
+    certs = pki / "minio-certs"
+    (certs / "CAs").mkdir(parents=True, exist_ok=True)
+    shutil.copy(pki / "minio.crt", certs / "public.crt")
+    shutil.copy(pki / "minio.key", certs / "private.key")
+    shutil.copy(pki / "ca.crt", certs / "CAs" / "ca.crt")
     make_cert(pki, "admin", "/O=system:masters/CN=modelops-testbed-admin")
     make_cert(pki, "controller-manager", "/CN=system:kube-controller-manager")
     make_cert(pki, "scheduler", "/CN=system:kube-scheduler")
@@ -341,7 +349,7 @@ def unmount_under(root: Path) -> None:
 def start_minio_process(lay: Layout, state: dict) -> None:
     start_process(lay, state, "minio", [
         str(Path(state["binaries"]) / "minio"), "server", "--quiet", f"--address={lay.bridge_ip}:{lay.minio_port}",
-        "--console-address=127.0.0.1:0", str(lay.state_dir / "minio"),
+        "--console-address=127.0.0.1:0", f"--certs-dir={Path(state['pki']) / 'minio-certs'}", str(lay.state_dir / "minio"),
     ], env={"MINIO_ROOT_USER": state["s3_access_key"], "MINIO_ROOT_PASSWORD": state["s3_secret_key"],
             "MINIO_BROWSER": "off"})
 
@@ -452,7 +460,8 @@ def _up_locked(lay: Layout, binaries: Path, python: Path) -> dict:
         "helm": str(binaries / "helm"),
         "apiserver_url": f"https://{lay.bridge_ip}:{lay.apiserver_port}",
         "audit_log": str(audit_log),
-        "s3_endpoint": f"http://{lay.bridge_ip}:{lay.minio_port}",
+        "s3_endpoint": f"https://{lay.bridge_ip}:{lay.minio_port}",
+        "s3_ca": str(pki / "ca.crt"),
         "s3_access_key": s3_access_key,
         "s3_secret_key": s3_secret_key,
         "bridge_ip": lay.bridge_ip,

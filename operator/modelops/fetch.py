@@ -46,6 +46,7 @@ from modelops.storage import (
     ObjectStore,
     StorageConfig,
     StorageError,
+    TLSVerificationFailed,
     parse_s3_uri,
     validate_sha256,
 )
@@ -148,6 +149,8 @@ def classify_failure(error: BaseException) -> FetchFailure:
         return FetchFailure(ExitCode.BAD_ARTIFACT, FetchReason.ARTIFACT_NOT_FOUND, str(error))
     if isinstance(error, AccessDenied):
         return FetchFailure(ExitCode.USAGE, FetchReason.ACCESS_DENIED, str(error))
+    if isinstance(error, TLSVerificationFailed):
+        return FetchFailure(ExitCode.USAGE, FetchReason.TLS_VERIFICATION_FAILED, str(error))
     if isinstance(error, StorageError):
         code = ExitCode.TRANSIENT if error.transient else ExitCode.USAGE
         return FetchFailure(code, type(error).__name__, str(error))

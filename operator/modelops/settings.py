@@ -27,6 +27,12 @@ class Settings(BaseModel):
     triton_image: str = Field("nvcr.io/nvidia/tritonserver:24.10-py3", min_length=1)
     image_pull_policy: str = Field("IfNotPresent", pattern="^(Always|IfNotPresent|Never)$")
     job_backoff_limit: int = Field(3, ge=0, le=20, description="Retries of a compression Job on transient errors.")
+    max_artifact_bytes: int = Field(
+        64 * 2**30, ge=1, description="Largest source artifact a compression Job downloads; a larger one fails with InputTooLarge."
+    )
+    max_dataset_bytes: int = Field(
+        4 * 2**30, ge=1, description="Largest evaluation dataset a compression Job downloads; a larger one fails with InputTooLarge."
+    )
     metrics_port: int = Field(8080, ge=0, le=65535, description="Port of /metrics; 0 picks a free port.")
     health_port: int = Field(8081, ge=0, le=65535, description="Port of /healthz and /readyz; 0 picks a free port.")
     bind_address: str = Field("0.0.0.0", min_length=1)

@@ -52,6 +52,15 @@ class InvalidRequest(StorageError):
     acceptable to it. Permanent: sending the same request again gets the same answer."""
 
 
+class TLSVerificationFailed(StorageError):
+    """The endpoint's certificate did not verify against the trusted CAs. Permanent: the same
+    certificate and the same CAs give the same answer until one of them changes."""
+
+
+class TooLarge(StorageError):
+    """The object is larger than the configured limit; refused before any byte is read."""
+
+
 class ChecksumMismatch(StorageError):
     """The bytes read do not hash to the expected sha256. Permanent: the artifact is wrong."""
 
@@ -271,7 +280,20 @@ _THROTTLE_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestLimi
 _TRANSIENT_STATUS = {429, 500, 502, 503, 504}
 
 
-def translate_error(exc: BaseException, uri: str) -> StorageError:
+def _tls_failure(exc: BaseException) -> bool:
+    import ssl
+
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, ssl.SSLCertVerificationError) or "CERTIFICATE_VERIFY_FAILED" in str(current):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def translate_error(exc: BaseException, uri: str, endpoint: str | None = None) -> StorageError:
     """Map a botocore/urllib3 exception to one of ours; the message never carries credentials."""
     from botocore import exceptions as bce
     from urllib3 import exceptions as u3e
@@ -281,7 +303,7 @@ def translate_error(exc: BaseException, uri: str) -> StorageError:
     # s3transfer wraps the ClientError of a failed upload; classify the original.
     original = exc.__cause__ or exc.__context__
     if type(exc).__name__ == "S3UploadFailedError" and original is not None:
-        return translate_error(original, uri)
+        return translate_error(original, uri, endpoint)
     if isinstance(exc, bce.ClientError):
         code = str(exc.response.get("Error", {}).get("Code", ""))
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
@@ -297,8 +319,14 @@ def translate_error(exc: BaseException, uri: str) -> StorageError:
         if 400 <= status < 500:
             return InvalidRequest(f"storage refused the request: {detail}")
         return StorageError(f"storage request failed: {detail}")
-    if isinstance(exc, bce.SSLError):
-        return StorageError(f"TLS verification failed for {uri}: {exc}")
+    if isinstance(exc, bce.SSLError) or _tls_failure(exc):
+        where = endpoint or "AWS S3"
+        if _tls_failure(exc):
+            return TLSVerificationFailed(
+                f"TLS verification of {where} failed (reading {uri}): its certificate is not signed by a trusted CA "
+                "(spec.storage.caBundle)"
+            )
+        return StorageError(f"TLS connection to {where} failed for {uri}: {exc}")
     if isinstance(exc, (bce.NoCredentialsError, bce.PartialCredentialsError)):
         return AccessDenied(f"no usable credentials for {uri}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
     if isinstance(
@@ -368,7 +396,7 @@ class ObjectStore:
             try:
                 return action()
             except Exception as exc:  # noqa: BLE001 - every failure is translated, none is swallowed
-                raise translate_error(exc, uri) from exc
+                raise translate_error(exc, uri, self.config.endpoint_url) from exc
 
         return with_retries(once, self.tuning, self._sleep)
 
@@ -389,9 +417,16 @@ class ObjectStore:
         return True
 
     def download(
-        self, uri: str, dest_path: str | os.PathLike[str], expected_sha256: str | None = None
+        self,
+        uri: str,
+        dest_path: str | os.PathLike[str],
+        expected_sha256: str | None = None,
+        max_bytes: int | None = None,
     ) -> TransferResult:
         """Fetch `uri` to `dest_path`, verifying the sha256 while streaming.
+
+        An object larger than `max_bytes` is refused (TooLarge) after the HEAD, before any byte
+        of it is read or any space is taken on disk.
 
         The file appears at `dest_path` only once it is complete and verified; on a mismatch
         the partial file is removed and ChecksumMismatch is raised.
@@ -399,6 +434,8 @@ class ObjectStore:
         expected = validate_sha256(expected_sha256, "expected_sha256") if expected_sha256 is not None else None
         loc = parse_s3_uri(uri)
         info = self.head(uri)
+        if max_bytes is not None and info.size > max_bytes:
+            raise TooLarge(f"{uri} is {info.size} bytes, more than the limit of {max_bytes} bytes")
         dest = Path(dest_path)
         dest.parent.mkdir(parents=True, exist_ok=True)
         partial = dest.with_name(dest.name + ".partial")
@@ -410,7 +447,7 @@ class ObjectStore:
                 )
                 return response["Body"].read()
             except Exception as exc:  # noqa: BLE001 - translated for the retry policy
-                raise translate_error(exc, uri) from exc
+                raise translate_error(exc, uri, self.config.endpoint_url) from exc
 
         fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:

@@ -9,12 +9,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.api_cases import DEPLOYMENT, INVALID, MODEL, VALID_EDITS, VERSION, edited
+from tests.api_cases import APISERVER_ONLY, DEPLOYMENT, INVALID, MODEL, VALID_EDITS, VERSION, edited
 from tests.integration.conftest import ROOT, apply_docs, get_json, kubectl
 
 pytestmark = pytest.mark.integration
 
-@pytest.mark.parametrize(("case", "manifest", "field", "message"), INVALID, ids=[c[0] for c in INVALID])
+@pytest.mark.parametrize(
+    ("case", "manifest", "field", "message"), INVALID + APISERVER_ONLY, ids=[c[0] for c in INVALID + APISERVER_ONLY]
+)
 def test_invalid_manifest_is_rejected_with_the_field_named(testbed, crds, namespace, case, manifest, field, message) -> None:
     # JSON, so that control characters reach the apiserver as they are.
     result = kubectl(testbed, "create", "-n", namespace, "-f", "-", input=json.dumps(manifest), check=False)
@@ -41,8 +43,9 @@ def test_valid_edits_are_accepted(testbed, crds, namespace, case, manifest) -> N
 def test_defaults_are_filled_by_the_api_server(testbed, crds, namespace) -> None:
     apply_docs(testbed, namespace, [MODEL, DEPLOYMENT])
     spec = get_json(testbed, namespace, "modeldeployment", "digits")["spec"]
-    assert spec["versionPolicy"] == "Latest" and spec["replicas"] == 1
-    assert spec["rollout"] == {"maxSurge": 1, "maxUnavailable": 0, "progressDeadlineSeconds": 600, "autoRollback": True}
+    assert spec["versionPolicy"] == "Latest" and spec["replicas"] == 1 and spec["suspended"] is False
+    assert spec["rollout"] == {"strategy": "RollingUpdate", "maxSurge": 1, "maxUnavailable": 0,
+                               "progressDeadlineSeconds": 600, "autoRollback": True}
     model = get_json(testbed, namespace, "model", "digits")["spec"]
     assert model["storage"]["region"] == "us-east-1" and model["storage"]["verifyTLS"] is True
     assert model["versionDefaults"]["compression"]["quantization"] == "int8-weight-only"

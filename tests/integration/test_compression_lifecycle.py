@@ -56,7 +56,7 @@ def secret_and_model(storage: Storage, threshold: float = 0.5) -> tuple[dict[str
     secret = yaml.safe_load((SAMPLES / "00-storage-credentials.yaml").read_text())
     secret["stringData"] = storage.secret(secret["metadata"]["name"])["stringData"]
     model = yaml.safe_load((SAMPLES / "01-model.yaml").read_text())
-    model["spec"]["storage"].update(endpoint=storage.endpoint, bucket=storage.bucket)
+    model["spec"]["storage"].update(storage.model_storage(model["spec"]["storage"]["credentialsSecret"]["name"]))
     gate = model["spec"]["versionDefaults"]["evaluation"]
     gate.update(datasetUri=f"s3://{storage.bucket}/digits/eval.npz", threshold=threshold)
     return secret, model

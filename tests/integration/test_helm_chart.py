@@ -17,6 +17,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from modelops.core import naming
 from modelops.settings import Settings
 from tests.integration.conftest import LEADER_ELECTION_RULES, OPERATOR_RULES, ROOT, Storage, eventually
 
@@ -174,6 +175,30 @@ def test_optional_parts_render_when_enabled(testbed) -> None:
     assert health["data"] == expected
 
 
+GOLDEN = ROOT / "tests" / "integration" / "golden"
+
+
+def test_network_policies_are_off_by_default_and_render_as_the_golden_file(testbed) -> None:
+    assert of_kind(render(testbed), "NetworkPolicy") == []
+    values = CHART / "ci" / "networkpolicy-values.yaml"
+    out = helm_ok(testbed, "template", "mo", str(CHART), "--namespace", "ops", KUBE_VERSION, "-f", str(values),
+                  "--show-only", "templates/networkpolicy.yaml")
+    # Regenerate after a deliberate change: the same command > tests/integration/golden/networkpolicies.yaml
+    assert out == (GOLDEN / "networkpolicies.yaml").read_text()
+    docs = [d for d in yaml.safe_load_all(out) if d]
+    operator, *tritons = docs
+    assert operator["spec"]["policyTypes"] == ["Egress"] and operator["metadata"]["namespace"] == "ops"
+    egress_ports = [{p["port"] for p in rule["ports"]} for rule in operator["spec"]["egress"]]
+    assert egress_ports == [{443, 6443}, {443}, {53}]
+    assert [t["metadata"]["namespace"] for t in tritons] == ["team-a", "team-b"]
+    for triton in tritons:
+        clients, scraper = triton["spec"]["ingress"]
+        assert {p["port"] for p in clients["ports"]} == {8000, 8001} and {p["port"] for p in scraper["ports"]} == {8002}
+        # The policy selects exactly the pods the operator renders for Triton.
+        labels = naming.server_labels("d", "m")
+        assert triton["spec"]["podSelector"]["matchLabels"].items() <= labels.items()
+
+
 # -- a real install ----------------------------------------------------------------------------
 
 
@@ -192,7 +217,7 @@ def smoke_objects(storage: Storage) -> list[dict[str, Any]]:
     secret = yaml.safe_load((samples / "00-storage-credentials.yaml").read_text())
     secret["stringData"] = storage.secret(secret["metadata"]["name"])["stringData"]
     model = yaml.safe_load((samples / "01-model.yaml").read_text())
-    model["spec"]["storage"].update(endpoint=storage.endpoint, bucket=storage.bucket)
+    model["spec"]["storage"].update(storage.model_storage(model["spec"]["storage"]["credentialsSecret"]["name"]))
     version = {
         "apiVersion": "modelops.dev/v1alpha1", "kind": "ModelVersion", "metadata": {"name": "digits-v1"},
         "spec": {"model": model["metadata"]["name"], "version": 1,

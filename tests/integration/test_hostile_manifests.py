@@ -73,7 +73,7 @@ HOSTILE_TEXT = [
 ]
 # Unusual values the schema accepts, so that stored objects carry them to the operator.
 ODD_BUT_VALID = {
-    "spec.storage.endpoint": ["https://s3.amazonaws.com", "http://[::1]:9000/", "http://127.0.0.1:1"],
+    "spec.storage.endpoint": ["https://s3.amazonaws.com", "https://[::1]:9000/", "https://127.0.0.1:1"],
     "spec.storage.bucket": ["my.odd-bucket.1", "a" * 63],
     "spec.signature.inputs.0.name": ["input.1", "onnx::Gemm_0", "a/b.c", "_"],
     "spec.signature.outputs.0.name": ["logits:0", "out-1", "9"],
@@ -204,7 +204,7 @@ def test_generated_hostile_manifests_are_rejected_or_reported(testbed, crds, nam
     apply_docs(testbed, namespace, [
         storage.secret("s3"),
         {**MODEL, "metadata": {"name": ANCHOR},
-         "spec": {**MODEL["spec"], "storage": {"endpoint": storage.endpoint, "bucket": storage.bucket, "credentialsSecret": {"name": "s3"}}}},
+         "spec": {**MODEL["spec"], "storage": storage.model_storage("s3")}},
     ])
     operator = start_operator(retry_seconds="30")
     assert operator.process is not None

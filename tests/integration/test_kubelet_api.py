@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from e2e.support import eventually
+from e2e.support import eventually, restricted
 from e2e.testbed import cluster
 from e2e.tritonlocal import free_ports
 
@@ -28,12 +28,12 @@ IMAGE = "ghcr.io/modelops/modelops-operator:0.1.0"
 def pod(name: str, script: str, restart: str = "Never", **extra) -> dict:
     return {
         "apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": {"app": name}},
-        "spec": {
+        "spec": restricted({
             "restartPolicy": restart, "terminationGracePeriodSeconds": 1,
             "containers": [{"name": "main", "image": IMAGE, "command": ["sh", "-c", script],
                             "volumeMounts": [{"name": "work", "mountPath": "/work"}], **extra}],
             "volumes": [{"name": "work", "emptyDir": {}}],
-        },
+        }),
     }
 
 
@@ -90,7 +90,7 @@ def test_kubectl_logs_of_a_job_with_tail_and_limit(testbed, namespace):
     spec["initContainers"] = [{"name": "prepare", "image": IMAGE, "command": ["sh", "-c", "echo prepared"]}]
     testbed.apply(namespace, [{
         "apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "digits-v1-compress"},
-        "spec": {"backoffLimit": 0, "template": {"spec": spec}},
+        "spec": {"backoffLimit": 0, "template": {"spec": restricted(spec)}},
     }])
     testbed.kubectl("wait", "--for=condition=Complete", "job/digits-v1-compress", "-n", namespace, "--timeout=90s")
     # As the README's troubleshooting section says to look at a compression Job.

@@ -40,8 +40,7 @@ def for_this_bed(docs: list[dict[str, Any]], storage: Storage, shas: dict[int, s
         if kind == "Secret":
             doc = {**doc, "stringData": storage.secret(doc["metadata"]["name"])["stringData"]}
         elif kind == "Model":
-            spec["storage"]["endpoint"] = storage.endpoint
-            spec["storage"]["bucket"] = storage.bucket
+            spec["storage"].update(storage.model_storage(spec["storage"]["credentialsSecret"]["name"]))
             gate = spec["versionDefaults"]["evaluation"]
             gate["datasetUri"] = gate["datasetUri"].replace("s3://models/", f"s3://{storage.bucket}/")
         elif kind == "ModelVersion":

@@ -35,6 +35,7 @@ TUNING = TransferTuning(part_size=5 * 1024 * 1024, max_concurrency=4)
 def _env(testbed) -> dict[str, str]:
     return {
         "MODELOPS_S3_ENDPOINT": testbed.s3_endpoint,
+        "MODELOPS_S3_CA_BUNDLE": testbed.s3_ca,
         "AWS_ACCESS_KEY_ID": testbed.s3_access_key,
         "AWS_SECRET_ACCESS_KEY": testbed.s3_secret_key,
     }

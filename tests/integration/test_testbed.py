@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from e2e.support import restricted
 from e2e.testbed import cluster
 
 pytestmark = pytest.mark.integration
@@ -34,7 +35,7 @@ def test_deployment_replicas_become_ready_and_answer_on_their_pod_ips(testbed, n
             "selector": {"matchLabels": {"app": "web"}},
             "template": {
                 "metadata": {"labels": {"app": "web"}},
-                "spec": {"containers": [{
+                "spec": restricted({"containers": [{
                     "name": "web", "image": PROJECT_IMAGE,
                     # Each replica serves its own hostname, so the test can tell them apart.
                     "command": ["sh", "-c", "mkdir -p /srv && hostname > /srv/index.html && "
@@ -42,7 +43,7 @@ def test_deployment_replicas_become_ready_and_answer_on_their_pod_ips(testbed, n
                     "ports": [{"name": "http", "containerPort": 8080}],
                     "readinessProbe": {"httpGet": {"path": "/", "port": "http"}, "periodSeconds": 1},
                     "volumeMounts": [{"name": "srv", "mountPath": "/srv"}],
-                }], "volumes": [{"name": "srv", "emptyDir": {}}]},
+                }], "volumes": [{"name": "srv", "emptyDir": {}}]}),
             },
         },
     })
@@ -62,14 +63,14 @@ def test_failed_job_reports_exit_code_and_termination_message(testbed, namespace
     message = "sha256 mismatch: expected 00ff, got 1234"
     apply(testbed, namespace, {
         "apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "exit3"},
-        "spec": {"backoffLimit": 0, "template": {"spec": {
+        "spec": {"backoffLimit": 0, "template": {"spec": restricted({
             "restartPolicy": "Never",
             "containers": [{
                 "name": "main", "image": PROJECT_IMAGE,
                 "command": ["python", "-c",
                             f"open('/dev/termination-log', 'w').write({message!r}); raise SystemExit(3)"],
             }],
-        }}},
+        })}},
     })
     testbed.kubectl("wait", "--for=condition=Failed", "job/exit3", "-n", namespace, "--timeout=120s")
     job = testbed.get(namespace, "job", "exit3")
@@ -91,7 +92,7 @@ def gpu_pod(name: str, tolerate: bool) -> dict:
     }
     if tolerate:
         spec["tolerations"] = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
-    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name}, "spec": spec}
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name}, "spec": restricted(spec)}
 
 
 def test_gpu_pod_lands_on_the_gpu_node_only_with_the_toleration(testbed, namespace):
@@ -110,7 +111,7 @@ def test_gpu_pod_lands_on_the_gpu_node_only_with_the_toleration(testbed, namespa
 
 def test_unrunnable_image_is_reported_on_the_pod(testbed, namespace):
     apply(testbed, namespace, {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "nginx"},
-                               "spec": {"containers": [{"name": "web", "image": "docker.io/library/nginx:1.27"}]}})
+                               "spec": restricted({"containers": [{"name": "web", "image": "docker.io/library/nginx:1.27"}]})})
     testbed.kubectl("wait", "--for=jsonpath={.status.containerStatuses[0].state.waiting.reason}=ErrImagePull",
                     "pod/nginx", "-n", namespace, "--timeout=60s")
     waiting = testbed.get(namespace, "pod", "nginx")["status"]["containerStatuses"][0]["state"]["waiting"]
@@ -148,7 +149,7 @@ def test_triton_pod_serves_a_python_backend_model_from_a_configmap(testbed, name
         "data": {"config.pbtxt": ADD_ONE_CONFIG, "model.py": ADD_ONE_MODEL},
     }, {
         "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "triton"},
-        "spec": {
+        "spec": restricted({
             "containers": [{
                 "name": "triton", "image": TRITON_IMAGE,
                 "command": ["tritonserver", "--model-repository=/models", "--strict-readiness=true"],
@@ -161,7 +162,7 @@ def test_triton_pod_serves_a_python_backend_model_from_a_configmap(testbed, name
                 {"key": "config.pbtxt", "path": "add_one/config.pbtxt"},
                 {"key": "model.py", "path": "add_one/1/model.py"},
             ]}}],
-        },
+        }),
     })
     testbed.kubectl("wait", "--for=condition=Ready", "pod/triton", "-n", namespace, "--timeout=180s")
     pod_ip = testbed.get(namespace, "pod", "triton")["status"]["podIP"]

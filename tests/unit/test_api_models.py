@@ -9,7 +9,7 @@ from pydantic.alias_generators import to_camel
 from modelops.api import ModelDeploymentSpec, ModelSpec, ModelVersionSpec
 from modelops.api.model import Evaluation
 from modelops.api.version import ModelVersionStatus
-from tests.api_cases import INVALID, VALID_EDITS, pydantic_loc
+from tests.api_cases import APISERVER_ONLY, INVALID, VALID_EDITS, pydantic_loc
 
 pytestmark = pytest.mark.unit
 
@@ -18,7 +18,7 @@ SHA = "ab" * 32
 
 def model_spec(**extra) -> dict:
     return {
-        "storage": {"endpoint": "http://minio:9000", "bucket": "models", "credentialsSecret": {"name": "s3"}},
+        "storage": {"endpoint": "https://minio:9000", "bucket": "models", "credentialsSecret": {"name": "s3"}},
         "signature": {
             "inputs": [{"name": "x", "dataType": "FP32", "dims": [64]}],
             "outputs": [{"name": "y", "dataType": "FP32", "dims": [10]}],
@@ -119,6 +119,16 @@ def test_what_the_apiserver_refuses_the_models_refuse_at_the_same_field(case, ma
     locs = [tuple(to_camel(p) if isinstance(p, str) else p for p in error["loc"]) for error in caught.value.errors()]
     wanted = pydantic_loc(field)
     assert any(loc[: len(wanted)] == wanted for loc in locs), (case, locs)
+
+
+def test_a_stored_http_model_parses_and_the_operator_reports_it() -> None:
+    plain = SPEC_MODELS["Model"].model_validate(APISERVER_ONLY[0][1]["spec"]).storage
+    assert plain.transport_problem() is not None and "spec.storage.insecure" in plain.transport_problem()
+    allowed = plain.model_copy(update={"insecure": True})
+    assert allowed.transport_problem() is None and "plain http" in (allowed.transport_warning() or "")
+    unverified = plain.model_copy(update={"endpoint": "https://minio:9000", "verify_tls": False})
+    assert unverified.transport_problem() is None and "verifyTLS is false" in (unverified.transport_warning() or "")
+    assert plain.model_copy(update={"endpoint": "https://minio:9000"}).transport_warning() is None
 
 
 @pytest.mark.parametrize(("case", "manifest"), VALID_EDITS, ids=[c[0] for c in VALID_EDITS])

@@ -125,6 +125,38 @@ DEPLOYMENT_CASES = {
             SERVING[1], SERVING[2],
         ]),
         "Progressing", "no ready replica of version 3"),
+    "suspended": (
+        {**deployment(observedGeneration=2, desiredVersion=3, servedVersion=3, replicas=0, conditions=[
+            cond("Ready", "False", "Suspended", "suspended: 0 replicas of version 3; set spec.suspended to false to serve again"),
+            cond("Progressing", "False", "Suspended", "suspended"), cond("Degraded", "False", "Suspended", "suspended"),
+        ]), "spec": {"suspended": True}},
+        "Suspended", "suspended: 0 replicas of version 3"),
+    "suspending while pods still stop": (
+        {**deployment(observedGeneration=2, desiredVersion=3, servedVersion=3, replicas=2, conditions=[
+            cond("Ready", "False", "Suspended", "suspended: 0 replicas of version 3 (2 pod(s) still stopping)"),
+        ]), "spec": {"suspended": True}},
+        "Progressing", "still stopping"),
+    "suspended asked, operator not there yet": (
+        {**deployment(observedGeneration=2, desiredVersion=3, servedVersion=3, replicas=2, conditions=SERVING),
+         "spec": {"suspended": True}},
+        "Progressing", "serving version 3"),
+    "resumed": (
+        {**deployment(observedGeneration=2, desiredVersion=3, servedVersion=3, replicas=2, conditions=SERVING),
+         "spec": {"suspended": False}},
+        "Healthy", "serving version 3"),
+    "canary in progress": (
+        deployment(observedGeneration=2, desiredVersion=4, servedVersion=3, conditions=[
+            cond("Ready", "False", "CanaryProgressing", "canary of version 4: step 1/2 at 10 %: within the limits"),
+            cond("Progressing", "True", "CanaryProgressing", "canary of version 4: step 1/2 at 10 %: within the limits"),
+            cond("Degraded", "False", "AsExpected", "rollout under way"),
+        ]),
+        "Progressing", "canary of version 4: step 1/2"),
+    "canary aborted": (
+        deployment(observedGeneration=2, desiredVersion=3, servedVersion=3, conditions=[
+            SERVING[0], SERVING[1],
+            cond("Degraded", "True", "CanaryAborted", "canary of version 4 aborted at step 1/2 at 10 %: error ratio 0.500"),
+        ]),
+        "Degraded", "canary of version 4 aborted"),
     "served equals desired but Ready is missing": (
         deployment(observedGeneration=2, desiredVersion=3, servedVersion=3, conditions=[SERVING[1], SERVING[2]]),
         "Progressing", "Waiting for version 3"),

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.unit
 
 OWNER = OwnerRef("modelops.dev/v1alpha1", "ModelDeployment", "digits", "uid-md")
 MODEL = ModelSpec.model_validate({
-    "storage": {"endpoint": "http://minio:9000", "bucket": "models", "credentialsSecret": {"name": "s3"}},
+    "storage": {"endpoint": "https://minio:9000", "bucket": "models", "credentialsSecret": {"name": "s3"}},
     "signature": {"inputs": [{"name": "x", "dataType": "FP32", "dims": [64]}],
                   "outputs": [{"name": "y", "dataType": "FP32", "dims": [10]}], "maxBatchSize": 8},
 })

@@ -6,8 +6,9 @@ from datetime import UTC, datetime
 
 import pytest
 
+from modelops.api.model import StorageSpec
 from modelops.core.conditions import find
-from modelops.core.models import latest_ready, model_status, version_counts
+from modelops.core.models import latest_ready, model_status, transport_condition, version_counts
 from modelops.core.objects import VersionView
 
 pytestmark = pytest.mark.unit
@@ -61,3 +62,23 @@ def test_status_is_stable() -> None:
     first = model_status(None, "m", [v(1, "Ready")], None, 1, NOW)
     assert model_status(first, "m", [v(1, "Ready")], None, 1, NOW.replace(year=2026)) == first
     assert first["latestReadyVersion"] == 1
+
+
+@pytest.mark.parametrize(
+    ("storage", "status", "reason"),
+    [
+        ({"endpoint": "https://minio:9000"}, "True", "TLSVerified"),
+        ({"endpoint": "https://minio:9000", "caBundle": {"secretRef": {"name": "ca"}}}, "True", "TLSVerified"),
+        ({}, "True", "TLSVerified"),
+        ({"endpoint": "https://minio:9000", "verifyTLS": False}, "False", "TLSVerificationDisabled"),
+        ({"endpoint": "http://minio:9000", "insecure": True}, "False", "PlaintextEndpoint"),
+        ({"endpoint": "http://minio:9000"}, "False", "InsecureEndpoint"),
+    ],
+)
+def test_storage_transport_says_how_storage_is_reached(storage: dict, status: str, reason: str) -> None:
+    cond = transport_condition(StorageSpec.model_validate({"bucket": "models", **storage}))
+    assert (cond.type, cond.status, cond.reason) == ("StorageTransport", status, reason)
+    if storage.get("endpoint"):
+        assert storage["endpoint"] in cond.message or status == "True"
+    first = model_status(None, "m", [], None, 1, NOW, transport=cond)
+    assert [c["type"] for c in first["conditions"]] == ["Ready", "StorageTransport"]

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from modelops.api import ModelDeploymentSpec, ModelSpec
-from modelops.api.model import Toleration
+from modelops.api.model import StorageSpec, Toleration
 from modelops.core import naming
 from modelops.core.objects import OwnerRef, VersionView
 from modelops.core.render import (
@@ -34,7 +34,7 @@ GPU_NODE = {"nvidia.com/gpu.present": "true"}
 def model_spec(**signature) -> ModelSpec:
     return ModelSpec.model_validate(
         {
-            "storage": {"endpoint": "http://minio:9000", "bucket": "models", "credentialsSecret": {"name": "s3-creds"}},
+            "storage": {"endpoint": "https://minio:9000", "bucket": "models", "credentialsSecret": {"name": "s3-creds"}},
             "signature": {"inputs": [{"name": "x", "dataType": "FP32", "dims": [64]}],
                           "outputs": [{"name": "y", "dataType": "FP32", "dims": [10]}], "maxBatchSize": 8, **signature},
         }
@@ -81,7 +81,7 @@ def test_job_runs_the_compressor_cli_contract() -> None:
     assert pairs["--output-prefix"].endswith("/")
     assert container["terminationMessagePolicy"] == "FallbackToLogsOnError"
     env = env_map(container)
-    assert env["MODELOPS_S3_ENDPOINT"] == "http://minio:9000"
+    assert env["MODELOPS_S3_ENDPOINT"] == "https://minio:9000"
     assert env["AWS_SECRET_ACCESS_KEY"] == {"secretKeyRef": {"name": "s3-creds", "key": "AWS_SECRET_ACCESS_KEY"}}
     assert "--eval-json" not in job()["spec"]["template"]["spec"]["containers"][0]["args"]
 
@@ -152,6 +152,11 @@ def served(number: int = 1, sha: str = "cd" * 32) -> VersionView:
                        compressed_uri=f"s3://models/modelops-cache/{number}/model.onnx", compressed_sha256=sha, compressed_format="onnx")
 
 
+def test_a_suspended_deployment_renders_zero_replicas() -> None:
+    assert deployment({"replicas": 3, "suspended": True})["spec"]["replicas"] == 0
+    assert deployment({"replicas": 3, "suspended": True})["spec"]["template"] == deployment({"replicas": 3})["spec"]["template"]
+
+
 def deployment(spec: dict | None = None, version: VersionView | None = None, model: ModelSpec | None = None, settings=SETTINGS):
     return render_deployment(
         name="digits", namespace="ns", owner=MD_OWNER, spec=ModelDeploymentSpec.model_validate({"model": "digits", **(spec or {})}),
@@ -169,6 +174,7 @@ def test_triton_container_ports_probes_and_command() -> None:
     assert triton["args"] == [
         "--model-repository=/models", "--model-control-mode=none", "--strict-readiness=true",
         "--http-port=8000", "--grpc-port=8001", "--metrics-port=8002",
+        "--metrics-config=summary_latencies=true",
     ]
     assert triton["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": "http"}
     assert triton["livenessProbe"]["httpGet"] == {"path": "/v2/health/live", "port": "http"}
@@ -192,6 +198,70 @@ def test_pod_security_is_restricted() -> None:
         assert ctx["runAsNonRoot"] is True and ctx["seccompProfile"]["type"] == "RuntimeDefault"
 
 
+def _pods() -> list[tuple[str, dict]]:
+    return [("job", job()["spec"]["template"]["spec"]), ("triton", deployment()["spec"]["template"]["spec"])]
+
+
+@pytest.mark.parametrize("which", ["job", "triton"])
+def test_every_rendered_pod_is_restricted_with_a_read_only_root(which: str) -> None:
+    pod = dict(_pods())[which]
+    assert pod["automountServiceAccountToken"] is False
+    assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] > 0
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    for container in pod["containers"] + pod.get("initContainers", []):
+        ctx = container["securityContext"]
+        assert ctx["readOnlyRootFilesystem"] is True, container["name"]
+        assert isinstance(ctx["runAsUser"], int) and ctx["runAsUser"] > 0
+        assert ctx["allowPrivilegeEscalation"] is False and ctx["capabilities"] == {"drop": ["ALL"]}
+        mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+        # Writes go to emptyDirs only: scratch at /tmp, and the model repository.
+        assert "emptyDir" in volumes[mounts["/tmp"]], container["name"]
+        for name in mounts.values():
+            assert set(volumes[name]) & {"emptyDir", "configMap", "secret"}, name
+        assert "privileged" not in ctx and "hostPath" not in str(pod)
+
+
+@pytest.mark.parametrize(
+    ("ref", "volume"),
+    [
+        ({"configMapRef": {"name": "storage-ca"}}, {"configMap": {"name": "storage-ca", "items": [{"key": "ca.crt", "path": "ca.crt"}]}}),
+        ({"secretRef": {"name": "tls"}, "key": "bundle.pem"},
+         {"secret": {"secretName": "tls", "items": [{"key": "bundle.pem", "path": "ca.crt"}]}}),
+    ],
+)
+def test_the_ca_bundle_reaches_the_job_and_the_fetcher(ref: dict, volume: dict) -> None:
+    model = model_spec()
+    model = model.model_copy(update={"storage": StorageSpec.model_validate({**model.storage.wire(), "caBundle": ref})})
+    pods = [
+        ("compress", job(storage=model.storage)["spec"]["template"]["spec"], "containers"),
+        ("fetch", deployment(model=model)["spec"]["template"]["spec"], "initContainers"),
+    ]
+    for name, pod, kind in pods:
+        container = pod[kind][0]
+        assert container["name"] == name
+        assert {"name": "storage-ca", **volume} in pod["volumes"]
+        assert {"name": "storage-ca", "mountPath": "/etc/modelops/storage-ca", "readOnly": True} in container["volumeMounts"]
+        assert env_map(container)["MODELOPS_S3_CA_BUNDLE"] == "/etc/modelops/storage-ca/ca.crt"
+    # Triton itself never talks to storage.
+    triton = pods[1][1]["containers"][0]
+    assert all(m["name"] != "storage-ca" for m in triton["volumeMounts"])
+
+
+def test_credentials_reach_pods_only_through_secret_key_refs() -> None:
+    for _, pod in _pods():
+        for container in pod["containers"] + pod.get("initContainers", []):
+            for var in container["env"]:
+                if var["name"].startswith("AWS_"):
+                    assert set(var) == {"name", "valueFrom"} and set(var["valueFrom"]) == {"secretKeyRef"}, var
+
+
+def test_job_refuses_inputs_above_the_configured_limits() -> None:
+    settings = Settings.from_env({"MODELOPS_MAX_ARTIFACT_BYTES": "1000", "MODELOPS_MAX_DATASET_BYTES": "10"})
+    args = job(settings=settings)["spec"]["template"]["spec"]["containers"][0]["args"]
+    pairs = dict(zip(args[::2], args[1::2], strict=False))
+    assert pairs["--max-artifact-bytes"] == "1000" and pairs["--max-dataset-bytes"] == "10"
+
+
 def test_init_container_fetches_exactly_the_version() -> None:
     pod = deployment({"triton": {"backend": "python"}}, version=served(3))["spec"]["template"]["spec"]
     fetch = pod["initContainers"][0]
@@ -206,8 +276,8 @@ def test_init_container_fetches_exactly_the_version() -> None:
     assert 'backend: "python"' in env["MODELOPS_TRITON_CONFIG"]
     assert "versions: [3]" in env["MODELOPS_TRITON_CONFIG"]
     assert env["AWS_ACCESS_KEY_ID"] == {"secretKeyRef": {"name": "s3-creds", "key": "AWS_ACCESS_KEY_ID"}}
-    assert env["MODELOPS_S3_ENDPOINT"] == "http://minio:9000"
-    assert pod["volumes"] == [{"name": "models", "emptyDir": {}}]
+    assert env["MODELOPS_S3_ENDPOINT"] == "https://minio:9000"
+    assert pod["volumes"] == [{"name": "models", "emptyDir": {}}, {"name": "tmp", "emptyDir": {}}]
     assert fetch["volumeMounts"][0]["mountPath"] == "/models"
 
 
@@ -285,3 +355,20 @@ def test_long_names_make_valid_job_names() -> None:
     name = naming.job_name(long)
     assert len(name) <= 63 and name.endswith("-compress")
     assert naming.job_name(long) == name and naming.job_name(long + "b") != name
+
+
+def test_the_canary_deployment_shares_the_service_selector_and_has_its_own() -> None:
+    from modelops.core import naming
+
+    stable = deployment()
+    canary = render_deployment(
+        name="digits", namespace="ns", owner=MD_OWNER, spec=ModelDeploymentSpec.model_validate({"model": "digits"}),
+        model_name="digits", model=model_spec(), version=served(), settings=SETTINGS, canary_replicas=2,
+    )
+    service_selector = naming.server_selector("digits")
+    assert canary["metadata"]["name"] == "digits-canary" and canary["spec"]["replicas"] == 2
+    assert canary["spec"]["selector"]["matchLabels"] == {**service_selector, "modelops.dev/track": "canary"}
+    assert stable["spec"]["selector"]["matchLabels"] == service_selector
+    labels = canary["spec"]["template"]["metadata"]["labels"]
+    assert service_selector.items() <= labels.items() and labels["modelops.dev/track"] == "canary"
+    assert canary["spec"]["template"]["spec"] == stable["spec"]["template"]["spec"]

@@ -343,3 +343,33 @@ def test_a_pod_lost_after_the_rollout_is_degraded_not_a_rollout() -> None:
 
     healed = plan(md, s, [v(1)], done(1, replicas=2), now=T0 + timedelta(minutes=7)).status
     assert cond(healed, "Ready") == ("True", "Serving") and cond(healed, "Degraded") == ("False", "AsExpected")
+
+
+# -- suspend ---------------------------------------------------------------------------------
+
+
+def test_suspended_scales_to_zero_and_says_so() -> None:
+    from modelops.core.render import managed_replicas
+
+    md = spec(replicas=3, suspended=True)
+    assert managed_replicas(md) == 0
+    p = plan(md, old={"servedVersion": 1, "desiredVersion": 1}, versions=[v(1)], server=done(1, 3))
+    assert p.target.version == 1
+    for kind in ("Ready", "Progressing", "Degraded"):
+        assert find(p.status["conditions"], kind)["reason"] == "Suspended"
+    assert "suspended: 0 replicas of version 1 (3 pod(s) still stopping)" in find(p.status["conditions"], "Ready")["message"]
+    assert managed_replicas(spec(replicas=3)) == 3
+
+
+def test_a_new_version_waits_for_the_resume() -> None:
+    md = spec(replicas=3, suspended=True)
+    old = {"servedVersion": 1, "desiredVersion": 1, "rollouts": [{"version": 1, "startedAt": "2025-03-01T11:00:00Z", "outcome": "Succeeded"}]}
+    p = plan(md, old=old, versions=[v(1), v(2)], server=done(1, 0))
+    assert p.target.version == 1 and p.started is None
+    assert p.status["desiredVersion"] == 2 and p.status["servedVersion"] == 1
+    assert "version 2 rolls out on resume" in find(p.status["conditions"], "Ready")["message"]
+    # A Deployment at 0 pods is "complete", but that serves nothing: the served version stays.
+    p = plan(md, old=old, versions=[v(1), v(2)], server=done(2, 0))
+    assert p.status["servedVersion"] == 1
+    resumed = plan(spec(replicas=3), old=p.status, versions=[v(1), v(2)], server=done(1, 3))
+    assert resumed.target.version == 2 and resumed.started == 2

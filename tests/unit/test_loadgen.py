@@ -112,3 +112,11 @@ def test_summary_of_a_steady_run_is_stable() -> None:
     assert report.failures == 0
     assert report.stable_from_window == 0
     assert report.p99_ms == pytest.approx(5.0)
+
+
+def test_requests_and_failures_are_counted_per_endpoint() -> None:
+    records = [RequestRecord(0.0, 0.01, "a:8000"), RequestRecord(0.0, 0.01, "b:8000", "boom"),
+               RequestRecord(0.1, 0.01, "a:8000"), RequestRecord(0.2, 0.01, "b:8000")]
+    report = summarize(records, 1.0)
+    assert report.by_endpoint == {"a:8000": 2, "b:8000": 2}
+    assert report.failures_by_endpoint == {"b:8000": 1}

@@ -502,6 +502,14 @@ def test_python_backend_answers_bad_requests_with_errors(python_backend_model) -
     assert responses[2].error.startswith("inference failed")
 
 
+def test_python_backend_raises_when_every_request_of_a_call_fails(python_backend_model) -> None:
+    model, _, _, _ = python_backend_model
+    with pytest.raises(RuntimeError, match="inference failed"):
+        model.execute([_FakeRequest(input=np.ones((1, 5), np.float32)), _FakeRequest(input=np.ones((2, 5), np.float32))])
+    with pytest.raises(RuntimeError, match="is missing"):
+        model.execute([_FakeRequest(wrong_name=np.ones((1, 4), np.float32))])
+
+
 def test_python_backend_refuses_to_split_outputs_without_a_batch_dimension(python_backend_model) -> None:
     model, _, _, _ = python_backend_model
 
@@ -512,8 +520,9 @@ def test_python_backend_refuses_to_split_outputs_without_a_batch_dimension(pytho
             return [np.zeros(3, np.float32), np.zeros(1, np.int64)]
 
     model._session = CollapsingSession()
-    responses = model.execute([_FakeRequest(input=np.ones((2, 4), np.float32)), _FakeRequest(input=np.ones((1, 4), np.float32))])
-    assert [("batch dimension" in r.error) for r in responses] == [True, True]
+    # Every request of the call fails: execute raises, so that Triton counts them as failures.
+    with pytest.raises(RuntimeError, match="batch dimension"):
+        model.execute([_FakeRequest(input=np.ones((2, 4), np.float32)), _FakeRequest(input=np.ones((1, 4), np.float32))])
 
 
 def test_python_backend_rejects_a_config_that_does_not_match_the_file(python_backend_model) -> None:

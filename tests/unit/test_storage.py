@@ -21,6 +21,8 @@ from modelops.storage import (
     StorageConfig,
     StorageError,
     StorageUnreachable,
+    TLSVerificationFailed,
+    TooLarge,
     TransferTuning,
     backoff_delay,
     fetch_ranges_to_file,
@@ -149,6 +151,8 @@ def _client_error(code: str, status: int) -> bce.ClientError:
         (bce.EndpointConnectionError(endpoint_url="http://x"), StorageUnreachable, True),
         (bce.ReadTimeoutError(endpoint_url="http://x"), StorageUnreachable, True),
         (bce.SSLError(endpoint_url="http://x", error="bad cert"), StorageError, False),
+        (bce.SSLError(endpoint_url="https://x", error="[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed"),
+         TLSVerificationFailed, False),
         (bce.NoCredentialsError(), AccessDenied, False),
     ],
 )
@@ -294,3 +298,27 @@ def test_upload_records_sha256_metadata_and_round_trips(tmp_path: Path, fake_s3)
     assert store.read_bytes("s3://out/p/report.json") == b'{"outcome":"Passed"}'
     assert store.head("s3://out/p/report.json").sha256 == small.sha256
     assert store.exists("s3://out/p/report.json") and not store.exists("s3://out/p/other.json")
+
+
+def test_a_tls_failure_names_the_endpoint_and_never_the_credentials() -> None:
+    exc = bce.SSLError(endpoint_url="https://minio:9000/b/k", error="[SSL: CERTIFICATE_VERIFY_FAILED] unable to get local issuer")
+    translated = translate_error(exc, "s3://b/k", "https://minio:9000")
+    assert isinstance(translated, TLSVerificationFailed) and not translated.transient
+    assert "https://minio:9000" in str(translated) and "s3://b/k" in str(translated)
+
+
+def test_an_object_above_the_limit_is_refused_before_any_read(tmp_path) -> None:
+    class Client:
+        gets = 0
+
+        def head_object(self, **_):
+            return {"ContentLength": 10_000, "ETag": '"e"'}
+
+        def get_object(self, **_):
+            Client.gets += 1
+            raise AssertionError("read")
+
+    store = ObjectStore(StorageConfig(), client=Client())
+    with pytest.raises(TooLarge, match="10000 bytes, more than the limit of 9999"):
+        store.download("s3://bucket/key", tmp_path / "out", max_bytes=9999)
+    assert Client.gets == 0 and list(tmp_path.iterdir()) == []

@@ -76,12 +76,26 @@ Nothing is deleted: children are owned by the custom resources and garbage-colle
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["get", "list", "watch"]
+# Named Secrets only (a Model's credentialsSecret, or its caBundle.secretRef): get, never list or watch.
 - apiGroups: [""]
   resources: ["secrets"]
+  verbs: ["get"]
+# A Model's caBundle.configMapRef.
+- apiGroups: [""]
+  resources: ["configmaps"]
   verbs: ["get"]
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create"]
+- apiGroups: ["autoscaling"]
+  resources: ["horizontalpodautoscalers"]
+  verbs: ["get", "create", "patch"]
+- apiGroups: ["keda.sh"]
+  resources: ["scaledobjects"]
+  verbs: ["get", "create", "patch"]
+- apiGroups: ["gateway.networking.k8s.io"]
+  resources: ["httproutes"]
+  verbs: ["get", "create", "patch"]
 {{- end }}
 
 {{/* What kopf needs cluster-wide to discover the API and the namespaces, whatever it watches. */}}

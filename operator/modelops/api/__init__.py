@@ -10,7 +10,15 @@ from modelops.api.deployment import (
     RolloutOutcome,
     VersionPolicy,
 )
-from modelops.api.model import Metric, ModelReason, ModelSpec, ModelStatus, PruningMethod, Quantization
+from modelops.api.model import (
+    Metric,
+    ModelReason,
+    ModelSpec,
+    ModelStatus,
+    PruningMethod,
+    Quantization,
+    TransportReason,
+)
 from modelops.api.types import API_VERSION, GROUP, VERSION, Condition, ConditionStatus, ConditionType
 from modelops.api.version import ModelVersionSpec, ModelVersionStatus, Phase, ReportOutcome, VersionReason
 
@@ -37,6 +45,7 @@ __all__ = [
     "Quantization",
     "ReportOutcome",
     "RolloutOutcome",
+    "TransportReason",
     "VersionPolicy",
     "VersionReason",
 ]

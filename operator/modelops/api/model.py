@@ -6,7 +6,7 @@ import math
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, Field, ValidationInfo, field_validator
+from pydantic import AfterValidator, Field, ValidationInfo, field_validator, model_validator
 
 from modelops.api.types import (
     REGION_RULE,
@@ -88,6 +88,18 @@ class ModelReason(StrEnum):
     VERSION_READY = "VersionReady"
     NO_READY_VERSION = "NoReadyVersion"
     CREDENTIALS_NOT_FOUND = "CredentialsNotFound"
+    CA_BUNDLE_NOT_FOUND = "CABundleNotFound"
+    INSECURE_ENDPOINT = "InsecureEndpoint"
+
+
+class TransportReason(StrEnum):
+    """Reasons of a Model's StorageTransport condition: how its storage connection is protected."""
+
+    TLS_VERIFIED = "TLSVerified"
+    VERIFICATION_DISABLED = "TLSVerificationDisabled"
+    PLAINTEXT = "PlaintextEndpoint"
+    INSECURE_ENDPOINT = "InsecureEndpoint"
+    TLS_VERIFICATION_FAILED = "TLSVerificationFailed"
 
 
 # Allowed thresholds per metric, inclusive; None is unbounded. top1-accuracy's threshold is
@@ -174,8 +186,63 @@ def _dim(value: int) -> int:
 Dim = Annotated[int, AfterValidator(_dim)]
 
 
+# Where a pod finds the CA bundle, and the key it is read from by default (as in kube-root-ca.crt).
+CA_BUNDLE_KEY = "ca.crt"
+
+
+class CABundleRef(ApiModel):
+    """A PEM bundle of the CAs that sign the storage endpoint's certificate, from a ConfigMap or a Secret."""
+
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": validations(
+            cel(
+                "has(self.configMapRef) != has(self.secretRef)",
+                "exactly one of configMapRef and secretRef must be set",
+            )
+        )
+    }
+
+    config_map_ref: LocalObjectReference | None = Field(None, description="ConfigMap in the Model's namespace that holds the bundle.")
+    secret_ref: LocalObjectReference | None = Field(None, description="Secret in the Model's namespace that holds the bundle.")
+    key: str = Field(
+        CA_BUNDLE_KEY, min_length=1, max_length=253, pattern=r"^[-._a-zA-Z0-9]+$", description="Key of the PEM bundle in the object."
+    )
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> CABundleRef:
+        if (self.config_map_ref is None) == (self.secret_ref is None):
+            raise ValueError("exactly one of configMapRef and secretRef must be set")
+        return self
+
+    @property
+    def source(self) -> tuple[str, str]:
+        """("ConfigMap" or "Secret", its name)."""
+        if self.config_map_ref is not None:
+            return "ConfigMap", self.config_map_ref.name
+        assert self.secret_ref is not None
+        return "Secret", self.secret_ref.name
+
+
+def _storage_rules() -> list[dict[str, str]]:
+    return [
+        cel(
+            "!has(self.endpoint) || !self.endpoint.startsWith('http://') || (has(self.insecure) && self.insecure)",
+            "an http:// endpoint sends credentials and artifacts in plain text: use https://, or set insecure: true",
+            fieldPath=".endpoint",
+        ),
+        cel(
+            "!has(self.caBundle) || ((!has(self.verifyTLS) || self.verifyTLS) && "
+            "(!has(self.endpoint) || !self.endpoint.startsWith('http://')))",
+            "caBundle needs verifyTLS true and an https:// endpoint",
+            fieldPath=".caBundle",
+        ),
+    ]
+
+
 class StorageSpec(ApiModel):
     """S3-compatible object storage that holds the model's artifacts."""
+
+    model_config = ApiModel.model_config | {"json_schema_extra": validations(*_storage_rules())}
 
     endpoint: EndpointUrl | None = Field(
         None,
@@ -188,8 +255,36 @@ class StorageSpec(ApiModel):
         description="Secret with the keys AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY. Leave empty to use the pod's own identity.",
     )
     verify_tls: bool = Field(
-        True, alias="verifyTLS", description="Verify the endpoint's TLS certificate. Turn off only for test setups."
+        True,
+        alias="verifyTLS",
+        description="Verify the endpoint's TLS certificate. Turn off only for test setups: false is reported as a Warning Event and in the StorageTransport condition.",
     )
+    ca_bundle: CABundleRef | None = Field(
+        None,
+        description="CA bundle that verifies the endpoint's certificate, for a private CA. The operator, the compression Job and the fetch container all use it. Leave empty to trust the system's CAs.",
+    )
+    insecure: bool = Field(
+        False,
+        description="Allow an http:// endpoint: credentials and artifacts then cross the network in plain text. Reported as a Warning Event and in the StorageTransport condition.",
+    )
+
+    def transport_problem(self) -> str | None:
+        """Why the operator refuses this storage, or None. The apiserver refuses the same with CEL;
+        this catches Models stored before the rule existed (see docs/install.md, upgrading)."""
+        if self.endpoint and self.endpoint.startswith("http://") and not self.insecure:
+            return (
+                f"spec.storage.endpoint {self.endpoint} is http://: use https://, or set spec.storage.insecure: true "
+                "to send credentials and artifacts in plain text"
+            )
+        return None
+
+    def transport_warning(self) -> str | None:
+        """What is unprotected about the connection to storage, or None when TLS is verified."""
+        if self.endpoint and self.endpoint.startswith("http://"):
+            return f"spec.storage.insecure is true: {self.endpoint} is plain http, credentials and artifacts are not encrypted"
+        if not self.verify_tls:
+            return f"spec.storage.verifyTLS is false: the certificate of {self.endpoint or 'AWS S3'} is not verified"
+        return None
 
 
 class TensorSpec(ApiModel):
@@ -384,4 +479,4 @@ class ModelStatus(ApiModel):
     observed_generation: int | None = Field(None, description="The metadata.generation this status reflects.")
     latest_ready_version: int | None = Field(None, description="Highest version that is Ready.")
     versions: VersionCounts | None = Field(None, description="Versions by phase.")
-    conditions: Conditions | None = Field(None, description="Ready: at least one version can be served and the credentials Secret exists.")
+    conditions: Conditions | None = Field(None, description="Ready: at least one version can be served and the credentials Secret (and CA bundle) exist. StorageTransport: True when storage is reached over TLS with the certificate verified.")

@@ -141,6 +141,7 @@ class ConditionType(StrEnum):
     PROGRESSING = "Progressing"
     DEGRADED = "Degraded"
     ROLLOUT_FAILED = "RolloutFailed"
+    STORAGE_TRANSPORT = "StorageTransport"
 
 
 class ConditionStatus(StrEnum):

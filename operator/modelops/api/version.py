@@ -51,6 +51,9 @@ class VersionReason(StrEnum):
     JOB_NAME_TAKEN = "JobNameTaken"
     # Verifying
     CREDENTIALS_NOT_FOUND = "CredentialsNotFound"
+    CA_BUNDLE_NOT_FOUND = "CABundleNotFound"
+    INSECURE_ENDPOINT = "InsecureEndpoint"
+    TLS_VERIFICATION_FAILED = "TLSVerificationFailed"
     ARTIFACT_NOT_FOUND = "ArtifactNotFound"
     ACCESS_DENIED = "AccessDenied"
     STORAGE_UNREACHABLE = "StorageUnreachable"

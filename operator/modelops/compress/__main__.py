@@ -66,6 +66,16 @@ def _shape(text: str) -> tuple[int, ...]:
     return shape
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be positive")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m modelops.compress", description=__doc__.split("\n\n")[0])
     parser.add_argument("--source-uri", required=True, help="s3://bucket/key of the artifact")
@@ -79,6 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output-names", type=_names, help="ONNX output names for torch sources (comma-separated)")
     parser.add_argument("--input-shape", type=_shape, help="example input shape for TorchScript sources, e.g. 1,64")
     parser.add_argument("--threads", type=int, help="CPU threads for weight processing and onnxruntime")
+    parser.add_argument("--max-artifact-bytes", type=_positive, help="refuse a source artifact larger than this")
+    parser.add_argument("--max-dataset-bytes", type=_positive, help="refuse an evaluation dataset larger than this")
     parser.add_argument("--workdir", type=Path, help="scratch directory (default: a temporary directory)")
     return parser
 
@@ -129,6 +141,8 @@ def main(
             input_shape=args.input_shape,
             threads=args.threads,
             signature=signature,
+            max_artifact_bytes=args.max_artifact_bytes,
+            max_dataset_bytes=args.max_dataset_bytes,
         )
         if args.workdir is not None:
             result = run(spec, store, args.workdir)

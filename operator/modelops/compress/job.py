@@ -23,6 +23,8 @@ from modelops.storage import (
     ObjectNotFound,
     ObjectStore,
     StorageError,
+    TLSVerificationFailed,
+    TooLarge,
     parse_s3_uri,
     validate_sha256,
 )
@@ -48,6 +50,9 @@ class JobSpec:
     input_shape: tuple[int, ...] | None = None
     threads: int | None = None
     signature: Signature | dict[str, Any] | None = None  # the Model's signature, checked against the artifact
+    # Larger objects are refused after the HEAD, before a byte is downloaded.
+    max_artifact_bytes: int | None = None
+    max_dataset_bytes: int | None = None
 
 
 @dataclass(frozen=True)
@@ -91,6 +96,10 @@ def _classify(exc: BaseException) -> Failure:
         return Failure(exitcodes.BAD_ARTIFACT, Reason.ARTIFACT_NOT_FOUND, message)
     if isinstance(exc, AccessDenied):
         return Failure(exitcodes.BAD_ARTIFACT, Reason.ACCESS_DENIED, message)
+    if isinstance(exc, TLSVerificationFailed):
+        return Failure(exitcodes.BAD_ARTIFACT, Reason.TLS_VERIFICATION_FAILED, message)
+    if isinstance(exc, TooLarge):
+        return Failure(exitcodes.BAD_ARTIFACT, Reason.TOO_LARGE, message)
     if isinstance(exc, StorageError):
         if exc.transient:
             return Failure(exitcodes.TRANSIENT, Reason.STORAGE_UNREACHABLE, message)
@@ -180,13 +189,13 @@ def _run(spec: JobSpec, store: ObjectStore, workdir: Path) -> JobResult:
         log.info("the cached entry recorded no interface to check against the signature; compressing again")
 
     source_path = workdir / "source" / f"artifact{SOURCE_SUFFIXES.get(spec.source_format, '')}"
-    source = store.download(spec.source_uri, source_path, expected_sha256=source_sha256)
+    source = store.download(spec.source_uri, source_path, expected_sha256=source_sha256, max_bytes=spec.max_artifact_bytes)
     dataset = None
     dataset_read = None
     if evaluation is not None:
         dataset_path = workdir / "dataset" / "eval.npz"
         try:
-            dataset_read = store.download(evaluation.dataset_uri, dataset_path)
+            dataset_read = store.download(evaluation.dataset_uri, dataset_path, max_bytes=spec.max_dataset_bytes)
         except ObjectNotFound:
             raise Failure(
                 exitcodes.BAD_ARTIFACT,

@@ -16,6 +16,7 @@ ordinary model.
 from __future__ import annotations
 
 import contextlib
+import math
 import mmap
 import os
 from collections.abc import Iterator
@@ -46,6 +47,21 @@ _VARINT, _I64, _LEN, _I32 = 0, 1, 2, 5
 PROTOBUF_LIMIT = 2**31 - 1
 
 _PAGE = mmap.PAGESIZE
+# ONNX allows any rank; real weights have a handful. Deeper shapes are refused as malformed.
+MAX_RANK = 32
+# No tensor has more elements than this (2**44: 64 TiB of float32); a shape past it is a lie.
+MAX_ELEMENTS = 2**44
+_KNOWN_TYPES = frozenset(onnx.TensorProto.DataType.values()) - {onnx.TensorProto.UNDEFINED}
+# Bytes per element of the whole-byte numeric types, whose raw_data size is exact.
+_ELEMENT_SIZES: dict[int, int] = {
+    t: np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t)).itemsize
+    for t in (
+        onnx.TensorProto.FLOAT, onnx.TensorProto.UINT8, onnx.TensorProto.INT8, onnx.TensorProto.UINT16,
+        onnx.TensorProto.INT16, onnx.TensorProto.INT32, onnx.TensorProto.INT64, onnx.TensorProto.BOOL,
+        onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.UINT32, onnx.TensorProto.UINT64,
+        onnx.TensorProto.BFLOAT16,
+    )
+}
 
 
 class OnnxFormatError(ValueError):
@@ -130,7 +146,7 @@ class LazyTensor:
 
     @property
     def numel(self) -> int:
-        return int(np.prod(self.dims, dtype=np.int64))
+        return math.prod(self.dims)  # Python ints: a hostile shape cannot wrap around
 
     @property
     def is_float32(self) -> bool:
@@ -156,8 +172,11 @@ class LazyTensor:
         if self._external is not None:
             return self._file.external_array(self)
         proto = onnx.TensorProto()
-        proto.ParseFromString(bytes(self._file.buffer[self._start : self._end]))
-        return numpy_helper.to_array(proto)
+        try:
+            proto.ParseFromString(bytes(self._file.buffer[self._start : self._end]))
+            return numpy_helper.to_array(proto)
+        except Exception as exc:  # protobuf's DecodeError, or numpy refusing the values
+            raise OnnxFormatError(f"initializer {self.name!r}: {type(exc).__name__}: {exc}") from None
 
     def release(self) -> None:
         """Drop this tensor's pages from the process (they stay in the page cache)."""
@@ -178,7 +197,10 @@ class OnnxFile:
                 raise OnnxFormatError(f"{self.path.name}: the file is empty")
             self.buffer = mmap.mmap(self._handle.fileno(), 0, access=mmap.ACCESS_READ)
             self.size = size
-            self.skeleton, self.initializers = self._split()
+            try:
+                self.skeleton, self.initializers = self._split()
+            except (UnicodeDecodeError, OverflowError, IndexError) as exc:
+                raise OnnxFormatError(f"{self.path.name}: not an ONNX model ({type(exc).__name__}: {exc})") from None
         except BaseException:
             self.close()
             raise
@@ -274,27 +296,64 @@ class OnnxFile:
         # int64 dims arrive as unsigned varints; negative values mean a malformed tensor.
         if any(d >= 2**63 for d in dims):
             raise OnnxFormatError(f"initializer {name!r} has a negative dimension")
+        if len(dims) > MAX_RANK:
+            raise OnnxFormatError(f"initializer {name!r} has {len(dims)} dimensions, more than {MAX_RANK}")
+        if math.prod(max(d, 1) for d in dims) > MAX_ELEMENTS:  # even with a 0 among them numpy cannot shape it
+            raise OnnxFormatError(f"initializer {name!r} has the impossible shape {tuple(dims)}")
+        if data_type not in _KNOWN_TYPES:
+            raise OnnxFormatError(f"initializer {name!r} has the unknown data type {data_type}")
         tensor = LazyTensor(name, data_type, tuple(dims), self, start, end)
         if location == onnx.TensorProto.EXTERNAL:
             tensor._external = external
-        else:
-            tensor._raw = raw
+            return tensor
+        tensor._raw = raw
+        # Every element takes at least half a byte of the file (int4 packs two), and exactly its
+        # size in raw_data; a shape that claims more is a lie, refused before anything is
+        # allocated for it.
+        stored = end - start
+        size = _ELEMENT_SIZES.get(data_type)
+        if tensor.numel > 2 * stored or (raw is not None and size is not None and tensor.numel * size != raw[1] - raw[0]):
+            raise OnnxFormatError(f"initializer {name!r} claims shape {tensor.dims} but stores {stored} bytes")
         return tensor
 
     def external_array(self, tensor: LazyTensor) -> np.ndarray:
+        """An external-data tensor, read only from a regular file inside the model's own folder."""
         info = tensor._external or {}
         location = info.get("location", "")
         relative = Path(location)
-        if not location or relative.is_absolute() or ".." in relative.parts:
+        if not location or "\x00" in location or relative.is_absolute() or ".." in relative.parts:
             raise OnnxFormatError(
                 f"initializer {tensor.name!r}: external data location {location!r} is not a plain relative path"
             )
+        folder = self.path.parent.resolve()
+        target = (folder / relative).resolve()
+        if not target.is_relative_to(folder):  # a symbolic link that leads out
+            raise OnnxFormatError(f"initializer {tensor.name!r}: external data location {location!r} leaves the model's folder")
         if location not in self._external_maps:
-            with open(self.path.parent / relative, "rb") as data:
-                self._external_maps[location] = mmap.mmap(data.fileno(), 0, access=mmap.ACCESS_READ)
+            try:
+                # O_NOFOLLOW: a link swapped in after the check above is not followed either.
+                fd = os.open(target, os.O_RDONLY | os.O_NOFOLLOW)
+            except OSError as exc:
+                raise OnnxFormatError(f"initializer {tensor.name!r}: external data {location!r} cannot be read ({exc.strerror})") from None
+            try:
+                if not os.path.isfile(f"/proc/self/fd/{fd}") or os.fstat(fd).st_size == 0:
+                    raise OnnxFormatError(f"initializer {tensor.name!r}: external data {location!r} is not a non-empty regular file")
+                self._external_maps[location] = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+            finally:
+                os.close(fd)
         mapped = self._external_maps[location]
         dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)
-        offset = int(info.get("offset", "0"))
+        try:
+            offset = int(info.get("offset", "0"))
+            length = int(info["length"]) if "length" in info else None
+        except ValueError:
+            raise OnnxFormatError(f"initializer {tensor.name!r}: external data offset or length is not an integer") from None
+        claimed = tensor.numel * dtype.itemsize
+        if offset < 0 or offset + claimed > len(mapped) or (length is not None and length != claimed):
+            raise OnnxFormatError(
+                f"initializer {tensor.name!r} claims {claimed} bytes at offset {offset} of {location!r}, "
+                f"which holds {len(mapped)} bytes"
+            )
         return np.frombuffer(mapped, dtype=dtype, count=tensor.numel, offset=offset).reshape(tensor.dims)
 
 

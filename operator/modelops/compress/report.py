@@ -25,6 +25,8 @@ class Reason(StrEnum):
     ACCESS_DENIED = "AccessDenied"
     STORAGE_UNREACHABLE = "StorageUnreachable"
     STORAGE_ERROR = "StorageError"
+    TLS_VERIFICATION_FAILED = "TLSVerificationFailed"
+    TOO_LARGE = "InputTooLarge"
     BAD_DATASET = "BadDataset"
     UNREADABLE_ARTIFACT = "UnreadableArtifact"
     UNSUPPORTED_MODEL = "UnsupportedModel"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from modelops.api.model import ModelReason
+from modelops.api.model import ModelReason, StorageSpec, TransportReason
 from modelops.api.types import ConditionType
 from modelops.api.version import Phase
 from modelops.core.conditions import FALSE, TRUE, Cond, merge_conditions
@@ -26,6 +26,20 @@ def latest_ready(versions: list[VersionView]) -> int | None:
     return max(ready) if ready else None
 
 
+def transport_condition(storage: StorageSpec) -> Cond:
+    """StorageTransport: True only when the connection to storage is TLS with the certificate verified."""
+    refused = storage.transport_problem()
+    if refused is not None:
+        return Cond(ConditionType.STORAGE_TRANSPORT, FALSE, TransportReason.INSECURE_ENDPOINT, refused)
+    warning = storage.transport_warning()
+    if warning is not None:
+        plaintext = bool(storage.endpoint and storage.endpoint.startswith("http://"))
+        reason = TransportReason.PLAINTEXT if plaintext else TransportReason.VERIFICATION_DISABLED
+        return Cond(ConditionType.STORAGE_TRANSPORT, FALSE, reason, warning)
+    by = "the CA bundle in spec.storage.caBundle" if storage.ca_bundle else "the system's CAs"
+    return Cond(ConditionType.STORAGE_TRANSPORT, TRUE, TransportReason.TLS_VERIFIED, f"TLS, certificate verified with {by}")
+
+
 def model_status(
     old: dict[str, Any] | None,
     name: str,
@@ -33,12 +47,16 @@ def model_status(
     credentials_problem: str | None,
     generation: int | None,
     now: datetime,
+    *,
+    problem_reason: str = ModelReason.CREDENTIALS_NOT_FOUND,
+    transport: Cond | None = None,
 ) -> dict[str, Any]:
-    """Counts by phase, the latest Ready version, and Ready: something can be served."""
+    """Counts by phase, the latest Ready version, Ready (something can be served) and, when
+    given, StorageTransport."""
     old = old or {}
     latest = latest_ready(versions)
     if credentials_problem:
-        ready = Cond(ConditionType.READY, FALSE, ModelReason.CREDENTIALS_NOT_FOUND, credentials_problem)
+        ready = Cond(ConditionType.READY, FALSE, problem_reason, credentials_problem)
     elif latest is None:
         ready = Cond(ConditionType.READY, FALSE, ModelReason.NO_READY_VERSION, f"no version of Model {name} is Ready yet")
     else:
@@ -46,7 +64,9 @@ def model_status(
     status: dict[str, Any] = {
         "observedGeneration": generation,
         "versions": version_counts(versions),
-        "conditions": merge_conditions(old.get("conditions"), [ready], generation, now),
+        "conditions": merge_conditions(
+            old.get("conditions"), [ready] if transport is None else [ready, transport], generation, now
+        ),
     }
     if latest is not None:
         status["latestReadyVersion"] = latest

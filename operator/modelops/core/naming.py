@@ -16,6 +16,9 @@ LABEL_MODEL = f"{GROUP}/model"
 LABEL_VERSION = f"{GROUP}/version"
 LABEL_MODELVERSION = f"{GROUP}/modelversion"
 LABEL_DEPLOYMENT = f"{GROUP}/deployment"
+LABEL_TRACK = f"{GROUP}/track"
+TRACK_CANARY = "canary"
+CANARY_SUFFIX = "-canary"
 ANNOTATION_VERSION = f"{GROUP}/version"
 ANNOTATION_ARTIFACT_SHA256 = f"{GROUP}/artifact-sha256"
 # Set on a ModelDeployment (any new value) to forget its failed rollouts and try those versions again.
@@ -76,3 +79,13 @@ def server_labels(deployment_name: str, model: str) -> dict[str, str]:
         LABEL_COMPONENT: COMPONENT_SERVER,
         LABEL_MODEL: label_value(model),
     }
+
+
+def canary_name(deployment_name: str) -> str:
+    """The canary Deployment of a ModelDeployment: `<name>-canary`."""
+    return deployment_name + CANARY_SUFFIX
+
+
+def canary_selector(deployment_name: str) -> dict[str, str]:
+    """The canary pods: the Service's selector (so they get traffic) plus the canary track."""
+    return {**server_selector(deployment_name), LABEL_TRACK: TRACK_CANARY}

@@ -8,7 +8,7 @@ import math
 from typing import Any
 
 from modelops import serving
-from modelops.api.deployment import ModelDeploymentSpec
+from modelops.api.deployment import AutoscalingProvider, ModelDeploymentSpec
 from modelops.api.model import ModelSpec, Signature, StorageSpec
 from modelops.api.types import Toleration
 from modelops.compress import exitcodes
@@ -34,19 +34,54 @@ TRITON_SHUTDOWN_SECONDS = 30
 
 def managed_replicas(spec: ModelDeploymentSpec) -> int | None:
     """The replica count the operator keeps on the Triton Deployment. It is the
-    ModelDeployment's own; when an autoscaler owns the count, this returns None and the
-    field is left out of the render, so that server-side apply leaves it to the autoscaler."""
+    ModelDeployment's own (0 while suspended); when an autoscaler owns the count, this returns
+    None and the field is left out of the render, so that server-side apply leaves it to the
+    autoscaler."""
+    if spec.suspended:
+        return 0
+    if spec.autoscaling is not None and spec.autoscaling.provider != AutoscalingProvider.OPERATOR:
+        return None
     return spec.replicas
 
 
 def restricted_container_security() -> dict[str, Any]:
-    """The container half of the Pod Security Standard "restricted"."""
+    """The container half of the Pod Security Standard "restricted", with a read-only root
+    filesystem: every container writes only to the emptyDirs it mounts (scratch at /tmp)."""
     return {
         "allowPrivilegeEscalation": False,
         "capabilities": {"drop": ["ALL"]},
+        "readOnlyRootFilesystem": True,
         "runAsNonRoot": True,
+        "runAsUser": RUN_AS_USER,
         "seccompProfile": {"type": "RuntimeDefault"},
     }
+
+
+# Every container's writable scratch (the root filesystem is read-only).
+SCRATCH_VOLUME = {"name": "tmp", "emptyDir": {}}
+SCRATCH_MOUNT = {"name": "tmp", "mountPath": "/tmp"}
+# Where a pod finds the Model's CA bundle (spec.storage.caBundle), as one file.
+CA_BUNDLE_VOLUME = "storage-ca"
+CA_BUNDLE_DIR = "/etc/modelops/storage-ca"
+CA_BUNDLE_FILE = "ca.crt"
+
+
+def ca_bundle_volumes(storage: StorageSpec) -> list[dict[str, Any]]:
+    """The volume with the Model's CA bundle at CA_BUNDLE_FILE, if it names one."""
+    ref = storage.ca_bundle
+    if ref is None:
+        return []
+    items = [{"key": ref.key, "path": CA_BUNDLE_FILE}]
+    kind, name = ref.source
+    if kind == "ConfigMap":
+        return [{"name": CA_BUNDLE_VOLUME, "configMap": {"name": name, "items": items}}]
+    return [{"name": CA_BUNDLE_VOLUME, "secret": {"secretName": name, "items": items}}]
+
+
+def ca_bundle_mounts(storage: StorageSpec) -> list[dict[str, Any]]:
+    if storage.ca_bundle is None:
+        return []
+    return [{"name": CA_BUNDLE_VOLUME, "mountPath": CA_BUNDLE_DIR, "readOnly": True}]
 
 
 def restricted_pod_security() -> dict[str, Any]:
@@ -66,6 +101,8 @@ def storage_env(storage: StorageSpec) -> list[dict[str, Any]]:
         env.append({"name": "MODELOPS_S3_ENDPOINT", "value": storage.endpoint})
     env.append({"name": "MODELOPS_S3_REGION", "value": storage.region})
     env.append({"name": "MODELOPS_S3_VERIFY_TLS", "value": "true" if storage.verify_tls else "false"})
+    if storage.ca_bundle is not None:
+        env.append({"name": "MODELOPS_S3_CA_BUNDLE", "value": f"{CA_BUNDLE_DIR}/{CA_BUNDLE_FILE}"})
     if storage.credentials_secret:
         for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
             env.append(
@@ -127,6 +164,8 @@ def render_job(
         "--recipe-json", _compact_json(recipe),
         "--output-prefix", output_prefix,
         "--signature-json", _compact_json(signature.wire()),
+        "--max-artifact-bytes", str(settings.max_artifact_bytes),
+        "--max-dataset-bytes", str(settings.max_dataset_bytes),
     ]
     if evaluation is not None:
         args += ["--eval-json", _compact_json(evaluation)]
@@ -140,14 +179,18 @@ def render_job(
         "env": [*storage_env(storage), {"name": "MODELOPS_TERMINATION_LOG", "value": "/dev/termination-log"}],
         "terminationMessagePath": "/dev/termination-log",
         "terminationMessagePolicy": "FallbackToLogsOnError",
+        "volumeMounts": [SCRATCH_MOUNT, *ca_bundle_mounts(storage)],
         "securityContext": restricted_container_security(),
     }
     if scheduling.gpus > 0:
         container["resources"] = {"limits": {GPU_RESOURCE: scheduling.gpus}}
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
+        # The Job talks to storage only; it has no business with the Kubernetes API.
+        "automountServiceAccountToken": False,
         "securityContext": restricted_pod_security(),
         "containers": [container],
+        "volumes": [SCRATCH_VOLUME, *ca_bundle_volumes(storage)],
     }
     if scheduling.node_selector:
         pod_spec["nodeSelector"] = dict(scheduling.node_selector)
@@ -218,13 +261,20 @@ def render_deployment(
     model: ModelSpec,
     version: VersionView,
     settings: Settings,
+    canary_replicas: int | None = None,
 ) -> dict[str, Any]:
-    """The Triton Deployment serving `version`. Only the version (and the specs) change it."""
+    """The Triton Deployment serving `version`. Only the version (and the specs) change it.
+    With `canary_replicas`, the canary Deployment `<name>-canary` instead: that many pods,
+    selected by the same Service as the stable ones, told apart by the canary track label."""
     if not (version.compressed_uri and version.compressed_sha256):
         raise ValueError(f"version {version.version} has no compressed artifact to serve")
     gpus = spec.scheduling.gpus or 0
     config_text = triton_config_text(model_name, model, spec, version.version)
     labels = naming.server_labels(name, model_name)
+    selector = naming.server_selector(name)
+    if canary_replicas is not None:
+        labels = {**labels, naming.LABEL_TRACK: naming.TRACK_CANARY}
+        selector = naming.canary_selector(name)
     template_labels = {**labels, naming.LABEL_VERSION: str(version.version)}
     template_annotations = {
         naming.ANNOTATION_VERSION: str(version.version),
@@ -248,7 +298,7 @@ def render_deployment(
             "--repository", MODEL_REPOSITORY,
         ],
         "env": [*storage_env(model.storage), {"name": "MODELOPS_TRITON_CONFIG", "value": config_text}],
-        "volumeMounts": [volume_mount],
+        "volumeMounts": [volume_mount, SCRATCH_MOUNT, *ca_bundle_mounts(model.storage)],
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "securityContext": restricted_container_security(),
     }
@@ -270,6 +320,8 @@ def render_deployment(
             f"--http-port={HTTP_PORT}",
             f"--grpc-port={GRPC_PORT}",
             f"--metrics-port={METRICS_PORT}",
+            # p99 request latency for the canary analysis (nv_inference_request_summary_us).
+            "--metrics-config=summary_latencies=true",
         ],
         "ports": [
             {"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"},
@@ -279,7 +331,7 @@ def render_deployment(
         "startupProbe": _http_probe("/v2/health/ready", STARTUP_PERIOD_SECONDS, startup_failures),
         "readinessProbe": _http_probe("/v2/health/ready", 5, 3),
         "livenessProbe": _http_probe("/v2/health/live", 10, 3),
-        "volumeMounts": [{**volume_mount, "readOnly": True}],
+        "volumeMounts": [{**volume_mount, "readOnly": True}, SCRATCH_MOUNT],
         "securityContext": restricted_container_security(),
         # A terminating pod leaves the Service's endpoints asynchronously; keep serving
         # until every proxy and client has seen that, so a rollout drops no request.
@@ -288,11 +340,12 @@ def render_deployment(
     if resources:
         triton["resources"] = resources
     pod_spec: dict[str, Any] = {
+        "automountServiceAccountToken": False,
         "securityContext": restricted_pod_security(),
         "terminationGracePeriodSeconds": DRAIN_SECONDS + TRITON_SHUTDOWN_SECONDS,
         "initContainers": [fetch],
         "containers": [triton],
-        "volumes": [{"name": "models", "emptyDir": {}}],
+        "volumes": [{"name": "models", "emptyDir": {}}, SCRATCH_VOLUME, *ca_bundle_volumes(model.storage)],
     }
     if spec.scheduling.node_selector:
         pod_spec["nodeSelector"] = dict(spec.scheduling.node_selector)
@@ -303,14 +356,14 @@ def render_deployment(
         "apiVersion": "apps/v1",
         "kind": "Deployment",
         "metadata": {
-            "name": name,
+            "name": naming.canary_name(name) if canary_replicas is not None else name,
             "namespace": namespace,
             "labels": labels,
             "annotations": {naming.ANNOTATION_VERSION: str(version.version)},
             "ownerReferences": [owner.reference()],
         },
         "spec": {
-            "selector": {"matchLabels": naming.server_selector(name)},
+            "selector": {"matchLabels": selector},
             "strategy": {
                 "type": "RollingUpdate",
                 "rollingUpdate": {"maxSurge": spec.rollout.max_surge, "maxUnavailable": spec.rollout.max_unavailable},
@@ -320,7 +373,7 @@ def render_deployment(
             "template": {"metadata": {"labels": template_labels, "annotations": template_annotations}, "spec": pod_spec},
         },
     }
-    replicas = managed_replicas(spec)
+    replicas = managed_replicas(spec) if canary_replicas is None else canary_replicas
     if replicas is not None:
         deployment["spec"]["replicas"] = replicas
     return deployment

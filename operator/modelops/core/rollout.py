@@ -8,15 +8,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from modelops.api.deployment import CanaryPhase, CanaryStatus, ModelDeploymentSpec, ModelDeploymentStatus, RolloutOutcome, RolloutRecord, RolloutStrategy
 from modelops.api.deployment import DeploymentReason as Reason
-from modelops.api.deployment import (
-    ModelDeploymentSpec,
-    ModelDeploymentStatus,
-    RolloutOutcome,
-    RolloutRecord,
-)
 from modelops.api.types import Condition, ConditionType
 from modelops.core import naming
+from modelops.core.canary import CanaryPlan, CanaryServer, PodMetrics, plan_canary
 from modelops.core.conditions import FALSE, TRUE, Cond, merge_conditions, timestamp
 from modelops.core.objects import VersionView
 from modelops.core.resolve import Resolution, effective_versions, resolve_version
@@ -93,6 +89,8 @@ class RolloutPlan:
     started: int | None = None  # version whose rollout starts now
     succeeded: tuple[int, float] | None = None  # version and seconds it took
     rolled_back: int | None = None
+    canary: CanaryPlan | None = None  # the canary Deployment to keep, under strategy Canary
+    requeue: float | None = None  # look again after this many seconds (a canary's analysis interval)
 
 
 def _seconds_between(start: str, now: datetime) -> float:
@@ -116,11 +114,16 @@ def plan_rollout(
     history: int = 5,
     blocked: tuple[str, str] | None = None,
     retry: str | None = None,
+    canary_server: CanaryServer | None = None,
+    canary_metrics: tuple[dict[str, PodMetrics], dict[str, PodMetrics]] | None = None,
 ) -> RolloutPlan:
     """Decide the served version and status of one ModelDeployment.
 
     `blocked` (reason, message) stops any new rollout, for problems found while rendering.
     `retry` is the modelops.dev/retry annotation: a value not acted on yet clears the failed versions.
+    `canary_server` and `canary_metrics` are the live canary Deployment and Triton's counters
+    of the (canary, stable) pods, for strategy Canary (see core/canary.py).
+    While spec.suspended, the pods go to 0 and no new version rolls out until it is false again.
     """
     old = old_status or {}
     failed = set(old.get("failedVersions") or [])
@@ -164,24 +167,74 @@ def plan_rollout(
             )
         )
 
-    if model_exists:
-        resolution = resolve_version(spec.version_policy, spec.version, spec.model, versions, failed)
-    else:
-        resolution = Resolution(None, Reason.MODEL_NOT_FOUND, f"Model {spec.model} does not exist in this namespace; create it or fix spec.model")
+    owners = effective_versions(versions)
 
-    target: VersionView | None = None
-    if blocked is None:
-        target = resolution.version
-        if target is None:
-            # Nothing new to serve: keep serving the last good version.
-            owners = effective_versions(versions)
-            for candidate in (served, server.version if server else None):
-                view = owners.get(candidate) if candidate is not None else None
-                if view is not None and view.ready and candidate not in failed:
-                    target = view
-                    break
+    def choose() -> tuple[Resolution, VersionView | None]:
+        if model_exists:
+            found = resolve_version(spec.version_policy, spec.version, spec.model, versions, failed)
+        else:
+            found = Resolution(None, Reason.MODEL_NOT_FOUND, f"Model {spec.model} does not exist in this namespace; create it or fix spec.model")
+        if blocked is not None:
+            return found, None
+        if found.version is not None:
+            return found, found.version
+        # Nothing new to serve: keep serving the last good version.
+        for candidate in (served, server.version if server else None):
+            view = owners.get(candidate) if candidate is not None else None
+            if view is not None and view.ready and candidate not in failed:
+                return found, view
+        return found, None
 
-    if server is not None and server.complete and server.version is not None and server.version not in failed:
+    resolution, target = choose()
+    serving_view = owners.get(served) if served is not None else None
+    serving_view = serving_view if serving_view is not None and serving_view.ready and served not in failed else None
+    # What the stable Deployment renders: the target, unless a suspension or a canary holds it
+    # at the served version. `target` stays the version on its way (for records and conditions).
+    stable_target = target
+    if spec.suspended:
+        # The pod template stays as it is (the live one, else the served one): a new version
+        # rolls out on resume, where a rollout can be watched and rolled back.
+        for kept in (server.version if server else None, served):
+            view = owners.get(kept) if kept is not None else None
+            if view is not None and view.ready and kept not in failed:
+                stable_target = view
+                break
+
+    canary_plan = None
+    if spec.rollout.strategy == RolloutStrategy.CANARY and spec.suspended:
+        # The canary's pods stop too; it starts its step again on resume.
+        held = old.get("canary")
+        canary_plan = CanaryPlan(status=CanaryStatus.model_validate({**held, "canaryReplicas": 0}) if held else None,
+                                 hold=False, canary_version=held.get("version") if held else None, canary_replicas=0)
+    elif spec.rollout.strategy == RolloutStrategy.CANARY and blocked is None:
+        canary_plan = plan_canary(
+            canary_spec=spec.rollout.canary_or_default(),
+            replicas=spec.replicas,
+            stable_version=served if serving_view is not None and not spec.suspended else None,
+            candidate=target.version if target is not None else None,
+            old=old.get("canary"),
+            server=canary_server,
+            metrics=canary_metrics,
+            now=now,
+        )
+        events.extend(Event(e.type, e.reason, e.message) for e in canary_plan.events)
+        if canary_plan.abort is not None:
+            aborted = canary_plan.abort
+            failed.add(aborted)
+            records = [
+                r.model_copy(update={"outcome": RolloutOutcome.ABORTED, "finished_at": now_text})
+                if r.version == aborted and r.outcome == RolloutOutcome.PROGRESSING else r
+                for r in records
+            ]
+            resolution, target = choose()
+            stable_target = target
+        if canary_plan.hold and serving_view is not None:
+            stable_target = serving_view
+
+    if (
+        not spec.suspended
+        and server is not None and server.complete and server.version is not None and server.version not in failed
+    ):
         if served is not None and server.version != served:
             previous = served
         served = server.version
@@ -193,7 +246,7 @@ def plan_rollout(
         events.append(Event(NORMAL, Reason.ROLLOUT_SUCCEEDED, f"serving version {served}"))
 
     started = None
-    in_flight = target is not None and target.version != served
+    in_flight = target is not None and target.version != served and not spec.suspended
     if in_flight and target is not None and not (
         records and records[-1].version == target.version and records[-1].outcome == RolloutOutcome.PROGRESSING
     ):
@@ -212,7 +265,7 @@ def plan_rollout(
     else:
         desired = spec.version if spec.version_policy == "Pinned" else None
 
-    conditions = _conditions(spec, resolution, target, served, desired, server, in_flight, records, blocked)
+    conditions = _conditions(spec, resolution, target, served, desired, server, in_flight, records, blocked, canary_plan)
     status = ModelDeploymentStatus.model_validate({
         "observedGeneration": generation,
         "desiredVersion": desired,
@@ -224,16 +277,19 @@ def plan_rollout(
         "readyReplicas": server.ready if server else 0,
         "endpoints": endpoints if (target is not None or server is not None) else None,
         "rollouts": records or None,
+        "canary": canary_plan.status.wire() if canary_plan is not None and canary_plan.status is not None else None,
         "conditions": merge_conditions(old.get("conditions"), conditions, generation, now),
     })
     return RolloutPlan(
-        target=target,
+        target=stable_target,
         resolution=resolution,
         status=status,
         events=tuple(events),
         started=started,
         succeeded=succeeded,
         rolled_back=rolled_back,
+        canary=canary_plan,
+        requeue=canary_plan.requeue if canary_plan is not None else None,
     )
 
 
@@ -247,6 +303,7 @@ def _conditions(
     in_flight: bool,
     records: list[RolloutRecord],
     blocked: tuple[str, str] | None,
+    canary: CanaryPlan | None = None,
 ) -> list[Cond]:
     if blocked is not None:
         reason, message = blocked
@@ -260,6 +317,16 @@ def _conditions(
             Cond(ConditionType.READY, FALSE, resolution.reason, resolution.message),
             Cond(ConditionType.PROGRESSING, FALSE, resolution.reason, resolution.message),
             Cond(ConditionType.DEGRADED, FALSE, Reason.NOTHING_SERVED, "no version is served yet"),
+        ]
+    if spec.suspended:
+        version = served if served is not None else (target.version if target else None)
+        waiting = f"; version {desired} rolls out on resume" if desired is not None and desired != served else ""
+        going = f" ({server.total} pod(s) still stopping)" if server is not None and server.total else ""
+        message = f"suspended: 0 replicas of version {version}{going}{waiting}; set spec.suspended to false to serve again"
+        return [
+            Cond(ConditionType.READY, FALSE, Reason.SUSPENDED, message),
+            Cond(ConditionType.PROGRESSING, FALSE, Reason.SUSPENDED, message),
+            Cond(ConditionType.DEGRADED, FALSE, Reason.SUSPENDED, message),
         ]
     replicas = spec.replicas
     ready_pods = server.ready if server else 0
@@ -279,6 +346,10 @@ def _conditions(
             )
     else:
         progressing = Cond(ConditionType.PROGRESSING, FALSE, Reason.ROLLOUT_COMPLETE, f"version {served} is rolled out")
+    canary_status = canary.status if canary is not None else None
+    if canary is not None and canary.hold and canary_status is not None and canary_status.phase == CanaryPhase.PROGRESSING:
+        progressing = Cond(ConditionType.PROGRESSING, TRUE, Reason.CANARY_PROGRESSING,
+                           f"canary of version {canary_status.version}: {canary_status.message}")
 
     if not rolling and served == desired and (replicas == 0 or ready_pods >= 1):
         ready = Cond(ConditionType.READY, TRUE, Reason.SERVING, f"serving version {served} on {ready_pods}/{replicas} ready replicas")
@@ -290,7 +361,10 @@ def _conditions(
     else:
         ready = Cond(ConditionType.READY, FALSE, Reason.UNAVAILABLE, f"no ready replica of version {served}")
 
-    if records and records[-1].outcome == RolloutOutcome.ROLLED_BACK:
+    if records and records[-1].outcome == RolloutOutcome.ABORTED and canary_status is not None \
+            and canary_status.phase == CanaryPhase.ABORTED:
+        degraded = Cond(ConditionType.DEGRADED, TRUE, Reason.CANARY_ABORTED, canary_status.message or "the canary was aborted")
+    elif records and records[-1].outcome == RolloutOutcome.ROLLED_BACK:
         bad = records[-1].version
         degraded = Cond(ConditionType.DEGRADED, TRUE, Reason.ROLLED_BACK, f"the rollout of version {bad} failed and was rolled back; serving version {served}")
     elif not rolling and desired != served and served is not None:

@@ -6,18 +6,21 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import os
+import tempfile
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from pydantic import SecretStr
 
 from modelops import kube as k8s
-from modelops.api.model import StorageSpec
+from modelops.api.model import ModelReason, StorageSpec
 from modelops.core.patch import merge_patch
 from modelops.handlers.cache import Cache
 from modelops.handlers.queue import Key
@@ -36,7 +39,29 @@ SMALL_READ_LIMIT = 1 << 20  # bytes: reports and measurements, never artifacts
 
 
 class CredentialsProblem(Exception):
-    """The Model's credentials Secret is missing or incomplete. The message is for people."""
+    """The Model's credentials Secret (or its CA bundle) is missing or incomplete. The message
+    is for people; `reason` is the condition reason."""
+
+    reason: str = ModelReason.CREDENTIALS_NOT_FOUND
+
+
+class CABundleProblem(CredentialsProblem):
+    """The ConfigMap or Secret named in spec.storage.caBundle, or its key, is missing."""
+
+    reason = ModelReason.CA_BUNDLE_NOT_FOUND
+
+
+def ca_bundle_file(pem: bytes, directory: Path | None = None) -> str:
+    """The bundle as a file (boto3 takes a path), named by its content so that equal bundles
+    share one file and a changed bundle gets a new one, and with it a new client."""
+    root = directory or Path(tempfile.gettempdir()) / "modelops-ca"
+    root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path = root / f"{hashlib.sha256(pem).hexdigest()}.pem"
+    if not path.exists():
+        partial = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.partial")
+        partial.write_bytes(pem)
+        os.replace(partial, path)
+    return str(path)
 
 
 class _Bounded:
@@ -152,6 +177,8 @@ class Context:
         secret = self.kube.get(k8s.SECRETS, namespace, name)
         self._secrets.put((namespace, name), (now + READ_TTL_SECONDS, secret))
         return secret
+    # The operator's scaler: the last reading of Triton's counters per ModelDeployment.
+    readings: dict[tuple[str, str], Any] = field(default_factory=dict)
 
     def credentials(self, namespace: str, storage: StorageSpec) -> tuple[SecretStr | None, SecretStr | None]:
         """Access keys from the Model's Secret; raises CredentialsProblem naming what is missing."""
@@ -168,12 +195,38 @@ class Context:
         key_id, secret_key = (SecretStr(base64.b64decode(data[key]).decode()) for key in CREDENTIAL_KEYS)
         return key_id, secret_key
 
+    def ca_bundle(self, namespace: str, storage: StorageSpec) -> str | None:
+        """The path of a file with the Model's CA bundle; raises CABundleProblem naming what is missing."""
+        ref = storage.ca_bundle
+        if ref is None:
+            return None
+        kind, name = ref.source
+        field = "configMapRef" if kind == "ConfigMap" else "secretRef"
+        obj = self.kube.get(k8s.CONFIGMAPS if kind == "ConfigMap" else k8s.SECRETS, namespace, name)
+        if obj is None:
+            raise CABundleProblem(f"{kind} {name} named in spec.storage.caBundle.{field} does not exist")
+        if kind == "ConfigMap":
+            text = (obj.get("data") or {}).get(ref.key)
+            pem = text.encode() if text else None
+        else:
+            encoded = (obj.get("data") or {}).get(ref.key)
+            pem = base64.b64decode(encoded) if encoded else None
+        if not pem or b"-----BEGIN CERTIFICATE-----" not in pem:
+            raise CABundleProblem(f"{kind} {name} has no PEM certificate under the key {ref.key} (spec.storage.caBundle.key)")
+        return ca_bundle_file(pem)
+
+    def check_storage(self, namespace: str, storage: StorageSpec) -> None:
+        """What the operator needs before it can talk to storage: the Secret and the CA bundle."""
+        self.credentials(namespace, storage)
+        self.ca_bundle(namespace, storage)
+
     def store_for(self, namespace: str, storage: StorageSpec) -> CachedReads:
         key_id, secret_key = self.credentials(namespace, storage)
         config = StorageConfig(
             endpoint_url=storage.endpoint,
             region=storage.region,
             verify_tls=storage.verify_tls,
+            ca_bundle=self.ca_bundle(namespace, storage),
             access_key_id=key_id,
             secret_access_key=secret_key,
         )

@@ -6,9 +6,11 @@ from __future__ import annotations
 from typing import Any
 
 from modelops import kube as k8s
-from modelops.api.deployment import ModelDeploymentSpec
+from modelops import tritonmetrics
+from modelops.api.deployment import DeploymentReason, ModelDeploymentSpec, RolloutStrategy
 from modelops.api.model import ModelSpec
 from modelops.core import naming, render
+from modelops.core.canary import CanaryServer
 from modelops.core.drift import differences, removals
 from modelops.core.objects import OwnerRef, VersionView, owned_by
 from modelops.core.rollout import (
@@ -19,6 +21,7 @@ from modelops.core.rollout import (
     plan_rollout,
     verdicts_of,
 )
+from modelops.handlers import scaling
 from modelops.handlers.context import Context
 from modelops.handlers.queue import Key, RetryLater
 from modelops.serving import ServingConfigError
@@ -35,6 +38,9 @@ def reconcile_deployment(ctx: Context, key: Key) -> float | None:
     versions = [VersionView.from_body(v) for v in ctx.cache.versions_of(namespace, spec.model)] if model_body is not None else []
     live_deployment = ctx.cache.get(k8s.DEPLOYMENTS, namespace, name)
     live_service = ctx.cache.get(k8s.SERVICES, namespace, name)
+    scaled = scaling.scale(ctx, spec, body, live_deployment)
+    spec = scaled.spec
+    canary_inputs = _canary_inputs(ctx, spec, body, name, namespace)
 
     def plan(blocked: tuple[str, str] | None = None) -> RolloutPlan:
         return plan_rollout(
@@ -49,6 +55,8 @@ def reconcile_deployment(ctx: Context, key: Key) -> float | None:
             history=ctx.settings.rollout_history,
             blocked=blocked,
             retry=(body["metadata"].get("annotations") or {}).get(naming.ANNOTATION_RETRY),
+            canary_server=canary_inputs[1],
+            canary_metrics=canary_inputs[2],
         )
 
     taken = _name_taken(live_deployment, live_service, uid, name)
@@ -66,8 +74,18 @@ def reconcile_deployment(ctx: Context, key: Key) -> float | None:
             service = render.render_service(name=name, namespace=namespace, owner=owner, model_name=spec.model)
             keep(ctx, k8s.DEPLOYMENTS, live_deployment, desired)
             keep(ctx, k8s.SERVICES, live_service, service)
+            keep_canary(ctx, result, canary_inputs[0], spec, model_body, versions, name, namespace, owner)
+            split = result.canary.weights if result.canary is not None and result.canary.hold else None
+            canary_status = result.status.canary
+            scaling.keep_providers(ctx, keep, spec, name, namespace, owner, split,
+                                   canary_status.stable_version if canary_status is not None and split else None)
 
-    ctx.write_status(k8s.MODELDEPLOYMENTS, body, result.status.wire())
+    status = result.status
+    if scaled.status is not None:
+        status = status.model_copy(update={"autoscaling": scaled.status})
+    ctx.write_status(k8s.MODELDEPLOYMENTS, body, status.wire())
+    if scaled.message is not None:
+        ctx.kube.emit_event(body, "Normal", DeploymentReason.SCALED, scaled.message)
     for event in result.events:
         ctx.kube.emit_event(body, event.type, event.reason, event.message)
     if result.started is not None:
@@ -80,7 +98,49 @@ def reconcile_deployment(ctx: Context, key: Key) -> float | None:
     # Level-triggered: this deployment's name sits on exactly the versions it failed.
     for verdict in verdicts_of(name, result.status.failed_versions or (), versions):
         record_verdict(ctx, namespace, verdict)
-    return None
+    waits = [w for w in (result.requeue, scaled.requeue) if w is not None]
+    return min(waits) if waits else None
+
+
+def _canary_inputs(
+    ctx: Context, spec: ModelDeploymentSpec, body: dict[str, Any], name: str, namespace: str
+) -> tuple[dict[str, Any] | None, CanaryServer | None, Any]:
+    """The live canary Deployment and, while a canary runs, Triton's counters of every pod."""
+    live = ctx.cache.get(k8s.DEPLOYMENTS, namespace, naming.canary_name(name))
+    if spec.rollout.strategy != RolloutStrategy.CANARY and live is None:
+        return None, None, None
+    server = None
+    if live is not None:
+        state = ServerState.from_deployment(live)
+        server = CanaryServer(state.version, state.replicas, state.available, state.updated, state.deadline_exceeded)
+    metrics = None
+    if server is not None and server.available and ((body.get("status") or {}).get("canary") or {}).get("phase") == "Progressing":
+        selector = ",".join(f"{k}={v}" for k, v in naming.server_selector(name).items())
+        metrics = tritonmetrics.read_pods(ctx.kube.list(k8s.PODS, namespace, label_selector=selector), spec.model)
+    return live, server, metrics
+
+
+def keep_canary(
+    ctx: Context, result: RolloutPlan, live: dict[str, Any] | None, spec: ModelDeploymentSpec,
+    model_body: dict[str, Any], versions: list[VersionView], name: str, namespace: str, owner: OwnerRef,
+) -> None:
+    """The canary Deployment as the canary plan wants it; never created just to hold 0 pods,
+    and scaled to 0 (kept, for its history) when no canary runs."""
+    plan = result.canary
+    view = None
+    if plan is not None and plan.canary_version is not None:
+        view = next((v for v in versions if v.version == plan.canary_version and v.ready), None)
+    if plan is None or view is None or (plan.canary_replicas == 0 and live is None):
+        if live is not None and (live.get("spec") or {}).get("replicas"):
+            ctx.kube.json_patch(k8s.DEPLOYMENTS, namespace, naming.canary_name(name),
+                                [{"op": "replace", "path": "/spec/replicas", "value": 0}])
+        return
+    desired = render.render_deployment(
+        name=name, namespace=namespace, owner=owner, spec=spec, model_name=spec.model,
+        model=ModelSpec.model_validate(model_body["spec"]), version=view, settings=ctx.settings,
+        canary_replicas=plan.canary_replicas,
+    )
+    keep(ctx, k8s.DEPLOYMENTS, live, desired)
 
 
 def keep(ctx: Context, resource: k8s.Resource, live: dict[str, Any] | None, desired: dict[str, Any]) -> None:

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from modelops import kube as k8s
 from modelops.api.model import ModelSpec
-from modelops.core.models import model_status
+from modelops.api.types import ConditionType
+from modelops.core.models import model_status, transport_condition
 from modelops.core.objects import OwnerRef, VersionView, with_owner
 from modelops.core.rollout import stale_verdicts
 from modelops.handlers.context import Context, CredentialsProblem
@@ -26,14 +27,22 @@ def reconcile_model(ctx: Context, key: Key) -> float | None:
     for child, resource in [(v, k8s.MODELVERSIONS) for v in versions] + [(d, k8s.MODELDEPLOYMENTS) for d in deployments]:
         ctx.adopt(resource, child, with_owner(child["metadata"].get("ownerReferences"), owner))
 
+    problem, reason = None, None
     try:
-        ctx.credentials(key.namespace, spec.storage)
-        problem = None
+        ctx.check_storage(key.namespace, spec.storage)
     except CredentialsProblem as err:
-        problem = str(err)
+        problem, reason = str(err), err.reason
     views = [VersionView.from_body(v) for v in versions]
-    status = model_status(body.get("status"), key.name, views, problem, body["metadata"].get("generation"), ctx.clock())
-    ctx.write_status(k8s.MODELS, body, status)
+    transport = transport_condition(spec.storage)
+    status = model_status(
+        body.get("status"), key.name, views, problem, body["metadata"].get("generation"), ctx.clock(),
+        transport=transport, **({"problem_reason": reason} if reason else {}),
+    )
+    if ctx.write_status(k8s.MODELS, body, status) and transport.status == "False":
+        old = {c.get("type"): c for c in (body.get("status") or {}).get("conditions") or []}
+        before = old.get(ConditionType.STORAGE_TRANSPORT) or {}
+        if (before.get("status"), before.get("reason")) != (transport.status, transport.reason):
+            ctx.kube.emit_event(body, "Warning", transport.reason, transport.message)
     # A deleted ModelDeployment (or one moved to another Model) takes its verdicts with it.
     for verdict in stale_verdicts(views, {d["metadata"]["name"] for d in deployments}):
         record_verdict(ctx, key.namespace, verdict)

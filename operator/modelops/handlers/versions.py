@@ -37,6 +37,7 @@ from modelops.storage import (
     ObjectNotFound,
     StorageError,
     StorageUnreachable,
+    TLSVerificationFailed,
 )
 
 _WARNING_PHASES = {Phase.REJECTED, Phase.FAILED}
@@ -107,6 +108,10 @@ def storage_problem(err: StorageError, field: str, uri: str, retry: float) -> Ve
     the storage could not answer (5xx, throttling, connection); every answer it gave is final."""
     if isinstance(err, StorageUnreachable):
         return waiting(Phase.VERIFYING, VersionReason.STORAGE_UNREACHABLE, f"{err}; retrying every {retry:g}s", retry)
+    if isinstance(err, TLSVerificationFailed):
+        # Not retried on a timer: the same certificate and CAs give the same answer. A change
+        # of the Model (its caBundle, endpoint or verifyTLS) wakes the version again.
+        return waiting(Phase.VERIFYING, VersionReason.TLS_VERIFICATION_FAILED, f"{err}; fix the Model to retry")
     if isinstance(err, AccessDenied):
         return waiting(
             Phase.FAILED, reuse.Reason.ACCESS_DENIED,
@@ -129,11 +134,14 @@ def _start(
     meta = body["metadata"]
     namespace = meta["namespace"]
     retry = ctx.settings.retry_seconds
+    insecure = model.storage.transport_problem()
+    if insecure is not None:  # a Model stored before the apiserver refused http:// without insecure
+        return waiting(Phase.VERIFYING, VersionReason.INSECURE_ENDPOINT, insecure)
     try:
         store = ctx.store_for(namespace, model.storage)
         store.head_recent(spec.artifact.uri)
     except CredentialsProblem as err:
-        return waiting(Phase.VERIFYING, VersionReason.CREDENTIALS_NOT_FOUND, f"{err}; create it in namespace {namespace}", retry)
+        return waiting(Phase.VERIFYING, VersionReason(err.reason), f"{err}; create it in namespace {namespace}", retry)
     except ObjectNotFound:
         message = f"no object at {spec.artifact.uri}; upload it (checked again every {retry:g}s)"
         return waiting(Phase.VERIFYING, VersionReason.ARTIFACT_NOT_FOUND, message, retry)

@@ -1,8 +1,9 @@
 -- Argo CD health of a modelops.dev ModelDeployment.
 -- Healthy: the status reflects the current generation, the served version is the desired
--- one, no rollout is under way, and Ready is True. Degraded: the operator says so (a rollback,
--- or a desired version it cannot serve), or a rollout passed its deadline with autoRollback
--- off. Anything else is Progressing.
+-- one, no rollout (or canary) is under way, and Ready is True. Suspended: spec.suspended and
+-- the operator has scaled every pod away. Degraded: the operator says so (a rollback, an
+-- aborted canary, or a desired version it cannot serve), or a rollout passed its deadline with
+-- autoRollback off. Anything else is Progressing.
 local hs = {}
 
 local function condition(status, kind)
@@ -34,6 +35,17 @@ if status == nil or status.observedGeneration == nil or status.observedGeneratio
   return hs
 end
 
+local ready = condition(status, "Ready")
+if obj.spec ~= nil and obj.spec.suspended == true then
+  if ready ~= nil and ready.reason == "Suspended" and (status.replicas == nil or status.replicas == 0) then
+    hs.status = "Suspended"
+  else
+    hs.status = "Progressing"
+  end
+  hs.message = says(ready, "Suspending")
+  return hs
+end
+
 local degraded = condition(status, "Degraded")
 if degraded ~= nil and degraded.status == "True" then
   hs.status = "Degraded"
@@ -48,7 +60,6 @@ if progressing ~= nil and progressing.status == "False" and progressing.reason =
   return hs
 end
 
-local ready = condition(status, "Ready")
 local rolling = progressing ~= nil and progressing.status == "True"
 if status.desiredVersion ~= nil and status.servedVersion == status.desiredVersion and not rolling
     and ready ~= nil and ready.status == "True" then

@@ -1,0 +1,80 @@
+"""Autoscaling and traffic objects of one ModelDeployment, for the deployment handler: the
+operator's scaler (reads Triton's counters on the pods, decides with core/autoscale.py), and
+the HorizontalPodAutoscaler, KEDA ScaledObject and HTTPRoute the other providers need."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from modelops import kube as k8s
+from modelops import tritonmetrics
+from modelops.api.deployment import AutoscalingProvider, AutoscalingStatus, ModelDeploymentSpec
+from modelops.core import autoscale, httproute, naming, scalers
+from modelops.core.canary import seconds
+from modelops.core.objects import OwnerRef
+from modelops.handlers.context import Context
+
+
+@dataclass(frozen=True)
+class Scaling:
+    spec: ModelDeploymentSpec  # with replicas as the scaler asks
+    status: AutoscalingStatus | None = None
+    message: str | None = None
+    requeue: float | None = None
+
+
+def scale(ctx: Context, spec: ModelDeploymentSpec, body: dict[str, Any], live: dict[str, Any] | None) -> Scaling:
+    """The replica count that the autoscaler (if any) asks for, as spec.replicas."""
+    auto = spec.autoscaling
+    meta = body["metadata"]
+    if auto is None or spec.suspended:
+        return Scaling(spec)
+    live_replicas = int((live or {}).get("spec", {}).get("replicas", auto.min_replicas))
+    if auto.provider != AutoscalingProvider.OPERATOR:
+        # The HPA (or KEDA's) owns the count: plan with what it set.
+        count = max(auto.min_replicas, min(live_replicas, auto.max_replicas))
+        return Scaling(spec.model_copy(update={"replicas": count}))
+    key = (meta["namespace"], meta["name"])
+    now = ctx.clock()
+    interval = float(seconds(auto.interval))
+    value, pods = None, None
+    before = ctx.readings.get(key)
+    since = (now - before.time).total_seconds() if before is not None else interval
+    if since >= interval:  # one reading per interval, however often the object is reconciled
+        selector = ",".join(f"{k}={v}" for k, v in naming.server_selector(meta["name"]).items())
+        read = tritonmetrics.read_pods(ctx.kube.list(k8s.PODS, meta["namespace"], label_selector=selector), spec.model)
+        if read is not None:
+            reading = autoscale.Reading(now, read[1])  # the stable pods
+            if before is not None:
+                value = autoscale.metric_value(auto.metric, before, reading)
+                pods = autoscale.measured(before, reading)
+            ctx.readings[key] = reading
+        since = 0.0
+    ready = int(((live or {}).get("status") or {}).get("readyReplicas", 0))
+    decision = autoscale.decide(auto, live_replicas, value, (body.get("status") or {}).get("autoscaling"), now, pods, ready)
+    return Scaling(spec.model_copy(update={"replicas": decision.replicas}), decision.status, decision.message,
+                   max(0.5, interval - since))
+
+
+def keep_providers(
+    ctx: Context, keep: Any, spec: ModelDeploymentSpec, name: str, namespace: str, owner: OwnerRef,
+    weights: tuple[int, int] | None, stable_version: int | None,
+) -> None:
+    """The HPA or ScaledObject, and the HTTPRoute with its Services, where the spec asks for them."""
+    auto = spec.autoscaling
+    if auto is not None and auto.provider == AutoscalingProvider.HPA:
+        desired = scalers.render_hpa(name=name, namespace=namespace, model=spec.model, owner=owner, spec=auto)
+        keep(ctx, k8s.HPAS, ctx.kube.get(k8s.HPAS, namespace, name), desired)
+    if auto is not None and auto.provider == AutoscalingProvider.KEDA:
+        desired = scalers.render_scaled_object(name=name, namespace=namespace, model=spec.model, owner=owner, spec=auto)
+        keep(ctx, k8s.SCALEDOBJECTS, ctx.kube.get(k8s.SCALEDOBJECTS, namespace, name), desired)
+    canary = spec.rollout.canary
+    if canary is not None and canary.http_route is not None:
+        if stable_version is not None:
+            for service in httproute.render_split_services(name=name, namespace=namespace, owner=owner, model=spec.model,
+                                                           stable_version=stable_version):
+                keep(ctx, k8s.SERVICES, ctx.kube.get(k8s.SERVICES, namespace, service["metadata"]["name"]), service)
+        route = httproute.render_httproute(name=name, namespace=namespace, owner=owner, model=spec.model,
+                                           parent=canary.http_route, weights=weights if stable_version is not None else None)
+        keep(ctx, k8s.HTTPROUTES, ctx.kube.get(k8s.HTTPROUTES, namespace, name), route)
