@@ -85,3 +85,8 @@ bench: ## Run the benchmarks; JSON under bench/results/, summary in docs/benchma
 	  PYTHONPATH=operator:. "$$python" bench/compress_bench.py; \
 	  PYTHONPATH=operator:. "$$python" bench/transformer_bench.py; \
 	  PYTHONPATH=operator:. "$$python" bench/triton_bench.py
+
+.PHONY: bench-scale
+bench-scale: ## Reconcile 1,000 ModelVersions and 1,000 ModelDeployments on the test bed with kwok nodes; bench/results/scale.json
+	@python=$(venv_python); bin=$(binaries); \
+	  MODELOPS_BINARIES="$$bin" PYTHONPATH=operator:. "$$python" bench/scale_bench.py

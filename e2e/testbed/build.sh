@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build (once) the test bed's upstream binaries from pinned Go modules and print
 # the directory that holds them: etcd, kube-apiserver, kube-controller-manager,
-# kube-scheduler, kubectl, helm, minio and kubeconform.
+# kube-scheduler, kubectl, helm, minio, kubeconform and kwok (fake nodes for the scale benchmark).
 #
 # Each go.mod under e2e/testbed/go pins one upstream release. Each module's output is
 # keyed by its go.mod, go.sum, build recipe and the Go toolchain, so a warm machine
@@ -46,6 +46,7 @@ recipes=(
   "helm|$helm_ldflags|helm|helm.sh/helm/v3/cmd/helm"
   "minio|$ldflags|minio|github.com/minio/minio"
   "kubeconform|$ldflags|kubeconform|github.com/yannh/kubeconform/cmd/kubeconform"
+  "kwok|$ldflags|kwok|sigs.k8s.io/kwok/cmd/kwok"
 )
 
 # build_module RECIPE: builds into its own keyed directory (once) and prints that directory.

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import ValidationError
 
@@ -14,10 +14,18 @@ from modelops import reuse
 from modelops.api.model import Compression, Evaluation
 from modelops.api.version import CompressedArtifact, MetricReport
 from modelops.cachekey import COMPRESSOR_VERSION
-from modelops.storage import ObjectNotFound, ObjectStore
+from modelops.storage import ObjectInfo, ObjectNotFound, ObjectStore
 
 
-def head(store: ObjectStore, uri: str) -> reuse.StoredObject | None:
+class Reads(Protocol):
+    """What a look-up reads with: an ObjectStore, or the operator's cached reads of one."""
+
+    def head(self, uri: str) -> ObjectInfo: ...
+
+    def read_bytes(self, uri: str) -> bytes: ...
+
+
+def head(store: Reads, uri: str) -> reuse.StoredObject | None:
     """The object's size, ETag and recorded sha256; None when there is no such object."""
     try:
         info = store.head(uri)
@@ -26,7 +34,7 @@ def head(store: ObjectStore, uri: str) -> reuse.StoredObject | None:
     return reuse.StoredObject(size=info.size, etag=info.etag, sha256=info.sha256)
 
 
-def read_json(store: ObjectStore, uri: str) -> dict[str, Any] | None:
+def read_json(store: Reads, uri: str) -> dict[str, Any] | None:
     """A small JSON object, or None when it is missing or not a JSON object."""
     try:
         value = json.loads(store.read_bytes(uri))
@@ -63,7 +71,7 @@ class Lookup:
 
 
 def look_up(
-    store: ObjectStore,
+    store: Reads,
     prefix: str,
     source_sha256: str,
     recipe: Compression,

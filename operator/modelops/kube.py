@@ -115,10 +115,13 @@ class Kube:
         self._instance = instance or socket.gethostname()
 
     @classmethod
-    def from_environment(cls, observe: RequestObserver | None = None, user_agent: str | None = None) -> Kube:
+    def from_environment(
+        cls, observe: RequestObserver | None = None, user_agent: str | None = None, connections: int = 8
+    ) -> Kube:
         """In a pod: the service account. Elsewhere: $KUBECONFIG or ~/.kube/config.
 
-        The user agent names this replica, so the audit log tells replicas apart."""
+        The user agent names this replica, so the audit log tells replicas apart; `connections`
+        is how many requests may be in flight at once (one per reconcile worker)."""
         from kubernetes import client, config
 
         configuration = client.Configuration()
@@ -126,6 +129,7 @@ class Kube:
             config.load_incluster_config(client_configuration=configuration)
         else:
             config.load_kube_config(client_configuration=configuration)
+        configuration.connection_pool_maxsize = connections
         api_client = client.ApiClient(configuration)
         if user_agent:
             api_client.user_agent = user_agent

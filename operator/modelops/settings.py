@@ -36,7 +36,7 @@ class Settings(BaseModel):
     metrics_port: int = Field(8080, ge=0, le=65535, description="Port of /metrics; 0 picks a free port.")
     health_port: int = Field(8081, ge=0, le=65535, description="Port of /healthz and /readyz; 0 picks a free port.")
     bind_address: str = Field("0.0.0.0", min_length=1)
-    workers: int = Field(4, ge=1, le=64, description="Objects reconciled at the same time.")
+    workers: int = Field(16, ge=1, le=64, description="Objects reconciled at the same time (each waits on the API server in a thread of its own).")
     resync_seconds: float = Field(600.0, gt=0, description="Every object is reconciled at least this often.")
     retry_seconds: float = Field(30.0, gt=0, description="Wait before checking storage again after it failed or missed.")
     max_backoff_seconds: float = Field(300.0, gt=0, description="Longest wait before retrying a failed reconcile.")

@@ -5,7 +5,8 @@ every status says what it should, and the operator converges soon after the faul
 
 Compression Jobs target no node and Triton Deployments have no replicas, so the faults meet
 the operator's own work (status writes, child creation, template changes), not the load of
-pods. These tests are marked `faults` and run with `make test-faults` (docs/testbed.md).
+pods, except where a test says otherwise (MinIO outages, a crashing Triton pod). These
+tests are marked `faults` and run with `make test-faults` (docs/testbed.md).
 """
 
 from __future__ import annotations
@@ -315,3 +316,63 @@ def test_a_triton_pod_that_crashes_after_ready_is_degraded_then_heals(
     eventually(lambda: condition(testbed, namespace, "Ready").get("status") == "True"
                and condition(testbed, namespace, "Degraded").get("status") == "False", 300,
                "the deployment to heal once Triton restarted")
+
+
+def test_minio_down_during_compression_is_a_condition_serves_nothing_new_then_recovers(
+    testbed: Any, namespace: str, storage: Storage, digits: Any, start_operator: Callable[..., OperatorProcess]
+) -> None:
+    """Version 1 is served (Latest); version 2 is compressed by a real Job, and MinIO dies as
+    its pod starts. Version 2 says that its Job retries on unreachable storage, the deployment
+    keeps serving version 1 and nothing else, and once MinIO is back version 2 is compressed
+    and rolled out."""
+    from tests.integration.test_compression_lifecycle import (
+        EXIT_TRANSIENT,
+        exit_codes,
+        job_pods,
+        node_gate,
+        open_gate,
+        status_of,
+        upload_version,
+        wait_job_pending,
+    )
+    from tests.integration.test_compression_lifecycle import condition as version_condition
+
+    docs = served_digits(storage, digits)
+    *base, v2, server = docs
+    latest = {**server, "spec": {k: v for k, v in server["spec"].items() if k != "version"} | {"versionPolicy": "Latest"}}
+    start_operator(job_backoff_limit=3)
+    apply_docs(testbed, namespace, [*base, latest])
+    eventually(lambda: deployment_status(testbed, namespace).get("servedVersion") == 1, 300, "version 1 to be served")
+    (old_pod,) = ready_pods(testbed, namespace)
+
+    # Version 2 is not in the cache: a fresh artifact, compressed by a real Job on the gated GPU node.
+    uri, sha, _ = upload_version(storage, digits, namespace, 2, seed=1)
+    v2 = {**v2, "spec": {**v2["spec"], "artifact": {**v2["spec"]["artifact"], "uri": uri, "sha256": sha}}}
+    with node_gate(testbed, namespace) as selector:
+        v2["spec"]["scheduling"] = {"nodeSelector": selector, "gpus": 1}
+        apply_docs(testbed, namespace, [v2])
+        job = wait_job_pending(testbed, namespace, "digits-v2")["jobName"]
+        testbed.stop_minio()
+        try:
+            open_gate(testbed, namespace)
+            eventually(lambda: EXIT_TRANSIENT in exit_codes(job_pods(testbed, namespace, job)), 300,
+                       "the compressor to give up on storage with the transient exit code")
+            retrying = eventually(
+                lambda: version_condition(s := status_of(testbed, namespace, "digits-v2"), "Ready")["reason"] == "JobRetrying" and s,
+                60, "version 2 to say that its Job retries",
+            )
+            message = version_condition(retrying, "Ready")["message"]
+            print(f"\nwhile MinIO is down: {retrying['phase']}: {message}")
+            assert retrying["phase"] == "Compressing" and "StorageUnreachable" in message, message
+            # Nothing that should not be served is: version 1 only, on the pod that served it.
+            status = deployment_status(testbed, namespace)
+            assert (status.get("desiredVersion"), status.get("servedVersion")) == (1, 1), status
+            assert [p["metadata"]["name"] for p in ready_pods(testbed, namespace)] == [old_pod["metadata"]["name"]]
+            assert template_version(testbed, namespace) == "1"
+        finally:
+            testbed.start_minio()
+        eventually(lambda: status_of(testbed, namespace, "digits-v2").get("phase") == "Ready", 600,
+                   "version 2 to be compressed once MinIO is back")
+    eventually(lambda: deployment_status(testbed, namespace).get("servedVersion") == 2, 300, "version 2 to be rolled out")
+    assert condition(testbed, namespace, "Ready")["status"] == "True"
+    assert exit_codes(job_pods(testbed, namespace, job))[-1] == 0

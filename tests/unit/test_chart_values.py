@@ -190,10 +190,10 @@ def test_the_values_table_follows_a_changed_comment() -> None:
     spec = importlib.util.spec_from_file_location("chart_values_table", CHART.parents[1] / "scripts" / "chart-values-table.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    text = (CHART / "values.yaml").read_text().replace("# -- Objects reconciled at the same time.",
+    text = (CHART / "values.yaml").read_text().replace("# -- Objects reconciled at the same time (each waits on the API server in a thread of its own).",
                                                         "# -- Reconciles running in parallel.")
     table = module.table(text, schema())
-    assert "| `operator.workers` | int | `4` | Reconciles running in parallel. |" in table
+    assert "| `operator.workers` | int | `16` | Reconciles running in parallel. |" in table
     assert "| `leaderElection.leaseDurationSeconds` | number | `15` |" in table
 
 

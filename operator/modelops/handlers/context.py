@@ -1,5 +1,6 @@
-"""What every reconcile needs: settings, the Kubernetes adapter, storage access, metrics, a
-clock and a way to wake other objects. Built once at startup; nothing here is global."""
+"""What every reconcile needs: settings, the Kubernetes adapter and the watch-fed cache it
+reads from, storage access, metrics, a clock and a way to wake other objects. Built once at
+startup; nothing here is global."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import hashlib
 import os
 import tempfile
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,14 +22,20 @@ from pydantic import SecretStr
 from modelops import kube as k8s
 from modelops.api.model import ModelReason, StorageSpec
 from modelops.core.patch import merge_patch
+from modelops.handlers.cache import Cache
 from modelops.handlers.queue import Key
 from modelops.metrics import Metrics
 from modelops.settings import Settings
-from modelops.storage import ObjectStore, StorageConfig, TransferTuning
+from modelops.storage import ObjectInfo, ObjectStore, StorageConfig, TransferTuning
 
 CREDENTIAL_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
 # The operator only HEADs and reads small objects: fail fast and let the queue retry.
 OPERATOR_TUNING = TransferTuning(max_attempts=2, stream_attempts=1, connect_timeout_s=3.0, read_timeout_s=10.0)
+# An artifact's existence and credentials Secrets are reused for this long (watching every Secret of
+# the cluster would need RBAC to read them all), and at most this many are kept.
+READ_TTL_SECONDS = 10.0
+READ_CACHE_LIMIT = 4096
+SMALL_READ_LIMIT = 1 << 20  # bytes: reports and measurements, never artifacts
 
 
 class CredentialsProblem(Exception):
@@ -56,15 +64,79 @@ def ca_bundle_file(pem: bytes, directory: Path | None = None) -> str:
     return str(path)
 
 
-class StoreCache:
-    """One ObjectStore (and boto3 client) per distinct storage configuration."""
+class _Bounded:
+    """A least-recently-used map of at most `limit` entries, safe across threads."""
 
-    def __init__(self, limit: int = 64) -> None:
-        self._stores: OrderedDict[str, ObjectStore] = OrderedDict()
+    def __init__(self, limit: int) -> None:
+        self._items: OrderedDict[Any, Any] = OrderedDict()
         self._limit = limit
         self._lock = threading.Lock()
 
-    def get(self, config: StorageConfig) -> ObjectStore:
+    def get(self, key: Any) -> Any:
+        with self._lock:
+            value = self._items.get(key)
+            if value is not None:
+                self._items.move_to_end(key)
+            return value
+
+    def put(self, key: Any, value: Any) -> None:
+        with self._lock:
+            self._items[key] = value
+            self._items.move_to_end(key)
+            while len(self._items) > self._limit:
+                self._items.popitem(last=False)
+
+
+class CachedReads:
+    """The operator's reads of one store. A report's or measurement's bytes are reused by URI
+    and ETag: each look asks a fresh HEAD (cheap), and reads the object again only when the HEAD
+    shows new content. HEADs themselves are fresh, since an ETag decides reuse (a dataset
+    replaced in place must be evaluated again at once); only the check that a version's own
+    artifact exists (`head_recent`) may be `ttl` seconds old, because the Job verifies the
+    artifact's bytes anyway. Misses and errors are never kept: an upload is seen at once."""
+
+    def __init__(self, store: ObjectStore, ttl: float = READ_TTL_SECONDS, limit: int = READ_CACHE_LIMIT,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.store = store
+        self._ttl = ttl
+        self._clock = clock
+        self._heads = _Bounded(limit)
+        self._bodies = _Bounded(limit)
+
+    def head(self, uri: str) -> ObjectInfo:
+        return self.store.head(uri)
+
+    def head_recent(self, uri: str) -> ObjectInfo:
+        """A HEAD at most `ttl` seconds old."""
+        kept = self._heads.get(uri)
+        now = self._clock()
+        if kept is not None and kept[0] > now:
+            return kept[1]  # type: ignore[no-any-return]
+        info = self.store.head(uri)
+        self._heads.put(uri, (now + self._ttl, info))
+        return info
+
+    def read_bytes(self, uri: str) -> bytes:
+        info = self.head(uri)
+        key = (uri, info.etag)
+        kept = self._bodies.get(key)
+        if kept is not None:
+            return kept  # type: ignore[no-any-return]
+        data = self.store.read_bytes(uri)
+        if info.etag and len(data) <= SMALL_READ_LIMIT:
+            self._bodies.put(key, data)
+        return data
+
+
+class StoreCache:
+    """One ObjectStore (and boto3 client) per distinct storage configuration, with its cached reads."""
+
+    def __init__(self, limit: int = 64) -> None:
+        self._stores: OrderedDict[str, CachedReads] = OrderedDict()
+        self._limit = limit
+        self._lock = threading.Lock()
+
+    def get(self, config: StorageConfig) -> CachedReads:
         material = config.model_dump_json() + "|" + "|".join(
             s.get_secret_value() if s else "" for s in (config.access_key_id, config.secret_access_key)
         )
@@ -72,7 +144,8 @@ class StoreCache:
         with self._lock:
             store = self._stores.get(digest)
             if store is None:
-                store = ObjectStore(config, OPERATOR_TUNING)
+                store = CachedReads(ObjectStore(config, OPERATOR_TUNING))
+                store.store.client  # noqa: B018 - made once here, not by every worker that races to it
                 self._stores[digest] = store
                 while len(self._stores) > self._limit:
                     self._stores.popitem(last=False)
@@ -91,7 +164,19 @@ class Context:
     metrics: Metrics
     stores: StoreCache
     wake: Callable[[Key], None]
+    cache: Cache = field(default_factory=Cache)
     clock: Callable[[], datetime] = utcnow
+    _secrets: _Bounded = field(default_factory=lambda: _Bounded(256))
+
+    def secret(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """A Secret as read at most READ_TTL_SECONDS ago (None: it does not exist)."""
+        now = time.monotonic()
+        kept = self._secrets.get((namespace, name))
+        if kept is not None and kept[0] > now:
+            return kept[1]  # type: ignore[no-any-return]
+        secret = self.kube.get(k8s.SECRETS, namespace, name)
+        self._secrets.put((namespace, name), (now + READ_TTL_SECONDS, secret))
+        return secret
     # The operator's scaler: the last reading of Triton's counters per ModelDeployment.
     readings: dict[tuple[str, str], Any] = field(default_factory=dict)
 
@@ -100,7 +185,7 @@ class Context:
         ref = storage.credentials_secret
         if ref is None:
             return None, None
-        secret = self.kube.get(k8s.SECRETS, namespace, ref.name)
+        secret = self.secret(namespace, ref.name)
         if secret is None:
             raise CredentialsProblem(f"Secret {ref.name} named in spec.storage.credentialsSecret does not exist")
         data = secret.get("data") or {}
@@ -135,7 +220,7 @@ class Context:
         self.credentials(namespace, storage)
         self.ca_bundle(namespace, storage)
 
-    def store_for(self, namespace: str, storage: StorageSpec) -> ObjectStore:
+    def store_for(self, namespace: str, storage: StorageSpec) -> CachedReads:
         key_id, secret_key = self.credentials(namespace, storage)
         config = StorageConfig(
             endpoint_url=storage.endpoint,
@@ -154,17 +239,22 @@ class Context:
         if not patch:
             return False
         meta = body["metadata"]
-        self.kube.patch_status(resource, meta["namespace"], meta["name"], patch)
+        self.cache.store(resource, self.kube.patch_status(resource, meta["namespace"], meta["name"], patch))
         return True
 
     def adopt(self, resource: k8s.Resource, body: dict[str, Any], owner_references: list[dict[str, Any]] | None) -> None:
-        """Set ownerReferences, guarded by resourceVersion so a concurrent change is not lost."""
+        """Set ownerReferences with a JSON patch guarded by a test of the list it was computed
+        from, so a concurrent change of that list is not lost, while a status write meanwhile
+        (which a resourceVersion guard would turn into a conflict) does not matter."""
         if owner_references is None:
             return
         meta = body["metadata"]
-        self.kube.patch(
-            resource,
-            meta["namespace"],
-            meta["name"],
-            {"metadata": {"ownerReferences": owner_references, "resourceVersion": meta["resourceVersion"]}},
-        )
+        old = meta.get("ownerReferences")
+        ops: list[dict[str, Any]] = [{"op": "add", "path": "/metadata/ownerReferences", "value": owner_references}]
+        if old is not None:
+            ops.insert(0, {"op": "test", "path": "/metadata/ownerReferences", "value": old})
+        try:
+            patched = self.kube.json_patch(resource, meta["namespace"], meta["name"], ops)
+        except k8s.Invalid:  # the test failed: someone changed the list since it was read
+            raise k8s.Conflict(f"{resource.kind} {meta['name']}: ownerReferences changed while it was adopted", 409) from None
+        self.cache.store(resource, patched)

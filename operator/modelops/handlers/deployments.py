@@ -29,19 +29,15 @@ from modelops.serving import ServingConfigError
 
 def reconcile_deployment(ctx: Context, key: Key) -> float | None:
     namespace, name = key.namespace, key.name
-    body = ctx.kube.get(k8s.MODELDEPLOYMENTS, namespace, name)
+    body = ctx.cache.get(k8s.MODELDEPLOYMENTS, namespace, name)
     if body is None or body["metadata"].get("deletionTimestamp"):
         return None
     spec = ModelDeploymentSpec.model_validate(body["spec"])
     uid = body["metadata"]["uid"]
-    model_body = ctx.kube.get(k8s.MODELS, namespace, spec.model)
-    versions = (
-        [VersionView.from_body(v) for v in ctx.kube.list(k8s.MODELVERSIONS, namespace, field_selector=f"spec.model={spec.model}")]
-        if model_body is not None
-        else []
-    )
-    live_deployment = ctx.kube.get(k8s.DEPLOYMENTS, namespace, name)
-    live_service = ctx.kube.get(k8s.SERVICES, namespace, name)
+    model_body = ctx.cache.get(k8s.MODELS, namespace, spec.model)
+    versions = [VersionView.from_body(v) for v in ctx.cache.versions_of(namespace, spec.model)] if model_body is not None else []
+    live_deployment = ctx.cache.get(k8s.DEPLOYMENTS, namespace, name)
+    live_service = ctx.cache.get(k8s.SERVICES, namespace, name)
     scaled = scaling.scale(ctx, spec, body, live_deployment)
     spec = scaled.spec
     canary_inputs = _canary_inputs(ctx, spec, body, name, namespace)
@@ -110,7 +106,7 @@ def _canary_inputs(
     ctx: Context, spec: ModelDeploymentSpec, body: dict[str, Any], name: str, namespace: str
 ) -> tuple[dict[str, Any] | None, CanaryServer | None, Any]:
     """The live canary Deployment and, while a canary runs, Triton's counters of every pod."""
-    live = ctx.kube.get(k8s.DEPLOYMENTS, namespace, naming.canary_name(name))
+    live = ctx.cache.get(k8s.DEPLOYMENTS, namespace, naming.canary_name(name))
     if spec.rollout.strategy != RolloutStrategy.CANARY and live is None:
         return None, None, None
     server = None
@@ -156,12 +152,13 @@ def keep(ctx: Context, resource: k8s.Resource, live: dict[str, Any] | None, desi
         return
     if any(d.kind != "extra" for d in found):
         live = ctx.kube.apply(resource, desired)
+        ctx.cache.store(resource, live)
         found = differences(desired, live)
     ops = removals(found)
     if ops:
         meta = desired["metadata"]
         try:
-            ctx.kube.json_patch(resource, meta["namespace"], meta["name"], ops)
+            ctx.cache.store(resource, ctx.kube.json_patch(resource, meta["namespace"], meta["name"], ops))
         except k8s.Invalid:  # a guarding test failed: the list changed since it was read
             raise RetryLater(f"{resource.kind} {meta['name']} changed while entries added by hand were removed") from None
 
@@ -171,9 +168,13 @@ VERDICT_ATTEMPTS = 5
 
 def record_verdict(ctx: Context, namespace: str, verdict: Verdict) -> None:
     """Change one ModelVersion's failedBy without losing a concurrent change: each write is
-    guarded by the resourceVersion it was computed from, and a conflict reads again."""
-    for _ in range(VERDICT_ATTEMPTS):
-        body = ctx.kube.get(k8s.MODELVERSIONS, namespace, verdict.version_name)
+    guarded by the resourceVersion it was computed from, and a conflict reads again (from the
+    API: the cache has not seen the change that conflicted)."""
+    for attempt in range(VERDICT_ATTEMPTS):
+        if attempt == 0:
+            body = ctx.cache.get(k8s.MODELVERSIONS, namespace, verdict.version_name)
+        else:
+            body = ctx.kube.get(k8s.MODELVERSIONS, namespace, verdict.version_name)
         if body is None:
             return
         status = failed_by_status(body.get("status"), verdict, ctx.clock())
@@ -181,7 +182,8 @@ def record_verdict(ctx: Context, namespace: str, verdict: Verdict) -> None:
             return
         patch = {"metadata": {"resourceVersion": body["metadata"]["resourceVersion"]}, "status": status}
         try:
-            ctx.kube.patch(k8s.MODELVERSIONS, namespace, verdict.version_name, patch, subresource="status")
+            patched = ctx.kube.patch(k8s.MODELVERSIONS, namespace, verdict.version_name, patch, subresource="status")
+            ctx.cache.store(k8s.MODELVERSIONS, patched)
             return
         except k8s.Conflict:
             continue

@@ -1,11 +1,11 @@
-"""Reconcile one Model: aggregate its versions, own its children, wake what depends on it."""
+"""Reconcile one Model: aggregate its versions and own its children. What a change of the Model
+wakes is decided when its watch event arrives (`modelops.core.dependents`)."""
 
 from __future__ import annotations
 
 from modelops import kube as k8s
 from modelops.api.model import ModelSpec
 from modelops.api.types import ConditionType
-from modelops.api.version import TERMINAL_PHASES
 from modelops.core.models import model_status, transport_condition
 from modelops.core.objects import OwnerRef, VersionView, with_owner
 from modelops.core.rollout import stale_verdicts
@@ -15,14 +15,13 @@ from modelops.handlers.queue import Key
 
 
 def reconcile_model(ctx: Context, key: Key) -> float | None:
-    body = ctx.kube.get(k8s.MODELS, key.namespace, key.name)
+    body = ctx.cache.get(k8s.MODELS, key.namespace, key.name)
     if body is None or body["metadata"].get("deletionTimestamp"):
         return None
     spec = ModelSpec.model_validate(body["spec"])
     owner = OwnerRef.of(body)
-    selector = f"spec.model={key.name}"
-    versions = ctx.kube.list(k8s.MODELVERSIONS, key.namespace, field_selector=selector)
-    deployments = ctx.kube.list(k8s.MODELDEPLOYMENTS, key.namespace, field_selector=selector)
+    versions = ctx.cache.versions_of(key.namespace, key.name)
+    deployments = ctx.cache.deployments_of(key.namespace, key.name)
 
     # Children are owned by the Model, so deleting it removes them and everything they own.
     for child, resource in [(v, k8s.MODELVERSIONS) for v in versions] + [(d, k8s.MODELDEPLOYMENTS) for d in deployments]:
@@ -47,11 +46,4 @@ def reconcile_model(ctx: Context, key: Key) -> float | None:
     # A deleted ModelDeployment (or one moved to another Model) takes its verdicts with it.
     for verdict in stale_verdicts(views, {d["metadata"]["name"] for d in deployments}):
         record_verdict(ctx, key.namespace, verdict)
-
-    # Versions waiting for this Model (or for a duplicate to go away), and every deployment.
-    for view in views:
-        if view.phase not in TERMINAL_PHASES:
-            ctx.wake(Key("ModelVersion", key.namespace, view.name))
-    for deployment in deployments:
-        ctx.wake(Key("ModelDeployment", key.namespace, deployment["metadata"]["name"]))
     return None

@@ -1,7 +1,10 @@
-"""The kopf wiring. Every watch event only wakes a key; nothing here decides anything.
+"""The kopf wiring. Every watch event feeds the cache and wakes the keys it can affect
+(`modelops.core.dependents` decides which); nothing here decides anything else.
 
-Only event-watching handlers are used: kopf then stores no progress, diff-base or finalizer
-on our objects, so a resync with nothing changed writes nothing.
+Only event-watching and indexing handlers are used: kopf then stores no progress, diff-base
+or finalizer on our objects, so a resync with nothing changed writes nothing. The indexing
+handlers feed the cache; kopf runs them for every object of the initial listings of all
+watched kinds before it runs any other handler, so no reconcile ever sees a half-filled cache.
 """
 
 from __future__ import annotations
@@ -10,13 +13,15 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import kopf
 
 from modelops import kube as k8s
 from modelops.api.types import GROUP, VERSION
-from modelops.core import naming
+from modelops.core import dependents, naming
+from modelops.handlers.cache import Cache
 from modelops.handlers.context import Context
 from modelops.handlers.deployments import reconcile_deployment
 from modelops.handlers.models import reconcile_model
@@ -34,6 +39,7 @@ RECONCILERS: dict[str, Reconciler] = {
     "ModelDeployment": reconcile_deployment,
 }
 MANAGED = {naming.LABEL_MANAGED_BY: naming.MANAGED_BY}
+COMPRESSOR_PODS = {**MANAGED, naming.LABEL_COMPONENT: naming.COMPONENT_COMPRESSOR}
 
 
 def configure_kopf(settings: kopf.OperatorSettings) -> None:
@@ -57,8 +63,12 @@ class Operator:
         self.ctx: Context | None = None
         self.queue: WorkQueue | None = None
         self.known: set[Key] = set()
+        self.cache = Cache()
         self._runners: list[Any] = []
         self._resync: asyncio.Task[None] | None = None
+        # Reconciles wait on the API server most of the time: one thread per worker, so that
+        # `workers` requests are in flight (asyncio's default pool has only cores + 4 threads).
+        self._threads = ThreadPoolExecutor(settings.workers, thread_name_prefix="modelops-reconcile")
         self.ready = False
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -70,6 +80,7 @@ class Operator:
             loop.call_soon_threadsafe(self.wake, key)
 
         self.ctx = self._make_context(wake_from_thread)
+        self.ctx.cache = self.cache
         self.queue = WorkQueue(
             self._work, self.settings.workers, self.settings.max_backoff_seconds, self.ctx.metrics.queue_depth.set
         )
@@ -89,6 +100,7 @@ class Operator:
             await self.queue.stop()
         for runner in self._runners:
             await runner.cleanup()
+        self._threads.shutdown(wait=False, cancel_futures=True)
         if self.ctx is not None:
             self.ctx.kube.close()
 
@@ -118,7 +130,7 @@ class Operator:
         assert ctx is not None
         started = time.monotonic()
         try:
-            retry_after = await asyncio.to_thread(RECONCILERS[key.kind], ctx, key)
+            retry_after = await asyncio.get_running_loop().run_in_executor(self._threads, RECONCILERS[key.kind], ctx, key)
         except k8s.Conflict:
             ctx.metrics.reconciles.labels(key.kind, "conflict").inc()
             raise RetryLater(f"{key}: changed while reconciling", delay=0.0) from None
@@ -134,9 +146,9 @@ class Operator:
         return retry_after
 
 
-def _owner_key(body: dict[str, Any], kind: str) -> Key | None:
+def _owner_key(body: dict[str, Any], kind: str, group: str = GROUP) -> Key | None:
     for ref in body.get("metadata", {}).get("ownerReferences") or []:
-        if ref.get("kind") == kind and ref.get("apiVersion", "").startswith(f"{GROUP}/"):
+        if ref.get("kind") == kind and ref.get("apiVersion", "").startswith(f"{group}/"):
             return Key(kind, body["metadata"]["namespace"], ref["name"])
     return None
 
@@ -159,46 +171,105 @@ def build_registry(operator: Operator) -> kopf.OperatorRegistry:
     async def cleanup(**_: Any) -> None:
         await operator.stop()
 
+    cache = operator.cache
+
+    def feeds(resource: k8s.Resource, labels: dict[str, Any] | None = None) -> None:
+        """Keep the cache of `resource` current from kopf's watch of it (deletions come as events)."""
+
+        @kopf.on.index(resource.group, resource.version, resource.plural, labels=labels, id=f"cache-{resource.plural}", registry=registry)
+        def index(body: kopf.Body, **_: Any) -> None:
+            cache.observe(resource, dict(body))
+
+    for resource, labels in (
+        (k8s.MODELS, None), (k8s.MODELVERSIONS, None), (k8s.MODELDEPLOYMENTS, None),
+        (k8s.JOBS, MANAGED), (k8s.DEPLOYMENTS, MANAGED), (k8s.SERVICES, MANAGED), (k8s.PODS, COMPRESSOR_PODS),
+    ):
+        feeds(resource, labels)
+
+    def previous(resource: k8s.Resource, event: kopf.RawEvent) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+        """(before, after) of this event: the indexing handler already kept `after`; `before`
+        is what the previous event of this object left."""
+        body: dict[str, Any] = dict(event["object"])
+        meta = body.get("metadata") or {}
+        ref = (resource.plural, meta.get("namespace", ""), meta.get("name", ""))
+        if event.get("type") == "DELETED":
+            cache.forget(resource, body)
+            return last.pop(ref, None), None
+        after = cache.get(resource, ref[1], ref[2])
+        before = last.get(ref)
+        last[ref] = after
+        return before, after
+
+    last: dict[tuple[str, str, str], dict[str, Any] | None] = {}
+
     @kopf.on.event(GROUP, VERSION, "models", registry=registry)
     async def model_event(event: kopf.RawEvent, name: str, namespace: str | None, **_: Any) -> None:
-        key = Key("Model", namespace or "", name)
-        operator.seen(key, event.get("type") == "DELETED")
+        namespace = namespace or ""
+        key = Key("Model", namespace, name)
+        before, after = previous(k8s.MODELS, event)
+        operator.seen(key, after is None)
         operator.wake(key)
+        if dependents.model_changed(before, after):  # only its spec reaches below it
+            for version in dependents.waiting_versions(cache.versions_of(namespace, name)):
+                operator.wake(Key("ModelVersion", namespace, version))
+            for deployment in cache.deployments_of(namespace, name):
+                operator.wake(Key("ModelDeployment", namespace, deployment["metadata"]["name"]))
 
     @kopf.on.event(GROUP, VERSION, "modelversions", registry=registry)
     async def version_event(event: kopf.RawEvent, body: kopf.Body, name: str, namespace: str | None, **_: Any) -> None:
         namespace = namespace or ""
         key = Key("ModelVersion", namespace, name)
-        operator.seen(key, event.get("type") == "DELETED")
+        before, after = previous(k8s.MODELVERSIONS, event)
+        operator.seen(key, after is None)
         operator.wake(key)
-        operator.wake(Key("Model", namespace, (body.get("spec") or {}).get("model", "")))
+        model = (body.get("spec") or {}).get("model", "")
+        operator.wake(Key("Model", namespace, model))
+        old, new = dependents.view_of(before), dependents.view_of(after)
+        for sibling in dependents.siblings_to_wake(old, new, cache.versions_of(namespace, model)):
+            operator.wake(Key("ModelVersion", namespace, sibling))
+        for deployment in dependents.deployments_to_wake(old, new, cache.deployments_of(namespace, model)):
+            operator.wake(Key("ModelDeployment", namespace, deployment))
 
     @kopf.on.event(GROUP, VERSION, "modeldeployments", registry=registry)
     async def deployment_event(event: kopf.RawEvent, body: kopf.Body, name: str, namespace: str | None, **_: Any) -> None:
         namespace = namespace or ""
         key = Key("ModelDeployment", namespace, name)
-        deleted = event.get("type") == "DELETED"
-        operator.seen(key, deleted)
+        before, after = previous(k8s.MODELDEPLOYMENTS, event)
+        operator.seen(key, after is None)
         operator.wake(key)
-        if deleted:  # its Model clears the verdicts it left on the versions
-            operator.wake(Key("Model", namespace, (body.get("spec") or {}).get("model", "")))
+        if after is None or (before or {}).get("spec", {}).get("model") != after.get("spec", {}).get("model"):
+            # Its Model (old and new) adopts it, or clears the verdicts it left on the versions.
+            for model in {(before or {}).get("spec", {}).get("model"), (body.get("spec") or {}).get("model")}:
+                if model:
+                    operator.wake(Key("Model", namespace, model))
 
     @kopf.on.event("batch", "v1", "jobs", labels=MANAGED, registry=registry)
-    async def job_event(body: Any, **_: Any) -> None:
+    async def job_event(event: kopf.RawEvent, body: Any, **_: Any) -> None:
+        previous(k8s.JOBS, event)
         owner = _owner_key(dict(body), "ModelVersion")
+        if owner is not None:
+            operator.wake(owner)
+
+    @kopf.on.event("", "v1", "pods", labels=COMPRESSOR_PODS, registry=registry)
+    async def job_pod_event(event: kopf.RawEvent, body: Any, **_: Any) -> None:
+        previous(k8s.PODS, event)
+        job = _owner_key(dict(body), "Job", group="batch")
+        owner = _owner_key(cache.get(k8s.JOBS, job.namespace, job.name) or {}, "ModelVersion") if job else None
         if owner is not None:
             operator.wake(owner)
 
     # A change to a child, by anyone, wakes its owner: a hand edit, a scale or a deletion is
     # reverted by the owner's next reconcile (what it renders, it keeps).
     @kopf.on.event("apps", "v1", "deployments", labels=MANAGED, registry=registry)
-    async def server_event(body: Any, **_: Any) -> None:
+    async def server_event(event: kopf.RawEvent, body: Any, **_: Any) -> None:
+        previous(k8s.DEPLOYMENTS, event)
         owner = _owner_key(dict(body), "ModelDeployment")
         if owner is not None:
             operator.wake(owner)
 
     @kopf.on.event("", "v1", "services", labels=MANAGED, registry=registry)
-    async def service_event(body: Any, **_: Any) -> None:
+    async def service_event(event: kopf.RawEvent, body: Any, **_: Any) -> None:
+        previous(k8s.SERVICES, event)
         owner = _owner_key(dict(body), "ModelDeployment")
         if owner is not None:
             operator.wake(owner)

@@ -44,7 +44,7 @@ _WARNING_PHASES = {Phase.REJECTED, Phase.FAILED}
 
 
 def reconcile_version(ctx: Context, key: Key) -> float | None:
-    body = ctx.kube.get(k8s.MODELVERSIONS, key.namespace, key.name)
+    body = ctx.cache.get(k8s.MODELVERSIONS, key.namespace, key.name)
     if body is None or body["metadata"].get("deletionTimestamp"):
         ctx.metrics.versions.set(key.namespace, key.name, None)
         return None
@@ -69,12 +69,8 @@ def _decide(ctx: Context, body: dict[str, Any]) -> VersionState:
         spec = ModelVersionSpec.model_validate(body.get("spec") or {})
     except ValidationError as err:
         return waiting(Phase.FAILED, VersionReason.INVALID_SPEC, f"spec does not match the API: {err.errors()[0]['loc']}: {err.errors()[0]['msg']}")
-    model_body = ctx.kube.get(k8s.MODELS, namespace, spec.model)
-    siblings = [
-        VersionView.from_body(b)
-        for b in ctx.kube.list(k8s.MODELVERSIONS, namespace, field_selector=f"spec.model={spec.model}")
-        if b["metadata"]["name"] != name
-    ]
+    model_body = ctx.cache.get(k8s.MODELS, namespace, spec.model)
+    siblings = [VersionView.from_body(b) for b in ctx.cache.versions_of(namespace, spec.model) if b["metadata"]["name"] != name]
     blocked = check_prerequisites(VersionView.from_body(body), model_body is not None, siblings)
     if blocked is not None:
         return blocked
@@ -85,7 +81,7 @@ def _decide(ctx: Context, body: dict[str, Any]) -> VersionState:
     except InvalidRecipe as err:
         return waiting(Phase.FAILED, VersionReason.INVALID_RECIPE, str(err))
     job_name = naming.job_name(name)
-    job = ctx.kube.get(k8s.JOBS, namespace, job_name)
+    job = ctx.cache.get(k8s.JOBS, namespace, job_name)
     # A Job that evaluates a cached compression shows as Evaluating while it runs; the phase
     # it was created with is the record of that.
     evaluating = (body.get("status") or {}).get("phase") == Phase.EVALUATING
@@ -100,9 +96,7 @@ def _decide(ctx: Context, body: dict[str, Any]) -> VersionState:
             f"a Job named {job_name} exists but does not belong to this ModelVersion; delete it",
             retry_after=ctx.settings.retry_seconds,
         )
-    pods = ctx.kube.list(
-        k8s.PODS, namespace, label_selector=f"batch.kubernetes.io/controller-uid={job['metadata']['uid']}"
-    )
+    pods = ctx.cache.pods_of_job(namespace, job["metadata"]["uid"])
     result = job_result(job, pods)
     if result.state == "succeeded" and result.report is None:
         result = replace(result, report=_stored_report(ctx, namespace, spec, model))
@@ -145,7 +139,7 @@ def _start(
         return waiting(Phase.VERIFYING, VersionReason.INSECURE_ENDPOINT, insecure)
     try:
         store = ctx.store_for(namespace, model.storage)
-        store.head(spec.artifact.uri)
+        store.head_recent(spec.artifact.uri)
     except CredentialsProblem as err:
         return waiting(Phase.VERIFYING, VersionReason(err.reason), f"{err}; create it in namespace {namespace}", retry)
     except ObjectNotFound:
@@ -191,6 +185,7 @@ def _start(
         settings=ctx.settings,
     )
     created_job, created = ctx.kube.create(k8s.JOBS, job)
+    ctx.cache.store(k8s.JOBS, created_job)
     evaluating = decision.action == reuse.Action.EVALUATE
     if created:
         ctx.metrics.jobs_created.inc()

@@ -1,0 +1,438 @@
+"""Reconcile at scale: 10 Models, 1,000 ModelVersions and 1,000 ModelDeployments on the real
+control plane of the local test bed, with kwok nodes standing in for the GPU capacity.
+
+    MODELOPS_TESTBED_INDEX=<i> python bench/scale_bench.py [--versions 1000 --deployments 1000]
+
+Set-up. The test bed comes up (or is reused); kwok, built from its Go module by build.sh, runs
+against it with kwok's own fast stages and manages only the nodes annotated
+kwok.x-k8s.io/node=fake. Those nodes carry the GPU labels and taint that the test bed's GPU node
+carries (nvidia.com/gpu.present, nvidia.com/gpu count, the nvidia.com/gpu:NoSchedule taint) plus
+kwok's own kwok.x-k8s.io/node=fake:NoSchedule taint, so only pods that ask for them land there:
+the test bed's node agents watch only pods bound to their own nodes, so they never touch kwok's.
+Compression is a cache hit for every ModelVersion: they all name one artifact and recipe,
+whose finished compression (artifact and report, as a Job leaves them) is put in MinIO first,
+so each version is Ready from the cached report without a Job. One in ten ModelDeployments runs one Triton pod (one GPU) on
+a kwok node, which kwok's pod-ready stage makes Ready; the others have replicas 0.
+
+The operator runs as `python -m modelops` (the code of the chart's image) watching one
+namespace, as the test bed's admin, told apart in the audit log by its user agent.
+
+Measured, from one run:
+- converged: from the first create to every version Ready and every deployment Ready at its
+  generation;
+- create to first status write, p50 and p99, for objects created at a steady 10 per second;
+- the operator's peak RSS and CPU seconds (from /proc);
+- the operator's API requests per object by verb (from the apiserver's audit log);
+- a full resync with nothing changed: its writes and CPU seconds;
+- the memory of the watch-fed cache for these objects (tracemalloc, in this process).
+
+Results go to bench/results/scale.json; each figure is printed beside its target.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import tracemalloc
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from e2e import support
+from e2e.support import OperatorProcess, eventually
+from tests.integration.conftest import publish_cached
+
+ROOT = support.REPO_ROOT
+RESULTS = ROOT / "bench" / "results" / "scale.json"
+NAMESPACE = "scale"
+GROUP, VERSION = "modelops.dev", "v1alpha1"
+KWOK_NODES = 4
+KWOK_GPUS = 32  # per node: room for every serving deployment's pod
+KWOK_TAINT = {"key": "kwok.x-k8s.io/node", "value": "fake", "effect": "NoSchedule"}
+USER_AGENT = "modelops-operator/"
+WRITE_VERBS = {"create", "update", "patch", "delete", "deletecollection"}
+RESYNC_SECONDS = 120
+TARGETS = {"converged_s": 60.0, "p99_first_status_s": 1.0, "peak_rss_mib": 150.0, "resync_writes": 0}
+BEFORE = {"converged_s": 786.0, "requests_per_object": 8.7, "peak_rss_mib": 162.0}
+
+
+def log(message: str) -> None:
+    print(f"[scale] {message}", file=sys.stderr, flush=True)
+
+
+# -- the cluster -----------------------------------------------------------------------------
+
+
+def api_clients(kubeconfig: str) -> tuple[Any, Any]:
+    from kubernetes import client, config
+
+    configuration = client.Configuration()
+    config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
+    configuration.connection_pool_maxsize = 16
+    api = client.ApiClient(configuration)
+    return client.CustomObjectsApi(api), client.CoreV1Api(api)
+
+
+def start_kwok(testbed: support.Testbed, log_path: Path) -> subprocess.Popen:
+    binary = Path(support.binaries()) / "kwok"
+    args = [
+        str(binary), f"--kubeconfig={testbed.kubeconfig}", "--manage-all-nodes=false",
+        "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
+        f"--config={ROOT / 'e2e/testbed/kwok-stages.yaml'}", "--node-lease-duration-seconds=40",
+        "--server-address=", "--cidr=10.250.0.0/16",
+    ]
+    return subprocess.Popen(args, stdout=log_path.open("ab"), stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def kwok_nodes(testbed: support.Testbed) -> None:
+    docs = []
+    for i in range(KWOK_NODES):
+        docs.append({
+            "apiVersion": "v1", "kind": "Node",
+            "metadata": {
+                "name": f"kwok-gpu-{i}", "annotations": {"kwok.x-k8s.io/node": "fake", "node.alpha.kubernetes.io/ttl": "0"},
+                "labels": {"type": "kwok", "kubernetes.io/hostname": f"kwok-gpu-{i}", "nvidia.com/gpu.present": "true",
+                           "nvidia.com/gpu.count": str(KWOK_GPUS)},
+            },
+            "spec": {"taints": [KWOK_TAINT, {"key": "nvidia.com/gpu", "effect": "NoSchedule"}]},
+            "status": {"allocatable": {"cpu": "64", "memory": "512Gi", "pods": "250", "nvidia.com/gpu": str(KWOK_GPUS)},
+                       "capacity": {"cpu": "64", "memory": "512Gi", "pods": "250", "nvidia.com/gpu": str(KWOK_GPUS)}}
+        })
+    testbed.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(docs))
+    eventually(lambda: testbed.kubectl("get", "nodes", "-l", "type=kwok", "-o",
+                                       "jsonpath={range .items[*]}{.status.conditions[?(@.type=='Ready')].status}{' '}{end}").split()
+               == ["True"] * KWOK_NODES, 60, "the kwok nodes to be Ready")
+
+
+def model_doc(name: str, bucket: str) -> dict[str, Any]:
+    model = yaml.safe_load((ROOT / "config/samples/01-model.yaml").read_text())
+    model["metadata"] = {"name": name}
+    model["spec"]["storage"].update(endpoint=support_endpoint, bucket=bucket, credentialsSecret={"name": "scale-storage"})
+    model["spec"]["versionDefaults"].pop("evaluation", None)
+    return model
+
+
+support_endpoint = ""
+
+
+def version_doc(model: str, number: int, uri: str, sha: str) -> dict[str, Any]:
+    return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "ModelVersion", "metadata": {"name": f"{model}-v{number}", "namespace": NAMESPACE},
+            "spec": {"model": model, "version": number, "artifact": {"uri": uri, "format": "onnx", "sha256": sha}}}
+
+
+def deployment_doc(model: str, number: int, serving: bool) -> dict[str, Any]:
+    spec: dict[str, Any] = {"model": model, "versionPolicy": "Pinned", "version": number, "replicas": 1 if serving else 0,
+                            "triton": {"backend": "python"}}
+    if serving:
+        spec["scheduling"] = {"gpus": 1, "nodeSelector": {"type": "kwok"},
+                              "tolerations": [{"key": KWOK_TAINT["key"], "operator": "Exists", "effect": "NoSchedule"}]}
+    return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "ModelDeployment", "metadata": {"name": f"{model}-d{number}", "namespace": NAMESPACE},
+            "spec": spec}
+
+
+# -- the operator --------------------------------------------------------------------------------
+
+
+def proc_stats(pid: int) -> tuple[float, float]:
+    """(CPU seconds, peak RSS MiB) of a process."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    hwm = next(line for line in Path(f"/proc/{pid}/status").read_text().splitlines() if line.startswith("VmHWM"))
+    return cpu, int(hwm.split()[1]) / 1024
+
+
+class Audit:
+    def __init__(self, path: str) -> None:
+        self.path = Path(path)
+        self.offset = 0
+
+    def mark(self) -> None:
+        time.sleep(2)
+        self.offset = self.path.stat().st_size
+
+    def operator_requests(self) -> list[dict[str, Any]]:
+        time.sleep(2)
+        with self.path.open("rb") as handle:
+            handle.seek(self.offset)
+            lines = handle.read().splitlines()
+        events = [json.loads(line) for line in lines if line.strip()]
+        return [e for e in events if e.get("stage") == "ResponseComplete" and str(e.get("userAgent", "")).startswith(USER_AGENT)
+                and (e.get("objectRef") or {}).get("namespace") == NAMESPACE]
+
+
+def by_verb(events: list[dict[str, Any]]) -> dict[str, int]:
+    return dict(sorted(Counter(e["verb"] for e in events).items()))
+
+
+# -- phases -------------------------------------------------------------------------------------
+
+
+def create_all(custom: Any, docs: list[dict[str, Any]], threads: int = 8) -> None:
+    def create(doc: dict[str, Any]) -> None:
+        plural = "modelversions" if doc["kind"] == "ModelVersion" else "modeldeployments"
+        custom.create_namespaced_custom_object(GROUP, VERSION, NAMESPACE, plural, doc)
+
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(create, docs))
+
+
+def converged(custom: Any, versions: int, deployments: int, marks: dict[str, float] | None = None) -> bool:
+    """Every version Ready and every deployment Ready at its generation. `marks` records when
+    the versions were first all Ready, and when every deployment first had a status."""
+    marks = marks if marks is not None else {}
+    mvs = custom.list_namespaced_custom_object(GROUP, VERSION, NAMESPACE, "modelversions")["items"]
+    ready = sum(1 for v in mvs if (v.get("status") or {}).get("phase") == "Ready")
+    if ready < versions:
+        return False
+    marks.setdefault("versions_ready", time.monotonic())
+    mdeps = custom.list_namespaced_custom_object(GROUP, VERSION, NAMESPACE, "modeldeployments")["items"]
+    done = 0
+    if sum(1 for d in mdeps if d.get("status")) >= deployments:
+        marks.setdefault("deployments_status", time.monotonic())
+    for d in mdeps:
+        status = d.get("status") or {}
+        ready_condition = next((c for c in status.get("conditions") or [] if c["type"] == "Ready"), {})
+        if ready_condition.get("status") == "True" and status.get("observedGeneration") == d["metadata"]["generation"]:
+            done += 1
+    return done >= deployments
+
+
+def first_status_latencies(testbed: support.Testbed, custom: Any, docs: list[dict[str, Any]], rate: float) -> list[float]:
+    """Create `docs` at `rate` per second; seconds from each create to its first status write."""
+    from kubernetes import watch
+
+    created: dict[str, float] = {}
+    first: dict[str, float] = {}
+    done = threading.Event()
+    names = {d["metadata"]["name"] for d in docs}
+
+    def follow() -> None:
+        w = watch.Watch()
+        for event in w.stream(custom.list_namespaced_custom_object, GROUP, VERSION, NAMESPACE, "modelversions", timeout_seconds=300):
+            obj = event["object"]
+            name = obj["metadata"]["name"]
+            if name in names and name not in first and obj.get("status"):
+                first[name] = time.monotonic()
+                if len(first) == len(names):
+                    break
+        done.set()
+
+    watcher = threading.Thread(target=follow, daemon=True)
+    watcher.start()
+    time.sleep(1)
+    start = time.monotonic()
+    for i, doc in enumerate(docs):
+        delay = start + i / rate - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        created[doc["metadata"]["name"]] = time.monotonic()
+        custom.create_namespaced_custom_object(GROUP, VERSION, NAMESPACE, "modelversions", doc)
+    done.wait(120)
+    return sorted(first[n] - created[n] for n in first)
+
+
+def cache_memory(custom: Any, core: Any) -> dict[str, Any]:
+    """Memory of the watch-fed cache for the objects now in the namespace, against keeping the
+    bodies whole (with managedFields), measured with tracemalloc in this process."""
+    from modelops import kube as k8s
+    from modelops.handlers.cache import Cache
+
+    bodies = [
+        (k8s.MODELVERSIONS, custom.list_namespaced_custom_object(GROUP, VERSION, NAMESPACE, "modelversions")["items"]),
+        (k8s.MODELDEPLOYMENTS, custom.list_namespaced_custom_object(GROUP, VERSION, NAMESPACE, "modeldeployments")["items"]),
+        (k8s.MODELS, custom.list_namespaced_custom_object(GROUP, VERSION, NAMESPACE, "models")["items"]),
+    ]
+    count = sum(len(items) for _, items in bodies)
+
+    def measure(keep: Any) -> int:
+        fresh = copy.deepcopy(bodies)
+        tracemalloc.start()
+        before = tracemalloc.get_traced_memory()[0]
+        kept = keep(fresh)
+        after = tracemalloc.get_traced_memory()[0]
+        tracemalloc.stop()
+        del kept
+        return after - before
+
+    def whole(fresh: Any) -> Any:
+        return [copy.deepcopy(items) for _, items in fresh]
+
+    def cached(fresh: Any) -> Any:
+        cache = Cache()
+        for resource, items in fresh:
+            for item in items:
+                cache.observe(resource, copy.deepcopy(item))
+        return cache
+
+    whole_bytes, cached_bytes = measure(whole), measure(cached)
+    return {"objects": count, "whole_bodies_mib": round(whole_bytes / 2**20, 2), "cache_mib": round(cached_bytes / 2**20, 2)}
+
+
+def machine() -> dict[str, Any]:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")), "")
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "kernel": platform.release()}
+
+
+def report(results: dict[str, Any]) -> None:
+    rows = [
+        ("converged (s)", results["converged_s"], f"<= {TARGETS['converged_s']:g}", BEFORE["converged_s"]),
+        ("  every version Ready (s)", results["versions_ready_s"], "", None),
+        ("  every deployment has a status (s)", results["deployments_first_status_s"], "", None),
+        ("  Services the API server created per s", results["apiserver_services_per_s"], "", None),
+        ("create -> first status p50 (s)", results["first_status_s"]["p50"], "", None),
+        ("create -> first status p99 (s)", results["first_status_s"]["p99"], f"<= {TARGETS['p99_first_status_s']:g}", None),
+        ("operator peak RSS (MiB)", results["operator"]["peak_rss_mib"], f"<= {TARGETS['peak_rss_mib']:g}", BEFORE["peak_rss_mib"]),
+        ("operator CPU during convergence (s)", results["operator"]["converge_cpu_s"], "", None),
+        ("API requests per object", results["requests_per_object"], "", BEFORE["requests_per_object"]),
+        ("no-op resync: writes", results["resync"]["writes"], f"== {TARGETS['resync_writes']}", None),
+        ("no-op resync: CPU (s)", results["resync"]["cpu_s"], "", None),
+        ("cache memory (MiB)", results["cache"]["cache_mib"], "", None),
+    ]
+    print(f"{'figure':40} {'measured':>10} {'target':>8} {'before':>8}")
+    for name, value, target, before in rows:
+        print(f"{name:40} {value:>10} {target:>8} {before if before is not None else '':>8}")
+    print("requests per object by verb:", results["requests_per_object_by_verb"])
+
+
+def main() -> int:
+    global support_endpoint
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", type=int, default=10)
+    parser.add_argument("--versions", type=int, default=1000)
+    parser.add_argument("--deployments", type=int, default=1000)
+    parser.add_argument("--serving-every", type=int, default=10, help="one deployment in N runs a Triton pod on a kwok node")
+    parser.add_argument("--latency-objects", type=int, default=100)
+    parser.add_argument("--rate", type=float, default=10.0)
+    parser.add_argument("--workers", type=int, default=0, help="MODELOPS_WORKERS for the operator (0: its default)")
+    parser.add_argument("--py-spy", default="", help="py-spy binary: profile the operator while it converges")
+    parser.add_argument("--out", default=str(RESULTS), help="where the JSON goes")
+    parser.add_argument("--operator-path", default="", help="run the operator from this source folder (another checkout's operator/)")
+    args = parser.parse_args()
+    work = Path(os.environ.get("MODELOPS_CACHE", Path.home() / ".cache/modelops")) / "bench" / "scale"
+    work.mkdir(parents=True, exist_ok=True)
+
+    testbed, _ = support.bring_up()
+    support.install_crds(testbed)
+    custom, core = api_clients(testbed.kubeconfig)
+    kwok = start_kwok(testbed, work / "kwok.log")
+    operator: OperatorProcess | None = None
+    try:
+        kwok_nodes(testbed)
+        testbed.kubectl("delete", "namespace", NAMESPACE, "--ignore-not-found", "--wait=true", timeout=600)
+        testbed.kubectl("create", "namespace", NAMESPACE)
+        storage = testbed.storage("scale-bench")
+        storage.ensure()
+        support_endpoint = storage.endpoint
+        artifact = Path(support.digits_model().onnx).read_bytes()
+        uri, sha = storage.uri("digits/model.onnx"), storage.put("digits/model.onnx", artifact)
+        secret = storage.secret("scale-storage")
+        models = [model_doc(f"m{i}", storage.bucket) for i in range(args.models)]
+        publish_cached(storage, models[0], version_doc("m0", 1, uri, sha), artifact)
+        testbed.apply(NAMESPACE, [secret, *models])
+
+        env = {"MODELOPS_RESYNC_SECONDS": str(RESYNC_SECONDS), "MODELOPS_RETRY_SECONDS": "2"}
+        if args.workers:
+            env["MODELOPS_WORKERS"] = str(args.workers)
+        if args.operator_path:
+            env["PYTHONPATH"] = str(Path(args.operator_path).resolve())
+        operator = OperatorProcess(Path(testbed.kubeconfig), NAMESPACE, work / "operator.log", env)
+        operator.start()
+        assert operator.process is not None
+        pid = operator.process.pid
+
+        per_model = args.versions // args.models
+        versions = [version_doc(f"m{i}", n, uri, sha) for n in range(1, per_model + 1) for i in range(args.models)]
+        deployments = [deployment_doc(f"m{i}", n, serving=(k % args.serving_every == 0))
+                       for k, (n, i) in enumerate((n, i) for n in range(1, args.deployments // args.models + 1) for i in range(args.models))]
+        audit = Audit(testbed.audit_log)
+        audit.mark()
+        cpu0, _ = proc_stats(pid)
+        log(f"creating {len(versions)} ModelVersions and {len(deployments)} ModelDeployments")
+        profiler = None
+        if args.py_spy:
+            profiler = subprocess.Popen([args.py_spy, "record", "--nonblocking", "--threads", "--idle", "-r", "50", "-f", "raw",
+                                         "-o", str(work / "profile.txt"), "-p", str(pid)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        started = time.monotonic()
+        create_all(custom, versions + deployments)
+        created_s = time.monotonic() - started
+        marks: dict[str, float] = {}
+        eventually(lambda: converged(custom, len(versions), len(deployments), marks), 1800, "convergence", interval=1.0)
+        converged_s = time.monotonic() - started
+        services = core.list_namespaced_service(NAMESPACE).items
+        created = sorted(svc.metadata.creation_timestamp for svc in services)
+        service_rate = (len(created) - 1) / max(1.0, (created[-1] - created[0]).total_seconds()) if len(created) > 1 else 0.0
+        cpu1, _ = proc_stats(pid)
+        if profiler is not None:
+            profiler.send_signal(2)
+            profiler.wait(60)
+            log(f"profile: {work / 'profile.txt'}")
+        requests = audit.operator_requests()
+        objects = len(versions) + len(deployments)
+        log(f"converged in {converged_s:.1f}s (creates took {created_s:.1f}s)")
+
+        log(f"creating {args.latency_objects} ModelVersions at {args.rate:g}/s")
+        extra = [version_doc(f"m{i % args.models}", 10_000 + i, uri, sha) for i in range(args.latency_objects)]
+        latencies = first_status_latencies(testbed, custom, extra, args.rate)
+        eventually(lambda: converged(custom, len(versions) + len(extra), len(deployments)), 600, "convergence", interval=1.0)
+
+        log("waiting for a full resync with nothing changed")
+        audit.mark()
+        base = operator.metric("modelops_reconcile_total", kind="ModelVersion", result="ok")
+        cpu2, _ = proc_stats(pid)
+        eventually(lambda: operator.metric("modelops_reconcile_total", kind="ModelVersion", result="ok") >= base + len(versions) + len(extra),
+                   RESYNC_SECONDS + 300, "a resync", interval=1.0)
+        eventually(lambda: operator.metric("modelops_queue_depth") == 0, 300, "the resync to finish", interval=0.5)
+        time.sleep(2)
+        cpu3, rss = proc_stats(pid)
+        resync = audit.operator_requests()
+        resync_writes = [e for e in resync if e["verb"] in WRITE_VERBS]
+
+        results = {
+            "machine": machine(),
+            "setup": {"models": args.models, "versions": len(versions), "deployments": len(deployments),
+                      "serving_deployments": sum(1 for d in deployments if d["spec"]["replicas"]), "kwok_nodes": KWOK_NODES,
+                      "compression": "cache hits (a finished compression put in MinIO first), no Job", "creates_s": round(created_s, 1),
+                      "workers": args.workers or "default", "operator_path": args.operator_path or "operator"},
+            "converged_s": round(converged_s, 1),
+            "versions_ready_s": round(marks["versions_ready"] - started, 1),
+            "deployments_first_status_s": round(marks.get("deployments_status", marks["versions_ready"]) - started, 1),
+            "apiserver_services_per_s": round(service_rate, 2),
+            "first_status_s": {"objects": len(latencies), "rate_per_s": args.rate,
+                               "p50": round(statistics.median(latencies), 3),
+                               "p99": round(latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))], 3)},
+            "operator": {"peak_rss_mib": round(rss, 1), "converge_cpu_s": round(cpu1 - cpu0, 1), "total_cpu_s": round(cpu3, 1)},
+            "requests_per_object": round(len(requests) / objects, 2),
+            "requests_per_object_by_verb": {verb: round(n / objects, 3) for verb, n in by_verb(requests).items()},
+            "resync": {"writes": len(resync_writes), "requests": len(resync), "cpu_s": round(cpu3 - cpu2, 1),
+                       "write_examples": [f"{e['verb']} {e.get('requestURI')}" for e in resync_writes[:5]]},
+            "cache": cache_memory(custom, core),
+            "targets": TARGETS,
+            "before": BEFORE,
+        }
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(results, indent=2) + "\n")
+        report(results)
+        return 0
+    finally:
+        if operator is not None:
+            operator.stop()
+        kwok.terminate()
+        kwok.wait(30)
+        testbed.kubectl("delete", "namespace", NAMESPACE, "--ignore-not-found", "--wait=false", check=False)
+        testbed.kubectl("delete", "nodes", "-l", "type=kwok", "--ignore-not-found", check=False)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,61 @@
+"""Which objects a change can affect, so that a watch event wakes only those (pure).
+
+A Model's spec reaches every version and deployment of it; a version reaches the siblings
+that share its number (which of them owns it) and the deployments that may serve it or have
+served it; a change that no reconcile reads reaches nothing."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from modelops.api.deployment import VersionPolicy
+from modelops.api.version import TERMINAL_PHASES
+from modelops.core.objects import VersionView
+
+Body = dict[str, Any]
+
+
+def model_changed(old: Body | None, new: Body | None) -> bool:
+    """Created, deleted, or its spec changed (its own status changes nothing below it)."""
+    if old is None or new is None:
+        return old is not new
+    return bool(old.get("spec") != new.get("spec") or old["metadata"].get("deletionTimestamp") != new["metadata"].get("deletionTimestamp"))
+
+
+def view_of(body: Body | None) -> VersionView | None:
+    return VersionView.from_body(body) if body is not None else None
+
+
+def waiting_versions(versions: Iterable[Body]) -> list[str]:
+    """The versions whose outcome a Model change can still change: those not yet final."""
+    return [b["metadata"]["name"] for b in versions if (b.get("status") or {}).get("phase") not in TERMINAL_PHASES]
+
+
+def siblings_to_wake(old: VersionView | None, new: VersionView | None, siblings: Iterable[Body]) -> list[str]:
+    """When a version appears, goes or starts deleting, the waiting versions with its number
+    learn which of them owns it."""
+    if old is not None and new is not None and old.deleting == new.deleting:
+        return []
+    changed = new if new is not None else old
+    assert changed is not None
+    return [
+        name for name in waiting_versions(b for b in siblings if int((b.get("spec") or {}).get("version", 0)) == changed.version)
+        if name != changed.name
+    ]
+
+
+def deployments_to_wake(old: VersionView | None, new: VersionView | None, deployments: Iterable[Body]) -> list[str]:
+    """The deployments whose plan reads what changed in one version: every Latest one, and a
+    Pinned one that asks for, serves or served that version number."""
+    if old == new:
+        return []
+    changed = new if new is not None else old
+    assert changed is not None
+    woken = []
+    for body in deployments:
+        spec, status = body.get("spec") or {}, body.get("status") or {}
+        numbers = {spec.get("version"), status.get("desiredVersion"), status.get("servedVersion"), status.get("previousVersion")}
+        if spec.get("versionPolicy", VersionPolicy.LATEST) != VersionPolicy.PINNED or changed.version in numbers:
+            woken.append(body["metadata"]["name"])
+    return woken

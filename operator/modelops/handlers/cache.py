@@ -1,0 +1,171 @@
+"""Watch-fed, in-memory copies of the objects that reconciles read, as controller-runtime's
+informers keep them: reconciles read here, never with live GETs or LISTs; writes still go to
+the API (server-side apply, or guarded by resourceVersion) and what they return is kept here
+too, so a reconcile that follows its own write does not work from the state before it.
+
+Only what some reconcile reads is kept: managedFields, kubectl's last-applied annotation, the
+pod template of a Job and the spec of a Pod are dropped on the way in.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import OrderedDict
+from typing import Any
+
+from modelops import kube as k8s
+
+# The top-level fields kept per collection (metadata always, minus what no reconcile reads).
+KEPT_FIELDS: dict[str, tuple[str, ...]] = {
+    k8s.MODELS.plural: ("spec", "status"),
+    k8s.MODELVERSIONS.plural: ("spec", "status"),
+    k8s.MODELDEPLOYMENTS.plural: ("spec", "status"),
+    k8s.JOBS.plural: ("status",),
+    k8s.DEPLOYMENTS.plural: ("spec", "status"),
+    k8s.SERVICES.plural: ("spec",),
+    k8s.PODS.plural: ("status",),
+}
+CACHED = (k8s.MODELS, k8s.MODELVERSIONS, k8s.MODELDEPLOYMENTS, k8s.JOBS, k8s.DEPLOYMENTS, k8s.SERVICES, k8s.PODS)
+DROPPED_METADATA = ("managedFields",)
+DROPPED_ANNOTATIONS = ("kubectl.kubernetes.io/last-applied-configuration",)
+JOB_UID_LABEL = "batch.kubernetes.io/controller-uid"
+# Deletions remembered, so that a write that returns after the object's DELETED event cannot
+# bring it back into the cache.
+TOMBSTONES = 4096
+
+Body = dict[str, Any]
+Ref = tuple[str, str]  # (namespace, name)
+
+
+def slim(resource: k8s.Resource, body: Body) -> Body:
+    """The part of `body` that reconciles read."""
+    meta = {k: v for k, v in (body.get("metadata") or {}).items() if k not in DROPPED_METADATA}
+    annotations = meta.get("annotations")
+    if annotations and any(a in annotations for a in DROPPED_ANNOTATIONS):
+        meta["annotations"] = {k: v for k, v in annotations.items() if k not in DROPPED_ANNOTATIONS}
+    kept: Body = {"apiVersion": body.get("apiVersion") or resource.api_version, "kind": body.get("kind") or resource.kind, "metadata": meta}
+    for field in KEPT_FIELDS[resource.plural]:
+        if field in body:
+            kept[field] = body[field]
+    return kept
+
+
+def _older(candidate: str | None, than: str | None) -> bool:
+    """Whether resourceVersion `candidate` is older than `than` (etcd revisions are integers)."""
+    if candidate and than and candidate.isdigit() and than.isdigit():
+        return int(candidate) < int(than)
+    return False
+
+
+def _secondary(resource: k8s.Resource, body: Body) -> str | None:
+    """The index a collection is also looked up by: a child's Model, a Job pod's Job uid."""
+    if resource in (k8s.MODELVERSIONS, k8s.MODELDEPLOYMENTS):
+        return str((body.get("spec") or {}).get("model") or "")
+    if resource == k8s.PODS:
+        return ((body.get("metadata") or {}).get("labels") or {}).get(JOB_UID_LABEL)
+    return None
+
+
+class Cache:
+    """Objects by collection, namespace and name, plus the indexes reconciles look up by.
+    Fed from the event loop, read from reconcile threads; the objects handed out are shared
+    and must not be changed."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._objects: dict[str, dict[Ref, Body]] = {r.plural: {} for r in CACHED}
+        self._index: dict[tuple[str, str, str], set[str]] = {}
+        self._gone: OrderedDict[tuple[str, str, str], str] = OrderedDict()
+
+    # -- feeding ---------------------------------------------------------------------------
+
+    def observe(self, resource: k8s.Resource, body: Body) -> Body | None:
+        """A watch event (added or modified). Returns what was kept before."""
+        return self._put(resource, slim(resource, body))
+
+    def store(self, resource: k8s.Resource, body: Body | None) -> None:
+        """What a write of ours returned: kept unless the watch already brought something newer."""
+        if body and body.get("metadata", {}).get("name"):
+            self._put(resource, slim(resource, body))
+
+    def forget(self, resource: k8s.Resource, body: Body) -> Body | None:
+        """A watch event (deleted). Returns what was kept before."""
+        meta = body.get("metadata") or {}
+        ref = (meta.get("namespace", ""), meta.get("name", ""))
+        with self._lock:
+            self._gone[(resource.plural, *ref)] = meta.get("resourceVersion", "")
+            while len(self._gone) > TOMBSTONES:
+                self._gone.popitem(last=False)
+            old = self._objects[resource.plural].pop(ref, None)
+            if old is not None:
+                self._unindex(resource, ref, old)
+            return old
+
+    def _put(self, resource: k8s.Resource, body: Body) -> Body | None:
+        meta = body["metadata"]
+        ref = (meta.get("namespace", ""), meta["name"])
+        version = meta.get("resourceVersion")
+        with self._lock:
+            objects = self._objects[resource.plural]
+            old = objects.get(ref)
+            if old is not None and _older(version, old["metadata"].get("resourceVersion")):
+                return old
+            gone = self._gone.get((resource.plural, *ref))
+            if old is None and gone is not None:
+                if not _older(gone, version):  # deleted after this write: stays deleted
+                    return None
+                del self._gone[(resource.plural, *ref)]
+            if old is not None:
+                self._unindex(resource, ref, old)
+            objects[ref] = body
+            secondary = _secondary(resource, body)
+            if secondary is not None:
+                self._index.setdefault((resource.plural, ref[0], secondary), set()).add(ref[1])
+            return old
+
+    def _unindex(self, resource: k8s.Resource, ref: Ref, body: Body) -> None:
+        secondary = _secondary(resource, body)
+        if secondary is None:
+            return
+        key = (resource.plural, ref[0], secondary)
+        names = self._index.get(key)
+        if names is not None:
+            names.discard(ref[1])
+            if not names:
+                del self._index[key]
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def get(self, resource: k8s.Resource, namespace: str, name: str) -> Body | None:
+        with self._lock:
+            return self._objects[resource.plural].get((namespace, name))
+
+    def _by_index(self, resource: k8s.Resource, namespace: str, value: str) -> list[Body]:
+        with self._lock:
+            objects = self._objects[resource.plural]
+            names = sorted(self._index.get((resource.plural, namespace, value), ()))
+            return [objects[(namespace, n)] for n in names]
+
+    def versions_of(self, namespace: str, model: str) -> list[Body]:
+        """The ModelVersions whose spec.model is `model`."""
+        return self._by_index(k8s.MODELVERSIONS, namespace, model)
+
+    def deployments_of(self, namespace: str, model: str) -> list[Body]:
+        """The ModelDeployments whose spec.model is `model`."""
+        return self._by_index(k8s.MODELDEPLOYMENTS, namespace, model)
+
+    def pods_of_job(self, namespace: str, job_uid: str) -> list[Body]:
+        return self._by_index(k8s.PODS, namespace, job_uid)
+
+    # -- accounting ------------------------------------------------------------------------
+
+    def counts(self) -> dict[str, int]:
+        with self._lock:
+            return {plural: len(objects) for plural, objects in self._objects.items()}
+
+    def json_bytes(self) -> dict[str, int]:
+        """The size of what is kept, per collection, as compact JSON (a stand-in for its memory)."""
+        with self._lock:
+            snapshot = {plural: list(objects.values()) for plural, objects in self._objects.items()}
+        return {plural: sum(len(json.dumps(b, separators=(",", ":"))) for b in bodies) for plural, bodies in snapshot.items()}

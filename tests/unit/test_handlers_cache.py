@@ -1,0 +1,156 @@
+"""The watch-fed cache keeps what reconciles read, indexes children by Model, never goes back
+in time, never resurrects a deleted object; storage reads are reused by URI and ETag;
+a watch event wakes only what it can change."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from modelops import kube as k8s
+from modelops.core import dependents
+from modelops.handlers.cache import Cache, slim
+from modelops.handlers.context import CachedReads
+from modelops.storage import ObjectInfo, ObjectNotFound
+
+pytestmark = pytest.mark.unit
+
+
+def version(name: str, model: str = "m", number: int = 1, rv: str = "1", phase: str | None = None, **status: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "modelops.dev/v1alpha1",
+        "kind": "ModelVersion",
+        "metadata": {
+            "name": name, "namespace": "ns", "resourceVersion": rv, "uid": f"uid-{name}",
+            "managedFields": [{"manager": "kubectl", "fieldsV1": {"f:spec": {}}}],
+            "annotations": {"kubectl.kubernetes.io/last-applied-configuration": "{...}", "keep": "me"},
+        },
+        "spec": {"model": model, "version": number},
+        "status": {"phase": phase, **status} if phase else {},
+    }
+
+
+def deployment(name: str, policy: str = "Latest", number: int | None = None, served: int | None = None) -> dict[str, Any]:
+    spec: dict[str, Any] = {"model": "m", "versionPolicy": policy}
+    if number is not None:
+        spec["version"] = number
+    return {"metadata": {"name": name, "namespace": "ns"}, "spec": spec, "status": {"servedVersion": served} if served else {}}
+
+
+def test_slim_drops_managed_fields_and_last_applied_but_keeps_what_reconciles_read() -> None:
+    kept = slim(k8s.MODELVERSIONS, version("a", phase="Ready"))
+    assert "managedFields" not in kept["metadata"]
+    assert kept["metadata"]["annotations"] == {"keep": "me"}
+    assert kept["spec"] == {"model": "m", "version": 1} and kept["status"] == {"phase": "Ready"}
+    pod = slim(k8s.PODS, {"metadata": {"name": "p"}, "spec": {"containers": [{"name": "x"}]}, "status": {"phase": "Running"}})
+    assert "spec" not in pod and pod["status"] == {"phase": "Running"} and pod["kind"] == "Pod"
+
+
+def test_children_are_found_by_model_and_move_when_their_model_changes() -> None:
+    cache = Cache()
+    cache.observe(k8s.MODELVERSIONS, version("a", rv="1"))
+    cache.observe(k8s.MODELVERSIONS, version("b", rv="2"))
+    cache.observe(k8s.MODELVERSIONS, version("c", model="other", rv="3"))
+    assert [b["metadata"]["name"] for b in cache.versions_of("ns", "m")] == ["a", "b"]
+    cache.observe(k8s.MODELVERSIONS, version("b", model="other", rv="4"))
+    assert [b["metadata"]["name"] for b in cache.versions_of("ns", "m")] == ["a"]
+    assert [b["metadata"]["name"] for b in cache.versions_of("ns", "other")] == ["b", "c"]
+    cache.forget(k8s.MODELVERSIONS, version("a", rv="5"))
+    assert cache.versions_of("ns", "m") == [] and cache.get(k8s.MODELVERSIONS, "ns", "a") is None
+    assert cache.counts()[k8s.MODELVERSIONS.plural] == 2
+
+
+def test_an_older_copy_never_replaces_a_newer_one() -> None:
+    cache = Cache()
+    cache.store(k8s.MODELVERSIONS, version("a", rv="10", phase="Ready"))  # our write returned
+    cache.observe(k8s.MODELVERSIONS, version("a", rv="9", phase="Pending"))  # the watch lags
+    assert cache.get(k8s.MODELVERSIONS, "ns", "a")["status"]["phase"] == "Ready"
+    cache.observe(k8s.MODELVERSIONS, version("a", rv="11", phase="Failed"))
+    assert cache.get(k8s.MODELVERSIONS, "ns", "a")["status"]["phase"] == "Failed"
+
+
+def test_a_write_that_returns_after_the_deletion_does_not_bring_the_object_back() -> None:
+    cache = Cache()
+    cache.observe(k8s.MODELVERSIONS, version("a", rv="1"))
+    cache.forget(k8s.MODELVERSIONS, version("a", rv="3"))
+    cache.store(k8s.MODELVERSIONS, version("a", rv="2", phase="Ready"))
+    assert cache.get(k8s.MODELVERSIONS, "ns", "a") is None
+    cache.observe(k8s.MODELVERSIONS, version("a", rv="7"))  # created again under the same name
+    assert cache.get(k8s.MODELVERSIONS, "ns", "a") is not None
+
+
+def test_job_pods_are_found_by_their_job_uid() -> None:
+    cache = Cache()
+    for name, uid in (("p1", "j1"), ("p2", "j1"), ("p3", "j2")):
+        cache.observe(k8s.PODS, {"metadata": {"name": name, "namespace": "ns", "labels": {"batch.kubernetes.io/controller-uid": uid}}})
+    assert [p["metadata"]["name"] for p in cache.pods_of_job("ns", "j1")] == ["p1", "p2"]
+
+
+class CountingStore:
+    def __init__(self) -> None:
+        self.etag = "e1"
+        self.heads = self.reads = 0
+        self.missing = False
+
+    def head(self, uri: str) -> ObjectInfo:
+        self.heads += 1
+        if self.missing:
+            raise ObjectNotFound(uri)
+        return ObjectInfo(size=2, etag=self.etag, sha256=None)
+
+    def read_bytes(self, uri: str) -> bytes:
+        self.reads += 1
+        return self.etag.encode()
+
+
+def test_reports_are_reused_by_uri_and_etag_and_heads_stay_fresh() -> None:
+    now = [0.0]
+    store = CountingStore()
+    reads = CachedReads(store, ttl=10, clock=lambda: now[0])  # type: ignore[arg-type]
+    assert reads.read_bytes("s3://b/r.json") == b"e1" and reads.read_bytes("s3://b/r.json") == b"e1"
+    assert (store.heads, store.reads) == (2, 1)  # a fresh HEAD each time, the bytes once
+    store.etag = "e2"  # replaced in place: seen at once, read again
+    assert reads.head("s3://b/r.json").etag == "e2" and reads.read_bytes("s3://b/r.json") == b"e2" and store.reads == 2
+
+
+def test_an_artifacts_existence_is_reused_for_the_ttl_and_a_miss_never_is() -> None:
+    now = [0.0]
+    store = CountingStore()
+    reads = CachedReads(store, ttl=10, clock=lambda: now[0])  # type: ignore[arg-type]
+    reads.head_recent("s3://b/a")
+    reads.head_recent("s3://b/a")
+    assert store.heads == 1
+    now[0] = 11
+    reads.head_recent("s3://b/a")
+    assert store.heads == 2
+    store.missing = True
+    with pytest.raises(ObjectNotFound):
+        reads.head_recent("s3://b/new")
+    store.missing = False
+    assert reads.head_recent("s3://b/new").etag == "e1"  # uploaded since: seen at once
+
+
+def test_a_model_wakes_its_children_only_when_its_spec_changes() -> None:
+    model = {"metadata": {"name": "m"}, "spec": {"signature": 1}, "status": {"phase": "a"}}
+    assert dependents.model_changed(None, model) and dependents.model_changed(model, None)
+    assert not dependents.model_changed(model, {**model, "status": {"phase": "b"}})
+    assert dependents.model_changed(model, {**model, "spec": {"signature": 2}})
+    versions = [version("a", phase="Ready"), version("b", phase="Compressing")]
+    assert dependents.waiting_versions(versions) == ["b"]
+
+
+def test_a_version_wakes_latest_deployments_and_pinned_ones_that_name_its_number() -> None:
+    deployments = [deployment("latest"), deployment("pin1", "Pinned", 1), deployment("pin2", "Pinned", 2),
+                   deployment("was1", "Pinned", 2, served=1)]
+    old = dependents.view_of(version("a", number=1, phase="Compressing"))
+    new = dependents.view_of(version("a", number=1, phase="Ready", compressedArtifact={"uri": "s3://x", "sha256": "0" * 64}))
+    assert dependents.deployments_to_wake(old, new, deployments) == ["latest", "pin1", "was1"]
+    assert dependents.deployments_to_wake(old, old, deployments) == []  # nothing a plan reads changed
+
+
+def test_a_version_that_appears_or_goes_wakes_the_waiting_versions_with_its_number() -> None:
+    siblings = [version("a", number=1, phase="Ready"), version("b", number=1), version("c", number=2)]
+    new = dependents.view_of(version("d", number=1))
+    assert dependents.siblings_to_wake(None, new, siblings) == ["b"]
+    assert dependents.siblings_to_wake(new, new, siblings) == []
