@@ -24,6 +24,10 @@ venv: ## Build (once) the Python environment and print its path
 binaries: ## Build (once) etcd, Kubernetes, kubectl, helm and MinIO from pinned Go modules
 	@e2e/testbed/build.sh
 
+.PHONY: images
+images: ## Build (once) the operator and compressor images with buildah; prints each image's directory
+	@images/build.sh operator compressor
+
 TESTBED ?= local
 
 .PHONY: cluster-up

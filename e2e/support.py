@@ -146,6 +146,18 @@ class Testbed:
             return path.read_text(errors="replace")
         return ""
 
+    def image_path(self, namespace: str, pod: str, container: str) -> str:
+        """How the node agent ran a container, from the pod's Pulled event: "image" (the root
+        filesystem of an image `make images` built), "venv" (the development virtualenv) or
+        "triton" (the nvidia-pytriton wheel's tritonserver)."""
+        events = self.get(namespace, "events", "--field-selector", f"involvedObject.name={pod},reason=Pulled")["items"]
+        for event in events:
+            for path, words in (("image", "in its root filesystem"), ("venv", "in the development virtualenv"),
+                                ("triton", "tritonserver of the nvidia-pytriton wheel")):
+                if event["message"].startswith(f"Container {container}: ") and event["message"].endswith(words):
+                    return path
+        raise AssertionError(f"pod {namespace}/{pod} has no Pulled event for container {container}: {events}")
+
     def create_namespace(self, name: str, labels: dict[str, str] | None = None) -> None:
         """A namespace that enforces Pod Security "restricted" (POD_SECURITY_LABELS)."""
         doc = {"apiVersion": "v1", "kind": "Namespace",

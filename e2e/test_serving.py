@@ -104,6 +104,11 @@ def test_v1_to_v2_rollout_under_load_fails_no_request(bed):
          "modeldeployment/digits-pinned")
     wait(bed, "--for=condition=Ready", "modeldeployment/digits-latest", "modeldeployment/digits-pinned")
     pinned_generation = cluster.get(namespace, "deployment", "digits-pinned")["metadata"]["generation"]
+    # The fetch init container ran from the operator image that `make images` built; Triton
+    # runs the nvidia-pytriton wheel's tritonserver.
+    for pod in cluster.get(namespace, "pods", "-l", "modelops.dev/deployment=digits-pinned")["items"]:
+        assert cluster.image_path(namespace, pod["metadata"]["name"], "fetch") == "image"
+        assert cluster.image_path(namespace, pod["metadata"]["name"], "triton") == "triton"
 
     endpoints = lc.ServiceEndpoints(cluster.kubeconfig, namespace, "digits-latest")
     try:

@@ -19,6 +19,15 @@ done
 if [[ $unit_only -eq 0 ]]; then
   binaries="$(e2e/testbed/build.sh)" || exit 1
   export MODELOPS_BINARIES="$binaries"
+  # The operator image, from images/operator/Dockerfile (cached by its inputs). The node
+  # agents run it wherever a pod names it: the Helm-installed operator and the Triton
+  # pods' fetch init container. The compressor image is built by `make images` only.
+  # A record of another image (the compressor, from `make images`) may name a build of older
+  # source; the tests would run it. Drop it: those pods run in the development virtualenv.
+  find build/images -name '*.json' ! -name operator.json -delete 2>/dev/null || true
+  operator_image_dir="$(images/build.sh operator)" || exit 1
+  echo "run-tests: the operator and the fetch init container run from the built operator image" \
+    "$(sed -n 's/.*"image": "\([^"]*\)".*/\1/p' build/images/operator.json) ($operator_image_dir)"
 fi
 export PYTHONPATH="$root/operator:$root"
 

@@ -1,13 +1,16 @@
 """Which container images the node agent can run, and how.
 
-There is no container engine on the test bed. The agent runs two kinds of images as
-local processes instead:
+There is no container engine on the test bed. The agent runs three kinds of images:
 
-- the project's own images (ghcr.io/modelops/modelops-<component>): the same command,
-  args and env, in the project's Python environment, with the checkout mounted read-only
-  at the images' WORKDIR (/app) and /app/operator on PYTHONPATH. The default entrypoint
-  and cmd are read from images/<component>/Dockerfile, so a pod that relies on the image's
-  ENTRYPOINT behaves as it would on a real node;
+- an image that `make images` built for this checkout (build/images/<name>.json names it
+  and its directory under the image cache): the container runs inside that image's
+  unpacked root filesystem, with the image's entrypoint, cmd, env, working directory and
+  user (see sandbox.image_launch_script);
+- the project's other images (ghcr.io/modelops/modelops-<component>, a tag not built
+  here): the same command, args and env, in the project's Python environment, with the
+  checkout mounted read-only at the images' WORKDIR (/app) and /app/operator on
+  PYTHONPATH. The default entrypoint and cmd are read from images/<component>/Dockerfile,
+  so a pod that relies on the image's ENTRYPOINT behaves as it would on a real node;
 - the NVIDIA Triton image (nvcr.io/nvidia/tritonserver): its `tritonserver` command runs
   the real binary shipped in the nvidia-pytriton wheel (python backend only).
 
@@ -35,10 +38,85 @@ class UnrunnableImage(Exception):
 
 @dataclass(frozen=True)
 class ImageRuntime:
-    kind: str  # "project" or "triton"
+    kind: str  # "image" (a built image's root filesystem), "project" (the dev venv) or "triton"
     entrypoint: list[str] = field(default_factory=list)
     cmd: list[str] = field(default_factory=list)
     workdir: str = "/"
+    env: dict[str, str] = field(default_factory=dict)
+    user: str = ""
+    rootfs: Path | None = None
+    key: str = ""  # the built image's cache key
+
+    def describe(self, container: str, image: str) -> str:
+        """What the pod's Pulled event says about how this container runs."""
+        if self.kind == "image":
+            return f'Container {container}: image "{image}" built by make images (key {self.key}), running in its root filesystem'
+        if self.kind == "project":
+            return f'Container {container}: image "{image}" is not built here, running in the development virtualenv'
+        return f'Container {container}: image "{image}", running the tritonserver of the nvidia-pytriton wheel'
+
+
+class ContainerConfigError(Exception):
+    """The container's securityContext cannot be honoured with this image (CreateContainerConfigError)."""
+
+
+@dataclass(frozen=True)
+class Identity:
+    uid: int
+    gid: int
+    groups: tuple[int, ...]
+    read_only_root: bool
+    no_new_privileges: bool
+
+
+def identity(pod_spec: dict, container: dict, image_user: str) -> Identity:
+    """The user a container runs as, as the kubelet decides it: the container's
+    securityContext, then the pod's, then the image's USER; runAsNonRoot refuses uid 0."""
+    pod_sc = pod_spec.get("securityContext") or {}
+    sc = container.get("securityContext") or {}
+    user, _, group = image_user.partition(":")
+    uid = sc.get("runAsUser", pod_sc.get("runAsUser"))
+    if uid is None:
+        if user and not user.isdigit():
+            raise ContainerConfigError(f"image user {user!r} is not numeric; set securityContext.runAsUser")
+        uid = int(user) if user else 0
+    gid = sc.get("runAsGroup", pod_sc.get("runAsGroup"))
+    if gid is None:
+        gid = int(group) if group.isdigit() else 0
+    if sc.get("runAsNonRoot", pod_sc.get("runAsNonRoot")) and uid == 0:
+        raise ContainerConfigError("container has runAsNonRoot and image will run as root")
+    groups = [gid, *(pod_sc.get("supplementalGroups") or [])]
+    if pod_sc.get("fsGroup") is not None:
+        groups.append(pod_sc["fsGroup"])
+    return Identity(
+        uid=int(uid), gid=int(gid), groups=tuple(dict.fromkeys(int(g) for g in groups)),
+        read_only_root=bool(sc.get("readOnlyRootFilesystem")),
+        no_new_privileges=sc.get("allowPrivilegeEscalation") is False,
+    )
+
+
+def built_images(project_root: Path) -> dict[str, Path]:
+    """The images `make images` built for this checkout: reference -> image directory."""
+    found = {}
+    for record in sorted((project_root / "build" / "images").glob("*.json")):
+        try:
+            entry = json.loads(record.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        directory = Path(entry["dir"])
+        if (directory / ".complete").is_file():
+            found[entry["image"]] = directory
+    return found
+
+
+def built_runtime(directory: Path) -> ImageRuntime:
+    config = json.loads((directory / "config.json").read_text())
+    env = dict(item.split("=", 1) for item in config.get("Env") or [])
+    return ImageRuntime(
+        kind="image", entrypoint=list(config.get("Entrypoint") or []), cmd=list(config.get("Cmd") or []),
+        workdir=config.get("WorkingDir") or "/", env=env, user=config.get("User") or "",
+        rootfs=directory / "rootfs", key=directory.name.rsplit("-", 1)[-1],
+    )
 
 
 def repository_of(image: str) -> str:
@@ -64,6 +142,9 @@ def _dockerfile_instruction(text: str, instruction: str) -> list[str] | str | No
 
 
 def resolve_image(image: str, project_root: Path) -> ImageRuntime:
+    built = built_images(project_root)
+    if image in built:
+        return built_runtime(built[image])
     repository = repository_of(image)
     if repository == TRITON_REPOSITORY:
         return ImageRuntime(kind="triton", entrypoint=["tritonserver"])

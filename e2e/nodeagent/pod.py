@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from . import sandbox
-from .images import PROJECT_MOUNT, ImageRuntime, UnrunnableImage, container_argv, resolve_image
+from .images import PROJECT_MOUNT, ContainerConfigError, Identity, ImageRuntime, UnrunnableImage, container_argv, identity, resolve_image
 
 log = logging.getLogger("nodeagent.pod")
 
@@ -51,6 +51,7 @@ class Container:
     spec: dict
     init: bool
     runtime: ImageRuntime | None = None
+    identity: Identity | None = None  # who it runs as, for a built image
     process: subprocess.Popen | None = None
     restart_count: int = 0
     state: dict = field(default_factory=lambda: {"waiting": {"reason": "PodInitializing"}})
@@ -139,6 +140,7 @@ class PodWorker(threading.Thread):
         for container in self.init_containers + self.containers:
             try:
                 container.runtime = resolve_image(container.spec["image"], self.agent.project_root)
+                self.agent.event(self.pod, "Normal", "Pulled", container.runtime.describe(container.name, container.spec["image"]))
             except UnrunnableImage as err:
                 container.state = {"waiting": {"reason": "ErrImagePull", "message": str(err)}}
                 self.agent.event(self.pod, "Warning", "Failed", f"Failed to pull image: {err}")
@@ -161,6 +163,9 @@ class PodWorker(threading.Thread):
                 for volume in self.pod["spec"].get("volumes") or []:
                     target = self.dir / "volumes" / volume["name"]
                     self.mounts[volume["name"]] = sandbox.materialize_volume(volume, target, source)
+                    fs_group = (self.pod["spec"].get("securityContext") or {}).get("fsGroup")
+                    if fs_group is not None:
+                        sandbox.apply_fs_group(volume, self.mounts[volume["name"]], int(fs_group))
                 return True
             except Exception as err:  # noqa: BLE001 - reported as an event and retried, like kubelet
                 self.agent.event(self.pod, "Warning", "FailedMount", f"MountVolume.SetUp failed: {err}")
@@ -248,6 +253,9 @@ class PodWorker(threading.Thread):
             "KUBERNETES_SERVICE_PORT": str(agent.apiserver_port),
             "KUBERNETES_SERVICE_PORT_HTTPS": str(agent.apiserver_port),
         }
+        if runtime.kind == "image":
+            # The image's ENV first; what the kubelet and the pod set goes over it.
+            env = {"HOME": "/", **runtime.env, **{k: v for k, v in env.items() if k not in ("PATH", "HOME")}}
         if runtime.kind == "project":
             env["PATH"] = f"{agent.project_python.parent}:{env['PATH']}"
             env["PYTHONPATH"] = f"{PROJECT_MOUNT}/operator"
@@ -299,7 +307,9 @@ class PodWorker(threading.Thread):
                     host = host / mount["subPath"]
                     host.mkdir(parents=True, exist_ok=True) if not host.exists() else None
                 mounts.append((host, mount["mountPath"], bool(mount.get("readOnly"))))
-        except (sandbox.SandboxError, KeyError) as err:
+            if container.runtime.kind == "image":
+                container.identity = identity(self.pod["spec"], spec, container.runtime.user)
+        except (sandbox.SandboxError, KeyError, ContainerConfigError) as err:
             container.state = {"waiting": {"reason": "CreateContainerConfigError", "message": str(err)}}
             self.agent.event(self.pod, "Warning", "Failed", f"Error: {err}")
             self._schedule_restart(container, keep_count=True)
@@ -308,11 +318,18 @@ class PodWorker(threading.Thread):
         termination_file.write_bytes(b"")
         script = self.dir / f"{container.name}.sh"
         workdir = spec.get("workingDir") or container.runtime.workdir
-        script.write_text(sandbox.launch_script(
-            mounts, termination_file, spec.get("terminationMessagePath", "/dev/termination-log"), workdir,
-            self.agent.project_root if container.runtime.kind == "project" else None,
-            (self.pod["spec"].get("hostname") or self.pod_name)[:63],
-        ))
+        termination_path = spec.get("terminationMessagePath", "/dev/termination-log")
+        hostname = (self.pod["spec"].get("hostname") or self.pod_name)[:63]
+        if container.runtime.kind == "image":
+            script.write_text(sandbox.image_launch_script(
+                container.runtime.rootfs, self.dir / f"{container.name}.rootfs", mounts, termination_file,
+                termination_path, workdir, hostname, self.pod_ip or "", container.identity, self.agent.project_python,
+            ))
+        else:
+            script.write_text(sandbox.launch_script(
+                mounts, termination_file, termination_path, workdir,
+                self.agent.project_root if container.runtime.kind == "project" else None, hostname,
+            ))
         log_file = self.dir / f"{container.name}.log"
         if log_file.exists():  # the instance before stays readable: kubectl logs --previous
             log_file.replace(self.dir / f"{container.name}.previous.log")
@@ -427,6 +444,14 @@ class PodWorker(threading.Thread):
         # The exit is picked up on the next step like any other, so restartPolicy applies.
         container.process = _Exited(container.process, 137)
 
+    def _enter(self, container: Container, *namespaces: str) -> list[str]:
+        """nsenter into a running container: its namespaces and, for a built image, its
+        root, working directory and user."""
+        argv = ["nsenter", "-t", str(container.process.pid), *namespaces]
+        if container.runtime.kind == "image" and container.identity is not None:
+            argv += ["-r", "-w", "-S", str(container.identity.uid), "-G", str(container.identity.gid)]
+        return [*argv, "--"]
+
     def _run_probe(self, container: Container, spec: dict) -> bool:
         timeout = spec.get("timeoutSeconds", 1)
         ports = {p["name"]: p["containerPort"] for p in container.spec.get("ports") or [] if p.get("name")}
@@ -445,7 +470,7 @@ class PodWorker(threading.Thread):
                     return True
             if "exec" in spec:
                 result = subprocess.run(
-                    ["nsenter", "-t", str(container.process.pid), "-m", "-n", "--", *spec["exec"]["command"]],
+                    [*self._enter(container, "-m", "-n"), *spec["exec"]["command"]],
                     capture_output=True, timeout=timeout, env=self._env(container),
                 )
                 return result.returncode == 0
@@ -529,7 +554,7 @@ class PodWorker(threading.Thread):
                 time.sleep(min(float(hook["sleep"]["seconds"]), remaining))
             elif "exec" in hook:
                 subprocess.run(
-                    ["nsenter", "-t", str(container.process.pid), "-m", "-n", "-u", "--", *hook["exec"]["command"]],
+                    [*self._enter(container, "-m", "-n", "-u"), *hook["exec"]["command"]],
                     capture_output=True, timeout=remaining, env=self._env(container),
                 )
             elif "httpGet" in hook:

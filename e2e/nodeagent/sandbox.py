@@ -5,6 +5,12 @@ IP of its own and two pods can both listen on :8000. Each container is started t
 `ip netns exec`, which also gives it a private mount namespace; inside it, the pod's
 volumes are bind-mounted at the paths the pod asks for, and the termination message file
 is bind-mounted at terminationMessagePath.
+
+A container of a built image (images.ImageRuntime kind "image") gets its own root: an
+overlay of the image's unpacked root filesystem (shared, never written) under a
+per-container upper directory, with /proc, /sys, a private /dev and the pod's /etc/hosts
+mounted in, the volumes bind-mounted under it, and the root remounted read-only for
+readOnlyRootFilesystem. enter.py then chroots into it and becomes the container's user.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from .images import PROJECT_MOUNT
+from .images import PROJECT_MOUNT, Identity
 
 
 class SandboxError(Exception):
@@ -158,6 +164,7 @@ def materialize_volume(volume: dict, target: Path, source: VolumeSource) -> Path
     name = volume["name"]
     if "emptyDir" in volume:
         target.mkdir(parents=True, exist_ok=True)
+        target.chmod(0o777)  # as the kubelet makes it: any container user may write
         return target
     if "hostPath" in volume:
         return Path(volume["hostPath"]["path"])
@@ -183,7 +190,7 @@ def materialize_volume(volume: dict, target: Path, source: VolumeSource) -> Path
             if "serviceAccountToken" in part:
                 sat = part["serviceAccountToken"]
                 token = source.service_account_token(sat.get("audience"), sat.get("expirationSeconds"))
-                _write_items(target, {sat["path"]: token}, None, 0o600)
+                _write_items(target, {sat["path"]: token}, None, spec.get("defaultMode", 0o600))
             elif "configMap" in part:
                 cm = part["configMap"]
                 data = source.config_map(cm["name"], cm.get("optional", False)) or {}
@@ -199,6 +206,22 @@ def materialize_volume(volume: dict, target: Path, source: VolumeSource) -> Path
         return target
     kinds = sorted(k for k in volume if k != "name")
     raise SandboxError(f"volume {name!r}: {', '.join(kinds)} volumes are not supported on the test bed")
+
+
+def apply_fs_group(volume: dict, path: Path, gid: int) -> None:
+    """The pod's fsGroup, as the kubelet applies it: the volume's files belong to the group,
+    which may read them (and write an emptyDir); directories are setgid."""
+    if "hostPath" in volume:
+        return
+    writable = "emptyDir" in volume
+    for directory, _dirs, files in os.walk(path):
+        os.chown(directory, -1, gid)
+        os.chmod(directory, os.stat(directory).st_mode | 0o2070)
+        for name in files:
+            file = os.path.join(directory, name)
+            os.chown(file, -1, gid, follow_symlinks=False)
+            mode = os.stat(file).st_mode
+            os.chmod(file, mode | (0o060 if writable else 0o040))
 
 
 # --------------------------------------------------------------------------- processes
@@ -224,6 +247,95 @@ def launch_script(mounts: list[tuple[Path, str, bool]], termination_file: Path, 
     lines.append(f"mount --bind {shlex.quote(str(termination_file))} {dst}")
     lines.append(f"mkdir -p {shlex.quote(workdir)} && cd {shlex.quote(workdir)}")
     lines.append('exec "$@"')
+    return "\n".join(lines) + "\n"
+
+
+ENTER = Path(__file__).with_name("enter.py")
+SYMLINK_HOPS = 40
+
+
+def path_in_root(rootfs: Path, path: str) -> str:
+    """`path` inside the image, with the image's symlinks followed inside the image (as
+    runc's securejoin does): /var/run -> /run in Debian must not lead to the host's /run."""
+    parts = [p for p in path.split("/") if p not in ("", ".")]
+    resolved: list[str] = []
+    hops = 0
+    while parts:
+        part = parts.pop(0)
+        if part == "..":
+            if resolved:
+                resolved.pop()
+            continue
+        candidate = rootfs.joinpath(*resolved, part)
+        if candidate.is_symlink():
+            hops += 1
+            if hops > SYMLINK_HOPS:
+                raise SandboxError(f"too many symbolic links under {path!r} in the image")
+            target = os.readlink(candidate)
+            if target.startswith("/"):
+                resolved = []
+            parts = [p for p in target.split("/") if p not in ("", ".")] + parts
+            continue
+        resolved.append(part)
+    return "/" + "/".join(resolved)
+
+
+DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
+
+
+def image_launch_script(rootfs: Path, state: Path, mounts: list[tuple[Path, str, bool]], termination_file: Path,
+                        termination_path: str, workdir: str, hostname: str, pod_ip: str, who: Identity,
+                        python: Path) -> str:
+    """A shell script run inside the pod's namespaces that builds the container's root from
+    its image and volumes, and execs the command in it as the container's user."""
+    q = shlex.quote
+    root = state / "root"
+    upper, work = state / "upper", state / "work"
+    lines = ["set -e", f"hostname {q(hostname)}", f"rm -rf {q(str(state))}",
+             f"mkdir -p {q(str(root))} {q(str(upper))} {q(str(work))}",
+             # Mounts made here stay in this container's mount namespace.
+             "mount --make-rprivate /",
+             f"mount -t overlay overlay -o lowerdir={q(str(rootfs))},upperdir={q(str(upper))},workdir={q(str(work))} {q(str(root))}"]
+    r = str(root)
+
+    def inside(path: str) -> str:
+        return q(r + path_in_root(rootfs, path))
+
+    lines += [f"mkdir -p {inside(d)}" for d in ("/proc", "/sys", "/dev", "/etc", "/tmp")]
+    dev = inside("/dev")  # a fresh tmpfs: what is under it is not the image's
+    lines += [f"mount -t proc proc {inside('/proc')}", f"mount --rbind /sys {inside('/sys')}",
+              f"mount -t tmpfs -o nosuid,mode=755 tmpfs {dev}",
+              f"mkdir -p {dev}/shm {dev}/pts",
+              f"mount -t tmpfs -o nosuid,nodev,mode=1777 shm {dev}/shm",
+              f"ln -s /proc/self/fd {dev}/fd"]
+    for name, fd in (("stdin", 0), ("stdout", 1), ("stderr", 2)):
+        lines.append(f"ln -s /proc/self/fd/{fd} {dev}/{name}")
+    for device in DEVICES:
+        lines.append(f"touch {dev}/{device} && mount --bind /dev/{device} {dev}/{device}")
+    hosts = state.parent / f"{state.name}.hosts"
+    hosts.write_text(f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{pod_ip}\t{hostname}\n")
+    for host_file, path in ((hosts, "/etc/hosts"), (Path("/etc/resolv.conf"), "/etc/resolv.conf")):
+        if host_file.exists():
+            lines.append(f"[ -e {inside(path)} ] || touch {inside(path)}; mount --bind {q(str(host_file))} {inside(path)}")
+    for host_path, mount_path, read_only in mounts:
+        src, dst = q(str(host_path)), inside(mount_path)
+        if host_path.is_dir():
+            lines.append(f"mkdir -p {dst}")
+        else:
+            lines.append(f"mkdir -p $(dirname {dst}); [ -e {dst} ] || touch {dst}")
+        lines.append(f"mount --bind {src} {dst}")
+        if read_only:
+            lines.append(f"mount -o remount,bind,ro {dst}")
+    dst = inside(termination_path)
+    lines.append(f"mkdir -p $(dirname {dst}); [ -e {dst} ] || touch {dst}")
+    lines.append(f"mount --bind {q(str(termination_file))} {dst}")
+    lines.append(f"chown {who.uid}:{who.gid} {q(str(termination_file))}")
+    lines.append(f"mkdir -p {inside(workdir)}")
+    if who.read_only_root:
+        lines.append(f"mount -o remount,ro {q(r)}")
+    groups = ",".join(str(g) for g in who.groups)
+    lines.append(f'exec {q(str(python))} -I {q(str(ENTER))} {q(r)} {q(workdir)} {who.uid} {who.gid} "{groups}" '
+                 f'{int(who.no_new_privileges)} -- "$@"')
     return "\n".join(lines) + "\n"
 
 

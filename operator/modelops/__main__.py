@@ -10,6 +10,7 @@ import socket
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any, cast
 
 import kopf
 
@@ -94,6 +95,10 @@ async def run(settings: Settings, elector: LeaderElector | None) -> None:
             standalone=True,
             clusterwide=not settings.namespaces,
             namespaces=settings.namespaces,
+            # kopf would otherwise name itself after the login user, and an image that runs
+            # as a numeric UID with no passwd entry (runAsUser) has none.
+            # (kopf.Identity is a NewType of str that kopf does not export.)
+            identity=cast(Any, identity(settings)),
         )
     finally:
         if elector is not None:

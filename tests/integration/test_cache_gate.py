@@ -63,6 +63,8 @@ def chart_operator(testbed, namespace) -> Any:
     helm_ok(testbed, "install", release, str(CHART), "--namespace", namespace,
             "--set", f"watchNamespaces={{{namespace}}}", "--set", "operator.retrySeconds=2",
             "--wait", f"--timeout={INSTALL_TIMEOUT_S}s", timeout=INSTALL_TIMEOUT_S + 60)
+    pods = testbed.get(namespace, "pods", "-l", f"app.kubernetes.io/instance={release}")["items"]
+    assert pods and all(testbed.image_path(namespace, p["metadata"]["name"], "operator") == "image" for p in pods)
     yield release
     testbed.helm("uninstall", release, "--namespace", namespace, "--ignore-not-found", "--wait", timeout=180)
     testbed.kubectl("delete", "clusterrole,clusterrolebinding", f"{release}-modelops", "--ignore-not-found", check=False)

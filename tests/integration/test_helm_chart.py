@@ -1,7 +1,7 @@
 """The Helm chart on the test bed: lint, the schema, what it renders, and a real install.
 
 The install runs the operator as the chart deploys it (the node agent runs the operator
-image from this checkout), in a namespace that enforces the `restricted` Pod Security
+image built from this checkout's images/operator/Dockerfile), in a namespace that enforces the `restricted` Pod Security
 Standard, with the chart's ServiceAccount and RBAC. A ModelVersion whose artifact is
 missing must get its condition from that operator: proof that it runs and may do its job.
 """
@@ -262,6 +262,8 @@ def test_helm_install_runs_the_operator_with_least_privilege(testbed, namespace,
         assert len(pods) == 2
         for candidate in pods:
             assert {c["type"]: c["status"] for c in candidate["status"]["conditions"]}["Ready"] == "True"
+            # What users pull: the node agent ran the operator image that `make images` built.
+            assert testbed.image_path(namespace, candidate["metadata"]["name"], "operator") == "image"
         lease = eventually(lambda: json.loads(testbed.kubectl("get", "lease", fullname, "-n", namespace, "-o", "json",
                                                               check=False) or "{}").get("spec"), 60, "the Lease")
         (pod,) = [p for p in pods if p["metadata"]["name"] == lease["holderIdentity"]]
