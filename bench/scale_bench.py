@@ -115,15 +115,13 @@ def kwok_nodes(testbed: support.Testbed) -> None:
                == ["True"] * KWOK_NODES, 60, "the kwok nodes to be Ready")
 
 
-def model_doc(name: str, bucket: str) -> dict[str, Any]:
+def model_doc(name: str, storage: Any) -> dict[str, Any]:
+    """The sample Model on the bench's bucket, over HTTPS verified with the test bed's CA."""
     model = yaml.safe_load((ROOT / "config/samples/01-model.yaml").read_text())
     model["metadata"] = {"name": name}
-    model["spec"]["storage"].update(endpoint=support_endpoint, bucket=bucket, credentialsSecret={"name": "scale-storage"})
+    model["spec"]["storage"] = storage.model_storage("scale-storage")
     model["spec"]["versionDefaults"].pop("evaluation", None)
     return model
-
-
-support_endpoint = ""
 
 
 def version_doc(model: str, number: int, uri: str, sha: str) -> dict[str, Any]:
@@ -306,7 +304,6 @@ def report(results: dict[str, Any]) -> None:
 
 
 def main() -> int:
-    global support_endpoint
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", type=int, default=10)
     parser.add_argument("--versions", type=int, default=1000)
@@ -333,11 +330,10 @@ def main() -> int:
         testbed.kubectl("create", "namespace", NAMESPACE)
         storage = testbed.storage("scale-bench")
         storage.ensure()
-        support_endpoint = storage.endpoint
         artifact = Path(support.digits_model().onnx).read_bytes()
         uri, sha = storage.uri("digits/model.onnx"), storage.put("digits/model.onnx", artifact)
         secret = storage.secret("scale-storage")
-        models = [model_doc(f"m{i}", storage.bucket) for i in range(args.models)]
+        models = [model_doc(f"m{i}", storage) for i in range(args.models)]
         publish_cached(storage, models[0], version_doc("m0", 1, uri, sha), artifact)
         testbed.apply(NAMESPACE, [secret, *models])
 

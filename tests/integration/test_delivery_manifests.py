@@ -1,8 +1,8 @@
 """kubeconform passes what the operator renders for delivery: the canary Deployment, the
 split Services and the HTTPRoute (against Gateway API's HTTPRoute CRD, v1.6.3), the
-HorizontalPodAutoscaler (against the test bed apiserver's autoscaling/v2 schema), and
-ModelDeployments that use canary, suspend and autoscaling (against our CRD). The KEDA
-ScaledObject has a golden test only: no KEDA CRD is available here to validate it against."""
+HorizontalPodAutoscaler (against the test bed apiserver's autoscaling/v2 schema), the KEDA
+ScaledObject (against KEDA v2.16.1's CRD), and ModelDeployments that use canary, suspend and
+autoscaling (against our CRD)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from modelops.api.deployment import AutoscalingSpec, HTTPRouteRef, ModelDeployme
 from modelops.core.httproute import render_httproute, render_split_services
 from modelops.core.objects import OwnerRef, VersionView
 from modelops.core.render import render_deployment
-from modelops.core.scalers import render_hpa
+from modelops.core.scalers import render_hpa, render_scaled_object
 from modelops.settings import Settings
 from tests.api_cases import MODEL, edited
 
@@ -28,6 +28,7 @@ pytestmark = pytest.mark.integration
 
 ROOT = support.REPO_ROOT
 HTTPROUTE_CRD = ROOT / "tests" / "fixtures" / "gateway.networking.k8s.io_httproutes.yaml"
+SCALEDOBJECT_CRD = ROOT / "tests" / "fixtures" / "keda.sh_scaledobjects.yaml"
 OWNER = OwnerRef(api_version="modelops.dev/v1alpha1", kind="ModelDeployment", name="digits", uid="0000-md")
 CANARY_MD = {
     "apiVersion": "modelops.dev/v1alpha1", "kind": "ModelDeployment", "metadata": {"name": "digits"},
@@ -58,6 +59,10 @@ def rendered() -> list[dict[str, Any]]:
                          parent=HTTPRouteRef.model_validate({"parent": "public", "namespace": "gateways"}), weights=(90, 10)),
         render_httproute(name="digits", namespace="ml", owner=OWNER, model="digits", parent=HTTPRouteRef(parent="public"), weights=None),
         render_hpa(name="digits", namespace="ml", model="digits", owner=OWNER, spec=auto),
+        *(render_scaled_object(name="digits", namespace="ml", model="digits", owner=OWNER,
+                               spec=AutoscalingSpec.model_validate({**CANARY_MD["spec"]["autoscaling"], "provider": "keda", "metric": metric,
+                                                                     "prometheusAddress": "http://prometheus.monitoring:9090"}))
+          for metric in ("queue-time-ratio", "inferences-per-second")),
         CANARY_MD,
         edited(edited(CANARY_MD, "spec.suspended", True), "spec.autoscaling", ...),
     ]
@@ -65,7 +70,7 @@ def rendered() -> list[dict[str, Any]]:
 
 def kubeconform(testbed: Any, path: Path) -> tuple[int, dict[str, Any]]:
     openapi = json.loads(testbed.kubectl("get", "--raw", "/openapi/v2", timeout=120))
-    crds = [*sorted((ROOT / "crds").glob("*.yaml")), HTTPROUTE_CRD]
+    crds = [*sorted((ROOT / "crds").glob("*.yaml")), HTTPROUTE_CRD, SCALEDOBJECT_CRD]
     template = schemas.write_schemas(openapi, crds, support.CACHE / "kubeconform-schemas")
     result = subprocess.run([str(support.binaries() / "kubeconform"), "-schema-location", str(template),
                              "-kubernetes-version", "1.34.4", "-strict", "-summary", "-output", "json", str(path)],

@@ -6,6 +6,7 @@ kubelet API by the node's InternalIP and port (status.daemonEndpoints) over TLS.
 
 from __future__ import annotations
 
+import hashlib
 import select
 import socket
 import ssl
@@ -161,8 +162,22 @@ def test_kubectl_logs_previous_shows_the_instance_before_a_restart(testbed, name
 
 def test_kubectl_port_forward_to_a_service_reaches_a_server_on_the_pods_localhost(testbed, namespace):
     # The server listens on 127.0.0.1 only: just port-forward (inside the pod's network namespace) reaches it.
-    server = ("mkdir -p /work/srv && hostname > /work/srv/index.html && "
-              "exec python -m http.server 8080 --bind 127.0.0.1 --directory /work/srv")
+    # GET answers the pod's hostname; POST reads the whole body and answers its length and sha256,
+    # so a large request proves every byte crossed the forward (and the server never closes early).
+    server = ("mkdir -p /work/srv && cat > /work/srv/server.py <<'PY'\n"
+              "import hashlib, http.server, socket\n"
+              "class Handler(http.server.BaseHTTPRequestHandler):\n"
+              "    def answer(self, body):\n"
+              "        self.send_response(200); self.send_header('Content-Length', str(len(body))); self.end_headers()\n"
+              "        self.wfile.write(body)\n"
+              "    def do_GET(self):\n"
+              "        self.answer((socket.gethostname() + '\\n').encode())\n"
+              "    def do_POST(self):\n"
+              "        data = self.rfile.read(int(self.headers['Content-Length']))\n"
+              "        self.answer(f'{len(data)} {hashlib.sha256(data).hexdigest()}'.encode())\n"
+              "http.server.ThreadingHTTPServer(('127.0.0.1', 8080), Handler).serve_forever()\n"
+              "PY\n"
+              "exec python /work/srv/server.py")
     probe = ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/', timeout=1)"]
     testbed.apply(namespace, [
         pod("web", server, restart="Always", ports=[{"name": "http", "containerPort": 8080}],
@@ -182,10 +197,9 @@ def test_kubectl_port_forward_to_a_service_reaches_a_server_on_the_pods_localhos
             with urllib.request.urlopen(f"http://127.0.0.1:{local}/", timeout=10) as response:
                 assert response.read().decode() == "web\n"
         payload = b"x" * 300_000
-        request = urllib.request.Request(f"http://127.0.0.1:{local}/missing", data=payload, method="POST")
-        with pytest.raises(urllib.error.HTTPError) as refused:
-            urllib.request.urlopen(request, timeout=30)
-        assert refused.value.code == 501, "http.server answers POST with 501: the request body made it through"
+        request = urllib.request.Request(f"http://127.0.0.1:{local}/upload", data=payload, method="POST")
+        with urllib.request.urlopen(request, timeout=30) as response:
+            assert response.read().decode() == f"{len(payload)} {hashlib.sha256(payload).hexdigest()}"
         assert forward.poll() is None, forward.stderr.read() if forward.stderr else ""
     finally:
         forward.terminate()

@@ -48,7 +48,8 @@ def model(name: str) -> dict[str, Any]:
     return {
         "apiVersion": "modelops.dev/v1alpha1", "kind": "Model", "metadata": {"name": name},
         "spec": {
-            "storage": {"endpoint": "http://127.0.0.1:1", "bucket": "models", "credentialsSecret": {"name": "absent"}},
+            "storage": {"endpoint": "http://127.0.0.1:1", "insecure": True, "bucket": "models",
+                        "credentialsSecret": {"name": "absent"}},
             "signature": {"inputs": [{"name": "input", "dataType": "FP32", "dims": [4]}],
                           "outputs": [{"name": "output", "dataType": "FP32", "dims": [2]}]},
         },
