@@ -67,7 +67,7 @@ test: ## Run the test suite (unit, integration, e2e) on the local test bed; faul
 	@scripts/run-tests.sh -m "not faults"
 
 .PHONY: test-faults
-test-faults: ## Run the fault suite: kill -9s, control-plane outages, HA handover (about 10 minutes)
+test-faults: ## Run the fault suite: kill -9s, control-plane outages, HA handover (about 7 minutes)
 	@scripts/run-tests.sh -m faults
 
 .PHONY: test-unit

@@ -171,9 +171,11 @@ def test_a_good_canary_is_promoted_and_a_bad_one_aborted_under_load(testbed, nam
         def promoted() -> bool:
             md = get_json(testbed, namespace, "modeldeployment", "serve")
             seen_health.add(health("ModelDeployment", md)[0])
+            status = md.get("status") or {}
+            if status.get("servedVersion") != 2 or (status.get("canary") or {}).get("phase") != "Promoted":
+                return False  # until then the canary Deployment may not exist yet
             canary = get_json(testbed, namespace, "deployment", "serve-canary")
-            return (md["status"].get("servedVersion") == 2 and md["status"]["canary"]["phase"] == "Promoted"
-                    and canary["spec"]["replicas"] == 0 and not canary["status"].get("replicas"))
+            return canary["spec"]["replicas"] == 0 and not canary["status"].get("replicas")
 
         eventually(promoted, 900, "version 2 promoted and served by the stable pods", interval=1)
         eventually(lambda: good.requests() >= MIN_REQUESTS, 600, f"{MIN_REQUESTS} requests", interval=1)
