@@ -122,8 +122,9 @@ class Operator:
     async def _resync_loop(self) -> None:
         while True:
             await asyncio.sleep(self.settings.resync_seconds)
-            for key in sorted(self.known):
-                self.wake(key)
+            if self.queue is not None:
+                for key in sorted(self.known):
+                    self.queue.add(key, resync=True)
 
     async def _work(self, key: Key) -> float | None:
         ctx = self.ctx
