@@ -211,6 +211,8 @@ def build_registry(operator: Operator) -> kopf.OperatorRegistry:
         operator.seen(key, after is None)
         operator.wake(key)
         if dependents.model_changed(before, after):  # only its spec reaches below it
+            if operator.ctx is not None:
+                operator.ctx.forget_recent(namespace)
             for version in dependents.waiting_versions(cache.versions_of(namespace, name)):
                 operator.wake(Key("ModelVersion", namespace, version))
             for deployment in cache.deployments_of(namespace, name):
