@@ -276,7 +276,7 @@ def first_status_latencies(testbed: support.Testbed, custom: Any, docs: list[dic
     return sorted(first[n] - created[n] for n in first)
 
 
-def cache_memory(custom: Any, core: Any) -> dict[str, Any]:
+def cache_memory(testbed: support.Testbed, custom: Any) -> dict[str, Any]:
     """Memory of the watch-fed cache for the objects now in the namespace, against keeping the
     bodies whole (with managedFields), measured with tracemalloc in this process."""
     from modelops import kube as k8s
@@ -287,6 +287,9 @@ def cache_memory(custom: Any, core: Any) -> dict[str, Any]:
         (k8s.MODELDEPLOYMENTS, custom.list_namespaced_custom_object(GROUP, VERSION, NAMESPACE, "modeldeployments")["items"]),
         (k8s.MODELS, custom.list_namespaced_custom_object(GROUP, VERSION, NAMESPACE, "models")["items"]),
     ]
+    children = json.loads(testbed.kubectl("get", "deployments,services", "-n", NAMESPACE, "-o", "json"))["items"]
+    bodies += [(k8s.DEPLOYMENTS, [c for c in children if c["kind"] == "Deployment"]),
+               (k8s.SERVICES, [c for c in children if c["kind"] == "Service"])]
     count = sum(len(items) for _, items in bodies)
 
     def measure(keep: Any) -> int:
@@ -467,7 +470,7 @@ def main() -> int:
             "requests_per_object_by_verb": {verb: round(n / objects, 3) for verb, n in by_verb(requests).items()},
             "resync": {"writes": len(resync_writes), "requests": len(resync), "cpu_s": round(cpu3 - cpu2, 1),
                        "write_examples": [f"{e['verb']} {e.get('requestURI')}" for e in resync_writes[:5]]},
-            "cache": cache_memory(custom, core),
+            "cache": cache_memory(testbed, custom),
             "targets": TARGETS,
             "before": BEFORE,
         }
