@@ -71,11 +71,11 @@ test-faults: ## Run the fault suite: kill -9s, control-plane outages, HA handove
 	@scripts/run-tests.sh -m faults
 
 .PHONY: test-canary-exact
-test-canary-exact: ## Run the acceptance's good canary exactly: 10 % then 50 % on 9 stable pods, >= 10,000 requests (about N minutes)
+test-canary-exact: ## Run the acceptance's good canary exactly: 10 % then 50 % on 9 stable pods, >= 10,000 requests (about 3 minutes)
 	@scripts/run-tests.sh -m canary_exact
 
 .PHONY: test-canary-prometheus
-test-canary-prometheus: ## Run the canary analysis through a real Prometheus (built once, about N minutes cold)
+test-canary-prometheus: ## Run the canary analysis through a real Prometheus (about 1 minute; its first build about 5)
 	@scripts/run-tests.sh -m prometheus
 
 .PHONY: test-unit

@@ -54,8 +54,9 @@ class Traffic:
     pods' endpoints at its start and end, and the stable Deployment's available pods sampled
     between bursts."""
 
-    def __init__(self, testbed: Any, namespace: str, inputs: np.ndarray, stable: int, concurrency: int = 8) -> None:
-        self.testbed, self.namespace, self.stable, self.concurrency = testbed, namespace, stable, concurrency
+    def __init__(self, testbed: Any, namespace: str, inputs: np.ndarray, stable: int, concurrency: int = 8,
+                 burst: int = BURST) -> None:
+        self.testbed, self.namespace, self.stable, self.concurrency, self.burst = testbed, namespace, stable, concurrency, burst
         self.endpoints = lc.ServiceEndpoints(testbed.kubeconfig, namespace, "serve")
         batch = inputs[:1].astype(np.float32)
         self.call = InferenceCall(model_name="digits", inputs={"input": batch}, outputs=["logits"])
@@ -76,7 +77,7 @@ class Traffic:
     def _run(self) -> None:
         while not self._stop.is_set():
             before, canary_ips = self.canary_state()
-            report: LoadReport = run_load(self.endpoints, self.call, requests=BURST, concurrency=self.concurrency,
+            report: LoadReport = run_load(self.endpoints, self.call, requests=self.burst, concurrency=self.concurrency,
                                           time_limit_s=30, request_timeout_s=10)
             after, later_ips = self.canary_state()
             stable = get_json(self.testbed, self.namespace, "deployment", "serve").get("status") or {}
