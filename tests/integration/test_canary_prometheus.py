@@ -1,12 +1,14 @@
-"""The canary analysis through Prometheus: a real Prometheus (built by `e2e/testbed/build.sh
-prometheus`) runs on the host and scrapes the Triton pods it finds with Kubernetes service
-discovery, relabelled to `namespace` and `pod` as usual; the operator is given its URL
-(MODELOPS_PROMETHEUS_URL) and reads Triton's counters only there.
+"""The canary analysis and the autoscaler through Prometheus: a real Prometheus (built by
+`e2e/testbed/build.sh prometheus`) runs on the host and scrapes the Triton pods it finds with
+Kubernetes service discovery, relabelled to `namespace` and `pod` as usual; the operator is
+given its URL (MODELOPS_PROMETHEUS_URL) and reads Triton's counters only there.
 
 While Prometheus is down, a canary waits with `MetricsUnavailable` and is never promoted;
 once it is back, the good version is promoted; a version whose every request fails is aborted
-at its first step, with figures that Prometheus's own series confirm. On demand
-(`make test-canary-prometheus`, marker `prometheus`): the Prometheus build takes minutes cold.
+at its first step, with figures that Prometheus's own series confirm. The operator's
+autoscaler scales on the counters read there, and holds its count, saying why, once
+Prometheus is gone. On demand (`make test-canary-prometheus`, marker `prometheus`): the
+Prometheus build takes minutes cold.
 """
 
 from __future__ import annotations
@@ -168,7 +170,7 @@ def test_the_canary_analysis_reads_triton_counters_through_prometheus(testbed, n
         assert md["status"]["canary"]["phase"] == "Progressing" and md["status"]["servedVersion"] == 1
         assert not md["status"]["canary"].get("lastAnalysis"), "no analysis without the counters"
         warnings = [m for r, m in reasons(testbed, namespace) if r == "MetricsUnavailable"]
-        assert warnings and "could not be read" in warnings[0], warnings
+        assert any("could not be read" in m for m in warnings), warnings
 
         # -- Prometheus back: the good canary is promoted from its figures ---------------------------
         prometheus.start()
@@ -212,3 +214,42 @@ def test_the_canary_analysis_reads_triton_counters_through_prometheus(testbed, n
     assert failed >= ANALYSIS["minRequests"] and in_prometheus >= failed, log["bad"]  # every request of version 3 fails
     assert status["servedVersion"] == 2
     (Path(testbed.state_dir) / "canary-prometheus.json").write_text(json.dumps(log, indent=2, default=str))
+
+
+AUTOSCALING = {"minReplicas": 1, "maxReplicas": 3, "metric": "inferences-per-second", "target": 60,
+               "stabilizationWindow": "20s", "cooldown": "30s", "interval": "3s"}
+
+
+@pytest.mark.timeout(900)
+def test_the_autoscaler_reads_through_prometheus_and_holds_when_it_cannot(testbed, namespace, storage, digits, start_operator,
+                                                                          prometheus) -> None:
+    start_operator(resync_seconds=30, prometheus_url=prometheus.url)
+    model = digits_model_manifest(storage, None, gpus=0)
+    v1 = digits_version_manifest(storage, 1, storage.put("digits/1/model.onnx", digits.onnx[0]))
+    publish_cached(storage, model, v1, digits.onnx[0])
+    md = serve(1, STEPS, ANALYSIS)
+    md["spec"].pop("replicas")
+    md["spec"]["autoscaling"] = AUTOSCALING
+    apply_docs(testbed, namespace, [storage.secret("storage"), model, v1, md])
+    kubectl(testbed, "wait", "-n", namespace, "--for=condition=Ready", "modeldeployment/serve", "--timeout=300s", timeout=330)
+    inputs = np.load(support.digits_model(0).eval_npz)["inputs"]
+
+    def scaler() -> dict[str, Any]:
+        return (get_json(testbed, namespace, "modeldeployment", "serve").get("status") or {}).get("autoscaling") or {}
+
+    with Traffic(testbed, namespace, inputs, 1) as load:
+        grown = eventually(lambda: (s := scaler()).get("replicas", 1) >= 2 and s, 300, "the scaler asking for more pods", interval=1)
+        posted = prometheus.posted_queries()
+        # Prometheus gone: the count holds, and the status and an event say why.
+        prometheus.stop()
+        held = eventually(lambda: "could not be read" in ((s := scaler()).get("message") or "") and s, 120,
+                          "status.autoscaling.message saying Prometheus could not be read", interval=1)
+    log = {"grown": grown, "held": held, "requests": load.requests(), "failures": load.failures(), "operator_queries": len(posted)}
+    print("\nautoscaler through Prometheus:", json.dumps(log, indent=2))
+    assert grown["value"] > AUTOSCALING["target"] and posted, log
+    assert held["replicas"] == get_json(testbed, namespace, "deployment", "serve")["spec"]["replicas"] >= grown["replicas"], log
+    assert held["message"].startswith(f"Prometheus at {prometheus.url} could not be read") and held["message"].endswith(
+        "replicas stay as they are"), held
+    events = [m for r, m in reasons(testbed, namespace) if r == "MetricsUnavailable"]
+    assert any(m.startswith(f"autoscaler: Prometheus at {prometheus.url} could not be read") for m in events), events
+    assert load.failures() == 0, log
