@@ -189,14 +189,47 @@ def test_network_policies_are_off_by_default_and_render_as_the_golden_file(testb
     operator, *tritons = docs
     assert operator["spec"]["policyTypes"] == ["Egress"] and operator["metadata"]["namespace"] == "ops"
     egress_ports = [{p["port"] for p in rule["ports"]} for rule in operator["spec"]["egress"]]
-    assert egress_ports == [{443, 6443}, {443}, {53}]
+    # The API server, storage, Triton's metrics on the pods (the canary analysis, the autoscaler), DNS.
+    assert egress_ports == [{443, 6443}, {443}, {8002}, {53}]
+    labels = naming.server_labels("d", "m")
+    assert operator["spec"]["egress"][2]["to"][0]["podSelector"]["matchLabels"].items() <= labels.items()
     assert [t["metadata"]["namespace"] for t in tritons] == ["team-a", "team-b"]
     for triton in tritons:
         clients, scraper = triton["spec"]["ingress"]
         assert {p["port"] for p in clients["ports"]} == {8000, 8001} and {p["port"] for p in scraper["ports"]} == {8002}
-        # The policy selects exactly the pods the operator renders for Triton.
-        labels = naming.server_labels("d", "m")
+        # The policy selects exactly the pods the operator renders for Triton; the operator may scrape them.
         assert triton["spec"]["podSelector"]["matchLabels"].items() <= labels.items()
+        assert scraper["from"][-1]["podSelector"]["matchLabels"] == operator["spec"]["podSelector"]["matchLabels"]
+
+    # Given a Prometheus, the operator reaches it instead of the pods, and the pods only the scraper.
+    out = helm_ok(testbed, "template", "mo", str(CHART), "--namespace", "ops", KUBE_VERSION, "-f", str(values),
+                  "--set", "operator.prometheus.url=https://prometheus.monitoring:9090",
+                  "--set", "networkPolicy.prometheus.cidrs={10.0.9.0/24}", "--set", "networkPolicy.prometheus.ports={9090}",
+                  "--show-only", "templates/networkpolicy.yaml")
+    operator, *tritons = [d for d in yaml.safe_load_all(out) if d]
+    assert [{p["port"] for p in rule["ports"]} for rule in operator["spec"]["egress"]] == [{443, 6443}, {443}, {9090}, {53}]
+    assert operator["spec"]["egress"][2]["to"] == [{"ipBlock": {"cidr": "10.0.9.0/24"}}]
+    assert all(len(t["spec"]["ingress"][1]["from"]) == 1 for t in tritons)
+
+
+def test_a_prometheus_for_the_analysis_is_an_operator_setting_with_its_ca(testbed) -> None:
+    docs = render(testbed, "operator.prometheus.url=https://prometheus.monitoring:9090",
+                  "operator.prometheus.caConfigMap.name=prometheus-ca")
+    (deployment,) = of_kind(docs, "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    env = {var["name"]: var.get("value") for var in pod["containers"][0]["env"]}
+    assert env["MODELOPS_PROMETHEUS_URL"] == "https://prometheus.monitoring:9090"
+    assert env["MODELOPS_PROMETHEUS_CA_FILE"] == "/etc/modelops/prometheus-ca/ca.crt"
+    assert env["MODELOPS_PROMETHEUS_INSECURE_SKIP_VERIFY"] == "false"
+    mount = next(m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "prometheus-ca")
+    volume = next(v for v in pod["volumes"] if v["name"] == "prometheus-ca")
+    assert mount == {"name": "prometheus-ca", "mountPath": "/etc/modelops/prometheus-ca", "readOnly": True}
+    assert volume["configMap"] == {"name": "prometheus-ca", "items": [{"key": "ca.crt", "path": "ca.crt"}]}
+    # Without one, the operator reads the pods and mounts nothing more.
+    (plain,) = of_kind(render(testbed), "Deployment")
+    env = {var["name"]: var.get("value") for var in plain["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["MODELOPS_PROMETHEUS_URL"] == "" and env["MODELOPS_PROMETHEUS_CA_FILE"] == ""
+    assert [v["name"] for v in plain["spec"]["template"]["spec"]["volumes"]] == ["tmp"]
 
 
 # -- a real install ----------------------------------------------------------------------------
