@@ -9,7 +9,10 @@ missing must get its condition from that operator: proof that it runs and may do
 from __future__ import annotations
 
 import json
+import os
+import signal
 import urllib.request
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -244,19 +247,29 @@ def can_i(testbed: Any, account: str, namespace: str, verb: str, resource: str, 
     return answer == "yes"
 
 
-def smoke_objects(storage: Storage) -> list[dict[str, Any]]:
+def smoke_objects(storage: Storage, version: int = 1) -> list[dict[str, Any]]:
     """The sample Secret and Model, pointed at this test's bucket, and a version whose artifact is not there."""
     samples = ROOT / "config" / "samples"
     secret = yaml.safe_load((samples / "00-storage-credentials.yaml").read_text())
     secret["stringData"] = storage.secret(secret["metadata"]["name"])["stringData"]
     model = yaml.safe_load((samples / "01-model.yaml").read_text())
     model["spec"]["storage"].update(storage.model_storage(model["spec"]["storage"]["credentialsSecret"]["name"]))
-    version = {
-        "apiVersion": "modelops.dev/v1alpha1", "kind": "ModelVersion", "metadata": {"name": "digits-v1"},
-        "spec": {"model": model["metadata"]["name"], "version": 1,
-                 "artifact": {"uri": f"s3://{storage.bucket}/digits/1/model.onnx", "format": "onnx", "sha256": "ab" * 32}},
+    missing = {
+        "apiVersion": "modelops.dev/v1alpha1", "kind": "ModelVersion", "metadata": {"name": f"digits-v{version}"},
+        "spec": {"model": model["metadata"]["name"], "version": version,
+                 "artifact": {"uri": f"s3://{storage.bucket}/digits/{version}/model.onnx", "format": "onnx", "sha256": "ab" * 32}},
     }
-    return [secret, model, version]
+    return [secret, model, missing]
+
+
+# Short leases, so that the handover after a kill -9 takes seconds.
+LEASE_DURATION_S, RETRY_PERIOD_S = 6, 1
+LEASE_SETTINGS = ("--set", f"leaderElection.leaseDurationSeconds={LEASE_DURATION_S}",
+                  "--set", "leaderElection.renewDeadlineSeconds=4", "--set", f"leaderElection.retryPeriodSeconds={RETRY_PERIOD_S}")
+
+
+def lease_time(stamp: str) -> datetime:
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00"))
 
 
 def audit_entries_since(path: Path, offset: int) -> list[dict[str, Any]]:
@@ -284,7 +297,7 @@ def test_helm_install_runs_the_operator_with_least_privilege(testbed, namespace,
     try:
         helm_ok(testbed, "install", release, str(CHART), "--namespace", namespace,
                 "--set", f"watchNamespaces={{{namespace}}}", "--set", "operator.retrySeconds=2", "--set", "replicaCount=2",
-                "--wait", f"--timeout={INSTALL_TIMEOUT_S}s", timeout=INSTALL_TIMEOUT_S + 60)
+                *LEASE_SETTINGS, "--wait", f"--timeout={INSTALL_TIMEOUT_S}s", timeout=INSTALL_TIMEOUT_S + 60)
 
         deployment = json.loads(testbed.kubectl("get", "deployment", fullname, "-n", namespace, "-o", "json"))
         # Two replicas, both Ready: the leader and a standby, which answers its probes too.
@@ -342,6 +355,28 @@ def test_helm_install_runs_the_operator_with_least_privilege(testbed, namespace,
         reconciles = sum(sample.value for family in families for sample in family.samples
                          if sample.name == "modelops_reconcile_total" and sample.labels.get("kind") == "ModelVersion")
         assert reconciles >= 1
+
+        # kill -9 the leader: the standby takes the Lease once it has gone unrenewed for the lease
+        # duration (within one retry period after), and reconciles; the killed pod restarts as a standby.
+        last_renewal = lease_time(json.loads(testbed.kubectl("get", "lease", fullname, "-n", namespace, "-o", "json"))["spec"]["renewTime"])
+        (leader,) = [s for s in pod["status"]["containerStatuses"] if s["name"] == "operator"]
+        os.killpg(int(leader["containerID"].removeprefix("modelops://")), signal.SIGKILL)
+        (standby,) = [p["metadata"]["name"] for p in pods if p["metadata"]["name"] != pod["metadata"]["name"]]
+        taken = eventually(lambda: (spec := json.loads(testbed.kubectl("get", "lease", fullname, "-n", namespace, "-o", "json"))["spec"])
+                           .get("holderIdentity") == standby and spec, 60, "the standby to take the Lease")
+        handover = (lease_time(taken["acquireTime"]) - last_renewal).total_seconds()
+        print(f"\nLease {fullname}: holder {pod['metadata']['name']}, then after kill -9 {standby}, "
+              f"{handover:.2f} s after the last renewal (lease {LEASE_DURATION_S} s, retry {RETRY_PERIOD_S} s)")
+        assert LEASE_DURATION_S - RETRY_PERIOD_S <= handover <= LEASE_DURATION_S + 2 * RETRY_PERIOD_S
+        testbed.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(smoke_objects(storage, version=2)[-1]))
+        eventually(lambda: "ArtifactNotFound" in testbed.kubectl(
+            "get", "modelversion", "digits-v2", "-n", namespace, "-o", "jsonpath={.status.conditions[?(@.type=='Ready')].reason}"),
+            120, "the new leader to reconcile a new version")
+        eventually(lambda: sum(1 for p in json.loads(testbed.kubectl(
+            "get", "pods", "-n", namespace, "-l", f"app.kubernetes.io/instance={release}", "-o", "json"))["items"]
+            if {c["type"]: c["status"] for c in p["status"].get("conditions", [])}.get("Ready") == "True") == 2,
+            120, "the killed leader to come back as a ready standby")
+        assert json.loads(testbed.kubectl("get", "lease", fullname, "-n", namespace, "-o", "json"))["spec"]["holderIdentity"] == standby
 
         helm_ok(testbed, "uninstall", release, "--namespace", namespace, "--wait", f"--timeout={INSTALL_TIMEOUT_S}s",
                 timeout=INSTALL_TIMEOUT_S + 60)
