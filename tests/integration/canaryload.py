@@ -18,7 +18,7 @@ from onnx import helper
 
 from e2e import lifecycle as lc
 from e2e.loadgen import InferenceCall, LoadReport, run_load
-from tests.integration.conftest import eventually, get_json
+from tests.integration.conftest import digits_model_manifest, digits_version_manifest, eventually, get_json, publish_cached
 
 BURST = 300
 
@@ -35,6 +35,25 @@ def even_batch_only(source: bytes) -> bytes:
     model.graph.node.insert(0, helper.make_node("Split", ["input"], ["half_a", "half_b"], axis=0))
     onnx.checker.check_model(model)
     return model.SerializeToString()
+
+
+def publish_versions(storage: Any, digits: Any, count: int = 3) -> tuple[dict[str, Any], dict[int, dict[str, Any]]]:
+    """The digits Model and versions 1 to `count`, each with a finished compression in storage (a
+    cache hit: no Job runs); version 3, when there is one, fails every request of batch 1."""
+    model = digits_model_manifest(storage, None, gpus=0)
+    docs = {n: digits_version_manifest(storage, n, storage.put(f"digits/{n}/model.onnx", digits.onnx[n - 1])) for n in range(1, count + 1)}
+    for n, doc in docs.items():
+        publish_cached(storage, model, doc, even_batch_only(digits.onnx[n - 1]) if n == 3 else digits.onnx[n - 1])
+    return model, docs
+
+
+def promoted(testbed: Any, namespace: str, version: int) -> bool:
+    """`version` served by the stable pods after a canary, and the canary Deployment at 0."""
+    status = get_json(testbed, namespace, "modeldeployment", "serve").get("status") or {}
+    if status.get("servedVersion") != version or (status.get("canary") or {}).get("phase") != "Promoted":
+        return False  # until then the canary Deployment may not exist yet
+    canary = get_json(testbed, namespace, "deployment", "serve-canary")
+    return bool(canary["spec"]["replicas"] == 0 and not canary["status"].get("replicas"))
 
 
 def serve(replicas: int, steps: list[dict[str, Any]], analysis: dict[str, Any], progress_deadline: int = 180) -> dict[str, Any]:

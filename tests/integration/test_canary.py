@@ -18,15 +18,12 @@ import numpy as np
 import pytest
 
 from e2e import support
-from tests.integration.canaryload import Traffic, even_batch_only, reasons, serve
+from tests.integration.canaryload import Traffic, promoted, publish_versions, reasons, serve
 from tests.integration.conftest import (
     apply_docs,
-    digits_model_manifest,
-    digits_version_manifest,
     eventually,
     get_json,
     kubectl,
-    publish_cached,
 )
 from tests.unit.test_chart_argocd_health import health
 
@@ -44,11 +41,7 @@ MIN_REQUESTS = 10_000
 @pytest.mark.timeout(1500)
 def test_a_good_canary_is_promoted_and_a_bad_one_aborted_under_load(testbed, namespace, storage, digits, start_operator) -> None:
     start_operator(resync_seconds=30)
-    model = digits_model_manifest(storage, None, gpus=0)
-    docs = {n: digits_version_manifest(storage, n, storage.put(f"digits/{n}/model.onnx", digits.onnx[n - 1])) for n in (1, 2, 3)}
-    publish_cached(storage, model, docs[1], digits.onnx[0])
-    publish_cached(storage, model, docs[2], digits.onnx[1])
-    publish_cached(storage, model, docs[3], even_batch_only(digits.onnx[2]))
+    model, docs = publish_versions(storage, digits)
     apply_docs(testbed, namespace, [storage.secret("storage"), model, docs[1], serve(STABLE, STEPS, ANALYSIS)])
     kubectl(testbed, "wait", "-n", namespace, "--for=condition=Ready", "modeldeployment/serve", "--timeout=400s", timeout=430)
     inputs = np.load(support.digits_model(0).eval_npz)["inputs"]
@@ -59,16 +52,11 @@ def test_a_good_canary_is_promoted_and_a_bad_one_aborted_under_load(testbed, nam
         apply_docs(testbed, namespace, [docs[2]])
         seen_health: set[str] = set()
 
-        def promoted() -> bool:
-            md = get_json(testbed, namespace, "modeldeployment", "serve")
-            seen_health.add(health("ModelDeployment", md)[0])
-            status = md.get("status") or {}
-            if status.get("servedVersion") != 2 or (status.get("canary") or {}).get("phase") != "Promoted":
-                return False  # until then the canary Deployment may not exist yet
-            canary = get_json(testbed, namespace, "deployment", "serve-canary")
-            return canary["spec"]["replicas"] == 0 and not canary["status"].get("replicas")
+        def watched_until_promoted() -> bool:
+            seen_health.add(health("ModelDeployment", get_json(testbed, namespace, "modeldeployment", "serve"))[0])
+            return promoted(testbed, namespace, 2)
 
-        eventually(promoted, 900, "version 2 promoted and served by the stable pods", interval=1)
+        eventually(watched_until_promoted, 900, "version 2 promoted and served by the stable pods", interval=1)
         eventually(lambda: good.requests() >= MIN_REQUESTS, 600, f"{MIN_REQUESTS} requests", interval=1)
     good_shares = good.shares(2)
     log["good"] = {"requests": good.requests(), "failures": good.failures(), "shares": good_shares,

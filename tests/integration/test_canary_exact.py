@@ -19,15 +19,12 @@ import numpy as np
 import pytest
 
 from e2e import support
-from tests.integration.canaryload import Traffic, reasons, serve
+from tests.integration.canaryload import Traffic, promoted, publish_versions, reasons, serve
 from tests.integration.conftest import (
     apply_docs,
-    digits_model_manifest,
-    digits_version_manifest,
     eventually,
     get_json,
     kubectl,
-    publish_cached,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.canary_exact]
@@ -53,10 +50,7 @@ def test_a_good_canary_at_exactly_10_then_50_percent_is_promoted_with_no_failed_
 ) -> None:
     started = time.monotonic()
     start_operator(resync_seconds=30)
-    model = digits_model_manifest(storage, None, gpus=0)
-    docs = {n: digits_version_manifest(storage, n, storage.put(f"digits/{n}/model.onnx", digits.onnx[n - 1])) for n in (1, 2)}
-    publish_cached(storage, model, docs[1], digits.onnx[0])
-    publish_cached(storage, model, docs[2], digits.onnx[1])
+    model, docs = publish_versions(storage, digits, count=2)
     apply_docs(testbed, namespace, [storage.secret("storage"), model, docs[1], serve(STABLE, STEPS, ANALYSIS, progress_deadline=600)])
     kubectl(testbed, "wait", "-n", namespace, "--for=condition=Ready", "modeldeployment/serve", "--timeout=900s", timeout=930)
     inputs = np.load(support.digits_model(0).eval_npz)["inputs"]
@@ -65,14 +59,7 @@ def test_a_good_canary_at_exactly_10_then_50_percent_is_promoted_with_no_failed_
     with Traffic(testbed, namespace, inputs, STABLE, burst=BURST) as good:
         apply_docs(testbed, namespace, [docs[2]])
 
-        def promoted() -> bool:
-            status = get_json(testbed, namespace, "modeldeployment", "serve").get("status") or {}
-            if status.get("servedVersion") != 2 or (status.get("canary") or {}).get("phase") != "Promoted":
-                return False  # until then the canary Deployment may not exist yet
-            canary = get_json(testbed, namespace, "deployment", "serve-canary")
-            return canary["spec"]["replicas"] == 0 and not canary["status"].get("replicas")
-
-        eventually(promoted, 1800, "version 2 promoted and served by the stable pods", interval=2)
+        eventually(lambda: promoted(testbed, namespace, 2), 1800, "version 2 promoted and served by the stable pods", interval=2)
         eventually(lambda: good.requests() >= MIN_REQUESTS, 600, f"{MIN_REQUESTS} requests", interval=1)
     shares = good.shares(2)
     md = get_json(testbed, namespace, "modeldeployment", "serve")

@@ -29,7 +29,7 @@ import pytest
 import yaml
 
 from e2e import support
-from tests.integration.canaryload import Traffic, even_batch_only, reasons, serve
+from tests.integration.canaryload import Traffic, publish_versions, reasons, serve
 from tests.integration.conftest import (
     apply_docs,
     digits_model_manifest,
@@ -140,11 +140,7 @@ def condition(md: dict[str, Any], kind: str) -> dict[str, Any]:
 @pytest.mark.timeout(1800)
 def test_the_canary_analysis_reads_triton_counters_through_prometheus(testbed, namespace, storage, digits, start_operator, prometheus) -> None:
     start_operator(resync_seconds=30, prometheus_url=prometheus.url)
-    model = digits_model_manifest(storage, None, gpus=0)
-    docs = {n: digits_version_manifest(storage, n, storage.put(f"digits/{n}/model.onnx", digits.onnx[n - 1])) for n in (1, 2, 3)}
-    publish_cached(storage, model, docs[1], digits.onnx[0])
-    publish_cached(storage, model, docs[2], digits.onnx[1])
-    publish_cached(storage, model, docs[3], even_batch_only(digits.onnx[2]))
+    model, docs = publish_versions(storage, digits)
     apply_docs(testbed, namespace, [storage.secret("storage"), model, docs[1], serve(STABLE, STEPS, ANALYSIS)])
     kubectl(testbed, "wait", "-n", namespace, "--for=condition=Ready", "modeldeployment/serve", "--timeout=400s", timeout=430)
     inputs = np.load(support.digits_model(0).eval_npz)["inputs"]
