@@ -333,6 +333,7 @@ def report(results: dict[str, Any]) -> None:
         ("operator CPU during convergence (s)", results["operator"]["converge_cpu_s"], "", None),
         ("  operator RSS before creates (MiB)", results["operator"]["rss_mib"]["before_creates"], "", None),
         ("  share of the machine's cores busy", results["cpu_s_while_converging"]["machine_busy_share"], "", None),
+        ("  least wall time that CPU allows (s)", results["cpu_s_while_converging"]["cpu_floor_s"], "", None),
         ("API requests per object", results["requests_per_object"], "", BEFORE["requests_per_object"]),
         ("no-op resync: writes", results["resync"]["writes"], f"== {TARGETS['resync_writes']}", None),
         ("no-op resync: CPU (s)", results["resync"]["cpu_s"], "", None),
@@ -465,7 +466,9 @@ def main() -> int:
                          "rss_timeline_mib": sampler.samples[::4]},
             # Where the machine's cores went while it converged: the operator is one tenant of them.
             "cpu_s_while_converging": {**cpu_during, "wall_s": round(converged_s, 1),
-                                       "machine_busy_share": round(sum(cpu_during.values()) / (converged_s * (os.cpu_count() or 1)), 2)},
+                                       "machine_busy_share": round(sum(cpu_during.values()) / (converged_s * (os.cpu_count() or 1)), 2),
+                                       # The least wall time this much CPU allows on this machine's cores.
+                                       "cpu_floor_s": round(sum(cpu_during.values()) / (os.cpu_count() or 1), 1)},
             "requests_per_object": round(len(requests) / objects, 2),
             "requests_per_object_by_verb": {verb: round(n / objects, 3) for verb, n in by_verb(requests).items()},
             "resync": {"writes": len(resync_writes), "requests": len(resync), "cpu_s": round(cpu3 - cpu2, 1),
