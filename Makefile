@@ -70,6 +70,10 @@ test: ## Run the test suite (unit, integration, e2e) on the local test bed; faul
 test-faults: ## Run the fault suite: kill -9s, control-plane outages, HA handover (about 7 minutes)
 	@scripts/run-tests.sh -m faults
 
+.PHONY: test-mutations
+test-mutations: ## Prove the fault suite: each patch in tests/mutations/ breaks one property, and its fault test must fail
+	@scripts/mutation-proofs.sh
+
 .PHONY: test-unit
 test-unit: ## Run only the unit tests (no cluster)
 	@scripts/run-tests.sh -m unit
