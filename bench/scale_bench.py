@@ -142,6 +142,42 @@ def deployment_doc(model: str, number: int, serving: bool) -> dict[str, Any]:
 # -- the operator --------------------------------------------------------------------------------
 
 
+class RssSampler(threading.Thread):
+    """The operator's RSS every half second, for the timeline of where its peak comes from."""
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(daemon=True)
+        self.pid = pid
+        self.samples: list[tuple[float, float]] = []
+        self.halt = threading.Event()
+
+    def run(self) -> None:
+        start = time.monotonic()
+        while not self.halt.wait(0.5):
+            try:
+                line = next(x for x in Path(f"/proc/{self.pid}/status").read_text().splitlines() if x.startswith("VmRSS"))
+            except (OSError, StopIteration):
+                return
+            self.samples.append((round(time.monotonic() - start, 1), round(int(line.split()[1]) / 1024, 1)))
+
+    def at(self, seconds: float) -> float | None:
+        return next((rss for t, rss in self.samples if t >= seconds), None)
+
+
+def component_cpu(testbed: support.Testbed) -> dict[str, float]:
+    """CPU seconds so far of each control-plane process (and kwok), from /proc."""
+    state = json.loads((Path(testbed.state_dir) / "state.json").read_text())
+    cpu = {}
+    for name, pid in (state.get("pids") or {}).items():
+        if name.startswith("node-") or name == "minio":
+            continue
+        try:
+            cpu[name] = proc_stats(int(pid))[0]
+        except OSError:
+            continue
+    return cpu
+
+
 def proc_stats(pid: int) -> tuple[float, float]:
     """(CPU seconds, peak RSS MiB) of a process."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -292,6 +328,8 @@ def report(results: dict[str, Any]) -> None:
         ("create -> first status p99 (s)", results["first_status_s"]["p99"], f"<= {TARGETS['p99_first_status_s']:g}", None),
         ("operator peak RSS (MiB)", results["operator"]["peak_rss_mib"], f"<= {TARGETS['peak_rss_mib']:g}", BEFORE["peak_rss_mib"]),
         ("operator CPU during convergence (s)", results["operator"]["converge_cpu_s"], "", None),
+        ("  operator RSS before creates (MiB)", results["operator"]["rss_mib"]["before_creates"], "", None),
+        ("  share of the machine's cores busy", results["cpu_s_while_converging"]["machine_busy_share"], "", None),
         ("API requests per object", results["requests_per_object"], "", BEFORE["requests_per_object"]),
         ("no-op resync: writes", results["resync"]["writes"], f"== {TARGETS['resync_writes']}", None),
         ("no-op resync: CPU (s)", results["resync"]["cpu_s"], "", None),
@@ -301,6 +339,7 @@ def report(results: dict[str, Any]) -> None:
     for name, value, target, before in rows:
         print(f"{name:40} {value:>10} {target:>8} {before if before is not None else '':>8}")
     print("requests per object by verb:", results["requests_per_object_by_verb"])
+    print("CPU seconds while converging:", results["cpu_s_while_converging"])
 
 
 def main() -> int:
@@ -354,6 +393,10 @@ def main() -> int:
         audit = Audit(testbed.audit_log)
         audit.mark()
         cpu0, _ = proc_stats(pid)
+        sampler = RssSampler(pid)
+        sampler.start()
+        idle_rss = proc_stats(pid)[1]
+        plane0, kwok0 = component_cpu(testbed), proc_stats(kwok.pid)[0]
         log(f"creating {len(versions)} ModelVersions and {len(deployments)} ModelDeployments")
         profiler = None
         if args.py_spy:
@@ -365,6 +408,8 @@ def main() -> int:
         marks: dict[str, float] = {}
         eventually(lambda: converged(custom, len(versions), len(deployments), marks), 1800, "convergence", interval=1.0)
         converged_s = time.monotonic() - started
+        plane1, kwok1 = component_cpu(testbed), proc_stats(kwok.pid)[0]
+        converged_rss = proc_stats(pid)[1]
         services = core.list_namespaced_service(NAMESPACE).items
         created = sorted(svc.metadata.creation_timestamp for svc in services)
         service_rate = (len(created) - 1) / max(1.0, (created[-1] - created[0]).total_seconds()) if len(created) > 1 else 0.0
@@ -391,6 +436,10 @@ def main() -> int:
         eventually(lambda: operator.metric("modelops_queue_depth") == 0, 300, "the resync to finish", interval=0.5)
         time.sleep(2)
         cpu3, rss = proc_stats(pid)
+        sampler.halt.set()
+        cpu_during = {name: round(plane1[name] - plane0.get(name, 0.0), 1) for name in plane1}
+        cpu_during["kwok"] = round(kwok1 - kwok0, 1)
+        cpu_during["operator"] = round(cpu1 - cpu0, 1)
         resync = audit.operator_requests()
         resync_writes = [e for e in resync if e["verb"] in WRITE_VERBS]
 
@@ -407,7 +456,13 @@ def main() -> int:
             "first_status_s": {"objects": len(latencies), "rate_per_s": args.rate,
                                "p50": round(statistics.median(latencies), 3),
                                "p99": round(latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))], 3)},
-            "operator": {"peak_rss_mib": round(rss, 1), "converge_cpu_s": round(cpu1 - cpu0, 1), "total_cpu_s": round(cpu3, 1)},
+            "operator": {"peak_rss_mib": round(rss, 1), "converge_cpu_s": round(cpu1 - cpu0, 1), "total_cpu_s": round(cpu3, 1),
+                         "rss_mib": {"before_creates": round(idle_rss, 1), "peak_at_s": max(sampler.samples, key=lambda x: x[1])[0],
+                                     "at_converged": round(converged_rss, 1), "after_resync": sampler.samples[-1][1]},
+                         "rss_timeline_mib": sampler.samples[::4]},
+            # Where the machine's cores went while it converged: the operator is one tenant of them.
+            "cpu_s_while_converging": {**cpu_during, "wall_s": round(converged_s, 1),
+                                       "machine_busy_share": round(sum(cpu_during.values()) / (converged_s * (os.cpu_count() or 1)), 2)},
             "requests_per_object": round(len(requests) / objects, 2),
             "requests_per_object_by_verb": {verb: round(n / objects, 3) for verb, n in by_verb(requests).items()},
             "resync": {"writes": len(resync_writes), "requests": len(resync), "cpu_s": round(cpu3 - cpu2, 1),

@@ -110,3 +110,28 @@ def test_an_earlier_wakeup_replaces_a_later_one() -> None:
         return runs
 
     assert run(scenario()) == 1
+
+
+def test_a_changed_key_goes_before_every_resync_key_and_a_waiting_resync_key_moves_up() -> None:
+    async def scenario() -> list[str]:
+        seen: list[str] = []
+
+        async def work(key: Key) -> None:
+            seen.append(key.name)
+
+        queue = WorkQueue(work, workers=1, max_backoff=1)
+        resynced = [Key("Model", "ns", f"r{i}") for i in range(5)]
+        for key in resynced:
+            queue.add(key, resync=True)
+        queue.add(A)
+        queue.add(resynced[3])  # it changed while waiting for the resync
+        queue.add(resynced[0], resync=True)  # already waiting: not queued twice
+        assert queue.depth == 6
+        queue.start()
+        while len(seen) < 6:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)
+        await queue.stop()
+        return seen
+
+    assert run(scenario()) == ["a", "r3", "r0", "r1", "r2", "r4"]

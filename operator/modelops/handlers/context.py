@@ -31,8 +31,9 @@ from modelops.storage import ObjectInfo, ObjectStore, StorageConfig, TransferTun
 CREDENTIAL_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
 # The operator only HEADs and reads small objects: fail fast and let the queue retry.
 OPERATOR_TUNING = TransferTuning(max_attempts=2, stream_attempts=1, connect_timeout_s=3.0, read_timeout_s=10.0)
-# An artifact's existence and credentials Secrets are reused for this long (watching every Secret of
-# the cluster would need RBAC to read them all), and at most this many are kept.
+# An artifact's existence, credentials Secrets and CA bundles are reused for this long (watching
+# every Secret and ConfigMap of the cluster would need RBAC to read them all), and at most this many
+# are kept.
 READ_TTL_SECONDS = 10.0
 READ_CACHE_LIMIT = 4096
 SMALL_READ_LIMIT = 1 << 20  # bytes: reports and measurements, never artifacts
@@ -85,6 +86,11 @@ class _Bounded:
             self._items.move_to_end(key)
             while len(self._items) > self._limit:
                 self._items.popitem(last=False)
+
+    def drop(self, which: Callable[[Any], bool]) -> None:
+        with self._lock:
+            for key in [k for k in self._items if which(k)]:
+                del self._items[key]
 
 
 class CachedReads:
@@ -166,17 +172,25 @@ class Context:
     wake: Callable[[Key], None]
     cache: Cache = field(default_factory=Cache)
     clock: Callable[[], datetime] = utcnow
-    _secrets: _Bounded = field(default_factory=lambda: _Bounded(256))
+    _recent_reads: _Bounded = field(default_factory=lambda: _Bounded(512))
 
-    def secret(self, namespace: str, name: str) -> dict[str, Any] | None:
-        """A Secret as read at most READ_TTL_SECONDS ago (None: it does not exist)."""
+    def read_recent(self, resource: k8s.Resource, namespace: str, name: str) -> dict[str, Any] | None:
+        """A Secret or ConfigMap as read at most READ_TTL_SECONDS ago (None: it does not exist)."""
         now = time.monotonic()
-        kept = self._secrets.get((namespace, name))
+        kept = self._recent_reads.get((resource.plural, namespace, name))
         if kept is not None and kept[0] > now:
             return kept[1]  # type: ignore[no-any-return]
-        secret = self.kube.get(k8s.SECRETS, namespace, name)
-        self._secrets.put((namespace, name), (now + READ_TTL_SECONDS, secret))
-        return secret
+        obj = self.kube.get(resource, namespace, name)
+        self._recent_reads.put((resource.plural, namespace, name), (now + READ_TTL_SECONDS, obj))
+        return obj
+
+    def secret(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self.read_recent(k8s.SECRETS, namespace, name)
+
+    def forget_recent(self, namespace: str) -> None:
+        """Read the namespace's Secrets and ConfigMaps afresh: a changed Model may be the user's
+        sign that they fixed one (a CA bundle is otherwise not retried on a timer)."""
+        self._recent_reads.drop(lambda key: key[1] == namespace)
     # The operator's scaler: the last reading of Triton's counters per ModelDeployment.
     readings: dict[tuple[str, str], Any] = field(default_factory=dict)
 
@@ -202,7 +216,7 @@ class Context:
             return None
         kind, name = ref.source
         field = "configMapRef" if kind == "ConfigMap" else "secretRef"
-        obj = self.kube.get(k8s.CONFIGMAPS if kind == "ConfigMap" else k8s.SECRETS, namespace, name)
+        obj = self.read_recent(k8s.CONFIGMAPS if kind == "ConfigMap" else k8s.SECRETS, namespace, name)
         if obj is None:
             raise CABundleProblem(f"{kind} {name} named in spec.storage.caBundle.{field} does not exist")
         if kind == "ConfigMap":

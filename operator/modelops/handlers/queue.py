@@ -1,10 +1,15 @@
 """A coalescing work queue, as controllers use: a key waits at most once, a key is never
-worked on twice at the same time, and a key that changes while being worked on runs again."""
+worked on twice at the same time, and a key that changes while being worked on runs again.
+
+Two lanes: a change (a watch event, a timer the reconcile asked for) goes before the periodic
+resync, so that a resync of thousands of unchanged objects never delays a new one. A key waiting
+in the resync lane moves to the front lane when it changes."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -31,8 +36,12 @@ class WorkQueue:
         self._workers = workers
         self._max_backoff = max_backoff
         self._on_depth = on_depth
-        self._queue: asyncio.Queue[Key] = asyncio.Queue()
+        self._changed: deque[Key] = deque()
+        self._resync: deque[Key] = deque()
+        # One permit per lane entry; an entry whose key was already taken is skipped.
+        self._entries = asyncio.Semaphore(0)
         self._waiting: set[Key] = set()
+        self._waiting_changed: set[Key] = set()
         self._active: set[Key] = set()
         self._again: set[Key] = set()
         self._failures: dict[Key, int] = {}
@@ -57,18 +66,35 @@ class WorkQueue:
     def depth(self) -> int:
         return len(self._waiting)
 
-    def add(self, key: Key) -> None:
-        """Reconcile `key` soon."""
+    def add(self, key: Key, resync: bool = False) -> None:
+        """Reconcile `key` soon; after every changed key if this is only a periodic `resync`."""
+        if resync and (key in self._active or key in self._waiting):
+            return  # it runs soon anyway
         timer = self._timers.pop(key, None)
         if timer is not None:
             timer.cancel()
         if key in self._active:
             self._again.add(key)
             return
-        if key not in self._waiting:
-            self._waiting.add(key)
-            self._queue.put_nowait(key)
-            self._on_depth(len(self._waiting))
+        if resync:
+            self._resync.append(key)
+        elif key not in self._waiting_changed:
+            self._waiting_changed.add(key)
+            self._changed.append(key)
+        else:
+            return
+        self._entries.release()
+        self._waiting.add(key)
+        self._on_depth(len(self._waiting))
+
+    async def _next(self) -> Key:
+        while True:
+            await self._entries.acquire()
+            key = self._changed.popleft() if self._changed else self._resync.popleft()
+            if key in self._waiting:
+                self._waiting.discard(key)
+                self._waiting_changed.discard(key)
+                return key
 
     def add_after(self, key: Key, delay: float) -> None:
         """Reconcile `key` after `delay` seconds unless it is queued sooner."""
@@ -91,8 +117,7 @@ class WorkQueue:
 
     async def _run(self) -> None:
         while True:
-            key = await self._queue.get()
-            self._waiting.discard(key)
+            key = await self._next()
             self._on_depth(len(self._waiting))
             self._active.add(key)
             retry_after: float | None = None

@@ -122,8 +122,9 @@ class Operator:
     async def _resync_loop(self) -> None:
         while True:
             await asyncio.sleep(self.settings.resync_seconds)
-            for key in sorted(self.known):
-                self.wake(key)
+            if self.queue is not None:
+                for key in sorted(self.known):
+                    self.queue.add(key, resync=True)
 
     async def _work(self, key: Key) -> float | None:
         ctx = self.ctx
@@ -210,6 +211,8 @@ def build_registry(operator: Operator) -> kopf.OperatorRegistry:
         operator.seen(key, after is None)
         operator.wake(key)
         if dependents.model_changed(before, after):  # only its spec reaches below it
+            if operator.ctx is not None:
+                operator.ctx.forget_recent(namespace)
             for version in dependents.waiting_versions(cache.versions_of(namespace, name)):
                 operator.wake(Key("ModelVersion", namespace, version))
             for deployment in cache.deployments_of(namespace, name):
