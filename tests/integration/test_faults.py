@@ -254,12 +254,20 @@ def test_the_standby_finishes_a_rollout_whose_leader_was_killed(
     # The leader starts the rollout (the Deployment's template moves to version 2), then dies.
     eventually(lambda: template_version(testbed, namespace) == "2", 60, "the leader to start the rollout")
     leader.kill()
-    eventually(lambda: holder(testbed, namespace) == "replica-b", 30, "replica-b to take over")
+    eventually(lambda: holder(testbed, namespace) == "replica-b", 30, "replica-b to take over",
+               detail=lambda: f"the Lease is held by {holder(testbed, namespace)!r}")
     eventually(lambda: deployment_status(testbed, namespace).get("servedVersion") == 2, 300,
                "the standby to finish the rollout")
     status = deployment_status(testbed, namespace)
     assert status["rollouts"][-1]["version"] == 2 and status["rollouts"][-1]["outcome"] == "Succeeded"
     assert condition(testbed, namespace, "Ready")["status"] == "True"
+
+
+def fetch_states(testbed: Any, namespace: str) -> dict[str, Any]:
+    """Each pod's fetch init container: its state and its last state."""
+    pods = get_json(testbed, namespace, "pods", "-l", "app.kubernetes.io/instance=digits")["items"]
+    return {p["metadata"]["name"]: [(s.get("state"), s.get("lastState")) for s in p["status"].get("initContainerStatuses", [])]
+            for p in pods}
 
 
 def ready_pods(testbed: Any, namespace: str) -> list[dict[str, Any]]:
@@ -285,7 +293,8 @@ def test_minio_down_during_a_model_fetch_keeps_the_old_version_serving_then_reco
             return any(s.get("restartCount", 0) >= 1 or "terminated" in (s.get("lastState") or {})
                        for p in pods for s in p["status"].get("initContainerStatuses", []))
 
-        eventually(fetch_failed, 120, "the new pod's model fetch to fail while storage is down")
+        eventually(fetch_failed, 120, "the new pod's model fetch to fail while storage is down",
+                   detail=lambda: f"fetch containers: {fetch_states(testbed, namespace)}")
         # Nothing that should not be served is: the old pod keeps serving version 1.
         assert [p["metadata"]["name"] for p in ready_pods(testbed, namespace)] == [old_pod["metadata"]["name"]]
         assert deployment_status(testbed, namespace).get("servedVersion") == 1
@@ -312,7 +321,8 @@ def test_a_triton_pod_that_crashes_after_ready_is_degraded_then_heals(
     os.killpg(int(triton["containerID"].removeprefix("modelops://")), signal.SIGKILL)
 
     degraded = eventually(lambda: (c := condition(testbed, namespace, "Degraded")).get("status") == "True" and c,
-                          60, "the deployment to report Degraded")
+                          60, "the deployment to report Degraded",
+                          detail=lambda: f"Degraded is {condition(testbed, namespace, 'Degraded')}")
     print(f"\nDegraded: {degraded['reason']}: {degraded['message']}")
     assert degraded["reason"] not in ("AsExpected", "")
     eventually(lambda: condition(testbed, namespace, "Ready").get("status") == "True"
@@ -362,6 +372,8 @@ def test_minio_down_during_compression_is_a_condition_serves_nothing_new_then_re
             retrying = eventually(
                 lambda: version_condition(s := status_of(testbed, namespace, "digits-v2"), "Ready")["reason"] == "JobRetrying" and s,
                 60, "version 2 to say that its Job retries",
+                detail=lambda: f"version 2 is {(s := status_of(testbed, namespace, 'digits-v2')).get('phase')}: "
+                               f"{[(c['type'], c.get('reason'), c.get('message')) for c in s.get('conditions') or []]}",
             )
             message = version_condition(retrying, "Ready")["message"]
             print(f"\nwhile MinIO is down: {retrying['phase']}: {message}")
