@@ -91,6 +91,7 @@ mutated_image() {
 rows=()
 broken=0
 for patch in "${patches[@]}"; do
+  patch="$(realpath "$patch")"
   name="$(basename "$patch" .patch)"
   header="$(sed -n '1s/^# //p' "$patch")"
   test_id="${header%% must fail:*}"
