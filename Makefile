@@ -63,8 +63,8 @@ chart-docs: ## Generate the values table of charts/modelops/README.md from the c
 	@$(venv_python) scripts/chart-values-table.py
 
 .PHONY: test
-test: ## Run the test suite (unit, integration, e2e) on the local test bed; faults run on demand
-	@scripts/run-tests.sh -m "not faults"
+test: ## Run the test suite (unit, integration, e2e) on the local test bed; faults and the slow canary tests run on demand
+	@scripts/run-tests.sh -m "not faults and not canary_exact and not prometheus"
 
 .PHONY: test-faults
 test-faults: ## Run the fault suite: kill -9s, control-plane outages, HA handover (about 7 minutes)
@@ -73,6 +73,14 @@ test-faults: ## Run the fault suite: kill -9s, control-plane outages, HA handove
 .PHONY: test-mutations
 test-mutations: ## Prove the fault suite: each patch in tests/mutations/ breaks one property, and its fault test must fail
 	@scripts/mutation-proofs.sh
+
+.PHONY: test-canary-exact
+test-canary-exact: ## Run the acceptance's good canary exactly: 10 % then 50 % on 9 stable pods, >= 10,000 requests (about 3 minutes)
+	@scripts/run-tests.sh -m canary_exact
+
+.PHONY: test-canary-prometheus
+test-canary-prometheus: ## Run the canary analysis through a real Prometheus (about 1 minute; its first build about 5)
+	@scripts/run-tests.sh -m prometheus
 
 .PHONY: test-unit
 test-unit: ## Run only the unit tests (no cluster)

@@ -23,6 +23,8 @@ cache="${MODELOPS_CACHE:-$HOME/.cache/modelops}"
 images="$cache/images"
 mkdir -p "$images" "$root/build/images"
 log() { echo "[images] $*" >&2; }
+# A failing step names itself, instead of ending the build without a word.
+trap 'log "failed (exit $?) at line $LINENO: $BASH_COMMAND"' ERR
 
 if [[ $# -eq 0 ]]; then
   set -- operator compressor

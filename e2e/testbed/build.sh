@@ -2,6 +2,9 @@
 # Build (once) the test bed's upstream binaries from pinned Go modules and print
 # the directory that holds them: etcd, kube-apiserver, kube-controller-manager,
 # kube-scheduler, kubectl, helm, minio, kubeconform and kwok (fake nodes for the scale benchmark).
+# `build.sh prometheus` builds (once) and prints the directory of an on-demand module instead:
+# Prometheus, which only the on-demand Prometheus canary test needs, so that a cold `make test`
+# does not pay for its build.
 #
 # Each go.mod under e2e/testbed/go pins one upstream release. Each module's output is
 # keyed by its go.mod, go.sum, build recipe and the Go toolchain, so a warm machine
@@ -39,7 +42,7 @@ helm_ldflags="$ldflags -X helm.sh/helm/v3/internal/version.version=v3.19.5 \
  -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor=34 \
  -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=34"
 
-# One recipe per module: MODULE|LDFLAGS|OUTPUT NAME (empty: one binary per package)|PACKAGES
+# One recipe per module: MODULE|LDFLAGS|OUTPUT NAME (empty: one binary per package)|PACKAGES|BUILD TAGS
 recipes=(
   "etcd|$ldflags|etcd|go.etcd.io/etcd/server/v3"
   "kubernetes|$kube_ldflags||k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl"
@@ -48,22 +51,39 @@ recipes=(
   "kubeconform|$ldflags|kubeconform|github.com/yannh/kubeconform/cmd/kubeconform"
   "kwok|$ldflags|kwok|sigs.k8s.io/kwok/cmd/kwok"
 )
+# Built only when named. Prometheus with Kubernetes service discovery only (its other
+# discovery plugins pull in every cloud's SDK) and without the embedded web UI.
+on_demand=(
+  "prometheus|$ldflags|prometheus|github.com/prometheus/prometheus/cmd/prometheus|remove_all_sd,enable_kubernetes_sd"
+)
 
 # build_module RECIPE: builds into its own keyed directory (once) and prints that directory.
 build_module() {
-  local module flags name packages key out
-  IFS='|' read -r module flags name packages <<<"$1"
+  local module flags name packages tags key out
+  IFS='|' read -r module flags name packages tags <<<"$1"
   key="$( (echo "$go_version"; echo "$1"; cat "$here/go/$module/go.mod" "$here/go/$module/go.sum") | sha256sum | cut -c1-16)"
   out="$cache/bin/$module-$key"
   if [[ ! -f "$out/.complete" ]]; then
     log "go build in $module: $packages (cold builds take minutes on 2 cores)"
     rm -rf "$out" && mkdir -p "$out"
     # shellcheck disable=SC2086 # packages is a word list
-    (cd "$here/go/$module" && go build -trimpath -ldflags "$flags" -o "$out/$name" $packages)
+    (cd "$here/go/$module" && go build -trimpath -tags "$tags" -ldflags "$flags" -o "$out/$name" $packages)
     touch "$out/.complete"
   fi
   echo "$out"
 }
+
+if [[ $# -gt 0 ]]; then
+  for wanted in "$@"; do
+    found=""
+    for recipe in "${on_demand[@]}"; do
+      [[ "${recipe%%|*}" == "$wanted" ]] && found="$recipe"
+    done
+    [[ -n "$found" ]] || { log "no on-demand module $wanted (there are: ${on_demand[*]%%|*})"; exit 2; }
+    build_module "$found"
+  done
+  exit 0
+fi
 
 module_dirs=()
 for recipe in "${recipes[@]}"; do

@@ -48,7 +48,7 @@ def context_factory(settings: Settings) -> Callable[[Callable[[Key], None]], Con
                 observe=metrics.observe_request, user_agent=user_agent(settings), connections=settings.workers + 2
             ),
             metrics=metrics,
-            stores=StoreCache(),
+            stores=StoreCache(workers=settings.workers),
             wake=wake,
         )
 

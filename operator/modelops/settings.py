@@ -41,6 +41,13 @@ class Settings(BaseModel):
     retry_seconds: float = Field(30.0, gt=0, description="Wait before checking storage again after it failed or missed.")
     max_backoff_seconds: float = Field(300.0, gt=0, description="Longest wait before retrying a failed reconcile.")
     rollout_history: int = Field(5, ge=1, le=50, description="Rollouts kept in a ModelDeployment's status.")
+    prometheus_url: str = Field(
+        "", pattern=r"^(https?://[^\s]+)?$",
+        description="Prometheus's HTTP API (http(s)://host:port) from which the canary analysis and the operator's autoscaler "
+        "read Triton's counters; empty reads them from the pods' own metrics endpoints (port 8002).",
+    )
+    prometheus_ca_file: str = Field("", description="PEM bundle that verifies Prometheus's certificate; empty uses the system's.")
+    prometheus_insecure_skip_verify: bool = Field(False, description="Do not verify Prometheus's certificate (test set-ups only).")
     log_level: str = Field("INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$")
     leader_election: bool = Field(False, description="Reconcile only while holding a Lease, so replicas can stand by.")
     leader_election_id: str = Field(

@@ -9,7 +9,10 @@ missing must get its condition from that operator: proof that it runs and may do
 from __future__ import annotations
 
 import json
+import os
+import signal
 import urllib.request
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -189,14 +192,47 @@ def test_network_policies_are_off_by_default_and_render_as_the_golden_file(testb
     operator, *tritons = docs
     assert operator["spec"]["policyTypes"] == ["Egress"] and operator["metadata"]["namespace"] == "ops"
     egress_ports = [{p["port"] for p in rule["ports"]} for rule in operator["spec"]["egress"]]
-    assert egress_ports == [{443, 6443}, {443}, {53}]
+    # The API server, storage, Triton's metrics on the pods (the canary analysis, the autoscaler), DNS.
+    assert egress_ports == [{443, 6443}, {443}, {8002}, {53}]
+    labels = naming.server_labels("d", "m")
+    assert operator["spec"]["egress"][2]["to"][0]["podSelector"]["matchLabels"].items() <= labels.items()
     assert [t["metadata"]["namespace"] for t in tritons] == ["team-a", "team-b"]
     for triton in tritons:
         clients, scraper = triton["spec"]["ingress"]
         assert {p["port"] for p in clients["ports"]} == {8000, 8001} and {p["port"] for p in scraper["ports"]} == {8002}
-        # The policy selects exactly the pods the operator renders for Triton.
-        labels = naming.server_labels("d", "m")
+        # The policy selects exactly the pods the operator renders for Triton; the operator may scrape them.
         assert triton["spec"]["podSelector"]["matchLabels"].items() <= labels.items()
+        assert scraper["from"][-1]["podSelector"]["matchLabels"] == operator["spec"]["podSelector"]["matchLabels"]
+
+    # Given a Prometheus, the operator reaches it instead of the pods, and the pods only the scraper.
+    out = helm_ok(testbed, "template", "mo", str(CHART), "--namespace", "ops", KUBE_VERSION, "-f", str(values),
+                  "--set", "operator.prometheus.url=https://prometheus.monitoring:9090",
+                  "--set", "networkPolicy.prometheus.cidrs={10.0.9.0/24}", "--set", "networkPolicy.prometheus.ports={9090}",
+                  "--show-only", "templates/networkpolicy.yaml")
+    operator, *tritons = [d for d in yaml.safe_load_all(out) if d]
+    assert [{p["port"] for p in rule["ports"]} for rule in operator["spec"]["egress"]] == [{443, 6443}, {443}, {9090}, {53}]
+    assert operator["spec"]["egress"][2]["to"] == [{"ipBlock": {"cidr": "10.0.9.0/24"}}]
+    assert all(len(t["spec"]["ingress"][1]["from"]) == 1 for t in tritons)
+
+
+def test_a_prometheus_for_the_analysis_is_an_operator_setting_with_its_ca(testbed) -> None:
+    docs = render(testbed, "operator.prometheus.url=https://prometheus.monitoring:9090",
+                  "operator.prometheus.caConfigMap.name=prometheus-ca")
+    (deployment,) = of_kind(docs, "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    env = {var["name"]: var.get("value") for var in pod["containers"][0]["env"]}
+    assert env["MODELOPS_PROMETHEUS_URL"] == "https://prometheus.monitoring:9090"
+    assert env["MODELOPS_PROMETHEUS_CA_FILE"] == "/etc/modelops/prometheus-ca/ca.crt"
+    assert env["MODELOPS_PROMETHEUS_INSECURE_SKIP_VERIFY"] == "false"
+    mount = next(m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "prometheus-ca")
+    volume = next(v for v in pod["volumes"] if v["name"] == "prometheus-ca")
+    assert mount == {"name": "prometheus-ca", "mountPath": "/etc/modelops/prometheus-ca", "readOnly": True}
+    assert volume["configMap"] == {"name": "prometheus-ca", "items": [{"key": "ca.crt", "path": "ca.crt"}]}
+    # Without one, the operator reads the pods and mounts nothing more.
+    (plain,) = of_kind(render(testbed), "Deployment")
+    env = {var["name"]: var.get("value") for var in plain["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["MODELOPS_PROMETHEUS_URL"] == "" and env["MODELOPS_PROMETHEUS_CA_FILE"] == ""
+    assert [v["name"] for v in plain["spec"]["template"]["spec"]["volumes"]] == ["tmp"]
 
 
 # -- a real install ----------------------------------------------------------------------------
@@ -211,19 +247,29 @@ def can_i(testbed: Any, account: str, namespace: str, verb: str, resource: str, 
     return answer == "yes"
 
 
-def smoke_objects(storage: Storage) -> list[dict[str, Any]]:
+def smoke_objects(storage: Storage, version: int = 1) -> list[dict[str, Any]]:
     """The sample Secret and Model, pointed at this test's bucket, and a version whose artifact is not there."""
     samples = ROOT / "config" / "samples"
     secret = yaml.safe_load((samples / "00-storage-credentials.yaml").read_text())
     secret["stringData"] = storage.secret(secret["metadata"]["name"])["stringData"]
     model = yaml.safe_load((samples / "01-model.yaml").read_text())
     model["spec"]["storage"].update(storage.model_storage(model["spec"]["storage"]["credentialsSecret"]["name"]))
-    version = {
-        "apiVersion": "modelops.dev/v1alpha1", "kind": "ModelVersion", "metadata": {"name": "digits-v1"},
-        "spec": {"model": model["metadata"]["name"], "version": 1,
-                 "artifact": {"uri": f"s3://{storage.bucket}/digits/1/model.onnx", "format": "onnx", "sha256": "ab" * 32}},
+    missing = {
+        "apiVersion": "modelops.dev/v1alpha1", "kind": "ModelVersion", "metadata": {"name": f"digits-v{version}"},
+        "spec": {"model": model["metadata"]["name"], "version": version,
+                 "artifact": {"uri": f"s3://{storage.bucket}/digits/{version}/model.onnx", "format": "onnx", "sha256": "ab" * 32}},
     }
-    return [secret, model, version]
+    return [secret, model, missing]
+
+
+# Short leases, so that the handover after a kill -9 takes seconds.
+LEASE_DURATION_S, RETRY_PERIOD_S = 6, 1
+LEASE_SETTINGS = ("--set", f"leaderElection.leaseDurationSeconds={LEASE_DURATION_S}",
+                  "--set", "leaderElection.renewDeadlineSeconds=4", "--set", f"leaderElection.retryPeriodSeconds={RETRY_PERIOD_S}")
+
+
+def lease_time(stamp: str) -> datetime:
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00"))
 
 
 def audit_entries_since(path: Path, offset: int) -> list[dict[str, Any]]:
@@ -251,7 +297,7 @@ def test_helm_install_runs_the_operator_with_least_privilege(testbed, namespace,
     try:
         helm_ok(testbed, "install", release, str(CHART), "--namespace", namespace,
                 "--set", f"watchNamespaces={{{namespace}}}", "--set", "operator.retrySeconds=2", "--set", "replicaCount=2",
-                "--wait", f"--timeout={INSTALL_TIMEOUT_S}s", timeout=INSTALL_TIMEOUT_S + 60)
+                *LEASE_SETTINGS, "--wait", f"--timeout={INSTALL_TIMEOUT_S}s", timeout=INSTALL_TIMEOUT_S + 60)
 
         deployment = json.loads(testbed.kubectl("get", "deployment", fullname, "-n", namespace, "-o", "json"))
         # Two replicas, both Ready: the leader and a standby, which answers its probes too.
@@ -309,6 +355,28 @@ def test_helm_install_runs_the_operator_with_least_privilege(testbed, namespace,
         reconciles = sum(sample.value for family in families for sample in family.samples
                          if sample.name == "modelops_reconcile_total" and sample.labels.get("kind") == "ModelVersion")
         assert reconciles >= 1
+
+        # kill -9 the leader: the standby takes the Lease once it has gone unrenewed for the lease
+        # duration (within one retry period after), and reconciles; the killed pod restarts as a standby.
+        last_renewal = lease_time(json.loads(testbed.kubectl("get", "lease", fullname, "-n", namespace, "-o", "json"))["spec"]["renewTime"])
+        (leader,) = [s for s in pod["status"]["containerStatuses"] if s["name"] == "operator"]
+        os.killpg(int(leader["containerID"].removeprefix("modelops://")), signal.SIGKILL)
+        (standby,) = [p["metadata"]["name"] for p in pods if p["metadata"]["name"] != pod["metadata"]["name"]]
+        taken = eventually(lambda: (spec := json.loads(testbed.kubectl("get", "lease", fullname, "-n", namespace, "-o", "json"))["spec"])
+                           .get("holderIdentity") == standby and spec, 60, "the standby to take the Lease")
+        handover = (lease_time(taken["acquireTime"]) - last_renewal).total_seconds()
+        print(f"\nLease {fullname}: holder {pod['metadata']['name']}, then after kill -9 {standby}, "
+              f"{handover:.2f} s after the last renewal (lease {LEASE_DURATION_S} s, retry {RETRY_PERIOD_S} s)")
+        assert LEASE_DURATION_S - RETRY_PERIOD_S <= handover <= LEASE_DURATION_S + 2 * RETRY_PERIOD_S
+        testbed.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(smoke_objects(storage, version=2)[-1]))
+        eventually(lambda: "ArtifactNotFound" in testbed.kubectl(
+            "get", "modelversion", "digits-v2", "-n", namespace, "-o", "jsonpath={.status.conditions[?(@.type=='Ready')].reason}"),
+            120, "the new leader to reconcile a new version")
+        eventually(lambda: sum(1 for p in json.loads(testbed.kubectl(
+            "get", "pods", "-n", namespace, "-l", f"app.kubernetes.io/instance={release}", "-o", "json"))["items"]
+            if {c["type"]: c["status"] for c in p["status"].get("conditions", [])}.get("Ready") == "True") == 2,
+            120, "the killed leader to come back as a ready standby")
+        assert json.loads(testbed.kubectl("get", "lease", fullname, "-n", namespace, "-o", "json"))["spec"]["holderIdentity"] == standby
 
         helm_ok(testbed, "uninstall", release, "--namespace", namespace, "--wait", f"--timeout={INSTALL_TIMEOUT_S}s",
                 timeout=INSTALL_TIMEOUT_S + 60)

@@ -61,6 +61,19 @@ def test_within_the_tolerance_nothing_changes_and_a_missing_value_holds() -> Non
     assert decide(SPEC, 3, None, first.status.wire(), T0 + timedelta(seconds=3)).status == first.status
 
 
+def test_an_unreadable_metric_holds_the_count_and_says_why_until_a_value_comes() -> None:
+    first = decide(SPEC, 1, 250, None, T0)
+    why = "Prometheus at http://prom:9090 could not be read: connection refused"
+    blind = decide(SPEC, 3, None, first.status.wire(), T0 + timedelta(seconds=10), metrics_error=why)
+    assert blind.replicas == 3 and blind.message is None
+    assert blind.status.message == f"{why}; replicas stay as they are"
+    # Between readings the message stays; the next value clears it.
+    assert decide(SPEC, 3, None, blind.status.wire(), T0 + timedelta(seconds=11)).status.message == blind.status.message
+    assert decide(SPEC, 3, 300, blind.status.wire(), T0 + timedelta(seconds=20)).status.message is None
+    # With no status yet, the count is the Deployment's, within the bounds.
+    assert decide(SPEC, 9, None, None, T0, metrics_error=why).status.message == blind.status.message
+
+
 def test_bounds() -> None:
     assert run([(0, 10_000)]) == [4]
     assert run([(0, 0), (100, 0)], start=4) == [4, 1]

@@ -88,9 +88,10 @@ CANARY = CanarySpec.model_validate({"steps": [{"weight": 10, "pause": "30s"}, {"
                                     "analysis": {"maxErrorRatio": 0.01, "minRequests": 100, "interval": "5s"}})
 
 
-def step(old, server=None, metrics=None, now=T0, candidate=2, stable_version=1, replicas=9):
+def step(old, server=None, metrics=None, now=T0, candidate=2, stable_version=1, replicas=9, metrics_error=None):
     return plan_canary(canary_spec=CANARY, replicas=replicas, stable_version=stable_version, candidate=candidate,
-                       old=old.wire() if old is not None else None, server=server, metrics=metrics, now=now)
+                       old=old.wire() if old is not None else None, server=server, metrics=metrics, now=now,
+                       metrics_error=metrics_error)
 
 
 def ready(version: int, replicas: int) -> CanaryServer:
@@ -168,6 +169,33 @@ def test_unreadable_metrics_wait() -> None:
     assert blind.hold and blind.abort is None and "could not be read" in blind.status.message
 
 
+def test_a_prometheus_without_series_is_said_once_and_never_promotes() -> None:
+    counting = step(step(None).status, server=ready(2, 1), metrics=pods((0, 0), (0, 0)))
+    why = "Prometheus at http://prom:9090 has no series of Triton's counters of model digits for pod(s) c0 in ns"
+    blind = step(counting.status, server=ready(2, 1), metrics_error=why, now=T0 + timedelta(minutes=5))
+    assert (blind.hold, blind.abort, blind.metrics_unavailable, blind.status.phase) == (True, None, True, "Progressing")
+    assert blind.status.message == f"step 1/2 at 10 %: {why}; the analysis waits and tries again"
+    [event] = blind.events
+    assert (event.type, event.reason) == ("Warning", "MetricsUnavailable") and why in event.message
+    # The same cause again: the status stays as it is and no second event is recorded.
+    again = step(blind.status, server=ready(2, 1), metrics_error=why, now=T0 + timedelta(minutes=6))
+    assert again.events == () and again.status == blind.status
+    # Once the counters read again, the step goes on from its baseline.
+    back = step(again.status, server=ready(2, 1), metrics=pods((300, 0), (3000, 0)), now=T0 + timedelta(minutes=7))
+    assert back.status.step == 1 and not back.metrics_unavailable
+
+
+def test_plan_rollout_says_metrics_unavailable_in_progressing() -> None:
+    served = {"servedVersion": 1, "desiredVersion": 1, "rollouts": [
+        {"version": 1, "startedAt": "2025-03-01T11:00:00Z", "outcome": "Succeeded"}]}
+    start = rollout(served, done(1, 9))
+    blind = rollout(start.status, done(1, 9), ready(2, 1), None, error="Prometheus at http://prom:9090 could not be read: refused")
+    progressing = find(blind.status["conditions"], "Progressing")
+    assert (progressing["status"], progressing["reason"]) == ("True", "MetricsUnavailable")
+    assert "could not be read: refused" in progressing["message"]
+    assert [e.reason for e in blind.events] == ["MetricsUnavailable"]
+
+
 def test_a_newer_version_restarts_the_canary() -> None:
     start = step(None)
     newer = step(start.status, candidate=3)
@@ -183,9 +211,10 @@ def canary_spec(**extra) -> ModelDeploymentSpec:
         "rollout": {"strategy": "Canary", "canary": CANARY.wire()}, **extra})
 
 
-def rollout(old, server, canary_server=None, metrics=None, now=T0, md=None):
+def rollout(old, server, canary_server=None, metrics=None, now=T0, md=None, error=None):
     p = plan_rollout(spec=md or canary_spec(), generation=1, old_status=old, versions=[v(1), v(2)], server=server,
-                     model_exists=True, endpoints=ENDPOINTS, now=now, canary_server=canary_server, canary_metrics=metrics)
+                     model_exists=True, endpoints=ENDPOINTS, now=now, canary_server=canary_server, canary_metrics=metrics,
+                     canary_metrics_error=error)
     return replace(p, status=p.status.wire())
 
 

@@ -6,6 +6,7 @@ import pytest
 
 from modelops import __version__
 from modelops.settings import Settings, SettingsError
+from modelops.tritonmetrics import PrometheusSource
 
 pytestmark = pytest.mark.unit
 
@@ -36,8 +37,17 @@ def test_values_are_read_and_typed() -> None:
         ({"MODELOPS_METRICS_PORT": "70000"}, "MODELOPS_METRICS_PORT"),
         ({"MODELOPS_LOG_LEVEL": "LOUD"}, "MODELOPS_LOG_LEVEL"),
         ({"MODELOPS_RESYNC_SECONDS": "0"}, "MODELOPS_RESYNC_SECONDS"),
+        ({"MODELOPS_PROMETHEUS_URL": "prometheus:9090"}, "MODELOPS_PROMETHEUS_URL"),
     ],
 )
 def test_errors_name_the_variable(env, named) -> None:
     with pytest.raises(SettingsError, match=named):
         Settings.from_env(env)
+
+
+def test_a_prometheus_is_optional_and_given_by_url() -> None:
+    assert PrometheusSource.of(Settings.from_env({})) is None  # the pods' own endpoints
+    source = PrometheusSource.of(Settings.from_env({
+        "MODELOPS_PROMETHEUS_URL": "https://prometheus.monitoring:9090/", "MODELOPS_PROMETHEUS_CA_FILE": "/etc/ca.crt",
+        "MODELOPS_PROMETHEUS_INSECURE_SKIP_VERIFY": "false"}))
+    assert source == PrometheusSource("https://prometheus.monitoring:9090", "/etc/ca.crt", False)

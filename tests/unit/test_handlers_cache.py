@@ -70,6 +70,31 @@ def test_an_older_copy_never_replaces_a_newer_one() -> None:
     assert cache.get(k8s.MODELVERSIONS, "ns", "a")["status"]["phase"] == "Failed"
 
 
+def test_the_same_resource_version_keeps_the_copy_already_held() -> None:
+    cache = Cache()
+    watched = version("a", rv="5", phase="Ready")
+    cache.observe(k8s.MODELVERSIONS, watched)
+    held = cache.get(k8s.MODELVERSIONS, "ns", "a")
+    cache.store(k8s.MODELVERSIONS, version("a", rv="5", phase="Ready"))  # our write's answer, seen already
+    assert cache.get(k8s.MODELVERSIONS, "ns", "a") is held
+
+
+def test_deployments_and_services_are_kept_packed_and_read_back_whole() -> None:
+    cache = Cache()
+    live = {"apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "d", "namespace": "ns", "resourceVersion": "3", "managedFields": [{"manager": "x"}]},
+            "spec": {"replicas": 2, "template": {"spec": {"containers": [{"name": "triton", "args": ["--a"] * 50}]}}},
+            "status": {"readyReplicas": 2}}
+    cache.observe(k8s.DEPLOYMENTS, live)
+    assert cache.get(k8s.DEPLOYMENTS, "ns", "d") == slim(k8s.DEPLOYMENTS, live)
+    packed = cache.json_bytes()[k8s.DEPLOYMENTS.plural]
+    assert 0 < packed < len(str(slim(k8s.DEPLOYMENTS, live)))
+    cache.observe(k8s.DEPLOYMENTS, {**live, "metadata": {**live["metadata"], "resourceVersion": "2"}, "status": {}})
+    assert cache.get(k8s.DEPLOYMENTS, "ns", "d")["status"] == {"readyReplicas": 2}  # an older copy never wins
+    assert cache.forget(k8s.DEPLOYMENTS, live) == slim(k8s.DEPLOYMENTS, live)
+    assert cache.get(k8s.DEPLOYMENTS, "ns", "d") is None
+
+
 def test_a_write_that_returns_after_the_deletion_does_not_bring_the_object_back() -> None:
     cache = Cache()
     cache.observe(k8s.MODELVERSIONS, version("a", rv="1"))

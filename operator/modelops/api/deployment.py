@@ -442,6 +442,9 @@ class AutoscalingStatus(ApiModel):
     recommendations: list[Recommendation] | None = Field(
         None, description="Recent recommendations (time, replicas) that the stabilisation window looks at."
     )
+    message: str | None = Field(
+        None, description="Why the last reading of the metric failed (Prometheus unreachable, no series); cleared by the next value."
+    )
 
 
 class ModelDeploymentStatus(ApiModel):

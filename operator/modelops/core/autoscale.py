@@ -68,16 +68,18 @@ class ScaleDecision:
 
 def decide(
     spec: AutoscalingSpec, current: int, value: float | None, old: Mapping[str, object] | None, now: datetime,
-    pods: int | None = None, ready: int | None = None,
+    pods: int | None = None, ready: int | None = None, metrics_error: str | None = None,
 ) -> ScaleDecision:
     """The replicas to run. `current` is what the Deployment asks for now, `pods` the pods the
     value was measured on, `ready` the Deployment's ready pods.
     Without a new value (no reading yet, or not an interval since the last) nothing changes,
-    so a reconcile between readings writes nothing."""
+    so a reconcile between readings writes nothing. `metrics_error` says why a reading failed:
+    the count stays, and status.autoscaling.message says so until a value is read again."""
     previous = AutoscalingStatus.model_validate(old) if old else None
+    failed = f"{metrics_error}; replicas stay as they are" if metrics_error else None
     if value is None and previous is not None:
         held = max(spec.min_replicas, min(previous.replicas, spec.max_replicas))
-        return ScaleDecision(held, previous.model_copy(update={"replicas": held}))
+        return ScaleDecision(held, previous.model_copy(update={"replicas": held, "message": failed or previous.message}))
     replicas = previous.replicas if previous is not None else max(spec.min_replicas, min(current, spec.max_replicas))
     replicas = max(spec.min_replicas, min(replicas, spec.max_replicas))
     # A scaler that just started has nothing to stabilise on: its cooldown starts now.
@@ -113,5 +115,6 @@ def decide(
         "value": None if value is None else round(value, 4),
         "lastScaleTime": timestamp(last_change) if last_change else None,
         "recommendations": [r if isinstance(r, dict) else r.wire() for r in recommendations] or None,
+        "message": failed,
     })
     return ScaleDecision(replicas, status, message)

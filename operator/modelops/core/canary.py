@@ -52,6 +52,19 @@ def effective_weight(stable: int, canary: int) -> float:
     return round(100.0 * canary / total, 1) if total else 0.0
 
 
+# Triton's counters that the analysis and the autoscaler read, by PodMetrics field, whether
+# from the pods' own endpoints or through Prometheus.
+COUNTERS = {
+    "nv_inference_request_success": "success",
+    "nv_inference_request_failure": "failure",
+    "nv_inference_request_duration_us": "duration_us",
+    "nv_inference_queue_duration_us": "queue_us",
+    "nv_inference_compute_infer_duration_us": "compute_us",
+    "nv_inference_count": "inferences",
+}
+P99_SUMMARY, P99_QUANTILE = "nv_inference_request_summary_us", "0.99"
+
+
 @dataclass(frozen=True)
 class PodMetrics:
     """Triton's counters of one pod, summed over the model's versions."""
@@ -189,6 +202,7 @@ class CanaryPlan:
     requeue: float | None = None
     weights: tuple[int, int] = (100, 0)  # (stable, canary) percent, for an HTTPRoute
     wants_metrics: bool = False
+    metrics_unavailable: bool = False  # the step waits because Triton's counters could not be read
 
 
 def _analysis_status(now: datetime, canary: Measurement, stable: Measurement | None, verdict: str, why: str) -> dict[str, Any]:
@@ -205,12 +219,14 @@ def plan_canary(
     server: CanaryServer | None,
     metrics: tuple[Mapping[str, PodMetrics], Mapping[str, PodMetrics]] | None,
     now: datetime,
+    metrics_error: str | None = None,
 ) -> CanaryPlan:
     """One step of the canary state machine.
 
     `candidate` is the version a rolling update would render now (already skipping failed
     versions), `stable_version` the one every stable pod serves. `metrics` is (canary pods,
-    stable pods) by pod name, read this reconcile; None when they could not be read.
+    stable pods) by pod name, read this reconcile; None when they could not be read, and
+    `metrics_error` then says why (an unreachable Prometheus, a pod it has no series of).
     """
     interval = float(seconds(canary_spec.analysis.interval))
     previous = CanaryStatus.model_validate(old) if old else None
@@ -265,10 +281,11 @@ def plan_canary(
         return CanaryPlan(status=CanaryStatus.model_validate(data), hold=True, canary_version=candidate, canary_replicas=0,
                           abort=candidate, abort_message=message, events=tuple(events))
 
-    def waiting(message: str, wants_metrics: bool = False) -> CanaryPlan:
+    def waiting(message: str, wants_metrics: bool = False, unavailable: bool = False) -> CanaryPlan:
         data["message"] = f"{label}: {message}"
         return CanaryPlan(status=CanaryStatus.model_validate(data), hold=True, canary_version=candidate, canary_replicas=count,
-                          events=tuple(events), requeue=interval, weights=(100 - weight, weight), wants_metrics=wants_metrics)
+                          events=tuple(events), requeue=interval, weights=(100 - weight, weight), wants_metrics=wants_metrics,
+                          metrics_unavailable=unavailable)
 
     if server is not None and server.deadline_exceeded and server.version == candidate:
         return abort("the canary pods did not become available", "served no request")
@@ -277,7 +294,13 @@ def plan_canary(
         available = server.available if server is not None and server.version == candidate else 0
         return waiting(f"waiting for canary pods ({available}/{count} available)")
     if metrics is None:
-        return waiting("Triton's metrics could not be read; trying again", wants_metrics=True)
+        # Never a verdict without the counters: the step waits, says why, and an event records
+        # each new cause (not every retry: the message is then the same).
+        why = metrics_error or "Triton's metrics could not be read"
+        message = f"{why}; the analysis waits and tries again"
+        if previous.message != f"{label}: {message}":
+            events.append(Event(WARNING, Reason.METRICS_UNAVAILABLE, f"canary of version {candidate} at {label}: {why}"))
+        return waiting(message, wants_metrics=True, unavailable=True)
     canary_pods, stable_pods = metrics
     if not data.get("stepStartedAt"):
         data["stepStartedAt"] = timestamp(now)

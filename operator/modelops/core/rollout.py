@@ -116,13 +116,15 @@ def plan_rollout(
     retry: str | None = None,
     canary_server: CanaryServer | None = None,
     canary_metrics: tuple[dict[str, PodMetrics], dict[str, PodMetrics]] | None = None,
+    canary_metrics_error: str | None = None,
 ) -> RolloutPlan:
     """Decide the served version and status of one ModelDeployment.
 
     `blocked` (reason, message) stops any new rollout, for problems found while rendering.
     `retry` is the modelops.dev/retry annotation: a value not acted on yet clears the failed versions.
     `canary_server` and `canary_metrics` are the live canary Deployment and Triton's counters
-    of the (canary, stable) pods, for strategy Canary (see core/canary.py).
+    of the (canary, stable) pods, for strategy Canary (see core/canary.py); `canary_metrics_error`
+    says why the counters are None when they could not be read.
     While spec.suspended, the pods go to 0 and no new version rolls out until it is false again.
     """
     old = old_status or {}
@@ -216,6 +218,7 @@ def plan_rollout(
             server=canary_server,
             metrics=canary_metrics,
             now=now,
+            metrics_error=canary_metrics_error,
         )
         events.extend(Event(e.type, e.reason, e.message) for e in canary_plan.events)
         if canary_plan.abort is not None:
@@ -348,7 +351,8 @@ def _conditions(
         progressing = Cond(ConditionType.PROGRESSING, FALSE, Reason.ROLLOUT_COMPLETE, f"version {served} is rolled out")
     canary_status = canary.status if canary is not None else None
     if canary is not None and canary.hold and canary_status is not None and canary_status.phase == CanaryPhase.PROGRESSING:
-        progressing = Cond(ConditionType.PROGRESSING, TRUE, Reason.CANARY_PROGRESSING,
+        progressing = Cond(ConditionType.PROGRESSING, TRUE,
+                           Reason.METRICS_UNAVAILABLE if canary.metrics_unavailable else Reason.CANARY_PROGRESSING,
                            f"canary of version {canary_status.version}: {canary_status.message}")
 
     if not rolling and served == desired and (replicas == 0 or ready_pods >= 1):

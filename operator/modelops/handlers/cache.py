@@ -4,14 +4,18 @@ the API (server-side apply, or guarded by resourceVersion) and what they return 
 too, so a reconcile that follows its own write does not work from the state before it.
 
 Only what some reconcile reads is kept: managedFields, kubectl's last-applied annotation, the
-pod template of a Job and the spec of a Pod are dropped on the way in.
+pod template of a Job and the spec of a Pod are dropped on the way in. The children that only
+their owner's reconcile reads, one at a time (Deployments with their pod templates, Services),
+are kept as compressed JSON, a fifth of their size as Python objects, and unpacked on each read.
 """
 
 from __future__ import annotations
 
 import json
 import threading
+import zlib
 from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Any
 
 from modelops import kube as k8s
@@ -26,6 +30,7 @@ KEPT_FIELDS: dict[str, tuple[str, ...]] = {
     k8s.SERVICES.plural: ("spec",),
     k8s.PODS.plural: ("status",),
 }
+PACKED = {k8s.DEPLOYMENTS.plural, k8s.SERVICES.plural}
 CACHED = (k8s.MODELS, k8s.MODELVERSIONS, k8s.MODELDEPLOYMENTS, k8s.JOBS, k8s.DEPLOYMENTS, k8s.SERVICES, k8s.PODS)
 DROPPED_METADATA = ("managedFields",)
 DROPPED_ANNOTATIONS = ("kubectl.kubernetes.io/last-applied-configuration",)
@@ -51,6 +56,34 @@ def slim(resource: k8s.Resource, body: Body) -> Body:
     return kept
 
 
+@dataclass(frozen=True)
+class Packed:
+    """A kept body as compressed compact JSON (PACKED collections), with the one field the
+    cache itself compares."""
+
+    resource_version: str | None
+    data: bytes
+
+    @classmethod
+    def of(cls, body: Body) -> Packed:
+        text = json.dumps(body, separators=(",", ":")).encode()
+        return cls(body["metadata"].get("resourceVersion"), zlib.compress(text, 1))
+
+    def body(self) -> Body:
+        return json.loads(zlib.decompress(self.data))  # type: ignore[no-any-return]
+
+
+Kept = Body | Packed
+
+
+def _resource_version(kept: Kept) -> str | None:
+    return kept.resource_version if isinstance(kept, Packed) else kept["metadata"].get("resourceVersion")
+
+
+def _unpacked(kept: Kept | None) -> Body | None:
+    return kept.body() if isinstance(kept, Packed) else kept
+
+
 def _older(candidate: str | None, than: str | None) -> bool:
     """Whether resourceVersion `candidate` is older than `than` (etcd revisions are integers)."""
     if candidate and than and candidate.isdigit() and than.isdigit():
@@ -74,7 +107,7 @@ class Cache:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._objects: dict[str, dict[Ref, Body]] = {r.plural: {} for r in CACHED}
+        self._objects: dict[str, dict[Ref, Kept]] = {r.plural: {} for r in CACHED}
         self._index: dict[tuple[str, str, str], set[str]] = {}
         self._gone: OrderedDict[tuple[str, str, str], str] = OrderedDict()
 
@@ -98,9 +131,9 @@ class Cache:
             while len(self._gone) > TOMBSTONES:
                 self._gone.popitem(last=False)
             old = self._objects[resource.plural].pop(ref, None)
-            if old is not None:
+            if isinstance(old, dict):
                 self._unindex(resource, ref, old)
-            return old
+            return _unpacked(old)
 
     def _put(self, resource: k8s.Resource, body: Body) -> Body | None:
         meta = body["metadata"]
@@ -109,20 +142,25 @@ class Cache:
         with self._lock:
             objects = self._objects[resource.plural]
             old = objects.get(ref)
-            if old is not None and _older(version, old["metadata"].get("resourceVersion")):
-                return old
+            # The same resourceVersion is the same object: the copy held already stays, so the
+            # watch's copy and our write's answer are never both kept.
+            if old is not None and (_older(version, _resource_version(old)) or (version and version == _resource_version(old))):
+                return _unpacked(old)
             gone = self._gone.get((resource.plural, *ref))
             if old is None and gone is not None:
                 if not _older(gone, version):  # deleted after this write: stays deleted
                     return None
                 del self._gone[(resource.plural, *ref)]
-            if old is not None:
+            if isinstance(old, dict):
                 self._unindex(resource, ref, old)
+            if resource.plural in PACKED:
+                objects[ref] = Packed.of(body)
+                return _unpacked(old)
             objects[ref] = body
             secondary = _secondary(resource, body)
             if secondary is not None:
                 self._index.setdefault((resource.plural, ref[0], secondary), set()).add(ref[1])
-            return old
+            return _unpacked(old)
 
     def _unindex(self, resource: k8s.Resource, ref: Ref, body: Body) -> None:
         secondary = _secondary(resource, body)
@@ -139,13 +177,14 @@ class Cache:
 
     def get(self, resource: k8s.Resource, namespace: str, name: str) -> Body | None:
         with self._lock:
-            return self._objects[resource.plural].get((namespace, name))
+            kept = self._objects[resource.plural].get((namespace, name))
+        return _unpacked(kept)
 
     def _by_index(self, resource: k8s.Resource, namespace: str, value: str) -> list[Body]:
         with self._lock:
             objects = self._objects[resource.plural]
             names = sorted(self._index.get((resource.plural, namespace, value), ()))
-            return [objects[(namespace, n)] for n in names]
+            return [objects[(namespace, n)] for n in names]  # type: ignore[misc]  # indexed kinds are never packed
 
     def versions_of(self, namespace: str, model: str) -> list[Body]:
         """The ModelVersions whose spec.model is `model`."""
@@ -168,4 +207,5 @@ class Cache:
         """The size of what is kept, per collection, as compact JSON (a stand-in for its memory)."""
         with self._lock:
             snapshot = {plural: list(objects.values()) for plural, objects in self._objects.items()}
-        return {plural: sum(len(json.dumps(b, separators=(",", ":"))) for b in bodies) for plural, bodies in snapshot.items()}
+        return {plural: sum(len(b.data) if isinstance(b, Packed) else len(json.dumps(b, separators=(",", ":"))) for b in bodies)
+                for plural, bodies in snapshot.items()}

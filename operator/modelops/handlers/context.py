@@ -12,7 +12,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -52,16 +52,23 @@ class CABundleProblem(CredentialsProblem):
     reason = ModelReason.CA_BUNDLE_NOT_FOUND
 
 
+_written_bundles: set[Path] = set()
+
+
 def ca_bundle_file(pem: bytes, directory: Path | None = None) -> str:
     """The bundle as a file (boto3 takes a path), named by its content so that equal bundles
-    share one file and a changed bundle gets a new one, and with it a new client."""
+    share one file and a changed bundle gets a new one, and with it a new client. Each file is
+    written once per process; later calls (every reconcile that reads storage) touch no disk."""
     root = directory or Path(tempfile.gettempdir()) / "modelops-ca"
-    root.mkdir(mode=0o700, parents=True, exist_ok=True)
     path = root / f"{hashlib.sha256(pem).hexdigest()}.pem"
+    if path in _written_bundles:
+        return str(path)
+    root.mkdir(mode=0o700, parents=True, exist_ok=True)
     if not path.exists():
         partial = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.partial")
         partial.write_bytes(pem)
         os.replace(partial, path)
+    _written_bundles.add(path)
     return str(path)
 
 
@@ -137,10 +144,13 @@ class CachedReads:
 class StoreCache:
     """One ObjectStore (and boto3 client) per distinct storage configuration, with its cached reads."""
 
-    def __init__(self, limit: int = 64) -> None:
+    def __init__(self, limit: int = 64, workers: int = 8) -> None:
         self._stores: OrderedDict[str, CachedReads] = OrderedDict()
         self._limit = limit
         self._lock = threading.Lock()
+        # A connection for every reconcile worker: a smaller pool would drop connections and
+        # pay a TLS handshake for each new one.
+        self._tuning = replace(OPERATOR_TUNING, max_concurrency=max(OPERATOR_TUNING.max_concurrency, workers))
 
     def get(self, config: StorageConfig) -> CachedReads:
         material = config.model_dump_json() + "|" + "|".join(
@@ -150,7 +160,7 @@ class StoreCache:
         with self._lock:
             store = self._stores.get(digest)
             if store is None:
-                store = CachedReads(ObjectStore(config, OPERATOR_TUNING))
+                store = CachedReads(ObjectStore(config, self._tuning))
                 store.store.client  # noqa: B018 - made once here, not by every worker that races to it
                 self._stores[digest] = store
                 while len(self._stores) > self._limit:

@@ -56,7 +56,8 @@ def reconcile_deployment(ctx: Context, key: Key) -> float | None:
             blocked=blocked,
             retry=(body["metadata"].get("annotations") or {}).get(naming.ANNOTATION_RETRY),
             canary_server=canary_inputs[1],
-            canary_metrics=canary_inputs[2],
+            canary_metrics=canary_inputs[2].metrics if canary_inputs[2] is not None else None,
+            canary_metrics_error=canary_inputs[2].error if canary_inputs[2] is not None else None,
         )
 
     taken = _name_taken(live_deployment, live_service, uid, name)
@@ -86,6 +87,8 @@ def reconcile_deployment(ctx: Context, key: Key) -> float | None:
     ctx.write_status(k8s.MODELDEPLOYMENTS, body, status.wire())
     if scaled.message is not None:
         ctx.kube.emit_event(body, "Normal", DeploymentReason.SCALED, scaled.message)
+    if scaled.warning is not None:
+        ctx.kube.emit_event(body, "Warning", DeploymentReason.METRICS_UNAVAILABLE, f"autoscaler: {scaled.warning}")
     for event in result.events:
         ctx.kube.emit_event(body, event.type, event.reason, event.message)
     if result.started is not None:
@@ -104,8 +107,9 @@ def reconcile_deployment(ctx: Context, key: Key) -> float | None:
 
 def _canary_inputs(
     ctx: Context, spec: ModelDeploymentSpec, body: dict[str, Any], name: str, namespace: str
-) -> tuple[dict[str, Any] | None, CanaryServer | None, Any]:
-    """The live canary Deployment and, while a canary runs, Triton's counters of every pod."""
+) -> tuple[dict[str, Any] | None, CanaryServer | None, tritonmetrics.Readout | None]:
+    """The live canary Deployment and, while a canary runs, Triton's counters of every pod
+    (from the pods, or through Prometheus when the operator is given one)."""
     live = ctx.cache.get(k8s.DEPLOYMENTS, namespace, naming.canary_name(name))
     if spec.rollout.strategy != RolloutStrategy.CANARY and live is None:
         return None, None, None
@@ -116,7 +120,8 @@ def _canary_inputs(
     metrics = None
     if server is not None and server.available and ((body.get("status") or {}).get("canary") or {}).get("phase") == "Progressing":
         selector = ",".join(f"{k}={v}" for k, v in naming.server_selector(name).items())
-        metrics = tritonmetrics.read_pods(ctx.kube.list(k8s.PODS, namespace, label_selector=selector), spec.model)
+        metrics = tritonmetrics.read(ctx.kube.list(k8s.PODS, namespace, label_selector=selector), spec.model, namespace,
+                                     tritonmetrics.PrometheusSource.of(ctx.settings))
     return live, server, metrics
 
 

@@ -22,6 +22,7 @@ class Scaling:
     status: AutoscalingStatus | None = None
     message: str | None = None
     requeue: float | None = None
+    warning: str | None = None  # a new reason why the metric could not be read, for an event
 
 
 def scale(ctx: Context, spec: ModelDeploymentSpec, body: dict[str, Any], live: dict[str, Any] | None) -> Scaling:
@@ -38,23 +39,28 @@ def scale(ctx: Context, spec: ModelDeploymentSpec, body: dict[str, Any], live: d
     key = (meta["namespace"], meta["name"])
     now = ctx.clock()
     interval = float(seconds(auto.interval))
-    value, pods = None, None
+    value, pods, unavailable = None, None, None
     before = ctx.readings.get(key)
     since = (now - before.time).total_seconds() if before is not None else interval
     if since >= interval:  # one reading per interval, however often the object is reconciled
         selector = ",".join(f"{k}={v}" for k, v in naming.server_selector(meta["name"]).items())
-        read = tritonmetrics.read_pods(ctx.kube.list(k8s.PODS, meta["namespace"], label_selector=selector), spec.model)
-        if read is not None:
-            reading = autoscale.Reading(now, read[1])  # the stable pods
+        read = tritonmetrics.read(ctx.kube.list(k8s.PODS, meta["namespace"], label_selector=selector), spec.model,
+                                  meta["namespace"], tritonmetrics.PrometheusSource.of(ctx.settings))
+        if read.metrics is None:
+            unavailable = read.error
+        else:
+            reading = autoscale.Reading(now, read.metrics[1])  # the stable pods
             if before is not None:
                 value = autoscale.metric_value(auto.metric, before, reading)
                 pods = autoscale.measured(before, reading)
             ctx.readings[key] = reading
         since = 0.0
     ready = int(((live or {}).get("status") or {}).get("readyReplicas", 0))
-    decision = autoscale.decide(auto, live_replicas, value, (body.get("status") or {}).get("autoscaling"), now, pods, ready)
+    old = (body.get("status") or {}).get("autoscaling")
+    decision = autoscale.decide(auto, live_replicas, value, old, now, pods, ready, unavailable)
+    warning = decision.status.message if decision.status.message != (old or {}).get("message") else None
     return Scaling(spec.model_copy(update={"replicas": decision.replicas}), decision.status, decision.message,
-                   max(0.5, interval - since))
+                   max(0.5, interval - since), warning)
 
 
 def keep_providers(
