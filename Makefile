@@ -70,6 +70,10 @@ test: ## Run the test suite (unit, integration, e2e) on the local test bed; faul
 test-faults: ## Run the fault suite: kill -9s, control-plane outages, HA handover (about 7 minutes)
 	@scripts/run-tests.sh -m faults
 
+.PHONY: test-mutations
+test-mutations: ## Prove the fault suite: each patch in tests/mutations/ breaks one property, and its fault test must fail
+	@scripts/mutation-proofs.sh
+
 .PHONY: test-canary-exact
 test-canary-exact: ## Run the acceptance's good canary exactly: 10 % then 50 % on 9 stable pods, >= 10,000 requests (about 3 minutes)
 	@scripts/run-tests.sh -m canary_exact

@@ -60,8 +60,10 @@ def restricted(pod_spec: dict[str, Any]) -> dict[str, Any]:
 TESTBED_CA_BUNDLE = {"configMapRef": {"name": "kube-root-ca.crt"}, "key": "ca.crt"}
 
 
-def eventually(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.5) -> Any:
-    """Poll `check` until it returns something truthy; fail with `what` and the last value."""
+def eventually(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.5,
+               detail: Callable[[], Any] | None = None) -> Any:
+    """Poll `check` until it returns something truthy; fail with `what` and the last value,
+    and with what `detail` returns then (the state that a bare False would hide)."""
     deadline = time.monotonic() + timeout
     last: Any = None
     while time.monotonic() < deadline:
@@ -69,7 +71,8 @@ def eventually(check: Callable[[], Any], timeout: float, what: str, interval: fl
         if last:
             return last
         time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last: {last!r}")
+    seen = f"; {detail()}" if detail is not None else ""
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last: {last!r}{seen}")
 
 
 # -- the test bed ----------------------------------------------------------------------------
