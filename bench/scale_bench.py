@@ -160,9 +160,6 @@ class RssSampler(threading.Thread):
                 return
             self.samples.append((round(time.monotonic() - start, 1), round(int(line.split()[1]) / 1024, 1)))
 
-    def at(self, seconds: float) -> float | None:
-        return next((rss for t, rss in self.samples if t >= seconds), None)
-
 
 def component_cpu(testbed: support.Testbed) -> dict[str, float]:
     """CPU seconds so far of each control-plane process (and kwok), from /proc."""
@@ -472,6 +469,7 @@ def main() -> int:
         time.sleep(2)
         cpu3, rss = proc_stats(pid)
         sampler.halt.set()
+        convergence.halt.set()  # its watches end at their next timeout
         cpu_during = {name: round(plane1[name] - plane0.get(name, 0.0), 1) for name in plane1}
         cpu_during["kwok"] = round(kwok1 - kwok0, 1)
         cpu_during["operator"] = round(cpu1 - cpu0, 1)
