@@ -158,9 +158,10 @@ build_image() {
   else
     bh tag "localhost/modelops-$name:$key" "$ref"
   fi
-  # Older builds of this image: the newest two stay (another checkout may run one), the rest go.
+  # Older builds of this image: the newest six stay (other checkouts, worktrees or branches
+  # may run one on their own test beds), the rest go.
   local old
-  for old in $(ls -1dt "$images/$name"-*/ 2>/dev/null | tail -n +3); do
+  for old in $(ls -1dt "$images/$name"-*/ 2>/dev/null | tail -n +7); do
     old="${old%/}"
     bh rmi --force "localhost/modelops-$name:${old##*-}" >/dev/null 2>&1 || true
     rm -rf "$old"
