@@ -67,7 +67,29 @@ def test_pinned(pinned, versions, failed, expected, reason, hint) -> None:
 
 def test_latest_explains_skipped_versions() -> None:
     resolution = resolve_version("Latest", None, "digits", [v(1)], failed_rollouts=(1,))
-    assert "[1]" in resolution.message and "rollout failed" in resolution.message
+    assert resolution.message == (
+        "no version of Model digits can be served: version(s) 1 are Ready but their rollout failed here, "
+        "so Latest skips them until the modelops.dev/retry annotation changes"
+    )
+
+
+def test_latest_never_calls_a_skipped_version_not_ready() -> None:
+    # The message once said "no Ready version (versions 1: Ready ...)": a contradiction.
+    resolution = resolve_version("Latest", None, "digits", [v(1), v(2, "Verifying")], failed_rollouts=(1,))
+    assert resolution.message == (
+        "no version of Model digits can be served: version(s) 1 are Ready but their rollout failed here, "
+        "so Latest skips them until the modelops.dev/retry annotation changes (other versions: 2: Verifying)"
+    )
+    assert "no Ready version" not in resolution.message
+
+
+def test_pinned_failed_rollout_points_at_the_fix_before_another_version() -> None:
+    resolution = resolve_version("Pinned", 1, "digits", [v(1)], failed_rollouts=(1,))
+    assert resolution.message == (
+        "the rollout of version 1 failed; see the Degraded condition and status.rollouts for its cause. "
+        "Fix the spec and set the modelops.dev/retry annotation to a new value; pin another version only if "
+        "the version itself is at fault"
+    )
 
 
 def test_the_earliest_claim_of_a_number_wins() -> None:

@@ -250,6 +250,9 @@ def test_server_state_from_a_deployment() -> None:
     assert not ServerState.from_deployment(stale).complete
     failed = {**body, "status": {**body["status"], "conditions": [{"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded"}]}}
     assert ServerState.from_deployment(failed).deadline_exceeded
+    # Right after a new template is applied, the condition still speaks of the old one.
+    applied = {**failed, "metadata": {"generation": 5}}
+    assert not ServerState.from_deployment(applied).deadline_exceeded
     assert ServerState.from_deployment({"metadata": {}, "spec": {}}).version is None
 
 
@@ -373,3 +376,104 @@ def test_a_new_version_waits_for_the_resume() -> None:
     assert p.status["servedVersion"] == 1
     resumed = plan(spec(replicas=3), old=p.status, versions=[v(1), v(2)], server=done(1, 3))
     assert resumed.target.version == 2 and resumed.started == 2
+
+
+# -- retry after a fix: a new attempt is judged on its own ------------------------------------
+
+FAILED_CAUSE = "container triton CrashLoopBackOff, exit code 1: unable to find backend library for backend 'onnxruntime'; check spec.triton.backend"
+
+
+def first_rollout_failed(md: ModelDeploymentSpec) -> dict:
+    """Nothing was served, and the first rollout of version 1 missed its deadline."""
+    started = plan(md, None, [v(1)])
+    failed = plan(md, started.status, [v(1)], rolling(1, exceeded=True), now=T0 + timedelta(minutes=2),
+                  cause=FAILED_CAUSE)
+    assert failed.rolled_back == 1 and failed.target is None
+    return failed.status
+
+
+@pytest.mark.parametrize("md", [spec(), spec(versionPolicy="Pinned", version=1)], ids=["Latest", "Pinned"])
+def test_a_first_rollout_that_failed_says_nothing_was_rolled_back_and_names_the_cause(md) -> None:
+    started = plan(md, None, [v(1)])
+    p = plan(md, started.status, [v(1)], rolling(1, exceeded=True), now=T0 + timedelta(minutes=2), cause=FAILED_CAUSE)
+    [event] = p.events
+    assert (event.type, event.reason) == ("Warning", "RolledBack")
+    assert event.message == (
+        f"version 1 did not become available within 600s: {FAILED_CAUSE}; nothing was ever served, so there is "
+        "nothing to roll back to and its pods are kept. Fix the spec (any change tries the version again), or set "
+        "the modelops.dev/retry annotation to a new value"
+    )
+    assert "rolling back" not in event.message
+    degraded = find(p.status["conditions"], "Degraded")
+    assert (degraded["status"], degraded["reason"]) == ("True", "RolledBack")
+    assert degraded["message"] == (
+        f"the rollout of version 1 failed ({FAILED_CAUSE}); nothing was ever served, so nothing was rolled back. "
+        "Fix the spec (any change tries the version again), or set the modelops.dev/retry annotation to a new value"
+    )
+    assert p.status["rollouts"][-1]["message"] == FAILED_CAUSE
+
+
+def test_a_rollback_to_a_served_version_names_it_and_the_retry() -> None:
+    converged = converge(spec(), [v(1)]).status
+    started = plan(spec(), converged, [v(1), v(2)], done(1))
+    p = plan(spec(), started.status, [v(1), v(2)], rolling(2, exceeded=True), cause="pod x cannot be scheduled")
+    [event] = p.events
+    assert event.message == (
+        "version 2 did not become available within 600s: pod x cannot be scheduled; rolling back to version 1. "
+        "Set the modelops.dev/retry annotation to a new value to roll it out again after a fix"
+    )
+
+
+@pytest.mark.parametrize("md", [spec(), spec(versionPolicy="Pinned", version=1)], ids=["Latest", "Pinned"])
+def test_retry_after_a_fix_renders_again_and_is_not_judged_by_the_old_attempt(md) -> None:
+    failed = first_rollout_failed(md)
+    # The retry annotation is set while the old pods still show the exceeded deadline: the
+    # live template lacks the new retry value, so it is not current.
+    old_pods = replace(rolling(1, exceeded=True), current=False)
+    retried = plan(md, failed, [v(1)], old_pods, retry="1", now=T0 + timedelta(minutes=3))
+    assert retried.rolled_back is None
+    assert retried.target is not None and retried.target.version == 1 and retried.started == 1
+    assert "failedVersions" not in retried.status
+    assert [r["outcome"] for r in retried.status["rollouts"]] == ["RolledBack", "Progressing"]
+    assert cond(retried.status, "Progressing") == ("True", "RolloutInProgress")
+    # The new template is applied; the Deployment controller has not observed it yet.
+    pending = plan(md, retried.status, [v(1)], rolling(1), retry="1", now=T0 + timedelta(minutes=4))
+    assert pending.rolled_back is None and pending.target.version == 1
+    served = plan(md, pending.status, [v(1)], done(1), retry="1", now=T0 + timedelta(minutes=5))
+    assert served.status["servedVersion"] == 1
+    assert cond(served.status, "Ready") == ("True", "Serving")
+    assert cond(served.status, "Degraded") == ("False", "AsExpected")
+
+
+def test_a_second_failure_after_retry_is_judged_on_its_own() -> None:
+    failed = first_rollout_failed(spec())
+    retried = plan(spec(), failed, [v(1)], replace(rolling(1, exceeded=True), current=False), retry="1",
+                   now=T0 + timedelta(minutes=3))
+    # The new attempt misses its own deadline too.
+    again = plan(spec(), retried.status, [v(1)], rolling(1, exceeded=True), retry="1", now=T0 + timedelta(minutes=15),
+                 cause="container triton Error, exit code 1; check spec.triton (image, backend, resources)")
+    assert again.rolled_back == 1 and again.status["failedVersions"] == [1]
+    assert [r["outcome"] for r in again.status["rollouts"]] == ["RolledBack", "RolledBack"]
+    # A resync with the same annotation does not clear it.
+    resync = plan(spec(), again.status, [v(1)], rolling(1, exceeded=True), retry="1", now=T0 + timedelta(minutes=16))
+    assert resync.status["failedVersions"] == [1] and resync.target is None and resync.events == ()
+
+
+def test_a_spec_change_tries_a_failed_version_again_when_nothing_is_served() -> None:
+    failed = first_rollout_failed(spec())
+    # Unchanged: the failed version stays failed and its pods stay as they are.
+    same = plan(spec(), failed, [v(1)], rolling(1, exceeded=True), now=T0 + timedelta(minutes=3))
+    assert same.target is None and same.events == ()
+    # The user fixed spec.triton.backend: the live template is older than the spec.
+    fixed = plan(spec(), failed, [v(1)], replace(rolling(1, exceeded=True), current=False), now=T0 + timedelta(minutes=3))
+    assert fixed.target is not None and fixed.target.version == 1 and fixed.started == 1
+    assert [e.reason for e in fixed.events] == ["RetryRequested", "RolloutStarted"]
+    assert "failedVersions" not in fixed.status
+
+
+def test_a_spec_change_keeps_a_failed_version_skipped_while_another_is_served() -> None:
+    converged = converge(spec(), [v(1)]).status
+    started = plan(spec(), converged, [v(1), v(2)], done(1))
+    rolled = plan(spec(), started.status, [v(1), v(2)], rolling(2, exceeded=True))
+    changed = plan(spec(), rolled.status, [v(1), v(2)], replace(done(1), current=False))
+    assert changed.target.version == 1 and changed.status["failedVersions"] == [2]

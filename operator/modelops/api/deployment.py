@@ -374,6 +374,7 @@ class RolloutRecord(ApiModel):
     started_at: str = Field(json_schema_extra={"format": "date-time"}, description="When the rollout started.")
     finished_at: str | None = Field(None, json_schema_extra={"format": "date-time"}, description="When it finished.")
     outcome: RolloutOutcome = Field(description="Progressing, Succeeded, RolledBack, Superseded or Aborted (a canary that failed its analysis).")
+    message: str | None = Field(None, description="Why a failed rollout failed, in its pods' own words (a container's error, CrashLoopBackOff, Unschedulable), and the field to change.")
 
 
 class CanaryMeasurement(ApiModel):

@@ -262,10 +262,13 @@ def render_deployment(
     version: VersionView,
     settings: Settings,
     canary_replicas: int | None = None,
+    retry: str | None = None,
 ) -> dict[str, Any]:
     """The Triton Deployment serving `version`. Only the version (and the specs) change it.
     With `canary_replicas`, the canary Deployment `<name>-canary` instead: that many pods,
-    selected by the same Service as the stable ones, told apart by the canary track label."""
+    selected by the same Service as the stable ones, told apart by the canary track label.
+    `retry` is the ModelDeployment's modelops.dev/retry annotation: it goes on the pod template,
+    so that a retry starts a new ReplicaSet, and with it a new progress deadline."""
     if not (version.compressed_uri and version.compressed_sha256):
         raise ValueError(f"version {version.version} has no compressed artifact to serve")
     gpus = spec.scheduling.gpus or 0
@@ -283,6 +286,8 @@ def render_deployment(
         "prometheus.io/port": str(METRICS_PORT),
         "prometheus.io/path": "/metrics",
     }
+    if retry is not None:
+        template_annotations[naming.ANNOTATION_RETRY] = retry
     volume_mount = {"name": "models", "mountPath": MODEL_REPOSITORY}
     fetch = {
         "name": "fetch",

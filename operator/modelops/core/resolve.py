@@ -57,13 +57,18 @@ def resolve_version(
         best = max(ready, key=lambda v: v.version)
         return Resolution(best, Reason.RESOLVED, f"Latest resolves to version {best.version} ({best.name})")
     skipped = sorted(n for n, v in owners.items() if v.ready and n in failed_rollouts)
+    others = sorted((n, v) for n, v in owners.items() if n not in skipped)
     if not owners:
         message = f"Model {model} has no versions yet; create a ModelVersion"
+    elif skipped:
+        numbers = ", ".join(map(str, skipped))
+        message = (f"no version of Model {model} can be served: version(s) {numbers} are Ready but their rollout "
+                   "failed here, so Latest skips them until the modelops.dev/retry annotation changes")
+        if others:
+            message += " (other versions: " + ", ".join(f"{n}: {v.phase or Phase.PENDING}" for n, v in others) + ")"
     else:
-        phases = ", ".join(f"{n}: {v.phase or Phase.PENDING}" for n, v in sorted(owners.items()))
+        phases = ", ".join(f"{n}: {v.phase or Phase.PENDING}" for n, v in others)
         message = f"no Ready version of Model {model} (versions {phases})"
-    if skipped:
-        message += f"; versions {skipped} are skipped because their rollout failed"
     return Resolution(None, Reason.NO_READY_VERSION, message)
 
 
@@ -86,7 +91,9 @@ def _resolve_pinned(
         return Resolution(
             None,
             Reason.PINNED_VERSION_ROLLOUT_FAILED,
-            f"the rollout of version {pinned} failed; pin another version",
+            f"the rollout of version {pinned} failed; see the Degraded condition and status.rollouts for its cause. "
+            "Fix the spec and set the modelops.dev/retry annotation to a new value; pin another version only if "
+            "the version itself is at fault",
         )
     if view.phase in NEVER_READY:
         return Resolution(

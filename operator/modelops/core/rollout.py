@@ -36,13 +36,20 @@ class ServerState:
     generation: int = 1
     observed_generation: int = 1
     deadline_exceeded: bool = False
+    # The live pod template is what the current spec (and retry) renders. A deadline that an
+    # older template exceeded never judges the new attempt: it is rendered again instead.
+    current: bool = True
 
     @classmethod
     def from_deployment(cls, body: dict[str, Any]) -> ServerState:
         spec, status = body.get("spec") or {}, body.get("status") or {}
         annotations = ((spec.get("template") or {}).get("metadata") or {}).get("annotations") or {}
         raw_version = annotations.get(naming.ANNOTATION_VERSION)
-        exceeded = any(
+        generation = int(body.get("metadata", {}).get("generation", 1))
+        observed = int(status.get("observedGeneration", 0))
+        # The condition speaks of the template the controller last observed: after a new
+        # template is applied it is stale until observedGeneration catches up.
+        exceeded = observed >= generation and any(
             c.get("type") == "Progressing" and c.get("status") == "False" and c.get("reason") == "ProgressDeadlineExceeded"
             for c in status.get("conditions") or []
         )
@@ -53,8 +60,8 @@ class ServerState:
             ready=int(status.get("readyReplicas", 0)),
             available=int(status.get("availableReplicas", 0)),
             total=int(status.get("replicas", 0)),
-            generation=int(body.get("metadata", {}).get("generation", 1)),
-            observed_generation=int(status.get("observedGeneration", 0)),
+            generation=generation,
+            observed_generation=observed,
             deadline_exceeded=exceeded,
         )
 
@@ -93,6 +100,19 @@ class RolloutPlan:
     requeue: float | None = None  # look again after this many seconds (a canary's analysis interval)
 
 
+RETRY_HINT = "Set the modelops.dev/retry annotation to a new value to roll it out again after a fix"
+FIX_HINT = "Fix the spec (any change tries the version again), or set the modelops.dev/retry annotation to a new value"
+
+
+def rollback_message(version: int, served: int | None, spec: ModelDeploymentSpec, cause: str | None) -> str:
+    """The Warning event of a rollout past its deadline: the pods' cause, and what happens now."""
+    why = f": {cause}" if cause else ""
+    missed = f"version {version} did not become available within {spec.rollout.progress_deadline_seconds}s{why}"
+    if served is not None:
+        return f"{missed}; rolling back to version {served}. {RETRY_HINT}"
+    return f"{missed}; nothing was ever served, so there is nothing to roll back to and its pods are kept. {FIX_HINT}"
+
+
 def _seconds_between(start: str, now: datetime) -> float:
     try:
         began = datetime.strptime(start, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=now.tzinfo)
@@ -117,6 +137,7 @@ def plan_rollout(
     canary_server: CanaryServer | None = None,
     canary_metrics: tuple[dict[str, PodMetrics], dict[str, PodMetrics]] | None = None,
     canary_metrics_error: str | None = None,
+    cause: str | None = None,
 ) -> RolloutPlan:
     """Decide the served version and status of one ModelDeployment.
 
@@ -124,7 +145,8 @@ def plan_rollout(
     `retry` is the modelops.dev/retry annotation: a value not acted on yet clears the failed versions.
     `canary_server` and `canary_metrics` are the live canary Deployment and Triton's counters
     of the (canary, stable) pods, for strategy Canary (see core/canary.py); `canary_metrics_error`
-    says why the counters are None when they could not be read.
+    says why the counters are None when they could not be read. `cause` is the pods' own reason
+    for a rollout past its deadline (core/podcause.py), kept in the rollout's record.
     While spec.suspended, the pods go to 0 and no new version rolls out until it is false again.
     """
     old = old_status or {}
@@ -142,12 +164,24 @@ def plan_rollout(
     previous: int | None = old.get("previousVersion")
     now_text = timestamp(now)
 
+    # Nothing is served and the failed version's pods run an older spec: the user changed the
+    # spec (a fix), so the version is tried again with it. With something served, a failed
+    # version waits for modelops.dev/retry, and the served one takes the new spec.
+    if (
+        served is None and server is not None and server.version in failed
+        and not server.current and server.version is not None
+    ):
+        failed.discard(server.version)
+        events.append(Event(NORMAL, Reason.RETRY_REQUESTED,
+                            f"the spec changed since version {server.version} failed to roll out; trying it again"))
+
     # A rollout that missed its deadline is reverted, and its version is skipped from now on.
     rolled_back = None
     if (
         server is not None
         and server.version is not None
         and server.deadline_exceeded
+        and server.current
         and server.version != served
         and server.version not in failed
         and spec.rollout.auto_rollback
@@ -155,19 +189,11 @@ def plan_rollout(
         rolled_back = server.version
         failed.add(rolled_back)
         records = [
-            r.model_copy(update={"outcome": RolloutOutcome.ROLLED_BACK, "finished_at": now_text})
+            r.model_copy(update={"outcome": RolloutOutcome.ROLLED_BACK, "finished_at": now_text, "message": cause})
             if r.version == rolled_back and r.outcome == RolloutOutcome.PROGRESSING else r
             for r in records
         ]
-        back_to = f"version {served}" if served is not None else "the previous version"
-        events.append(
-            Event(
-                WARNING,
-                "RolledBack",
-                f"version {rolled_back} did not become available within {spec.rollout.progress_deadline_seconds}s; "
-                f"rolling back to {back_to}",
-            )
-        )
+        events.append(Event(WARNING, Reason.ROLLED_BACK, rollback_message(rolled_back, served, spec, cause)))
 
     owners = effective_versions(versions)
 
@@ -316,10 +342,13 @@ def _conditions(
             Cond(ConditionType.DEGRADED, TRUE, reason, message),
         ]
     if target is None and served is None:
+        degraded = Cond(ConditionType.DEGRADED, FALSE, Reason.NOTHING_SERVED, "no version is served yet")
+        if records and records[-1].outcome == RolloutOutcome.ROLLED_BACK:
+            degraded = _failed_rollout(records[-1], served)
         return [
             Cond(ConditionType.READY, FALSE, resolution.reason, resolution.message),
             Cond(ConditionType.PROGRESSING, FALSE, resolution.reason, resolution.message),
-            Cond(ConditionType.DEGRADED, FALSE, Reason.NOTHING_SERVED, "no version is served yet"),
+            degraded,
         ]
     if spec.suspended:
         version = served if served is not None else (target.version if target else None)
@@ -369,8 +398,7 @@ def _conditions(
             and canary_status.phase == CanaryPhase.ABORTED:
         degraded = Cond(ConditionType.DEGRADED, TRUE, Reason.CANARY_ABORTED, canary_status.message or "the canary was aborted")
     elif records and records[-1].outcome == RolloutOutcome.ROLLED_BACK:
-        bad = records[-1].version
-        degraded = Cond(ConditionType.DEGRADED, TRUE, Reason.ROLLED_BACK, f"the rollout of version {bad} failed and was rolled back; serving version {served}")
+        degraded = _failed_rollout(records[-1], served)
     elif not rolling and desired != served and served is not None:
         degraded = Cond(ConditionType.DEGRADED, TRUE, resolution.reason, f"{resolution.message}; serving version {served} instead")
     elif unavailable:
@@ -381,6 +409,15 @@ def _conditions(
     else:
         degraded = Cond(ConditionType.DEGRADED, FALSE, Reason.AS_EXPECTED, "serving as the policy asks" if not rolling else "rollout under way")
     return [ready, progressing, degraded]
+
+
+def _failed_rollout(record: RolloutRecord, served: int | None) -> Cond:
+    why = f" ({record.message})" if record.message else ""
+    if served is not None:
+        message = f"the rollout of version {record.version} failed{why} and was rolled back; serving version {served}. {RETRY_HINT}"
+    else:
+        message = f"the rollout of version {record.version} failed{why}; nothing was ever served, so nothing was rolled back. {FIX_HINT}"
+    return Cond(ConditionType.DEGRADED, TRUE, Reason.ROLLED_BACK, message)
 
 
 # -- verdicts: which deployments failed a version ---------------------------------------------

@@ -3,13 +3,14 @@ rendered, and record this deployment's verdicts on the ModelVersions."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from modelops import kube as k8s
 from modelops import tritonmetrics
 from modelops.api.deployment import DeploymentReason, ModelDeploymentSpec, RolloutStrategy
 from modelops.api.model import ModelSpec
-from modelops.core import naming, render
+from modelops.core import naming, podcause, render
 from modelops.core.canary import CanaryServer
 from modelops.core.drift import differences, removals
 from modelops.core.objects import OwnerRef, VersionView, owned_by
@@ -41,6 +42,15 @@ def reconcile_deployment(ctx: Context, key: Key) -> float | None:
     scaled = scaling.scale(ctx, spec, body, live_deployment)
     spec = scaled.spec
     canary_inputs = _canary_inputs(ctx, spec, body, name, namespace)
+    retry = (body["metadata"].get("annotations") or {}).get(naming.ANNOTATION_RETRY)
+    server = ServerState.from_deployment(live_deployment) if live_deployment is not None else None
+    cause = None
+    if server is not None and live_deployment is not None and model_body is not None and server.deadline_exceeded:
+        server = replace(server, current=_template_current(ctx, spec, body, model_body, versions, live_deployment, server, retry))
+        if server.current and server.version not in ((body.get("status") or {}).get("failedVersions") or ()):
+            # A rollback is due: its cause is read from the pods, once (pods are not cached).
+            selector = ",".join(f"{k}={v}" for k, v in naming.server_selector(name).items())
+            cause = podcause.failure_cause(ctx.kube.list(k8s.PODS, namespace, label_selector=selector), server.version or 0)
 
     def plan(blocked: tuple[str, str] | None = None) -> RolloutPlan:
         return plan_rollout(
@@ -48,16 +58,17 @@ def reconcile_deployment(ctx: Context, key: Key) -> float | None:
             generation=body["metadata"].get("generation"),
             old_status=body.get("status"),
             versions=versions,
-            server=ServerState.from_deployment(live_deployment) if live_deployment is not None else None,
+            server=server,
             model_exists=model_body is not None,
             endpoints=render.endpoints(name, namespace),
             now=ctx.clock(),
             history=ctx.settings.rollout_history,
             blocked=blocked,
-            retry=(body["metadata"].get("annotations") or {}).get(naming.ANNOTATION_RETRY),
+            retry=retry,
             canary_server=canary_inputs[1],
             canary_metrics=canary_inputs[2].metrics if canary_inputs[2] is not None else None,
             canary_metrics_error=canary_inputs[2].error if canary_inputs[2] is not None else None,
+            cause=cause,
         )
 
     taken = _name_taken(live_deployment, live_service, uid, name)
@@ -68,6 +79,7 @@ def reconcile_deployment(ctx: Context, key: Key) -> float | None:
             desired = render.render_deployment(
                 name=name, namespace=namespace, owner=owner, spec=spec, model_name=spec.model,
                 model=ModelSpec.model_validate(model_body["spec"]), version=result.target, settings=ctx.settings,
+                retry=retry,
             )
         except ServingConfigError as err:
             result = plan(("InvalidServingConfig", f"the Triton configuration is invalid: {err}"))
@@ -75,7 +87,7 @@ def reconcile_deployment(ctx: Context, key: Key) -> float | None:
             service = render.render_service(name=name, namespace=namespace, owner=owner, model_name=spec.model)
             keep(ctx, k8s.DEPLOYMENTS, live_deployment, desired)
             keep(ctx, k8s.SERVICES, live_service, service)
-            keep_canary(ctx, result, canary_inputs[0], spec, model_body, versions, name, namespace, owner)
+            keep_canary(ctx, result, canary_inputs[0], spec, model_body, versions, name, namespace, owner, retry)
             split = result.canary.weights if result.canary is not None and result.canary.hold else None
             canary_status = result.status.canary
             scaling.keep_providers(ctx, keep, spec, name, namespace, owner, split,
@@ -128,6 +140,7 @@ def _canary_inputs(
 def keep_canary(
     ctx: Context, result: RolloutPlan, live: dict[str, Any] | None, spec: ModelDeploymentSpec,
     model_body: dict[str, Any], versions: list[VersionView], name: str, namespace: str, owner: OwnerRef,
+    retry: str | None,
 ) -> None:
     """The canary Deployment as the canary plan wants it; never created just to hold 0 pods,
     and scaled to 0 (kept, for its history) when no canary runs."""
@@ -143,9 +156,29 @@ def keep_canary(
     desired = render.render_deployment(
         name=name, namespace=namespace, owner=owner, spec=spec, model_name=spec.model,
         model=ModelSpec.model_validate(model_body["spec"]), version=view, settings=ctx.settings,
-        canary_replicas=plan.canary_replicas,
+        canary_replicas=plan.canary_replicas, retry=retry,
     )
     keep(ctx, k8s.DEPLOYMENTS, live, desired)
+
+
+def _template_current(
+    ctx: Context, spec: ModelDeploymentSpec, body: dict[str, Any], model_body: dict[str, Any],
+    versions: list[VersionView], live: dict[str, Any], server: ServerState, retry: str | None,
+) -> bool:
+    """Whether the live pod template is what the current spec and retry render for the version
+    it runs. When it is not, its exceeded deadline belongs to an older attempt."""
+    view = next((v for v in versions if v.version == server.version and v.ready), None)
+    if view is None:
+        return True
+    meta = body["metadata"]
+    try:
+        desired = render.render_deployment(
+            name=meta["name"], namespace=meta["namespace"], owner=OwnerRef.of(body), spec=spec, model_name=spec.model,
+            model=ModelSpec.model_validate(model_body["spec"]), version=view, settings=ctx.settings, retry=retry,
+        )
+    except (ServingConfigError, ValueError):
+        return True
+    return not differences(desired["spec"]["template"], (live.get("spec") or {}).get("template"))
 
 
 def keep(ctx: Context, resource: k8s.Resource, live: dict[str, Any] | None, desired: dict[str, Any]) -> None:
