@@ -8,12 +8,20 @@ embedded through lupa.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from modelops.api.version import Phase
+from modelops.core.models import model_status
+from modelops.core.versions import VersionState, version_status
+from modelops.handlers.context import CABundleProblem, CredentialsProblem
+
 pytestmark = pytest.mark.unit
+
+NOW = datetime(2025, 3, 1, tzinfo=UTC)
 
 CHECKS = Path(__file__).resolve().parents[2] / "charts" / "modelops" / "argocd" / "modelops.dev"
 
@@ -160,6 +168,11 @@ DEPLOYMENT_CASES = {
     "served equals desired but Ready is missing": (
         deployment(observedGeneration=2, desiredVersion=3, servedVersion=3, conditions=[SERVING[1], SERVING[2]]),
         "Progressing", "Waiting for version 3"),
+    "a condition without message or reason": (
+        deployment(observedGeneration=2, desiredVersion=4, servedVersion=3, conditions=[
+            cond("Ready", "False", "", ""), SERVING[1], SERVING[2],
+        ]),
+        "Progressing", "Waiting for version 4"),
 }
 
 
@@ -190,12 +203,39 @@ VERSION_CASES = {
     "rejected by the gate": (version("Rejected", "AccuracyGateFailed", "top-1 accuracy dropped 3.1 points"),
                              "Degraded", "Rejected: top-1 accuracy dropped"),
     "failed": (version("Failed", "ChecksumMismatch", "expected sha256 ab…, got cd…"), "Degraded", "Failed: expected sha256"),
+    "failed without a message": (version("Failed", "ChecksumMismatch", ""), "Degraded", "Failed: ChecksumMismatch"),
+}
+
+
+def written_version(generation: int, observed: int | None, state: VersionState) -> dict[str, Any]:
+    """A ModelVersion whose status is the one the operator writes for `state` at generation `observed`."""
+    return {"metadata": {"name": "digits-v2", "generation": generation}, "status": version_status(None, state, observed, NOW)}
+
+
+WRITTEN_VERSION_CASES = {
+    "ready": (written_version(1, 1, VersionState(Phase.READY, "Compressed", "compressed 4.0x")), "Healthy", "Ready: compressed 4.0x"),
+    "ready, status of an older generation": (
+        written_version(2, 1, VersionState(Phase.READY, "Compressed", "compressed 4.0x")), "Progressing", "observe generation 2"),
+    "rejected, status of an older generation": (
+        written_version(3, 2, VersionState(Phase.REJECTED, "AccuracyGateFailed", "top-1 accuracy dropped 3.1 points")),
+        "Progressing", "observe generation 3"),
+    "observedGeneration missing": (
+        written_version(1, None, VersionState(Phase.READY, "Compressed", "compressed 4.0x")), "Progressing", "generation 1"),
+    "failed without a message": (
+        written_version(1, 1, VersionState(Phase.FAILED, "ChecksumMismatch", "")), "Degraded", "Failed: ChecksumMismatch"),
 }
 
 
 @pytest.mark.parametrize("case", VERSION_CASES)
 def test_model_version_health(case: str) -> None:
     obj, expected_status, expected_message = VERSION_CASES[case]
+    status, message = health("ModelVersion", obj)
+    assert (status, expected_message in message) == (expected_status, True), message
+
+
+@pytest.mark.parametrize("case", WRITTEN_VERSION_CASES)
+def test_model_version_health_of_the_operators_status(case: str) -> None:
+    obj, expected_status, expected_message = WRITTEN_VERSION_CASES[case]
     status, message = health("ModelVersion", obj)
     assert (status, expected_message in message) == (expected_status, True), message
 
@@ -216,6 +256,34 @@ MODEL_CASES = {
     "credentials missing": (model(1, 1, cond("Ready", "False", "CredentialsNotFound", "Secret digits-storage does not exist")),
                             "Degraded", "Secret digits-storage"),
     "no Ready condition yet": (model(1, 1, None), "Progressing", "Waiting for the operator"),
+    "ready without a message": (model(1, 1, cond("Ready", "True", "VersionReady", "")), "Healthy", "VersionReady"),
+    "credentials missing, no message": (model(1, 1, cond("Ready", "False", "CredentialsNotFound", "")),
+                                        "Degraded", "CredentialsNotFound"),
+    "no ready version, no message": (model(1, 1, cond("Ready", "False", "NoReadyVersion", "")),
+                                     "Progressing", "NoReadyVersion"),
+}
+
+
+def written_model(problem: CredentialsProblem | None, generation: int = 1) -> dict[str, Any]:
+    """A Model with no Ready version whose status is the one the operator writes when reading its
+    storage objects raised `problem` (or nothing)."""
+    status = model_status(None, "digits", [], str(problem) if problem else None, generation, NOW,
+                          problem_reason=problem.reason if problem else CredentialsProblem.reason)
+    return {"metadata": {"name": "digits", "generation": generation}, "status": status}
+
+
+WRITTEN_MODEL_CASES = {
+    "credentials Secret missing": (written_model(CredentialsProblem("Secret digits-storage does not exist")),
+                                   "Degraded", "Secret digits-storage does not exist"),
+    "credentials key missing": (written_model(CredentialsProblem("Secret digits-storage lacks the key(s) AWS_SECRET_ACCESS_KEY")),
+                                "Degraded", "lacks the key(s)"),
+    "CA bundle ConfigMap missing": (
+        written_model(CABundleProblem("ConfigMap digits-ca named in spec.storage.caBundle.configMapRef does not exist")),
+        "Degraded", "ConfigMap digits-ca named in spec.storage.caBundle.configMapRef does not exist"),
+    "CA bundle key missing": (
+        written_model(CABundleProblem("Secret digits-ca has no PEM certificate under the key ca.crt (spec.storage.caBundle.key)")),
+        "Degraded", "no PEM certificate"),
+    "no ready version yet": (written_model(None), "Progressing", "no version of Model digits is Ready yet"),
 }
 
 
@@ -224,6 +292,21 @@ def test_model_health(case: str) -> None:
     obj, expected_status, expected_message = MODEL_CASES[case]
     status, message = health("Model", obj)
     assert (status, expected_message in message) == (expected_status, True), message
+
+
+@pytest.mark.parametrize("case", WRITTEN_MODEL_CASES)
+def test_model_health_of_the_operators_status(case: str) -> None:
+    obj, expected_status, expected_message = WRITTEN_MODEL_CASES[case]
+    status, message = health("Model", obj)
+    assert (status, expected_message in message) == (expected_status, True), message
+
+
+@pytest.mark.parametrize("problem", [CredentialsProblem, *CredentialsProblem.__subclasses__()], ids=lambda c: c.__name__)
+def test_every_missing_object_the_user_must_create_is_degraded(problem: type[CredentialsProblem]) -> None:
+    """Each reason the operator gives for a missing credentials Secret or CA bundle (objects only
+    the user can create) makes the Model Degraded, not Progressing forever."""
+    status, message = health("Model", written_model(problem("the object does not exist")))
+    assert (status, message) == ("Degraded", "the object does not exist")
 
 
 def test_every_kind_of_the_api_has_a_health_check() -> None:

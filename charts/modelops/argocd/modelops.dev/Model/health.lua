@@ -1,7 +1,21 @@
 -- Argo CD health of a modelops.dev Model.
--- Healthy: Ready is True (a version is Ready). Degraded: its credentials Secret or one of
--- its keys is missing. Anything else (no Ready version yet) is Progressing.
+-- Healthy: Ready is True (a version is Ready). Degraded: an object the user must create is
+-- missing: its credentials Secret (or one of its keys), or the ConfigMap or Secret of its CA
+-- bundle (or its key). Anything else (no Ready version yet) is Progressing.
 local hs = {}
+
+-- Reasons of Ready that only the user can fix, by creating the object the Model names.
+local missing = {
+  CredentialsNotFound = true,
+  CABundleNotFound = true,
+}
+
+local function says(c)
+  if c.message ~= nil and c.message ~= "" then
+    return c.message
+  end
+  return c.reason
+end
 
 local status = obj.status
 if status == nil or status.observedGeneration == nil or status.observedGeneration ~= obj.metadata.generation then
@@ -24,12 +38,12 @@ if ready == nil then
   hs.message = "Waiting for the operator"
 elseif ready.status == "True" then
   hs.status = "Healthy"
-  hs.message = ready.message or ready.reason
-elseif ready.reason == "CredentialsNotFound" then
+  hs.message = says(ready)
+elseif missing[ready.reason] then
   hs.status = "Degraded"
-  hs.message = ready.message or ready.reason
+  hs.message = says(ready)
 else
   hs.status = "Progressing"
-  hs.message = ready.message or ready.reason
+  hs.message = says(ready)
 end
 return hs

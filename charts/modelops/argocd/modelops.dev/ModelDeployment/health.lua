@@ -22,7 +22,7 @@ local function says(c, fallback)
   if c ~= nil and c.message ~= nil and c.message ~= "" then
     return c.message
   end
-  if c ~= nil and c.reason ~= nil then
+  if c ~= nil and c.reason ~= nil and c.reason ~= "" then
     return c.reason
   end
   return fallback
