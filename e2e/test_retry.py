@@ -1,0 +1,105 @@
+"""Retry after a fix, as a newcomer meets it: the first rollout fails because the test bed's
+Triton has no onnxruntime backend, a retry without a fix fails again on its own deadline, and
+the fix (spec.triton.backend: python) with a retry is served, with no delete.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from e2e import lifecycle as lc
+from e2e import support
+from e2e.support import eventually as wait_for
+
+pytestmark = pytest.mark.e2e
+
+DEADLINE = 20
+NAMES = ("digits-latest", "digits-pinned")
+
+
+@pytest.fixture(scope="module")
+def bed(testbed):
+    support.install_crds(testbed)
+    namespace = f"e2e-retry-{secrets.token_hex(3)}"
+    testbed.create_namespace(namespace)
+    testbed.ensure_bucket()
+    files = support.digits_model()
+    unique = lc.relabelled_onnx(files.onnx, Path(tempfile.mkdtemp()) / "model.onnx", namespace)
+    uri, sha = testbed.upload(unique, f"{namespace}/fp32/model.onnx")
+    eval_uri, _ = testbed.upload(files.eval_npz, f"{namespace}/eval.npz")
+    testbed.apply(namespace, [lc.storage_secret(testbed), lc.model_manifest(testbed, eval_uri), lc.version_manifest(1, uri, sha)])
+    operator = support.OperatorProcess(Path(testbed.kubeconfig), namespace,
+                                       Path(testbed.state_dir) / "logs" / f"operator-{namespace}.log")
+    operator.start()
+    yield {"cluster": testbed, "namespace": namespace}
+    operator.stop()
+    testbed.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+
+
+def status(bed, name: str) -> dict:
+    return bed["cluster"].get(bed["namespace"], "modeldeployment", name).get("status", {})
+
+
+def outcomes(bed, name: str) -> list[str]:
+    return [r["outcome"] for r in status(bed, name).get("rollouts") or []]
+
+
+def degraded(bed, name: str) -> dict:
+    return next(c for c in status(bed, name)["conditions"] if c["type"] == "Degraded")
+
+
+def annotate(bed, name: str, value: str) -> None:
+    bed["cluster"].kubectl("annotate", "modeldeployment", name, "-n", bed["namespace"],
+                           f"modelops.dev/retry={value}", "--overwrite")
+
+
+def test_retry_after_fixing_the_backend_serves_without_a_delete(bed):
+    cluster, namespace = bed["cluster"], bed["namespace"]
+    cluster.kubectl("wait", "-n", namespace, "--for=condition=Ready", "modelversion/digits-v1", "--timeout=300s", timeout=330)
+    manifests = []
+    for name in NAMES:
+        md = lc.deployment_manifest(name, pinned=1 if name.endswith("pinned") else None, progress_deadline=DEADLINE)
+        md["spec"]["triton"]["backend"] = "onnxruntime"  # the samples' backend; the test bed's Triton lacks it
+        manifests.append(md)
+    cluster.apply(namespace, manifests)
+
+    # 1. The first rollout fails: nothing was ever served, and the pods' cause is named.
+    for name in NAMES:
+        wait_for(lambda name=name: outcomes(bed, name) == ["RolledBack"], 240, f"{name}'s first rollout to fail")
+        message = degraded(bed, name)["message"]
+        print(f"{name} Degraded: {message}")
+        assert "nothing was ever served" in message and "rolled back; serving" not in message, message
+        cause = status(bed, name)["rollouts"][-1].get("message") or ""
+        assert "container triton" in cause and "spec.triton" in cause, cause
+    events = cluster.get(namespace, "events", "--field-selector", "reason=RolledBack")["items"]
+    assert events and all("rolling back to" not in e["message"] for e in events), [e["message"] for e in events]
+
+    # 2. A retry without a fix is a new attempt, judged on its own deadline, and fails again.
+    for name in NAMES:
+        annotate(bed, name, "1")
+    for name in NAMES:
+        wait_for(lambda name=name: outcomes(bed, name) == ["RolledBack", "RolledBack"], 240,
+                 f"{name}'s retried rollout to fail on its own")
+        assert status(bed, name)["failedVersions"] == [1]
+
+    # 3. The fix and a retry: the Deployment is rendered again from the current spec and served.
+    for name in NAMES:
+        cluster.kubectl("patch", "modeldeployment", name, "-n", namespace, "--type=merge",
+                        "-p", json.dumps({"spec": {"triton": {"backend": "python"}}}))
+        annotate(bed, name, "2")
+    for name in NAMES:
+        cluster.kubectl("wait", "-n", namespace, "--for=condition=Ready", f"modeldeployment/{name}",
+                        "--timeout=240s", timeout=270)
+        md = status(bed, name)
+        assert md["servedVersion"] == 1 and "failedVersions" not in md, md
+        assert outcomes(bed, name) == ["RolledBack", "RolledBack", "Succeeded"]
+        deployment = cluster.get(namespace, "deployment", name)
+        config = next(e["value"] for c in deployment["spec"]["template"]["spec"]["initContainers"]
+                      for e in c.get("env", []) if e["name"] == "MODELOPS_TRITON_CONFIG")
+        assert 'backend: "python"' in config, config
+    assert lc.ready_server_ips(cluster, namespace, "digits-latest")
