@@ -9,16 +9,57 @@ bed has no kube-proxy).
 
 from __future__ import annotations
 
+import secrets
+import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from e2e import support
 from e2e.support import BUCKET, Testbed
 
 MODEL_NAME = "digits"
 SECRET_NAME = "digits-storage"
+
+
+@dataclass(frozen=True)
+class ServingNamespace:
+    """A restricted namespace with the storage Secret, the digits Model, its fp32 artifact
+    and the evaluation set in MinIO, and an operator watching it."""
+
+    namespace: str
+    files: Any  # models/digits.py's DigitsArtifacts (see support.digits_model)
+    model_uri: str
+    model_sha: str
+    operator: support.OperatorProcess
+
+
+@contextmanager
+def serving_namespace(cluster: Testbed, prefix: str) -> Iterator[ServingNamespace]:
+    support.install_crds(cluster)
+    namespace = f"{prefix}-{secrets.token_hex(3)}"
+    cluster.create_namespace(namespace)
+    cluster.ensure_bucket()
+    files = support.digits_model()
+    # A copy that differs only in its doc string, so this namespace's compressions get cache
+    # keys of their own (a test may change a cached artifact).
+    unique = relabelled_onnx(files.onnx, Path(tempfile.mkdtemp()) / "model.onnx", namespace)
+    model_uri, model_sha = cluster.upload(unique, f"{namespace}/fp32/model.onnx")
+    eval_uri, _ = cluster.upload(files.eval_npz, f"{namespace}/eval.npz")
+    cluster.apply(namespace, [storage_secret(cluster), model_manifest(cluster, eval_uri)])
+    operator = support.OperatorProcess(Path(cluster.kubeconfig), namespace,
+                                       Path(cluster.state_dir) / "logs" / f"operator-{namespace}.log")
+    operator.start()
+    try:
+        yield ServingNamespace(namespace, files, model_uri, model_sha, operator)
+    finally:
+        operator.stop()
+        cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
 
 
 def relabelled_onnx(source: Path, target: Path, doc_string: str) -> Path:

@@ -8,7 +8,6 @@ rolled back and v4 rolls out, and a corrupted artifact never replaces a serving 
 from __future__ import annotations
 
 import json
-import secrets
 import tempfile
 import time
 from pathlib import Path
@@ -17,7 +16,6 @@ import numpy as np
 import pytest
 
 from e2e import lifecycle as lc
-from e2e import support
 from e2e.loadgen import InferenceCall, LoadReport, run_load
 from e2e.support import eventually as wait_for
 
@@ -31,25 +29,10 @@ MIN_REQUESTS = 10_000
 @pytest.fixture(scope="module")
 def bed(testbed):
     """A namespace with the CRDs, the storage Secret, the digits Model and a running operator."""
-    support.install_crds(testbed)
-    namespace = f"e2e-serving-{secrets.token_hex(3)}"
-    testbed.create_namespace(namespace)
-    testbed.ensure_bucket()
-    files = support.digits_model()
-    # A copy that differs only in its doc string, so this module's compressions get cache keys
-    # of their own (the corruption test changes a cached artifact).
-    unique = lc.relabelled_onnx(files.onnx, Path(tempfile.mkdtemp()) / "model.onnx", namespace)
-    model_uri, model_sha = testbed.upload(unique, f"{namespace}/fp32/model.onnx")
-    eval_uri, _ = testbed.upload(files.eval_npz, f"{namespace}/eval.npz")
-    testbed.apply(namespace, [lc.storage_secret(testbed), lc.model_manifest(testbed, eval_uri)])
-    operator = support.OperatorProcess(Path(testbed.kubeconfig), namespace,
-                                       Path(testbed.state_dir) / "logs" / f"operator-{namespace}.log")
-    operator.start()
-    data = np.load(files.eval_npz)
-    yield {"cluster": testbed, "namespace": namespace, "files": files, "model_uri": model_uri,
-           "model_sha": model_sha, "inputs": data["inputs"], "labels": data["labels"], "operator": operator}
-    operator.stop()
-    testbed.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+    with lc.serving_namespace(testbed, "e2e-serving") as ns:
+        data = np.load(ns.files.eval_npz)
+        yield {"cluster": testbed, "namespace": ns.namespace, "files": ns.files, "model_uri": ns.model_uri,
+               "model_sha": ns.model_sha, "inputs": data["inputs"], "labels": data["labels"], "operator": ns.operator}
 
 
 def wait(bed, *args: str, timeout: int = 300) -> None:

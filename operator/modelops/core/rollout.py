@@ -167,10 +167,7 @@ def plan_rollout(
     # Nothing is served and the failed version's pods run an older spec: the user changed the
     # spec (a fix), so the version is tried again with it. With something served, a failed
     # version waits for modelops.dev/retry, and the served one takes the new spec.
-    if (
-        served is None and server is not None and server.version in failed
-        and not server.current and server.version is not None
-    ):
+    if served is None and server is not None and server.version is not None and server.version in failed and not server.current:
         failed.discard(server.version)
         events.append(Event(NORMAL, Reason.RETRY_REQUESTED,
                             f"the spec changed since version {server.version} failed to roll out; trying it again"))

@@ -49,8 +49,8 @@ def reconcile_deployment(ctx: Context, key: Key) -> float | None:
         server = replace(server, current=_template_current(ctx, spec, body, model_body, versions, live_deployment, server, retry))
         if server.current and server.version not in ((body.get("status") or {}).get("failedVersions") or ()):
             # A rollback is due: its cause is read from the pods, once (pods are not cached).
-            selector = ",".join(f"{k}={v}" for k, v in naming.server_selector(name).items())
-            cause = podcause.failure_cause(ctx.kube.list(k8s.PODS, namespace, label_selector=selector), server.version or 0)
+            pods = ctx.kube.list(k8s.PODS, namespace, label_selector=naming.selector_text(naming.server_selector(name)))
+            cause = podcause.failure_cause(pods, server.version or 0)
 
     def plan(blocked: tuple[str, str] | None = None) -> RolloutPlan:
         return plan_rollout(
@@ -131,7 +131,7 @@ def _canary_inputs(
         server = CanaryServer(state.version, state.replicas, state.available, state.updated, state.deadline_exceeded)
     metrics = None
     if server is not None and server.available and ((body.get("status") or {}).get("canary") or {}).get("phase") == "Progressing":
-        selector = ",".join(f"{k}={v}" for k, v in naming.server_selector(name).items())
+        selector = naming.selector_text(naming.server_selector(name))
         metrics = tritonmetrics.read(ctx.kube.list(k8s.PODS, namespace, label_selector=selector), spec.model, namespace,
                                      tritonmetrics.PrometheusSource.of(ctx.settings))
     return live, server, metrics

@@ -43,7 +43,7 @@ def scale(ctx: Context, spec: ModelDeploymentSpec, body: dict[str, Any], live: d
     before = ctx.readings.get(key)
     since = (now - before.time).total_seconds() if before is not None else interval
     if since >= interval:  # one reading per interval, however often the object is reconciled
-        selector = ",".join(f"{k}={v}" for k, v in naming.server_selector(meta["name"]).items())
+        selector = naming.selector_text(naming.server_selector(meta["name"]))
         read = tritonmetrics.read(ctx.kube.list(k8s.PODS, meta["namespace"], label_selector=selector), spec.model,
                                   meta["namespace"], tritonmetrics.PrometheusSource.of(ctx.settings))
         if read.metrics is None:
