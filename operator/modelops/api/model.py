@@ -89,6 +89,7 @@ class ModelReason(StrEnum):
     NO_READY_VERSION = "NoReadyVersion"
     CREDENTIALS_NOT_FOUND = "CredentialsNotFound"
     CA_BUNDLE_NOT_FOUND = "CABundleNotFound"
+    BUCKET_NOT_FOUND = "BucketNotFound"
     INSECURE_ENDPOINT = "InsecureEndpoint"
 
 

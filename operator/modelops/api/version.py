@@ -54,6 +54,7 @@ class VersionReason(StrEnum):
     CA_BUNDLE_NOT_FOUND = "CABundleNotFound"
     INSECURE_ENDPOINT = "InsecureEndpoint"
     TLS_VERIFICATION_FAILED = "TLSVerificationFailed"
+    BUCKET_NOT_FOUND = "BucketNotFound"
     ARTIFACT_NOT_FOUND = "ArtifactNotFound"
     ACCESS_DENIED = "AccessDenied"
     STORAGE_UNREACHABLE = "StorageUnreachable"
@@ -198,6 +199,11 @@ class ModelVersionStatus(ApiModel):
         None, description="Pending, Verifying, Compressing (compression and evaluation), Ready, Rejected or Failed."
     )
     job_name: str | None = Field(None, description="Name of the compression Job.")
+    artifact_bucket: str | None = Field(
+        None,
+        description="The bucket the artifact is read from (that of spec.artifact.uri). It may differ from the "
+        "Model's spec.storage.bucket, which receives the compressed output.",
+    )
     cache_key: str | None = Field(None, description="Content address of the compression output: sha256 of (source digest, recipe, compressor version).")
     compressed_artifact: CompressedArtifact | None = Field(None, description="The compressed artifact, once Ready.")
     report: CompressionReport | None = Field(None, description="The compression report.")

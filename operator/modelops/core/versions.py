@@ -370,7 +370,8 @@ def interface_matches(recorded: Any, signature: Signature) -> bool:
 
 
 def version_status(
-    old: dict[str, Any] | None, state: VersionState, generation: int | None, now: datetime
+    old: dict[str, Any] | None, state: VersionState, generation: int | None, now: datetime,
+    artifact_bucket: str | None = None,
 ) -> dict[str, Any]:
     """The full status to store for `state`, keeping unchanged transition times."""
     old = old or {}
@@ -389,6 +390,7 @@ def version_status(
         observed_generation=generation,
         phase=state.phase,
         job_name=state.job_name or old.get("jobName"),
+        artifact_bucket=artifact_bucket,
         cache_key=state.cache_key or old.get("cacheKey"),
         compressed_artifact=state.compressed,
         report=state.report,

@@ -29,7 +29,7 @@ from modelops.core.versions import (
     version_status,
     waiting,
 )
-from modelops.handlers.context import Context, CredentialsProblem
+from modelops.handlers.context import CachedReads, Context, CredentialsProblem
 from modelops.handlers.queue import Key
 from modelops.storage import (
     AccessDenied,
@@ -38,6 +38,7 @@ from modelops.storage import (
     StorageError,
     StorageUnreachable,
     TLSVerificationFailed,
+    parse_s3_uri,
 )
 
 _WARNING_PHASES = {Phase.REJECTED, Phase.FAILED}
@@ -54,12 +55,19 @@ def reconcile_version(ctx: Context, key: Key) -> float | None:
         return None
     state = _decide(ctx, body)
     generation = body["metadata"].get("generation")
-    new_status = version_status(status, state, generation, ctx.clock())
+    new_status = version_status(status, state, generation, ctx.clock(), artifact_bucket=_artifact_bucket(body))
     if ctx.write_status(k8s.MODELVERSIONS, body, new_status) and status.get("phase") != state.phase:
         event_type = "Warning" if state.phase in _WARNING_PHASES else "Normal"
         ctx.kube.emit_event(body, event_type, state.reason, f"{state.phase}: {state.message}")
     ctx.metrics.versions.set(key.namespace, key.name, state.phase)
     return state.retry_after
+
+
+def _artifact_bucket(body: dict[str, Any]) -> str | None:
+    try:
+        return parse_s3_uri(str(((body.get("spec") or {}).get("artifact") or {}).get("uri", ""))).bucket
+    except StorageError:
+        return None  # a URI the schema let through but that is not s3://bucket/key: _decide says so
 
 
 def _decide(ctx: Context, body: dict[str, Any]) -> VersionState:
@@ -126,6 +134,21 @@ def storage_problem(err: StorageError, field: str, uri: str, retry: float) -> Ve
     return waiting(Phase.FAILED, VersionReason.STORAGE_ERROR, f"{field}: {err}")
 
 
+def _artifact_missing(store: CachedReads, uri: str, retry: float) -> VersionState:
+    """Verifying, naming what is missing: the artifact's bucket itself, or only its key."""
+    bucket = parse_s3_uri(uri).bucket
+    try:
+        bucket_missing = not store.bucket_exists_recent(bucket)
+    except StorageError as err:
+        return storage_problem(err, "spec.artifact.uri", uri, retry)
+    if bucket_missing:
+        message = (f"bucket {bucket} of spec.artifact.uri ({uri}) does not exist; fix the URI in a new "
+                   f"ModelVersion or create the bucket (checked again every {retry:g}s)")
+        return waiting(Phase.VERIFYING, VersionReason.BUCKET_NOT_FOUND, message, retry)
+    message = f"no object at {uri}; upload it (checked again every {retry:g}s)"
+    return waiting(Phase.VERIFYING, VersionReason.ARTIFACT_NOT_FOUND, message, retry)
+
+
 def _start(
     ctx: Context, body: dict[str, Any], spec: ModelVersionSpec, model: ModelSpec, key: str, job_name: str
 ) -> VersionState | tuple[dict[str, Any], bool]:
@@ -139,12 +162,16 @@ def _start(
         return waiting(Phase.VERIFYING, VersionReason.INSECURE_ENDPOINT, insecure)
     try:
         store = ctx.store_for(namespace, model.storage)
+        # The Job writes its output to the Model's bucket: a wrong one is named before any Job.
+        if not store.bucket_exists_recent(model.storage.bucket):
+            message = (f"bucket {model.storage.bucket} named in spec.storage.bucket of Model {spec.model} does not "
+                       f"exist; create it or fix the Model (checked again every {retry:g}s)")
+            return waiting(Phase.VERIFYING, VersionReason.BUCKET_NOT_FOUND, message, retry)
         store.head_recent(spec.artifact.uri)
     except CredentialsProblem as err:
         return waiting(Phase.VERIFYING, VersionReason(err.reason), f"{err}; create it in namespace {namespace}", retry)
     except ObjectNotFound:
-        message = f"no object at {spec.artifact.uri}; upload it (checked again every {retry:g}s)"
-        return waiting(Phase.VERIFYING, VersionReason.ARTIFACT_NOT_FOUND, message, retry)
+        return _artifact_missing(store, spec.artifact.uri, retry)
     except StorageError as err:
         return storage_problem(err, "spec.artifact.uri", spec.artifact.uri, retry)
 
