@@ -179,6 +179,24 @@ def test_a_bucket_seen_is_reused_for_the_ttl_and_a_missing_one_is_asked_every_ti
     assert not reads.bucket_exists_recent("b") and store.asked == 4
 
 
+def test_a_denied_head_bucket_is_no_verdict_on_the_bucket() -> None:
+    from modelops.handlers.versions import bucket_missing
+    from modelops.storage import AccessDenied, StorageUnreachable
+
+    class Refusing(BucketStore):
+        def __init__(self, error: Exception) -> None:
+            super().__init__()
+            self.error = error
+
+        def bucket_exists(self, bucket: str) -> bool:
+            raise self.error
+
+    assert not bucket_missing(CachedReads(Refusing(AccessDenied("403")), ttl=10), "b")  # type: ignore[arg-type]
+    with pytest.raises(StorageUnreachable):  # an unreachable endpoint is reported, not skipped
+        bucket_missing(CachedReads(Refusing(StorageUnreachable("503")), ttl=10), "b")  # type: ignore[arg-type]
+    assert bucket_missing(CachedReads(BucketStore(), ttl=10), "b")  # type: ignore[arg-type]
+
+
 def test_a_model_wakes_its_children_only_when_its_spec_changes() -> None:
     model = {"metadata": {"name": "m"}, "spec": {"signature": 1}, "status": {"phase": "a"}}
     assert dependents.model_changed(None, model) and dependents.model_changed(model, None)

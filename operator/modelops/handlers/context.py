@@ -265,7 +265,8 @@ class Context:
 
     def check_bucket(self, namespace: str, storage: StorageSpec) -> None:
         """Raises BucketProblem when the Model's bucket does not exist. Any other storage
-        answer (unreachable, denied) is left to the versions, whose conditions name the URI."""
+        answer (unreachable, or denied to credentials without s3:ListBucket) is left to the
+        versions, whose conditions name the URI."""
         try:
             exists = self.store_for(namespace, storage).bucket_exists_recent(storage.bucket)
         except StorageError:

@@ -134,14 +134,23 @@ def storage_problem(err: StorageError, field: str, uri: str, retry: float) -> Ve
     return waiting(Phase.FAILED, VersionReason.STORAGE_ERROR, f"{field}: {err}")
 
 
+def bucket_missing(store: CachedReads, bucket: str) -> bool:
+    """Whether HEAD bucket says the bucket does not exist. Credentials that may read objects but
+    not HEAD the bucket (no s3:ListBucket) are no verdict: the object reads decide then."""
+    try:
+        return not store.bucket_exists_recent(bucket)
+    except AccessDenied:
+        return False
+
+
 def _artifact_missing(store: CachedReads, uri: str, retry: float) -> VersionState:
     """Verifying, naming what is missing: the artifact's bucket itself, or only its key."""
     bucket = parse_s3_uri(uri).bucket
     try:
-        bucket_missing = not store.bucket_exists_recent(bucket)
+        missing = bucket_missing(store, bucket)
     except StorageError as err:
         return storage_problem(err, "spec.artifact.uri", uri, retry)
-    if bucket_missing:
+    if missing:
         message = (f"bucket {bucket} of spec.artifact.uri ({uri}) does not exist; fix the URI in a new "
                    f"ModelVersion or create the bucket (checked again every {retry:g}s)")
         return waiting(Phase.VERIFYING, VersionReason.BUCKET_NOT_FOUND, message, retry)
@@ -163,7 +172,7 @@ def _start(
     try:
         store = ctx.store_for(namespace, model.storage)
         # The Job writes its output to the Model's bucket: a wrong one is named before any Job.
-        if not store.bucket_exists_recent(model.storage.bucket):
+        if bucket_missing(store, model.storage.bucket):
             message = (f"bucket {model.storage.bucket} named in spec.storage.bucket of Model {spec.model} does not "
                        f"exist; create it or fix the Model (checked again every {retry:g}s)")
             return waiting(Phase.VERIFYING, VersionReason.BUCKET_NOT_FOUND, message, retry)
