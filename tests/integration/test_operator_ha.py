@@ -272,6 +272,7 @@ def test_the_chart_operator_that_exits_on_a_lost_lease_is_restarted_and_leads_ag
         cluster.start_component(layout, "kube-apiserver")
 
         def restarted() -> dict[str, Any] | None:
+            assert not watch.violations, "reported running with no process:\n" + "\n".join(watch.violations)
             (now,) = operator_pods(testbed, namespace, selector)
             (status,) = now["status"]["containerStatuses"]
             ready = {c["type"]: c["status"] for c in now["status"]["conditions"]}.get("Ready") == "True"
