@@ -291,6 +291,14 @@ def test_the_chart_operator_that_exits_on_a_lost_lease_is_restarted_and_leads_ag
         # And serves: a change made now is reconciled.
         apply_docs(testbed, namespace, [model("after")])
         eventually(lambda: has_status(testbed, namespace, "after"), 60, "the restarted operator to reconcile a new Model")
+        # A rollout restart then replaces it: the old pod is stopped within its grace period (the
+        # chart's default, 30 s) and removed, never left Terminating; its successor takes over.
+        testbed.kubectl("rollout", "restart", f"deployment/{fullname}", "-n", namespace)
+        testbed.kubectl("wait", "--for=delete", f"pod/{name}", "-n", namespace, "--timeout=90s")
+        testbed.kubectl("rollout", "status", f"deployment/{fullname}", "-n", namespace, "--timeout=120s")
+        (successor,) = operator_pods(testbed, namespace, selector)
+        eventually(lambda: lease_of(testbed, namespace, fullname).get("holderIdentity") == successor["metadata"]["name"],
+                   60, "the new pod to lead")
     finally:
         watch.stop()
         testbed.helm("uninstall", release, "--namespace", namespace, "--ignore-not-found", timeout=120)
