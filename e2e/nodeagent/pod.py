@@ -599,11 +599,6 @@ class PodWorker(threading.Thread):
         except Exception as err:  # noqa: BLE001 - a failed hook never delays the stop past its grace period
             self.agent.event(self.pod, "Warning", "FailedPreStopHook", f"PreStopHook failed: {err}")
 
-    def _deadline(self) -> float:
-        if self.stop_deadline is None:
-            self.stop_deadline = time.monotonic() + self.grace_seconds
-        return self.stop_deadline
-
     def _stop_containers(self) -> None:
         """preStop hooks, SIGTERM, and SIGKILL for whatever still runs at the end of the grace
         period (which a later deletion with a shorter one brings forward); each container's
@@ -611,20 +606,24 @@ class PodWorker(threading.Thread):
         running = [c for c in self.init_containers + self.containers if c.process is not None]
         if not running:
             return
-        deadline = self._deadline()
+        # Without a deletion (the pod ended, or the worker failed), the pod's own grace period.
+        unrequested = time.monotonic() + self.grace_seconds
+
+        def deadline() -> float:
+            return self.stop_deadline if self.stop_deadline is not None else unrequested
         if self.stop_requested.is_set() and not self.agent.shutting_down:
-            hooks = [threading.Thread(target=self._pre_stop, args=(c, deadline), daemon=True) for c in running
+            hooks = [threading.Thread(target=self._pre_stop, args=(c, deadline()), daemon=True) for c in running
                      if not c.init and (c.spec.get("lifecycle") or {}).get("preStop")]
             for hook in hooks:
                 hook.start()
             for hook in hooks:
-                while hook.is_alive() and time.monotonic() < self._deadline():
+                while hook.is_alive() and time.monotonic() < deadline():
                     hook.join(TICK)
         for container in running:
             if container.process.poll() is None:
                 self.agent.event(self.pod, "Normal", "Killing", f"Stopping container {container.name}")
             sandbox.signal_group(container.process.pid, signal.SIGTERM)
-        while any(c.process.poll() is None for c in running) and time.monotonic() < self._deadline():
+        while any(c.process.poll() is None for c in running) and time.monotonic() < deadline():
             time.sleep(TICK)
         for container in running:
             if container.process.poll() is None:
