@@ -84,19 +84,20 @@ def normalize_recipe(recipe: Compression | str | bytes | dict[str, Any] | None) 
     calibration = recipe.calibration if quantization in CALIBRATED else None
     if quantization == Quantization.INT4_MIXED and calibration is None:
         raise InvalidRecipe("calibration: int4-mixed measures each layer's sensitivity on a calibration dataset; set compression.calibration")
-    method = recipe.method
-    if method == Int4Method.GPTQ and recipe.calibration is None:
+    if recipe.method == Int4Method.GPTQ and recipe.calibration is None:
         raise InvalidRecipe("method: gptq learns from activations; set compression.calibration")
+    int4_method: Int4Method | None = None
+    block_size: int | None = None
+    asymmetric: bool | None = None
     if quantization in INT4_QUANTIZATIONS:
-        block_size = recipe.block_size or DEFAULT_BLOCK_SIZES[quantization]
-        method = method or (Int4Method.GPTQ if calibration is not None else Int4Method.RTN)
-        asymmetric = DEFAULT_ASYMMETRIC[quantization] if recipe.asymmetric is None else recipe.asymmetric
-        if quantization == Quantization.INT4_WEIGHT_ONLY and method == Int4Method.RTN and not asymmetric:
-            method, asymmetric = None, None  # int4's first form, spelled as before: earlier entries keep their keys
+        int4 = Quantization(quantization)
+        block_size = recipe.block_size or DEFAULT_BLOCK_SIZES[int4]
+        int4_method = recipe.method or (Int4Method.GPTQ if calibration is not None else Int4Method.RTN)
+        asymmetric = DEFAULT_ASYMMETRIC[int4] if recipe.asymmetric is None else recipe.asymmetric
+        if int4 == Quantization.INT4_WEIGHT_ONLY and int4_method == Int4Method.RTN and not asymmetric:
+            int4_method, asymmetric = None, None  # int4's first form, spelled as before: earlier entries keep their keys
     elif quantization == Quantization.AUTO:
-        block_size, asymmetric = recipe.block_size, recipe.asymmetric
-    else:
-        block_size, method, asymmetric = None, None, None
+        block_size, int4_method, asymmetric = recipe.block_size, recipe.method, recipe.asymmetric
     # The objective only steers `auto`; an explicit recipe keeps the key it always had.
     objective = (recipe.objective or Objective.SIZE) if quantization == Quantization.AUTO else None
     # model_copy keeps any recipe field this function has no default for.
@@ -104,7 +105,7 @@ def normalize_recipe(recipe: Compression | str | bytes | dict[str, Any] | None) 
         update={
             "quantization": quantization,
             "block_size": block_size,
-            "method": method,
+            "method": int4_method,
             "asymmetric": asymmetric,
             "calibration": calibration,
             "objective": objective,

@@ -31,6 +31,7 @@ class Calibration:
 
     hessians: dict[str, np.ndarray]
     samples: int
+    activations: dict[str, str]  # weight name -> the activation it multiplies
 
 
 def weight_activations(graph: onnx.GraphProto, initializers: dict[str, tuple[int, ...]]) -> dict[str, tuple[str, int]]:
@@ -102,4 +103,4 @@ def collect(source_path: Path, dataset: Dataset, workdir: Path, threads: int, de
         for name, (activation, _) in weights.items()
         if rows[activation]
     }
-    return Calibration(hessians, samples)
+    return Calibration(hessians, samples, {name: activation for name, (activation, _) in weights.items()})

@@ -61,6 +61,8 @@ class Int4Options:
 
     hessians: dict[str, np.ndarray] = field(default_factory=dict)
     int8: frozenset[str] = frozenset()
+    # Weight name -> its int4 blocks, filled by one build and read by the next of the same recipe.
+    cache: dict[str, object] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -626,12 +628,16 @@ def _stream(
                 if first_form:
                     packed, scales = W.quantize_int4_blocks(array, block_size, plan.int4_rows_are_channels, threads)
                     blocks = W.Int4Blocks(packed, scales, None, float("nan"))
+                elif int4_options is not None and isinstance(int4_options.cache.get(tensor.name), W.Int4Blocks):
+                    blocks = int4_options.cache[tensor.name]  # type: ignore[assignment]
                 else:
                     # GPTQ for MatMul weights; a table's rows are looked up, not multiplied by activations.
                     hessian = hessians.get(tensor.name) if plan.int4_scale_kinds == ("flat",) else None
                     blocks = W.quantize_int4(
                         array, block_size, plan.int4_rows_are_channels, bool(plan.int4_zero_name), hessian
                     )
+                    if int4_options is not None:
+                        int4_options.cache[tensor.name] = blocks
                 writer.add_array(plan.quantized_name, blocks.packed)
                 for name, kind in zip(plan.int4_scale_names, plan.int4_scale_kinds, strict=True):
                     writer.add_array(name, blocks.scales.reshape(-1) if kind == "flat" else blocks.scales[:, :, None])

@@ -113,6 +113,11 @@ def success_report(
         "chosenQuantization": result.recipe.quantization if result.candidates is not None and passed else None,
         "resolvedRecipe": result.recipe.to_dict() if result.candidates is not None and passed else None,
         "candidates": None if result.candidates is None else [c.to_dict(before) for c in result.candidates],
+        "layers": [
+            {"name": name, "precision": layer.precision, "bytes": layer.bytes, "sensitivity": _round(layer.error, 6)}
+            for name, layer in sorted(result.layers.items())
+        ]
+        or None,
         "metric": result.metric.to_dict() if result.metric is not None else None,
         "evaluation": None if evaluation is None else {**evaluation, "samples": samples},
         "recipe": recipe,
