@@ -123,7 +123,8 @@ class ModelVersionSpec(ApiModel):
 
     model_config = ApiModel.model_config | {
         "json_schema_extra": validations(
-            cel("self == oldSelf", "spec is immutable: create a new ModelVersion with a new version number")
+            cel("self == oldSelf", "spec is immutable: create a new ModelVersion with a new version number"),
+            cel(SAME_DATASETS_RULE, SAME_DATASETS_MESSAGE),
         )
     }
 
