@@ -150,6 +150,15 @@ def _compress(encoder: tuple[Path, Path, Path], tmp_path: Path, recipe: dict[str
     )  # fmt: skip
 
 
+def test_gptq_in_the_pipeline_rounds_from_the_calibration_set(encoder, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    recipe = {"quantization": "int4-weight-only", "blockSize": 32, "asymmetric": True}
+    nearest = _compress(encoder, tmp_path / "rtn", {**recipe, "method": "rtn"}, 0.0)
+    gptq = _compress(encoder, tmp_path / "gptq", {**recipe, "method": "gptq"}, 0.0)
+    assert any(note.startswith("gptq: 13 MatMul weights") for note in gptq.notes), gptq.notes
+    assert nearest.output_path.read_bytes() != gptq.output_path.read_bytes()
+    assert any(note.startswith("calibrated on 32 samples") for note in gptq.notes)
+
+
 def test_int4_mixed_keeps_sensitive_groups_at_int8_until_the_gate_passes(encoder, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     plain = _compress(encoder, tmp_path / "plain", {"quantization": "int4-weight-only", "blockSize": 32, "asymmetric": True}, 0.0)
     strict = 0.5 * (1 + plain.metric.compressed)  # halfway between plain int4 and a perfect copy

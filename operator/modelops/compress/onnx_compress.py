@@ -87,6 +87,7 @@ class OnnxStats:
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
     layers: dict[str, LayerStats] = field(default_factory=dict)  # int4's candidates: MatMul weights and tables
+    gptq: int = 0  # weights rounded by GPTQ
 
 
 def default_opset(model: onnx.ModelProto) -> int:
@@ -633,6 +634,7 @@ def _stream(
                 else:
                     # GPTQ for MatMul weights; a table's rows are looked up, not multiplied by activations.
                     hessian = hessians.get(tensor.name) if plan.int4_scale_kinds == ("flat",) else None
+                    stats.gptq += hessian is not None
                     blocks = W.quantize_int4(
                         array, block_size, plan.int4_rows_are_channels, bool(plan.int4_zero_name), hessian
                     )
@@ -662,6 +664,8 @@ def _stream(
             tensor.release()
         for name, value in constants.items():
             writer.add_array(name, value)
+    if recipe.method == "gptq" and recipe.quantization in INT4:
+        stats.notes.append(f"gptq: {stats.gptq} MatMul weights rounded from calibration Hessians, the rest to nearest")
     stats.seconds = time.perf_counter() - started
     return stats
 

@@ -395,7 +395,7 @@ def compress_artifact(
             assert hessians is not None
             candidate = search_mixed(candidate_recipe, outdir, build, hessians, keeper, activations, probe)
         else:
-            candidate = build(candidate_recipe, outdir)
+            candidate = build(candidate_recipe, outdir, None if hessians is None else Int4Options(hessians))
             keeper.offer(candidate)
         candidates.append(candidate)
     seconds["compress"] = time.perf_counter() - started
