@@ -180,3 +180,20 @@ def test_auto_with_calibration_tries_int4_mixed_and_reports_every_candidate(enco
     on_disk = [c for c in result.candidates or [] if c.output_path is not None]
     assert len(on_disk) <= 1, "only the best candidate is kept"
     assert all(c.runner is None for c in result.candidates or []), "no candidate stays loaded"
+
+
+def test_the_operator_passes_calibration_and_the_int4_fields_to_the_job() -> None:
+    """The recipe the operator keys and hands to the Job keeps the version's (or the Model's) calibration."""
+    from modelops.api.model import ModelSpec
+    from modelops.core.versions import effective_recipe
+
+    model = ModelSpec.model_validate(
+        {
+            "storage": {"bucket": "models"},
+            "signature": {"inputs": [{"name": "x", "dataType": "FP32", "dims": [4]}], "outputs": [{"name": "y", "dataType": "FP32", "dims": [4]}]},
+            "versionDefaults": {"compression": {"calibration": CALIBRATION, "asymmetric": False}},
+        }
+    )
+    own = ModelVersionSpec.model_validate(_spec(CALIBRATION["datasetUri"]) | {"compression": {"quantization": "int4-mixed", "method": "rtn"}})
+    recipe = effective_recipe(own, model).wire()
+    assert (recipe["calibration"], recipe["method"], recipe["asymmetric"]) == (CALIBRATION, "rtn", False)

@@ -455,7 +455,7 @@ class PruningDefaults(Pruning):
 class CompressionDefaults(Compression):
     """Default compression recipe for the Model's versions."""
 
-    quantization: Quantization = Field(Quantization.INT8_WEIGHT_ONLY, description="Quantization: fp16 and bf16 store narrow weights and compute in float32 (CPU serving); fp16-compute computes in float16 with casts only at the inputs and outputs (CUDA serving); int8-weight-only and int4-weight-only store int8 per-channel or int4 block-wise weights, embedding tables included; int8-dynamic also quantizes activations at run time.")
+    quantization: Quantization = Field(Quantization.INT8_WEIGHT_ONLY, description="Quantization: fp16 and bf16 store narrow weights and compute in float32 (CPU serving); fp16-compute computes in float16 with casts only at the inputs and outputs (CUDA serving); int8-weight-only and int4-weight-only store int8 per-channel or int4 block-wise weights, embedding tables included; int8-dynamic also quantizes activations at run time; int4-mixed keeps the layers most sensitive on the calibration set at int8 until the gate passes.")
     pruning: PruningDefaults = nested(PruningDefaults, "Weight pruning.")
     target_format: TargetFormat = Field(
         TargetFormat.ONNX, description="Format of the compressed artifact; ONNX serves on every Triton backend we support."
