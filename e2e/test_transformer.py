@@ -257,6 +257,9 @@ def test_auto_with_calibration_serves_int4_at_least_5x_smaller_through_a_0_98_ga
     assert report["calibration"]["sha256"] == bed["calibration"]["sha256"] != report["metric"]["dataset"]["sha256"]
     mixed = next(c for c in report["candidates"] if c["quantization"] == "int4-mixed")
     assert mixed["verdict"] in ("Passed", "Rejected")
+    if report["chosenQuantization"] == "int4-mixed":
+        assert report["layers"] and {layer["precision"] for layer in report["layers"]} <= {"int4", "int8"}
+        assert "int4" in {layer["precision"] for layer in report["layers"]}
     wait(bed, "--for=jsonpath={.status.servedVersion}=5", f"modeldeployment/{MODEL}-latest", timeout=300)
     wait(bed, "--for=condition=Ready", f"modeldeployment/{MODEL}-latest")
     assert_served_like_onnxruntime(bed, 5)

@@ -197,3 +197,17 @@ def test_the_operator_passes_calibration_and_the_int4_fields_to_the_job() -> Non
     own = ModelVersionSpec.model_validate(_spec(CALIBRATION["datasetUri"]) | {"compression": {"quantization": "int4-mixed", "method": "rtn"}})
     recipe = effective_recipe(own, model).wire()
     assert (recipe["calibration"], recipe["method"], recipe["asymmetric"]) == (CALIBRATION, "rtn", False)
+
+
+def test_the_termination_message_keeps_each_layers_precision_and_the_calibration_digest() -> None:
+    import json
+
+    from modelops.compress import report
+
+    layers = [{"name": f"encoder.layer.{i}.weight", "precision": "int8" if i < 3 else "int4", "bytes": 1 << 20, "sensitivity": 0.001234}
+              for i in range(40)]  # fmt: skip
+    full = {"outcome": "Passed", "message": "ok", "layers": layers, "calibration": {"uri": "s3://d/c.npz", "sha256": "c" * 64, "samples": 32}}
+    short = json.loads(report.compact(full))
+    assert short["calibration"]["sha256"] == "c" * 64
+    assert [(layer["name"], layer["precision"]) for layer in short["layers"]] == [(layer["name"], layer["precision"]) for layer in layers]
+    assert len(report.compact(full)) <= report.TERMINATION_LIMIT

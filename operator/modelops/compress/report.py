@@ -56,6 +56,8 @@ COMPACT_KEYS = (
     "objective",
     "chosenQuantization",
     "candidates",
+    "calibration",
+    "layers",
 )
 # The latency keys that go into the termination message (the full block stays in report.json).
 _COMPACT_LATENCY = ("runtime", "device", "cpu", "batch", "spread")
@@ -157,6 +159,14 @@ def compact(report: dict[str, Any]) -> str:
         # Candidates keep their figures and verdicts; their messages stay in report.json.
         short["candidates"] = [{k: v for k, v in c.items() if k != "message"} for c in candidates]
         text = json.dumps(short, separators=(",", ":"), sort_keys=True)
+    layers = short.get("layers")
+    if len(text) > TERMINATION_LIMIT and isinstance(layers, list):
+        # Each weight keeps its precision; sizes and sensitivities stay in report.json.
+        short["layers"] = [{k: v for k, v in layer.items() if k in ("name", "precision")} for layer in layers]
+        text = json.dumps(short, separators=(",", ":"), sort_keys=True)
+        if len(text) > TERMINATION_LIMIT:
+            short["layers"] = None  # the full list is in report.json
+            text = json.dumps(short, separators=(",", ":"), sort_keys=True)
     message = str(short.get("message") or "")
     while len(text) > TERMINATION_LIMIT and message:
         message = message[: max(0, len(message) - (len(text) - TERMINATION_LIMIT) - 3)]
