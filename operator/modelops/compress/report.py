@@ -164,8 +164,11 @@ def compact(report: dict[str, Any]) -> str:
         # Each weight keeps its precision; sizes and sensitivities stay in report.json.
         short["layers"] = [{k: v for k, v in layer.items() if k in ("name", "precision")} for layer in layers]
         text = json.dumps(short, separators=(",", ":"), sort_keys=True)
+        if len(text) > TERMINATION_LIMIT:  # only the weights not at int4; report.json lists every one
+            short["layers"] = [layer for layer in short["layers"] if layer.get("precision") != "int4"] or None
+            text = json.dumps(short, separators=(",", ":"), sort_keys=True)
         if len(text) > TERMINATION_LIMIT:
-            short["layers"] = None  # the full list is in report.json
+            short["layers"] = None
             text = json.dumps(short, separators=(",", ":"), sort_keys=True)
     message = str(short.get("message") or "")
     while len(text) > TERMINATION_LIMIT and message:
