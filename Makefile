@@ -96,6 +96,7 @@ bench: ## Run the benchmarks; JSON under bench/results/, summary in docs/benchma
 	@python=$(venv_python); \
 	  PYTHONPATH=operator:. "$$python" bench/compress_bench.py; \
 	  PYTHONPATH=operator:. "$$python" bench/transformer_bench.py; \
+	  PYTHONPATH=operator:. "$$python" bench/int4_bench.py; \
 	  PYTHONPATH=operator:. "$$python" bench/triton_bench.py
 
 .PHONY: bench-scale

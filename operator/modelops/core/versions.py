@@ -54,6 +54,9 @@ def effective_recipe(spec: ModelVersionSpec, model: ModelSpec) -> Compression:
         target_format=own.target_format or defaults.target_format,
         block_size=own.block_size or defaults.block_size,
         objective=own.objective or defaults.objective,
+        method=own.method or defaults.method,
+        asymmetric=own.asymmetric if own.asymmetric is not None else defaults.asymmetric,
+        calibration=own.calibration or defaults.calibration,
     )
     try:
         return normalize_recipe(recipe)
