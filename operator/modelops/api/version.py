@@ -55,6 +55,7 @@ class VersionReason(StrEnum):
     INSECURE_ENDPOINT = "InsecureEndpoint"
     TLS_VERIFICATION_FAILED = "TLSVerificationFailed"
     BUCKET_NOT_FOUND = "BucketNotFound"
+    ENDPOINT_NOT_ALLOWED = "EndpointNotAllowed"
     ARTIFACT_NOT_FOUND = "ArtifactNotFound"
     ACCESS_DENIED = "AccessDenied"
     STORAGE_UNREACHABLE = "StorageUnreachable"

@@ -29,7 +29,7 @@ from modelops.core.versions import (
     version_status,
     waiting,
 )
-from modelops.handlers.context import CachedReads, Context, CredentialsProblem
+from modelops.handlers.context import CachedReads, Context, CredentialsProblem, EndpointProblem
 from modelops.handlers.queue import Key
 from modelops.storage import (
     AccessDenied,
@@ -184,6 +184,8 @@ def _start(
                        f"exist; create it or fix the Model (checked again every {retry:g}s)")
             return waiting(Phase.VERIFYING, VersionReason.BUCKET_NOT_FOUND, message, retry)
         store.head_recent(spec.artifact.uri)
+    except EndpointProblem as err:  # a change of the Model wakes the version: no timer
+        return waiting(Phase.VERIFYING, VersionReason.ENDPOINT_NOT_ALLOWED, f"{err}; no request was sent")
     except CredentialsProblem as err:
         return waiting(Phase.VERIFYING, VersionReason(err.reason), f"{err}; create it in namespace {namespace}", retry)
     except ObjectNotFound:
