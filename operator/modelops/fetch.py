@@ -12,7 +12,7 @@ holds nothing for the model, the process exits non-zero, and one line saying why
 stderr and to the termination log (MODELOPS_TERMINATION_LOG, default /dev/termination-log),
 where Kubernetes shows it as the container's termination message.
 
-Exit codes are the compressor's (modelops.compress.exitcodes): 0 done, 2 usage or access
+Exit codes are the compressor's (modelops.contract.exitcodes): 0 done, 2 usage or access
 denied, 10 bad artifact (missing object or digest mismatch: retrying cannot help), 12 transient
 (storage unreachable, disk trouble); 1 for anything unforeseen.
 """
@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from modelops.api.deployment import Backend, FetchReason
-from modelops.compress.exitcodes import ExitCode
+from modelops.contract.exitcodes import ExitCode
 from modelops.serving.config import (
     ServingConfigError,
     artifact_filename,

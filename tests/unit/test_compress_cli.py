@@ -12,8 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from modelops.compress import exitcodes, report
+from modelops.compress import report
 from modelops.compress.__main__ import main
+from modelops.contract import exitcodes
 from modelops.storage import ObjectStore, StorageConfig, TransferTuning
 
 pytestmark = pytest.mark.unit
@@ -273,7 +274,7 @@ def test_exit_codes_are_distinct_and_every_failure_but_transient_is_permanent() 
 
 
 def test_exitcodes_import_pulls_in_neither_torch_nor_onnx() -> None:
-    probe = "import sys, modelops.compress.exitcodes; print(sorted(m for m in ('torch', 'onnx', 'onnxruntime', 'numpy') if m in sys.modules))"
+    probe = "import sys, modelops.contract.exitcodes; print(sorted(m for m in ('torch', 'onnx', 'onnxruntime', 'numpy') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 

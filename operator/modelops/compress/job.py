@@ -12,11 +12,12 @@ from pydantic import ValidationError
 
 from modelops import cachestore, reuse
 from modelops.api.model import Signature
-from modelops.api.version import DatasetReport, MetricReport
+from modelops.api.version import DatasetReport, MetricReport, VersionReason
 from modelops.cachekey import InvalidRecipe, compressed_prefix, compression_cache_key
-from modelops.compress import exitcodes, report
+from modelops.compress import report
 from modelops.compress.recipe import Evaluation, Recipe, UnsupportedRecipe, parse_evaluation
-from modelops.compress.report import Reason
+from modelops.contract import exitcodes
+from modelops.contract.report import JobReason
 from modelops.storage import (
     AccessDenied,
     ChecksumMismatch,
@@ -76,45 +77,45 @@ class Failure(Exception):
 
 def _classify(exc: BaseException) -> Failure:
     """Map an exception to (exit code, reason). Only storage outages and the unexpected are retried."""
-    from modelops.compress.interface import SignatureMismatch
     from modelops.compress.metrics import DatasetError
     from modelops.compress.onnx_compress import UnsupportedModel
     from modelops.compress.onnx_stream import OnnxFormatError, OutputTooLarge
+    from modelops.contract.interface import SignatureMismatch
 
     if isinstance(exc, Failure):
         return exc
     message = str(exc)
     if isinstance(exc, SignatureMismatch):
-        return Failure(exitcodes.REJECTED, Reason.SIGNATURE_MISMATCH, message)
+        return Failure(exitcodes.REJECTED, JobReason.SIGNATURE_MISMATCH, message)
     if isinstance(exc, UnsupportedRecipe):
-        return Failure(exitcodes.USAGE, Reason.UNSUPPORTED_RECIPE, message)
+        return Failure(exitcodes.USAGE, JobReason.UNSUPPORTED_RECIPE, message)
     if isinstance(exc, InvalidRecipe):
-        return Failure(exitcodes.USAGE, Reason.INVALID_RECIPE, message)
+        return Failure(exitcodes.USAGE, JobReason.INVALID_RECIPE, message)
     if isinstance(exc, ChecksumMismatch):
-        return Failure(exitcodes.BAD_ARTIFACT, Reason.CHECKSUM_MISMATCH, message)
+        return Failure(exitcodes.BAD_ARTIFACT, JobReason.CHECKSUM_MISMATCH, message)
     if isinstance(exc, ObjectNotFound):
-        return Failure(exitcodes.BAD_ARTIFACT, Reason.ARTIFACT_NOT_FOUND, message)
+        return Failure(exitcodes.BAD_ARTIFACT, JobReason.ARTIFACT_NOT_FOUND, message)
     if isinstance(exc, AccessDenied):
-        return Failure(exitcodes.BAD_ARTIFACT, Reason.ACCESS_DENIED, message)
+        return Failure(exitcodes.BAD_ARTIFACT, JobReason.ACCESS_DENIED, message)
     if isinstance(exc, TLSVerificationFailed):
-        return Failure(exitcodes.BAD_ARTIFACT, Reason.TLS_VERIFICATION_FAILED, message)
+        return Failure(exitcodes.BAD_ARTIFACT, JobReason.TLS_VERIFICATION_FAILED, message)
     if isinstance(exc, TooLarge):
-        return Failure(exitcodes.BAD_ARTIFACT, Reason.TOO_LARGE, message)
+        return Failure(exitcodes.BAD_ARTIFACT, JobReason.TOO_LARGE, message)
     if isinstance(exc, StorageError):
         if exc.transient:
-            return Failure(exitcodes.TRANSIENT, Reason.STORAGE_UNREACHABLE, message)
-        return Failure(exitcodes.BAD_ARTIFACT, Reason.STORAGE_ERROR, message)
+            return Failure(exitcodes.TRANSIENT, JobReason.STORAGE_UNREACHABLE, message)
+        return Failure(exitcodes.BAD_ARTIFACT, JobReason.STORAGE_ERROR, message)
     if isinstance(exc, DatasetError):
-        return Failure(exitcodes.BAD_ARTIFACT, Reason.BAD_DATASET, message)
+        return Failure(exitcodes.BAD_ARTIFACT, JobReason.BAD_DATASET, message)
     if isinstance(exc, OnnxFormatError):
-        return Failure(exitcodes.BAD_ARTIFACT, Reason.UNREADABLE_ARTIFACT, message)
+        return Failure(exitcodes.BAD_ARTIFACT, JobReason.UNREADABLE_ARTIFACT, message)
     if isinstance(exc, (UnsupportedModel, OutputTooLarge)):
-        return Failure(exitcodes.BAD_ARTIFACT, Reason.UNSUPPORTED_MODEL, message)
+        return Failure(exitcodes.BAD_ARTIFACT, JobReason.UNSUPPORTED_MODEL, message)
     if type(exc).__name__ == "TorchLoadError":
-        return Failure(exitcodes.BAD_ARTIFACT, Reason.UNREADABLE_ARTIFACT, message)
+        return Failure(exitcodes.BAD_ARTIFACT, JobReason.UNREADABLE_ARTIFACT, message)
     if isinstance(exc, MemoryError):
-        return Failure(exitcodes.TRANSIENT, Reason.OUT_OF_MEMORY, "the compressor ran out of memory")
-    return Failure(exitcodes.TRANSIENT, Reason.INTERNAL_ERROR, f"{type(exc).__name__}: {message}")
+        return Failure(exitcodes.TRANSIENT, JobReason.OUT_OF_MEMORY, "the compressor ran out of memory")
+    return Failure(exitcodes.TRANSIENT, JobReason.INTERNAL_ERROR, f"{type(exc).__name__}: {message}")
 
 
 def run(spec: JobSpec, store: ObjectStore, workdir: Path) -> JobResult:
@@ -125,7 +126,7 @@ def run(spec: JobSpec, store: ObjectStore, workdir: Path) -> JobResult:
         if isinstance(exc, KeyboardInterrupt):
             raise
         failure = _classify(exc)
-        if failure.reason in (Reason.INTERNAL_ERROR, Reason.OUT_OF_MEMORY):
+        if failure.reason in (JobReason.INTERNAL_ERROR, JobReason.OUT_OF_MEMORY):
             log.exception("compression failed")
         try:
             recipe_hash = Recipe.of(spec.recipe).hash
@@ -145,12 +146,12 @@ def _signature(spec: JobSpec) -> Signature | None:
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(part) for part in first["loc"])
-        raise Failure(exitcodes.USAGE, Reason.INVALID_ARGUMENTS, f"signature-json: {where}: {first['msg']}") from None
+        raise Failure(exitcodes.USAGE, JobReason.INVALID_ARGUMENTS, f"signature-json: {where}: {first['msg']}") from None
 
 
 def _check_cached_interface(existing: dict[str, Any], signature: Signature | None) -> bool:
     """A cached result is served only when its recorded interface matches this Model's signature."""
-    from modelops.compress.interface import Interface, check_signature
+    from modelops.contract.interface import Interface, check_signature
 
     if signature is None:
         return True
@@ -213,7 +214,7 @@ def _run(spec: JobSpec, store: ObjectStore, workdir: Path) -> JobResult:
             full = {
                 **{k: v for k, v in lookup.report.items() if k not in ("metric", "evaluation")},
                 "outcome": evaluated.outcome,
-                "reason": str(reuse.Reason.EVALUATED_FROM_CACHE if evaluated.outcome == "Passed" else reuse.Reason.GATE_REJECTED),
+                "reason": str(reuse.Reason.EVALUATED_FROM_CACHE if evaluated.outcome == "Passed" else VersionReason.ACCURACY_GATE_REJECTED),
                 "message": evaluated.message,
                 "latencyMsBefore": evaluated.latency_ms_before,
                 "latencyMsAfter": evaluated.latency_ms_after,
@@ -290,7 +291,7 @@ def _calibration(
             "dataset must not be used to calibrate; give a separate calibration dataset"
         )
     if problem is not None:
-        raise Failure(exitcodes.USAGE, Reason.INVALID_RECIPE, problem)
+        raise Failure(exitcodes.USAGE, JobReason.INVALID_RECIPE, problem)
     path = workdir / "dataset" / "calibration.npz"
     try:
         store.download(named.dataset_uri, path, expected_sha256=named.sha256, max_bytes=spec.max_dataset_bytes)
@@ -301,7 +302,7 @@ def _calibration(
             f"compression.calibration.datasetUri: no object at {named.dataset_uri}; upload the dataset or fix the URI",
         ) from None
     except ChecksumMismatch as exc:
-        raise Failure(exitcodes.BAD_ARTIFACT, Reason.CHECKSUM_MISMATCH, f"compression.calibration.sha256: {exc}") from None
+        raise Failure(exitcodes.BAD_ARTIFACT, JobReason.CHECKSUM_MISMATCH, f"compression.calibration.sha256: {exc}") from None
     return Dataset.from_npz(path), {"uri": named.dataset_uri, "sha256": named.sha256}
 
 

@@ -24,12 +24,12 @@ import numpy as np
 from modelops.api.model import Signature
 from modelops.compress import calibrate, runtime
 from modelops.compress.dataset import Dataset
-from modelops.compress.interface import check_signature
 from modelops.compress.metrics import MetricResult, evaluate_gate
 from modelops.compress.onnx_compress import Int4Options, LayerStats, compress_onnx
 from modelops.compress.recipe import Evaluation, InvalidRecipe, Recipe, UnsupportedRecipe, check_supported
 from modelops.compress.runtime import read_interface
 from modelops.compress.weights import default_threads
+from modelops.contract.interface import check_signature
 
 OUTPUT_FILES = {"onnx": "model.onnx", "torchscript": "model.pt"}
 AUTO = "auto"

@@ -4,35 +4,12 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
-from enum import StrEnum
 from importlib import metadata
 from typing import Any
 
+from modelops.api.version import VersionReason
 from modelops.cachekey import COMPRESSOR_VERSION
-
-
-class Reason(StrEnum):
-    """The reasons a compression Job reports; the operator shows them on the ModelVersion."""
-
-    ACCURACY_GATE_PASSED = "AccuracyGatePassed"
-    ACCURACY_GATE_REJECTED = "AccuracyGateRejected"
-    SIGNATURE_MISMATCH = "SignatureMismatch"
-    UNSUPPORTED_RECIPE = "UnsupportedRecipe"
-    INVALID_RECIPE = "InvalidRecipe"
-    INVALID_ARGUMENTS = "InvalidArguments"
-    CHECKSUM_MISMATCH = "ChecksumMismatch"
-    ARTIFACT_NOT_FOUND = "ArtifactNotFound"
-    ACCESS_DENIED = "AccessDenied"
-    STORAGE_UNREACHABLE = "StorageUnreachable"
-    STORAGE_ERROR = "StorageError"
-    TLS_VERIFICATION_FAILED = "TLSVerificationFailed"
-    TOO_LARGE = "InputTooLarge"
-    BAD_DATASET = "BadDataset"
-    UNREADABLE_ARTIFACT = "UnreadableArtifact"
-    UNSUPPORTED_MODEL = "UnsupportedModel"
-    OUT_OF_MEMORY = "OutOfMemory"
-    INTERNAL_ERROR = "InternalError"
-
+from modelops.contract.report import JobReason
 
 # Kubernetes keeps at most 4096 bytes of a termination message; stay well below.
 TERMINATION_LIMIT = 3500
@@ -94,7 +71,7 @@ def success_report(
     passed = result.outcome == "Passed"
     return {
         "outcome": result.outcome,
-        "reason": Reason.ACCURACY_GATE_PASSED if passed else Reason.ACCURACY_GATE_REJECTED,
+        "reason": JobReason.ACCURACY_GATE_PASSED if passed else VersionReason.ACCURACY_GATE_REJECTED,
         "message": result.message,
         "device": result.device,
         "artifact": artifact,

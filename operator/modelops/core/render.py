@@ -11,7 +11,7 @@ from modelops import serving
 from modelops.api.deployment import AutoscalingProvider, ModelDeploymentSpec
 from modelops.api.model import ModelSpec, Signature, StorageSpec
 from modelops.api.types import Toleration
-from modelops.compress import exitcodes
+from modelops.contract import exitcodes
 from modelops.core import naming
 from modelops.core.objects import OwnerRef, VersionView
 from modelops.core.versions import COMPRESSOR_CONTAINER, Scheduling

@@ -12,10 +12,19 @@ from pydantic import ValidationError
 
 from modelops.api.model import Compression, Evaluation, ModelSpec, Pruning, Signature
 from modelops.api.types import Condition, ConditionType, Toleration
-from modelops.api.version import CompressedArtifact, CompressionReport, ModelVersionSpec, ModelVersionStatus, Phase, ReportOutcome, VersionReason
+from modelops.api.version import (
+    LEGACY_VERSION_REASONS,
+    CompressedArtifact,
+    CompressionReport,
+    ModelVersionSpec,
+    ModelVersionStatus,
+    Phase,
+    ReportOutcome,
+    VersionReason,
+)
 from modelops.cachekey import InvalidRecipe, compressed_prefix, compression_cache_key, normalize_recipe
-from modelops.compress import exitcodes
-from modelops.compress.interface import Interface, signature_problems
+from modelops.contract import exitcodes
+from modelops.contract.interface import Interface, signature_problems
 from modelops.core.conditions import FALSE, TRUE, Cond, merge_conditions
 from modelops.core.objects import VersionView
 from modelops.core.resolve import owner_of_number
@@ -226,7 +235,7 @@ def job_result(job: dict[str, Any], pods: list[dict[str, Any]]) -> JobResult:
 
 _EXIT_REASONS: dict[int | None, tuple[str, str, str]] = {
     exitcodes.BAD_ARTIFACT: (Phase.FAILED, VersionReason.BAD_ARTIFACT, "the artifact could not be verified or read"),
-    exitcodes.REJECTED: (Phase.REJECTED, VersionReason.ACCURACY_GATE_FAILED, "the compressed model failed the accuracy gate"),
+    exitcodes.REJECTED: (Phase.REJECTED, VersionReason.ACCURACY_GATE_REJECTED, "the compressed model failed the accuracy gate"),
     exitcodes.TRANSIENT: (Phase.FAILED, VersionReason.RETRIES_EXHAUSTED, "compression kept failing on transient errors (storage?)"),
     exitcodes.USAGE: (Phase.FAILED, VersionReason.INVALID_JOB_ARGUMENTS, "the compressor rejected its arguments; check operator and compressor versions"),
 }
@@ -358,7 +367,10 @@ def state_from_report(report: dict[str, Any], job_name: str | None, key: str | N
             reason, note = "Compressed", ""
         return VersionState(Phase.READY, reason, _summary(details) + note, job_name, key, artifact, details)
     phase = Phase.REJECTED if outcome == ReportOutcome.REJECTED else Phase.FAILED
-    reason = report.get("reason") or (VersionReason.ACCURACY_GATE_FAILED if phase == Phase.REJECTED else VersionReason.COMPRESSION_FAILED)
+    reported = report.get("reason")
+    reason = LEGACY_VERSION_REASONS.get(reported, reported) if reported else (
+        VersionReason.ACCURACY_GATE_REJECTED if phase == Phase.REJECTED else VersionReason.COMPRESSION_FAILED
+    )
     message = report.get("message") or _summary(details)
     return VersionState(phase, reason, message, job_name, key, None, details)
 
