@@ -38,6 +38,7 @@ from modelops.serving.config import (
     validate_version,
 )
 from modelops.serving.layout import STAGING_PREFIX, layout_model_repository
+from modelops.serving.triton import CONFIG_ENV
 from modelops.storage import (
     AccessDenied,
     ChecksumMismatch,
@@ -54,7 +55,6 @@ from modelops.storage import (
 # Anything not foreseen below; the operator treats it like a crash.
 UNEXPECTED_FAILURE = 1
 
-CONFIG_ENV = "MODELOPS_TRITON_CONFIG"
 TERMINATION_LOG_ENV = "MODELOPS_TERMINATION_LOG"
 DEFAULT_TERMINATION_LOG = "/dev/termination-log"
 # Kubernetes keeps at most 4096 bytes of a termination message.

@@ -12,11 +12,12 @@ from pydantic import ValidationError
 
 from modelops import cachestore, reuse
 from modelops.api.model import Signature
-from modelops.api.version import DatasetReport, MetricReport, VersionReason
+from modelops.api.version import ArtifactFormat, DatasetReport, MetricReport, VersionReason
 from modelops.cachekey import InvalidRecipe, compressed_prefix, compression_cache_key
 from modelops.compress import report
 from modelops.compress.recipe import Evaluation, Recipe, UnsupportedRecipe, parse_evaluation
 from modelops.contract import exitcodes
+from modelops.contract.formats import artifact_suffix
 from modelops.contract.report import JobReason
 from modelops.storage import (
     AccessDenied,
@@ -33,9 +34,6 @@ from modelops.storage import (
 log = logging.getLogger("modelops.compress")
 
 REPORT_FILE = reuse.REPORT_FILE
-ARTIFACT_FORMATS = {"onnx": "onnx", "torchscript": "torchscript"}
-# torch.export.load insists on the .pt2 suffix.
-SOURCE_SUFFIXES = {"onnx": ".onnx", "torchscript": ".pt", "exported-program": ".pt2"}
 
 
 @dataclass(frozen=True)
@@ -189,7 +187,7 @@ def _run(spec: JobSpec, store: ObjectStore, workdir: Path) -> JobResult:
             return JobResult(_exit_code(existing["outcome"]), existing)
         log.info("the cached entry recorded no interface to check against the signature; compressing again")
 
-    source_path = workdir / "source" / f"artifact{SOURCE_SUFFIXES.get(spec.source_format, '')}"
+    source_path = workdir / "source" / f"artifact{artifact_suffix(spec.source_format)}"
     source = store.download(spec.source_uri, source_path, expected_sha256=source_sha256, max_bytes=spec.max_artifact_bytes)
     dataset = None
     dataset_read = None
@@ -247,7 +245,7 @@ def _run(spec: JobSpec, store: ObjectStore, workdir: Path) -> JobResult:
         "uri": artifact_uri,
         "sha256": uploaded.sha256,
         "bytes": uploaded.size,
-        "format": ARTIFACT_FORMATS[result.output_format],
+        "format": str(ArtifactFormat(result.output_format)),
         "etag": uploaded.etag,
     }
     evaluation_wire = None if evaluation is None else evaluation.wire()
