@@ -8,7 +8,9 @@ from datetime import UTC, datetime
 import pytest
 
 from modelops.api import ModelSpec, ModelVersionSpec
+from modelops.api.version import VersionReason
 from modelops.cachekey import compressed_prefix, compression_cache_key
+from modelops.contract.report import JobReason
 from modelops.core.objects import VersionView
 from modelops.core.versions import (
     JobResult,
@@ -290,3 +292,11 @@ def test_the_rollout_failed_condition_written_by_a_deployment_survives_version_s
 def test_a_rejection_named_by_an_older_release_reads_as_the_one_gate_reason() -> None:
     state = state_from_report(report("Rejected", reason="AccuracyGateFailed"), job_name="j", key="k", from_cache=False)
     assert (state.phase, state.reason) == ("Rejected", "AccuracyGateRejected")
+
+
+def test_a_reported_reason_reads_as_its_enum_and_an_unknown_one_keeps_its_name_in_the_message() -> None:
+    known = state_from_report(report("Failed", reason="OutOfMemory", message="m"), job_name="j", key="k", from_cache=False)
+    assert known.reason is JobReason.OUT_OF_MEMORY and known.message == "m"
+    unknown = state_from_report(report("Failed", reason="DiskFull", message="no space"), job_name="j", key="k", from_cache=False)
+    assert unknown.reason is VersionReason.COMPRESSION_FAILED
+    assert unknown.message == "DiskFull: no space"

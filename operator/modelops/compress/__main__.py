@@ -127,9 +127,9 @@ def main(
                 raise UsageError(f"signature-json: {exc}") from None
         store = store or ObjectStore(StorageConfig.from_env(environ))
     except InvalidRecipe as exc:
-        result = JobResult(exitcodes.USAGE, report.failure_report("InvalidRecipe", str(exc)))
+        result = JobResult(exitcodes.USAGE, report.failure_report(JobReason.INVALID_RECIPE, str(exc)).record())
     except (UsageError, ValueError) as exc:
-        result = JobResult(exitcodes.USAGE, report.failure_report(JobReason.INVALID_ARGUMENTS, str(exc)))
+        result = JobResult(exitcodes.USAGE, report.failure_report(JobReason.INVALID_ARGUMENTS, str(exc)).record())
     else:
         spec = JobSpec(
             source_uri=args.source_uri,

@@ -12,13 +12,13 @@ from pydantic import ValidationError
 
 from modelops import cachestore, reuse
 from modelops.api.model import Signature
-from modelops.api.version import ArtifactFormat, DatasetReport, MetricReport, VersionReason
+from modelops.api.version import ArtifactFormat, DatasetReport, MetricReport, ReportOutcome, VersionReason
 from modelops.cachekey import InvalidRecipe, compressed_prefix, compression_cache_key
 from modelops.compress import report
 from modelops.compress.recipe import Evaluation, Recipe, UnsupportedRecipe, parse_evaluation
 from modelops.contract import exitcodes
 from modelops.contract.formats import artifact_suffix
-from modelops.contract.report import JobReason
+from modelops.contract.report import JobReason, JobReport, ReportReason
 from modelops.storage import (
     AccessDenied,
     ChecksumMismatch,
@@ -63,14 +63,14 @@ class JobResult:
 class Failure(Exception):
     """A failure with its exit code and the reason the operator shows."""
 
-    def __init__(self, exit_code: int, reason: str, message: str) -> None:
+    def __init__(self, exit_code: int, reason: ReportReason, message: str) -> None:
         super().__init__(message)
         self.exit_code = exit_code
         self.reason = reason
 
     @property
-    def outcome(self) -> str:
-        return "Rejected" if self.exit_code == exitcodes.REJECTED else "Failed"
+    def outcome(self) -> ReportOutcome:
+        return ReportOutcome.REJECTED if self.exit_code == exitcodes.REJECTED else ReportOutcome.FAILED
 
 
 def _classify(exc: BaseException) -> Failure:
@@ -132,7 +132,7 @@ def run(spec: JobSpec, store: ObjectStore, workdir: Path) -> JobResult:
             recipe_hash = None
         return JobResult(
             failure.exit_code,
-            report.failure_report(failure.reason, str(failure), recipe_hash=recipe_hash, outcome=failure.outcome),
+            report.failure_report(failure.reason, str(failure), recipe_hash=recipe_hash, outcome=failure.outcome).record(),
         )
 
 
@@ -179,7 +179,7 @@ def _run(spec: JobSpec, store: ObjectStore, workdir: Path) -> JobResult:
     decision = lookup.decision
     log.info("cache decision: %s (%s): %s", decision.action, decision.reason, decision.message)
     if decision.action == reuse.Action.FAIL:
-        raise Failure(exitcodes.BAD_ARTIFACT, str(decision.reason), decision.message)
+        raise Failure(exitcodes.BAD_ARTIFACT, decision.reason, decision.message)
     if decision.action in (reuse.Action.READY, reuse.Action.REJECT):
         existing = cachestore.reused_report(lookup, evaluation)
         # A cached result is served only when its recorded interface matches this Model's signature.
@@ -198,7 +198,7 @@ def _run(spec: JobSpec, store: ObjectStore, workdir: Path) -> JobResult:
         except ObjectNotFound:
             raise Failure(
                 exitcodes.BAD_ARTIFACT,
-                str(reuse.Reason.DATASET_NOT_FOUND),
+                reuse.Reason.DATASET_NOT_FOUND,
                 f"evaluation.datasetUri: no object at {evaluation.dataset_uri}; upload the dataset or fix the URI",
             ) from None
         dataset = Dataset.from_npz(dataset_path)
@@ -209,10 +209,10 @@ def _run(spec: JobSpec, store: ObjectStore, workdir: Path) -> JobResult:
         assert evaluation is not None and dataset is not None and lookup.report is not None
         evaluated = _evaluate_cached(store, lookup.report, source_path, spec, recipe, evaluation, dataset, options, workdir)
         if evaluated is not None:
-            full = {
+            full = JobReport.model_validate({
                 **{k: v for k, v in lookup.report.items() if k not in ("metric", "evaluation")},
                 "outcome": evaluated.outcome,
-                "reason": str(reuse.Reason.EVALUATED_FROM_CACHE if evaluated.outcome == "Passed" else VersionReason.ACCURACY_GATE_REJECTED),
+                "reason": reuse.Reason.EVALUATED_FROM_CACHE if evaluated.outcome == ReportOutcome.PASSED else VersionReason.ACCURACY_GATE_REJECTED,
                 "message": evaluated.message,
                 "latencyMsBefore": evaluated.latency_ms_before,
                 "latencyMsAfter": evaluated.latency_ms_after,
@@ -222,7 +222,7 @@ def _run(spec: JobSpec, store: ObjectStore, workdir: Path) -> JobResult:
                 "evaluation": {**evaluation.wire(), "samples": dataset.samples},
                 "fromCache": True,
                 "notes": evaluated.notes,
-            }
+            }).record()
             return JobResult(_exit_code(full["outcome"]), full)
 
     result = compress_artifact(
@@ -255,12 +255,10 @@ def _run(spec: JobSpec, store: ObjectStore, workdir: Path) -> JobResult:
             metric = _record_measurement(store, entry_prefix, evaluation, result, dataset_read, dataset.samples, uploaded.sha256)
     if artifact_prefix != prefix:
         resolved = replace(result, candidates=None, objective=None)
-        entry = _success(resolved, source_info, artifact, result.recipe, evaluation_wire, samples, metric)
-        entry["calibration"] = calibration_report
-        entry["notes"] = [*entry["notes"], f"chosen by quantization auto (objective {result.objective})"]
+        entry = _success(resolved, source_info, artifact, result.recipe, evaluation_wire, samples, metric, calibration_report,
+                         notes=(f"chosen by quantization auto (objective {result.objective})",))
         _publish(store, artifact_prefix + REPORT_FILE, entry)
-    full = _success(result, source_info, artifact, recipe, evaluation_wire, samples, metric)
-    full["calibration"] = calibration_report
+    full = _success(result, source_info, artifact, recipe, evaluation_wire, samples, metric, calibration_report)
     _publish(store, report_uri, full)
     return JobResult(_exit_code(full["outcome"]), full)
 
@@ -296,7 +294,7 @@ def _calibration(
     except ObjectNotFound:
         raise Failure(
             exitcodes.BAD_ARTIFACT,
-            str(reuse.Reason.DATASET_NOT_FOUND),
+            reuse.Reason.DATASET_NOT_FOUND,
             f"compression.calibration.datasetUri: no object at {named.dataset_uri}; upload the dataset or fix the URI",
         ) from None
     except ChecksumMismatch as exc:
@@ -312,8 +310,11 @@ def _success(
     evaluation: dict[str, Any] | None,
     samples: int | None,
     metric: dict[str, Any] | None,
+    calibration: dict[str, Any] | None,
+    notes: tuple[str, ...] = (),
 ) -> dict[str, Any]:
-    full = report.success_report(
+    """The report of a finished compression, as written to report.json."""
+    return report.success_report(
         result,
         source=source,
         artifact=artifact,
@@ -322,10 +323,10 @@ def _success(
         cache_key=compression_cache_key(source["sha256"], recipe.compression),
         evaluation=evaluation,
         samples=samples,
-    )
-    if metric is not None:
-        full["metric"] = metric  # with the dataset object it was measured on
-    return full
+        metric=metric,  # with the dataset object it was measured on
+        calibration=calibration,
+        notes=notes,
+    ).record()
 
 
 def _publish(store: ObjectStore, uri: str, full: dict[str, Any]) -> None:
@@ -389,7 +390,7 @@ def _field(check: Any, name: str | None = None) -> Any:
         return check()
     except ValueError as exc:
         text = str(exc)
-        raise Failure(exitcodes.USAGE, "InvalidArguments", text if name is None else f"{name}: {text}") from exc
+        raise Failure(exitcodes.USAGE, JobReason.INVALID_ARGUMENTS, text if name is None else f"{name}: {text}") from exc
 
 
 def _exit_code(outcome: str) -> int:
