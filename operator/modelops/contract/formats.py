@@ -17,7 +17,8 @@ ARTIFACT_FILES: Final[dict[ArtifactFormat, str]] = {
 
 
 def artifact_file(artifact_format: str) -> str:
-    """The file name an artifact of this format gets; KeyError for a format not in the table."""
+    """The file name an artifact of this format gets; ValueError for a name that is no format,
+    KeyError for a format that is not one file."""
     return ARTIFACT_FILES[ArtifactFormat(artifact_format)]
 
 
