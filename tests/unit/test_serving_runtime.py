@@ -14,23 +14,14 @@ from modelops.api import ModelDeploymentSpec, ModelSpec
 from modelops.api.version import ArtifactFormat
 from modelops.contract.formats import ARTIFACT_FILES, artifact_file, artifact_suffix
 from modelops.core.canary import PodMetrics
-from modelops.core.objects import OwnerRef, VersionView
 from modelops.core.render import endpoints, render_deployment, render_service
 from modelops.serving import config
 from modelops.serving.runtime import MetricNames, Port, RepositoryLayout, ServingRuntime
 from modelops.serving.triton import TRITON
 from modelops.settings import Settings
+from tests.unit.test_render_scalers_golden import MODEL, OWNER, VERSION
 
 pytestmark = pytest.mark.unit
-
-OWNER = OwnerRef("modelops.dev/v1alpha1", "ModelDeployment", "digits", "uid-md")
-MODEL = ModelSpec.model_validate({
-    "storage": {"endpoint": "https://minio:9000", "bucket": "models", "credentialsSecret": {"name": "s3-creds"}},
-    "signature": {"inputs": [{"name": "x", "dataType": "FP32", "dims": [64]}],
-                  "outputs": [{"name": "y", "dataType": "FP32", "dims": [10]}], "maxBatchSize": 8},
-})
-VERSION = VersionView(name="digits-v3", model="digits", version=3, phase="Ready", compressed_uri="s3://models/c/model.onnx",
-                      compressed_sha256="cd" * 32, compressed_format="onnx")
 
 
 class OtherServer:
