@@ -206,6 +206,27 @@ def test_an_artifact_in_a_missing_bucket_names_the_uri(testbed, namespace, stora
     assert jobs(testbed, namespace) == []
 
 
+def test_a_calibration_set_that_is_the_models_default_gate_dataset_is_refused(testbed, namespace, storage, operator) -> None:
+    """The apiserver refuses a version naming one dataset for both; a gate that comes from the
+    Model's versionDefaults only meets the version's calibration in the operator, which refuses
+    it there, naming both fields, before any Job."""
+    docs = for_this_bed(sample_docs()[:2], storage, {})
+    gate = next(d for d in docs if d["kind"] == "Model")["spec"]["versionDefaults"]["evaluation"]["datasetUri"]
+    sha = storage.put("digits/1/model.onnx", b"bytes")
+    manifest = version_manifest(1, storage, sha)
+    manifest["spec"]["compression"] = {"calibration": {"datasetUri": gate, "sha256": "ab" * 32}}
+    apply_docs(testbed, namespace, docs + [manifest])
+    status = eventually(
+        lambda: (get_json(testbed, namespace, "modelversion", "digits-v1").get("status") or {}).get("phase") == "Failed"
+        and get_json(testbed, namespace, "modelversion", "digits-v1")["status"],
+        60, "the version to be refused",
+    )
+    ready = next(c for c in status["conditions"] if c["type"] == "Ready")
+    assert ready["reason"] == "InvalidSpec", ready
+    assert "compression.calibration.datasetUri" in ready["message"] and "evaluation.datasetUri" in ready["message"]
+    assert jobs(testbed, namespace) == []
+
+
 def test_a_duplicate_version_number_waits_with_a_reason(testbed, namespace, storage, operator) -> None:
     docs = for_this_bed(sample_docs()[:2], storage, {})
     storage.put("digits/eval.npz", b"the gate's dataset")

@@ -9,8 +9,8 @@ from pydantic import ValidationError
 
 from modelops import cachestore, reuse
 from modelops import kube as k8s
-from modelops.api.model import ModelSpec
-from modelops.api.version import TERMINAL_PHASES, ModelVersionSpec, Phase, VersionReason
+from modelops.api.model import Compression, ModelSpec
+from modelops.api.version import TERMINAL_PHASES, ModelVersionSpec, Phase, VersionReason, same_datasets_problem
 from modelops.cachekey import InvalidRecipe
 from modelops.core import naming, render
 from modelops.core.objects import OwnerRef, VersionView, owned_by
@@ -88,6 +88,13 @@ def _decide(ctx: Context, body: dict[str, Any]) -> VersionState:
         key = cache_key(spec, model)
     except InvalidRecipe as err:
         return waiting(Phase.FAILED, VersionReason.INVALID_RECIPE, str(err))
+    # The apiserver refuses this within one ModelVersion; a gate or calibration from the Model's
+    # versionDefaults only meets the version's here.
+    # Before normalising: a recipe that ignores calibration drops it, but the rule holds anyway.
+    calibration = (spec.compression.calibration if spec.compression else None) or model.version_defaults.compression.calibration
+    same = same_datasets_problem(Compression(calibration=calibration), effective_evaluation(spec, model))
+    if same is not None:
+        return waiting(Phase.FAILED, VersionReason.INVALID_SPEC, f"{same} (with the Model's versionDefaults)")
     job_name = naming.job_name(name)
     job = ctx.cache.get(k8s.JOBS, namespace, job_name)
     # A Job that evaluates a cached compression shows as Evaluating while it runs; the phase
