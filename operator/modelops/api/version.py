@@ -69,7 +69,7 @@ class VersionReason(StrEnum):
     COMPRESSED = "Compressed"
     COMPRESSED_FROM_CACHE = "CompressedFromCache"
     # Rejected
-    ACCURACY_GATE_FAILED = "AccuracyGateFailed"
+    ACCURACY_GATE_REJECTED = "AccuracyGateRejected"
     SIGNATURE_MISMATCH = "SignatureMismatch"
     # Failed
     INVALID_SPEC = "InvalidSpec"
@@ -85,6 +85,10 @@ class VersionReason(StrEnum):
     # RolloutFailed, set by a ModelDeployment's verdict
     ROLLED_BACK = "RolledBack"
     RETRY_REQUESTED = "RetryRequested"
+
+
+# Reasons an older operator wrote, read as the one name they mean now.
+LEGACY_VERSION_REASONS: dict[str, VersionReason] = {"AccuracyGateFailed": VersionReason.ACCURACY_GATE_REJECTED}
 
 
 class ReportOutcome(StrEnum):
