@@ -2,9 +2,9 @@
 # Build (once) the test bed's upstream binaries from pinned Go modules and print
 # the directory that holds them: etcd, kube-apiserver, kube-controller-manager,
 # kube-scheduler, kubectl, helm, minio, kubeconform and kwok (fake nodes for the scale benchmark).
-# `build.sh prometheus` builds (once) and prints the directory of an on-demand module instead:
-# Prometheus, which only the on-demand Prometheus canary test needs, so that a cold `make test`
-# does not pay for its build.
+# `build.sh prometheus` (or `build.sh kube-router`) builds (once) and prints the directory of an
+# on-demand module instead: Prometheus, which only the on-demand Prometheus canary test needs, and
+# kube-router, which only the NetworkPolicy tests need, so that a cold `make test` pays for neither.
 #
 # Each go.mod under e2e/testbed/go pins one upstream release. Each module's output is
 # keyed by its go.mod, go.sum, build recipe and the Go toolchain, so a warm machine
@@ -51,9 +51,11 @@ recipes=(
   "kwok|$ldflags|kwok|sigs.k8s.io/kwok/cmd/kwok"
 )
 # Built only when named. Prometheus with Kubernetes service discovery only (its other
-# discovery plugins pull in every cloud's SDK) and without the embedded web UI.
+# discovery plugins pull in every cloud's SDK) and without the embedded web UI; kube-router,
+# whose network policy controller enforces NetworkPolicies for the on-demand policy tests.
 on_demand=(
   "prometheus|$ldflags|prometheus|github.com/prometheus/prometheus/cmd/prometheus|remove_all_sd,enable_kubernetes_sd"
+  "kube-router|$ldflags|kube-router|github.com/cloudnativelabs/kube-router/v2/cmd/kube-router"
 )
 
 # build_module RECIPE: builds into its own keyed directory (once) and prints that directory.

@@ -32,6 +32,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from e2e.testbed import netpol
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CACHE = Path(os.environ.get("MODELOPS_CACHE", Path.home() / ".cache" / "modelops"))
 SERVICE_CIDR = "10.96.0.0/16"
@@ -632,6 +634,7 @@ def _down_locked(lay: Layout) -> None:
     agents = [pid for name, pid in state["pids"].items() if name.startswith("node-")]
     kill_pids(agents)
     kill_pids(pod_pids(lay), grace=5)
+    netpol.stop_recorded(lay.state_dir)  # a policy engine a test left running
     kill_pids(components)
     leftover = [pid for pid in components + pod_pids(lay) if pid_alive(pid)]
     unmount_under(lay.state_dir)
