@@ -215,8 +215,45 @@ def test_a_version_wakes_latest_deployments_and_pinned_ones_that_name_its_number
     assert dependents.deployments_to_wake(old, old, deployments) == []  # nothing a plan reads changed
 
 
-def test_a_version_that_appears_or_goes_wakes_the_waiting_versions_with_its_number() -> None:
+def test_a_version_that_appears_or_goes_wakes_the_versions_with_its_number() -> None:
     siblings = [version("a", number=1, phase="Ready"), version("b", number=1), version("c", number=2)]
     new = dependents.view_of(version("d", number=1))
-    assert dependents.siblings_to_wake(None, new, siblings) == ["b"]
+    # A waiting one learns whether it may start, a Ready one whether it carries the marks.
+    assert dependents.siblings_to_wake(None, new, siblings) == ["a", "b"]
     assert dependents.siblings_to_wake(new, new, siblings) == []
+
+
+def failing(name: str, *numbers: int, model: str = "m", deleting: bool = False) -> dict[str, Any]:
+    body = {"metadata": {"name": name, "namespace": "ns"}, "spec": {"model": model},
+            "status": {"failedVersions": list(numbers)} if numbers else {}}
+    if deleting:
+        body["metadata"]["deletionTimestamp"] = "2025-01-01T00:00:00Z"
+    return body
+
+
+def test_a_deployment_wakes_the_versions_whose_failed_by_its_verdicts_change() -> None:
+    assert dependents.verdicts_changed(failing("d", 2), failing("d", 2)) == {}  # a resync reaches nothing
+    assert dependents.verdicts_changed(failing("d"), failing("d", 2)) == {"m": {2}}  # a rollback
+    assert dependents.verdicts_changed(failing("d", 2, 3), failing("d", 3)) == {"m": {2}}  # a retry, one failed again
+    assert dependents.verdicts_changed(failing("d", 2), None) == {"m": {2}}  # deleted
+    assert dependents.verdicts_changed(failing("d", 2), failing("d", 2, deleting=True)) == {"m": {2}}
+    assert dependents.verdicts_changed(failing("d", 2), failing("d", 3, model="n")) == {"m": {2}, "n": {3}}  # moved
+    assert dependents.verdicts_changed(None, failing("d")) == {}
+    versions = [version("a", number=1), version("b", number=2), version("c", number=2)]
+    assert dependents.versions_numbered(versions, {2}) == ["b", "c"]
+
+
+def test_a_version_wakes_its_model_only_for_what_the_model_reads() -> None:
+    ready = version("a", phase="Ready", compressedArtifact={"uri": "s3://x", "sha256": "0" * 64})
+    marked = {**ready, "status": {**ready["status"], "failedBy": ["d"]}}
+    assert not dependents.model_wake_needed(ready, marked)  # failedBy is nothing the Model reads
+    assert dependents.model_wake_needed(version("a", phase="Compressing"), ready)
+    assert dependents.model_wake_needed(None, ready) and dependents.model_wake_needed(ready, None)
+    adopted = {**ready, "metadata": {**ready["metadata"], "ownerReferences": [{"uid": "m"}]}}
+    assert dependents.model_wake_needed(ready, adopted)
+
+
+def test_a_failed_by_change_wakes_no_deployment() -> None:
+    ready = version("a", phase="Ready", compressedArtifact={"uri": "s3://x", "sha256": "0" * 64})
+    marked = {**ready, "status": {**ready["status"], "failedBy": ["d"]}}
+    assert dependents.deployments_to_wake(dependents.view_of(ready), dependents.view_of(marked), [deployment("latest")]) == []

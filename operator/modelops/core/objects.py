@@ -67,7 +67,6 @@ class VersionView:
     compressed_uri: str | None = None
     compressed_sha256: str | None = None
     compressed_format: str | None = None
-    failed_by: tuple[str, ...] = ()  # ModelDeployments whose rollout of this version failed
 
     @classmethod
     def from_body(cls, body: dict[str, Any]) -> VersionView:
@@ -83,7 +82,6 @@ class VersionView:
             compressed_uri=compressed.get("uri"),
             compressed_sha256=compressed.get("sha256"),
             compressed_format=compressed.get("format"),
-            failed_by=tuple(status.get("failedBy") or ()),
         )
 
     @property

@@ -418,58 +418,40 @@ def _failed_rollout(record: RolloutRecord, served: int | None) -> Cond:
 
 
 # -- verdicts: which deployments failed a version ---------------------------------------------
+#
+# Each ModelDeployment records its own verdicts in its status.failedVersions; a ModelVersion's
+# failedBy and RolloutFailed are derived from those by the version's own reconcile, the one
+# writer of ModelVersion status.
 
 
-@dataclass(frozen=True)
-class Verdict:
-    """A change to one ModelVersion's status.failedBy: names to add and names to remove."""
-
-    version_name: str
-    add: frozenset[str] = frozenset()
-    remove: frozenset[str] = frozenset()
-
-
-def verdicts_of(deployment: str, failed_versions: Collection[int], versions: Iterable[VersionView]) -> list[Verdict]:
-    """The changes that make the ModelVersions agree with one deployment's failedVersions: its
-    name on exactly the versions it failed. Empty when they agree, so a resync writes nothing."""
-    views = [v for v in versions if not v.deleting]
-    owners = {v.name for v in effective_versions(views).values()}
-    changes = []
-    for view in sorted(views, key=lambda v: (v.version, v.name)):
-        wanted = view.name in owners and view.version in failed_versions
-        marked = deployment in view.failed_by
-        if wanted and not marked:
-            changes.append(Verdict(view.name, add=frozenset({deployment})))
-        elif marked and not wanted:
-            changes.append(Verdict(view.name, remove=frozenset({deployment})))
-    return changes
+def failed_by(view: VersionView, versions: Iterable[VersionView], deployments: Iterable[tuple[str, Collection[int]]]) -> tuple[str, ...]:
+    """The ModelDeployments whose rollout of this version failed: those that hold its number in
+    their failedVersions, as (name, failedVersions) pairs. Only the ModelVersion that owns the
+    number carries marks; a duplicate or a deleting one carries none."""
+    if view.deleting:
+        return ()
+    owner = effective_versions([*versions, view]).get(view.version)
+    if owner is None or owner.name != view.name:
+        return ()
+    return tuple(sorted({name for name, failed in deployments if view.version in failed}))
 
 
-def stale_verdicts(versions: Iterable[VersionView], deployments: Collection[str]) -> list[Verdict]:
-    """Marks left by ModelDeployments that no longer exist."""
-    changes = []
-    for view in versions:
-        gone = frozenset(view.failed_by) - frozenset(deployments)
-        if gone and not view.deleting:
-            changes.append(Verdict(view.name, remove=gone))
-    return changes
-
-
-def failed_by_status(old_status: dict[str, Any] | None, verdict: Verdict, now: datetime) -> dict[str, Any] | None:
-    """The part of a ModelVersion's status that a verdict changes: failedBy, and the
-    RolloutFailed condition that sums it up. None when the verdict changes nothing."""
+def failed_by_status(old_status: dict[str, Any] | None, names: Collection[str], now: datetime) -> dict[str, Any] | None:
+    """The part of a ModelVersion's status that says which deployments failed it: failedBy, and
+    the RolloutFailed condition that sums it up. None when the stored status already says so (a
+    version that never failed anywhere has no RolloutFailed condition at all)."""
     old = old_status or {}
     before = set(old.get("failedBy") or [])
-    after = (before | verdict.add) - verdict.remove
+    after = set(names)
     if after == before:
         return None
     conditions = [c for c in old.get("conditions") or [] if c.get("type") != ConditionType.ROLLOUT_FAILED]
     existing = [c for c in old.get("conditions") or [] if c.get("type") == ConditionType.ROLLOUT_FAILED]
     if after:
-        names = ", ".join(sorted(after))
+        listed = ", ".join(sorted(after))
         wanted = Cond(
             ConditionType.ROLLOUT_FAILED, TRUE, REASON_ROLLED_BACK,
-            f"the rollout of this version was rolled back on ModelDeployment {names}; Latest skips it there "
+            f"the rollout of this version was rolled back on ModelDeployment {listed}; Latest skips it there "
             "until the modelops.dev/retry annotation of that ModelDeployment changes",
         )
     else:

@@ -1,5 +1,6 @@
 """Reconcile one ModelDeployment: resolve the version, render Triton, keep the children as
-rendered, and record this deployment's verdicts on the ModelVersions."""
+rendered, and record this deployment's verdicts in its own status (failedVersions). It writes
+no ModelVersion: each version derives its failedBy from the deployments' failedVersions."""
 
 from __future__ import annotations
 
@@ -19,10 +20,7 @@ from modelops.core.objects import OwnerRef, VersionView, owned_by
 from modelops.core.rollout import (
     RolloutPlan,
     ServerState,
-    Verdict,
-    failed_by_status,
     plan_rollout,
-    verdicts_of,
 )
 from modelops.handlers import scaling
 from modelops.handlers.context import Context
@@ -118,9 +116,6 @@ def reconcile_deployment(ctx: Context, key: Key) -> float | None:
         ctx.metrics.rollout_seconds.observe(result.succeeded[1])
     if result.rolled_back is not None:
         ctx.metrics.rollbacks.inc()
-    # Level-triggered: this deployment's name sits on exactly the versions it failed.
-    for verdict in verdicts_of(name, result.status.failed_versions or (), versions):
-        record_verdict(ctx, namespace, verdict)
     waits = [w for w in (result.requeue, scaled.requeue) if w is not None]
     return min(waits) if waits else None
 
@@ -207,33 +202,6 @@ def keep(ctx: Context, resource: k8s.Resource, live: dict[str, Any] | None, desi
             ctx.cache.store(resource, ctx.kube.json_patch(resource, meta["namespace"], meta["name"], ops))
         except k8s.Invalid:  # a guarding test failed: the list changed since it was read
             raise RetryLater(f"{resource.kind} {meta['name']} changed while entries added by hand were removed") from None
-
-
-VERDICT_ATTEMPTS = 5
-
-
-def record_verdict(ctx: Context, namespace: str, verdict: Verdict) -> None:
-    """Change one ModelVersion's failedBy without losing a concurrent change: each write is
-    guarded by the resourceVersion it was computed from, and a conflict reads again (from the
-    API: the cache has not seen the change that conflicted)."""
-    for attempt in range(VERDICT_ATTEMPTS):
-        if attempt == 0:
-            body = ctx.cache.get(k8s.MODELVERSIONS, namespace, verdict.version_name)
-        else:
-            body = ctx.kube.get(k8s.MODELVERSIONS, namespace, verdict.version_name)
-        if body is None:
-            return
-        status = failed_by_status(body.get("status"), verdict, ctx.clock())
-        if status is None:
-            return
-        patch = {"metadata": {"resourceVersion": body["metadata"]["resourceVersion"]}, "status": status}
-        try:
-            patched = ctx.kube.patch(k8s.MODELVERSIONS, namespace, verdict.version_name, patch, subresource="status")
-            ctx.cache.store(k8s.MODELVERSIONS, patched)
-            return
-        except k8s.Conflict:
-            continue
-    raise k8s.Conflict(f"ModelVersion {verdict.version_name} kept changing while its failedBy was updated", 409)
 
 
 def _name_taken(deployment: dict[str, Any] | None, service: dict[str, Any] | None, uid: str, name: str) -> tuple[str, str] | None:

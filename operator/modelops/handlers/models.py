@@ -9,9 +9,7 @@ from modelops.api.types import ConditionType
 from modelops.core.conditions import FALSE, Cond
 from modelops.core.models import model_status, transport_condition
 from modelops.core.objects import OwnerRef, VersionView, with_owner
-from modelops.core.rollout import stale_verdicts
 from modelops.handlers.context import BucketProblem, Context, CredentialsProblem
-from modelops.handlers.deployments import record_verdict
 from modelops.handlers.queue import Key
 
 
@@ -53,7 +51,4 @@ def reconcile_model(ctx: Context, key: Key) -> float | None:
         before = old.get(ConditionType.STORAGE_TRANSPORT) or {}
         if (before.get("status"), before.get("reason")) != (transport.status, transport.reason):
             ctx.kube.emit_event(body, "Warning", transport.reason, transport.message)
-    # A deleted ModelDeployment (or one moved to another Model) takes its verdicts with it.
-    for verdict in stale_verdicts(views, {d["metadata"]["name"] for d in deployments}):
-        record_verdict(ctx, key.namespace, verdict)
     return retry

@@ -245,7 +245,8 @@ def build_registry(operator: Operator) -> kopf.OperatorRegistry:
         operator.seen(key, after is None)
         operator.wake(key)
         model = (body.get("spec") or {}).get("model", "")
-        operator.wake(Key("Model", namespace, model))
+        if dependents.model_wake_needed(before, after):
+            operator.wake(Key("Model", namespace, model))
         old, new = dependents.view_of(before), dependents.view_of(after)
         for sibling in dependents.siblings_to_wake(old, new, cache.versions_of(namespace, model)):
             operator.wake(Key("ModelVersion", namespace, sibling))
@@ -260,10 +261,14 @@ def build_registry(operator: Operator) -> kopf.OperatorRegistry:
         operator.seen(key, after is None)
         operator.wake(key)
         if after is None or (before or {}).get("spec", {}).get("model") != after.get("spec", {}).get("model"):
-            # Its Model (old and new) adopts it, or clears the verdicts it left on the versions.
+            # Its Model (old and new) adopts it.
             for model in {(before or {}).get("spec", {}).get("model"), (body.get("spec") or {}).get("model")}:
                 if model:
                     operator.wake(Key("Model", namespace, model))
+        # The versions whose failedBy this deployment's verdicts decide derive it again.
+        for model, numbers in dependents.verdicts_changed(before, after).items():
+            for version in dependents.versions_numbered(cache.versions_of(namespace, model), numbers):
+                operator.wake(Key("ModelVersion", namespace, version))
 
     @kopf.on.event("batch", "v1", "jobs", labels=MANAGED, registry=registry)
     async def job_event(event: kopf.RawEvent, body: Any, **_: Any) -> None:

@@ -1,4 +1,6 @@
-"""Reconcile one ModelVersion: check what the schema cannot, then create and follow its Job."""
+"""Reconcile one ModelVersion: check what the schema cannot, then create and follow its Job.
+This is the one writer of ModelVersion status, failedBy and RolloutFailed included: those are
+derived from the failedVersions of the Model's ModelDeployments in the cache."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from modelops.api.version import TERMINAL_PHASES, ModelVersionSpec, Phase, Versi
 from modelops.cachekey import InvalidRecipe
 from modelops.core import naming, render
 from modelops.core.objects import OwnerRef, VersionView, owned_by
+from modelops.core.rollout import failed_by, failed_by_status
 from modelops.core.versions import (
     VersionState,
     cache_key,
@@ -50,17 +53,41 @@ def reconcile_version(ctx: Context, key: Key) -> float | None:
         ctx.metrics.versions.set(key.namespace, key.name, None)
         return None
     status = body.get("status") or {}
+    names = failed_by_of(ctx, body)
     if status.get("phase") in TERMINAL_PHASES:
+        marks = failed_by_status(status, names, ctx.clock())
+        if marks is not None:
+            ctx.write_status(k8s.MODELVERSIONS, body, {**status, **marks})
         ctx.metrics.versions.set(key.namespace, key.name, status["phase"])
         return None
     state = _decide(ctx, body)
     generation = body["metadata"].get("generation")
     new_status = version_status(status, state, generation, ctx.clock(), artifact_bucket=_artifact_bucket(body))
+    marks = failed_by_status({**new_status, "failedBy": status.get("failedBy")}, names, ctx.clock())
+    if marks is not None:
+        new_status.update(marks)
+    elif names:
+        new_status["failedBy"] = list(names)
     if ctx.write_status(k8s.MODELVERSIONS, body, new_status) and status.get("phase") != state.phase:
         event_type = "Warning" if state.phase in _WARNING_PHASES else "Normal"
         ctx.kube.emit_event(body, event_type, state.reason, f"{state.phase}: {state.message}")
     ctx.metrics.versions.set(key.namespace, key.name, state.phase)
     return state.retry_after
+
+
+def failed_by_of(ctx: Context, body: dict[str, Any]) -> tuple[str, ...]:
+    """The ModelDeployments of this version's Model that hold its number in failedVersions."""
+    meta = body["metadata"]
+    model = (body.get("spec") or {}).get("model", "")
+    deployments = [
+        (d["metadata"]["name"], (d.get("status") or {}).get("failedVersions") or ())
+        for d in ctx.cache.deployments_of(meta["namespace"], model) if not d["metadata"].get("deletionTimestamp")
+    ]
+    try:
+        view = VersionView.from_body(body)
+    except (TypeError, ValueError):
+        return ()  # a spec the schema let through but that names no number: _decide says so
+    return failed_by(view, (VersionView.from_body(b) for b in ctx.cache.versions_of(meta["namespace"], model)), deployments)
 
 
 def _artifact_bucket(body: dict[str, Any]) -> str | None:
