@@ -1,0 +1,188 @@
+"""The reconcilers against a small fake of the Kubernetes client (tests/unit/fakekube.py): the
+branches that the test bed reaches only slowly, and who writes which field."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from modelops import kube as k8s
+from modelops.api.deployment import ModelDeploymentSpec
+from modelops.api.model import ModelSpec
+from modelops.core import naming, render
+from modelops.core.conditions import find
+from modelops.core.objects import OwnerRef, VersionView
+from modelops.handlers.deployments import reconcile_deployment
+from modelops.handlers.models import reconcile_model
+from modelops.handlers.queue import Key
+from modelops.handlers.versions import reconcile_version
+from tests.unit.fakekube import FakeKube, context, refill
+
+pytestmark = pytest.mark.unit
+
+NS = "ns"
+SHA = "0" * 64
+MODEL_SPEC: dict[str, Any] = {
+    "storage": {"endpoint": "https://minio.example:9000", "bucket": "models", "credentialsSecret": {"name": "creds"}},
+    "signature": {"maxBatchSize": 8, "inputs": [{"name": "input", "dataType": "FP32", "dims": [64]}],
+                  "outputs": [{"name": "logits", "dataType": "FP32", "dims": [10]}]},
+}
+
+
+def model() -> dict[str, Any]:
+    return {"metadata": {"name": "digits", "namespace": NS, "generation": 1}, "spec": MODEL_SPEC}
+
+
+def ready_version(number: int, name: str | None = None, **status: Any) -> dict[str, Any]:
+    ready = {"type": "Ready", "status": "True", "reason": "Compressed", "message": "m", "lastTransitionTime": "2025-01-01T00:00:00Z"}
+    return {
+        "metadata": {"name": name or f"digits-v{number}", "namespace": NS, "generation": 1,
+                     "creationTimestamp": f"2025-01-0{number}T00:00:00Z"},
+        "spec": {"model": "digits", "version": number,
+                 "artifact": {"uri": f"s3://models/digits/{number}/model.onnx", "format": "onnx", "sha256": SHA}},
+        "status": {"phase": "Ready", "conditions": [ready],
+                   "compressedArtifact": {"uri": f"s3://models/c/{number}/model.onnx", "sha256": SHA, "format": "onnx"},
+                   **status},
+    }
+
+
+def deployment(name: str, *failed: int, **spec: Any) -> dict[str, Any]:
+    return {"metadata": {"name": name, "namespace": NS, "generation": 1},
+            "spec": {"model": "digits", "triton": {"backend": "python"}, **spec},
+            "status": {"failedVersions": list(failed)} if failed else {}}
+
+
+def bed(*objects: tuple[k8s.Resource, dict[str, Any]]) -> FakeKube:
+    kube = FakeKube()
+    for resource, body in objects:
+        kube.put(resource, body)
+    return kube
+
+
+def stored(kube: FakeKube, resource: k8s.Resource, name: str) -> dict[str, Any]:
+    body = kube.get(resource, NS, name)
+    assert body is not None
+    return body
+
+
+# -- failedBy: derived by the version, from the deployments' failedVersions --------------------
+
+
+def test_a_version_derives_failed_by_from_the_deployments_that_failed_it() -> None:
+    kube = bed((k8s.MODELS, model()), (k8s.MODELVERSIONS, ready_version(1)), (k8s.MODELVERSIONS, ready_version(2)),
+               (k8s.MODELDEPLOYMENTS, deployment("gpu", 2)), (k8s.MODELDEPLOYMENTS, deployment("cpu")),
+               (k8s.MODELDEPLOYMENTS, deployment("both", 1, 2)))
+    ctx = context(kube)
+    assert reconcile_version(ctx, Key("ModelVersion", NS, "digits-v2")) is None
+    status = stored(kube, k8s.MODELVERSIONS, "digits-v2")["status"]
+    assert status["failedBy"] == ["both", "gpu"] and status["phase"] == "Ready"
+    mark = find(status["conditions"], "RolloutFailed")
+    assert (mark["status"], mark["reason"]) == ("True", "RolledBack") and "both, gpu" in mark["message"]
+    assert find(status["conditions"], "Ready")["status"] == "True", "the rest of the status is kept"
+    assert [(w.verb, w.name, w.subresource) for w in kube.writes] == [("patch", "digits-v2", "status")]
+
+    kube.writes.clear()
+    refill(ctx, kube)
+    reconcile_version(ctx, Key("ModelVersion", NS, "digits-v2"))
+    assert kube.writes == [], "a resync of a version whose marks agree writes nothing"
+
+
+def test_a_version_no_deployment_failed_gets_no_rollout_failed_condition() -> None:
+    kube = bed((k8s.MODELS, model()), (k8s.MODELVERSIONS, ready_version(1)), (k8s.MODELDEPLOYMENTS, deployment("serve", 2)))
+    reconcile_version(context(kube), Key("ModelVersion", NS, "digits-v1"))
+    assert kube.writes == []
+    assert "failedBy" not in stored(kube, k8s.MODELVERSIONS, "digits-v1")["status"]
+
+
+def test_a_failed_by_left_by_an_older_operator_is_derived_again() -> None:
+    """The older operator wrote names itself; a deleted deployment's or a retried one's name that
+    it left behind goes, and a verdict it missed is added."""
+    rolled_back = {"type": "RolloutFailed", "status": "True", "reason": "RolledBack", "message": "m",
+                   "lastTransitionTime": "2025-01-01T00:00:00Z"}
+    old = ready_version(2, failedBy=["gone", "retried"])
+    old["status"]["conditions"].append(rolled_back)
+    kube = bed((k8s.MODELS, model()), (k8s.MODELVERSIONS, old), (k8s.MODELDEPLOYMENTS, deployment("retried")),
+               (k8s.MODELDEPLOYMENTS, deployment("missed", 2)))
+    reconcile_version(context(kube), Key("ModelVersion", NS, "digits-v2"))
+    status = stored(kube, k8s.MODELVERSIONS, "digits-v2")["status"]
+    assert status["failedBy"] == ["missed"]
+
+    kube = bed((k8s.MODELS, model()), (k8s.MODELVERSIONS, old))
+    reconcile_version(context(kube), Key("ModelVersion", NS, "digits-v2"))
+    status = stored(kube, k8s.MODELVERSIONS, "digits-v2")["status"]
+    assert "failedBy" not in status
+    assert (find(status["conditions"], "RolloutFailed")["status"], find(status["conditions"], "RolloutFailed")["reason"]) == (
+        "False", "NoFailedRollout")
+
+
+def test_of_two_versions_with_one_number_only_the_owner_carries_the_marks() -> None:
+    duplicate = ready_version(2, name="digits-v2-again")
+    duplicate["metadata"]["creationTimestamp"] = "2025-02-01T00:00:00Z"
+    kube = bed((k8s.MODELS, model()), (k8s.MODELVERSIONS, ready_version(2)), (k8s.MODELVERSIONS, duplicate),
+               (k8s.MODELDEPLOYMENTS, deployment("serve", 2)))
+    ctx = context(kube)
+    reconcile_version(ctx, Key("ModelVersion", NS, "digits-v2-again"))
+    assert kube.writes == []
+    reconcile_version(ctx, Key("ModelVersion", NS, "digits-v2"))
+    assert stored(kube, k8s.MODELVERSIONS, "digits-v2")["status"]["failedBy"] == ["serve"]
+
+
+def test_a_deleting_deployment_marks_nothing() -> None:
+    leaving = deployment("serve", 2)
+    leaving["metadata"]["deletionTimestamp"] = "2025-01-01T00:00:00Z"
+    kube = bed((k8s.MODELS, model()), (k8s.MODELVERSIONS, ready_version(2, failedBy=["serve"])), (k8s.MODELDEPLOYMENTS, leaving))
+    reconcile_version(context(kube), Key("ModelVersion", NS, "digits-v2"))
+    assert "failedBy" not in stored(kube, k8s.MODELVERSIONS, "digits-v2")["status"]
+
+
+def test_the_model_writes_no_version_status() -> None:
+    """A Model adopts its versions (ownerReferences) and sums them up; a stale failedBy is the
+    version's to derive away, not the Model's."""
+    kube = bed((k8s.MODELS, model()), (k8s.MODELVERSIONS, ready_version(2, failedBy=["gone"])))
+    reconcile_model(context(kube), Key("Model", NS, "digits"))
+    assert {(w.plural, w.subresource) for w in kube.writes} == {("models", "status"), ("modelversions", None)}
+    version = stored(kube, k8s.MODELVERSIONS, "digits-v2")
+    assert version["metadata"]["ownerReferences"][0]["kind"] == "Model"
+    assert version["status"]["failedBy"] == ["gone"]
+
+
+def live_server(kube: FakeKube, body: dict[str, Any], number: int, **status: Any) -> dict[str, Any]:
+    """The Triton Deployment the operator renders for version `number`, as the Deployment
+    controller left it."""
+    desired = render.render_deployment(
+        name="serve", namespace=NS, owner=OwnerRef.of(body), spec=ModelDeploymentSpec.model_validate(deployment("serve")["spec"]),
+        model_name="digits", model=ModelSpec.model_validate(MODEL_SPEC),
+        version=VersionView.from_body(stored(kube, k8s.MODELVERSIONS, f"digits-v{number}")),
+        settings=context(kube).settings, retry=None,
+    )
+    desired["metadata"]["generation"] = 1
+    desired["status"] = {"observedGeneration": 1, **status}
+    return desired
+
+
+def test_a_rollback_writes_the_verdict_into_the_deployment_and_no_model_version() -> None:
+    kube = bed((k8s.MODELS, model()), (k8s.MODELVERSIONS, ready_version(1)), (k8s.MODELVERSIONS, ready_version(2)))
+    serving = deployment("serve")
+    serving["status"] = {"desiredVersion": 2, "servedVersion": 1, "previousVersion": None,
+                         "rollouts": [{"version": 2, "outcome": "Progressing", "startedAt": "2025-03-01T11:50:00Z"}]}
+    body = kube.put(k8s.MODELDEPLOYMENTS, serving)
+    exceeded = {"conditions": [{"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded"}],
+                "replicas": 2, "updatedReplicas": 1, "readyReplicas": 1, "availableReplicas": 1}
+    live = live_server(kube, body, 2, **exceeded)
+    kube.put(k8s.DEPLOYMENTS, live)
+    ctx = context(kube)
+    reconcile_deployment(ctx, Key("ModelDeployment", NS, "serve"))
+
+    status = stored(kube, k8s.MODELDEPLOYMENTS, "serve")["status"]
+    assert status["failedVersions"] == [2] and status["rollouts"][-1]["outcome"] == "RolledBack"
+    template = stored(kube, k8s.DEPLOYMENTS, "serve")["spec"]["template"]
+    assert template["metadata"]["annotations"][naming.ANNOTATION_VERSION] == "1", "the rollback renders version 1 again"
+    assert kube.written("modelversions") == [], "the verdict is the deployment's own; the version derives failedBy"
+    assert ("Warning", "RolledBack") in [(t, r) for t, r, _ in kube.events]
+
+    # The version's own reconcile then derives the mark: its one write.
+    refill(ctx, kube)
+    reconcile_version(ctx, Key("ModelVersion", NS, "digits-v2"))
+    assert [(w.verb, w.name, w.subresource) for w in kube.written("modelversions")] == [("patch", "digits-v2", "status")]
+    assert stored(kube, k8s.MODELVERSIONS, "digits-v2")["status"]["failedBy"] == ["serve"]
