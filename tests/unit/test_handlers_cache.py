@@ -204,6 +204,10 @@ def test_a_model_wakes_its_children_only_when_its_spec_changes() -> None:
     assert dependents.model_changed(model, {**model, "spec": {"signature": 2}})
     versions = [version("a", phase="Ready"), version("b", phase="Compressing")]
     assert dependents.waiting_versions(versions) == ["b"]
+    # A new Model also wakes a finished version it does not own yet, which then adopts itself.
+    assert dependents.waiting_versions(versions, "uid-m") == ["a", "b"]
+    owned = {**versions[0], "metadata": {**versions[0]["metadata"], "ownerReferences": [{"uid": "uid-m"}]}}
+    assert dependents.waiting_versions([owned, versions[1]], "uid-m") == ["b"]
 
 
 def test_a_version_wakes_latest_deployments_and_pinned_ones_that_name_its_number() -> None:
@@ -250,7 +254,7 @@ def test_a_version_wakes_its_model_only_for_what_the_model_reads() -> None:
     assert dependents.model_wake_needed(version("a", phase="Compressing"), ready)
     assert dependents.model_wake_needed(None, ready) and dependents.model_wake_needed(ready, None)
     adopted = {**ready, "metadata": {**ready["metadata"], "ownerReferences": [{"uid": "m"}]}}
-    assert dependents.model_wake_needed(ready, adopted)
+    assert not dependents.model_wake_needed(ready, adopted)  # the version adopts itself
 
 
 def test_a_failed_by_change_wakes_no_deployment() -> None:

@@ -34,11 +34,21 @@ def model() -> dict[str, Any]:
     return {"metadata": {"name": "digits", "namespace": NS, "generation": 1}, "spec": MODEL_SPEC}
 
 
+# A child the Model already owns (FakeKube gives the Model the uid uid-digits).
+ADOPTED = [{"apiVersion": "modelops.dev/v1alpha1", "kind": "Model", "name": "digits", "uid": "uid-digits",
+            "controller": True, "blockOwnerDeletion": False}]
+
+
+def unadopted(body: dict[str, Any]) -> dict[str, Any]:
+    del body["metadata"]["ownerReferences"]
+    return body
+
+
 def ready_version(number: int, name: str | None = None, **status: Any) -> dict[str, Any]:
     ready = {"type": "Ready", "status": "True", "reason": "Compressed", "message": "m", "lastTransitionTime": "2025-01-01T00:00:00Z"}
     return {
         "metadata": {"name": name or f"digits-v{number}", "namespace": NS, "generation": 1,
-                     "creationTimestamp": f"2025-01-0{number}T00:00:00Z"},
+                     "creationTimestamp": f"2025-01-0{number}T00:00:00Z", "ownerReferences": ADOPTED},
         "spec": {"model": "digits", "version": number,
                  "artifact": {"uri": f"s3://models/digits/{number}/model.onnx", "format": "onnx", "sha256": SHA}},
         "status": {"phase": "Ready", "conditions": [ready],
@@ -48,7 +58,7 @@ def ready_version(number: int, name: str | None = None, **status: Any) -> dict[s
 
 
 def deployment(name: str, *failed: int, **spec: Any) -> dict[str, Any]:
-    return {"metadata": {"name": name, "namespace": NS, "generation": 1},
+    return {"metadata": {"name": name, "namespace": NS, "generation": 1, "ownerReferences": ADOPTED},
             "spec": {"model": "digits", "triton": {"backend": "python"}, **spec},
             "status": {"failedVersions": list(failed)} if failed else {}}
 
@@ -136,15 +146,64 @@ def test_a_deleting_deployment_marks_nothing() -> None:
     assert "failedBy" not in stored(kube, k8s.MODELVERSIONS, "digits-v2")["status"]
 
 
-def test_the_model_writes_no_version_status() -> None:
-    """A Model adopts its versions (ownerReferences) and sums them up; a stale failedBy is the
-    version's to derive away, not the Model's."""
-    kube = bed((k8s.MODELS, model()), (k8s.MODELVERSIONS, ready_version(2, failedBy=["gone"])))
+def test_the_model_writes_only_its_own_status() -> None:
+    """A Model sums up its versions; a stale failedBy is the version's to derive away, and each
+    child adopts itself."""
+    kube = bed((k8s.MODELS, model()), (k8s.MODELVERSIONS, unadopted(ready_version(2, failedBy=["gone"]))),
+               (k8s.MODELDEPLOYMENTS, unadopted(deployment("serve"))))
     reconcile_model(context(kube), Key("Model", NS, "digits"))
-    assert {(w.plural, w.subresource) for w in kube.writes} == {("models", "status"), ("modelversions", None)}
+    assert [(w.plural, w.subresource) for w in kube.writes] == [("models", "status")]
     version = stored(kube, k8s.MODELVERSIONS, "digits-v2")
-    assert version["metadata"]["ownerReferences"][0]["kind"] == "Model"
-    assert version["status"]["failedBy"] == ["gone"]
+    assert "ownerReferences" not in version["metadata"] and version["status"]["failedBy"] == ["gone"]
+
+
+def test_a_finished_version_adopts_itself_to_its_model_once() -> None:
+    kube = bed((k8s.MODELS, model()), (k8s.MODELVERSIONS, unadopted(ready_version(1))))
+    ctx = context(kube)
+    reconcile_version(ctx, Key("ModelVersion", NS, "digits-v1"))
+    assert [(w.verb, w.plural) for w in kube.writes] == [("json-patch", "modelversions")]
+    refs = stored(kube, k8s.MODELVERSIONS, "digits-v1")["metadata"]["ownerReferences"]
+    assert refs == [OwnerRef.of(stored(kube, k8s.MODELS, "digits")).reference()]
+    kube.writes.clear()
+    reconcile_version(ctx, Key("ModelVersion", NS, "digits-v1"))  # from the cache the patch's answer filled
+    assert kube.writes == []
+
+
+def test_a_version_keeps_the_owners_it_has_and_adds_the_model_beside_them() -> None:
+    other = {"apiVersion": "example.com/v1", "kind": "Release", "name": "r", "uid": "uid-r", "controller": True}
+    version = ready_version(1)
+    version["metadata"]["ownerReferences"] = [other]  # owned by something else, not yet by the Model
+    kube = bed((k8s.MODELS, model()), (k8s.MODELVERSIONS, version))
+    reconcile_version(context(kube), Key("ModelVersion", NS, "digits-v1"))
+    refs = stored(kube, k8s.MODELVERSIONS, "digits-v1")["metadata"]["ownerReferences"]
+    assert refs[0] == other and (refs[1]["kind"], refs[1]["controller"]) == ("Model", False)
+
+
+def test_a_version_whose_owners_changed_meanwhile_is_retried_not_overwritten() -> None:
+    kube = bed((k8s.MODELS, model()), (k8s.MODELVERSIONS, unadopted(ready_version(1))))
+    ctx = context(kube)
+    stale = stored(kube, k8s.MODELVERSIONS, "digits-v1")
+    stale["metadata"]["ownerReferences"] = [{"apiVersion": "v1", "kind": "ConfigMap", "name": "c", "uid": "uid-c"}]
+    kube.objects[("modelversions", NS, "digits-v1")] = stale  # written by someone, not yet watched
+    with pytest.raises(k8s.Conflict):
+        reconcile_version(ctx, Key("ModelVersion", NS, "digits-v1"))
+    assert stored(kube, k8s.MODELVERSIONS, "digits-v1")["metadata"]["ownerReferences"] == stale["metadata"]["ownerReferences"]
+
+
+def test_a_version_without_its_model_adopts_nothing() -> None:
+    kube = bed((k8s.MODELVERSIONS, unadopted(ready_version(1))))
+    reconcile_version(context(kube), Key("ModelVersion", NS, "digits-v1"))
+    assert kube.written("modelversions") == []
+
+
+def test_a_deployment_adopts_itself_to_its_model() -> None:
+    kube = bed((k8s.MODELS, model()), (k8s.MODELVERSIONS, ready_version(1)), (k8s.MODELDEPLOYMENTS, unadopted(deployment("serve"))))
+    reconcile_deployment(context(kube), Key("ModelDeployment", NS, "serve"))
+    refs = stored(kube, k8s.MODELDEPLOYMENTS, "serve")["metadata"]["ownerReferences"]
+    assert [(r["kind"], r["name"], r["controller"]) for r in refs] == [("Model", "digits", True)]
+    assert [w.verb for w in kube.written("modeldeployments")] == ["json-patch", "patch"]  # adoption, then status
+    assert stored(kube, k8s.DEPLOYMENTS, "serve")["metadata"]["ownerReferences"][0]["kind"] == "ModelDeployment", (
+        "what the operator creates carries its owner from the start")
 
 
 def live_server(kube: FakeKube, body: dict[str, Any], number: int, **status: Any) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from typing import Any
 
 from modelops.api.deployment import VersionPolicy
 from modelops.api.version import TERMINAL_PHASES
-from modelops.core.objects import VersionView
+from modelops.core.objects import VersionView, owned_by
 
 Body = dict[str, Any]
 
@@ -28,9 +28,14 @@ def view_of(body: Body | None) -> VersionView | None:
     return VersionView.from_body(body) if body is not None else None
 
 
-def waiting_versions(versions: Iterable[Body]) -> list[str]:
-    """The versions whose outcome a Model change can still change: those not yet final."""
-    return [b["metadata"]["name"] for b in versions if (b.get("status") or {}).get("phase") not in TERMINAL_PHASES]
+def waiting_versions(versions: Iterable[Body], model_uid: str | None = None) -> list[str]:
+    """The versions whose outcome a Model change can still change: those not yet final, and any
+    not yet owned by the Model `model_uid` (each version adopts itself when its Model exists)."""
+    return [
+        b["metadata"]["name"] for b in versions
+        if (b.get("status") or {}).get("phase") not in TERMINAL_PHASES
+        or (model_uid is not None and not owned_by(b, model_uid))
+    ]
 
 
 def siblings_to_wake(old: VersionView | None, new: VersionView | None, siblings: Iterable[Body]) -> list[str]:
@@ -69,11 +74,11 @@ def versions_numbered(versions: Iterable[Body], numbers: Collection[int]) -> lis
 
 
 def model_wake_needed(old: Body | None, new: Body | None) -> bool:
-    """Whether a version's change reaches its Model: the Model sums up the views of its versions
-    and adopts them; a change of anything else (failedBy, a report) reaches nothing there."""
+    """Whether a version's change reaches its Model: the Model sums up the views of its versions;
+    a change of anything else (failedBy, a report, its ownerReferences) reaches nothing there."""
     if old is None or new is None:
         return True
-    return bool(view_of(old) != view_of(new) or old["metadata"].get("ownerReferences") != new["metadata"].get("ownerReferences"))
+    return view_of(old) != view_of(new)
 
 
 def deployments_to_wake(old: VersionView | None, new: VersionView | None, deployments: Iterable[Body]) -> list[str]:

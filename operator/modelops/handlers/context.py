@@ -23,6 +23,7 @@ from pydantic import SecretStr
 from modelops import kube as k8s
 from modelops.api.model import ModelReason, StorageSpec
 from modelops.core.endpoints import EndpointPolicy, HostPort
+from modelops.core.objects import OwnerRef, with_owner
 from modelops.core.patch import merge_patch
 from modelops.handlers.cache import Cache
 from modelops.handlers.queue import Key
@@ -337,19 +338,31 @@ class Context:
         self.cache.store(resource, self.kube.patch_status(resource, meta["namespace"], meta["name"], patch))
         return True
 
-    def adopt(self, resource: k8s.Resource, body: dict[str, Any], owner_references: list[dict[str, Any]] | None) -> None:
-        """Set ownerReferences with a JSON patch guarded by a test of the list it was computed
-        from, so a concurrent change of that list is not lost, while a status write meanwhile
-        (which a resourceVersion guard would turn into a conflict) does not matter."""
-        if owner_references is None:
-            return
+    def adopt(self, resource: k8s.Resource, body: dict[str, Any]) -> dict[str, Any]:
+        """Make the Model named in spec.model an owner of this ModelVersion or ModelDeployment,
+        so that deleting the Model removes it. Each kind's own reconcile adopts its object, so
+        one controller writes all of it; the object is the user's, created before the operator
+        sees it, so the reference can only be added afterwards. Returns the body as it now is.
+
+        The JSON patch is guarded by a test of the list it was computed from, so a concurrent
+        change of that list is not lost, while a status write meanwhile (which a resourceVersion
+        guard would turn into a conflict) does not matter."""
         meta = body["metadata"]
+        model = self.cache.get(k8s.MODELS, meta["namespace"], str((body.get("spec") or {}).get("model") or ""))
+        if model is None or model["metadata"].get("deletionTimestamp") or meta.get("deletionTimestamp"):
+            return body
         old = meta.get("ownerReferences")
-        ops: list[dict[str, Any]] = [{"op": "add", "path": "/metadata/ownerReferences", "value": owner_references}]
-        if old is not None:
-            ops.insert(0, {"op": "test", "path": "/metadata/ownerReferences", "value": old})
+        owner_references = with_owner(old, OwnerRef.of(model))
+        if owner_references is None:
+            return body
+        # A test for null passes only where the list is absent (the apiserver's JSON patch).
+        ops: list[dict[str, Any]] = [{"op": "test", "path": "/metadata/ownerReferences", "value": old},
+                                     {"op": "add", "path": "/metadata/ownerReferences", "value": owner_references}]
         try:
             patched = self.kube.json_patch(resource, meta["namespace"], meta["name"], ops)
         except k8s.Invalid:  # the test failed: someone changed the list since it was read
             raise k8s.Conflict(f"{resource.kind} {meta['name']}: ownerReferences changed while it was adopted", 409) from None
+        if patched is None:
+            return body
         self.cache.store(resource, patched)
+        return self.cache.get(resource, meta["namespace"], meta["name"]) or body

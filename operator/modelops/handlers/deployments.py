@@ -1,6 +1,7 @@
 """Reconcile one ModelDeployment: resolve the version, render Triton, keep the children as
 rendered, and record this deployment's verdicts in its own status (failedVersions). It writes
-no ModelVersion: each version derives its failedBy from the deployments' failedVersions."""
+no ModelVersion: each version derives its failedBy from the deployments' failedVersions. It is
+the one writer of its ModelDeployment: status, and the ownerReference to the Model."""
 
 from __future__ import annotations
 
@@ -36,6 +37,7 @@ def reconcile_deployment(ctx: Context, key: Key) -> float | None:
     spec = ModelDeploymentSpec.model_validate(body["spec"])
     uid = body["metadata"]["uid"]
     model_body = ctx.cache.get(k8s.MODELS, namespace, spec.model)
+    body = ctx.adopt(k8s.MODELDEPLOYMENTS, body)
     versions = [VersionView.from_body(v) for v in ctx.cache.versions_of(namespace, spec.model)] if model_body is not None else []
     live_deployment = ctx.cache.get(k8s.DEPLOYMENTS, namespace, name)
     live_service = ctx.cache.get(k8s.SERVICES, namespace, name)

@@ -1,4 +1,5 @@
-"""Reconcile one Model: aggregate its versions and own its children. What a change of the Model
+"""Reconcile one Model: aggregate its versions into its status, the only object it writes (each
+ModelVersion and ModelDeployment adopts itself, `Context.adopt`). What a change of the Model
 wakes is decided when its watch event arrives (`modelops.core.dependents`)."""
 
 from __future__ import annotations
@@ -8,7 +9,7 @@ from modelops.api.model import ModelReason, ModelSpec, TransportReason
 from modelops.api.types import ConditionType
 from modelops.core.conditions import FALSE, Cond
 from modelops.core.models import model_status, transport_condition
-from modelops.core.objects import OwnerRef, VersionView, with_owner
+from modelops.core.objects import VersionView
 from modelops.handlers.context import BucketProblem, Context, CredentialsProblem
 from modelops.handlers.queue import Key
 
@@ -18,14 +19,7 @@ def reconcile_model(ctx: Context, key: Key) -> float | None:
     if body is None or body["metadata"].get("deletionTimestamp"):
         return None
     spec = ModelSpec.model_validate(body["spec"])
-    owner = OwnerRef.of(body)
     versions = ctx.cache.versions_of(key.namespace, key.name)
-    deployments = ctx.cache.deployments_of(key.namespace, key.name)
-
-    # Children are owned by the Model, so deleting it removes them and everything they own.
-    for child, resource in [(v, k8s.MODELVERSIONS) for v in versions] + [(d, k8s.MODELDEPLOYMENTS) for d in deployments]:
-        ctx.adopt(resource, child, with_owner(child["metadata"].get("ownerReferences"), owner))
-
     problem: str | None = None
     reason: str | None = None
     retry: float | None = None

@@ -232,7 +232,8 @@ def build_registry(operator: Operator) -> kopf.OperatorRegistry:
         if dependents.model_changed(before, after):  # only its spec reaches below it
             if operator.ctx is not None:
                 operator.ctx.forget_recent(namespace)
-            for version in dependents.waiting_versions(cache.versions_of(namespace, name)):
+            uid = after["metadata"].get("uid") if after is not None else None
+            for version in dependents.waiting_versions(cache.versions_of(namespace, name), uid):
                 operator.wake(Key("ModelVersion", namespace, version))
             for deployment in cache.deployments_of(namespace, name):
                 operator.wake(Key("ModelDeployment", namespace, deployment["metadata"]["name"]))
@@ -259,12 +260,7 @@ def build_registry(operator: Operator) -> kopf.OperatorRegistry:
         key = Key("ModelDeployment", namespace, name)
         before, after = previous(k8s.MODELDEPLOYMENTS, event)
         operator.seen(key, after is None)
-        operator.wake(key)
-        if after is None or (before or {}).get("spec", {}).get("model") != after.get("spec", {}).get("model"):
-            # Its Model (old and new) adopts it.
-            for model in {(before or {}).get("spec", {}).get("model"), (body.get("spec") or {}).get("model")}:
-                if model:
-                    operator.wake(Key("Model", namespace, model))
+        operator.wake(key)  # it adopts itself to its Model; the Model reads nothing of it
         # The versions whose failedBy this deployment's verdicts decide derive it again.
         for model, numbers in dependents.verdicts_changed(before, after).items():
             for version in dependents.versions_numbered(cache.versions_of(namespace, model), numbers):

@@ -1,6 +1,7 @@
 """Reconcile one ModelVersion: check what the schema cannot, then create and follow its Job.
-This is the one writer of ModelVersion status, failedBy and RolloutFailed included: those are
-derived from the failedVersions of the Model's ModelDeployments in the cache."""
+This is the one writer of ModelVersions: their status, failedBy and RolloutFailed included
+(derived from the failedVersions of the Model's ModelDeployments in the cache), and their
+ownerReferences (the version adopts itself to its Model)."""
 
 from __future__ import annotations
 
@@ -52,6 +53,7 @@ def reconcile_version(ctx: Context, key: Key) -> float | None:
     if body is None or body["metadata"].get("deletionTimestamp"):
         ctx.metrics.versions.set(key.namespace, key.name, None)
         return None
+    body = ctx.adopt(k8s.MODELVERSIONS, body)
     status = body.get("status") or {}
     names = failed_by_of(ctx, body)
     if status.get("phase") in TERMINAL_PHASES:
