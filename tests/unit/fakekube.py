@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from modelops import kube as k8s
-from modelops.handlers.cache import CACHED, Cache
+from modelops.handlers.cache import CACHED
 from modelops.handlers.context import Context, StoreCache
 from modelops.metrics import Metrics
 from modelops.settings import Settings
@@ -139,7 +139,7 @@ class FakeKube:
 def context(kube: FakeKube, **settings: Any) -> Context:
     """A Context over `kube`, its cache filled from everything `kube` holds (as the watches do)."""
     ctx = Context(settings=Settings(**settings), kube=kube, metrics=Metrics(), stores=StoreCache(),  # type: ignore[arg-type]
-                  wake=lambda key: None, cache=Cache(), clock=lambda: NOW)
+                  wake=lambda key: None, clock=lambda: NOW)
     refill(ctx, kube)
     return ctx
 
@@ -148,4 +148,4 @@ def refill(ctx: Context, kube: FakeKube) -> None:
     """What the watches would have delivered by now."""
     for (plural, _, _), body in kube.objects.items():
         if plural in WATCHED:
-            ctx.cache.observe(WATCHED[plural], copy.deepcopy(body))
+            ctx.reads.cache.observe(WATCHED[plural], copy.deepcopy(body))

@@ -11,7 +11,7 @@ import pytest
 from modelops import kube as k8s
 from modelops.core import dependents
 from modelops.handlers.cache import Cache, slim
-from modelops.handlers.context import CachedReads
+from modelops.handlers.reads import CachedReads
 from modelops.storage import ObjectInfo, ObjectNotFound
 
 pytestmark = pytest.mark.unit
@@ -261,3 +261,46 @@ def test_a_failed_by_change_wakes_no_deployment() -> None:
     ready = version("a", phase="Ready", compressedArtifact={"uri": "s3://x", "sha256": "0" * 64})
     marked = {**ready, "status": {**ready["status"], "failedBy": ["d"]}}
     assert dependents.deployments_to_wake(dependents.view_of(ready), dependents.view_of(marked), [deployment("latest")]) == []
+
+
+def test_every_read_has_one_freshness_rule() -> None:
+    from modelops import kube as k8s
+    from modelops.handlers.cache import CACHED, Cache
+    from modelops.handlers.reads import FRESHNESS, Freshness, Reads
+    from tests.unit.fakekube import FakeKube
+
+    assert {FRESHNESS[r.plural] for r in CACHED} == {Freshness.WATCHED}
+    kube = FakeKube()
+    kube.put(k8s.SECRETS, {"metadata": {"name": "creds", "namespace": "ns"}, "data": {"k": "djE="}})
+    kube.put(k8s.DEPLOYMENTS, {"metadata": {"name": "live-only", "namespace": "ns"}})
+    now = [0.0]
+    reads = Reads(Cache(), kube, ttl=10, clock=lambda: now[0])  # type: ignore[arg-type]
+
+    assert reads.get(k8s.DEPLOYMENTS, "ns", "live-only") is None, "a watched kind is never read live"
+    first = reads.get(k8s.SECRETS, "ns", "creds")
+    assert first is not None and reads.get(k8s.SECRETS, "ns", "creds") is first
+    assert kube.reads == [("get", "secrets")], "a Secret is reused for the TTL"
+    now[0] = 10.5
+    reads.get(k8s.SECRETS, "ns", "creds")
+    assert len(kube.reads) == 2, "and read again after it"
+    reads.forget_recent("ns")
+    reads.get(k8s.SECRETS, "ns", "creds")
+    assert len(kube.reads) == 3, "a changed Model reads its namespace's Secrets afresh"
+    with pytest.raises(KeyError):
+        reads.get(k8s.LEASES, "ns", "x")  # no reconcile reads Leases
+
+
+def test_triton_pods_are_indexed_by_their_deployment_and_job_pods_by_their_job() -> None:
+    from modelops import kube as k8s
+    from modelops.core import naming
+    from modelops.handlers.cache import JOB_UID_LABEL, Cache
+
+    cache = Cache()
+    server = {**naming.server_selector("serve"), naming.LABEL_COMPONENT: naming.COMPONENT_SERVER}
+    cache.observe(k8s.PODS, {"metadata": {"name": "s1", "namespace": "ns", "labels": server}, "status": {"podIP": "10.0.0.1"}})
+    cache.observe(k8s.PODS, {"metadata": {"name": "j1", "namespace": "ns", "labels": {JOB_UID_LABEL: "u1"}}})
+    assert [p["metadata"]["name"] for p in cache.server_pods("ns", "serve")] == ["s1"]
+    assert cache.server_pods("ns", "other") == [] and cache.server_pods("other-ns", "serve") == []
+    assert [p["metadata"]["name"] for p in cache.pods_of_job("ns", "u1")] == ["j1"]
+    cache.forget(k8s.PODS, {"metadata": {"name": "s1", "namespace": "ns", "resourceVersion": "9"}})
+    assert cache.server_pods("ns", "serve") == []

@@ -3,6 +3,7 @@ branches that the test bed reaches only slowly, and who writes which field."""
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import pytest
@@ -71,9 +72,10 @@ def bed(*objects: tuple[k8s.Resource, dict[str, Any]]) -> FakeKube:
 
 
 def stored(kube: FakeKube, resource: k8s.Resource, name: str) -> dict[str, Any]:
-    body = kube.get(resource, NS, name)
+    """What the fake API server holds (not a read of the reconcile's: kube.reads stays as it is)."""
+    body = kube.objects.get((resource.plural, NS, name))
     assert body is not None
-    return body
+    return copy.deepcopy(body)
 
 
 # -- failedBy: derived by the version, from the deployments' failedVersions --------------------
@@ -245,3 +247,75 @@ def test_a_rollback_writes_the_verdict_into_the_deployment_and_no_model_version(
     reconcile_version(ctx, Key("ModelVersion", NS, "digits-v2"))
     assert [(w.verb, w.name, w.subresource) for w in kube.written("modelversions")] == [("patch", "digits-v2", "status")]
     assert stored(kube, k8s.MODELVERSIONS, "digits-v2")["status"]["failedBy"] == ["serve"]
+
+
+# -- one read path: every read a reconcile makes comes from the watch-fed cache ---------------
+
+
+def provider_deployment(provider: str) -> dict[str, Any]:
+    auto = {"minReplicas": 1, "maxReplicas": 3, "target": 0.5, "provider": provider}
+    if provider == "keda":
+        auto["prometheusAddress"] = "http://prometheus:9090"
+    return deployment("serve", autoscaling=auto,
+                      rollout={"strategy": "Canary", "canary": {"httpRoute": {"parent": "gateway"}}})
+
+
+@pytest.mark.parametrize("provider", ["hpa", "keda"])
+def test_a_deployment_with_scalers_and_a_route_reads_nothing_live(provider: str) -> None:
+    kube = bed((k8s.MODELS, model()), (k8s.MODELVERSIONS, ready_version(1)), (k8s.MODELDEPLOYMENTS, provider_deployment(provider)))
+    ctx = context(kube)
+    reconcile_deployment(ctx, Key("ModelDeployment", NS, "serve"))
+    scaler = "horizontalpodautoscalers" if provider == "hpa" else "scaledobjects"
+    created = {w.plural for w in kube.writes if w.verb == "apply"}
+    assert {"deployments", "services", scaler, "httproutes"} <= created
+    assert kube.reads == [], "the children, the Model and its versions are read from the cache"
+
+    # Once the watches brought the children back, nothing differs: no child is written again
+    # (the status moves on, since the Deployment now exists).
+    kube.writes.clear()
+    refill(ctx, kube)
+    reconcile_deployment(ctx, Key("ModelDeployment", NS, "serve"))
+    assert [w for w in kube.writes if w.plural != "modeldeployments"] == [] and kube.reads == []
+
+
+def test_a_hand_edit_of_a_cached_hpa_is_reverted() -> None:
+    kube = bed((k8s.MODELS, model()), (k8s.MODELVERSIONS, ready_version(1)), (k8s.MODELDEPLOYMENTS, provider_deployment("hpa")))
+    ctx = context(kube)
+    reconcile_deployment(ctx, Key("ModelDeployment", NS, "serve"))
+    hpa = stored(kube, k8s.HPAS, "serve")
+    hpa["spec"]["maxReplicas"] = 99
+    kube.put(k8s.HPAS, hpa)
+    refill(ctx, kube)
+    kube.writes.clear()
+    reconcile_deployment(ctx, Key("ModelDeployment", NS, "serve"))
+    assert [(w.verb, w.plural) for w in kube.writes if w.plural != "modeldeployments"] == [("apply", "horizontalpodautoscalers")]
+    assert stored(kube, k8s.HPAS, "serve")["spec"]["maxReplicas"] == 3
+
+
+def triton_pod(name: str, deployment_name: str, **status: Any) -> dict[str, Any]:
+    labels = {**naming.server_selector(deployment_name), naming.LABEL_MANAGED_BY: naming.MANAGED_BY,
+              naming.LABEL_COMPONENT: naming.COMPONENT_SERVER, naming.LABEL_VERSION: "2"}
+    return {"metadata": {"name": name, "namespace": NS, "labels": labels}, "spec": {"containers": [{"name": "triton"}]},
+            "status": status}
+
+
+def test_a_rollback_names_its_cause_from_the_cached_pods() -> None:
+    kube = bed((k8s.MODELS, model()), (k8s.MODELVERSIONS, ready_version(1)), (k8s.MODELVERSIONS, ready_version(2)))
+    serving = deployment("serve")
+    serving["status"] = {"desiredVersion": 2, "servedVersion": 1,
+                         "rollouts": [{"version": 2, "outcome": "Progressing", "startedAt": "2025-03-01T11:50:00Z"}]}
+    body = kube.put(k8s.MODELDEPLOYMENTS, serving)
+    exceeded = {"conditions": [{"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded"}],
+                "replicas": 2, "updatedReplicas": 1, "readyReplicas": 1, "availableReplicas": 1}
+    kube.put(k8s.DEPLOYMENTS, live_server(kube, body, 2, **exceeded))
+    pulling = {"name": "triton", "state": {"waiting": {"reason": "ImagePullBackOff", "message": "no such image"}}}
+    kube.put(k8s.PODS, triton_pod("serve-abc", "serve", containerStatuses=[pulling]))
+    kube.put(k8s.PODS, triton_pod("other-abc", "other"))
+    ctx = context(kube)
+    assert [p["metadata"]["name"] for p in ctx.reads.server_pods(NS, "serve")] == ["serve-abc"]
+    assert "spec" not in ctx.reads.server_pods(NS, "serve")[0], "a pod's spec is nothing a reconcile reads"
+    reconcile_deployment(ctx, Key("ModelDeployment", NS, "serve"))
+    status = stored(kube, k8s.MODELDEPLOYMENTS, "serve")["status"]
+    assert status["rollouts"][-1]["outcome"] == "RolledBack"
+    assert "cannot pull its image" in status["rollouts"][-1]["message"] and "spec.triton.image" in status["rollouts"][-1]["message"]
+    assert kube.reads == []

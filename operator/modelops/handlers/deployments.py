@@ -16,7 +16,7 @@ from modelops.api.types import ConditionType
 from modelops.core import naming, podcause, render
 from modelops.core.canary import CanaryServer
 from modelops.core.conditions import find
-from modelops.core.drift import differences, removals
+from modelops.core.drift import differences
 from modelops.core.objects import OwnerRef, VersionView, owned_by
 from modelops.core.rollout import (
     RolloutPlan,
@@ -24,23 +24,24 @@ from modelops.core.rollout import (
     plan_rollout,
 )
 from modelops.handlers import scaling
+from modelops.handlers.children import keep
 from modelops.handlers.context import Context
-from modelops.handlers.queue import Key, RetryLater
+from modelops.handlers.queue import Key
 from modelops.serving import ServingConfigError
 
 
 def reconcile_deployment(ctx: Context, key: Key) -> float | None:
     namespace, name = key.namespace, key.name
-    body = ctx.cache.get(k8s.MODELDEPLOYMENTS, namespace, name)
+    body = ctx.reads.get(k8s.MODELDEPLOYMENTS, namespace, name)
     if body is None or body["metadata"].get("deletionTimestamp"):
         return None
     spec = ModelDeploymentSpec.model_validate(body["spec"])
     uid = body["metadata"]["uid"]
-    model_body = ctx.cache.get(k8s.MODELS, namespace, spec.model)
+    model_body = ctx.reads.get(k8s.MODELS, namespace, spec.model)
     body = ctx.adopt(k8s.MODELDEPLOYMENTS, body)
-    versions = [VersionView.from_body(v) for v in ctx.cache.versions_of(namespace, spec.model)] if model_body is not None else []
-    live_deployment = ctx.cache.get(k8s.DEPLOYMENTS, namespace, name)
-    live_service = ctx.cache.get(k8s.SERVICES, namespace, name)
+    versions = [VersionView.from_body(v) for v in ctx.reads.versions_of(namespace, spec.model)] if model_body is not None else []
+    live_deployment = ctx.reads.get(k8s.DEPLOYMENTS, namespace, name)
+    live_service = ctx.reads.get(k8s.SERVICES, namespace, name)
     scaled = scaling.scale(ctx, spec, body, live_deployment)
     spec = scaled.spec
     canary_inputs = _canary_inputs(ctx, spec, body, name, namespace)
@@ -50,9 +51,8 @@ def reconcile_deployment(ctx: Context, key: Key) -> float | None:
     if server is not None and live_deployment is not None and model_body is not None and server.deadline_exceeded:
         server = replace(server, current=_template_current(ctx, spec, body, model_body, versions, live_deployment, server, retry))
         if server.current and server.version not in ((body.get("status") or {}).get("failedVersions") or ()):
-            # A rollback is due: its cause is read from the pods, once (pods are not cached).
-            pods = ctx.kube.list(k8s.PODS, namespace, label_selector=naming.selector_text(naming.server_selector(name)))
-            cause = podcause.failure_cause(pods, server.version or 0)
+            # A rollback is due: its cause is read from the pods, once.
+            cause = podcause.failure_cause(ctx.reads.server_pods(namespace, name), server.version or 0)
 
     def plan(blocked: tuple[str, str] | None = None) -> RolloutPlan:
         return plan_rollout(
@@ -92,7 +92,7 @@ def reconcile_deployment(ctx: Context, key: Key) -> float | None:
             keep_canary(ctx, result, canary_inputs[0], spec, model_body, versions, name, namespace, owner, retry)
             split = result.canary.weights if result.canary is not None and result.canary.hold else None
             canary_status = result.status.canary
-            scaling.keep_providers(ctx, keep, spec, name, namespace, owner, split,
+            scaling.keep_providers(ctx, spec, name, namespace, owner, split,
                                    canary_status.stable_version if canary_status is not None and split else None)
 
     status = result.status
@@ -127,7 +127,7 @@ def _canary_inputs(
 ) -> tuple[dict[str, Any] | None, CanaryServer | None, tritonmetrics.Readout | None]:
     """The live canary Deployment and, while a canary runs, Triton's counters of every pod
     (from the pods, or through Prometheus when the operator is given one)."""
-    live = ctx.cache.get(k8s.DEPLOYMENTS, namespace, naming.canary_name(name))
+    live = ctx.reads.get(k8s.DEPLOYMENTS, namespace, naming.canary_name(name))
     if spec.rollout.strategy != RolloutStrategy.CANARY and live is None:
         return None, None, None
     server = None
@@ -136,8 +136,7 @@ def _canary_inputs(
         server = CanaryServer(state.version, state.replicas, state.available, state.updated, state.deadline_exceeded)
     metrics = None
     if server is not None and server.available and ((body.get("status") or {}).get("canary") or {}).get("phase") == "Progressing":
-        selector = naming.selector_text(naming.server_selector(name))
-        metrics = tritonmetrics.read(ctx.kube.list(k8s.PODS, namespace, label_selector=selector), spec.model, namespace,
+        metrics = tritonmetrics.read(ctx.reads.server_pods(namespace, name), spec.model, namespace,
                                      tritonmetrics.PrometheusSource.of(ctx.settings))
     return live, server, metrics
 
@@ -155,8 +154,8 @@ def keep_canary(
         view = next((v for v in versions if v.version == plan.canary_version and v.ready), None)
     if plan is None or view is None or (plan.canary_replicas == 0 and live is None):
         if live is not None and (live.get("spec") or {}).get("replicas"):
-            ctx.kube.json_patch(k8s.DEPLOYMENTS, namespace, naming.canary_name(name),
-                                [{"op": "replace", "path": "/spec/replicas", "value": 0}])
+            ctx.reads.wrote(k8s.DEPLOYMENTS, ctx.kube.json_patch(
+                k8s.DEPLOYMENTS, namespace, naming.canary_name(name), [{"op": "replace", "path": "/spec/replicas", "value": 0}]))
         return
     desired = render.render_deployment(
         name=name, namespace=namespace, owner=owner, spec=spec, model_name=spec.model,
@@ -184,26 +183,6 @@ def _template_current(
     except (ServingConfigError, ValueError):
         return True
     return not differences(desired["spec"]["template"], (live.get("spec") or {}).get("template"))
-
-
-def keep(ctx: Context, resource: k8s.Resource, live: dict[str, Any] | None, desired: dict[str, Any]) -> None:
-    """Make the live child what we render: server-side apply when a rendered field is missing
-    or different (this also recreates a deleted child), then remove the entries that someone
-    added to a rendered list, which apply leaves to their owner. No write when nothing differs."""
-    found = differences(desired, live)
-    if not found:
-        return
-    if any(d.kind != "extra" for d in found):
-        live = ctx.kube.apply(resource, desired)
-        ctx.cache.store(resource, live)
-        found = differences(desired, live)
-    ops = removals(found)
-    if ops:
-        meta = desired["metadata"]
-        try:
-            ctx.cache.store(resource, ctx.kube.json_patch(resource, meta["namespace"], meta["name"], ops))
-        except k8s.Invalid:  # a guarding test failed: the list changed since it was read
-            raise RetryLater(f"{resource.kind} {meta['name']} changed while entries added by hand were removed") from None
 
 
 def _name_taken(deployment: dict[str, Any] | None, service: dict[str, Any] | None, uid: str, name: str) -> tuple[str, str] | None:

@@ -15,11 +15,11 @@ from modelops.handlers.queue import Key
 
 
 def reconcile_model(ctx: Context, key: Key) -> float | None:
-    body = ctx.cache.get(k8s.MODELS, key.namespace, key.name)
+    body = ctx.reads.get(k8s.MODELS, key.namespace, key.name)
     if body is None or body["metadata"].get("deletionTimestamp"):
         return None
     spec = ModelSpec.model_validate(body["spec"])
-    versions = ctx.cache.versions_of(key.namespace, key.name)
+    versions = ctx.reads.versions_of(key.namespace, key.name)
     problem: str | None = None
     reason: str | None = None
     retry: float | None = None

@@ -40,6 +40,7 @@ RECONCILERS: dict[str, Reconciler] = {
 }
 MANAGED = {naming.LABEL_MANAGED_BY: naming.MANAGED_BY}
 COMPRESSOR_PODS = {**MANAGED, naming.LABEL_COMPONENT: naming.COMPONENT_COMPRESSOR}
+SERVER_PODS = {**MANAGED, naming.LABEL_COMPONENT: naming.COMPONENT_SERVER}
 
 
 class NoDiffBase(kopf.DiffBaseStorage):
@@ -93,8 +94,7 @@ class Operator:
         def wake_from_thread(key: Key) -> None:
             loop.call_soon_threadsafe(self.wake, key)
 
-        self.ctx = self._make_context(wake_from_thread)
-        self.ctx.cache = self.cache
+        self.ctx = self._make_context(wake_from_thread).with_cache(self.cache)
         self.queue = WorkQueue(
             self._work, self.settings.workers, self.settings.max_backoff_seconds, self.ctx.metrics.queue_depth.set
         )
@@ -188,18 +188,23 @@ def build_registry(operator: Operator) -> kopf.OperatorRegistry:
 
     cache = operator.cache
 
-    def feeds(resource: k8s.Resource, labels: dict[str, Any] | None = None) -> None:
+    def feeds(resource: k8s.Resource, labels: dict[str, Any] | None = None, part: str = "") -> None:
         """Keep the cache of `resource` current from kopf's watch of it (deletions come as events)."""
 
-        @kopf.on.index(resource.group, resource.version, resource.plural, labels=labels, id=f"cache-{resource.plural}", registry=registry)
+        @kopf.on.index(resource.group, resource.version, resource.plural, labels=labels, id=f"cache-{resource.plural}{part}",
+                       registry=registry)
         def index(body: kopf.Body, **_: Any) -> None:
             cache.observe(resource, dict(body))
 
-    for resource, labels in (
-        (k8s.MODELS, None), (k8s.MODELVERSIONS, None), (k8s.MODELDEPLOYMENTS, None),
-        (k8s.JOBS, MANAGED), (k8s.DEPLOYMENTS, MANAGED), (k8s.SERVICES, MANAGED), (k8s.PODS, COMPRESSOR_PODS),
+    for resource, labels, part in (
+        (k8s.MODELS, None, ""), (k8s.MODELVERSIONS, None, ""), (k8s.MODELDEPLOYMENTS, None, ""),
+        (k8s.JOBS, MANAGED, ""), (k8s.DEPLOYMENTS, MANAGED, ""), (k8s.SERVICES, MANAGED, ""),
+        (k8s.PODS, COMPRESSOR_PODS, ""), (k8s.PODS, SERVER_PODS, "-triton"),
+        # A kind whose API is not served (KEDA or the Gateway API not installed) is not watched:
+        # kopf starts its watch when the CRD appears.
+        (k8s.HPAS, MANAGED, ""), (k8s.SCALEDOBJECTS, MANAGED, ""), (k8s.HTTPROUTES, MANAGED, ""),
     ):
-        feeds(resource, labels)
+        feeds(resource, labels, part)
 
     def follow(resource: k8s.Resource, event: kopf.RawEvent) -> None:
         """The indexing handler keeps what is added or modified; a deletion is dropped here."""
@@ -231,7 +236,7 @@ def build_registry(operator: Operator) -> kopf.OperatorRegistry:
         operator.wake(key)
         if dependents.model_changed(before, after):  # only its spec reaches below it
             if operator.ctx is not None:
-                operator.ctx.forget_recent(namespace)
+                operator.ctx.reads.forget_recent(namespace)
             uid = after["metadata"].get("uid") if after is not None else None
             for version in dependents.waiting_versions(cache.versions_of(namespace, name), uid):
                 operator.wake(Key("ModelVersion", namespace, version))
@@ -290,11 +295,23 @@ def build_registry(operator: Operator) -> kopf.OperatorRegistry:
         if owner is not None:
             operator.wake(owner)
 
-    @kopf.on.event("", "v1", "services", labels=MANAGED, registry=registry)
-    async def service_event(event: kopf.RawEvent, body: Any, **_: Any) -> None:
-        follow(k8s.SERVICES, event)
-        owner = _owner_key(dict(body), "ModelDeployment")
-        if owner is not None:
-            operator.wake(owner)
+    def owned_child(resource: k8s.Resource) -> None:
+        @kopf.on.event(resource.group, resource.version, resource.plural, labels=MANAGED, id=f"child-{resource.plural}",
+                       registry=registry)
+        async def child_event(event: kopf.RawEvent, body: Any, **_: Any) -> None:
+            follow(resource, event)
+            owner = _owner_key(dict(body), "ModelDeployment")
+            if owner is not None:
+                operator.wake(owner)
+
+    for resource in (k8s.SERVICES, k8s.HPAS, k8s.SCALEDOBJECTS, k8s.HTTPROUTES):
+        owned_child(resource)
+
+    # Triton pods wake nothing: what a rollout decides on reaches their Deployment's status,
+    # which wakes the owner; the pods are read (their metrics endpoints, a rollback's cause)
+    # when it reconciles.
+    @kopf.on.event("", "v1", "pods", labels=SERVER_PODS, id="follow-pods-triton", registry=registry)
+    async def server_pod_event(event: kopf.RawEvent, **_: Any) -> None:
+        follow(k8s.PODS, event)
 
     return registry

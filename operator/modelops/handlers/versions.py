@@ -33,8 +33,9 @@ from modelops.core.versions import (
     version_status,
     waiting,
 )
-from modelops.handlers.context import CachedReads, Context, CredentialsProblem, EndpointProblem
+from modelops.handlers.context import Context, CredentialsProblem, EndpointProblem
 from modelops.handlers.queue import Key
+from modelops.handlers.reads import CachedReads
 from modelops.storage import (
     AccessDenied,
     InvalidRequest,
@@ -49,7 +50,7 @@ _WARNING_PHASES = {Phase.REJECTED, Phase.FAILED}
 
 
 def reconcile_version(ctx: Context, key: Key) -> float | None:
-    body = ctx.cache.get(k8s.MODELVERSIONS, key.namespace, key.name)
+    body = ctx.reads.get(k8s.MODELVERSIONS, key.namespace, key.name)
     if body is None or body["metadata"].get("deletionTimestamp"):
         ctx.metrics.versions.set(key.namespace, key.name, None)
         return None
@@ -83,13 +84,13 @@ def failed_by_of(ctx: Context, body: dict[str, Any]) -> tuple[str, ...]:
     model = (body.get("spec") or {}).get("model", "")
     deployments = [
         (d["metadata"]["name"], (d.get("status") or {}).get("failedVersions") or ())
-        for d in ctx.cache.deployments_of(meta["namespace"], model) if not d["metadata"].get("deletionTimestamp")
+        for d in ctx.reads.deployments_of(meta["namespace"], model) if not d["metadata"].get("deletionTimestamp")
     ]
     try:
         view = VersionView.from_body(body)
     except (TypeError, ValueError):
         return ()  # a spec the schema let through but that names no number: _decide says so
-    return failed_by(view, (VersionView.from_body(b) for b in ctx.cache.versions_of(meta["namespace"], model)), deployments)
+    return failed_by(view, (VersionView.from_body(b) for b in ctx.reads.versions_of(meta["namespace"], model)), deployments)
 
 
 def _artifact_bucket(body: dict[str, Any]) -> str | None:
@@ -106,8 +107,8 @@ def _decide(ctx: Context, body: dict[str, Any]) -> VersionState:
         spec = ModelVersionSpec.model_validate(body.get("spec") or {})
     except ValidationError as err:
         return waiting(Phase.FAILED, VersionReason.INVALID_SPEC, f"spec does not match the API: {err.errors()[0]['loc']}: {err.errors()[0]['msg']}")
-    model_body = ctx.cache.get(k8s.MODELS, namespace, spec.model)
-    siblings = [VersionView.from_body(b) for b in ctx.cache.versions_of(namespace, spec.model) if b["metadata"]["name"] != name]
+    model_body = ctx.reads.get(k8s.MODELS, namespace, spec.model)
+    siblings = [VersionView.from_body(b) for b in ctx.reads.versions_of(namespace, spec.model) if b["metadata"]["name"] != name]
     blocked = check_prerequisites(VersionView.from_body(body), model_body is not None, siblings)
     if blocked is not None:
         return blocked
@@ -125,7 +126,7 @@ def _decide(ctx: Context, body: dict[str, Any]) -> VersionState:
     if same is not None:
         return waiting(Phase.FAILED, VersionReason.INVALID_SPEC, f"{same} (with the Model's versionDefaults)")
     job_name = naming.job_name(name)
-    job = ctx.cache.get(k8s.JOBS, namespace, job_name)
+    job = ctx.reads.get(k8s.JOBS, namespace, job_name)
     # A Job that evaluates a cached compression shows as Evaluating while it runs; the phase
     # it was created with is the record of that.
     evaluating = (body.get("status") or {}).get("phase") == Phase.EVALUATING
@@ -140,7 +141,7 @@ def _decide(ctx: Context, body: dict[str, Any]) -> VersionState:
             f"a Job named {job_name} exists but does not belong to this ModelVersion; delete it",
             retry_after=ctx.settings.retry_seconds,
         )
-    pods = ctx.cache.pods_of_job(namespace, job["metadata"]["uid"])
+    pods = ctx.reads.pods_of_job(namespace, job["metadata"]["uid"])
     result = job_result(job, pods)
     if result.state == "succeeded" and result.report is None:
         result = replace(result, report=_stored_report(ctx, namespace, spec, model))
@@ -259,7 +260,7 @@ def _start(
         settings=ctx.settings,
     )
     created_job, created = ctx.kube.create(k8s.JOBS, job)
-    ctx.cache.store(k8s.JOBS, created_job)
+    ctx.reads.wrote(k8s.JOBS, created_job)
     evaluating = decision.action == reuse.Action.EVALUATE
     if created:
         ctx.metrics.jobs_created.inc()
