@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from modelops.api.deployment import CanaryAnalysis, CanarySpec, ModelDeploymentSpec
+from modelops.api.deployment import CanaryAnalysis, CanarySpec, ModelDeploymentSpec, ModelDeploymentStatus
 from modelops.core.canary import (
     FAIL,
     PASS,
@@ -24,7 +24,7 @@ from modelops.core.canary import (
     seconds,
 )
 from modelops.core.conditions import find
-from modelops.core.rollout import ServerState, plan_rollout
+from modelops.core.rollout import CanaryInputs, RolloutInputs, ServerState, plan_rollout
 from tests.unit.test_core_rollout import ENDPOINTS, done, v
 
 pytestmark = pytest.mark.unit
@@ -212,9 +212,9 @@ def canary_spec(**extra) -> ModelDeploymentSpec:
 
 
 def rollout(old, server, canary_server=None, metrics=None, now=T0, md=None, error=None):
-    p = plan_rollout(spec=md or canary_spec(), generation=1, old_status=old, versions=[v(1), v(2)], server=server,
-                     model_exists=True, endpoints=ENDPOINTS, now=now, canary_server=canary_server, canary_metrics=metrics,
-                     canary_metrics_error=error)
+    p = plan_rollout(RolloutInputs(spec=md or canary_spec(), generation=1, old=ModelDeploymentStatus.model_validate(old or {}),
+                                   versions=[v(1), v(2)], server=server, model_exists=True, endpoints=ENDPOINTS, now=now,
+                                   canary=CanaryInputs(canary_server, metrics, error)))
     return replace(p, status=p.status.wire())
 
 

@@ -13,6 +13,7 @@ from modelops.core import naming
 from modelops.core.conditions import find
 from modelops.core.objects import VersionView
 from modelops.core.rollout import (
+    RolloutInputs,
     ServerState,
     failed_by,
     failed_by_status,
@@ -47,8 +48,9 @@ def rolling(version: int, replicas: int = 1, exceeded: bool = False) -> ServerSt
 
 def plan(md=None, old=None, versions=(), server=None, model_exists=True, now=T0, **kw):
     """The plan, with its status as the handler stores it (the wire form of the status model)."""
-    p = plan_rollout(spec=md or spec(), generation=1, old_status=old, versions=list(versions), server=server,
-                     model_exists=model_exists, endpoints=ENDPOINTS, now=now, **kw)
+    p = plan_rollout(RolloutInputs(spec=md or spec(), generation=1, old=ModelDeploymentStatus.model_validate(old or {}),
+                                   versions=list(versions), server=server, model_exists=model_exists, endpoints=ENDPOINTS,
+                                   now=now, **kw))
     assert isinstance(p.status, ModelDeploymentStatus)
     return replace(p, status=p.status.wire())
 

@@ -25,6 +25,7 @@ from typing import Any
 from modelops.api.deployment import CanaryAnalysis, CanaryPhase, CanarySpec, CanaryStatus
 from modelops.api.deployment import DeploymentReason as Reason
 from modelops.core.conditions import timestamp
+from modelops.core.objects import Event
 
 NORMAL, WARNING = "Normal", "Warning"
 PASS, FAIL, WAIT = "Pass", "Fail", "Wait"
@@ -168,13 +169,6 @@ class CanaryServer:
 
     def ready_at(self, version: int, replicas: int) -> bool:
         return self.version == version and self.replicas == replicas and self.updated >= replicas and self.available >= replicas
-
-
-@dataclass(frozen=True)
-class Event:
-    type: str
-    reason: str
-    message: str
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,15 @@ class OwnerRef:
         }
 
 
+@dataclass(frozen=True)
+class Event:
+    """A Kubernetes Event to post on the object a plan is about."""
+
+    type: str  # Normal or Warning
+    reason: str
+    message: str
+
+
 def owned_by(body: dict[str, Any] | None, owner_uid: str) -> bool:
     if body is None:
         return False

@@ -10,7 +10,7 @@ from typing import Any
 
 from modelops import kube as k8s
 from modelops import tritonmetrics
-from modelops.api.deployment import DeploymentReason, ModelDeploymentSpec, RolloutStrategy
+from modelops.api.deployment import DeploymentReason, ModelDeploymentSpec, ModelDeploymentStatus, RolloutStrategy
 from modelops.api.model import ModelSpec
 from modelops.api.types import ConditionType
 from modelops.core import naming, podcause, render
@@ -18,11 +18,7 @@ from modelops.core.canary import CanaryServer
 from modelops.core.conditions import find
 from modelops.core.drift import differences
 from modelops.core.objects import OwnerRef, VersionView, owned_by
-from modelops.core.rollout import (
-    RolloutPlan,
-    ServerState,
-    plan_rollout,
-)
+from modelops.core.rollout import CanaryInputs, RolloutInputs, RolloutPlan, ServerState, plan_rollout
 from modelops.handlers import scaling
 from modelops.handlers.children import keep
 from modelops.handlers.context import Context
@@ -54,24 +50,25 @@ def reconcile_deployment(ctx: Context, key: Key) -> float | None:
             # A rollback is due: its cause is read from the pods, once.
             cause = podcause.failure_cause(ctx.reads.server_pods(namespace, name), server.version or 0)
 
+    readout = canary_inputs[2]
+    given = RolloutInputs(
+        spec=spec,
+        generation=body["metadata"].get("generation"),
+        old=ModelDeploymentStatus.model_validate(body.get("status") or {}),
+        versions=versions,
+        server=server,
+        model_exists=model_body is not None,
+        endpoints=render.endpoints(name, namespace),
+        now=ctx.clock(),
+        history=ctx.settings.rollout_history,
+        retry=retry,
+        canary=CanaryInputs(canary_inputs[1], readout.metrics if readout is not None else None,
+                            readout.error if readout is not None else None),
+        cause=cause,
+    )
+
     def plan(blocked: tuple[str, str] | None = None) -> RolloutPlan:
-        return plan_rollout(
-            spec=spec,
-            generation=body["metadata"].get("generation"),
-            old_status=body.get("status"),
-            versions=versions,
-            server=server,
-            model_exists=model_body is not None,
-            endpoints=render.endpoints(name, namespace),
-            now=ctx.clock(),
-            history=ctx.settings.rollout_history,
-            blocked=blocked,
-            retry=retry,
-            canary_server=canary_inputs[1],
-            canary_metrics=canary_inputs[2].metrics if canary_inputs[2] is not None else None,
-            canary_metrics_error=canary_inputs[2].error if canary_inputs[2] is not None else None,
-            cause=cause,
-        )
+        return plan_rollout(replace(given, blocked=blocked))
 
     taken = _name_taken(live_deployment, live_service, uid, name)
     result = plan(taken)
