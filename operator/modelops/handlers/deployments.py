@@ -5,7 +5,7 @@ the one writer of its ModelDeployment: status, and the ownerReference to the Mod
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from modelops import kube as k8s
@@ -26,72 +26,114 @@ from modelops.handlers.queue import Key
 from modelops.serving import ServingConfigError
 
 
+@dataclass(frozen=True)
+class _Work:
+    """What one reconcile of a ModelDeployment works with, read once at its start."""
+
+    ctx: Context
+    body: dict[str, Any]
+    spec: ModelDeploymentSpec  # with replicas as the scaler asks
+    model_body: dict[str, Any] | None
+    versions: list[VersionView]
+    live: dict[str, Any] | None  # the stable Triton Deployment
+    service: dict[str, Any] | None
+    retry: str | None
+
+    @property
+    def name(self) -> str:
+        return str(self.body["metadata"]["name"])
+
+    @property
+    def namespace(self) -> str:
+        return str(self.body["metadata"]["namespace"])
+
+    @property
+    def owner(self) -> OwnerRef:
+        return OwnerRef.of(self.body)
+
+    def ready(self, version: int | None) -> VersionView | None:
+        return next((v for v in self.versions if v.version == version and v.ready), None)
+
+    def render(self, version: VersionView, canary_replicas: int | None = None) -> dict[str, Any]:
+        """The Triton Deployment (stable, or the canary with `canary_replicas`) for `version`."""
+        assert self.model_body is not None
+        extra = {"canary_replicas": canary_replicas} if canary_replicas is not None else {}
+        return render.render_deployment(
+            name=self.name, namespace=self.namespace, owner=self.owner, spec=self.spec, model_name=self.spec.model,
+            model=ModelSpec.model_validate(self.model_body["spec"]), version=version, settings=self.ctx.settings,
+            retry=self.retry, **extra,
+        )
+
+
 def reconcile_deployment(ctx: Context, key: Key) -> float | None:
-    namespace, name = key.namespace, key.name
-    body = ctx.reads.get(k8s.MODELDEPLOYMENTS, namespace, name)
+    body = ctx.reads.get(k8s.MODELDEPLOYMENTS, key.namespace, key.name)
     if body is None or body["metadata"].get("deletionTimestamp"):
         return None
-    spec = ModelDeploymentSpec.model_validate(body["spec"])
-    uid = body["metadata"]["uid"]
-    model_body = ctx.reads.get(k8s.MODELS, namespace, spec.model)
     body = ctx.adopt(k8s.MODELDEPLOYMENTS, body)
-    versions = [VersionView.from_body(v) for v in ctx.reads.versions_of(namespace, spec.model)] if model_body is not None else []
-    live_deployment = ctx.reads.get(k8s.DEPLOYMENTS, namespace, name)
-    live_service = ctx.reads.get(k8s.SERVICES, namespace, name)
-    scaled = scaling.scale(ctx, spec, body, live_deployment)
-    spec = scaled.spec
-    canary_inputs = _canary_inputs(ctx, spec, body, name, namespace)
-    retry = (body["metadata"].get("annotations") or {}).get(naming.ANNOTATION_RETRY)
-    server = ServerState.from_deployment(live_deployment) if live_deployment is not None else None
-    cause = None
-    if server is not None and live_deployment is not None and model_body is not None and server.deadline_exceeded:
-        server = replace(server, current=_template_current(ctx, spec, body, model_body, versions, live_deployment, server, retry))
-        if server.current and server.version not in ((body.get("status") or {}).get("failedVersions") or ()):
-            # A rollback is due: its cause is read from the pods, once.
-            cause = podcause.failure_cause(ctx.reads.server_pods(namespace, name), server.version or 0)
+    spec = ModelDeploymentSpec.model_validate(body["spec"])
+    model_body = ctx.reads.get(k8s.MODELS, key.namespace, spec.model)
+    versions = [VersionView.from_body(v) for v in ctx.reads.versions_of(key.namespace, spec.model)] if model_body is not None else []
+    live = ctx.reads.get(k8s.DEPLOYMENTS, key.namespace, key.name)
+    scaled = scaling.scale(ctx, spec, body, live)
+    work = _Work(ctx, body, scaled.spec, model_body, versions, live, ctx.reads.get(k8s.SERVICES, key.namespace, key.name),
+                 (body["metadata"].get("annotations") or {}).get(naming.ANNOTATION_RETRY))
+    canary_live, canary = _canary_inputs(work)
+    result = _plan_and_keep(work, _rollout_inputs(work, canary), canary_live)
+    _record(work, result, scaled)
+    waits = [w for w in (result.requeue, scaled.requeue) if w is not None]
+    return min(waits) if waits else None
 
-    readout = canary_inputs[2]
-    given = RolloutInputs(
-        spec=spec,
-        generation=body["metadata"].get("generation"),
-        old=ModelDeploymentStatus.model_validate(body.get("status") or {}),
-        versions=versions,
+
+def _rollout_inputs(work: _Work, canary: CanaryInputs) -> RolloutInputs:
+    server = ServerState.from_deployment(work.live) if work.live is not None else None
+    cause = None
+    if server is not None and work.live is not None and work.model_body is not None and server.deadline_exceeded:
+        server = replace(server, current=_template_current(work, work.live, server))
+        if server.current and server.version not in ((work.body.get("status") or {}).get("failedVersions") or ()):
+            # A rollback is due: its cause is read from the pods, once.
+            cause = podcause.failure_cause(work.ctx.reads.server_pods(work.namespace, work.name), server.version or 0)
+    return RolloutInputs(
+        spec=work.spec,
+        generation=work.body["metadata"].get("generation"),
+        old=ModelDeploymentStatus.model_validate(work.body.get("status") or {}),
+        versions=work.versions,
         server=server,
-        model_exists=model_body is not None,
-        endpoints=render.endpoints(name, namespace),
-        now=ctx.clock(),
-        history=ctx.settings.rollout_history,
-        retry=retry,
-        canary=CanaryInputs(canary_inputs[1], readout.metrics if readout is not None else None,
-                            readout.error if readout is not None else None),
+        model_exists=work.model_body is not None,
+        endpoints=render.endpoints(work.name, work.namespace),
+        now=work.ctx.clock(),
+        history=work.ctx.settings.rollout_history,
+        blocked=_name_taken(work.live, work.service, work.body["metadata"]["uid"], work.name),
+        retry=work.retry,
+        canary=canary,
         cause=cause,
     )
 
-    def plan(blocked: tuple[str, str] | None = None) -> RolloutPlan:
-        return plan_rollout(replace(given, blocked=blocked))
 
-    taken = _name_taken(live_deployment, live_service, uid, name)
-    result = plan(taken)
-    if result.target is not None and model_body is not None:
-        owner = OwnerRef.of(body)
-        try:
-            desired = render.render_deployment(
-                name=name, namespace=namespace, owner=owner, spec=spec, model_name=spec.model,
-                model=ModelSpec.model_validate(model_body["spec"]), version=result.target, settings=ctx.settings,
-                retry=retry,
-            )
-        except ServingConfigError as err:
-            result = plan(("InvalidServingConfig", f"the Triton configuration is invalid: {err}"))
-        else:
-            service = render.render_service(name=name, namespace=namespace, owner=owner, model_name=spec.model)
-            keep(ctx, k8s.DEPLOYMENTS, live_deployment, desired)
-            keep(ctx, k8s.SERVICES, live_service, service)
-            keep_canary(ctx, result, canary_inputs[0], spec, model_body, versions, name, namespace, owner, retry)
-            split = result.canary.weights if result.canary is not None and result.canary.hold else None
-            canary_status = result.status.canary
-            scaling.keep_providers(ctx, spec, name, namespace, owner, split,
-                                   canary_status.stable_version if canary_status is not None and split else None)
+def _plan_and_keep(work: _Work, given: RolloutInputs, canary_live: dict[str, Any] | None) -> RolloutPlan:
+    """Plan, then keep the children as the plan renders them; a Triton configuration that
+    cannot be rendered blocks the rollout instead."""
+    ctx = work.ctx
+    result = plan_rollout(given)
+    if result.target is None or work.model_body is None:
+        return result
+    try:
+        desired = work.render(result.target)
+    except ServingConfigError as err:
+        return plan_rollout(replace(given, blocked=("InvalidServingConfig", f"the Triton configuration is invalid: {err}")))
+    keep(ctx, k8s.DEPLOYMENTS, work.live, desired)
+    keep(ctx, k8s.SERVICES, work.service, render.render_service(name=work.name, namespace=work.namespace, owner=work.owner,
+                                                                 model_name=work.spec.model))
+    keep_canary(work, result, canary_live)
+    split = result.canary.weights if result.canary is not None and result.canary.hold else None
+    canary_status = result.status.canary
+    scaling.keep_providers(ctx, work.spec, work.name, work.namespace, work.owner, split,
+                           canary_status.stable_version if canary_status is not None and split else None)
+    return result
 
+
+def _record(work: _Work, result: RolloutPlan, scaled: scaling.Scaling) -> None:
+    """The status, the events and the metrics of this reconcile."""
+    ctx, body = work.ctx, work.body
     status = result.status
     if scaled.status is not None:
         status = status.model_copy(update={"autoscaling": scaled.status})
@@ -115,68 +157,49 @@ def reconcile_deployment(ctx: Context, key: Key) -> float | None:
         ctx.metrics.rollout_seconds.observe(result.succeeded[1])
     if result.rolled_back is not None:
         ctx.metrics.rollbacks.inc()
-    waits = [w for w in (result.requeue, scaled.requeue) if w is not None]
-    return min(waits) if waits else None
 
 
-def _canary_inputs(
-    ctx: Context, spec: ModelDeploymentSpec, body: dict[str, Any], name: str, namespace: str
-) -> tuple[dict[str, Any] | None, CanaryServer | None, tritonmetrics.Readout | None]:
+def _canary_inputs(work: _Work) -> tuple[dict[str, Any] | None, CanaryInputs]:
     """The live canary Deployment and, while a canary runs, Triton's counters of every pod
     (from the pods, or through Prometheus when the operator is given one)."""
-    live = ctx.reads.get(k8s.DEPLOYMENTS, namespace, naming.canary_name(name))
+    ctx, spec = work.ctx, work.spec
+    live = ctx.reads.get(k8s.DEPLOYMENTS, work.namespace, naming.canary_name(work.name))
     if spec.rollout.strategy != RolloutStrategy.CANARY and live is None:
-        return None, None, None
+        return None, CanaryInputs()
     server = None
     if live is not None:
         state = ServerState.from_deployment(live)
         server = CanaryServer(state.version, state.replicas, state.available, state.updated, state.deadline_exceeded)
-    metrics = None
-    if server is not None and server.available and ((body.get("status") or {}).get("canary") or {}).get("phase") == "Progressing":
-        metrics = tritonmetrics.read(ctx.reads.server_pods(namespace, name), spec.model, namespace,
-                                     tritonmetrics.PrometheusSource.of(ctx.settings))
-    return live, server, metrics
+    progressing = ((work.body.get("status") or {}).get("canary") or {}).get("phase") == "Progressing"
+    if server is None or not server.available or not progressing:
+        return live, CanaryInputs(server)
+    readout = tritonmetrics.read(ctx.reads.server_pods(work.namespace, work.name), spec.model, work.namespace,
+                                 tritonmetrics.PrometheusSource.of(ctx.settings))
+    return live, CanaryInputs(server, readout.metrics, readout.error)
 
 
-def keep_canary(
-    ctx: Context, result: RolloutPlan, live: dict[str, Any] | None, spec: ModelDeploymentSpec,
-    model_body: dict[str, Any], versions: list[VersionView], name: str, namespace: str, owner: OwnerRef,
-    retry: str | None,
-) -> None:
+def keep_canary(work: _Work, result: RolloutPlan, live: dict[str, Any] | None) -> None:
     """The canary Deployment as the canary plan wants it; never created just to hold 0 pods,
     and scaled to 0 (kept, for its history) when no canary runs."""
     plan = result.canary
-    view = None
-    if plan is not None and plan.canary_version is not None:
-        view = next((v for v in versions if v.version == plan.canary_version and v.ready), None)
+    view = work.ready(plan.canary_version) if plan is not None and plan.canary_version is not None else None
     if plan is None or view is None or (plan.canary_replicas == 0 and live is None):
         if live is not None and (live.get("spec") or {}).get("replicas"):
-            ctx.reads.wrote(k8s.DEPLOYMENTS, ctx.kube.json_patch(
-                k8s.DEPLOYMENTS, namespace, naming.canary_name(name), [{"op": "replace", "path": "/spec/replicas", "value": 0}]))
+            work.ctx.reads.wrote(k8s.DEPLOYMENTS, work.ctx.kube.json_patch(
+                k8s.DEPLOYMENTS, work.namespace, naming.canary_name(work.name),
+                [{"op": "replace", "path": "/spec/replicas", "value": 0}]))
         return
-    desired = render.render_deployment(
-        name=name, namespace=namespace, owner=owner, spec=spec, model_name=spec.model,
-        model=ModelSpec.model_validate(model_body["spec"]), version=view, settings=ctx.settings,
-        canary_replicas=plan.canary_replicas, retry=retry,
-    )
-    keep(ctx, k8s.DEPLOYMENTS, live, desired)
+    keep(work.ctx, k8s.DEPLOYMENTS, live, work.render(view, canary_replicas=plan.canary_replicas))
 
 
-def _template_current(
-    ctx: Context, spec: ModelDeploymentSpec, body: dict[str, Any], model_body: dict[str, Any],
-    versions: list[VersionView], live: dict[str, Any], server: ServerState, retry: str | None,
-) -> bool:
+def _template_current(work: _Work, live: dict[str, Any], server: ServerState) -> bool:
     """Whether the live pod template is what the current spec and retry render for the version
     it runs. When it is not, its exceeded deadline belongs to an older attempt."""
-    view = next((v for v in versions if v.version == server.version and v.ready), None)
+    view = work.ready(server.version)
     if view is None:
         return True
-    meta = body["metadata"]
     try:
-        desired = render.render_deployment(
-            name=meta["name"], namespace=meta["namespace"], owner=OwnerRef.of(body), spec=spec, model_name=spec.model,
-            model=ModelSpec.model_validate(model_body["spec"]), version=view, settings=ctx.settings, retry=retry,
-        )
+        desired = work.render(view)
     except (ServingConfigError, ValueError):
         return True
     return not differences(desired["spec"]["template"], (live.get("spec") or {}).get("template"))
