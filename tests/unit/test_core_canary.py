@@ -13,6 +13,7 @@ from modelops.core.canary import (
     FAIL,
     PASS,
     WAIT,
+    CanaryInputs,
     CanaryServer,
     Measurement,
     PodMetrics,
@@ -24,7 +25,7 @@ from modelops.core.canary import (
     seconds,
 )
 from modelops.core.conditions import find
-from modelops.core.rollout import CanaryInputs, RolloutInputs, ServerState, plan_rollout
+from modelops.core.rollout import RolloutInputs, ServerState, plan_rollout
 from tests.unit.test_core_rollout import ENDPOINTS, done, v
 
 pytestmark = pytest.mark.unit
@@ -90,8 +91,7 @@ CANARY = CanarySpec.model_validate({"steps": [{"weight": 10, "pause": "30s"}, {"
 
 def step(old, server=None, metrics=None, now=T0, candidate=2, stable_version=1, replicas=9, metrics_error=None):
     return plan_canary(canary_spec=CANARY, replicas=replicas, stable_version=stable_version, candidate=candidate,
-                       old=old.wire() if old is not None else None, server=server, metrics=metrics, now=now,
-                       metrics_error=metrics_error)
+                       old=old, live=CanaryInputs(server, metrics, metrics_error), now=now)
 
 
 def ready(version: int, replicas: int) -> CanaryServer:

@@ -12,7 +12,7 @@ from modelops.api.deployment import CanaryPhase, ModelDeploymentSpec, ModelDeplo
 from modelops.api.deployment import DeploymentReason as Reason
 from modelops.api.types import Condition, ConditionType
 from modelops.core import naming
-from modelops.core.canary import CanaryPlan, CanaryServer, PodMetrics, plan_canary
+from modelops.core.canary import CanaryInputs, CanaryPlan, plan_canary
 from modelops.core.conditions import FALSE, TRUE, Cond, merge_conditions, timestamp
 from modelops.core.objects import Event, VersionView
 from modelops.core.resolve import Resolution, effective_versions, resolve_version
@@ -112,16 +112,6 @@ def _seconds_between(start: str, now: datetime) -> float:
     except ValueError:
         return 0.0
     return max(0.0, (now - began).total_seconds())
-
-
-@dataclass(frozen=True)
-class CanaryInputs:
-    """The live canary Deployment and Triton's counters of the (canary, stable) pods, for
-    strategy Canary (core/canary.py); `metrics_error` says why the counters are None."""
-
-    server: CanaryServer | None = None
-    metrics: tuple[dict[str, PodMetrics], dict[str, PodMetrics]] | None = None
-    metrics_error: str | None = None
 
 
 @dataclass(frozen=True)
@@ -280,11 +270,9 @@ def _canary(given: RolloutInputs, draft: _Draft) -> None:
         replicas=spec.replicas,
         stable_version=draft.served if draft.serving_view is not None else None,
         candidate=draft.target.version if draft.target is not None else None,
-        old=held.wire() if held is not None else None,
-        server=given.canary.server,
-        metrics=given.canary.metrics,
+        old=held,
+        live=given.canary,
         now=given.now,
-        metrics_error=given.canary.metrics_error,
     )
     draft.canary = plan
     draft.events.extend(plan.events)

@@ -14,11 +14,11 @@ from modelops.api.deployment import DeploymentReason, ModelDeploymentSpec, Model
 from modelops.api.model import ModelSpec
 from modelops.api.types import ConditionType
 from modelops.core import naming, podcause, render
-from modelops.core.canary import CanaryServer
+from modelops.core.canary import CanaryInputs, CanaryServer
 from modelops.core.conditions import find
 from modelops.core.drift import differences
 from modelops.core.objects import OwnerRef, VersionView, owned_by
-from modelops.core.rollout import CanaryInputs, RolloutInputs, RolloutPlan, ServerState, plan_rollout
+from modelops.core.rollout import RolloutInputs, RolloutPlan, ServerState, plan_rollout
 from modelops.handlers import scaling
 from modelops.handlers.children import keep
 from modelops.handlers.context import Context
