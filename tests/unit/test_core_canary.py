@@ -14,7 +14,6 @@ from modelops.core.canary import (
     PASS,
     WAIT,
     CanaryInputs,
-    CanaryServer,
     Measurement,
     PodMetrics,
     canary_replicas,
@@ -25,7 +24,8 @@ from modelops.core.canary import (
     seconds,
 )
 from modelops.core.conditions import find
-from modelops.core.rollout import RolloutInputs, ServerState, plan_rollout
+from modelops.core.objects import ServerState
+from modelops.core.rollout import RolloutInputs, plan_rollout
 from tests.unit.test_core_rollout import ENDPOINTS, done, v
 
 pytestmark = pytest.mark.unit
@@ -94,8 +94,8 @@ def step(old, server=None, metrics=None, now=T0, candidate=2, stable_version=1, 
                        old=old, live=CanaryInputs(server, metrics, metrics_error), now=now)
 
 
-def ready(version: int, replicas: int) -> CanaryServer:
-    return CanaryServer(version, replicas, available=replicas, updated=replicas)
+def ready(version: int, replicas: int) -> ServerState:
+    return ServerState(version, replicas, available=replicas, updated=replicas)
 
 
 def pods(canary: tuple[float, float], stable: tuple[float, float] = (0, 0)) -> tuple[dict, dict]:
@@ -117,7 +117,7 @@ def test_a_good_canary_walks_its_steps_and_is_promoted() -> None:
     assert [e.reason for e in start.events] == ["CanaryStarted"]
     assert start.status.effective_weight == 10.0
 
-    waiting = step(start.status, server=CanaryServer(2, 1, available=0, updated=1))
+    waiting = step(start.status, server=ServerState(2, 1, available=0, updated=1))
     assert waiting.hold and "0/1 available" in waiting.status.message and waiting.status.step_started_at is None
 
     counting = step(waiting.status, server=ready(2, 1), metrics=pods((5, 0), (40, 0)), now=T0 + timedelta(seconds=5))
@@ -159,7 +159,7 @@ def test_a_failing_canary_is_aborted_before_its_pause_is_over() -> None:
 
 def test_canary_pods_that_never_become_available_are_aborted() -> None:
     start = step(None)
-    stuck = step(start.status, server=CanaryServer(2, 1, available=0, updated=1, deadline_exceeded=True))
+    stuck = step(start.status, server=ServerState(2, 1, available=0, updated=1, deadline_exceeded=True))
     assert stuck.abort == 2 and "did not become available" in stuck.status.message
 
 

@@ -11,10 +11,9 @@ from modelops.api import ModelDeploymentSpec
 from modelops.api.deployment import ModelDeploymentStatus
 from modelops.core import naming
 from modelops.core.conditions import find
-from modelops.core.objects import VersionView
+from modelops.core.objects import ServerState, VersionView
 from modelops.core.rollout import (
     RolloutInputs,
-    ServerState,
     failed_by,
     failed_by_status,
     plan_rollout,

@@ -25,7 +25,7 @@ from typing import Any
 from modelops.api.deployment import CanaryAnalysis, CanaryPhase, CanarySpec, CanaryStatus
 from modelops.api.deployment import DeploymentReason as Reason
 from modelops.core.conditions import timestamp
-from modelops.core.objects import Event
+from modelops.core.objects import Event, ServerState
 
 NORMAL, WARNING = "Normal", "Warning"
 PASS, FAIL, WAIT = "Pass", "Fail", "Wait"
@@ -158,20 +158,6 @@ def judge(analysis: CanaryAnalysis, canary: Measurement, stable: Measurement | N
 
 
 @dataclass(frozen=True)
-class CanaryServer:
-    """The live canary Deployment, reduced to what the steps need."""
-
-    version: int | None
-    replicas: int
-    available: int
-    updated: int
-    deadline_exceeded: bool = False
-
-    def ready_at(self, version: int, replicas: int) -> bool:
-        return self.version == version and self.replicas == replicas and self.updated >= replicas and self.available >= replicas
-
-
-@dataclass(frozen=True)
 class CanaryPlan:
     status: CanaryStatus | None
     hold: bool  # keep the stable Deployment at the stable version
@@ -196,7 +182,7 @@ class CanaryInputs:
     name, read this reconcile; `metrics` is None when they could not be read, and
     `metrics_error` then says why (an unreachable Prometheus, a pod it has no series of)."""
 
-    server: CanaryServer | None = None
+    server: ServerState | None = None
     metrics: tuple[Mapping[str, PodMetrics], Mapping[str, PodMetrics]] | None = None
     metrics_error: str | None = None
 

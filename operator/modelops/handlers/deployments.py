@@ -14,11 +14,11 @@ from modelops.api.deployment import DeploymentReason, ModelDeploymentSpec, Model
 from modelops.api.model import ModelSpec
 from modelops.api.types import ConditionType
 from modelops.core import naming, podcause, render
-from modelops.core.canary import CanaryInputs, CanaryServer
+from modelops.core.canary import CanaryInputs
 from modelops.core.conditions import find
 from modelops.core.drift import differences
-from modelops.core.objects import OwnerRef, VersionView, owned_by
-from modelops.core.rollout import RolloutInputs, RolloutPlan, ServerState, plan_rollout
+from modelops.core.objects import OwnerRef, ServerState, VersionView, owned_by
+from modelops.core.rollout import RolloutInputs, RolloutPlan, plan_rollout
 from modelops.handlers import scaling
 from modelops.handlers.children import keep
 from modelops.handlers.context import Context
@@ -57,11 +57,10 @@ class _Work:
     def render(self, version: VersionView, canary_replicas: int | None = None) -> dict[str, Any]:
         """The Triton Deployment (stable, or the canary with `canary_replicas`) for `version`."""
         assert self.model_body is not None
-        extra = {"canary_replicas": canary_replicas} if canary_replicas is not None else {}
         return render.render_deployment(
             name=self.name, namespace=self.namespace, owner=self.owner, spec=self.spec, model_name=self.spec.model,
             model=ModelSpec.model_validate(self.model_body["spec"]), version=version, settings=self.ctx.settings,
-            retry=self.retry, **extra,
+            retry=self.retry, canary_replicas=canary_replicas,
         )
 
 
@@ -166,10 +165,7 @@ def _canary_inputs(work: _Work) -> tuple[dict[str, Any] | None, CanaryInputs]:
     live = ctx.reads.get(k8s.DEPLOYMENTS, work.namespace, naming.canary_name(work.name))
     if spec.rollout.strategy != RolloutStrategy.CANARY and live is None:
         return None, CanaryInputs()
-    server = None
-    if live is not None:
-        state = ServerState.from_deployment(live)
-        server = CanaryServer(state.version, state.replicas, state.available, state.updated, state.deadline_exceeded)
+    server = ServerState.from_deployment(live) if live is not None else None
     progressing = ((work.body.get("status") or {}).get("canary") or {}).get("phase") == "Progressing"
     if server is None or not server.available or not progressing:
         return live, CanaryInputs(server)
