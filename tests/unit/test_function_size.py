@@ -20,11 +20,13 @@ NOT_YET_SPLIT = {
     # The compression Job's package.
     "modelops/compress/job.py:_run",
     "modelops/compress/job.py:_evaluate_cached",
+    "modelops/compress/job.py:_success",
     "modelops/compress/onnx_compress.py:_plan",
     "modelops/compress/onnx_compress.py:_plan_int4",
     "modelops/compress/pipeline.py:compress_artifact",
     "modelops/compress/pipeline.py:_compress_one",
     "modelops/compress/pipeline.py:_all_rejected",
+    "modelops/compress/report.py:success_report",
     # The renderings of the Job and the Triton Deployment (the serving seam moves the latter).
     "modelops/core/render.py:render_job",
     "modelops/core/render.py:render_deployment",
