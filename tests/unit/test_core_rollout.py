@@ -11,14 +11,12 @@ from modelops.api import ModelDeploymentSpec
 from modelops.api.deployment import ModelDeploymentStatus
 from modelops.core import naming
 from modelops.core.conditions import find
-from modelops.core.objects import VersionView
+from modelops.core.objects import ServerState, VersionView
 from modelops.core.rollout import (
-    ServerState,
-    Verdict,
+    RolloutInputs,
+    failed_by,
     failed_by_status,
     plan_rollout,
-    stale_verdicts,
-    verdicts_of,
 )
 
 pytestmark = pytest.mark.unit
@@ -49,8 +47,9 @@ def rolling(version: int, replicas: int = 1, exceeded: bool = False) -> ServerSt
 
 def plan(md=None, old=None, versions=(), server=None, model_exists=True, now=T0, **kw):
     """The plan, with its status as the handler stores it (the wire form of the status model)."""
-    p = plan_rollout(spec=md or spec(), generation=1, old_status=old, versions=list(versions), server=server,
-                     model_exists=model_exists, endpoints=ENDPOINTS, now=now, **kw)
+    p = plan_rollout(RolloutInputs(spec=md or spec(), generation=1, old=ModelDeploymentStatus.model_validate(old or {}),
+                                   versions=list(versions), server=server, model_exists=model_exists, endpoints=ENDPOINTS,
+                                   now=now, **kw))
     assert isinstance(p.status, ModelDeploymentStatus)
     return replace(p, status=p.status.wire())
 
@@ -256,75 +255,72 @@ def test_server_state_from_a_deployment() -> None:
     assert ServerState.from_deployment({"metadata": {}, "spec": {}}).version is None
 
 
-def marked(number: int, *by: str, phase: str = "Ready") -> VersionView:
-    return replace(v(number, phase), failed_by=tuple(by))
-
-
 @pytest.mark.parametrize(
-    ("failed_versions", "versions", "expected"),
+    ("deployments", "expected"),
     [
-        ((), [v(1), v(2)], []),  # nothing failed, nothing marked: no write
-        ((2,), [v(1), marked(2, "a")], []),  # already marked: a resync writes nothing
-        ((2,), [v(1), v(2)], [Verdict("digits-v2", add=frozenset({"a"}))]),  # a rollback marks
-        ((), [v(1), marked(2, "a", "b")], [Verdict("digits-v2", remove=frozenset({"a"}))]),  # a retry clears ours only
-        ((2,), [v(1), marked(2, "b")], [Verdict("digits-v2", add=frozenset({"a"}))]),  # another's mark is left alone
-        ((3,), [v(1)], []),  # a failed version whose ModelVersion is gone
+        ([], ()),  # no deployment: no mark
+        ([("a", (2,))], ("a",)),  # a rollback marks
+        ([("a", ()), ("b", (2,))], ("b",)),  # a retry on a clears a's mark only
+        ([("b", (2, 3)), ("a", (2,))], ("a", "b")),  # every deployment that failed it, sorted
+        ([("a", (1, 3))], ()),  # other numbers are not this version's
     ],
 )
-def test_verdicts_follow_the_deployments_failed_versions(failed_versions, versions, expected) -> None:
-    assert verdicts_of("a", failed_versions, versions) == expected
+def test_failed_by_is_the_deployments_that_hold_its_number(deployments, expected) -> None:
+    assert failed_by(v(2), [v(1), v(2)], deployments) == expected
 
 
-def test_a_duplicate_version_number_is_never_marked() -> None:
-    duplicate = VersionView("digits-v2-again", "digits", 2, "Ready", created="2025-02-01T00:00:00Z", failed_by=("a",))
-    assert verdicts_of("a", (2,), [v(2), duplicate]) == [
-        Verdict("digits-v2", add=frozenset({"a"})),
-        Verdict("digits-v2-again", remove=frozenset({"a"})),
-    ]
-
-
-def test_marks_of_deployments_that_are_gone_are_stale() -> None:
-    versions = [v(1), marked(2, "a", "gone"), marked(3, "a")]
-    assert stale_verdicts(versions, {"a", "b"}) == [Verdict("digits-v2", remove=frozenset({"gone"}))]
+def test_a_duplicate_or_deleting_version_is_never_marked() -> None:
+    duplicate = VersionView("digits-v2-again", "digits", 2, "Ready", created="2025-02-01T00:00:00Z")
+    assert failed_by(duplicate, [v(2), duplicate], [("a", (2,))]) == ()
+    assert failed_by(v(2), [v(2), duplicate], [("a", (2,))]) == ("a",)
+    # When the owner starts deleting, the duplicate owns the number and its marks.
+    assert failed_by(duplicate, [replace(v(2), deleting=True), duplicate], [("a", (2,))]) == ("a",)
+    assert failed_by(replace(v(2), deleting=True), [v(2)], [("a", (2,))]) == ()
 
 
 READY = {"type": "Ready", "status": "True", "reason": "Compressed", "message": "m", "lastTransitionTime": "2025-01-01T00:00:00Z"}
 
 
 def test_the_first_mark_sets_failed_by_and_rolled_back() -> None:
-    new = failed_by_status({"phase": "Ready", "conditions": [READY]}, Verdict("v", add=frozenset({"a"})), T0)
-    assert new["failedBy"] == ["a"]
+    new = failed_by_status({"phase": "Ready", "conditions": [READY]}, {"a"}, T0)
+    assert new is not None and new["failedBy"] == ["a"]
     assert new["conditions"][0] == READY, "other conditions are untouched"
     mark = find(new["conditions"], "RolloutFailed")
     assert (mark["status"], mark["reason"]) == ("True", "RolledBack") and "ModelDeployment a" in mark["message"]
 
 
 def test_a_second_deployment_joins_the_list_and_keeps_the_transition_time() -> None:
-    first = failed_by_status({"conditions": [READY]}, Verdict("v", add=frozenset({"b"})), T0)
+    first = failed_by_status({"conditions": [READY]}, {"b"}, T0)
     later = T0 + timedelta(minutes=5)
-    second = failed_by_status(first, Verdict("v", add=frozenset({"a"})), later)
-    assert second["failedBy"] == ["a", "b"]
+    second = failed_by_status(first, {"a", "b"}, later)
+    assert second is not None and second["failedBy"] == ["a", "b"]
     mark = find(second["conditions"], "RolloutFailed")
     assert mark["lastTransitionTime"] == "2025-03-01T12:00:00Z" and "a, b" in mark["message"]
     # One retry removes one name; the other deployment's verdict stays.
-    after_retry = failed_by_status(second, Verdict("v", remove=frozenset({"a"})), later)
-    assert after_retry["failedBy"] == ["b"] and find(after_retry["conditions"], "RolloutFailed")["status"] == "True"
+    after_retry = failed_by_status(second, {"b"}, later)
+    assert after_retry is not None and after_retry["failedBy"] == ["b"]
+    assert find(after_retry["conditions"], "RolloutFailed")["status"] == "True"
 
 
 def test_the_last_name_removed_turns_rolled_back_false() -> None:
-    marked_status = failed_by_status({"conditions": [READY]}, Verdict("v", add=frozenset({"a"})), T0)
-    cleared = failed_by_status(marked_status, Verdict("v", remove=frozenset({"a"})), T0)
-    assert cleared["failedBy"] is None  # a merge patch removes the field
+    marked_status = failed_by_status({"conditions": [READY]}, {"a"}, T0)
+    cleared = failed_by_status(marked_status, (), T0)
+    assert cleared is not None and cleared["failedBy"] is None  # a merge patch removes the field
     mark = find(cleared["conditions"], "RolloutFailed")
     assert (mark["status"], mark["reason"]) == ("False", "NoFailedRollout")
 
 
-@pytest.mark.parametrize(
-    ("failed_by", "verdict"),
-    [((), Verdict("v", remove=frozenset({"a"}))), (("a",), Verdict("v", add=frozenset({"a"})))],
-)
-def test_a_verdict_that_changes_nothing_writes_nothing(failed_by, verdict) -> None:
-    assert failed_by_status({"failedBy": list(failed_by) or None, "conditions": [READY]}, verdict, T0) is None
+@pytest.mark.parametrize(("stored", "derived"), [((), ()), (("a",), ("a",)), (("a", "b"), ("b", "a"))])
+def test_a_derivation_that_changes_nothing_writes_nothing(stored, derived) -> None:
+    assert failed_by_status({"failedBy": list(stored) or None, "conditions": [READY]}, derived, T0) is None
+
+
+def test_a_mark_the_old_operator_left_for_a_deployment_that_is_gone_is_derived_away() -> None:
+    stale = {"failedBy": ["gone"], "conditions": [READY, {"type": "RolloutFailed", "status": "True", "reason": "RolledBack",
+                                                          "message": "m", "lastTransitionTime": "2025-01-01T00:00:00Z"}]}
+    cleared = failed_by_status(stale, failed_by(v(2), [v(2)], [("a", (3,))]), T0)
+    assert cleared is not None and cleared["failedBy"] is None
+    assert find(cleared["conditions"], "RolloutFailed")["status"] == "False"
 
 
 def test_a_pod_lost_after_the_rollout_is_degraded_not_a_rollout() -> None:

@@ -402,7 +402,7 @@ def version_status(
         state.message if state.progressing else f"{state.phase}: nothing more to do for this version",
     )
     conditions = merge_conditions(old.get("conditions"), [ready, progressing], generation, now) + [
-        # Written by ModelDeployments whose rollout of this version failed; not ours to change.
+        # Derived from the ModelDeployments' failedVersions, with failedBy (handlers/versions.py).
         c for c in old.get("conditions") or [] if c.get("type") == ConditionType.ROLLOUT_FAILED
     ]
     status = ModelVersionStatus(

@@ -12,10 +12,11 @@ from modelops import kube as k8s
 from modelops import tritonmetrics
 from modelops.api.deployment import AutoscalingProvider, AutoscalingStatus, DeploymentReason, ModelDeploymentSpec
 from modelops.api.types import Condition, Conditions, ConditionType
-from modelops.core import autoscale, httproute, naming, scalers
+from modelops.core import autoscale, httproute, scalers
 from modelops.core.canary import seconds
 from modelops.core.conditions import TRUE, Cond, find, merge_conditions
 from modelops.core.objects import OwnerRef
+from modelops.handlers.children import keep
 from modelops.handlers.context import Context
 
 
@@ -59,8 +60,7 @@ def scale(ctx: Context, spec: ModelDeploymentSpec, body: dict[str, Any], live: d
     before = ctx.readings.get(key)
     since = (now - before.time).total_seconds() if before is not None else interval
     if since >= interval:  # one reading per interval, however often the object is reconciled
-        selector = naming.selector_text(naming.server_selector(meta["name"]))
-        read = tritonmetrics.read(ctx.kube.list(k8s.PODS, meta["namespace"], label_selector=selector), spec.model,
+        read = tritonmetrics.read(ctx.reads.server_pods(meta["namespace"], meta["name"]), spec.model,
                                   meta["namespace"], tritonmetrics.PrometheusSource.of(ctx.settings))
         if read.metrics is None:
             unavailable = read.error
@@ -80,26 +80,26 @@ def scale(ctx: Context, spec: ModelDeploymentSpec, body: dict[str, Any], live: d
 
 
 def keep_providers(
-    ctx: Context, keep: Any, spec: ModelDeploymentSpec, name: str, namespace: str, owner: OwnerRef,
+    ctx: Context, spec: ModelDeploymentSpec, name: str, namespace: str, owner: OwnerRef,
     weights: tuple[int, int] | None, stable_version: int | None,
 ) -> None:
     """The HPA or ScaledObject, and the HTTPRoute with its Services, where the spec asks for them."""
     auto = spec.autoscaling
     if auto is not None and auto.provider == AutoscalingProvider.HPA:
         desired = scalers.render_hpa(name=name, namespace=namespace, model=spec.model, owner=owner, spec=auto)
-        keep(ctx, k8s.HPAS, ctx.kube.get(k8s.HPAS, namespace, name), desired)
+        keep(ctx, k8s.HPAS, ctx.reads.get(k8s.HPAS, namespace, name), desired)
     if auto is not None and auto.provider == AutoscalingProvider.KEDA and refused_prometheus(ctx, spec) is None:
         desired = scalers.render_scaled_object(name=name, namespace=namespace, model=spec.model, owner=owner, spec=auto)
-        keep(ctx, k8s.SCALEDOBJECTS, ctx.kube.get(k8s.SCALEDOBJECTS, namespace, name), desired)
+        keep(ctx, k8s.SCALEDOBJECTS, ctx.reads.get(k8s.SCALEDOBJECTS, namespace, name), desired)
     canary = spec.rollout.canary
     if canary is not None and canary.http_route is not None:
         if stable_version is not None:
             for service in httproute.render_split_services(name=name, namespace=namespace, owner=owner, model=spec.model,
                                                            stable_version=stable_version):
-                keep(ctx, k8s.SERVICES, ctx.kube.get(k8s.SERVICES, namespace, service["metadata"]["name"]), service)
+                keep(ctx, k8s.SERVICES, ctx.reads.get(k8s.SERVICES, namespace, service["metadata"]["name"]), service)
         route = httproute.render_httproute(name=name, namespace=namespace, owner=owner, model=spec.model,
                                            parent=canary.http_route, weights=weights if stable_version is not None else None)
-        keep(ctx, k8s.HTTPROUTES, ctx.kube.get(k8s.HTTPROUTES, namespace, name), route)
+        keep(ctx, k8s.HTTPROUTES, ctx.reads.get(k8s.HTTPROUTES, namespace, name), route)
 
 
 def refusal_degrades(conditions: Conditions | None, refused: str, generation: int | None, now: datetime) -> Conditions:

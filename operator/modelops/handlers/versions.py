@@ -1,4 +1,7 @@
-"""Reconcile one ModelVersion: check what the schema cannot, then create and follow its Job."""
+"""Reconcile one ModelVersion: check what the schema cannot, then create and follow its Job.
+This is the one writer of ModelVersions: their status, failedBy and RolloutFailed included
+(derived from the failedVersions of the Model's ModelDeployments in the cache), and their
+ownerReferences (the version adopts itself to its Model)."""
 
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ from modelops.api.version import TERMINAL_PHASES, ModelVersionSpec, Phase, Versi
 from modelops.cachekey import InvalidRecipe
 from modelops.core import naming, render
 from modelops.core.objects import OwnerRef, VersionView, owned_by
+from modelops.core.rollout import failed_by, failed_by_status
 from modelops.core.versions import (
     VersionState,
     cache_key,
@@ -29,8 +33,9 @@ from modelops.core.versions import (
     version_status,
     waiting,
 )
-from modelops.handlers.context import CachedReads, Context, CredentialsProblem, EndpointProblem
+from modelops.handlers.context import Context, CredentialsProblem, EndpointProblem
 from modelops.handlers.queue import Key
+from modelops.handlers.reads import CachedReads
 from modelops.storage import (
     AccessDenied,
     InvalidRequest,
@@ -45,22 +50,47 @@ _WARNING_PHASES = {Phase.REJECTED, Phase.FAILED}
 
 
 def reconcile_version(ctx: Context, key: Key) -> float | None:
-    body = ctx.cache.get(k8s.MODELVERSIONS, key.namespace, key.name)
+    body = ctx.reads.get(k8s.MODELVERSIONS, key.namespace, key.name)
     if body is None or body["metadata"].get("deletionTimestamp"):
         ctx.metrics.versions.set(key.namespace, key.name, None)
         return None
+    body = ctx.adopt(k8s.MODELVERSIONS, body)
     status = body.get("status") or {}
+    names = failed_by_of(ctx, body)
     if status.get("phase") in TERMINAL_PHASES:
+        marks = failed_by_status(status, names, ctx.clock())
+        if marks is not None:
+            ctx.write_status(k8s.MODELVERSIONS, body, {**status, **marks})
         ctx.metrics.versions.set(key.namespace, key.name, status["phase"])
         return None
     state = _decide(ctx, body)
     generation = body["metadata"].get("generation")
     new_status = version_status(status, state, generation, ctx.clock(), artifact_bucket=_artifact_bucket(body))
+    marks = failed_by_status({**new_status, "failedBy": status.get("failedBy")}, names, ctx.clock())
+    if marks is not None:
+        new_status.update(marks)
+    elif names:
+        new_status["failedBy"] = list(names)
     if ctx.write_status(k8s.MODELVERSIONS, body, new_status) and status.get("phase") != state.phase:
         event_type = "Warning" if state.phase in _WARNING_PHASES else "Normal"
         ctx.kube.emit_event(body, event_type, state.reason, f"{state.phase}: {state.message}")
     ctx.metrics.versions.set(key.namespace, key.name, state.phase)
     return state.retry_after
+
+
+def failed_by_of(ctx: Context, body: dict[str, Any]) -> tuple[str, ...]:
+    """The ModelDeployments of this version's Model that hold its number in failedVersions."""
+    meta = body["metadata"]
+    model = (body.get("spec") or {}).get("model", "")
+    deployments = [
+        (d["metadata"]["name"], (d.get("status") or {}).get("failedVersions") or ())
+        for d in ctx.reads.deployments_of(meta["namespace"], model) if not d["metadata"].get("deletionTimestamp")
+    ]
+    try:
+        view = VersionView.from_body(body)
+    except (TypeError, ValueError):
+        return ()  # a spec the schema let through but that names no number: _decide says so
+    return failed_by(view, (VersionView.from_body(b) for b in ctx.reads.versions_of(meta["namespace"], model)), deployments)
 
 
 def _artifact_bucket(body: dict[str, Any]) -> str | None:
@@ -77,8 +107,8 @@ def _decide(ctx: Context, body: dict[str, Any]) -> VersionState:
         spec = ModelVersionSpec.model_validate(body.get("spec") or {})
     except ValidationError as err:
         return waiting(Phase.FAILED, VersionReason.INVALID_SPEC, f"spec does not match the API: {err.errors()[0]['loc']}: {err.errors()[0]['msg']}")
-    model_body = ctx.cache.get(k8s.MODELS, namespace, spec.model)
-    siblings = [VersionView.from_body(b) for b in ctx.cache.versions_of(namespace, spec.model) if b["metadata"]["name"] != name]
+    model_body = ctx.reads.get(k8s.MODELS, namespace, spec.model)
+    siblings = [VersionView.from_body(b) for b in ctx.reads.versions_of(namespace, spec.model) if b["metadata"]["name"] != name]
     blocked = check_prerequisites(VersionView.from_body(body), model_body is not None, siblings)
     if blocked is not None:
         return blocked
@@ -96,7 +126,7 @@ def _decide(ctx: Context, body: dict[str, Any]) -> VersionState:
     if same is not None:
         return waiting(Phase.FAILED, VersionReason.INVALID_SPEC, f"{same} (with the Model's versionDefaults)")
     job_name = naming.job_name(name)
-    job = ctx.cache.get(k8s.JOBS, namespace, job_name)
+    job = ctx.reads.get(k8s.JOBS, namespace, job_name)
     # A Job that evaluates a cached compression shows as Evaluating while it runs; the phase
     # it was created with is the record of that.
     evaluating = (body.get("status") or {}).get("phase") == Phase.EVALUATING
@@ -111,7 +141,7 @@ def _decide(ctx: Context, body: dict[str, Any]) -> VersionState:
             f"a Job named {job_name} exists but does not belong to this ModelVersion; delete it",
             retry_after=ctx.settings.retry_seconds,
         )
-    pods = ctx.cache.pods_of_job(namespace, job["metadata"]["uid"])
+    pods = ctx.reads.pods_of_job(namespace, job["metadata"]["uid"])
     result = job_result(job, pods)
     if result.state == "succeeded" and result.report is None:
         result = replace(result, report=_stored_report(ctx, namespace, spec, model))
@@ -230,7 +260,7 @@ def _start(
         settings=ctx.settings,
     )
     created_job, created = ctx.kube.create(k8s.JOBS, job)
-    ctx.cache.store(k8s.JOBS, created_job)
+    ctx.reads.wrote(k8s.JOBS, created_job)
     evaluating = decision.action == reuse.Action.EVALUATE
     if created:
         ctx.metrics.jobs_created.inc()
