@@ -15,6 +15,7 @@ from modelops.core import naming
 from modelops.core.canary import CanaryPlan, CanaryServer, PodMetrics, plan_canary
 from modelops.core.conditions import FALSE, TRUE, Cond, merge_conditions, timestamp
 from modelops.core.objects import VersionView
+from modelops.core.render import managed_replicas
 from modelops.core.resolve import Resolution, effective_versions, resolve_version
 
 NORMAL, WARNING = "Normal", "Warning"
@@ -73,6 +74,12 @@ class ServerState:
             and self.updated == self.replicas
             and self.total == self.replicas
         )
+
+    @property
+    def template_rolled_out(self) -> bool:
+        """The controller observed the spec and no pod of an older template is left: the pod
+        count may still change (a scale), but the template does not."""
+        return self.observed_generation >= self.generation and self.updated == self.total
 
     @property
     def complete(self) -> bool:
@@ -291,7 +298,8 @@ def plan_rollout(
     else:
         desired = spec.version if spec.version_policy == "Pinned" else None
 
-    conditions = _conditions(spec, resolution, target, served, desired, server, in_flight, records, blocked, canary_plan)
+    high_water = available_high_water(old.get("availableReplicasHighWater"), spec, server, in_flight)
+    conditions = _conditions(spec, resolution, target, served, desired, server, in_flight, records, blocked, canary_plan, high_water)
     status = ModelDeploymentStatus.model_validate({
         "observedGeneration": generation,
         "desiredVersion": desired,
@@ -301,6 +309,7 @@ def plan_rollout(
         "lastRetry": last_retry,
         "replicas": server.total if server else 0,
         "readyReplicas": server.ready if server else 0,
+        "availableReplicasHighWater": high_water,
         "endpoints": endpoints if (target is not None or server is not None) else None,
         "rollouts": records or None,
         "canary": canary_plan.status.wire() if canary_plan is not None and canary_plan.status is not None else None,
@@ -319,6 +328,25 @@ def plan_rollout(
     )
 
 
+def asked_replicas(spec: ModelDeploymentSpec, server: ServerState | None) -> int:
+    """The Triton pods asked for: the operator's count, or the live one where an external
+    autoscaler owns it."""
+    managed = managed_replicas(spec)
+    if managed is not None:
+        return managed
+    return server.replicas if server is not None else spec.replicas
+
+
+def available_high_water(old: int | None, spec: ModelDeploymentSpec, server: ServerState | None, in_flight: bool) -> int | None:
+    """status.availableReplicasHighWater: the most pods of the current template that were
+    available at once, at most the pods asked for (a scale-down lowers it). None while a
+    rollout changes the template, so that a new template starts from its own pods. Available
+    pods below it were lost; pods asked for above it are still starting (a scale-up)."""
+    if in_flight or server is None or spec.suspended or not server.template_rolled_out:
+        return None
+    return min(asked_replicas(spec, server), max(old or 0, server.available))
+
+
 def _conditions(
     spec: ModelDeploymentSpec,
     resolution: Resolution,
@@ -330,6 +358,7 @@ def _conditions(
     records: list[RolloutRecord],
     blocked: tuple[str, str] | None,
     canary: CanaryPlan | None = None,
+    high_water: int | None = None,
 ) -> list[Cond]:
     if blocked is not None:
         reason, message = blocked
@@ -357,12 +386,13 @@ def _conditions(
             Cond(ConditionType.PROGRESSING, FALSE, Reason.SUSPENDED, message),
             Cond(ConditionType.DEGRADED, FALSE, Reason.SUSPENDED, message),
         ]
-    replicas = spec.replicas
+    replicas = asked_replicas(spec, server)
     ready_pods = server.ready if server else 0
-    # A pod that fails after the rollout finished (a crash, a lost node) is not a rollout:
-    # it shows as Degraded, and the rollout stays complete.
-    rolling = in_flight or server is None or not server.rolled_out
-    unavailable = 0 if rolling or server is None else max(0, replicas - server.available)
+    # A template change is a rollout. A pod count change is a scale: it still serves, so Ready
+    # stays True and only pods that were available and are lost (a crash, a lost node) make it
+    # Degraded; pods that a scale-up adds are starting, not lost.
+    rolling = in_flight or server is None or high_water is None
+    lost = 0 if rolling or server is None or high_water is None else max(0, high_water - server.available)
     if rolling:
         counts = f"{server.updated}/{replicas} updated, {server.available} available" if server else "creating the Deployment"
         version = target.version if target else served
@@ -373,6 +403,9 @@ def _conditions(
                 f"version {version} did not become available within {spec.rollout.progress_deadline_seconds}s "
                 "and autoRollback is off; fix the version or pin another one",
             )
+    elif server is not None and not lost and (server.replicas != replicas or server.total != replicas or server.available < replicas):
+        progressing = Cond(ConditionType.PROGRESSING, TRUE, Reason.SCALING,
+                           f"scaling version {served} to {replicas} replicas: {server.total} pods, {server.available} available")
     else:
         progressing = Cond(ConditionType.PROGRESSING, FALSE, Reason.ROLLOUT_COMPLETE, f"version {served} is rolled out")
     canary_status = canary.status if canary is not None else None
@@ -381,7 +414,9 @@ def _conditions(
                            Reason.METRICS_UNAVAILABLE if canary.metrics_unavailable else Reason.CANARY_PROGRESSING,
                            f"canary of version {canary_status.version}: {canary_status.message}")
 
-    if not rolling and served == desired and (replicas == 0 or ready_pods >= 1):
+    # Serving the desired version: pods that change without a new version (a scale, a spec
+    # change of the served version) do not stop it.
+    if not in_flight and served == desired and (replicas == 0 or ready_pods >= 1):
         ready = Cond(ConditionType.READY, TRUE, Reason.SERVING, f"serving version {served} on {ready_pods}/{replicas} ready replicas")
     elif resolution.version is None:
         still = f"; still serving version {served}" if served is not None else ""
@@ -398,10 +433,10 @@ def _conditions(
         degraded = _failed_rollout(records[-1], served)
     elif not rolling and desired != served and served is not None:
         degraded = Cond(ConditionType.DEGRADED, TRUE, resolution.reason, f"{resolution.message}; serving version {served} instead")
-    elif unavailable:
+    elif lost:
         degraded = Cond(
             ConditionType.DEGRADED, TRUE, Reason.REPLICAS_UNAVAILABLE,
-            f"{unavailable} of {replicas} replicas of version {served} are not available (crashed, restarting or not scheduled)",
+            f"{lost} of {replicas} replicas of version {served} were available and are lost (crashed, restarting or evicted)",
         )
     else:
         degraded = Cond(ConditionType.DEGRADED, FALSE, Reason.AS_EXPECTED, "serving as the policy asks" if not rolling else "rollout under way")
