@@ -96,9 +96,19 @@ bench: ## Run the benchmarks; JSON under bench/results/, summary in docs/benchma
 	@python=$(venv_python); \
 	  PYTHONPATH=operator:. "$$python" bench/compress_bench.py; \
 	  PYTHONPATH=operator:. "$$python" bench/transformer_bench.py; \
+	  PYTHONPATH=operator:. "$$python" bench/int4_bench.py; \
 	  PYTHONPATH=operator:. "$$python" bench/triton_bench.py
 
 .PHONY: bench-scale
 bench-scale: ## Reconcile 1,000 ModelVersions and 1,000 ModelDeployments on the test bed with kwok nodes; bench/results/scale.json
 	@python=$(venv_python); bin=$(binaries); \
 	  MODELOPS_BINARIES="$$bin" PYTHONPATH=operator:. "$$python" bench/scale_bench.py
+
+.PHONY: demo-output
+demo-output: ## Run `make demo` and write its output to docs/demo-output.txt and README.md
+	@$(venv_python) scripts/demo-output.py
+
+.PHONY: samples
+samples: ## Fill config/samples/ in for the local test bed (endpoint, credentials, bucket, sha256s, backend) into build/samples/
+	@python=$(venv_python); bin=$(binaries); \
+	  MODELOPS_BINARIES="$$bin" PYTHONPATH=operator:. "$$python" scripts/samples.py

@@ -4,12 +4,16 @@ The model is the generated BERT-shaped encoder (models/transformer.py, "small" p
 input_ids, attention_mask and token_type_ids, exported once and never re-exported. Version 1
 asks for int8-dynamic; version 2 asks for `quantization: auto`, which tries every candidate
 against the gate and serves its pick; version 3 asks explicitly for the recipe auto picked
-and reuses auto's cache entry.
+and reuses auto's cache entry. Version 5 asks for `quantization: auto` with a calibration
+dataset of its own and a 0.98 cosine gate: Ready at least 5× smaller than fp32, and served as
+onnxruntime runs the artifact. A version that names its evaluation dataset as calibration is
+refused by the apiserver, naming both fields.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import secrets
 import sys
 import tempfile
@@ -88,16 +92,19 @@ def bed(testbed):
     model.doc_string = f"{namespace}-auto"
     onnx.save(model, str(work / "model-auto.onnx"))
     transformer.write_eval_npz(work / "eval.npz", config, samples=SAMPLES)
+    transformer.write_eval_npz(work / "calibration.npz", config, samples=SAMPLES, seed=2)  # other samples
     model_uri, model_sha = cluster.upload(work / "model.onnx", f"{namespace}/bert/model.onnx")
     auto_uri, auto_sha = cluster.upload(work / "model-auto.onnx", f"{namespace}/bert-auto/model.onnx")
     eval_uri, _ = cluster.upload(work / "eval.npz", f"{namespace}/bert/eval.npz")
+    calibration_uri, calibration_sha = cluster.upload(work / "calibration.npz", f"{namespace}/bert/calibration.npz")
     cluster.apply(namespace, [lc.storage_secret(cluster), model_manifest(cluster, eval_uri, config, transformer)])
     operator = support.OperatorProcess(Path(testbed.kubeconfig), namespace,
                                        Path(testbed.state_dir) / "logs" / f"operator-{namespace}.log")
     operator.start()
     data = dict(np.load(work / "eval.npz"))
     yield {"cluster": cluster, "namespace": namespace, "uri": model_uri, "sha": model_sha, "data": data,
-           "auto_uri": auto_uri, "auto_sha": auto_sha,
+           "auto_uri": auto_uri, "auto_sha": auto_sha, "eval_uri": eval_uri,
+           "calibration": {"datasetUri": calibration_uri, "sha256": calibration_sha},
            "config": config, "output": transformer.output_name(config), "work": work}
     operator.stop()
     cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
@@ -175,11 +182,14 @@ def test_auto_reports_every_candidate_and_serves_its_pick(bed):
     mv = status(bed, "modelversion", f"{MODEL}-v2")
     report = mv["report"]
     candidates = {c["quantization"]: c for c in report["candidates"]}
-    assert list(candidates) == ["int8-dynamic", "int8-weight-only", "int4-weight-only", "fp16"]
+    assert list(candidates) == ["int8-dynamic", "int8-weight-only", "int4-weight-only", "int4-mixed", "fp16"]
+    assert candidates["int4-mixed"]["verdict"] == "Unsupported" and "calibration" in candidates["int4-mixed"]["message"]
     for candidate in candidates.values():
         assert candidate["verdict"] in ("Passed", "Rejected", "Unsupported", "Failed")
         if candidate["verdict"] in ("Passed", "Rejected"):
-            assert candidate["bytes"] > 0 and candidate["latencyMs"] > 0 and candidate["metric"]["name"] == "cosine-similarity"
+            assert candidate["bytes"] > 0 and candidate["metric"]["name"] == "cosine-similarity"
+            # Only a candidate that passed is timed.
+            assert candidate["latencyMs"] > 0 if candidate["verdict"] == "Passed" else candidate.get("latencyMs") is None
     passed = [c for c in candidates.values() if c["verdict"] == "Passed"]
     chosen = report["chosenQuantization"]
     assert chosen == min(passed, key=lambda c: c["bytes"])["quantization"]
@@ -219,3 +229,43 @@ def test_an_artifact_that_does_not_match_the_signature_is_rejected_naming_the_te
     assert f"output '{old}'" in ready["message"] and f"'{new}'" in ready["message"]
     md = status(bed, "modeldeployment", f"{MODEL}-latest")
     assert md["servedVersion"] == served_before and md.get("desiredVersion") != 4, "never rolled out"
+
+
+def test_the_evaluation_dataset_is_refused_as_calibration_naming_both_fields(bed):
+    cluster, namespace = bed["cluster"], bed["namespace"]
+    manifest = version_manifest(6, bed["auto_uri"], bed["auto_sha"], {
+        "quantization": "int4-mixed", "calibration": {"datasetUri": bed["eval_uri"], "sha256": "0" * 64}})
+    manifest["spec"]["evaluation"] = {"datasetUri": bed["eval_uri"], "metric": "cosine-similarity", "threshold": 0.98}
+    refused = cluster.run_kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(manifest), check=False)
+    assert refused.returncode != 0
+    assert "compression.calibration.datasetUri and evaluation.datasetUri name the same object" in refused.stderr
+    assert "NotFound" in cluster.kubectl("get", "-n", namespace, f"modelversion/{MODEL}-v6", check=False)
+
+
+def test_auto_with_calibration_serves_int4_at_least_5x_smaller_through_a_0_98_gate(bed):
+    cluster, namespace = bed["cluster"], bed["namespace"]
+    manifest = version_manifest(5, bed["auto_uri"], bed["auto_sha"], {"quantization": "auto", "calibration": bed["calibration"]})
+    manifest["spec"]["evaluation"] = {"datasetUri": bed["eval_uri"], "metric": "cosine-similarity", "threshold": 0.98}
+    cluster.apply(namespace, [manifest])
+    wait(bed, "--for=condition=Ready", f"modelversion/{MODEL}-v5", timeout=1200)
+    report = status(bed, "modelversion", f"{MODEL}-v5")["report"]
+    print("auto with calibration:", report["chosenQuantization"], report["ratio"], report["metric"]["compressed"],
+          {c["quantization"]: (c["verdict"], c.get("ratio")) for c in report["candidates"]})
+    assert report["ratio"] >= 5.0 and report["metric"]["passed"] is True and report["metric"]["compressed"] >= 0.98
+    assert report["chosenQuantization"] in ("int4-weight-only", "int4-mixed")
+    assert report["calibration"]["uri"] == bed["calibration"]["datasetUri"]
+    assert report["calibration"]["sha256"] == bed["calibration"]["sha256"] != report["metric"]["dataset"]["sha256"]
+    mixed = next(c for c in report["candidates"] if c["quantization"] == "int4-mixed")
+    assert mixed["verdict"] in ("Passed", "Rejected")
+    if report["chosenQuantization"] == "int4-mixed":
+        # The cache entry's report.json lists every weight's precision (the status, what fits).
+        artifact = status(bed, "modelversion", f"{MODEL}-v5")["compressedArtifact"]
+        local = bed["work"] / "v5-report.json"
+        bed["cluster"].store().download(artifact["uri"].rsplit("/", 1)[0] + "/report.json", local)
+        layers = json.loads(local.read_text())["layers"]
+        assert layers and {layer["precision"] for layer in layers} <= {"int4", "int8"} and "int4" in {layer["precision"] for layer in layers}
+        assert all(layer["bytes"] > 0 for layer in layers)
+        assert {layer["precision"] for layer in report.get("layers") or []} <= {"int8", "int4"}
+    wait(bed, "--for=jsonpath={.status.servedVersion}=5", f"modeldeployment/{MODEL}-latest", timeout=300)
+    wait(bed, "--for=condition=Ready", f"modeldeployment/{MODEL}-latest")
+    assert_served_like_onnxruntime(bed, 5)

@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 from .agent import NodeAgent, NodeConfig, install_signal_handlers, memory_capacity
+from .lifecycle import Backoff
 from .sandbox import Network
 
 
@@ -36,6 +37,12 @@ def main() -> None:
     parser.add_argument("--kubelet-cert", type=Path, help="the kubelet API's serving certificate")
     parser.add_argument("--kubelet-key", type=Path)
     parser.add_argument("--client-ca", type=Path, help="the CA whose client certificates the kubelet API accepts")
+    defaults = Backoff()
+    parser.add_argument("--backoff-initial", type=float, default=defaults.initial,
+                        help="seconds before the first restart of a container that exited (CrashLoopBackOff)")
+    parser.add_argument("--backoff-max", type=float, default=defaults.cap, help="the longest back-off, in seconds")
+    parser.add_argument("--backoff-reset", type=float, default=defaults.reset_after,
+                        help="a container that ran this many seconds before it exited backs off from the start again")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     agent = NodeAgent(NodeConfig(
@@ -46,6 +53,7 @@ def main() -> None:
         kubernetes_version=args.kubernetes_version, cpu_capacity=args.cpu,
         memory_capacity=memory_capacity(), max_pods=args.max_pods, kubelet_port=args.kubelet_port,
         kubelet_cert=args.kubelet_cert, kubelet_key=args.kubelet_key, client_ca=args.client_ca,
+        backoff=Backoff(args.backoff_initial, args.backoff_max, args.backoff_reset),
     ))
     install_signal_handlers(agent)
     agent.run()

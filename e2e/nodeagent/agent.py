@@ -23,7 +23,8 @@ from kubernetes import client, config, watch
 from kubernetes.client.exceptions import ApiException
 
 from . import sandbox
-from .pod import PodWorker, now_rfc3339
+from .lifecycle import Backoff
+from .pod import API_TIMEOUT_SECONDS, PodWorker, now_rfc3339
 
 log = logging.getLogger("nodeagent")
 
@@ -55,6 +56,8 @@ class NodeConfig:
     kubelet_cert: Path | None = None
     kubelet_key: Path | None = None
     client_ca: Path | None = None
+    # CrashLoopBackOff: the kubelet's 10 s doubling to 300 s, reset after 10 minutes of running.
+    backoff: Backoff = Backoff()
 
 
 class NodeAgent:
@@ -79,6 +82,10 @@ class NodeAgent:
         self.shutting_down = False
         self.stopped = threading.Event()
         self._triton_cache = cfg.state_dir / "triton"
+
+    @property
+    def backoff(self) -> Backoff:
+        return self.cfg.backoff
 
     # ------------------------------------------------------------------ node
 
@@ -211,17 +218,27 @@ class NodeAgent:
     def patch_pod_status(self, namespace: str, name: str, status: dict) -> None:
         # A merge patch replaces lists whole, so container statuses never mix old and new.
         self.core.patch_namespaced_pod_status(
-            name, namespace, {"status": status}, _content_type="application/merge-patch+json"
+            name, namespace, {"status": status}, _content_type="application/merge-patch+json",
+            _request_timeout=API_TIMEOUT_SECONDS,
         )
 
-    def delete_pod(self, namespace: str, name: str, uid: str) -> None:
+    def delete_pod(self, namespace: str, name: str, uid: str) -> bool:
+        """Finish a pod's deletion (grace 0, this pod's uid only). True once it is gone from the
+        apiserver (or replaced by another of that name); False if the apiserver did not answer."""
         try:
             self.core.delete_namespaced_pod(
-                name, namespace, body=client.V1DeleteOptions(grace_period_seconds=0, preconditions=client.V1Preconditions(uid=uid))
+                name, namespace, body=client.V1DeleteOptions(grace_period_seconds=0, preconditions=client.V1Preconditions(uid=uid)),
+                _request_timeout=API_TIMEOUT_SECONDS,
             )
         except ApiException as err:
-            if err.status not in (404, 409):
-                log.warning("deleting pod %s/%s failed: %s", namespace, name, err)
+            if err.status in (404, 409):
+                return True
+            log.warning("deleting pod %s/%s failed: %s", namespace, name, err)
+            return False
+        except Exception as err:  # noqa: BLE001 - the apiserver may be down; the caller retries
+            log.warning("deleting pod %s/%s failed: %s", namespace, name, err)
+            return False
+        return True
 
     def event(self, pod: dict, kind: str, reason: str, message: str) -> None:
         metadata = pod["metadata"]
@@ -234,14 +251,20 @@ class NodeAgent:
             first_timestamp=now, last_timestamp=now, count=1,
         )
         try:
-            self.core.create_namespaced_event(metadata["namespace"], event)
-        except ApiException as err:
+            self.core.create_namespaced_event(metadata["namespace"], event, _request_timeout=API_TIMEOUT_SECONDS)
+        except Exception as err:  # noqa: BLE001 - an event lost to an apiserver outage is not retried, as kubelet's
             log.debug("event not recorded: %s", err)
 
     def handle_pod(self, event_type: str, pod: dict) -> None:
         uid = pod["metadata"]["uid"]
         with self.lock:
             worker = self.workers.get(uid)
+            if worker is not None and not worker.is_alive():
+                # It ended without forgetting its pod: never leave the pod unsupervised.
+                log.error("pod %s/%s: its worker had ended; starting another", pod["metadata"]["namespace"],
+                          pod["metadata"]["name"])
+                del self.workers[uid]
+                worker = None
         if event_type == "DELETED":
             if worker:
                 worker.request_stop(0, gone=True)

@@ -22,16 +22,19 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from . import sandbox
+from . import lifecycle, sandbox
 from .images import PROJECT_MOUNT, ContainerConfigError, Identity, ImageRuntime, UnrunnableImage, container_argv, identity, resolve_image
 
 log = logging.getLogger("nodeagent.pod")
 
 TERMINATION_MESSAGE_LIMIT = 4096
 FALLBACK_LOG_LINES = 80
-BACKOFF_INITIAL = 10.0
-BACKOFF_MAX = 300.0
 TICK = 0.1
+# How often a pod whose containers will not run (again) retries its status report.
+IDLE_REPORT_SECONDS = 2.0
+# Requests from a pod's thread give up after this, so that a hung apiserver never holds a
+# container's stop past its grace period; they are retried.
+API_TIMEOUT_SECONDS = 5.0
 
 
 def now_rfc3339() -> str:
@@ -59,7 +62,8 @@ class Container:
     ready: bool = False
     started: bool = False
     restart_at: float | None = None
-    backoff: float = BACKOFF_INITIAL
+    backoff: float | None = None  # the last restart's delay; None before the first
+    started_mono: float | None = None  # when the current (or last) run started, monotonic
     probes: dict[str, ProbeState] = field(default_factory=dict)
     done: bool = False  # terminated and will not run again
 
@@ -81,7 +85,11 @@ class PodWorker(threading.Thread):
         self.pod_ip: str | None = None
         self.start_time = now_rfc3339()
         self.stop_requested = threading.Event()
-        self.grace_seconds = 30.0
+        grace = pod["spec"].get("terminationGracePeriodSeconds")
+        self.grace_seconds = float(grace) if grace is not None else 30.0
+        # When the containers must be gone (monotonic), once a stop is requested; a later
+        # request with a shorter grace period (kubectl delete --grace-period=0) brings it forward.
+        self.stop_deadline: float | None = None
         self.force_gone = False
         self.init_containers = [Container(c, init=True) for c in pod["spec"].get("initContainers") or []]
         self.containers = [Container(c, init=False) for c in pod["spec"]["containers"]]
@@ -98,14 +106,20 @@ class PodWorker(threading.Thread):
     def request_stop(self, grace_seconds: float | None, gone: bool = False) -> None:
         if grace_seconds is not None:
             self.grace_seconds = grace_seconds
+        deadline = time.monotonic() + self.grace_seconds
+        self.stop_deadline = deadline if self.stop_deadline is None else min(self.stop_deadline, deadline)
         self.force_gone = self.force_gone or gone
         self.stop_requested.set()
 
     def run(self) -> None:
+        # Nothing may end this thread but a stop: an error is logged, the containers it
+        # touched are reported as they are, and the pod stays supervised. A thread that died
+        # would leave its pod reported Running with no process, and never finish its deletion.
         try:
             self._run()
         except Exception:  # noqa: BLE001 - a broken pod must not take the node down
-            log.exception("pod %s/%s: unexpected error", self.namespace, self.pod_name)
+            log.exception("pod %s/%s: unexpected error; stopping its containers", self.namespace, self.pod_name)
+            self._fail_unsupervised()
         finally:
             self._teardown()
 
@@ -114,16 +128,40 @@ class PodWorker(threading.Thread):
         if self._terminal_already():
             return
         if not self._prepare():
-            self.stop_requested.wait()
+            self._idle_until_stopped()
             return
         while not self.stop_requested.is_set():
-            self._step()
+            try:
+                self._step()
+            except Exception:  # noqa: BLE001 - reported truthfully below, retried next tick
+                log.exception("pod %s/%s: error while supervising", self.namespace, self.pod_name)
             self._report()
             if self.phase in ("Succeeded", "Failed"):
                 self._release_sandbox()
-                self.stop_requested.wait()
+                self._idle_until_stopped()
                 break
             self.stop_requested.wait(TICK)
+
+    def _idle_until_stopped(self) -> None:
+        """Nothing more will run: keep the last status reported (a patch lost to an apiserver
+        outage is sent again) until the pod is deleted."""
+        while not self.stop_requested.is_set():
+            self._report()
+            self.stop_requested.wait(IDLE_REPORT_SECONDS)
+
+    def _fail_unsupervised(self) -> None:
+        """After an error the worker cannot go on from: stop every container and report the
+        pod Failed, with each container terminated, rather than Running with no one watching it."""
+        try:
+            self._stop_containers()  # records each one's exit
+            for container in self.init_containers + self.containers:
+                container.done = True
+                container.ready = False
+            self.phase, self.reason = "Failed", "NodeAgentError"
+            self.message = "the node agent could not supervise this pod; see its log"
+            self._idle_until_stopped()
+        except Exception:  # noqa: BLE001 - the teardown that follows still runs
+            log.exception("pod %s/%s: could not report the failure", self.namespace, self.pod_name)
 
     def _terminal_already(self) -> bool:
         phase = (self.pod.get("status") or {}).get("phase")
@@ -151,7 +189,7 @@ class PodWorker(threading.Thread):
         try:
             self.pod_ip = self.agent.allocate_ip(self.uid)
             sandbox.create_netns(self.netns, self.pod_ip, self.agent.network)
-        except sandbox.SandboxError as err:
+        except (sandbox.SandboxError, OSError) as err:
             self.message = f"pod sandbox: {err}"
             self.agent.event(self.pod, "Warning", "FailedCreatePodSandBox", str(err))
             self._report()
@@ -181,62 +219,62 @@ class PodWorker(threading.Thread):
             self._step_containers()
         self.phase = self._phase()
 
+    @property
+    def policy(self) -> str:
+        return self.pod["spec"].get("restartPolicy", lifecycle.ALWAYS)
+
     def _step_init(self) -> None:
         for container in self.init_containers:
             if container.done:
                 continue
+            self._supervise(container)
+            if not container.done or _exit_code(container) != 0:
+                return
+        self.init_done = True
+        for container in self.containers:
+            container.state = {"waiting": {"reason": "ContainerCreating"}}
+
+    def _step_containers(self) -> None:
+        for container in self.containers:
+            if not container.done:
+                self._supervise(container)
+
+    def _supervise(self, container: Container) -> None:
+        """One look at one container: start it when due, record its exit and decide on a
+        restart, or probe it. An error here is this container's alone: it is logged and
+        reported, and the container is tried again after a back-off."""
+        try:
             if container.process is None:
                 if container.restart_at is None or time.monotonic() >= container.restart_at:
                     self._start(container)
                 return
             code = container.process.poll()
             if code is None:
+                self._probe(container)
                 return
-            self._terminated(container, code)
-            if code == 0:
-                container.done = True
-                continue
-            if self.pod["spec"].get("restartPolicy", "Always") == "Never":
-                container.done = True
-                self.reason = None
+            self._exited(container, code)
+        except Exception as err:  # noqa: BLE001 - see above
+            log.exception("pod %s/%s: container %s", self.namespace, self.pod_name, container.name)
+            if container.process is not None and container.process.poll() is None:
+                return  # still running: it stays supervised
+            if container.process is not None:
+                self._exited(container, container.process.poll())
                 return
-            self._schedule_restart(container)
-            return
-        self.init_done = True
-        for container in self.containers:
-            container.state = {"waiting": {"reason": "ContainerCreating"}}
+            container.state = {"waiting": {"reason": lifecycle.RUN_CONTAINER_ERROR, "message": str(err)}}
+            self._schedule_restart(container, keep_count=True)
 
-    def _step_containers(self) -> None:
-        policy = self.pod["spec"].get("restartPolicy", "Always")
-        for container in self.containers:
-            if container.done:
-                continue
-            if container.process is None:
-                if container.restart_at is None or time.monotonic() >= container.restart_at:
-                    self._start(container)
-                continue
-            code = container.process.poll()
-            if code is not None:
-                self._terminated(container, code)
-                if policy == "Always" or (policy == "OnFailure" and code != 0):
-                    self._schedule_restart(container)
-                else:
-                    container.done = True
-                continue
-            self._probe(container)
+    def _exited(self, container: Container, code: int) -> None:
+        self._terminated(container, code)
+        if lifecycle.restarts(self.policy, _exit_code(container) or 0, init=container.init):
+            self._schedule_restart(container)
+        else:
+            container.done = True
+            if container.init:
+                self.reason = None
 
     def _phase(self) -> str:
-        policy = self.pod["spec"].get("restartPolicy", "Always")
-        failed_init = any(c.done and _exit_code(c) not in (0, None) for c in self.init_containers)
-        if failed_init and policy == "Never":
-            return "Failed"
-        if not self.init_done:
-            return "Pending"
-        if all(c.done for c in self.containers):
-            return "Succeeded" if all(_exit_code(c) == 0 for c in self.containers) else "Failed"
-        if any(c.process is not None for c in self.containers) or any(c.restart_count for c in self.containers):
-            return "Running"
-        return "Pending"
+        return lifecycle.pod_phase(self.policy, self.init_done,
+                                   [_view(c) for c in self.init_containers], [_view(c) for c in self.containers])
 
     # ------------------------------------------------------------------ containers
 
@@ -310,7 +348,7 @@ class PodWorker(threading.Thread):
             if container.runtime.kind == "image":
                 container.identity = identity(self.pod["spec"], spec, container.runtime.user)
         except (sandbox.SandboxError, KeyError, ContainerConfigError) as err:
-            container.state = {"waiting": {"reason": "CreateContainerConfigError", "message": str(err)}}
+            container.state = {"waiting": {"reason": lifecycle.CREATE_CONTAINER_CONFIG_ERROR, "message": str(err)}}
             self.agent.event(self.pod, "Warning", "Failed", f"Error: {err}")
             self._schedule_restart(container, keep_count=True)
             return
@@ -336,6 +374,7 @@ class PodWorker(threading.Thread):
         container.process = sandbox.start_container(self.netns, script, argv, env, log_file)
         (self.dir / f"{container.name}.pid").write_text(str(container.process.pid))
         container.state = {"running": {"startedAt": now_rfc3339()}}
+        container.started_mono = time.monotonic()
         container.restart_at = None
         container.ready = False
         container.started = not spec.get("startupProbe")
@@ -350,19 +389,9 @@ class PodWorker(threading.Thread):
         self.agent.event(self.pod, "Normal", "Started", f"Started container {container.name}")
 
     def _terminated(self, container: Container, code: int) -> None:
-        message = self._termination_message(container, code)
-        terminated = {
-            "exitCode": code if code >= 0 else 128 - code,
-            "reason": "Completed" if code == 0 else "Error",
-            "startedAt": container.state.get("running", {}).get("startedAt", now_rfc3339()),
-            "finishedAt": now_rfc3339(),
-            "containerID": f"modelops://{container.process.pid}",
-        }
-        if code < 0:
-            terminated["signal"] = -code
-        if message:
-            terminated["message"] = message
-        container.state = {"terminated": terminated}
+        container.state = {"terminated": lifecycle.terminated_state(
+            code, container.state.get("running", {}).get("startedAt", now_rfc3339()), now_rfc3339(),
+            f"modelops://{container.process.pid}", self._termination_message(container, code))}
         container.ready = False
         container.process = None
         (self.dir / f"{container.name}.pid").unlink(missing_ok=True)
@@ -387,14 +416,14 @@ class PodWorker(threading.Thread):
             container.last_state = container.state
         if not keep_count:
             container.restart_count += 1
-        delay = container.backoff
-        container.backoff = min(container.backoff * 2, BACKOFF_MAX)
-        container.restart_at = time.monotonic() + delay
+        now = time.monotonic()
+        # A container that never started (a config error) backs off as one that crashed at once.
+        ran_for = now - container.started_mono if container.started_mono is not None and not keep_count else 0.0
+        delay = self.agent.backoff.next_delay(container.backoff, ran_for)
+        container.backoff = delay
+        container.restart_at = now + delay
         if not keep_count:
-            container.state = {"waiting": {
-                "reason": "CrashLoopBackOff",
-                "message": f"back-off {delay:.0f}s restarting failed container={container.name} pod={self.pod_name}",
-            }}
+            container.state = lifecycle.back_off_state(container.name, self.pod_name, delay)
             self.agent.event(self.pod, "Warning", "BackOff", f"Back-off restarting failed container {container.name}")
 
     # ------------------------------------------------------------------ probes
@@ -491,24 +520,32 @@ class PodWorker(threading.Thread):
         return condition
 
     def _container_status(self, container: Container) -> dict:
+        # What the process is now, not only what the last step recorded: a container whose
+        # process exited since is reported terminated, never running.
+        process = container.process
+        returncode = process.poll() if process is not None else None
+        alive = process is not None and returncode is None
+        container_id = f"modelops://{process.pid}" if process is not None else ""
+        state = lifecycle.reported_state(container.state, alive, returncode, now_rfc3339(), container_id)
         status = {
             "name": container.name,
             "image": container.spec["image"],
             "imageID": container.spec["image"],
-            "ready": container.ready,
+            "ready": container.ready and alive,
             "restartCount": container.restart_count,
-            "started": container.process is not None and container.started,
-            "state": container.state,
+            "started": alive and container.started,
+            "state": state,
             "lastState": container.last_state,
         }
-        if container.process is not None:
-            status["containerID"] = f"modelops://{container.process.pid}"
-        elif "terminated" in container.state:
-            status["containerID"] = container.state["terminated"]["containerID"]
+        if alive:
+            status["containerID"] = container_id
+        elif "terminated" in state:
+            status["containerID"] = state["terminated"]["containerID"]
         return status
 
     def status(self) -> dict:
-        containers_ready = all(c.ready for c in self.containers)
+        statuses = [self._container_status(c) for c in self.containers]
+        containers_ready = all(c["ready"] for c in statuses)
         scheduled = [c for c in (self.pod.get("status") or {}).get("conditions") or [] if c["type"] == "PodScheduled"]
         conditions = [
             self._condition("PodReadyToStartContainers", self.pod_ip is not None),
@@ -525,7 +562,7 @@ class PodWorker(threading.Thread):
             "podIP": self.pod_ip,
             "podIPs": [{"ip": self.pod_ip}] if self.pod_ip else None,
             "startTime": self.start_time,
-            "containerStatuses": [self._container_status(c) for c in self.containers],
+            "containerStatuses": statuses,
             "reason": self.reason,
             "message": self.message,
         }
@@ -559,31 +596,40 @@ class PodWorker(threading.Thread):
                 )
             elif "httpGet" in hook:
                 self._run_probe(container, {"httpGet": hook["httpGet"], "timeoutSeconds": max(1, int(remaining))})
-        except (subprocess.TimeoutExpired, OSError, sandbox.SandboxError) as err:
+        except Exception as err:  # noqa: BLE001 - a failed hook never delays the stop past its grace period
             self.agent.event(self.pod, "Warning", "FailedPreStopHook", f"PreStopHook failed: {err}")
 
     def _stop_containers(self) -> None:
+        """preStop hooks, SIGTERM, and SIGKILL for whatever still runs at the end of the grace
+        period (which a later deletion with a shorter one brings forward); each container's
+        exit is recorded in its state."""
         running = [c for c in self.init_containers + self.containers if c.process is not None]
-        deadline = time.monotonic() + self.grace_seconds
+        if not running:
+            return
+        # Without a deletion (the pod ended, or the worker failed), the pod's own grace period.
+        unrequested = time.monotonic() + self.grace_seconds
+
+        def deadline() -> float:
+            return self.stop_deadline if self.stop_deadline is not None else unrequested
         if self.stop_requested.is_set() and not self.agent.shutting_down:
-            hooks = [threading.Thread(target=self._pre_stop, args=(c, deadline)) for c in running
+            hooks = [threading.Thread(target=self._pre_stop, args=(c, deadline()), daemon=True) for c in running
                      if not c.init and (c.spec.get("lifecycle") or {}).get("preStop")]
             for hook in hooks:
                 hook.start()
             for hook in hooks:
-                hook.join()
+                while hook.is_alive() and time.monotonic() < deadline():
+                    hook.join(TICK)
         for container in running:
             if container.process.poll() is None:
                 self.agent.event(self.pod, "Normal", "Killing", f"Stopping container {container.name}")
             sandbox.signal_group(container.process.pid, signal.SIGTERM)
+        while any(c.process.poll() is None for c in running) and time.monotonic() < deadline():
+            time.sleep(TICK)
         for container in running:
-            try:
-                container.process.wait(timeout=max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
+            if container.process.poll() is None:
                 sandbox.signal_group(container.process.pid, signal.SIGKILL)
-                container.process.wait()
-            (self.dir / f"{container.name}.pid").unlink(missing_ok=True)
-            container.process = None
+            code = container.process.wait()
+            self._terminated(container, code)
 
     def _release_sandbox(self) -> None:
         self._stop_containers()
@@ -591,10 +637,19 @@ class PodWorker(threading.Thread):
         self.agent.release_ip(self.uid)
 
     def _teardown(self) -> None:
-        self._release_sandbox()
-        if not self.force_gone and not self.agent.shutting_down:
-            self.agent.delete_pod(self.namespace, self.pod_name, self.uid)
-        self.agent.forget(self.uid)
+        """Stop what runs, remove the sandbox, and finish the pod's deletion in the apiserver
+        (grace 0, retried through an outage), so that it never stays Terminating."""
+        try:
+            self._release_sandbox()
+        except Exception:  # noqa: BLE001 - the pod object is still removed
+            log.exception("pod %s/%s: tearing down the sandbox failed", self.namespace, self.pod_name)
+        try:
+            while not self.force_gone and not self.agent.shutting_down:
+                if self.agent.delete_pod(self.namespace, self.pod_name, self.uid):
+                    break
+                time.sleep(IDLE_REPORT_SECONDS)
+        finally:
+            self.agent.forget(self.uid)
 
 
 class _Exited:
@@ -613,6 +668,12 @@ class _Exited:
 
 def _exit_code(container: Container) -> int | None:
     return container.state.get("terminated", {}).get("exitCode")
+
+
+def _view(container: Container) -> lifecycle.ContainerView:
+    alive = container.process is not None and container.process.poll() is None
+    return lifecycle.ContainerView(running=alive, done=container.done, exit_code=_exit_code(container),
+                                   restart_count=container.restart_count)
 
 
 def _expand(value: str, env: dict[str, str]) -> str:

@@ -16,7 +16,7 @@ from typing import Any
 from pydantic import ValidationError
 from pydantic.alias_generators import to_camel
 
-from modelops.api.model import Compression, Objective, Pruning, PruningMethod, Quantization, TargetFormat
+from modelops.api.model import Compression, Int4Method, Objective, Pruning, PruningMethod, Quantization, TargetFormat
 
 # Bump when a change in the compressor changes its output for the same input and recipe.
 COMPRESSOR_VERSION = "1.1.0"
@@ -29,8 +29,14 @@ _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 # Built without validation: the API's bounds on a pruning amount are for a method that prunes.
 _NO_PRUNING = Pruning.model_construct(method=PruningMethod.NONE, amount=0.0)
 _DEFAULTS = {"quantization": Quantization.NONE, "target_format": TargetFormat.ONNX}
-# int4-weight-only's block size when the recipe leaves it unset.
+# The int4 quantizations, and their block size, rounding and zero points when the recipe leaves
+# them unset.
+INT4_QUANTIZATIONS = frozenset({Quantization.INT4_WEIGHT_ONLY, Quantization.INT4_MIXED})
 DEFAULT_BLOCK_SIZE = 128
+DEFAULT_BLOCK_SIZES = {Quantization.INT4_WEIGHT_ONLY: DEFAULT_BLOCK_SIZE, Quantization.INT4_MIXED: 32}
+DEFAULT_ASYMMETRIC = {Quantization.INT4_WEIGHT_ONLY: False, Quantization.INT4_MIXED: True}
+# Quantizations that read compression.calibration (auto passes it to its int4 candidates).
+CALIBRATED = INT4_QUANTIZATIONS | {Quantization.AUTO}
 
 
 class InvalidRecipe(ValueError):
@@ -61,8 +67,10 @@ def normalize_recipe(recipe: Compression | str | bytes | dict[str, Any] | None) 
 
     Pruning with amount 0 and pruning with method "none" mean the same thing, so both become
     {"method": "none", "amount": 0.0}. A pruning method without an amount is an error: it would
-    otherwise silently mean no pruning. blockSize is kept only for int4-weight-only (the one
-    quantization it changes), with its default filled in.
+    otherwise silently mean no pruning. blockSize, method and asymmetric are kept only for the
+    int4 quantizations (the ones they change), with their defaults filled in; auto keeps them as
+    given, for its int4 candidates. The calibration dataset (URI and sha256) is kept wherever it
+    is read, so a result calibrated on one dataset never stands for another.
     """
     recipe = recipe if isinstance(recipe, Compression) else parse_recipe(recipe)
     pruning = recipe.pruning or _NO_PRUNING
@@ -73,7 +81,23 @@ def normalize_recipe(recipe: Compression | str | bytes | dict[str, Any] | None) 
     amount = round(float(pruning.amount or 0.0), 6)
     no_op = method == "none" or amount == 0.0
     quantization = recipe.quantization or _DEFAULTS["quantization"]
-    block_size = (recipe.block_size or DEFAULT_BLOCK_SIZE) if quantization == Quantization.INT4_WEIGHT_ONLY else None
+    calibration = recipe.calibration if quantization in CALIBRATED else None
+    if quantization == Quantization.INT4_MIXED and calibration is None:
+        raise InvalidRecipe("calibration: int4-mixed measures each layer's sensitivity on a calibration dataset; set compression.calibration")
+    if recipe.method == Int4Method.GPTQ and recipe.calibration is None:
+        raise InvalidRecipe("method: gptq learns from activations; set compression.calibration")
+    int4_method: Int4Method | None = None
+    block_size: int | None = None
+    asymmetric: bool | None = None
+    if quantization in INT4_QUANTIZATIONS:
+        int4 = Quantization(quantization)
+        block_size = recipe.block_size or DEFAULT_BLOCK_SIZES[int4]
+        int4_method = recipe.method or (Int4Method.GPTQ if calibration is not None else Int4Method.RTN)
+        asymmetric = DEFAULT_ASYMMETRIC[int4] if recipe.asymmetric is None else recipe.asymmetric
+        if int4 == Quantization.INT4_WEIGHT_ONLY and int4_method == Int4Method.RTN and not asymmetric:
+            int4_method, asymmetric = None, None  # int4's first form, spelled as before: earlier entries keep their keys
+    elif quantization == Quantization.AUTO:
+        block_size, int4_method, asymmetric = recipe.block_size, recipe.method, recipe.asymmetric
     # The objective only steers `auto`; an explicit recipe keeps the key it always had.
     objective = (recipe.objective or Objective.SIZE) if quantization == Quantization.AUTO else None
     # model_copy keeps any recipe field this function has no default for.
@@ -81,6 +105,9 @@ def normalize_recipe(recipe: Compression | str | bytes | dict[str, Any] | None) 
         update={
             "quantization": quantization,
             "block_size": block_size,
+            "method": int4_method,
+            "asymmetric": asymmetric,
+            "calibration": calibration,
             "objective": objective,
             "pruning": _NO_PRUNING if no_op else Pruning(method=method, amount=amount),
             "target_format": recipe.target_format or _DEFAULTS["target_format"],

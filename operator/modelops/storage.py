@@ -43,6 +43,11 @@ class ObjectNotFound(StorageError):
     """The bucket or the key does not exist."""
 
 
+class BucketNotFound(ObjectNotFound):
+    """The bucket itself does not exist, not only the key: the URI or the Model's bucket is
+    wrong, or the bucket was never created."""
+
+
 class AccessDenied(StorageError):
     """The credentials are missing, wrong, or lack permission (HTTP 403). Permanent."""
 
@@ -308,6 +313,8 @@ def translate_error(exc: BaseException, uri: str, endpoint: str | None = None) -
         code = str(exc.response.get("Error", {}).get("Code", ""))
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
         detail = f"{uri}: {code or status} {exc.response.get('Error', {}).get('Message', '')}".rstrip()
+        if code == "NoSuchBucket":
+            return BucketNotFound(f"bucket not found: {detail}")
         if code in _NOT_FOUND_CODES or status == 404:
             return ObjectNotFound(f"object not found: {detail}")
         if code in _DENIED_CODES or status == 403:
@@ -408,6 +415,15 @@ class ObjectStore:
             etag=str(response.get("ETag", "")).strip('"'),
             sha256=(response.get("Metadata") or {}).get(SHA256_METADATA_KEY),
         )
+
+    def bucket_exists(self, bucket: str) -> bool:
+        """HEAD bucket. A HEAD carries no error code, so a 404 here is the bucket's own."""
+        uri = f"s3://{bucket}/"
+        try:
+            self._call(uri, lambda: self.client.head_bucket(Bucket=bucket))
+        except ObjectNotFound:
+            return False
+        return True
 
     def exists(self, uri: str) -> bool:
         try:

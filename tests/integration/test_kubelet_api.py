@@ -126,8 +126,11 @@ def test_kubectl_logs_follow_streams_until_the_container_exits_and_exec_feeds_st
 
 
 def test_kubectl_exec_runs_in_the_container_and_returns_its_exit_code(testbed, namespace):
+    # Ready once the marker is written: without a readiness probe it would be Ready as soon as
+    # the shell started, perhaps before it wrote the marker.
     testbed.apply(namespace, [pod("shell", "echo inside > /work/marker; exec sleep 3600",
-                                  env=[{"name": "GREETING", "value": "hello from the pod"}])])
+                                  env=[{"name": "GREETING", "value": "hello from the pod"}],
+                                  readinessProbe={"exec": {"command": ["test", "-s", "/work/marker"]}, "periodSeconds": 1})])
     testbed.kubectl("wait", "--for=condition=Ready", "pod/shell", "-n", namespace, "--timeout=90s")
     script = 'hostname; echo "$GREETING"; cat /work/marker; echo to-stderr >&2; exit 3'
     result = testbed.run_kubectl("exec", "shell", "-c", "main", "-n", namespace, "--", "sh", "-c", script, check=False)

@@ -11,11 +11,13 @@ import pytest
 import yaml
 
 from tests.integration.conftest import (
+    NOWHERE,
     ROOT,
     Digits,
     OperatorProcess,
     Storage,
     apply_docs,
+    digits_model_manifest,
     eventually,
     get_json,
     kubectl,
@@ -154,6 +156,75 @@ def test_a_missing_artifact_is_a_condition_not_a_crash(testbed, namespace, stora
     # Uploading the object is enough: the operator checks again by itself.
     storage.put("digits/1/model.onnx", b"not really a model")
     eventually(lambda: len(jobs(testbed, namespace)) == 1, 60, "the Job once the artifact exists")
+
+
+def test_a_wrong_model_bucket_is_named_on_the_model_before_any_job(testbed, namespace, storage, operator) -> None:
+    """A Model whose spec.storage.bucket does not exist says so on its Ready condition, and its
+    versions wait without a Job; creating the bucket is enough. The artifact may live in
+    another bucket than the Model's, and the version's status says which one it read."""
+    sha = storage.put("digits/1/model.onnx", b"bytes")
+    output = testbed.storage(storage.bucket + "-out")  # not created yet: the Model names a missing bucket
+    model = digits_model_manifest(output, NOWHERE)
+    apply_docs(testbed, namespace, [storage.secret("storage"), model, version_manifest(1, storage, sha)])
+
+    def model_ready() -> dict[str, Any]:
+        return next((c for c in (get_json(testbed, namespace, "model", "digits").get("status") or {}).get("conditions") or []
+                     if c["type"] == "Ready"), {})
+
+    ready = eventually(lambda: model_ready().get("reason") == "BucketNotFound" and model_ready(), 60,
+                       "the Model to name its missing bucket")
+    assert ready["status"] == "False" and "spec.storage.bucket" in ready["message"] and output.bucket in ready["message"]
+    status = eventually(lambda: (get_json(testbed, namespace, "modelversion", "digits-v1").get("status") or {}).get("conditions")
+                        and get_json(testbed, namespace, "modelversion", "digits-v1")["status"], 60, "the version's status")
+    waiting_on = next(c for c in status["conditions"] if c["type"] == "Ready")
+    assert status["phase"] == "Verifying" and waiting_on["reason"] == "BucketNotFound", status
+    assert "spec.storage.bucket" in waiting_on["message"] and output.bucket in waiting_on["message"]
+    assert status["artifactBucket"] == storage.bucket != output.bucket
+    assert jobs(testbed, namespace) == []
+
+    output.ensure()  # no change to any object: the operator looks again on its own
+    eventually(lambda: len(jobs(testbed, namespace)) == 1, 60, "the Job once the Model's bucket exists")
+    eventually(lambda: model_ready().get("reason") not in (None, "BucketNotFound"), 60, "the Model's condition to clear")
+
+
+def test_an_artifact_in_a_missing_bucket_names_the_uri(testbed, namespace, storage, operator) -> None:
+    docs = for_this_bed(sample_docs()[:2], storage, {})
+    storage.put("digits/eval.npz", b"the gate's dataset")
+    missing = storage.bucket + "-nowhere"
+    manifest = version_manifest(1, storage, "ab" * 32)
+    manifest["spec"]["artifact"]["uri"] = f"s3://{missing}/digits/1/model.onnx"
+    apply_docs(testbed, namespace, docs + [manifest])
+    status = eventually(
+        lambda: (get_json(testbed, namespace, "modelversion", "digits-v1").get("status") or {}).get("phase") == "Verifying"
+        and get_json(testbed, namespace, "modelversion", "digits-v1")["status"],
+        60, "the version to report the missing bucket",
+    )
+    ready = next(c for c in status["conditions"] if c["type"] == "Ready")
+    assert ready["reason"] == "BucketNotFound", ready
+    assert f"bucket {missing} of spec.artifact.uri" in ready["message"] and "does not exist" in ready["message"]
+    assert status["artifactBucket"] == missing
+    assert jobs(testbed, namespace) == []
+
+
+def test_a_calibration_set_that_is_the_models_default_gate_dataset_is_refused(testbed, namespace, storage, operator) -> None:
+    """The apiserver refuses a version naming one dataset for both; a gate that comes from the
+    Model's versionDefaults only meets the version's calibration in the operator, which refuses
+    it there, naming both fields, before any Job."""
+    docs = for_this_bed(sample_docs()[:2], storage, {})
+    gate = next(d for d in docs if d["kind"] == "Model")["spec"]["versionDefaults"]["evaluation"]["datasetUri"]
+    sha = storage.put("digits/1/model.onnx", b"bytes")
+    manifest = version_manifest(1, storage, sha)
+    manifest["spec"]["compression"] = {"calibration": {"datasetUri": gate, "sha256": "ab" * 32}}
+    apply_docs(testbed, namespace, docs + [manifest])
+    status = eventually(
+        lambda: (get_json(testbed, namespace, "modelversion", "digits-v1").get("status") or {}).get("phase") == "Failed"
+        and get_json(testbed, namespace, "modelversion", "digits-v1")["status"],
+        60, "the version to be refused",
+    )
+    ready = next(c for c in status["conditions"] if c["type"] == "Ready")
+    assert ready["reason"] == "InvalidSpec", ready
+    assert "compression.calibration.datasetUri" in ready["message"] and "evaluation.datasetUri" in ready["message"]
+    assert jobs(testbed, namespace) == []
 
 
 def test_a_duplicate_version_number_waits_with_a_reason(testbed, namespace, storage, operator) -> None:

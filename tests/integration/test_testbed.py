@@ -82,6 +82,57 @@ def test_failed_job_reports_exit_code_and_termination_message(testbed, namespace
     assert terminated["message"] == message
 
 
+
+def plain_pod(name: str, script: str, restart: str, grace: int = 30) -> dict:
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name}, "spec": restricted({
+        "restartPolicy": restart, "terminationGracePeriodSeconds": grace,
+        "containers": [{"name": "main", "image": PROJECT_IMAGE, "command": ["sh", "-c", script]}],
+    })}
+
+
+def test_a_crashing_container_is_restarted_with_a_doubling_back_off(testbed, namespace):
+    apply(testbed, namespace, plain_pod("crashes", "echo once; exit 3", "Always"))
+    testbed.kubectl("wait", "--for=jsonpath={.status.containerStatuses[0].restartCount}=2", "pod/crashes",
+                    "-n", namespace, "--timeout=120s")
+    # It exited again at once, and now waits out the second back-off: twice the first (10 s).
+    testbed.kubectl("wait", "--for=jsonpath={.status.containerStatuses[0].state.waiting.reason}=CrashLoopBackOff",
+                    "pod/crashes", "-n", namespace, "--timeout=60s")
+    (status,) = testbed.get(namespace, "pod", "crashes")["status"]["containerStatuses"]
+    assert status["lastState"]["terminated"]["exitCode"] == 3
+    assert status["lastState"]["terminated"]["reason"] == "Error"
+    assert status["ready"] is False and not status["started"]
+    assert status["state"]["waiting"]["message"].startswith(
+        "back-off 20s" if status["restartCount"] == 2 else "back-off 40s"), status
+    pod = testbed.get(namespace, "pod", "crashes")
+    assert pod["status"]["phase"] == "Running"  # as a kubelet reports a pod in CrashLoopBackOff
+
+
+@pytest.mark.parametrize(("restart", "code", "phase"), [("OnFailure", 0, "Succeeded"), ("Never", 4, "Failed")])
+def test_restart_policy_leaves_a_container_that_exited_when_it_says_so(testbed, namespace, restart, code, phase):
+    apply(testbed, namespace, plain_pod("exits", f"exit {code}", restart))
+    testbed.kubectl("wait", f"--for=jsonpath={{.status.phase}}={phase}", "pod/exits", "-n", namespace, "--timeout=120s")
+    (status,) = testbed.get(namespace, "pod", "exits")["status"]["containerStatuses"]
+    assert status["restartCount"] == 0
+    assert status["state"]["terminated"]["exitCode"] == code
+    assert status["lastState"] == {}
+
+
+def test_deletion_kills_a_container_that_ignores_sigterm_at_the_grace_period_and_removes_the_pod(testbed, namespace):
+    # Ignores SIGTERM; `sleep`'s exit on it is the loop's cue to start another.
+    apply(testbed, namespace, plain_pod("stubborn", "trap '' TERM; echo up; while :; do sleep 1; done", "Always", grace=2))
+    testbed.kubectl("wait", "--for=condition=Ready", "pod/stubborn", "-n", namespace, "--timeout=120s")
+    (status,) = testbed.get(namespace, "pod", "stubborn")["status"]["containerStatuses"]
+    pid = int(status["containerID"].removeprefix("modelops://"))
+    assert Path(f"/proc/{pid}").exists()
+    # `kubectl delete` waits until the pod object is gone: the node agent finishes the deletion
+    # itself once SIGKILL at the end of the 2 s grace period has ended the container.
+    testbed.kubectl("delete", "pod", "stubborn", "-n", namespace, "--timeout=60s")
+    assert "NotFound" in testbed.kubectl("get", "pod", "stubborn", "-n", namespace, check=False)
+    assert not Path(f"/proc/{pid}").exists(), f"pid {pid} outlived its pod"
+    events = testbed.kubectl("get", "events", "-n", namespace, "--field-selector=involvedObject.name=stubborn",
+                             "-o", "jsonpath={.items[*].reason}").split()
+    assert "Killing" in events
+
 def gpu_pod(name: str, tolerate: bool) -> dict:
     spec = {
         "restartPolicy": "Never",

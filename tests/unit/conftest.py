@@ -23,6 +23,8 @@ class FakeS3Client:
     def __init__(self) -> None:
         self.objects: dict[tuple[str, str], tuple[bytes, dict[str, str]]] = {}
         self.calls: list[str] = []
+        self.buckets: set[str] = set()
+        self.denied = False
 
     @staticmethod
     def _error(code: str, status: int) -> Exception:
@@ -40,6 +42,14 @@ class FakeS3Client:
     @staticmethod
     def _etag(data: bytes) -> str:
         return hashlib.md5(data).hexdigest()  # noqa: S324 - S3 ETag semantics, not security
+
+    def head_bucket(self, Bucket: str) -> dict[str, Any]:
+        self.calls.append(f"head-bucket {Bucket}")
+        if self.denied:
+            raise self._error("403", 403)
+        if Bucket not in self.buckets:
+            raise self._error("404", 404)  # a HEAD's answer has no body, so no error code
+        return {}
 
     def head_object(self, Bucket: str, Key: str) -> dict[str, Any]:
         self.calls.append(f"head {Key}")

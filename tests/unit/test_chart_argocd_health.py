@@ -303,8 +303,8 @@ def test_model_health_of_the_operators_status(case: str) -> None:
 
 @pytest.mark.parametrize("problem", [CredentialsProblem, *CredentialsProblem.__subclasses__()], ids=lambda c: c.__name__)
 def test_every_missing_object_the_user_must_create_is_degraded(problem: type[CredentialsProblem]) -> None:
-    """Each reason the operator gives for a missing credentials Secret or CA bundle (objects only
-    the user can create) makes the Model Degraded, not Progressing forever."""
+    """Each reason the operator gives for a missing credentials Secret, CA bundle or bucket
+    (objects only the user can create) makes the Model Degraded, not Progressing forever."""
     status, message = health("Model", written_model(problem("the object does not exist")))
     assert (status, message) == ("Degraded", "the object does not exist")
 

@@ -156,6 +156,47 @@ def test_an_artifacts_existence_is_reused_for_the_ttl_and_a_miss_never_is() -> N
     assert reads.head_recent("s3://b/new").etag == "e1"  # uploaded since: seen at once
 
 
+class BucketStore:
+    def __init__(self) -> None:
+        self.exists, self.asked = False, 0
+
+    def bucket_exists(self, bucket: str) -> bool:
+        self.asked += 1
+        return self.exists
+
+
+def test_a_bucket_seen_is_reused_for_the_ttl_and_a_missing_one_is_asked_every_time() -> None:
+    now = [0.0]
+    store = BucketStore()
+    reads = CachedReads(store, ttl=10, clock=lambda: now[0])  # type: ignore[arg-type]
+    assert not reads.bucket_exists_recent("b") and not reads.bucket_exists_recent("b")
+    assert store.asked == 2  # a miss is never kept: a bucket created since is seen at once
+    store.exists = True
+    assert reads.bucket_exists_recent("b") and reads.bucket_exists_recent("b")
+    assert store.asked == 3
+    now[0] = 11
+    store.exists = False  # deleted: seen once the ttl has passed
+    assert not reads.bucket_exists_recent("b") and store.asked == 4
+
+
+def test_a_denied_head_bucket_is_no_verdict_on_the_bucket() -> None:
+    from modelops.handlers.versions import bucket_missing
+    from modelops.storage import AccessDenied, StorageUnreachable
+
+    class Refusing(BucketStore):
+        def __init__(self, error: Exception) -> None:
+            super().__init__()
+            self.error = error
+
+        def bucket_exists(self, bucket: str) -> bool:
+            raise self.error
+
+    assert not bucket_missing(CachedReads(Refusing(AccessDenied("403")), ttl=10), "b")  # type: ignore[arg-type]
+    with pytest.raises(StorageUnreachable):  # an unreachable endpoint is reported, not skipped
+        bucket_missing(CachedReads(Refusing(StorageUnreachable("503")), ttl=10), "b")  # type: ignore[arg-type]
+    assert bucket_missing(CachedReads(BucketStore(), ttl=10), "b")  # type: ignore[arg-type]
+
+
 def test_a_model_wakes_its_children_only_when_its_spec_changes() -> None:
     model = {"metadata": {"name": "m"}, "spec": {"signature": 1}, "status": {"phase": "a"}}
     assert dependents.model_changed(None, model) and dependents.model_changed(model, None)

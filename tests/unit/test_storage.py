@@ -11,6 +11,7 @@ from botocore import exceptions as bce
 
 from modelops.storage import (
     AccessDenied,
+    BucketNotFound,
     ChecksumMismatch,
     InvalidRequest,
     InvalidS3Uri,
@@ -130,7 +131,7 @@ def _client_error(code: str, status: int) -> bce.ClientError:
     [
         (_client_error("NoSuchKey", 404), ObjectNotFound, False),
         (_client_error("404", 404), ObjectNotFound, False),
-        (_client_error("NoSuchBucket", 404), ObjectNotFound, False),
+        (_client_error("NoSuchBucket", 404), BucketNotFound, False),
         (_client_error("AccessDenied", 403), AccessDenied, False),
         (_client_error("InvalidAccessKeyId", 403), AccessDenied, False),
         (_client_error("PreconditionFailed", 412), ObjectChanged, True),
@@ -322,3 +323,13 @@ def test_an_object_above_the_limit_is_refused_before_any_read(tmp_path) -> None:
     with pytest.raises(TooLarge, match="10000 bytes, more than the limit of 9999"):
         store.download("s3://bucket/key", tmp_path / "out", max_bytes=9999)
     assert Client.gets == 0 and list(tmp_path.iterdir()) == []
+
+
+def test_bucket_exists_is_a_head_bucket_and_a_404_means_missing(fake_s3) -> None:
+    store = _store(fake_s3)
+    fake_s3.buckets.add("models")
+    assert store.bucket_exists("models") and not store.bucket_exists("typo")
+    assert fake_s3.calls == ["head-bucket models", "head-bucket typo"]
+    fake_s3.denied = True
+    with pytest.raises(AccessDenied):  # not a verdict on the bucket: the caller decides
+        store.bucket_exists("models")

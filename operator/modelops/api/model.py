@@ -17,6 +17,7 @@ from modelops.api.types import (
     LabelValue,
     LocalObjectReference,
     S3Uri,
+    Sha256,
     TensorName,
     Toleration,
     cel,
@@ -33,6 +34,9 @@ class Quantization(StrEnum):
     INT8_WEIGHT_ONLY = "int8-weight-only"
     INT8_DYNAMIC = "int8-dynamic"
     INT4_WEIGHT_ONLY = "int4-weight-only"
+    # int4 everywhere except the layers most sensitive on the calibration set, kept at int8 until
+    # the gate passes (docs/compression.md).
+    INT4_MIXED = "int4-mixed"
     # Tries the candidates against the gate and keeps the best by objective (docs/compression.md).
     AUTO = "auto"
 
@@ -42,6 +46,13 @@ class Objective(StrEnum):
 
     SIZE = "size"
     LATENCY = "latency"
+
+
+class Int4Method(StrEnum):
+    """How int4 weights are rounded."""
+
+    RTN = "rtn"  # round to nearest, block by block
+    GPTQ = "gptq"  # rounds column by column, compensating each error with the calibration set's activations
 
 
 # Block sizes of int4-weight-only that onnxruntime's MatMulNBits kernels take.
@@ -89,6 +100,7 @@ class ModelReason(StrEnum):
     NO_READY_VERSION = "NoReadyVersion"
     CREDENTIALS_NOT_FOUND = "CredentialsNotFound"
     CA_BUNDLE_NOT_FOUND = "CABundleNotFound"
+    BUCKET_NOT_FOUND = "BucketNotFound"
     INSECURE_ENDPOINT = "InsecureEndpoint"
 
 
@@ -365,13 +377,27 @@ class Pruning(ApiModel):
         return amount
 
 
+class Calibration(ApiModel):
+    """The dataset data-aware methods learn from; never the evaluation dataset."""
+
+    dataset_uri: S3Uri = Field(description="S3 URI of an .npz file shaped like the evaluation dataset (one array per model input); labels are not read.")
+    sha256: Sha256 = Field(description="sha256 of the dataset; verified while streaming, and part of the cache key, so a cached result is never one calibrated on other data.")
+
+
 class Compression(ApiModel):
     """The compression recipe. Unset fields come from the Model's versionDefaults."""
 
-    quantization: Quantization | None = Field(None, description="Quantization: fp16 and bf16 store narrow weights and compute in float32 (CPU serving); fp16-compute computes in float16 with casts only at the inputs and outputs (CUDA serving); int8-weight-only and int4-weight-only store int8 per-channel or int4 block-wise weights, embedding tables included; int8-dynamic also quantizes activations at run time; auto tries int8-dynamic, int8-weight-only, int4-weight-only and fp16 against the accuracy gate and keeps the best by objective.")
+    quantization: Quantization | None = Field(None, description="Quantization: fp16 and bf16 store narrow weights and compute in float32 (CPU serving); fp16-compute computes in float16 with casts only at the inputs and outputs (CUDA serving); int8-weight-only and int4-weight-only store int8 per-channel or int4 block-wise weights, embedding tables included; int8-dynamic also quantizes activations at run time; int4-mixed is int4 with the layers most sensitive on the calibration set kept at int8 until the gate passes; auto tries int8-dynamic, int8-weight-only, int4-weight-only, int4-mixed (with a calibration dataset) and fp16 against the accuracy gate and keeps the best by objective.")
     block_size: BlockSize | None = Field(
-        None, description="Weights per scale for int4-weight-only (16 to 256, a power of two); default 128. Ignored by the other quantizations."
+        None, description="Weights per scale for int4-weight-only and int4-mixed (16 to 256, a power of two); default 128 (32 for int4-mixed). Ignored by the other quantizations."
     )
+    method: Int4Method | None = Field(
+        None, description="How int4 weights are rounded: rtn (round to nearest) or gptq (error compensation from the calibration dataset's activations, MatMul weights only). Default gptq with a calibration dataset, rtn without."
+    )
+    asymmetric: bool | None = Field(
+        None, description="int4 blocks with a zero point (min to max) instead of symmetric around 0; MatMul weights only. Default false (true for int4-mixed)."
+    )
+    calibration: Calibration | None = Field(None, description="Calibration dataset for data-aware methods (gptq, int4-mixed); must not be the evaluation dataset.")
     pruning: Pruning | None = Field(None, description="Weight pruning.")
     target_format: TargetFormat | None = Field(None, description="Format of the compressed artifact; ONNX serves on every Triton backend we support.")
     objective: Objective | None = Field(None, description="For quantization auto: size keeps the smallest candidate that passes the gate, latency the fastest (measured in onnxruntime on the Job's device). Default size.")
@@ -430,7 +456,7 @@ class PruningDefaults(Pruning):
 class CompressionDefaults(Compression):
     """Default compression recipe for the Model's versions."""
 
-    quantization: Quantization = Field(Quantization.INT8_WEIGHT_ONLY, description="Quantization: fp16 and bf16 store narrow weights and compute in float32 (CPU serving); fp16-compute computes in float16 with casts only at the inputs and outputs (CUDA serving); int8-weight-only and int4-weight-only store int8 per-channel or int4 block-wise weights, embedding tables included; int8-dynamic also quantizes activations at run time.")
+    quantization: Quantization = Field(Quantization.INT8_WEIGHT_ONLY, description="Quantization: fp16 and bf16 store narrow weights and compute in float32 (CPU serving); fp16-compute computes in float16 with casts only at the inputs and outputs (CUDA serving); int8-weight-only and int4-weight-only store int8 per-channel or int4 block-wise weights, embedding tables included; int8-dynamic also quantizes activations at run time; int4-mixed keeps the layers most sensitive on the calibration set at int8 until the gate passes.")
     pruning: PruningDefaults = nested(PruningDefaults, "Weight pruning.")
     target_format: TargetFormat = Field(
         TargetFormat.ONNX, description="Format of the compressed artifact; ONNX serves on every Triton backend we support."

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from modelops.api.model import Compression, Evaluation, Scheduling
 from modelops.api.types import (
@@ -54,6 +54,7 @@ class VersionReason(StrEnum):
     CA_BUNDLE_NOT_FOUND = "CABundleNotFound"
     INSECURE_ENDPOINT = "InsecureEndpoint"
     TLS_VERIFICATION_FAILED = "TLSVerificationFailed"
+    BUCKET_NOT_FOUND = "BucketNotFound"
     ARTIFACT_NOT_FOUND = "ArtifactNotFound"
     ACCESS_DENIED = "AccessDenied"
     STORAGE_UNREACHABLE = "StorageUnreachable"
@@ -101,12 +102,30 @@ class Artifact(ApiModel):
     sha256: Sha256 = Field(description="sha256 of the artifact; verified while streaming, a mismatch fails the version.")
 
 
+SAME_DATASETS_MESSAGE = (
+    "compression.calibration.datasetUri and evaluation.datasetUri name the same object: the gate's "
+    "dataset must not be used to calibrate; give a separate calibration dataset"
+)
+SAME_DATASETS_RULE = (
+    "!has(self.compression) || !has(self.compression.calibration) || !has(self.evaluation) "
+    "|| self.compression.calibration.datasetUri != self.evaluation.datasetUri"
+)
+
+
+def same_datasets_problem(compression: Compression | None, evaluation: Evaluation | None) -> str | None:
+    """SAME_DATASETS_RULE in Python, for a recipe and gate merged from a Model's defaults."""
+    if compression is None or compression.calibration is None or evaluation is None:
+        return None
+    return SAME_DATASETS_MESSAGE if compression.calibration.dataset_uri == evaluation.dataset_uri else None
+
+
 class ModelVersionSpec(ApiModel):
     """One immutable version of a Model. To change it, create a new version."""
 
     model_config = ApiModel.model_config | {
         "json_schema_extra": validations(
-            cel("self == oldSelf", "spec is immutable: create a new ModelVersion with a new version number")
+            cel("self == oldSelf", "spec is immutable: create a new ModelVersion with a new version number"),
+            cel(SAME_DATASETS_RULE, SAME_DATASETS_MESSAGE),
         )
     }
 
@@ -116,6 +135,13 @@ class ModelVersionSpec(ApiModel):
     compression: Compression | None = Field(None, description="Compression recipe; unset fields come from the Model's versionDefaults.")
     evaluation: Evaluation | None = Field(None, description="Accuracy gate; when unset, the Model's default gate (if any) applies.")
     scheduling: Scheduling | None = Field(None, description="Scheduling of the compression Job; unset fields come from the Model's versionDefaults.")
+
+    @model_validator(mode="after")
+    def _calibration_is_not_evaluation(self) -> ModelVersionSpec:
+        problem = same_datasets_problem(self.compression, self.evaluation)
+        if problem is not None:
+            raise ValueError(problem)
+        return self
 
 
 class CompressedArtifact(ApiModel):
@@ -135,6 +161,23 @@ class DatasetReport(ApiModel):
     etag: str | None = Field(None, description="Storage ETag of the dataset object that was read.")
     sha256: str | None = Field(None, description="sha256 of the dataset bytes that were read.")
     samples: int | None = Field(None, description="Number of samples evaluated.")
+
+
+class CalibrationReport(ApiModel):
+    """The calibration dataset object data-aware methods read."""
+
+    uri: str = Field(description="S3 URI of the calibration dataset.")
+    sha256: str | None = Field(None, description="sha256 of the calibration bytes that were read.")
+    samples: int | None = Field(None, description="Number of samples read.")
+
+
+class LayerReport(ApiModel):
+    """The precision chosen for one weight by int4-mixed."""
+
+    name: str = Field(description="The weight (ONNX initializer) name.")
+    precision: str = Field(description="int4 or int8.")
+    bytes: int | None = Field(None, description="Bytes of the stored weight and its scales.")
+    sensitivity: float | None = Field(None, description="Relative output error of the layer at int4 on the calibration set.")
 
 
 class MetricReport(ApiModel):
@@ -188,6 +231,8 @@ class CompressionReport(ApiModel):
     objective: str | None = Field(None, description="For quantization auto: size or latency.")
     chosen_quantization: str | None = Field(None, description="For quantization auto: the candidate that is served.")
     candidates: list[CandidateReport] | None = Field(None, description="For quantization auto: every candidate tried, with its verdict.")
+    calibration: CalibrationReport | None = Field(None, description="The calibration dataset data-aware methods read (its digest beside the evaluation dataset's in metric.dataset).")
+    layers: list[LayerReport] | None = Field(None, description="For int4-mixed: each weight's chosen precision, size and sensitivity.")
 
 
 class ModelVersionStatus(ApiModel):
@@ -198,6 +243,11 @@ class ModelVersionStatus(ApiModel):
         None, description="Pending, Verifying, Compressing (compression and evaluation), Ready, Rejected or Failed."
     )
     job_name: str | None = Field(None, description="Name of the compression Job.")
+    artifact_bucket: str | None = Field(
+        None,
+        description="The bucket the artifact is read from (that of spec.artifact.uri). It may differ from the "
+        "Model's spec.storage.bucket, which receives the compressed output.",
+    )
     cache_key: str | None = Field(None, description="Content address of the compression output: sha256 of (source digest, recipe, compressor version).")
     compressed_artifact: CompressedArtifact | None = Field(None, description="The compressed artifact, once Ready.")
     report: CompressionReport | None = Field(None, description="The compression report.")

@@ -203,6 +203,7 @@ def _run(spec: JobSpec, store: ObjectStore, workdir: Path) -> JobResult:
                 f"evaluation.datasetUri: no object at {evaluation.dataset_uri}; upload the dataset or fix the URI",
             ) from None
         dataset = Dataset.from_npz(dataset_path)
+    calibration, calibration_report = _calibration(store, recipe, evaluation, dataset_read, workdir, spec)
 
     options = Options(spec.input_names, spec.output_names, spec.input_shape, spec.threads, signature)
     if decision.action == reuse.Action.EVALUATE:
@@ -225,7 +226,11 @@ def _run(spec: JobSpec, store: ObjectStore, workdir: Path) -> JobResult:
             }
             return JobResult(_exit_code(full["outcome"]), full)
 
-    result = compress_artifact(source_path, spec.source_format, recipe, workdir / "output", evaluation, dataset, options)
+    result = compress_artifact(
+        source_path, spec.source_format, recipe, workdir / "output", evaluation, dataset, options, calibration
+    )
+    if calibration_report is not None:
+        calibration_report["samples"] = result.calibration_samples
     source_info = {"uri": spec.source_uri, "sha256": source.sha256, "bytes": source.size, "format": spec.source_format}
     samples = None if dataset is None else dataset.samples
     artifact_prefix = prefix
@@ -252,11 +257,52 @@ def _run(spec: JobSpec, store: ObjectStore, workdir: Path) -> JobResult:
     if artifact_prefix != prefix:
         resolved = replace(result, candidates=None, objective=None)
         entry = _success(resolved, source_info, artifact, result.recipe, evaluation_wire, samples, metric)
+        entry["calibration"] = calibration_report
         entry["notes"] = [*entry["notes"], f"chosen by quantization auto (objective {result.objective})"]
         _publish(store, artifact_prefix + REPORT_FILE, entry)
     full = _success(result, source_info, artifact, recipe, evaluation_wire, samples, metric)
+    full["calibration"] = calibration_report
     _publish(store, report_uri, full)
     return JobResult(_exit_code(full["outcome"]), full)
+
+
+def _calibration(
+    store: ObjectStore,
+    recipe: Recipe,
+    evaluation: Evaluation | None,
+    dataset_read: Any,
+    workdir: Path,
+    spec: JobSpec,
+) -> tuple[Any, dict[str, Any] | None]:
+    """The calibration dataset the recipe names, verified by its sha256, and its report entry.
+
+    Refused when it is the evaluation dataset: the same URI, or the same bytes under another."""
+    from modelops.api.version import same_datasets_problem
+    from modelops.compress.pipeline import Dataset
+
+    named = recipe.calibration
+    if named is None:
+        return None, None
+    problem = same_datasets_problem(recipe.compression, evaluation)
+    if problem is None and dataset_read is not None and dataset_read.sha256 == named.sha256:
+        problem = (
+            "compression.calibration.sha256 is the sha256 of the evaluation.datasetUri object: the gate's "
+            "dataset must not be used to calibrate; give a separate calibration dataset"
+        )
+    if problem is not None:
+        raise Failure(exitcodes.USAGE, Reason.INVALID_RECIPE, problem)
+    path = workdir / "dataset" / "calibration.npz"
+    try:
+        store.download(named.dataset_uri, path, expected_sha256=named.sha256, max_bytes=spec.max_dataset_bytes)
+    except ObjectNotFound:
+        raise Failure(
+            exitcodes.BAD_ARTIFACT,
+            str(reuse.Reason.DATASET_NOT_FOUND),
+            f"compression.calibration.datasetUri: no object at {named.dataset_uri}; upload the dataset or fix the URI",
+        ) from None
+    except ChecksumMismatch as exc:
+        raise Failure(exitcodes.BAD_ARTIFACT, Reason.CHECKSUM_MISMATCH, f"compression.calibration.sha256: {exc}") from None
+    return Dataset.from_npz(path), {"uri": named.dataset_uri, "sha256": named.sha256}
 
 
 def _success(

@@ -17,6 +17,10 @@ Weights are the float32 initializers that feed the weight input of MatMul, Gemm 
   of `block_size` weights; a tied projection (MatMul on Transpose(table)) shares the table's
   blocks. Weights that neither operator takes (Conv, a weight used elsewhere) get int8, and
   the notes say how many;
+- int4-mixed is int4 weight-only with the weights named in `Int4Options.int8` kept at int8
+  (per channel, or per row for a table); the pipeline picks them against the gate. int4 blocks
+  may be asymmetric (a zero point per block, MatMulNBits only: embedding tables stay
+  symmetric) and rounded by GPTQ from the calibration set's Hessians (MatMul weights only);
 - int8 dynamic writes, tensor by tensor, the graph onnxruntime's quantize_dynamic would:
   DynamicQuantizeLinear on the activations, MatMulInteger, then the scales (Gemm is first
   rewritten as MatMul + Add). Weights are int8 per channel with a reduced (7-bit) range:
@@ -48,6 +52,26 @@ MIN_ELEMENTS = 64
 OPSET_DEQUANTIZE = 10
 OPSET_PER_AXIS = 13
 MS_DOMAIN = "com.microsoft"
+INT4 = ("int4-weight-only", "int4-mixed")
+
+
+@dataclass(frozen=True)
+class Int4Options:
+    """What int4 takes besides the recipe: the calibration Hessians (GPTQ) and the weights kept at int8."""
+
+    hessians: dict[str, np.ndarray] = field(default_factory=dict)
+    int8: frozenset[str] = frozenset()
+    # Weight name -> its int4 blocks, filled by one build and read by the next of the same recipe.
+    cache: dict[str, object] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class LayerStats:
+    """One weight's stored precision, bytes (values, scales, zero points) and int4 error."""
+
+    precision: str
+    bytes: int
+    error: float | None = None
 
 
 class UnsupportedModel(ValueError):
@@ -62,6 +86,8 @@ class OnnxStats:
     tensors_cast: int = 0
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
+    layers: dict[str, LayerStats] = field(default_factory=dict)  # int4's candidates: MatMul weights and tables
+    gptq: int = 0  # weights rounded by GPTQ
 
 
 def default_opset(model: onnx.ModelProto) -> int:
@@ -129,6 +155,8 @@ class _TensorPlan:
     int4_rows_are_channels: bool | None = None  # set for int4: layout of the source weight
     int4_scale_names: tuple[str, ...] = ()  # the scales, written once per layout that reads them:
     int4_scale_kinds: tuple[str, ...] = ()  # "flat" [N * blocks] (MatMulNBits), "gather" [N, blocks, 1]
+    int4_zero_name: str = ""  # asymmetric blocks: the packed zero points
+    int4_candidate: bool = False  # a weight int4 could take (reported per layer by int4-mixed)
 
 
 def _attrs(node: onnx.NodeProto) -> dict[str, object]:
@@ -188,7 +216,7 @@ class _Rewrite:
 
 
 def _plan(
-    model: onnx.ModelProto, tensors: Iterable[LazyTensor], recipe: Recipe
+    model: onnx.ModelProto, tensors: Iterable[LazyTensor], recipe: Recipe, int4_options: Int4Options | None = None
 ) -> tuple[dict[str, _TensorPlan], dict[str, np.ndarray], OnnxStats]:
     graph = model.graph
     opset = default_opset(model)
@@ -204,11 +232,11 @@ def _plan(
     rewrite = _Rewrite(_Names(graph))
     plans: dict[str, _TensorPlan] = {}
     quantization = recipe.quantization
-    weight_only = quantization in ("int8-weight-only", "int4-weight-only", "int8-dynamic")
+    weight_only = quantization in ("int8-weight-only", *INT4, "int8-dynamic")
 
     if quantization == "int8-weight-only" and opset < OPSET_DEQUANTIZE:
         raise UnsupportedModel(f"int8-weight-only needs ONNX opset >= {OPSET_DEQUANTIZE}; the model uses opset {opset}")
-    if quantization in ("bf16", "int4-weight-only") and opset < OPSET_PER_AXIS:
+    if quantization in ("bf16", *INT4) and opset < OPSET_PER_AXIS:
         raise UnsupportedModel(
             f"{quantization} needs ONNX opset >= {OPSET_PER_AXIS} (per-axis DequantizeLinear, Cast from bfloat16); "
             f"the model uses opset {opset}"
@@ -219,17 +247,21 @@ def _plan(
     if quantization == "int8-weight-only" and not per_channel:
         stats.notes.append(f"opset {opset} has no per-axis DequantizeLinear: one scale per tensor")
 
-    rewrite_gemms = quantization in ("int8-dynamic", "int4-weight-only")
+    rewrite_gemms = quantization in ("int8-dynamic", *INT4)
     transposed = _rewrite_gemms(graph, weights) if rewrite_gemms else set()
     tables = gather_tables(graph, by_name) if weight_only else set()
     if tables and not per_channel:
         stats.notes.append(f"opset {opset}: embedding tables stay float32 (per-row scales need opset {OPSET_PER_AXIS})")
         tables = set()
     int4: dict[str, dict[str, object]] = {}
-    if quantization == "int4-weight-only":
+    kept_int8: frozenset[str] = frozenset()
+    if quantization in INT4:
         if not any(entry.domain == MS_DOMAIN for entry in model.opset_import):
             model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
-        int4 = _plan_int4(graph, by_name, weights, tables, transposed, recipe.block_size or 128, rewrite)
+        kept_int8 = int4_options.int8 if int4_options is not None and quantization == "int4-mixed" else frozenset()
+        int4 = _plan_int4(
+            graph, by_name, weights, tables, transposed, recipe.block_size or 128, rewrite, kept_int8, recipe.asymmetric
+        )
     dynamic: dict[str, dict[str, object]] = {}
     if quantization == "int8-dynamic":
         dynamic = _plan_dynamic_int8(graph, by_name, weights, tables, rewrite)
@@ -254,6 +286,7 @@ def _plan(
                 quantize_axis=0,
                 quantized_name=plans[tensor.name].quantized_name,
                 scale_name=plans[tensor.name].scale_name,
+                int4_candidate=tensor.name in kept_int8,
             )
             stats.tensors_quantized += 1
         elif tensor.name in transposed:
@@ -275,7 +308,9 @@ def _plan(
                 )
             )
             stats.tensors_quantized += 1
-            fallback += quantization in ("int4-weight-only", "int8-dynamic")
+            kept = tensor.name in kept_int8
+            plan["int4_candidate"] = kept
+            fallback += quantization in (*INT4, "int8-dynamic") and not kept
         elif quantization in ("fp16", "bf16") and large_float:
             target = onnx.TensorProto.FLOAT16 if quantization == "fp16" else onnx.TensorProto.BFLOAT16
             plan.update(cast_to=target, cast_name=rewrite.names.fresh(f"{tensor.name}_{quantization}"))
@@ -283,15 +318,19 @@ def _plan(
             stats.tensors_cast += 1
         if plan:
             plans[tensor.name] = _TensorPlan(**plan)  # type: ignore[arg-type]
-    if quantization == "int4-weight-only":
+    if quantization in INT4:
         gathered = sum(1 for name in int4 if name in tables)
+        method = recipe.method or "rtn"
         stats.notes.append(
-            f"int4 block size {recipe.block_size or 128}: {len(int4) - gathered} MatMul weights as MatMulNBits, "
+            f"int4 block size {recipe.block_size or 128}, {'asymmetric' if recipe.asymmetric else 'symmetric'}, "
+            f"{method}: {len(int4) - gathered} MatMul weights as MatMulNBits, "
             f"{gathered} embedding tables as GatherBlockQuantized (com.microsoft operators of onnxruntime)"
         )
-        if fallback or tables - set(int4):
+        if kept_int8:
+            stats.notes.append(f"int4-mixed: {len(kept_int8)} weights most sensitive on the calibration set kept at int8")
+        if fallback or tables - set(int4) - kept_int8:
             stats.notes.append(
-                f"int4 does not fit {fallback} weights and {len(tables - set(int4))} embedding tables "
+                f"int4 does not fit {fallback} weights and {len(tables - set(int4) - kept_int8)} embedding tables "
                 "(Conv, other uses, a width not a multiple of the block): they are int8 per channel or per row"
             )
     elif quantization == "int8-dynamic":
@@ -301,7 +340,7 @@ def _plan(
         )
         if fallback:
             stats.notes.append(f"{fallback} weights outside MatMul (Conv, other uses) are int8 weight-only")
-    if tables and quantization != "int4-weight-only":
+    if tables and quantization not in INT4:
         stats.notes.append(f"{len(tables)} embedding tables int8 with one scale per row; only gathered rows are dequantized")
     rewrite.apply(graph)
     return plans, rewrite.constants, stats
@@ -337,21 +376,24 @@ def _plan_int4(
     transposed: set[str],
     block_size: int,
     rewrite: _Rewrite,
+    kept_int8: frozenset[str] = frozenset(),
+    asymmetric: bool | None = False,
 ) -> dict[str, dict[str, object]]:
-    """Rewrite MatMuls on 2-D weights as MatMulNBits and table Gathers as GatherBlockQuantized."""
+    """Rewrite MatMuls on 2-D weights as MatMulNBits and table Gathers as GatherBlockQuantized;
+    the weights in `kept_int8` are left to the int8 path."""
     uses = _consumers(graph)
     plans: dict[str, dict[str, object]] = {}
 
-    def matmul_nbits(node: onnx.NodeProto, packed: str, scale: str, k: int, n: int) -> onnx.NodeProto:
+    def matmul_nbits(node: onnx.NodeProto, packed: str, scale: str, k: int, n: int, zero: str = "") -> onnx.NodeProto:
         return rewrite.node(
-            "MatMulNBits", [node.input[0], packed, scale], node.output[0],
+            "MatMulNBits", [node.input[0], packed, scale, *([zero] if zero else [])], node.output[0],
             domain=MS_DOMAIN, K=k, N=n, bits=4, block_size=block_size,
         )  # fmt: skip
 
     for name in sorted(weights):
         tensor = by_name[name]
         consumers = uses.get(name, [])
-        if name in tables or len(tensor.dims) != 2 or tensor.numel < MIN_ELEMENTS:
+        if name in tables or name in kept_int8 or len(tensor.dims) != 2 or tensor.numel < MIN_ELEMENTS:
             continue
         if not consumers or not all(node.op_type == "MatMul" and index == 1 for _, node, index in consumers):
             continue
@@ -359,16 +401,19 @@ def _plan_int4(
         n, k = tensor.dims if rows_are_channels else tensor.dims[::-1]
         packed = rewrite.names.fresh(f"{name}_int4")
         scale = rewrite.names.fresh(f"{name}_scale")
+        zero = rewrite.names.fresh(f"{name}_zero_point") if asymmetric else ""
         for position, node, _ in consumers:
-            rewrite.replaced[position] = [matmul_nbits(node, packed, scale, k, n)]
+            rewrite.replaced[position] = [matmul_nbits(node, packed, scale, k, n, zero)]
         plans[name] = {
             "int4_rows_are_channels": rows_are_channels,
             "quantized_name": packed,
             "int4_scale_names": (scale,),
             "int4_scale_kinds": ("flat",),
+            "int4_zero_name": zero,
+            "int4_candidate": True,
         }
 
-    for table in sorted(tables):
+    for table in sorted(tables - kept_int8):
         vocab, hidden = by_name[table].dims
         gathers, projections, fits = [], [], hidden % block_size == 0
         for position, node, index in uses.get(table, []):
@@ -410,6 +455,7 @@ def _plan_int4(
             "quantized_name": packed,
             "int4_scale_names": tuple(scale_names),
             "int4_scale_kinds": tuple(scale_kinds),
+            "int4_candidate": True,
         }
     return plans
 
@@ -556,10 +602,15 @@ def _prune(array: np.ndarray, recipe: Recipe, axis: int) -> np.ndarray:
     return W.prune_structured(array, recipe.pruning_amount, axis)
 
 
-def _stream(source: OnnxFile, destination: Path, recipe: Recipe, threads: int) -> OnnxStats:
+def _stream(
+    source: OnnxFile, destination: Path, recipe: Recipe, threads: int, int4_options: Int4Options | None = None
+) -> OnnxStats:
     skeleton = onnx.ModelProto()
     skeleton.CopyFrom(source.skeleton)
-    plans, constants, stats = _plan(skeleton, source.initializers, recipe)
+    plans, constants, stats = _plan(skeleton, source.initializers, recipe, int4_options)
+    hessians = int4_options.hessians if int4_options is not None and recipe.method == "gptq" else {}
+    # The first int4 form (symmetric, round to nearest) keeps its multi-threaded kernel and bytes.
+    first_form = not recipe.asymmetric and not hessians and recipe.quantization == "int4-weight-only"
     started = time.perf_counter()
     with OnnxStreamWriter(destination, skeleton) as writer:
         for tensor in source.initializers:
@@ -574,16 +625,35 @@ def _stream(source: OnnxFile, destination: Path, recipe: Recipe, threads: int) -
             if plan.prune_axis is not None:
                 array = _prune(array, recipe, plan.prune_axis)
             if plan.int4_rows_are_channels is not None:
-                packed, scales = W.quantize_int4_blocks(
-                    array, recipe.block_size or 128, plan.int4_rows_are_channels, threads
-                )
-                writer.add_array(plan.quantized_name, packed)
+                block_size = recipe.block_size or 128
+                if first_form:
+                    packed, scales = W.quantize_int4_blocks(array, block_size, plan.int4_rows_are_channels, threads)
+                    blocks = W.Int4Blocks(packed, scales, None, float("nan"))
+                elif int4_options is not None and isinstance(int4_options.cache.get(tensor.name), W.Int4Blocks):
+                    blocks = int4_options.cache[tensor.name]  # type: ignore[assignment]
+                else:
+                    # GPTQ for MatMul weights; a table's rows are looked up, not multiplied by activations.
+                    hessian = hessians.get(tensor.name) if plan.int4_scale_kinds == ("flat",) else None
+                    stats.gptq += hessian is not None
+                    blocks = W.quantize_int4(
+                        array, block_size, plan.int4_rows_are_channels, bool(plan.int4_zero_name), hessian
+                    )
+                    if int4_options is not None:
+                        int4_options.cache[tensor.name] = blocks
+                writer.add_array(plan.quantized_name, blocks.packed)
                 for name, kind in zip(plan.int4_scale_names, plan.int4_scale_kinds, strict=True):
-                    writer.add_array(name, scales.reshape(-1) if kind == "flat" else scales[:, :, None])
+                    writer.add_array(name, blocks.scales.reshape(-1) if kind == "flat" else blocks.scales[:, :, None])
+                if plan.int4_zero_name:
+                    assert blocks.zero_points is not None
+                    writer.add_array(plan.int4_zero_name, blocks.zero_points)
+                error = None if first_form else blocks.error
+                stats.layers[tensor.name] = LayerStats("int4", blocks.nbytes, error)
             elif plan.quantize:
                 quantized, scale = W.quantize_int8(array, plan.quantize_axis, threads, plan.quantize_levels)
                 writer.add_array(plan.quantized_name, quantized)
                 writer.add_array(plan.scale_name, scale)
+                if plan.int4_candidate:
+                    stats.layers[tensor.name] = LayerStats("int8", quantized.nbytes + scale.nbytes)
             elif plan.cast_to == onnx.TensorProto.FLOAT16:
                 writer.add_array(plan.cast_name, W.to_fp16(array))
             elif plan.cast_to == onnx.TensorProto.BFLOAT16:
@@ -594,12 +664,14 @@ def _stream(source: OnnxFile, destination: Path, recipe: Recipe, threads: int) -
             tensor.release()
         for name, value in constants.items():
             writer.add_array(name, value)
+    if recipe.method == "gptq" and recipe.quantization in INT4:
+        stats.notes.append(f"gptq: {stats.gptq} MatMul weights rounded from calibration Hessians, the rest to nearest")
     stats.seconds = time.perf_counter() - started
     return stats
 
 
 # Forms built from operators that not every onnxruntime provider implements.
-RUNTIME_CHECKED = ("int4-weight-only", "fp16-compute")
+RUNTIME_CHECKED = (*INT4, "fp16-compute")
 
 
 def check_runtime_support(path: Path, recipe: Recipe, providers: tuple[str, ...] = ("CPUExecutionProvider",)) -> None:
@@ -630,6 +702,7 @@ def compress_onnx(
     recipe: Recipe,
     threads: int | None = None,
     providers: tuple[str, ...] | None = ("CPUExecutionProvider",),
+    int4_options: Int4Options | None = None,
 ) -> OnnxStats:
     """Write the compressed form of the ONNX model at `source_path` to `destination`.
 
@@ -639,7 +712,7 @@ def compress_onnx(
     """
     threads = threads or W.default_threads()
     with OnnxFile(source_path) as source:
-        stats = _stream(source, destination, recipe, threads)
+        stats = _stream(source, destination, recipe, threads, int4_options)
     if providers and recipe.quantization in RUNTIME_CHECKED:
         check_runtime_support(destination, recipe, providers)
     return stats

@@ -1,12 +1,19 @@
 """Compress one local artifact and evaluate it against its parent (no object storage here).
 
-With `quantization: auto` every candidate recipe is compressed and gated in turn, their
-latencies are measured together with the parent's, and the best that passed is kept.
+With `quantization: auto` every candidate recipe is compressed and gated in turn; a candidate
+that passes is timed beside the parent, and the best that passed is kept. Only the parent and
+the candidate being judged are loaded, and only the best so far stays on disk beside it.
+
+`int4-mixed` starts from int4 everywhere, ranks the weights by their int4 error on the
+calibration set, and keeps the most sensitive at int8 (1, 2, 4, ... of them, then bisection)
+until the gate passes on the evaluation set: at most MIXED_MAX_TRIALS builds.
 """
 
 from __future__ import annotations
 
+import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -15,11 +22,11 @@ from typing import Any
 import numpy as np
 
 from modelops.api.model import Signature
-from modelops.compress import runtime
+from modelops.compress import calibrate, runtime
 from modelops.compress.dataset import Dataset
 from modelops.compress.interface import check_signature
 from modelops.compress.metrics import MetricResult, evaluate_gate
-from modelops.compress.onnx_compress import compress_onnx
+from modelops.compress.onnx_compress import Int4Options, LayerStats, compress_onnx
 from modelops.compress.recipe import Evaluation, InvalidRecipe, Recipe, UnsupportedRecipe, check_supported
 from modelops.compress.runtime import read_interface
 from modelops.compress.weights import default_threads
@@ -27,7 +34,15 @@ from modelops.compress.weights import default_threads
 OUTPUT_FILES = {"onnx": "model.onnx", "torchscript": "model.pt"}
 AUTO = "auto"
 # The documented candidate list of `quantization: auto`, in the order ties are broken.
-AUTO_CANDIDATES = ("int8-dynamic", "int8-weight-only", "int4-weight-only", "fp16")
+# int4-mixed needs a calibration dataset; without one it is reported Unsupported.
+AUTO_CANDIDATES = ("int8-dynamic", "int8-weight-only", "int4-weight-only", "int4-mixed", "fp16")
+# Builds int4-mixed may try: all int4, then 1, 2, 4, ... weights at int8, then bisection.
+MIXED_MAX_TRIALS = 8
+# Sensitivity is measured end to end, one build per group, up to this many groups; past it,
+# each group's local int4 error ranks it instead.
+MIXED_MAX_PROBES = 32
+PROBE_SAMPLES = 32
+EMBEDDINGS = "embeddings"
 OBJECTIVES = ("size", "latency")
 _MESSAGE_LIMIT = 240
 
@@ -69,6 +84,8 @@ class Candidate:
     weights: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     runner: runtime.Runner | None = field(default=None, repr=False)
+    runtime: str = ""  # the runner's runtime, kept after the runner is released
+    layers: dict[str, LayerStats] = field(default_factory=dict)  # int4-mixed: each weight's precision
 
     def to_dict(self, source_bytes: int) -> dict[str, object]:
         return {
@@ -101,6 +118,8 @@ class CompressionResult:
     interface: dict[str, object] | None = None
     objective: str | None = None
     candidates: list[Candidate] | None = None
+    layers: dict[str, LayerStats] = field(default_factory=dict)
+    calibration_samples: int | None = None
 
 
 def _recipes(recipe: Recipe, source_format: str) -> list[tuple[str, Recipe | InvalidRecipe]]:
@@ -124,6 +143,114 @@ def _recipes(recipe: Recipe, source_format: str) -> list[tuple[str, Recipe | Inv
     return candidates
 
 
+def _calibrated(recipe: Recipe) -> bool:
+    return recipe.quantization == "int4-mixed" or recipe.method == "gptq"
+
+
+def search_mixed(
+    recipe: Recipe,
+    outdir: Path,
+    build: Callable[[Recipe, Path, Int4Options | None], Candidate],
+    hessians: dict[str, np.ndarray],
+    keeper: _Keeper,
+    activations: dict[str, str] | None = None,
+    probe: Callable[[Recipe, Path, Int4Options], float] | None = None,
+) -> Candidate:
+    """int4-mixed: the fewest most-sensitive groups of weights at int8 with which the gate passes.
+
+    The groups are the embedding tables (together) and the MatMul weights that read the same
+    activation (a layer's query, key and value; its attention output; each feed-forward
+    MatMul). A group's sensitivity is measured on the calibration set: how much the cosine to
+    the parent rises when that group alone is int8 and all else int4 (`probe`, one build per
+    group). With more than MIXED_MAX_PROBES groups, or no probe, it is the largest relative
+    int4 error of its weights instead: of the layer's output for a MatMul weight
+    (tr(E H E^T) / tr(W H W^T), H the Hessian), of the values for a table.
+
+    The first build is all int4; then 1, 2, 4, ... of the most sensitive groups are kept at
+    int8 until the gate passes on the evaluation set, and the count is bisected between the
+    last rejection and the first pass. Every build goes to `keeper`, which keeps only the best.
+    """
+    cache: dict[str, object] = {}  # int4 blocks of each weight, computed once for every build
+    first = build(recipe, outdir / "int8-0", Int4Options(hessians, frozenset(), cache))
+    keeper.offer(first)
+    groups: dict[str, list[str]] = {}
+    for name in sorted(first.layers):
+        group = (activations or {}).get(name) if name in hessians else None
+        groups.setdefault(f"matmuls reading {group}" if group else EMBEDDINGS if name not in hessians else name, []).append(name)
+    if probe is not None and first.verdict == Verdict.REJECTED and len(groups) <= MIXED_MAX_PROBES:
+        base = probe(recipe, outdir / "probe", Int4Options(hessians, frozenset(), cache))
+        gain = {
+            group: probe(recipe, outdir / "probe", Int4Options(hessians, frozenset(names), cache)) - base
+            for group, names in groups.items()
+        }
+    else:
+        gain = {group: max(first.layers[name].error or 0.0 for name in names) for group, names in groups.items()}
+    sensitivity = {name: gain[group] for group, names in groups.items() for name in names}
+    ranked = sorted(groups, key=lambda group: (-gain[group], group))
+
+    def kept(count: int) -> frozenset[str]:
+        return frozenset(name for group in ranked[:count] for name in groups[group])
+
+    order = ranked
+    trials: list[tuple[int, Candidate]] = [(0, first)]
+    rejected, passed = (0, None) if first.verdict == Verdict.REJECTED else (None, 0)
+    while rejected is not None and len(trials) < MIXED_MAX_TRIALS and order:
+        count = min(len(order), 2 * rejected or 1) if passed is None else (rejected + passed) // 2
+        if count <= rejected or (passed is not None and count >= passed):
+            break
+        trial = build(recipe, outdir / f"int8-{count}", Int4Options(hessians, kept(count), cache))
+        trials.append((count, trial))
+        keeper.offer(trial)
+        if trial.verdict == Verdict.PASSED:
+            passed = count
+        elif trial.verdict == Verdict.REJECTED and count < len(order):
+            rejected = count
+        else:
+            break
+    passing = [(count, trial) for count, trial in trials if trial.verdict == Verdict.PASSED]
+    count, chosen = min(passing, key=lambda entry: entry[1].bytes or 0) if passing else trials[0]
+    chosen.layers = {
+        name: LayerStats(layer.precision, layer.bytes, sensitivity.get(name)) for name, layer in chosen.layers.items()
+    }
+    tried = ", ".join(
+        f"{k} at int8: {t.verdict}" + (f" ({t.metric.name} {t.metric.compressed:.4f})" if t.metric and t.metric.compressed is not None else "")
+        for k, t in trials
+    )
+    chosen.notes.append(
+        f"int4-mixed: {count} of {len(order)} groups at int8 ({', '.join(ranked[:count]) or 'none'}), the rest int4; "
+        f"sensitivity {'measured on the calibration set' if probe is not None and len(groups) <= MIXED_MAX_PROBES else 'from local int4 error'}; "
+        f"tried {tried}"
+    )
+    return chosen
+
+
+def _prober(
+    onnx_source: Path, calibration: Dataset, device: str, threads: int
+) -> Callable[[Recipe, Path, Int4Options], float]:
+    """A function that builds a form, measures its cosine to the parent on the calibration set
+    (PROBE_SAMPLES samples), and deletes it."""
+    from modelops.compress.metrics import cosine_similarity
+
+    parent = runtime.onnx_runner(onnx_source, device, threads)
+    feeds, batch = calibration.feeds(parent.inputs)
+    samples = min(PROBE_SAMPLES, calibration.samples)
+    feeds = runtime.slice_feeds(feeds, 0, samples)
+    reference = runtime.run_all(parent, feeds, samples, batch)
+    del parent
+
+    def probe(recipe: Recipe, outdir: Path, int4_options: Int4Options) -> float:
+        outdir.mkdir(parents=True, exist_ok=True)
+        output = outdir / OUTPUT_FILES["onnx"]
+        try:
+            compress_onnx(onnx_source, output, recipe, threads, providers=None, int4_options=int4_options)
+            runner = runtime.onnx_runner(output, device, threads)
+            return cosine_similarity(reference, runtime.run_all(runner, feeds, samples, batch))
+        finally:
+            shutil.rmtree(outdir, ignore_errors=True)
+
+    return probe
+
+
 def _example(feeds: runtime.Feeds | None, batch: int, parent: runtime.Runner, options: Options) -> runtime.Feeds | None:
     if feeds is not None:
         return runtime.slice_feeds(feeds, 0, batch if batch != runtime.EVAL_BATCH else runtime.LATENCY_BATCH)
@@ -140,7 +267,10 @@ def compress_artifact(
     evaluation: Evaluation | None = None,
     dataset: Dataset | None = None,
     options: Options | None = None,
+    calibration: Dataset | None = None,
 ) -> CompressionResult:
+    """`calibration` is the dataset that data-aware methods (gptq, int4-mixed) learn from;
+    `dataset` only judges."""
     options = options or Options()
     recipes = _recipes(recipe, source_format)
     searching = recipe.quantization == AUTO
@@ -148,6 +278,10 @@ def compress_artifact(
         raise ValueError("an evaluation needs its dataset")
     if searching and evaluation is None:
         raise UnsupportedRecipe("quantization: auto gates every candidate, so it needs an evaluation")
+    if recipe.quantization == "int4-mixed" and evaluation is None:
+        raise UnsupportedRecipe("quantization: int4-mixed keeps layers at int8 until the gate passes, so it needs an evaluation")
+    if calibration is None and any(isinstance(r, Recipe) and _calibrated(r) for _, r in recipes):
+        raise UnsupportedRecipe("calibration: the recipe reads compression.calibration, but no calibration dataset was given")
     threads = options.threads or default_threads()
     workdir.mkdir(parents=True, exist_ok=True)
     device = runtime.select_device(onnx_runtime_needed=recipe.target_format == "onnx")
@@ -195,33 +329,39 @@ def compress_artifact(
             notes.append(f"{source_format} exported to ONNX opset {torch_models.ONNX_OPSET} before compression")
 
     started = time.perf_counter()
-    candidates: list[Candidate] = []
-    for quantization, candidate_recipe in recipes:
-        if isinstance(candidate_recipe, InvalidRecipe):
-            message = f"not supported by this compressor: {candidate_recipe}"
-            candidates.append(Candidate(quantization, Verdict.UNSUPPORTED, message))
-            continue
-        outdir = workdir / "candidates" / quantization if searching else workdir
+    hessians: dict[str, np.ndarray] | None = None
+    probe: Callable[[Recipe, Path, Int4Options], float] | None = None
+    activations: dict[str, str] = {}
+    if any(isinstance(r, Recipe) and _calibrated(r) for _, r in recipes):
+        assert calibration is not None  # checked above
+        calibrated = calibrate.collect(onnx_source, calibration, workdir, threads, device)
+        hessians, activations = calibrated.hessians, calibrated.activations
+        probe = _prober(onnx_source, calibration, device, threads)
+        notes.append(
+            f"calibrated on {calibrated.samples} samples of the calibration dataset ({len(hessians)} MatMul weights); "
+            "the evaluation dataset only judges"
+        )
+    seconds["calibrate"] = time.perf_counter() - started
+    spreads: list[float] = []
+    latency_state: dict[str, runtime.Latency | None] = {"before": latency_before}
+
+    def build(candidate_recipe: Recipe, outdir: Path, int4_options: Int4Options | None = None) -> Candidate:
+        """Compress, gate and time one candidate; its runner is released before the next is built."""
         try:
             candidate = _compress_one(
                 onnx_source if candidate_recipe.target_format == "onnx" else None,
-                module,
-                candidate_recipe,
-                outdir,
-                device,
-                threads,
-                options.signature,
-                example,
-            )
+                module, candidate_recipe, outdir, device, threads, options.signature, example, int4_options,
+            )  # fmt: skip
         except (InvalidRecipe, UnsupportedRecipe) as exc:
             if not searching:
                 raise
-            candidate = Candidate(candidate_recipe.quantization, Verdict.UNSUPPORTED, str(exc), candidate_recipe)
+            return Candidate(candidate_recipe.quantization, Verdict.UNSUPPORTED, str(exc), candidate_recipe)
         except Exception as exc:  # noqa: BLE001 - a candidate that cannot be built or run is reported, not fatal
             if not searching:
                 raise
-            candidate = Candidate(candidate_recipe.quantization, Verdict.FAILED, f"{type(exc).__name__}: {exc}", candidate_recipe)
-        if candidate.runner is not None and evaluation is not None:
+            return Candidate(candidate_recipe.quantization, Verdict.FAILED, f"{type(exc).__name__}: {exc}", candidate_recipe)
+        assert candidate.runner is not None
+        if evaluation is not None:
             assert dataset is not None and feeds is not None and parent_outputs is not None
             candidate.metric = evaluate_gate(
                 evaluation.metric,
@@ -230,22 +370,39 @@ def compress_artifact(
                 runtime.run_all(candidate.runner, feeds, samples, batch),
                 dataset.labels,
             )
-            passed = candidate.metric.passed
-            candidate.verdict = Verdict.PASSED if passed else Verdict.REJECTED
+            candidate.verdict = Verdict.PASSED if candidate.metric.passed else Verdict.REJECTED
             candidate.message = candidate.metric.explain()
+        if example is not None and (candidate.verdict == Verdict.PASSED or not searching):
+            runners = {"candidate": candidate.runner} | ({} if module is not None else {"parent": parent})
+            measured = runtime.measure_latency(runners, example)
+            candidate.latency = measured["candidate"]
+            if latency_state["before"] is None:
+                latency_state["before"] = measured.get("parent")
+            spreads.extend(m.spread for m in measured.values())
+        candidate.runtime = candidate.runner.runtime
+        candidate.runner = None  # at most the parent and one candidate are loaded at a time
+        return candidate
+
+    keeper = _Keeper(recipe.objective if searching else None)
+    candidates: list[Candidate] = []
+    for quantization, candidate_recipe in recipes:
+        if isinstance(candidate_recipe, InvalidRecipe):
+            message = f"not supported by this compressor: {candidate_recipe}"
+            candidates.append(Candidate(quantization, Verdict.UNSUPPORTED, message))
+            continue
+        outdir = workdir / "candidates" / quantization if searching else workdir
+        if candidate_recipe.quantization == "int4-mixed":
+            assert hessians is not None
+            candidate = search_mixed(candidate_recipe, outdir, build, hessians, keeper, activations, probe)
+        else:
+            candidate = build(candidate_recipe, outdir, None if hessians is None else Int4Options(hessians))
+            keeper.offer(candidate)
         candidates.append(candidate)
     seconds["compress"] = time.perf_counter() - started
+    latency_before = latency_state["before"]
 
-    started = time.perf_counter()
     latency_info: dict[str, object] = {"device": device, "cpu": runtime.cpu_description(), "threads": threads}
     if example is not None:
-        runners = {} if module is not None else {"parent": parent}
-        runners |= {c.quantization: c.runner for c in candidates if c.runner is not None}
-        measured = runtime.measure_latency(runners, example)
-        latency_before = measured.pop("parent", latency_before)
-        for c in candidates:
-            c.latency = measured.get(c.quantization)
-        spreads = [m.spread for m in measured.values()] + ([latency_before.spread] if latency_before else [])
         latency_info |= {
             "batch": len(next(iter(example.values()))),
             "rounds": runtime.LATENCY_ROUNDS,
@@ -254,15 +411,14 @@ def compress_artifact(
         }
     else:
         notes.append("latency not measured: no example input (give an evaluation dataset)")
-    seconds["latency"] = time.perf_counter() - started
 
-    chosen = _choose(candidates, recipe.objective) if searching else candidates[0]
-    if searching and chosen is None:
-        return _all_rejected(candidates, recipe, workdir, device, parent, latency_before, latency_info, notes, seconds)
-    assert chosen is not None and chosen.output_path is not None and chosen.runner is not None
+    chosen = keeper.best if searching else candidates[0]
+    if searching and (chosen is None or chosen.verdict != Verdict.PASSED):
+        return _all_rejected(candidates, chosen, recipe, workdir, device, parent, latency_before, latency_info, notes, seconds)
+    assert chosen is not None and chosen.output_path is not None
     if chosen.latency is not None:
         latency_info["spreadAfter"] = round(chosen.latency.spread, 4)
-    latency_info["runtime"] = chosen.runner.runtime
+    latency_info["runtime"] = chosen.runtime
     outcome = "Passed" if chosen.metric is None or chosen.metric.passed else "Rejected"
     message = chosen.metric.explain() if chosen.metric is not None else "compressed; no evaluation requested"
     if searching:
@@ -277,7 +433,7 @@ def compress_artifact(
         metric=chosen.metric,
         latency_ms_before=None if latency_before is None else latency_before.median_ms,
         latency_ms_after=None if chosen.latency is None else chosen.latency.median_ms,
-        runtimes={"before": parent.runtime, "after": chosen.runner.runtime},
+        runtimes={"before": parent.runtime, "after": chosen.runtime},
         weights=chosen.weights,
         recipe=chosen.recipe or recipe,
         notes=notes + chosen.notes,
@@ -286,6 +442,8 @@ def compress_artifact(
         interface=interface,
         objective=recipe.objective if searching else None,
         candidates=candidates if searching else None,
+        layers=chosen.layers,
+        calibration_samples=None if hessians is None or calibration is None else min(calibration.samples, calibrate.MAX_SAMPLES),
     )
 
 
@@ -298,12 +456,15 @@ def _compress_one(
     threads: int,
     signature: Signature | None,
     example: runtime.Feeds | None,
+    int4_options: Int4Options | None = None,
 ) -> Candidate:
     outdir.mkdir(parents=True, exist_ok=True)
     output = outdir / OUTPUT_FILES[recipe.target_format]
     notes: list[str] = []
+    layers: dict[str, LayerStats] = {}
     if onnx_source is not None:
-        stats = compress_onnx(onnx_source, output, recipe, threads)
+        stats = compress_onnx(onnx_source, output, recipe, threads, int4_options=int4_options)
+        layers = stats.layers
         weights = {
             "tensors": stats.tensors_total,
             "pruned": stats.tensors_pruned,
@@ -339,22 +500,51 @@ def _compress_one(
         weights=weights,
         notes=notes,
         runner=runner,
+        layers=layers if recipe.quantization == "int4-mixed" else {},
     )
 
 
-def _choose(candidates: list[Candidate], objective: str | None) -> Candidate | None:
-    """The candidate to serve: among those that passed, the smallest or the fastest; ties go
-    to the earlier candidate in AUTO_CANDIDATES."""
-    passed = [c for c in candidates if c.verdict == Verdict.PASSED and c.bytes is not None]
-    if not passed:
-        return None
-    if objective == "latency" and all(c.latency is not None for c in passed):
-        return min(passed, key=lambda c: c.latency.median_ms)  # type: ignore[union-attr]
-    return min(passed, key=lambda c: c.bytes or 0)
+def _better(challenger: Candidate, incumbent: Candidate, objective: str | None) -> bool:
+    """Whether `challenger` should be served instead of `incumbent`: a pass beats a rejection;
+    among passes the smaller (objective size) or the faster (latency); ties keep the earlier."""
+    if (challenger.verdict == Verdict.PASSED) != (incumbent.verdict == Verdict.PASSED):
+        return challenger.verdict == Verdict.PASSED
+    if challenger.verdict != Verdict.PASSED:
+        return False  # among rejections the first is kept, for the report
+    if objective == "latency" and challenger.latency is not None and incumbent.latency is not None:
+        return challenger.latency.median_ms < incumbent.latency.median_ms
+    return (challenger.bytes or 0) < (incumbent.bytes or 0)
+
+
+class _Keeper:
+    """The best candidate so far and its artifact; every other candidate's artifact is deleted
+    as soon as it is judged, so a search keeps at most two on disk (this one and the next)."""
+
+    def __init__(self, objective: str | None) -> None:
+        self.objective = objective
+        self.best: Candidate | None = None
+
+    def offer(self, candidate: Candidate) -> None:
+        if candidate.output_path is None:
+            return
+        if self.best is None:
+            self.best = candidate
+        elif _better(candidate, self.best, self.objective):
+            _discard(self.best)
+            self.best = candidate
+        else:
+            _discard(candidate)
+
+
+def _discard(candidate: Candidate) -> None:
+    if candidate.output_path is not None:
+        shutil.rmtree(candidate.output_path.parent, ignore_errors=True)
+        candidate.output_path = None
 
 
 def _all_rejected(
     candidates: list[Candidate],
+    tried: Candidate | None,
     recipe: Recipe,
     workdir: Path,
     device: str,
@@ -366,7 +556,6 @@ def _all_rejected(
 ) -> CompressionResult:
     """No candidate passed: Rejected, with every candidate's verdict in the report."""
     summary = "; ".join(f"{c.quantization}: {c.verdict} ({c.message[:80]})" for c in candidates)
-    tried = next((c for c in candidates if c.output_path is not None), None)
     return CompressionResult(
         output_path=tried.output_path if tried and tried.output_path else workdir / OUTPUT_FILES["onnx"],
         output_format="onnx",

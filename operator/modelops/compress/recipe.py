@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from modelops.api.model import Compression, Evaluation
+from modelops.api.model import Calibration, Compression, Evaluation
 from modelops.api.version import ArtifactFormat
 from modelops.cachekey import InvalidRecipe, field_error, normalize_recipe, recipe_hash
 
@@ -52,8 +52,23 @@ class Recipe:
 
     @property
     def block_size(self) -> int | None:
-        """Weights per scale for int4-weight-only; None for every other quantization."""
+        """Weights per scale for the int4 quantizations; None for every other quantization."""
         return self.compression.block_size
+
+    @property
+    def method(self) -> str | None:
+        """How int4 weights are rounded (rtn or gptq); None where no int4 is written."""
+        return str(self.compression.method) if self.compression.method else None
+
+    @property
+    def asymmetric(self) -> bool:
+        """Whether int4 blocks carry a zero point."""
+        return bool(self.compression.asymmetric)
+
+    @property
+    def calibration(self) -> Calibration | None:
+        """The calibration dataset the recipe names, where its quantization reads one."""
+        return self.compression.calibration
 
     @property
     def objective(self) -> str | None:

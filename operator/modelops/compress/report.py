@@ -56,6 +56,8 @@ COMPACT_KEYS = (
     "objective",
     "chosenQuantization",
     "candidates",
+    "calibration",
+    "layers",
 )
 # The latency keys that go into the termination message (the full block stays in report.json).
 _COMPACT_LATENCY = ("runtime", "device", "cpu", "batch", "spread")
@@ -113,6 +115,11 @@ def success_report(
         "chosenQuantization": result.recipe.quantization if result.candidates is not None and passed else None,
         "resolvedRecipe": result.recipe.to_dict() if result.candidates is not None and passed else None,
         "candidates": None if result.candidates is None else [c.to_dict(before) for c in result.candidates],
+        "layers": [
+            {"name": name, "precision": layer.precision, "bytes": layer.bytes, "sensitivity": _round(layer.error, 6)}
+            for name, layer in sorted(result.layers.items())
+        ]
+        or None,
         "metric": result.metric.to_dict() if result.metric is not None else None,
         "evaluation": None if evaluation is None else {**evaluation, "samples": samples},
         "recipe": recipe,
@@ -152,6 +159,17 @@ def compact(report: dict[str, Any]) -> str:
         # Candidates keep their figures and verdicts; their messages stay in report.json.
         short["candidates"] = [{k: v for k, v in c.items() if k != "message"} for c in candidates]
         text = json.dumps(short, separators=(",", ":"), sort_keys=True)
+    layers = short.get("layers")
+    if len(text) > TERMINATION_LIMIT and isinstance(layers, list):
+        # Each weight keeps its precision; sizes and sensitivities stay in report.json.
+        short["layers"] = [{k: v for k, v in layer.items() if k in ("name", "precision")} for layer in layers]
+        text = json.dumps(short, separators=(",", ":"), sort_keys=True)
+        if len(text) > TERMINATION_LIMIT:  # only the weights not at int4; report.json lists every one
+            short["layers"] = [layer for layer in short["layers"] if layer.get("precision") != "int4"] or None
+            text = json.dumps(short, separators=(",", ":"), sort_keys=True)
+        if len(text) > TERMINATION_LIMIT:
+            short["layers"] = None
+            text = json.dumps(short, separators=(",", ":"), sort_keys=True)
     message = str(short.get("message") or "")
     while len(text) > TERMINATION_LIMIT and message:
         message = message[: max(0, len(message) - (len(text) - TERMINATION_LIMIT) - 3)]

@@ -84,6 +84,17 @@ def _ort_dims(shape: Any) -> tuple[int, ...] | None:
     return tuple(d if isinstance(d, int) and d > 0 else -1 for d in shape)
 
 
+def input_specs(session: Any) -> tuple[InputSpec, ...]:
+    """An onnxruntime session's inputs; those with a default value (an initializer of the same
+    name) are optional, fed when the dataset has them."""
+    required = {i.name for i in session.get_inputs()}
+    declared = list(session.get_inputs()) + list(session.get_overridable_initializers())
+    return tuple(
+        InputSpec(i.name, np.dtype(_ORT_TYPES.get(i.type, np.float32)), _ort_dims(i.shape), i.name not in required)
+        for i in declared
+    )
+
+
 def onnx_runner(path: Path, device: str, threads: int) -> Runner:
     import onnxruntime as ort
 
@@ -92,13 +103,8 @@ def onnx_runner(path: Path, device: str, threads: int) -> Runner:
     options.log_severity_level = 3
     providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
     session = ort.InferenceSession(str(path), options, providers=providers)
-    # Inputs with a default value (an initializer of the same name) are fed when the dataset has them.
     required = {i.name for i in session.get_inputs()}
-    declared = list(session.get_inputs()) + list(session.get_overridable_initializers())
-    inputs = tuple(
-        InputSpec(i.name, np.dtype(_ORT_TYPES.get(i.type, np.float32)), _ort_dims(i.shape), i.name not in required)
-        for i in declared
-    )
+    inputs = input_specs(session)
     output = session.get_outputs()[0].name
 
     def run(feeds: Feeds) -> np.ndarray:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import TypeVar
 
 import ml_dtypes
@@ -266,3 +267,124 @@ def dequantize_int4_blocks(packed: np.ndarray, scales: np.ndarray, depth: int) -
     high = (packed >> 4).astype(np.float32)
     values = np.stack([low, high], axis=-1).reshape(packed.shape[0], packed.shape[1], -1) - INT4_ZERO_POINT
     return (values * scales[:, :, None]).reshape(packed.shape[0], -1)[:, :depth]
+
+
+INT4_LEVELS = 15  # the largest 4-bit value
+
+
+@dataclass(frozen=True)
+class Int4Blocks:
+    """Block-wise int4 in MatMulNBits' layout: values [N, blocks, block_size / 2] (two to a
+    byte, the first in the low nibble), float32 scales [N, blocks], and, for asymmetric blocks,
+    zero points packed two to a byte [N, ceil(blocks / 2)]; `error` is the relative error of
+    the layer's output on the calibration set (with a Hessian) or of the weight (without)."""
+
+    packed: np.ndarray
+    scales: np.ndarray
+    zero_points: np.ndarray | None
+    error: float
+
+    @property
+    def nbytes(self) -> int:
+        return self.packed.nbytes + self.scales.nbytes + (0 if self.zero_points is None else self.zero_points.nbytes)
+
+
+def _int4_parameters(grouped: np.ndarray, asymmetric: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(scale, zero point) of each block along the last axis; value = (q - zero) × scale."""
+    if asymmetric:
+        high = np.maximum(grouped.max(axis=-1), 0.0)
+        low = np.minimum(grouped.min(axis=-1), 0.0)
+        scale = (high - low) / INT4_LEVELS
+        scale[scale == 0] = 1.0
+        zero = np.clip(np.rint(-low / scale), 0, INT4_LEVELS)
+        return scale, zero
+    largest = np.take_along_axis(grouped, np.argmax(np.abs(grouped), axis=-1)[..., None], axis=-1)[..., 0]
+    scale = largest / -INT4_LEVELS_BELOW_ZERO
+    scale[scale == 0] = 1.0
+    return scale, np.full(scale.shape, INT4_ZERO_POINT, dtype=scale.dtype)
+
+
+def _int4_round(values: np.ndarray, scale: np.ndarray, zero: np.ndarray) -> np.ndarray:
+    return np.clip(np.rint(values / scale) + zero, 0, INT4_LEVELS)
+
+
+def _pack_nibbles(values: np.ndarray) -> np.ndarray:
+    """uint8 pairs along the last axis (padded with a zero nibble), the first in the low nibble."""
+    values = values.astype(np.uint8)
+    if values.shape[-1] % 2:
+        values = np.concatenate([values, np.zeros((*values.shape[:-1], 1), dtype=np.uint8)], axis=-1)
+    return values[..., 0::2] | (values[..., 1::2] << 4)
+
+
+def quantize_int4(
+    weight: np.ndarray,
+    block_size: int,
+    rows_are_channels: bool,
+    asymmetric: bool = False,
+    hessian: np.ndarray | None = None,
+    damp: float = 0.01,
+) -> Int4Blocks:
+    """Block-wise int4 of a 2-D weight, symmetric or asymmetric, rounded to nearest or by GPTQ.
+
+    With `hessian` (X^T X of the layer's input activations on the calibration set, [K, K]),
+    the columns of each channel are rounded in order and each rounding error is spread over the
+    columns not yet rounded, weighted by the inverse Hessian (GPTQ, Frantar et al. 2022), so
+    that X·W changes least; a block's scale is fixed when the block is reached. Without it,
+    every value is rounded to nearest. The layout and conventions are those of
+    `quantize_int4_blocks`; symmetric blocks have the implied zero point 8.
+    """
+    if weight.dtype != np.float32 or weight.ndim != 2:
+        raise TypeError(f"int4 quantization expects a 2-D float32 weight, got {weight.dtype} {weight.shape}")
+    if block_size < 16 or block_size & (block_size - 1):
+        raise ValueError(f"block size {block_size} is not a power of two >= 16")
+    matrix = np.array(weight if rows_are_channels else weight.T, dtype=np.float64)  # [N, K]
+    channels, depth = matrix.shape
+    blocks = -(-depth // block_size)
+    padded_depth = blocks * block_size
+    work = np.zeros((channels, padded_depth), dtype=np.float64)
+    work[:, :depth] = matrix
+    levels = np.empty((channels, padded_depth), dtype=np.float64)
+    scales = np.empty((channels, blocks), dtype=np.float64)
+    zeros = np.empty((channels, blocks), dtype=np.float64)
+    if hessian is None:
+        grouped = work.reshape(channels, blocks, block_size)
+        scale, zero = _int4_parameters(grouped, asymmetric)
+        levels[:] = _int4_round(grouped, scale[..., None], zero[..., None]).reshape(channels, padded_depth)
+        scales[:], zeros[:] = scale, zero
+    else:
+        if hessian.shape != (depth, depth):
+            raise ValueError(f"the Hessian has shape {hessian.shape}; the weight's depth is {depth}")
+        h = np.eye(padded_depth, dtype=np.float64)
+        h[:depth, :depth] = hessian
+        dead = np.diag(h) <= 0
+        h[dead, dead] = 1.0
+        work[:, dead] = 0.0
+        h[np.diag_indices(padded_depth)] += damp * float(np.mean(np.diag(h)))
+        # The upper Cholesky factor of H^-1: row i holds how column i's error moves the later ones.
+        upper = np.linalg.cholesky(np.linalg.inv(h)).T
+        for start in range(0, padded_depth, block_size):
+            end = start + block_size
+            block = work[:, start:end].copy()
+            scale, zero = _int4_parameters(block, asymmetric)
+            scales[:, start // block_size], zeros[:, start // block_size] = scale, zero
+            errors = np.empty_like(block)
+            inner = upper[start:end, start:end]
+            for i in range(block_size):
+                column = block[:, i]
+                q = _int4_round(column, scale, zero)
+                levels[:, start + i] = q
+                errors[:, i] = (column - (q - zero) * scale) / inner[i, i]
+                block[:, i:] -= np.outer(errors[:, i], inner[i, i:])
+            work[:, end:] -= errors @ upper[start:end, end:]
+    dequantized = ((levels.reshape(channels, blocks, block_size) - zeros[..., None]) * scales[..., None]).reshape(
+        channels, padded_depth
+    )[:, :depth]
+    difference = dequantized - matrix
+    if hessian is None:
+        error = float(np.sum(difference**2) / max(np.sum(matrix**2), 1e-30))
+    else:
+        h64 = hessian.astype(np.float64)
+        error = float(np.sum((difference @ h64) * difference) / max(np.sum((matrix @ h64) * matrix), 1e-30))
+    packed = _pack_nibbles(levels.reshape(channels, blocks, block_size))
+    zero_points = _pack_nibbles(zeros).reshape(-1) if asymmetric else None
+    return Int4Blocks(packed, scales.astype(np.float32), zero_points, error)

@@ -54,6 +54,9 @@ def effective_recipe(spec: ModelVersionSpec, model: ModelSpec) -> Compression:
         target_format=own.target_format or defaults.target_format,
         block_size=own.block_size or defaults.block_size,
         objective=own.objective or defaults.objective,
+        method=own.method or defaults.method,
+        asymmetric=own.asymmetric if own.asymmetric is not None else defaults.asymmetric,
+        calibration=own.calibration or defaults.calibration,
     )
     try:
         return normalize_recipe(recipe)
@@ -370,7 +373,8 @@ def interface_matches(recorded: Any, signature: Signature) -> bool:
 
 
 def version_status(
-    old: dict[str, Any] | None, state: VersionState, generation: int | None, now: datetime
+    old: dict[str, Any] | None, state: VersionState, generation: int | None, now: datetime,
+    artifact_bucket: str | None = None,
 ) -> dict[str, Any]:
     """The full status to store for `state`, keeping unchanged transition times."""
     old = old or {}
@@ -389,6 +393,7 @@ def version_status(
         observed_generation=generation,
         phase=state.phase,
         job_name=state.job_name or old.get("jobName"),
+        artifact_bucket=artifact_bucket,
         cache_key=state.cache_key or old.get("cacheKey"),
         compressed_artifact=state.compressed,
         report=state.report,

@@ -26,7 +26,7 @@ from modelops.handlers.cache import Cache
 from modelops.handlers.queue import Key
 from modelops.metrics import Metrics
 from modelops.settings import Settings
-from modelops.storage import ObjectInfo, ObjectStore, StorageConfig, TransferTuning
+from modelops.storage import ObjectInfo, ObjectStore, StorageConfig, StorageError, TransferTuning
 
 CREDENTIAL_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
 # The operator only HEADs and reads small objects: fail fast and let the queue retry.
@@ -50,6 +50,12 @@ class CABundleProblem(CredentialsProblem):
     """The ConfigMap or Secret named in spec.storage.caBundle, or its key, is missing."""
 
     reason = ModelReason.CA_BUNDLE_NOT_FOUND
+
+
+class BucketProblem(CredentialsProblem):
+    """The bucket named in spec.storage.bucket does not exist at the endpoint."""
+
+    reason = ModelReason.BUCKET_NOT_FOUND
 
 
 _written_bundles: set[Path] = set()
@@ -128,6 +134,19 @@ class CachedReads:
         info = self.store.head(uri)
         self._heads.put(uri, (now + self._ttl, info))
         return info
+
+    def bucket_exists_recent(self, bucket: str) -> bool:
+        """Whether the bucket exists, by a HEAD bucket; a bucket seen may be `ttl` seconds old,
+        a missing one is asked again every time (so its creation is seen at once)."""
+        key = ("bucket", bucket)
+        kept = self._heads.get(key)
+        now = self._clock()
+        if kept is not None and kept[0] > now:
+            return True
+        exists = self.store.bucket_exists(bucket)
+        if exists:
+            self._heads.put(key, (now + self._ttl, True))
+        return exists
 
     def read_bytes(self, uri: str) -> bytes:
         info = self.head(uri)
@@ -243,6 +262,21 @@ class Context:
         """What the operator needs before it can talk to storage: the Secret and the CA bundle."""
         self.credentials(namespace, storage)
         self.ca_bundle(namespace, storage)
+
+    def check_bucket(self, namespace: str, storage: StorageSpec) -> None:
+        """Raises BucketProblem when the Model's bucket does not exist. Any other storage
+        answer (unreachable, or denied to credentials without s3:ListBucket) is left to the
+        versions, whose conditions name the URI."""
+        try:
+            exists = self.store_for(namespace, storage).bucket_exists_recent(storage.bucket)
+        except StorageError:
+            return
+        if not exists:
+            where = f" at {storage.endpoint}" if storage.endpoint else ""
+            raise BucketProblem(
+                f"bucket {storage.bucket} named in spec.storage.bucket does not exist{where}; "
+                "create it or fix spec.storage.bucket"
+            )
 
     def store_for(self, namespace: str, storage: StorageSpec) -> CachedReads:
         key_id, secret_key = self.credentials(namespace, storage)

@@ -9,7 +9,7 @@ from modelops.api.types import ConditionType
 from modelops.core.models import model_status, transport_condition
 from modelops.core.objects import OwnerRef, VersionView, with_owner
 from modelops.core.rollout import stale_verdicts
-from modelops.handlers.context import Context, CredentialsProblem
+from modelops.handlers.context import BucketProblem, Context, CredentialsProblem
 from modelops.handlers.deployments import record_verdict
 from modelops.handlers.queue import Key
 
@@ -27,9 +27,15 @@ def reconcile_model(ctx: Context, key: Key) -> float | None:
     for child, resource in [(v, k8s.MODELVERSIONS) for v in versions] + [(d, k8s.MODELDEPLOYMENTS) for d in deployments]:
         ctx.adopt(resource, child, with_owner(child["metadata"].get("ownerReferences"), owner))
 
-    problem, reason = None, None
+    problem: str | None = None
+    reason: str | None = None
+    retry: float | None = None
     try:
         ctx.check_storage(key.namespace, spec.storage)
+        ctx.check_bucket(key.namespace, spec.storage)
+    except BucketProblem as err:
+        # Nothing tells the operator when a bucket is created: look again on a timer.
+        problem, reason, retry = str(err), err.reason, ctx.settings.retry_seconds
     except CredentialsProblem as err:
         problem, reason = str(err), err.reason
     views = [VersionView.from_body(v) for v in versions]
@@ -46,4 +52,4 @@ def reconcile_model(ctx: Context, key: Key) -> float | None:
     # A deleted ModelDeployment (or one moved to another Model) takes its verdicts with it.
     for verdict in stale_verdicts(views, {d["metadata"]["name"] for d in deployments}):
         record_verdict(ctx, key.namespace, verdict)
-    return None
+    return retry

@@ -9,8 +9,8 @@ from pydantic import ValidationError
 
 from modelops import cachestore, reuse
 from modelops import kube as k8s
-from modelops.api.model import ModelSpec
-from modelops.api.version import TERMINAL_PHASES, ModelVersionSpec, Phase, VersionReason
+from modelops.api.model import Compression, ModelSpec
+from modelops.api.version import TERMINAL_PHASES, ModelVersionSpec, Phase, VersionReason, same_datasets_problem
 from modelops.cachekey import InvalidRecipe
 from modelops.core import naming, render
 from modelops.core.objects import OwnerRef, VersionView, owned_by
@@ -29,7 +29,7 @@ from modelops.core.versions import (
     version_status,
     waiting,
 )
-from modelops.handlers.context import Context, CredentialsProblem
+from modelops.handlers.context import CachedReads, Context, CredentialsProblem
 from modelops.handlers.queue import Key
 from modelops.storage import (
     AccessDenied,
@@ -38,6 +38,7 @@ from modelops.storage import (
     StorageError,
     StorageUnreachable,
     TLSVerificationFailed,
+    parse_s3_uri,
 )
 
 _WARNING_PHASES = {Phase.REJECTED, Phase.FAILED}
@@ -54,12 +55,19 @@ def reconcile_version(ctx: Context, key: Key) -> float | None:
         return None
     state = _decide(ctx, body)
     generation = body["metadata"].get("generation")
-    new_status = version_status(status, state, generation, ctx.clock())
+    new_status = version_status(status, state, generation, ctx.clock(), artifact_bucket=_artifact_bucket(body))
     if ctx.write_status(k8s.MODELVERSIONS, body, new_status) and status.get("phase") != state.phase:
         event_type = "Warning" if state.phase in _WARNING_PHASES else "Normal"
         ctx.kube.emit_event(body, event_type, state.reason, f"{state.phase}: {state.message}")
     ctx.metrics.versions.set(key.namespace, key.name, state.phase)
     return state.retry_after
+
+
+def _artifact_bucket(body: dict[str, Any]) -> str | None:
+    try:
+        return parse_s3_uri(str(((body.get("spec") or {}).get("artifact") or {}).get("uri", ""))).bucket
+    except StorageError:
+        return None  # a URI the schema let through but that is not s3://bucket/key: _decide says so
 
 
 def _decide(ctx: Context, body: dict[str, Any]) -> VersionState:
@@ -80,6 +88,13 @@ def _decide(ctx: Context, body: dict[str, Any]) -> VersionState:
         key = cache_key(spec, model)
     except InvalidRecipe as err:
         return waiting(Phase.FAILED, VersionReason.INVALID_RECIPE, str(err))
+    # The apiserver refuses this within one ModelVersion; a gate or calibration from the Model's
+    # versionDefaults only meets the version's here.
+    # Before normalising: a recipe that ignores calibration drops it, but the rule holds anyway.
+    calibration = (spec.compression.calibration if spec.compression else None) or model.version_defaults.compression.calibration
+    same = same_datasets_problem(Compression(calibration=calibration), effective_evaluation(spec, model))
+    if same is not None:
+        return waiting(Phase.FAILED, VersionReason.INVALID_SPEC, f"{same} (with the Model's versionDefaults)")
     job_name = naming.job_name(name)
     job = ctx.cache.get(k8s.JOBS, namespace, job_name)
     # A Job that evaluates a cached compression shows as Evaluating while it runs; the phase
@@ -126,6 +141,30 @@ def storage_problem(err: StorageError, field: str, uri: str, retry: float) -> Ve
     return waiting(Phase.FAILED, VersionReason.STORAGE_ERROR, f"{field}: {err}")
 
 
+def bucket_missing(store: CachedReads, bucket: str) -> bool:
+    """Whether HEAD bucket says the bucket does not exist. Credentials that may read objects but
+    not HEAD the bucket (no s3:ListBucket) are no verdict: the object reads decide then."""
+    try:
+        return not store.bucket_exists_recent(bucket)
+    except AccessDenied:
+        return False
+
+
+def _artifact_missing(store: CachedReads, uri: str, retry: float) -> VersionState:
+    """Verifying, naming what is missing: the artifact's bucket itself, or only its key."""
+    bucket = parse_s3_uri(uri).bucket
+    try:
+        missing = bucket_missing(store, bucket)
+    except StorageError as err:
+        return storage_problem(err, "spec.artifact.uri", uri, retry)
+    if missing:
+        message = (f"bucket {bucket} of spec.artifact.uri ({uri}) does not exist; fix the URI in a new "
+                   f"ModelVersion or create the bucket (checked again every {retry:g}s)")
+        return waiting(Phase.VERIFYING, VersionReason.BUCKET_NOT_FOUND, message, retry)
+    message = f"no object at {uri}; upload it (checked again every {retry:g}s)"
+    return waiting(Phase.VERIFYING, VersionReason.ARTIFACT_NOT_FOUND, message, retry)
+
+
 def _start(
     ctx: Context, body: dict[str, Any], spec: ModelVersionSpec, model: ModelSpec, key: str, job_name: str
 ) -> VersionState | tuple[dict[str, Any], bool]:
@@ -139,12 +178,16 @@ def _start(
         return waiting(Phase.VERIFYING, VersionReason.INSECURE_ENDPOINT, insecure)
     try:
         store = ctx.store_for(namespace, model.storage)
+        # The Job writes its output to the Model's bucket: a wrong one is named before any Job.
+        if bucket_missing(store, model.storage.bucket):
+            message = (f"bucket {model.storage.bucket} named in spec.storage.bucket of Model {spec.model} does not "
+                       f"exist; create it or fix the Model (checked again every {retry:g}s)")
+            return waiting(Phase.VERIFYING, VersionReason.BUCKET_NOT_FOUND, message, retry)
         store.head_recent(spec.artifact.uri)
     except CredentialsProblem as err:
         return waiting(Phase.VERIFYING, VersionReason(err.reason), f"{err}; create it in namespace {namespace}", retry)
     except ObjectNotFound:
-        message = f"no object at {spec.artifact.uri}; upload it (checked again every {retry:g}s)"
-        return waiting(Phase.VERIFYING, VersionReason.ARTIFACT_NOT_FOUND, message, retry)
+        return _artifact_missing(store, spec.artifact.uri, retry)
     except StorageError as err:
         return storage_problem(err, "spec.artifact.uri", spec.artifact.uri, retry)
 
