@@ -290,7 +290,7 @@ def render_deployment(
         template_annotations[naming.ANNOTATION_RETRY] = retry
     volume_mount = {"name": "models", "mountPath": MODEL_REPOSITORY}
     fetch = {
-        "name": "fetch",
+        "name": naming.FETCH_CONTAINER,
         "image": settings.operator_image,
         "imagePullPolicy": settings.image_pull_policy,
         "command": ["python", "-m", "modelops.fetch"],

@@ -22,6 +22,7 @@ from modelops.core.rollout import (
     plan_rollout,
     verdicts_of,
 )
+from modelops.core.upgrade import keep_running_fetcher
 from modelops.handlers import scaling
 from modelops.handlers.context import Context
 from modelops.handlers.queue import Key, RetryLater
@@ -178,13 +179,17 @@ def _template_current(
         )
     except (ServingConfigError, ValueError):
         return True
+    desired = keep_running_fetcher(desired, live)
     return not differences(desired["spec"]["template"], (live.get("spec") or {}).get("template"))
 
 
 def keep(ctx: Context, resource: k8s.Resource, live: dict[str, Any] | None, desired: dict[str, Any]) -> None:
     """Make the live child what we render: server-side apply when a rendered field is missing
     or different (this also recreates a deleted child), then remove the entries that someone
-    added to a rendered list, which apply leaves to their owner. No write when nothing differs."""
+    added to a rendered list, which apply leaves to their owner. No write when nothing differs.
+    A Deployment keeps its running fetch image while nothing else of its pods changes (core/upgrade)."""
+    if resource == k8s.DEPLOYMENTS:
+        desired = keep_running_fetcher(desired, live)
     found = differences(desired, live)
     if not found:
         return
