@@ -337,3 +337,26 @@ def test_model_deployment_health_of_the_operators_status_while_scaling() -> None
     for i, server in enumerate([done(1, 3), done(1, 1)]):
         s = plan(spec(replicas=1), s, [v(1)], server, now=T0 + timedelta(minutes=4, seconds=i)).status
         assert of(s, 1)[0] == ("Progressing", "Healthy")[i]
+
+
+def test_the_shared_cases_cover_every_path() -> None:
+    from tests.argocd_cases import cases
+
+    found = cases()
+    assert len(found) >= 50
+    assert {c.status for c in found} == {"Healthy", "Progressing", "Degraded", "Suspended"}
+    assert {c.object["kind"] for c in found} == {"Model", "ModelVersion", "ModelDeployment"}
+
+
+def _shared_cases() -> list[Any]:
+    from tests.argocd_cases import cases
+
+    return cases()
+
+
+@pytest.mark.parametrize("case", _shared_cases(), ids=lambda c: c.name)
+def test_health_of_the_operators_statuses_on_every_path(case: Any) -> None:
+    """The cases that the Go test runs in Argo CD's own Lua VM (tests/argocd_cases.py), here in
+    Lua 5.1 through lupa, so that make test checks them in milliseconds too."""
+    status, message = health(case.object["kind"], case.object)
+    assert (status, case.message in message) == (case.status, True), message
