@@ -64,7 +64,7 @@ chart-docs: ## Generate the values table of charts/modelops/README.md from the c
 
 .PHONY: test
 test: ## Run the test suite (unit, integration, e2e) on the local test bed; faults and the slow canary tests run on demand
-	@scripts/run-tests.sh -m "not faults and not canary_exact and not prometheus and not netpol"
+	@scripts/run-tests.sh -m "not faults and not canary_exact and not prometheus and not netpol and not argocd"
 
 .PHONY: test-faults
 test-faults: ## Run the fault suite: kill -9s, control-plane outages, HA handover (about 7 minutes)
@@ -85,6 +85,10 @@ test-canary-prometheus: ## Run the canary analysis through a real Prometheus (ab
 .PHONY: test-netpol
 test-netpol: ## Run the chart's NetworkPolicies under a real policy engine, kube-router (built on first use)
 	@scripts/run-tests.sh -m netpol
+
+.PHONY: test-argocd
+test-argocd: ## Run the chart's Argo CD health checks in Argo CD's own Lua VM (seconds; its first build several minutes)
+	@scripts/run-tests.sh -m argocd
 
 .PHONY: test-unit
 test-unit: ## Run only the unit tests (no cluster)

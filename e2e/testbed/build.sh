@@ -5,6 +5,8 @@
 # `build.sh prometheus` (or `build.sh kube-router`) builds (once) and prints the directory of an
 # on-demand module instead: Prometheus, which only the on-demand Prometheus canary test needs, and
 # kube-router, which only the NetworkPolicy tests need, so that a cold `make test` pays for neither.
+# `build.sh argocd-lua` builds the Go test of the chart's Argo CD health checks in Argo CD's own
+# Lua VM (a test binary, `go test -c`; see docs/testbed.md).
 #
 # Each go.mod under e2e/testbed/go pins one upstream release. Each module's output is
 # keyed by its go.mod, go.sum, build recipe and the Go toolchain, so a warm machine
@@ -56,13 +58,17 @@ recipes=(
 on_demand=(
   "prometheus|$ldflags|prometheus|github.com/prometheus/prometheus/cmd/prometheus|remove_all_sd,enable_kubernetes_sd"
   "kube-router|$ldflags|kube-router|github.com/cloudnativelabs/kube-router/v2/cmd/kube-router"
+  # A NAME ending in .test is the module's own Go test, compiled with `go test -c`.
+  "argocd-lua|$ldflags|argocd-lua.test|."
 )
 
 # build_module RECIPE: builds into its own keyed directory (once) and prints that directory.
 build_module() {
   local module flags name packages tags key out
   IFS='|' read -r module flags name packages tags <<<"$1"
-  key="$( (echo "$go_version"; echo "$1"; cat "$here/go/$module/go.mod" "$here/go/$module/go.sum") | sha256sum | cut -c1-16)"
+  # The module's own Go sources (a test) are part of the key; the others have none.
+  key="$( (echo "$go_version"; echo "$1"; cat "$here/go/$module/go.mod" "$here/go/$module/go.sum"
+           find "$here/go/$module" -name '*.go' -exec cat {} +) | sha256sum | cut -c1-16)"
   out="$cache/bin/$module-$key"
   # One lock per module output: a second caller waits for this module's build and reuses it,
   # while a build of another module (an on-demand Prometheus) holds up nobody.
@@ -72,7 +78,11 @@ build_module() {
       log "go build in $module: $packages (cold builds take minutes on 2 cores)"
       rm -rf "$out" && mkdir -p "$out"
       # shellcheck disable=SC2086 # packages is a word list
-      (cd "$here/go/$module" && go build -trimpath -tags "$tags" -ldflags "$flags" -o "$out/$name" $packages)
+      if [[ "$name" == *.test ]]; then
+        (cd "$here/go/$module" && go test -c -trimpath -tags "$tags" -ldflags "$flags" -o "$out/$name" $packages)
+      else
+        (cd "$here/go/$module" && go build -trimpath -tags "$tags" -ldflags "$flags" -o "$out/$name" $packages)
+      fi
       touch "$out/.complete"
     fi
   ) 9>"$out.lock"

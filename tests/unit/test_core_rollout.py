@@ -62,7 +62,7 @@ def cond(status: dict, type_: str) -> tuple[str, str]:
 def converge(md, versions, steps=1):
     """Create, then let the Deployment finish: the status a converged object has."""
     first = plan(md, None, versions, None)
-    return plan(md, first.status, versions, done(first.target.version), now=T0 + timedelta(seconds=30))
+    return plan(md, first.status, versions, done(first.target.version, md.replicas), now=T0 + timedelta(seconds=30))
 
 
 def test_first_rollout_creates_the_server() -> None:
@@ -473,3 +473,85 @@ def test_a_spec_change_keeps_a_failed_version_skipped_while_another_is_served() 
     rolled = plan(spec(), started.status, [v(1), v(2)], rolling(2, exceeded=True))
     changed = plan(spec(), rolled.status, [v(1), v(2)], replace(done(1), current=False))
     assert changed.target.version == 1 and changed.status["failedVersions"] == [2]
+
+
+# -- scaling: pods that start are not pods that were lost -----------------------------------------
+
+
+def scaling_to(replicas: int, total: int, available: int, observed: bool = True) -> ServerState:
+    """The Triton Deployment of version 1 asked for `replicas` pods, with every pod on the current template."""
+    return ServerState(1, replicas, updated=total, ready=available, available=available, total=total,
+                       generation=2, observed_generation=2 if observed else 1)
+
+
+def assert_serving_while_scaling(s: dict) -> None:
+    assert cond(s, "Ready") == ("True", "Serving")
+    assert cond(s, "Degraded") == ("False", "AsExpected")
+
+
+def test_a_scale_up_is_progressing_never_degraded_and_stays_ready() -> None:
+    one = converge(spec(replicas=1), [v(1)]).status
+    assert one["availableReplicasHighWater"] == 1
+    md = spec(replicas=3)
+    # Each step the handler may see: the live Deployment before the apply, the apply not yet
+    # observed by its controller, new pods created, one of them available, all available.
+    steps = [done(1, 1), scaling_to(3, 1, 1, observed=False), scaling_to(3, 1, 1), scaling_to(3, 3, 1), scaling_to(3, 3, 2)]
+    s = one
+    for i, server in enumerate(steps):
+        s = plan(md, s, [v(1)], server, now=T0 + timedelta(minutes=1, seconds=i)).status
+        assert_serving_while_scaling(s)
+        assert find(s["conditions"], "Progressing")["status"] == "True"
+    assert cond(s, "Progressing") == ("True", "Scaling")
+    assert "to 3 replicas: 3 pods, 2 available" in find(s["conditions"], "Progressing")["message"]
+    assert s["availableReplicasHighWater"] == 2
+    s = plan(md, s, [v(1)], done(1, 3), now=T0 + timedelta(minutes=2)).status
+    assert_serving_while_scaling(s)
+    assert cond(s, "Progressing") == ("False", "RolloutComplete")
+    assert s["availableReplicasHighWater"] == 3 and s["rollouts"] == one["rollouts"]
+
+
+def test_a_scale_down_is_clean_and_lowers_the_high_water_mark() -> None:
+    three = converge(spec(replicas=3), [v(1)]).status
+    md = spec(replicas=1)
+    s = plan(md, three, [v(1)], done(1, 3), now=T0 + timedelta(minutes=1)).status
+    assert_serving_while_scaling(s)
+    assert cond(s, "Progressing") == ("True", "Scaling") and s["availableReplicasHighWater"] == 1
+    s = plan(md, s, [v(1)], done(1, 1), now=T0 + timedelta(minutes=2)).status
+    assert_serving_while_scaling(s)
+    assert cond(s, "Progressing") == ("False", "RolloutComplete")
+    # Up again: the pods that start are not counted as lost ones from before the scale-down.
+    s = plan(spec(replicas=3), s, [v(1)], scaling_to(3, 3, 1), now=T0 + timedelta(minutes=3)).status
+    assert_serving_while_scaling(s)
+
+
+def test_a_pod_lost_while_scaling_up_is_degraded() -> None:
+    md = spec(replicas=3)
+    s = plan(md, converge(spec(replicas=1), [v(1)]).status, [v(1)], scaling_to(3, 3, 1), now=T0 + timedelta(minutes=1)).status
+    assert_serving_while_scaling(s)
+    # The one pod that served crashed; the two new ones are not ready yet.
+    s = plan(md, s, [v(1)], scaling_to(3, 3, 0), now=T0 + timedelta(minutes=2)).status
+    assert cond(s, "Degraded") == ("True", "ReplicasUnavailable")
+    assert "1 of 3 replicas of version 1 were available and are lost" in find(s["conditions"], "Degraded")["message"]
+
+
+def test_a_spec_change_of_the_served_version_is_a_rollout_that_keeps_serving() -> None:
+    md = spec(replicas=2)
+    s = converge(md, [v(1)]).status
+    changing = ServerState(1, 2, updated=1, ready=2, available=2, total=3, generation=2, observed_generation=2)
+    s = plan(md, s, [v(1)], changing, now=T0 + timedelta(minutes=1)).status
+    assert cond(s, "Progressing") == ("True", "RolloutInProgress")
+    assert cond(s, "Ready") == ("True", "Serving") and cond(s, "Degraded") == ("False", "AsExpected")
+    assert s.get("availableReplicasHighWater") is None
+    # The last new pod still starts once the old ones are gone: not a lost pod.
+    s = plan(md, s, [v(1)], ServerState(1, 2, updated=2, ready=1, available=1, total=2, generation=2, observed_generation=2),
+             now=T0 + timedelta(minutes=2)).status
+    assert cond(s, "Progressing") == ("True", "Scaling") and cond(s, "Degraded") == ("False", "AsExpected")
+
+
+def test_an_external_autoscaler_owns_the_count_the_live_deployment_asks_for() -> None:
+    md = spec(replicas=1, autoscaling={"provider": "hpa", "minReplicas": 1, "maxReplicas": 4,
+                                       "metric": "inferences-per-second", "target": 10})
+    s = converge(md, [v(1)]).status
+    s = plan(md, s, [v(1)], scaling_to(4, 4, 1), now=T0 + timedelta(minutes=1)).status
+    assert_serving_while_scaling(s)
+    assert "to 4 replicas" in find(s["conditions"], "Progressing")["message"]

@@ -151,6 +151,12 @@ class ServerState:
         )
 
     @property
+    def template_rolled_out(self) -> bool:
+        """The controller observed the spec and no pod of an older template is left: the pod
+        count may still change (a scale), but the template does not."""
+        return self.observed_generation >= self.generation and self.updated == self.total
+
+    @property
     def complete(self) -> bool:
         """Rolled out, and every pod is available."""
         return self.rolled_out and self.available == self.replicas

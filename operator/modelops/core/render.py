@@ -271,7 +271,7 @@ def render_deployment(
         template_annotations[naming.ANNOTATION_RETRY] = retry
     volume_mount = {"name": "models", "mountPath": runtime.model_repository}
     fetch = {
-        "name": "fetch",
+        "name": naming.FETCH_CONTAINER,
         "image": settings.operator_image,
         "imagePullPolicy": settings.image_pull_policy,
         "command": ["python", "-m", "modelops.fetch"],

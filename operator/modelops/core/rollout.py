@@ -14,6 +14,7 @@ from modelops.api.types import Condition, ConditionType
 from modelops.core.canary import CanaryInputs, CanaryPlan, plan_canary
 from modelops.core.conditions import FALSE, TRUE, Cond, merge_conditions, timestamp
 from modelops.core.objects import Event, ServerState, VersionView
+from modelops.core.render import managed_replicas
 from modelops.core.resolve import Resolution, effective_versions, resolve_version
 
 NORMAL, WARNING = "Normal", "Warning"
@@ -305,6 +306,7 @@ def _status(given: RolloutInputs, draft: _Draft) -> ModelDeploymentStatus:
         "lastRetry": draft.last_retry,
         "replicas": server.total if server else 0,
         "readyReplicas": server.ready if server else 0,
+        "availableReplicasHighWater": _high_water(given, draft),
         "endpoints": given.endpoints if (draft.target is not None or server is not None) else None,
         "rollouts": draft.records or None,
         "canary": canary.status.wire() if canary is not None and canary.status is not None else None,
@@ -361,16 +363,48 @@ def _suspended_conditions(given: RolloutInputs, draft: _Draft) -> list[Cond] | N
     ]
 
 
+def asked_replicas(spec: ModelDeploymentSpec, server: ServerState | None) -> int:
+    """The Triton pods asked for: the operator's count, or the live one where an external
+    autoscaler owns it."""
+    managed = managed_replicas(spec)
+    if managed is not None:
+        return managed
+    return server.replicas if server is not None else spec.replicas
+
+
+def available_high_water(old: int | None, spec: ModelDeploymentSpec, server: ServerState | None, in_flight: bool) -> int | None:
+    """status.availableReplicasHighWater: the most pods of the current template that were
+    available at once, at most the pods asked for (a scale-down lowers it). None while a
+    rollout changes the template, so that a new template starts from its own pods. Available
+    pods below it were lost; pods asked for above it are still starting (a scale-up)."""
+    if in_flight or server is None or spec.suspended or not server.template_rolled_out:
+        return None
+    return min(asked_replicas(spec, server), max(old or 0, server.available))
+
+
+def _high_water(given: RolloutInputs, draft: _Draft) -> int | None:
+    return available_high_water(given.old.available_replicas_high_water, given.spec, given.server, draft.in_flight)
+
+
 def _rolling(given: RolloutInputs, draft: _Draft) -> bool:
-    """A pod that fails after the rollout finished (a crash, a lost node) is not a rollout: it
-    shows as Degraded, and the rollout stays complete."""
-    return draft.in_flight or given.server is None or not given.server.rolled_out
+    """A template change is a rollout. A pod count change is a scale: it still serves, so Ready
+    stays True and only pods that were available and are lost (a crash, a lost node) make it
+    Degraded; pods that a scale-up adds are starting, not lost."""
+    return draft.in_flight or given.server is None or _high_water(given, draft) is None
+
+
+def _lost(given: RolloutInputs, draft: _Draft) -> int:
+    """Pods of the current template that were available and are not now."""
+    high_water, server = _high_water(given, draft), given.server
+    if _rolling(given, draft) or server is None or high_water is None:
+        return 0
+    return max(0, high_water - server.available)
 
 
 def _progressing(given: RolloutInputs, draft: _Draft) -> Cond:
     spec, server = given.spec, given.server
+    replicas = asked_replicas(spec, server)
     if _rolling(given, draft):
-        replicas = spec.replicas
         counts = f"{server.updated}/{replicas} updated, {server.available} available" if server else "creating the Deployment"
         version = draft.target.version if draft.target else draft.served
         progressing = Cond(ConditionType.PROGRESSING, TRUE, Reason.ROLLOUT_IN_PROGRESS, f"rolling out version {version}: {counts}")
@@ -380,6 +414,10 @@ def _progressing(given: RolloutInputs, draft: _Draft) -> Cond:
                 f"version {version} did not become available within {spec.rollout.progress_deadline_seconds}s "
                 "and autoRollback is off; fix the version or pin another one",
             )
+    elif server is not None and not _lost(given, draft) and (
+            server.replicas != replicas or server.total != replicas or server.available < replicas):
+        progressing = Cond(ConditionType.PROGRESSING, TRUE, Reason.SCALING,
+                           f"scaling version {draft.served} to {replicas} replicas: {server.total} pods, {server.available} available")
     else:
         progressing = Cond(ConditionType.PROGRESSING, FALSE, Reason.ROLLOUT_COMPLETE, f"version {draft.served} is rolled out")
     canary = draft.canary
@@ -392,10 +430,12 @@ def _progressing(given: RolloutInputs, draft: _Draft) -> Cond:
 
 
 def _ready(given: RolloutInputs, draft: _Draft, progressing: Cond) -> Cond:
-    served, resolution, replicas = draft.served, draft.resolution, given.spec.replicas
+    served, resolution, replicas = draft.served, draft.resolution, asked_replicas(given.spec, given.server)
     ready_pods = given.server.ready if given.server else 0
     rolling = _rolling(given, draft)
-    if not rolling and served == _desired(given, draft) and (replicas == 0 or ready_pods >= 1):
+    # Serving the desired version: pods that change without a new version (a scale, a spec
+    # change of the served version) do not stop it.
+    if not draft.in_flight and served == _desired(given, draft) and (replicas == 0 or ready_pods >= 1):
         return Cond(ConditionType.READY, TRUE, Reason.SERVING, f"serving version {served} on {ready_pods}/{replicas} ready replicas")
     if resolution.version is None:
         still = f"; still serving version {served}" if served is not None else ""
@@ -406,9 +446,8 @@ def _ready(given: RolloutInputs, draft: _Draft, progressing: Cond) -> Cond:
 
 
 def _degraded(given: RolloutInputs, draft: _Draft) -> Cond:
-    served, records, resolution, replicas = draft.served, draft.records, draft.resolution, given.spec.replicas
-    rolling, server = _rolling(given, draft), given.server
-    unavailable = 0 if rolling or server is None else max(0, replicas - server.available)
+    served, records, resolution = draft.served, draft.records, draft.resolution
+    replicas, rolling, lost = asked_replicas(given.spec, given.server), _rolling(given, draft), _lost(given, draft)
     canary_status = draft.canary.status if draft.canary is not None else None
     if records and records[-1].outcome == RolloutOutcome.ABORTED and canary_status is not None \
             and canary_status.phase == CanaryPhase.ABORTED:
@@ -417,10 +456,10 @@ def _degraded(given: RolloutInputs, draft: _Draft) -> Cond:
         return _failed_rollout(records[-1], served)
     if not rolling and _desired(given, draft) != served and served is not None:
         return Cond(ConditionType.DEGRADED, TRUE, resolution.reason, f"{resolution.message}; serving version {served} instead")
-    if unavailable:
+    if lost:
         return Cond(
             ConditionType.DEGRADED, TRUE, Reason.REPLICAS_UNAVAILABLE,
-            f"{unavailable} of {replicas} replicas of version {served} are not available (crashed, restarting or not scheduled)",
+            f"{lost} of {replicas} replicas of version {served} were available and are lost (crashed, restarting or evicted)",
         )
     return Cond(ConditionType.DEGRADED, FALSE, Reason.AS_EXPECTED, "serving as the policy asks" if not rolling else "rollout under way")
 

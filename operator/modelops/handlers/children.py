@@ -7,6 +7,7 @@ from typing import Any
 
 from modelops import kube as k8s
 from modelops.core.drift import differences, removals
+from modelops.core.upgrade import keep_running_fetcher
 from modelops.handlers.context import Context
 from modelops.handlers.queue import RetryLater
 
@@ -14,7 +15,10 @@ from modelops.handlers.queue import RetryLater
 def keep(ctx: Context, resource: k8s.Resource, live: dict[str, Any] | None, desired: dict[str, Any]) -> None:
     """Make the live child what we render: server-side apply when a rendered field is missing
     or different (this also recreates a deleted child), then remove the entries that someone
-    added to a rendered list, which apply leaves to their owner. No write when nothing differs."""
+    added to a rendered list, which apply leaves to their owner. No write when nothing differs.
+    A Deployment keeps its running fetch image while nothing else of its pods changes (core/upgrade)."""
+    if resource == k8s.DEPLOYMENTS:
+        desired = keep_running_fetcher(desired, live)
     found = differences(desired, live)
     if not found:
         return

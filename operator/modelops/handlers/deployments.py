@@ -19,6 +19,7 @@ from modelops.core.conditions import find
 from modelops.core.drift import differences
 from modelops.core.objects import OwnerRef, ServerState, VersionView, owned_by
 from modelops.core.rollout import RolloutInputs, RolloutPlan, plan_rollout
+from modelops.core.upgrade import keep_running_fetcher
 from modelops.handlers import scaling
 from modelops.handlers.children import keep
 from modelops.handlers.context import Context
@@ -198,6 +199,7 @@ def _template_current(work: _Work, live: dict[str, Any], server: ServerState) ->
         desired = work.render(view)
     except (ServingConfigError, ValueError):
         return True
+    desired = keep_running_fetcher(desired, live)
     return not differences(desired["spec"]["template"], (live.get("spec") or {}).get("template"))
 
 
