@@ -106,8 +106,7 @@ def reconcile_deployment(ctx: Context, key: Key) -> float | None:
     if result.started is not None:
         ctx.metrics.rollouts.labels("started").inc()
     if result.succeeded is not None:
-        ctx.metrics.rollouts.labels("succeeded").inc()
-        ctx.metrics.rollout_seconds.observe(result.succeeded[1])
+        ctx.metrics.rollout_succeeded(result.succeeded[1])
     if result.rolled_back is not None:
         ctx.metrics.rollbacks.inc()
     # Level-triggered: this deployment's name sits on exactly the versions it failed.
