@@ -6,11 +6,13 @@ import threading
 import time
 from collections import Counter as Tally
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from modelops.api.deployment import DeploymentReason
 from modelops.api.version import Phase
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -60,6 +62,27 @@ class _VersionPhases(Collector):
         yield family
 
 
+class _PastDeadline(Collector):
+    """modelops_rollouts_past_deadline: ModelDeployments whose rollout is past its progress
+    deadline and was not rolled back (auto-rollback off, or nothing served to go back to)."""
+
+    def __init__(self) -> None:
+        self._keys: set[tuple[str, str]] = set()
+        self._lock = threading.Lock()
+
+    def set(self, namespace: str, name: str, conditions: list[dict[str, Any]] | None) -> None:
+        past = any(c.get("reason") == DeploymentReason.PROGRESS_DEADLINE_EXCEEDED for c in conditions or [])
+        with self._lock:
+            (self._keys.add if past else self._keys.discard)((namespace, name))
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        with self._lock:
+            count = len(self._keys)
+        yield GaugeMetricFamily(
+            "modelops_rollouts_past_deadline", "ModelDeployments whose rollout is past its deadline and was not rolled back.", value=count
+        )
+
+
 class Metrics:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.registry = CollectorRegistry()
@@ -84,6 +107,11 @@ class Metrics:
         )
         self.queue_depth = Gauge("modelops_queue_depth", "Objects waiting to be reconciled.", registry=r)
         self.leader = Gauge("modelops_leader", "1 while this replica holds the leader Lease and reconciles, 0 while it stands by.", registry=r)
+        self.phase_changes = Counter(
+            "modelops_version_phase_changes", "ModelVersion phase changes written, by new phase and reason.", ["phase", "reason"], registry=r
+        )
+        self.past_deadline = _PastDeadline()
+        r.register(self.past_deadline)
         self.versions = _VersionPhases(lambda stage, seconds: self.phase_seconds.labels(stage).observe(seconds), clock)
         r.register(self.versions)
 

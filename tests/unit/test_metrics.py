@@ -84,3 +84,14 @@ def test_a_deleted_version_leaves_the_tally_and_times_nothing() -> None:
     metrics.versions.set("ns", "v1", None)
     assert stage_count(metrics, "gate") == 0
     assert samples(metrics)[("modelops_model_versions", (("phase", "Evaluating"),))] == 0
+
+
+def test_a_rollout_past_its_deadline_counts_until_its_conditions_clear() -> None:
+    metrics = Metrics()
+    past = [{"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded"}]
+    metrics.past_deadline.set("ns", "a", past)
+    metrics.past_deadline.set("ns", "b", past)
+    metrics.past_deadline.set("ns", "b", [{"type": "Progressing", "status": "True", "reason": "RolloutInProgress"}])
+    assert samples(metrics)[("modelops_rollouts_past_deadline", ())] == 1
+    metrics.past_deadline.set("ns", "a", None)  # deleted
+    assert samples(metrics)[("modelops_rollouts_past_deadline", ())] == 0

@@ -32,6 +32,7 @@ def reconcile_deployment(ctx: Context, key: Key) -> float | None:
     namespace, name = key.namespace, key.name
     body = ctx.cache.get(k8s.MODELDEPLOYMENTS, namespace, name)
     if body is None or body["metadata"].get("deletionTimestamp"):
+        ctx.metrics.past_deadline.set(namespace, name, None)
         return None
     spec = ModelDeploymentSpec.model_validate(body["spec"])
     uid = body["metadata"]["uid"]
@@ -96,7 +97,9 @@ def reconcile_deployment(ctx: Context, key: Key) -> float | None:
     status = result.status
     if scaled.status is not None:
         status = status.model_copy(update={"autoscaling": scaled.status})
-    ctx.write_status(k8s.MODELDEPLOYMENTS, body, status.wire())
+    wire = status.wire()
+    ctx.write_status(k8s.MODELDEPLOYMENTS, body, wire)
+    ctx.metrics.past_deadline.set(namespace, name, wire.get("conditions"))
     if scaled.message is not None:
         ctx.kube.emit_event(body, "Normal", DeploymentReason.SCALED, scaled.message)
     if scaled.warning is not None:
