@@ -55,6 +55,8 @@ recipes=(
 # discovery plugins pull in every cloud's SDK) and without the embedded web UI.
 on_demand=(
   "prometheus|$ldflags|prometheus|github.com/prometheus/prometheus/cmd/prometheus|remove_all_sd,enable_kubernetes_sd"
+  # promtool (check metrics, test rules) from the same pinned module: go/promtool links to go/prometheus.
+  "promtool|$ldflags|promtool|github.com/prometheus/prometheus/cmd/promtool|remove_all_sd"
 )
 
 # build_module RECIPE: builds into its own keyed directory (once) and prints that directory.
