@@ -1,6 +1,6 @@
 """The monitoring a platform team runs: the operator's live /metrics passes `promtool check
 metrics`; `helm template` with `monitoring.enabled` renders the ServiceMonitor, PodMonitor and
-PrometheusRule (and none of them by default); every alert fires on one input and stays quiet
+PrometheusRule and the Grafana dashboard's ConfigMap (and none of them by default); every alert fires on one input and stays quiet
 on another (`promtool test rules`, tests/integration/monitoring/alerts_test.yaml); every alert
 has a runbook section in docs/runbooks.md that its runbook_url points to.
 
@@ -73,8 +73,13 @@ def test_the_live_metrics_follow_the_conventions(testbed, namespace, storage, st
 
 def test_monitoring_is_off_by_default_and_one_value_turns_it_on(helm) -> None:
     assert not MONITORING_KINDS & {d["kind"] for d in render(helm)}
-    kinds = [d["kind"] for d in render(helm, "--set", "monitoring.enabled=true")]
-    assert sorted(k for k in kinds if k in MONITORING_KINDS) == sorted(MONITORING_KINDS)
+    docs = render(helm, "--set", "monitoring.enabled=true")
+    assert sorted(d["kind"] for d in docs if d["kind"] in MONITORING_KINDS) == sorted(MONITORING_KINDS)
+    (dashboard,) = [d for d in docs if d["kind"] == "ConfigMap" and "modelops.json" in d.get("data", {})]
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert dashboard["data"]["modelops.json"] == (CHART / "dashboards" / "modelops.json").read_text().rstrip("\n")
+    docs = render(helm, "--set", "monitoring.enabled=true", "--set", "monitoring.dashboard.enabled=false")
+    assert not [d for d in docs if d["kind"] == "ConfigMap" and "modelops.json" in d.get("data", {})]
 
 
 def test_the_pod_monitor_selects_the_labels_the_operator_puts_on_triton_pods(helm) -> None:
