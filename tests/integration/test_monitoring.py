@@ -4,11 +4,15 @@ PrometheusRule and the Grafana dashboard's ConfigMap (and none of them by defaul
 on another (`promtool test rules`, tests/integration/monitoring/alerts_test.yaml); every alert
 has a runbook section in docs/runbooks.md that its runbook_url points to.
 
-promtool comes from the pinned Prometheus module (`e2e/testbed/build.sh promtool`).
+promtool comes from the pinned Prometheus module (`e2e/testbed/build.sh promtool`). The chart
+with monitoring on passes kubeconform in strict mode, the monitoring kinds included, with
+schemas made from prometheus-operator's CRDs (its Go module) and cached like the others.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import shutil
 import subprocess
@@ -18,6 +22,8 @@ from typing import Any
 import pytest
 import yaml
 
+from e2e import support
+from e2e.testbed import schemas
 from tests.integration.conftest import ROOT, apply_docs, digits_model_manifest, eventually
 
 pytestmark = pytest.mark.integration
@@ -26,6 +32,10 @@ CHART = ROOT / "charts" / "modelops"
 ALERTS_TEST = ROOT / "tests" / "integration" / "monitoring" / "alerts_test.yaml"
 RUNBOOKS = ROOT / "docs" / "runbooks.md"
 MONITORING_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule"}
+# The Prometheus Operator whose CRDs (example/prometheus-operator-crd in its Go module, verified
+# against the checksum database by `go mod download`) the monitoring kinds are validated against.
+PROMETHEUS_OPERATOR = "github.com/prometheus-operator/prometheus-operator@v0.85.0"
+PROMETHEUS_OPERATOR_CRDS = ("servicemonitors", "podmonitors", "prometheusrules")
 
 
 def built(*modules: str) -> Path:
@@ -122,3 +132,34 @@ def test_every_alert_has_a_runbook_section_its_url_points_to(helm) -> None:
         assert anchor in sections, f"docs/runbooks.md has no section ## {alert['alert']}"
         assert alert["annotations"]["runbook_url"].endswith(f"docs/runbooks.md#{anchor}")
         assert alert["labels"]["severity"] in {"critical", "warning", "info"}
+
+
+def prometheus_operator_crds() -> list[Path]:
+    env = {**os.environ, "GOMODCACHE": str(support.CACHE / "go" / "mod"), "GOFLAGS": "", "GOTOOLCHAIN": "local"}
+    out = subprocess.run(["go", "mod", "download", "-json", PROMETHEUS_OPERATOR], check=True, capture_output=True, text=True,
+                         env=env, timeout=600)
+    folder = Path(json.loads(out.stdout)["Dir"]) / "example" / "prometheus-operator-crd"
+    return [folder / f"monitoring.coreos.com_{name}.yaml" for name in PROMETHEUS_OPERATOR_CRDS]
+
+
+def test_kubeconform_passes_the_monitoring_kinds_against_prometheus_operators_crds(testbed, helm, tmp_path: Path) -> None:
+    openapi = json.loads(testbed.kubectl("get", "--raw", "/openapi/v2", timeout=120))
+    template = schemas.write_schemas(openapi, [*sorted((ROOT / "crds").glob("*.yaml")), *prometheus_operator_crds()],
+                                     support.CACHE / "kubeconform-schemas")
+    command = [str(support.binaries() / "kubeconform"), "-schema-location", str(template), "-kubernetes-version", "1.34.4",
+               "-strict", "-summary", "-verbose", "-output", "json"]
+    good = render(helm, "--set", "monitoring.enabled=true")
+    bad = [d for d in render(helm, "--set", "monitoring.enabled=true") if d["kind"] == "PodMonitor"]
+    bad[0]["spec"]["podMetricsEndpoints"][0]["intervall"] = "30s"  # a typo strict mode refuses
+    for name, docs, valid in (("good", good, True), ("bad", bad, False)):
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump_all(docs))
+        result = subprocess.run([*command, str(path)], capture_output=True, text=True, timeout=300)
+        report = json.loads(result.stdout)
+        statuses = {(r["kind"], r["status"]) for r in report.get("resources", [])}
+        if valid:
+            assert result.returncode == 0, result.stdout + result.stderr
+            assert {(kind, "statusValid") for kind in MONITORING_KINDS} <= statuses, statuses
+            assert not {s for s in statuses if s[1] not in ("statusValid",)}, statuses
+        else:
+            assert result.returncode != 0 and ("PodMonitor", "statusInvalid") in statuses, result.stdout
