@@ -106,6 +106,11 @@ class Metrics:
             "modelops_kube_requests", "Kubernetes API requests by verb, resource and HTTP status.", ["verb", "resource", "code"], registry=r
         )
         self.queue_depth = Gauge("modelops_queue_depth", "Objects waiting to be reconciled.", registry=r)
+        # Known label values start at 0, so that rate() and increase() see them from the first scrape.
+        for stage in (*STAGES.values(), STAGE_SERVE):
+            self.phase_seconds.labels(stage)
+        for outcome in ("started", "succeeded"):
+            self.rollouts.labels(outcome)
         self.leader = Gauge("modelops_leader", "1 while this replica holds the leader Lease and reconciles, 0 while it stands by.", registry=r)
         self.phase_changes = Counter(
             "modelops_version_phase_changes", "ModelVersion phase changes written, by new phase and reason.", ["phase", "reason"], registry=r
