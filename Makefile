@@ -91,6 +91,10 @@ demo: ## Run the whole lifecycle on the local test bed
 	@python=$(venv_python); bin=$(binaries); \
 	  MODELOPS_BINARIES="$$bin" PYTHONPATH=operator:. "$$python" -m e2e.demo
 
+.PHONY: bench-plots
+bench-plots: ## Render the plots of docs/benchmarks.md from bench/results/*.json (PNGs under docs/images/benchmarks/)
+	@PYTHONPATH=operator:. $(venv_python) bench/plots.py
+
 .PHONY: bench
 bench: ## Run the benchmarks; JSON under bench/results/, summary in docs/benchmarks.md
 	@python=$(venv_python); \
