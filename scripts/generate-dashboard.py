@@ -5,7 +5,8 @@ what this script writes. Run: `$(scripts/ensure-venv.sh)/bin/python scripts/gene
 
 Per model (variables namespace and model, from the PodMonitor's Triton series): requests,
 error ratio, p50/p99 latency, queue time, replicas, the version served. From the operator's
-own series: rollouts and rollbacks, compression durations and the time to ready per stage.
+own series: rollouts and rollbacks, compression durations, the time to ready per stage,
+reconciles and their errors and durations, the work queue and the leader.
 """
 
 from __future__ import annotations
@@ -68,6 +69,18 @@ OPERATOR_PANELS = [
     ("Time to ready per stage (p99)", "s",
      [("histogram_quantile(0.99, sum by (le, stage) (rate(modelops_phase_duration_seconds_bucket[1h])))", "{{stage}}")],
      "verify, compress, gate and serve (a rollout's start to all its pods serving)."),
+    ("Reconciles and errors", "ops",
+     [(f"sum by (kind, result) (rate(modelops_reconcile_total{RATE}))", "{{kind}} {{result}}"),
+      # A kind with no error yet is a line at 0, not a missing one.
+      (f"sum by (kind) (rate(modelops_reconcile_errors_total{RATE})) or 0 * sum by (kind) (rate(modelops_reconcile_total{RATE}))",
+       "{{kind}} errors")],
+     "Reconciles per second by kind and result, and the failed ones (OperatorReconcileErrors)."),
+    ("Reconcile duration (p99)", "s",
+     [(f"histogram_quantile(0.99, sum by (le, kind) (rate(modelops_reconcile_duration_seconds_bucket{RATE})))", "{{kind}}")],
+     "Time one reconcile takes, by kind."),
+    ("Work queue and leader", "short",
+     [("sum(modelops_queue_depth)", "objects waiting"), ("sum(modelops_leader)", "leaders")],
+     "Objects waiting to be reconciled, and the replicas that hold the leader Lease (OperatorNoLeader below 1)."),
 ]
 
 

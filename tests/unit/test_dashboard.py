@@ -29,15 +29,25 @@ def test_the_committed_dashboard_is_the_generators_output() -> None:
 
 
 def test_every_panel_queries_prometheus_through_the_variables() -> None:
-    dashboard = json.loads(generator().render())
+    gen = generator()
+    dashboard = json.loads(gen.render())
     panels = [p for p in dashboard["panels"] if p["type"] == "timeseries"]
     titles = {p["title"] for p in panels}
     assert {"Requests", "Error ratio", "Latency p50 and p99", "Queue time per request", "Replicas", "Version served",
-            "Rollouts and rollbacks", "Compression duration"} <= titles
+            "Rollouts and rollbacks", "Compression duration", "Time to ready per stage (p99)", "Reconciles and errors",
+            "Reconcile duration (p99)", "Work queue and leader"} <= titles
     assert [v["name"] for v in dashboard["templating"]["list"]] == ["datasource", "namespace", "model"]
+    per_model = {title for title, *_ in gen.MODEL_PANELS}
     for p in panels:
         assert p["targets"], p["title"]
         for target in p["targets"]:
             assert target["datasource"]["uid"] == "${datasource}"
-            if not target["expr"].lstrip().startswith(("sum by (outcome)", "sum(increase(modelops", "histogram_quantile")):
+            if p["title"] in per_model:
                 assert '$namespace' in target["expr"] and '$model' in target["expr"], target["expr"]
+
+
+def test_the_operator_panels_show_the_series_the_alerts_use() -> None:
+    exprs = " ".join(t["expr"] for p in json.loads(generator().render())["panels"] if p["type"] == "timeseries" for t in p["targets"])
+    for series in ("modelops_reconcile_errors_total", "modelops_reconcile_duration_seconds_bucket", "modelops_queue_depth",
+                   "modelops_leader", "modelops_rollbacks_total", "modelops_phase_duration_seconds_bucket"):
+        assert series in exprs, series
