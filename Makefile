@@ -78,9 +78,13 @@ test-mutations: ## Prove the fault suite: each patch in tests/mutations/ breaks 
 test-canary-exact: ## Run the acceptance's good canary exactly: 10 % then 50 % on 9 stable pods, >= 10,000 requests (about 3 minutes)
 	@scripts/run-tests.sh -m canary_exact
 
-.PHONY: test-canary-prometheus
-test-canary-prometheus: ## Run the canary analysis through a real Prometheus (about 1 minute; its first build about 5)
+.PHONY: test-prometheus
+test-prometheus: ## Run every test through a real Prometheus: the canary analysis, the autoscaler, the dashboard's queries (about 2.5 minutes; Prometheus's first build 5 to 17)
 	@scripts/run-tests.sh -m prometheus
+
+.PHONY: test-canary-prometheus
+test-canary-prometheus: ## Run only the canary analysis and the autoscaler through a real Prometheus (about 1.5 minutes)
+	@scripts/run-tests.sh -m prometheus tests/integration/test_canary_prometheus.py
 
 .PHONY: test-netpol
 test-netpol: ## Run the chart's NetworkPolicies under a real policy engine, kube-router (built on first use)
@@ -98,6 +102,10 @@ test-unit: ## Run only the unit tests (no cluster)
 demo: ## Run the whole lifecycle on the local test bed
 	@python=$(venv_python); bin=$(binaries); \
 	  MODELOPS_BINARIES="$$bin" PYTHONPATH=operator:. "$$python" -m e2e.demo
+
+.PHONY: bench-plots
+bench-plots: ## Render the plots of docs/benchmarks.md from bench/results/*.json (PNGs under docs/images/benchmarks/)
+	@PYTHONPATH=operator:. $(venv_python) bench/plots.py
 
 .PHONY: bench
 bench: ## Run the benchmarks; JSON under bench/results/, summary in docs/benchmarks.md

@@ -60,6 +60,8 @@ on_demand=(
   "kube-router|$ldflags|kube-router|github.com/cloudnativelabs/kube-router/v2/cmd/kube-router"
   # A NAME ending in .test is the module's own Go test, compiled with `go test -c`.
   "argocd-lua|$ldflags|argocd-lua.test|."
+  # promtool (check metrics, test rules) from the same pinned module: go/promtool links to go/prometheus.
+  "promtool|$ldflags|promtool|github.com/prometheus/prometheus/cmd/promtool|remove_all_sd"
 )
 
 # build_module RECIPE: builds into its own keyed directory (once) and prints that directory.

@@ -17,7 +17,7 @@ import kopf
 from modelops import __version__
 from modelops.core.endpoints import EndpointPolicy, HostPort, parse_networks
 from modelops.handlers.context import Context, StoreCache
-from modelops.handlers.probes import serve_health
+from modelops.handlers.probes import serve_health, serve_metrics
 from modelops.handlers.queue import Key
 from modelops.handlers.registry import Operator, build_registry
 from modelops.kube import Kube
@@ -40,9 +40,8 @@ def user_agent(settings: Settings) -> str:
     return f"modelops-operator/{__version__} ({identity(settings)})"
 
 
-def context_factory(settings: Settings) -> Callable[[Callable[[Key], None]], Context]:
+def context_factory(settings: Settings, metrics: Metrics) -> Callable[[Callable[[Key], None]], Context]:
     def make(wake: Callable[[Key], None]) -> Context:
-        metrics = Metrics()
         kube = Kube.from_environment(
             observe=metrics.observe_request, user_agent=user_agent(settings), connections=settings.workers + 2
         )
@@ -95,15 +94,20 @@ def lost_leadership() -> None:
 
 
 async def run(settings: Settings, elector: LeaderElector | None) -> None:
+    metrics = Metrics()
     if elector is not None:
-        # A standby answers its probes (it is healthy and ready to take over) and reconciles nothing.
-        probes = await serve_health(lambda: True, lambda: True, settings.bind_address, settings.health_port)
+        # A standby answers its probes (it is healthy and ready to take over), serves
+        # modelops_leader 0 on /metrics, and reconciles nothing.
+        servers = [await serve_health(lambda: True, lambda: True, settings.bind_address, settings.health_port),
+                   await serve_metrics(metrics, settings.bind_address, settings.metrics_port)]
         try:
             await asyncio.to_thread(elector.acquire)
         finally:
-            await probes.cleanup()
+            for server in servers:
+                await server.cleanup()
         elector.keep(on_lost=lost_leadership)
-    operator = Operator(settings, context_factory(settings))
+    metrics.leader.set(1)
+    operator = Operator(settings, context_factory(settings, metrics))
     try:
         await kopf.operator(
             registry=build_registry(operator),

@@ -68,6 +68,7 @@ class _Work:
 def reconcile_deployment(ctx: Context, key: Key) -> float | None:
     body = ctx.reads.get(k8s.MODELDEPLOYMENTS, key.namespace, key.name)
     if body is None or body["metadata"].get("deletionTimestamp"):
+        ctx.metrics.past_deadline.set(key.namespace, key.name, None)
         return None
     body = ctx.adopt(k8s.MODELDEPLOYMENTS, body)
     spec = ModelDeploymentSpec.model_validate(body["spec"])
@@ -140,7 +141,9 @@ def _record(work: _Work, result: RolloutPlan, scaled: scaling.Scaling) -> None:
     if scaled.refused is not None:
         status = status.model_copy(update={"conditions": scaling.refusal_degrades(
             status.conditions, scaled.refused, body["metadata"].get("generation"), ctx.clock())})
-    ctx.write_status(k8s.MODELDEPLOYMENTS, body, status.wire())
+    wire = status.wire()
+    ctx.write_status(k8s.MODELDEPLOYMENTS, body, wire)
+    ctx.metrics.past_deadline.set(work.namespace, work.name, wire.get("conditions"))
     if scaled.message is not None:
         ctx.kube.emit_event(body, "Normal", DeploymentReason.SCALED, scaled.message)
     if scaled.warning is not None:
@@ -153,8 +156,7 @@ def _record(work: _Work, result: RolloutPlan, scaled: scaling.Scaling) -> None:
     if result.started is not None:
         ctx.metrics.rollouts.labels("started").inc()
     if result.succeeded is not None:
-        ctx.metrics.rollouts.labels("succeeded").inc()
-        ctx.metrics.rollout_seconds.observe(result.succeeded[1])
+        ctx.metrics.rollout_succeeded(result.succeeded[1])
     if result.rolled_back is not None:
         ctx.metrics.rollbacks.inc()
 

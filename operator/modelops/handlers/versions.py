@@ -74,7 +74,8 @@ def reconcile_version(ctx: Context, key: Key) -> float | None:
     if ctx.write_status(k8s.MODELVERSIONS, body, new_status) and status.get("phase") != state.phase:
         event_type = "Warning" if state.phase in _WARNING_PHASES else "Normal"
         ctx.kube.emit_event(body, event_type, state.reason, f"{state.phase}: {state.message}")
-    ctx.metrics.versions.set(key.namespace, key.name, state.phase)
+        ctx.metrics.phase_changes.labels(state.phase, state.reason).inc()
+    ctx.metrics.versions.set(key.namespace, key.name, state.phase, fresh=not status.get("phase"))
     return state.retry_after
 
 
