@@ -167,6 +167,20 @@ def test_a_version_of_a_model_that_does_not_exist_starts_no_job() -> None:
     assert kube.written("jobs") == []
 
 
+def test_unreachable_storage_before_the_artifact_was_checked_names_the_artifact() -> None:
+    """The bucket HEAD is the first request: when it fails, the condition still says what the
+    version was checking, and retries on a timer without a Job."""
+    version = {**pending_version(), "status": {}}
+    kube = bed((k8s.MODELS, model()), (k8s.SECRETS, CREDS), (k8s.MODELVERSIONS, version))
+    ctx = with_store(context(kube), MemoryStore(down=True))
+    retry = reconcile_version(ctx, Key("ModelVersion", NS, "digits-v1"))
+    status = stored(kube, k8s.MODELVERSIONS, "digits-v1")["status"]
+    ready = find(status["conditions"], "Ready")
+    assert (status["phase"], ready["reason"]) == ("Verifying", "StorageUnreachable")
+    assert "spec.artifact.uri s3://models/digits/1/model.onnx" in ready["message"] and "retrying" in ready["message"]
+    assert retry is not None and kube.written("jobs") == []
+
+
 def test_a_deleted_version_is_forgotten_and_nothing_is_written() -> None:
     kube = bed((k8s.MODELS, model()))
     ctx = context(kube)

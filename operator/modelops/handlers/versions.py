@@ -153,7 +153,9 @@ def storage_problem(err: StorageError, field: str, uri: str, retry: float) -> Ve
     """A storage answer about `field` (its URI `uri`) as a state: Verifying and retried only when
     the storage could not answer (5xx, throttling, connection); every answer it gave is final."""
     if isinstance(err, StorageUnreachable):
-        return waiting(Phase.VERIFYING, VersionReason.STORAGE_UNREACHABLE, f"{err}; retrying every {retry:g}s", retry)
+        # The request that failed may be a bucket HEAD made first: say what it was checking.
+        what = "" if uri in str(err) else f" (checking {field} {uri})"
+        return waiting(Phase.VERIFYING, VersionReason.STORAGE_UNREACHABLE, f"{err}{what}; retrying every {retry:g}s", retry)
     if isinstance(err, TLSVerificationFailed):
         # Not retried on a timer: the same certificate and CAs give the same answer. A change
         # of the Model (its caBundle, endpoint or verifyTLS) wakes the version again.
