@@ -3,7 +3,13 @@
 Runs as the serving pod's init container:
 
     python -m modelops.fetch --uri s3://bucket/key --sha256 HEX --model-name NAME \\
-        --version N --backend onnxruntime --repository /models
+        --version N --backend onnxruntime --repository /models \\
+        [--files-json '[{"path": "model.onnx", "sha256": HEX}, {"path": "model.onnx.data", ...}]']
+
+With --files-json the artifact is a file set under the folder of --uri: the graph (--uri,
+named by the backend's file name) and its external data, each verified by its own sha256 and
+placed at its path in the version folder. A --uri that ends in '/' is a directory served as
+uploaded: every file goes to its path, none is renamed.
 
 config.pbtxt comes from MODELOPS_TRITON_CONFIG; storage settings from the usual
 MODELOPS_S3_* and AWS_* variables. The object is streamed to disk with its sha256 checked on
@@ -20,6 +26,7 @@ denied, 10 bad artifact (missing object or digest mismatch: retrying cannot help
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import sys
@@ -74,6 +81,17 @@ class FetchRequest:
     backend: str
     repository: Path
     config_text: str
+    # A file set's (path, sha256) pairs, relative to the folder of `uri`; empty for one file.
+    files: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def folder(self) -> str:
+        return self.uri[: self.uri.rindex("/") + 1]
+
+    @property
+    def entry(self) -> str | None:
+        """The path of the graph file in the set; None for a directory served as uploaded."""
+        return None if self.uri.endswith("/") else self.uri[len(self.folder) :]
 
 
 @dataclass(frozen=True)
@@ -96,14 +114,41 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", required=True, help="Triton version folder (positive integer)")
     parser.add_argument("--backend", required=True, choices=list(Backend), help="Triton backend")
     parser.add_argument("--repository", required=True, help="model repository directory")
+    parser.add_argument("--files-json", help="a file set: [{path, sha256}] relative to the folder of --uri")
     return parser
+
+
+def parse_files(text: str | None, uri: str) -> tuple[tuple[str, str], ...]:
+    """--files-json as (path, sha256) pairs, each path checked as the apiserver checks them."""
+    if text is None:
+        if uri.endswith("/"):
+            raise UsageError("--uri: a prefix ending in '/' needs --files-json")
+        return ()
+    from pydantic import TypeAdapter, ValidationError
+
+    from modelops.api.version import ArtifactFile, path_problems
+
+    try:
+        files = TypeAdapter(list[ArtifactFile]).validate_python(json.loads(text))
+    except (ValueError, ValidationError) as err:
+        first = err.errors()[0] if isinstance(err, ValidationError) else None
+        where = "" if first is None else ".".join(str(p) for p in first["loc"]) + ": "
+        raise UsageError(f"--files-json: {where}{first['msg'] if first else err}") from None
+    problem = path_problems([f.path for f in files], "--files-json") if files else "--files-json: no files"
+    if problem is not None:
+        raise UsageError(problem)
+    pairs = tuple((f.path, f.sha256) for f in files)
+    entry = None if uri.endswith("/") else uri[uri.rindex("/") + 1 :]
+    if entry is not None and entry not in {path for path, _ in pairs}:
+        raise UsageError(f"--files-json: the graph file {entry!r} of --uri is not among the files")
+    return pairs
 
 
 def parse_request(argv: Sequence[str], environ: Mapping[str, str]) -> FetchRequest:
     """Validate the command line and environment; raise UsageError naming the bad field."""
     args = _parser().parse_args(list(argv))
     try:
-        parse_s3_uri(args.uri)
+        parse_s3_uri(args.uri + "_" if args.uri.endswith("/") else args.uri)  # a prefix: its bucket and folder
         sha256 = validate_sha256(args.sha256.strip(), "--sha256")
     except ValueError as err:
         raise UsageError(f"--uri: {err}" if isinstance(err, InvalidS3Uri) else str(err)) from None
@@ -128,6 +173,7 @@ def parse_request(argv: Sequence[str], environ: Mapping[str, str]) -> FetchReque
         backend=args.backend,
         repository=Path(args.repository),
         config_text=config_text,
+        files=parse_files(args.files_json, args.uri),
     )
 
 
@@ -186,6 +232,8 @@ def fetch(request: FetchRequest, store: ObjectStore) -> str:
     remove_leftovers(request.repository, request.model_name)
     download_dir = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}download-", dir=request.repository))
     try:
+        if request.files:
+            return _fetch_file_set(request, store, download_dir)
         artifact = download_dir / artifact_filename(request.backend)
         result = store.download(request.uri, artifact, expected_sha256=request.sha256)
         model_dir = layout_model_repository(
@@ -200,6 +248,40 @@ def fetch(request: FetchRequest, store: ObjectStore) -> str:
     finally:
         shutil.rmtree(download_dir, ignore_errors=True)
     return f"Fetched {request.uri} ({result.size} bytes, sha256 {result.sha256}) into {model_dir / str(request.version)}"
+
+
+def _fetch_file_set(request: FetchRequest, store: ObjectStore, download_dir: Path) -> str:
+    """Every file verified by its own sha256 (a mismatch names the file), then laid out: the
+    graph under the backend's file name, the rest at their paths beside it."""
+    total = 0
+    placed: list[tuple[str, Path]] = []
+    for index, (path, digest) in enumerate(request.files):
+        local = download_dir / "files" / path
+        try:
+            result = store.download(request.folder + path, local, expected_sha256=digest)
+        except ChecksumMismatch as err:
+            raise ChecksumMismatch(f"file {path!r} (--files-json[{index}]) of {request.folder}", err.expected, err.actual) from None
+        total += result.size
+        placed.append((path, local))
+    entry = request.entry
+    graph = next((local for path, local in placed if path == entry), None)
+    # The graph is renamed to the backend's file name; its external data keep their paths,
+    # which the graph names relative to its own folder.
+    data = [(path, local) for path, local in placed if path != entry]
+    model_dir = layout_model_repository(
+        request.repository,
+        request.model_name,
+        request.version,
+        request.backend,
+        graph,
+        request.config_text,
+        move_artifact=True,
+        data_files=data,
+    )
+    return (
+        f"Fetched {len(placed)} files under {request.folder} ({total} bytes, each verified by its sha256) "
+        f"into {model_dir / str(request.version)}"
+    )
 
 
 def _write_termination_log(path: Path, line: str) -> None:

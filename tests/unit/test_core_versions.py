@@ -285,3 +285,39 @@ def test_the_rollout_failed_condition_written_by_a_deployment_survives_version_s
     again = version_status(marked, state_from_job(JobResult("succeeded", report(), 0), "j", "k"), 1, NOW)
     assert mark in again["conditions"]
     assert [c["type"] for c in again["conditions"]] == ["Ready", "Progressing", "RolloutFailed"]
+
+
+def _directory_spec(**extra):
+    from modelops.api.version import ModelVersionSpec
+
+    return ModelVersionSpec.model_validate({
+        "model": "llm", "version": 1,
+        "artifact": {"uri": "s3://models/llm/1/", "format": "directory", "files": [
+            {"path": "config.json", "sha256": "ab" * 32}, {"path": "model-00001-of-00002.safetensors", "sha256": "cd" * 32}]},
+        **extra,
+    })
+
+
+def test_a_directory_with_a_recipe_or_a_gate_is_refused_naming_the_field() -> None:
+    from modelops.core.versions import served_as_uploaded_problem
+
+    refused = served_as_uploaded_problem(_directory_spec(compression={"quantization": "int8-weight-only"}))
+    assert refused is not None and refused.phase == "Failed" and refused.reason == "InvalidRecipe"
+    assert refused.message.startswith("spec.compression: ") and "served as uploaded" in refused.message
+    gated = served_as_uploaded_problem(_directory_spec(evaluation={"datasetUri": "s3://models/e.npz", "metric": "top1-accuracy", "threshold": 1}))
+    assert gated is not None and gated.reason == "InvalidSpec" and gated.message.startswith("spec.evaluation: ")
+    assert served_as_uploaded_problem(_directory_spec()) is None
+
+
+def test_a_directory_is_ready_as_uploaded_with_every_file() -> None:
+    from modelops.core.versions import artifact_objects, served_as_uploaded
+
+    spec = _directory_spec()
+    assert artifact_objects(spec) == [
+        ("spec.artifact.files[0] (config.json)", "s3://models/llm/1/config.json"),
+        ("spec.artifact.files[1] (model-00001-of-00002.safetensors)", "s3://models/llm/1/model-00001-of-00002.safetensors"),
+    ]
+    state = served_as_uploaded(spec, [10, 2000])
+    assert state.phase == "Ready" and state.reason == "ServedAsUploaded" and state.job_name is None
+    assert state.compressed is not None and state.compressed.bytes == 2010 and state.compressed.format == "directory"
+    assert state.compressed.sha256 == spec.artifact.digest and [f.bytes for f in state.compressed.files or []] == [10, 2000]

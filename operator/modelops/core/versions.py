@@ -12,7 +12,17 @@ from pydantic import ValidationError
 
 from modelops.api.model import Compression, Evaluation, ModelSpec, Pruning, Signature
 from modelops.api.types import Condition, ConditionType, Toleration
-from modelops.api.version import CompressedArtifact, CompressionReport, ModelVersionSpec, ModelVersionStatus, Phase, ReportOutcome, VersionReason
+from modelops.api.version import (
+    ArtifactFormat,
+    CompressedArtifact,
+    CompressionReport,
+    ModelVersionSpec,
+    ModelVersionStatus,
+    Phase,
+    ReportOutcome,
+    StoredFile,
+    VersionReason,
+)
 from modelops.cachekey import InvalidRecipe, compressed_prefix, compression_cache_key, normalize_recipe
 from modelops.compress import exitcodes
 from modelops.compress.interface import Interface, signature_problems
@@ -78,7 +88,52 @@ def effective_scheduling(spec: ModelVersionSpec, model: ModelSpec) -> Scheduling
 
 
 def cache_key(spec: ModelVersionSpec, model: ModelSpec) -> str:
-    return compression_cache_key(spec.artifact.sha256, effective_recipe(spec, model))
+    if spec.artifact.format == ArtifactFormat.DIRECTORY:
+        return spec.artifact.digest  # served as uploaded: no recipe is part of it
+    return compression_cache_key(spec.artifact.digest, effective_recipe(spec, model))
+
+
+def artifact_objects(spec: ModelVersionSpec) -> list[tuple[str, str]]:
+    """(field, URI) of every object of the artifact: the one file, or each file of a set."""
+    artifact = spec.artifact
+    if artifact.files is None:
+        return [("spec.artifact.uri", artifact.uri)]
+    return [(f"spec.artifact.files[{i}] ({f.path})", artifact.file_uri(f.path)) for i, f in enumerate(artifact.files)]
+
+
+def served_as_uploaded_problem(spec: ModelVersionSpec) -> VersionState | None:
+    """Failed for a directory artifact with a recipe or a gate: nothing in it is compressed or run
+    by the compressor, so neither could mean anything. The Model's versionDefaults do not apply."""
+    if spec.artifact.format != ArtifactFormat.DIRECTORY:
+        return None
+    if spec.compression is not None:
+        return waiting(
+            Phase.FAILED, VersionReason.INVALID_RECIPE,
+            "spec.compression: an artifact of format directory is served as uploaded and cannot be compressed; "
+            "remove spec.compression, or upload ONNX (format onnx) to compress it",
+        )
+    if spec.evaluation is not None:
+        return waiting(
+            Phase.FAILED, VersionReason.INVALID_SPEC,
+            "spec.evaluation: an artifact of format directory is served as uploaded; the accuracy gate compares "
+            "a compressed ONNX model with its parent and cannot run on it; remove spec.evaluation",
+        )
+    return None
+
+
+def served_as_uploaded(spec: ModelVersionSpec, sizes: list[int]) -> VersionState:
+    """Ready, serving the uploaded directory itself, once every file exists."""
+    artifact = spec.artifact
+    assert artifact.files is not None
+    files = [StoredFile(path=f.path, sha256=f.sha256, bytes=size) for f, size in zip(artifact.files, sizes, strict=True)]
+    served = CompressedArtifact(
+        uri=artifact.uri, sha256=artifact.digest, bytes=sum(sizes), format=str(ArtifactFormat.DIRECTORY), files=files
+    )
+    return VersionState(
+        Phase.READY, VersionReason.SERVED_AS_UPLOADED,
+        f"{len(files)} files ({sum(sizes)} bytes) served as uploaded; each is verified by its sha256 when it is fetched",
+        cache_key=artifact.digest, compressed=served,
+    )
 
 
 def output_prefix(spec: ModelVersionSpec, model: ModelSpec) -> str:
