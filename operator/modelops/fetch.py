@@ -27,10 +27,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import shutil
 import sys
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +57,7 @@ from modelops.storage import (
     parse_s3_uri,
     validate_sha256,
 )
+from modelops.transfer import TransferStats
 
 # Anything not foreseen below; the operator treats it like a crash.
 UNEXPECTED_FAILURE = 1
@@ -214,26 +215,37 @@ def one_line(reason: str, message: str) -> str:
     return encoded[: TERMINATION_MESSAGE_LIMIT - 3].decode("utf-8", "ignore") + "..."
 
 
-def remove_leftovers(repository: Path, model_name: str) -> None:
+def remove_leftovers(repository: Path, model_name: str, keep: str | None = None) -> None:
     """Drop staging folders of an interrupted earlier run and the model's own folder.
 
-    Triton tries to load every folder in the repository, so nothing half-made may stay.
+    Triton tries to load every folder in the repository, so nothing half-made may stay. `keep`
+    names the download folder of this very artifact: its partial files and their journals let
+    a restarted container fetch only the parts still missing (Triton starts only after this
+    container succeeded, when that folder is gone too).
     """
     if not repository.is_dir():
         return
     for entry in repository.iterdir():
+        if entry.name == keep:
+            continue
         if entry.name.startswith(STAGING_PREFIX) or entry.name == model_name:
             shutil.rmtree(entry, ignore_errors=True)
+
+
+def download_dir_name(request: FetchRequest) -> str:
+    """The download folder of one artifact: the same across restarts, so a download resumes."""
+    return f"{STAGING_PREFIX}download-{request.sha256[:16]}"
 
 
 def fetch(request: FetchRequest, store: ObjectStore) -> str:
     """Download, verify and lay out the model; return a one-line summary."""
     request.repository.mkdir(parents=True, exist_ok=True)
-    remove_leftovers(request.repository, request.model_name)
-    download_dir = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}download-", dir=request.repository))
-    try:
-        if request.files:
-            return _fetch_file_set(request, store, download_dir)
+    download_dir = request.repository / download_dir_name(request)
+    remove_leftovers(request.repository, request.model_name, keep=download_dir.name)
+    download_dir.mkdir(exist_ok=True)
+    if request.files:
+        summary = _fetch_file_set(request, store, download_dir)
+    else:
         artifact = download_dir / artifact_filename(request.backend)
         result = store.download(request.uri, artifact, expected_sha256=request.sha256)
         model_dir = layout_model_repository(
@@ -245,15 +257,18 @@ def fetch(request: FetchRequest, store: ObjectStore) -> str:
             request.config_text,
             move_artifact=True,
         )
-    finally:
-        shutil.rmtree(download_dir, ignore_errors=True)
-    return f"Fetched {request.uri} ({result.size} bytes, sha256 {result.sha256}) into {model_dir / str(request.version)}"
+        summary = (
+            f"Fetched {request.uri} ({result.size} bytes, sha256 {result.sha256}) into {model_dir / str(request.version)}"
+            + (f": {result.stats.describe()}" if result.stats is not None else "")
+        )
+    shutil.rmtree(download_dir, ignore_errors=True)
+    return summary
 
 
 def _fetch_file_set(request: FetchRequest, store: ObjectStore, download_dir: Path) -> str:
     """Every file verified by its own sha256 (a mismatch names the file), then laid out: the
     graph under the backend's file name, the rest at their paths beside it."""
-    total = 0
+    total = TransferStats()
     placed: list[tuple[str, Path]] = []
     for index, (path, digest) in enumerate(request.files):
         local = download_dir / "files" / path
@@ -261,7 +276,8 @@ def _fetch_file_set(request: FetchRequest, store: ObjectStore, download_dir: Pat
             result = store.download(request.folder + path, local, expected_sha256=digest)
         except ChecksumMismatch as err:
             raise ChecksumMismatch(f"file {path!r} (--files-json[{index}]) of {request.folder}", err.expected, err.actual) from None
-        total += result.size
+        if result.stats is not None:
+            total.add(result.stats)
         placed.append((path, local))
     entry = request.entry
     graph = next((local for path, local in placed if path == entry), None)
@@ -279,8 +295,8 @@ def _fetch_file_set(request: FetchRequest, store: ObjectStore, download_dir: Pat
         data_files=data,
     )
     return (
-        f"Fetched {len(placed)} files under {request.folder} ({total} bytes, each verified by its sha256) "
-        f"into {model_dir / str(request.version)}"
+        f"Fetched {len(placed)} files under {request.folder} (each verified by its sha256) "
+        f"into {model_dir / str(request.version)}: {total.describe()}"
     )
 
 
@@ -299,6 +315,9 @@ def main(
 ) -> int:
     environ = os.environ if environ is None else environ
     argv = sys.argv[1:] if argv is None else argv
+    # Download progress (modelops.transfer) goes to the container's log.
+    logging.basicConfig(stream=sys.stderr, level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
+    logging.getLogger("modelops.transfer").setLevel(logging.INFO)
     termination_log = Path(environ.get(TERMINATION_LOG_ENV) or DEFAULT_TERMINATION_LOG)
     request: FetchRequest | None = None
     try:
@@ -308,7 +327,9 @@ def main(
     except Exception as error:  # every failure ends in one classified line
         failure = classify_failure(error)
         if request is not None:
-            remove_leftovers(request.repository, request.model_name)
+            # A transient failure keeps this artifact's partial download for the restart.
+            keep = download_dir_name(request) if failure.exit_code == ExitCode.TRANSIENT else None
+            remove_leftovers(request.repository, request.model_name, keep=keep)
         line = one_line(failure.reason, failure.message)
         print(line, file=sys.stderr)
         _write_termination_log(termination_log, line)
