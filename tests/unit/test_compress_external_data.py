@@ -162,6 +162,13 @@ def test_the_job_compresses_a_file_set_and_publishes_one(source: Path, tmp_path:
     assert result.report["source"]["sha256"] == _spec(files).source_sha256
     assert result.report["bytesBefore"] == sum((source.parent / f["path"]).stat().st_size for f in files)
     assert json.loads(fake_s3.objects[("models", "out/llm/report.json")][0])["artifact"] == artifact
+    # How the three files arrived is in the report, and so in the termination message.
+    download = result.report["download"]
+    assert download["bytes"] == download["fetchedBytes"] == result.report["bytesBefore"]
+    assert download["resumedParts"] == 0 and download["retries"] == 0
+    from modelops.compress.report import compact
+
+    assert json.loads(compact(result.report))["download"] == download
 
 
 def test_a_tampered_data_file_fails_the_job_naming_the_file(source: Path, tmp_path: Path, fake_s3) -> None:

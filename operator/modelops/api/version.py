@@ -344,6 +344,18 @@ class CandidateReport(ApiModel):
     message: str | None = Field(None, description="Why the candidate got its verdict.")
 
 
+class DownloadReport(ApiModel):
+    """How the compression Job's download of the source went."""
+
+    bytes: int | None = Field(None, description="Bytes of the source (every file of a set).")
+    fetched_bytes: int | None = Field(None, description="Bytes received; less than bytes when parts of an earlier attempt were resumed.")
+    seconds: float | None = Field(None, description="Time the download took.")
+    bytes_per_second: int | None = Field(None, description="fetchedBytes / seconds.")
+    resumed_parts: int | None = Field(None, description="Parts taken from an earlier attempt's partial file instead of fetched again.")
+    retries: int | None = Field(None, description="Part fetches that were repeated after a dropped connection, a short read or a stall.")
+    stalls: int | None = Field(None, description="Parts closed by the stall detector (no byte for the stall timeout) and fetched again.")
+
+
 class CompressionReport(ApiModel):
     """What compression did, as reported by the compression Job."""
 
@@ -363,6 +375,7 @@ class CompressionReport(ApiModel):
     candidates: list[CandidateReport] | None = Field(None, description="For quantization auto: every candidate tried, with its verdict.")
     calibration: CalibrationReport | None = Field(None, description="The calibration dataset data-aware methods read (its digest beside the evaluation dataset's in metric.dataset).")
     layers: list[LayerReport] | None = Field(None, description="For int4-mixed: each weight's chosen precision, size and sensitivity.")
+    download: DownloadReport | None = Field(None, description="How the source was downloaded: its time, throughput, resumed parts and retries.")
 
 
 class ModelVersionStatus(ApiModel):

@@ -29,6 +29,7 @@ from modelops.storage import (
     parse_s3_uri,
     validate_sha256,
 )
+from modelops.transfer import TransferStats
 
 log = logging.getLogger("modelops.compress")
 
@@ -260,6 +261,8 @@ def _run(spec: JobSpec, store: ObjectStore, workdir: Path) -> JobResult:
         _publish(store, artifact_prefix + REPORT_FILE, entry)
     full = _success(result, source_info, artifact, recipe, evaluation_wire, samples, metric)
     full["calibration"] = calibration_report
+    if source.stats is not None:
+        full["download"] = source.stats.wire()  # how the source arrived: time, throughput, retries
     _publish(store, report_uri, full)
     return JobResult(_exit_code(full["outcome"]), full)
 
@@ -284,6 +287,7 @@ def _download_source(store: ObjectStore, spec: JobSpec, workdir: Path) -> tuple[
         return path, store.download(spec.source_uri, path, expected_sha256=spec.source_sha256, max_bytes=spec.max_artifact_bytes)
     folder = workdir / "source"
     total = 0
+    stats = TransferStats()
     for index, item in enumerate(spec.source_files):
         budget = None if spec.max_artifact_bytes is None else spec.max_artifact_bytes - total
         try:
@@ -296,8 +300,10 @@ def _download_source(store: ObjectStore, spec: JobSpec, workdir: Path) -> tuple[
                 f"(at spec.artifact.files[{index}], {item['path']})"
             ) from None
         total += result.size
+        if result.stats is not None:
+            stats.add(result.stats)
     entry = spec.source_entrypoint or "model.onnx"
-    return folder / entry, TransferResult(sha256=spec.source_sha256, size=total)
+    return folder / entry, TransferResult(sha256=spec.source_sha256, size=total, stats=stats)
 
 
 def _upload_artifact(store: ObjectStore, output: Path, prefix: str, fmt: str) -> dict[str, Any]:
