@@ -28,7 +28,14 @@ from modelops.storage import ObjectStore, StorageConfig, TransferTuning
 
 pytestmark = pytest.mark.unit
 
-RECIPES = ["int8-weight-only", "int8-dynamic", "int4-weight-only", "fp16"]
+RECIPES = [
+    {"quantization": "int8-weight-only"},
+    {"quantization": "int8-dynamic"},
+    {"quantization": "int4-weight-only", "blockSize": 16},
+    {"quantization": "fp16"},
+    {"quantization": "bf16"},
+    {"quantization": "none", "pruning": {"method": "unstructured", "amount": 0.2}},
+]
 
 
 def _model(hidden: int = 64) -> onnx.ModelProto:
@@ -83,11 +90,12 @@ def test_the_source_is_read_through_its_external_data(source: Path) -> None:
         np.testing.assert_array_equal(by_name["w1"].array(), expected)
 
 
-@pytest.mark.parametrize("quantization", RECIPES)
-def test_every_recipe_writes_external_data_that_onnxruntime_runs(source: Path, tmp_path: Path, quantization: str) -> None:
+@pytest.mark.parametrize("recipe", RECIPES, ids=[json.dumps(r) for r in RECIPES])
+def test_every_recipe_writes_external_data_that_onnxruntime_runs(source: Path, tmp_path: Path, recipe: dict) -> None:
+    quantization = recipe["quantization"]
     out = tmp_path / "out" / "model.onnx"
     out.parent.mkdir()
-    compress_onnx(source, out, Recipe.of({"quantization": quantization}), threads=1)
+    compress_onnx(source, out, Recipe.of(recipe), threads=1)
     assert external_data_files(out) == [external_data_path(out)]
     graph = onnx.load(str(out), load_external_data=False)
     external = [t for t in graph.graph.initializer if t.data_location == TensorProto.EXTERNAL]
