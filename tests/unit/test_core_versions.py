@@ -299,14 +299,14 @@ def _directory_spec(**extra):
 
 
 def test_a_directory_with_a_recipe_or_a_gate_is_refused_naming_the_field() -> None:
-    from modelops.core.versions import served_as_uploaded_problem
+    from modelops.core.versions import artifact_problem
 
-    refused = served_as_uploaded_problem(_directory_spec(compression={"quantization": "int8-weight-only"}))
+    refused = artifact_problem(_directory_spec(compression={"quantization": "int8-weight-only"}))
     assert refused is not None and refused.phase == "Failed" and refused.reason == "InvalidRecipe"
     assert refused.message.startswith("spec.compression: ") and "served as uploaded" in refused.message
-    gated = served_as_uploaded_problem(_directory_spec(evaluation={"datasetUri": "s3://models/e.npz", "metric": "top1-accuracy", "threshold": 1}))
+    gated = artifact_problem(_directory_spec(evaluation={"datasetUri": "s3://models/e.npz", "metric": "top1-accuracy", "threshold": 1}))
     assert gated is not None and gated.reason == "InvalidSpec" and gated.message.startswith("spec.evaluation: ")
-    assert served_as_uploaded_problem(_directory_spec()) is None
+    assert artifact_problem(_directory_spec()) is None
 
 
 def test_a_directory_is_ready_as_uploaded_with_every_file() -> None:
@@ -321,3 +321,19 @@ def test_a_directory_is_ready_as_uploaded_with_every_file() -> None:
     assert state.phase == "Ready" and state.reason == "ServedAsUploaded" and state.job_name is None
     assert state.compressed is not None and state.compressed.bytes == 2010 and state.compressed.format == "directory"
     assert state.compressed.sha256 == spec.artifact.digest and [f.bytes for f in state.compressed.files or []] == [10, 2000]
+
+
+def test_a_file_list_too_long_for_a_container_argument_is_refused() -> None:
+    from modelops.api.version import ModelVersionSpec
+    from modelops.core.versions import MAX_FILE_LIST_BYTES, artifact_problem
+
+    long_paths = [{"path": f"{'p' * 400}/{i}.bin", "sha256": "ab" * 32} for i in range(300)]
+    spec = ModelVersionSpec.model_validate({
+        "model": "m", "version": 1,
+        "artifact": {"uri": "s3://models/m/1/", "format": "onnx", "files": [{"path": "model.onnx", "sha256": "ab" * 32}, *long_paths]},
+    })
+    refused = artifact_problem(spec)
+    assert refused is not None and refused.reason == "InvalidSpec" and refused.message.startswith("spec.artifact.files: ")
+    assert str(MAX_FILE_LIST_BYTES) in refused.message
+    short = spec.model_copy(update={"artifact": spec.artifact.model_copy(update={"files": spec.artifact.files[:100]})})
+    assert artifact_problem(short) is None

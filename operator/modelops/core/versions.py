@@ -101,9 +101,27 @@ def artifact_objects(spec: ModelVersionSpec) -> list[tuple[str, str]]:
     return [(f"spec.artifact.files[{i}] ({f.path})", artifact.file_uri(f.path)) for i, f in enumerate(artifact.files)]
 
 
-def served_as_uploaded_problem(spec: ModelVersionSpec) -> VersionState | None:
-    """Failed for a directory artifact with a recipe or a gate: nothing in it is compressed or run
-    by the compressor, so neither could mean anything. The Model's versionDefaults do not apply."""
+# The file list reaches the Job and the fetch container as one argument, and Linux refuses
+# an argument above 128 KiB (MAX_ARG_STRLEN) at exec; stay below it with room to spare.
+MAX_FILE_LIST_BYTES = 120_000
+
+
+def file_list_bytes(spec: ModelVersionSpec) -> int:
+    files = spec.artifact.files or []
+    return len(json.dumps([f.wire() for f in files], sort_keys=True, separators=(",", ":")))
+
+
+def artifact_problem(spec: ModelVersionSpec) -> VersionState | None:
+    """Failed for a file list too long to pass to a container, and for a directory artifact with
+    a recipe or a gate: nothing in it is compressed or run by the compressor, so neither could
+    mean anything. The Model's versionDefaults do not apply to a directory."""
+    size = file_list_bytes(spec)
+    if size > MAX_FILE_LIST_BYTES:
+        return waiting(
+            Phase.FAILED, VersionReason.INVALID_SPEC,
+            f"spec.artifact.files: the list is {size} bytes as JSON, more than the {MAX_FILE_LIST_BYTES} that fit "
+            "one container argument; use shorter paths or fewer, larger files",
+        )
     if spec.artifact.format != ArtifactFormat.DIRECTORY:
         return None
     if spec.compression is not None:

@@ -24,6 +24,7 @@ from modelops.core.objects import OwnerRef, VersionView, owned_by
 from modelops.core.versions import (
     VersionState,
     artifact_objects,
+    artifact_problem,
     cache_key,
     check_prerequisites,
     effective_evaluation,
@@ -33,7 +34,6 @@ from modelops.core.versions import (
     job_result,
     output_prefix,
     served_as_uploaded,
-    served_as_uploaded_problem,
     state_from_job,
     state_from_report,
     version_status,
@@ -94,7 +94,7 @@ def _decide(ctx: Context, body: dict[str, Any]) -> VersionState:
         return blocked
     assert model_body is not None  # check_prerequisites stops at a missing Model
     model = ModelSpec.model_validate(model_body["spec"])
-    refused = served_as_uploaded_problem(spec)
+    refused = artifact_problem(spec)
     if refused is not None:
         return refused
     try:
