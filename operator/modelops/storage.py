@@ -8,10 +8,12 @@ arrive, so verification costs no second pass over the file.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import random
 import re
+import socket
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -78,6 +80,13 @@ class StorageUnreachable(StorageError):
     transient kind: everything else is an answer that a retry would repeat."""
 
     transient = True
+
+
+class StorageStalled(StorageUnreachable):
+    """No byte arrived for the read timeout (a socket that stays silent); retried like an outage,
+    and counted as a stall by a download."""
+
+    stalled = True
 
 
 class ObjectChanged(StorageUnreachable):
@@ -337,6 +346,8 @@ def translate_error(exc: BaseException, uri: str, endpoint: str | None = None) -
         return StorageError(f"TLS connection to {where} failed for {uri}: {exc}")
     if isinstance(exc, (bce.NoCredentialsError, bce.PartialCredentialsError)):
         return AccessDenied(f"no usable credentials for {uri}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
+    if isinstance(exc, (bce.ReadTimeoutError, u3e.ReadTimeoutError, TimeoutError)):
+        return StorageStalled(f"storage sent no byte for {uri} within the read timeout: {type(exc).__name__}: {exc}")
     if isinstance(
         exc,
         (
@@ -390,7 +401,8 @@ class ObjectStore:
                     # botocore's standard mode retries throttling, 5xx and connection errors with backoff.
                     retries={"mode": "standard", "max_attempts": self.tuning.max_attempts},
                     connect_timeout=self.tuning.connect_timeout_s,
-                    read_timeout=self.tuning.read_timeout_s,
+                    # A socket silent for the stall timeout is a stall, waiting for headers too.
+                    read_timeout=min(self.tuning.read_timeout_s, self.tuning.stall_timeout_s),
                     max_pool_connections=self.tuning.max_concurrency + 4,
                     # Path-style addressing works with every S3-compatible server (MinIO, Ceph).
                     s3={"addressing_style": "path"} if cfg.endpoint_url else {},
@@ -482,6 +494,13 @@ class ObjectStore:
                     raise translate_error(exc, uri, store.config.endpoint_url) from exc
 
             def close(self) -> None:
+                # Closing a socket does not wake a thread blocked reading it; shutting it down
+                # does. The connection is dropped from the pool, which opens another.
+                raw = getattr(self._body, "_raw_stream", None)
+                sock = getattr(getattr(raw, "connection", None), "sock", None)
+                if sock is not None:
+                    with contextlib.suppress(OSError):
+                        sock.shutdown(socket.SHUT_RDWR)
                 self._body.close()
 
         for attempt in (1, 2):

@@ -11,7 +11,9 @@ the compression Job, the serving pod's fetch container and anything else that re
   partial file for the hash. A journal of another ETag, size or part size is discarded.
 - A stall detector replaces any total timeout: a part that receives no byte for
   `stall_timeout_s` has its connection closed and is retried, however long a healthy
-  download of a large model takes.
+  download of a large model takes. The watch covers the body; while the request waits for
+  its headers, the socket's read timeout (set to the same value by storage) does the same,
+  and such an error (`stalled = True`) is counted as a stall too.
 - Progress goes to the `modelops.transfer` log every `progress_interval_s`; the caller gets
   the figures (TransferStats) for its termination message.
 
@@ -36,8 +38,9 @@ from typing import Any, Protocol
 
 log = logging.getLogger("modelops.transfer")
 
-# Bytes asked of a response body at a time: the granularity of the stall detector's view.
-READ_CHUNK = 1024 * 1024
+# Bytes asked of a response body at a time: the granularity of the stall detector's view (a
+# link slower than READ_CHUNK per stall timeout counts as stalled).
+READ_CHUNK = 256 * 1024
 
 
 class Stream(Protocol):
@@ -283,7 +286,13 @@ def download(
             buffer = bytearray(part.size)
             view = memoryview(buffer)
             got = 0
-            stream = open_range(part.start, part.end)
+            try:
+                stream = open_range(part.start, part.end)
+            except Exception as exc:
+                if getattr(exc, "stalled", False):  # the socket's own read timeout, waiting for headers
+                    with lock:
+                        stats.stalls += 1
+                raise
             watch.watch(part.index, stream)
             try:
                 while got < part.size:
@@ -295,6 +304,12 @@ def download(
                     watch.touch(part.index)
                     progress.add(len(chunk))
             except Exception as exc:
+                if getattr(exc, "stalled", False):
+                    watch.done(part.index)
+                    progress.add(-got)
+                    with lock:
+                        stats.stalls += 1
+                    raise
                 if watch.done(part.index):
                     progress.add(-got)
                     with lock:

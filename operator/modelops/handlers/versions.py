@@ -191,6 +191,9 @@ def _start(
     insecure = model.storage.transport_problem()
     if insecure is not None:  # a Model stored before the apiserver refused http:// without insecure
         return waiting(Phase.VERIFYING, VersionReason.INSECURE_ENDPOINT, insecure)
+    # The object a storage error is about: the artifact, or in a set the file being checked.
+    field, uri = "spec.artifact.uri", spec.artifact.uri
+    sizes: list[int] = []
     try:
         store = ctx.store_for(namespace, model.storage)
         # The Job writes its output to the Model's bucket: a wrong one is named before any Job.
@@ -198,8 +201,6 @@ def _start(
             message = (f"bucket {model.storage.bucket} named in spec.storage.bucket of Model {spec.model} does not "
                        f"exist; create it or fix the Model (checked again every {retry:g}s)")
             return waiting(Phase.VERIFYING, VersionReason.BUCKET_NOT_FOUND, message, retry)
-        field, uri = "spec.artifact.uri", spec.artifact.uri
-        sizes: list[int] = []
         for field, uri in artifact_objects(spec):  # noqa: B007 - the except clauses name the file that failed
             sizes.append(store.head_recent(uri).size)
     except CredentialsProblem as err:
