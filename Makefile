@@ -64,7 +64,7 @@ chart-docs: ## Generate the values table of charts/modelops/README.md from the c
 
 .PHONY: test
 test: ## Run the test suite (unit, integration, e2e) on the local test bed; faults and the slow canary tests run on demand
-	@scripts/run-tests.sh -m "not faults and not canary_exact and not prometheus"
+	@scripts/run-tests.sh -m "not faults and not canary_exact and not prometheus and not netpol"
 
 .PHONY: test-faults
 test-faults: ## Run the fault suite: kill -9s, control-plane outages, HA handover (about 7 minutes)
@@ -81,6 +81,10 @@ test-canary-exact: ## Run the acceptance's good canary exactly: 10 % then 50 % o
 .PHONY: test-canary-prometheus
 test-canary-prometheus: ## Run the canary analysis through a real Prometheus (about 1 minute; its first build about 5)
 	@scripts/run-tests.sh -m prometheus
+
+.PHONY: test-netpol
+test-netpol: ## Run the chart's NetworkPolicies under a real policy engine, kube-router (built on first use)
+	@scripts/run-tests.sh -m netpol
 
 .PHONY: test-unit
 test-unit: ## Run only the unit tests (no cluster)

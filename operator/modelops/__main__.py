@@ -8,13 +8,14 @@ import logging
 import os
 import socket
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, cast
 
 import kopf
 
 from modelops import __version__
+from modelops.core.endpoints import EndpointPolicy, HostPort, parse_networks
 from modelops.handlers.context import Context, StoreCache
 from modelops.handlers.probes import serve_health
 from modelops.handlers.queue import Key
@@ -42,17 +43,31 @@ def user_agent(settings: Settings) -> str:
 def context_factory(settings: Settings) -> Callable[[Callable[[Key], None]], Context]:
     def make(wake: Callable[[Key], None]) -> Context:
         metrics = Metrics()
+        kube = Kube.from_environment(
+            observe=metrics.observe_request, user_agent=user_agent(settings), connections=settings.workers + 2
+        )
         return Context(
             settings=settings,
-            kube=Kube.from_environment(
-                observe=metrics.observe_request, user_agent=user_agent(settings), connections=settings.workers + 2
-            ),
+            kube=kube,
             metrics=metrics,
             stores=StoreCache(workers=settings.workers),
             wake=wake,
+            endpoints=endpoint_policy(settings, kube.server, os.environ),
         )
 
     return make
+
+
+def endpoint_policy(settings: Settings, server: str, environ: Mapping[str, str]) -> EndpointPolicy:
+    """The endpoints Models and ModelDeployments may name: the settings, and the API server both
+    as this client reaches it and as the in-cluster service a pod would."""
+    apiservers = [where for where in (HostPort.of(server),) if where is not None]
+    if environ.get("KUBERNETES_SERVICE_HOST"):
+        apiservers.append(HostPort(environ["KUBERNETES_SERVICE_HOST"], int(environ.get("KUBERNETES_SERVICE_PORT") or 443)))
+    return EndpointPolicy(
+        allowed=settings.allowed_endpoints, denied=parse_networks(settings.denied_cidrs), apiservers=tuple(apiservers),
+        own=(settings.pod_ip,) if settings.pod_ip else (),
+    )
 
 
 def lease_config(settings: Settings) -> LeaseConfig:

@@ -4,7 +4,7 @@ Runs as the serving pod's init container:
 
     python -m modelops.fetch --uri s3://bucket/key --sha256 HEX --model-name NAME \\
         --version N --backend onnxruntime --repository /models \\
-        [--files-json '[{"path": "model.onnx", "sha256": HEX}, {"path": "model.onnx.data", ...}]']
+        [--files-json '[{"path": GRAPH, "sha256": HEX}, {"path": DATA, "sha256": HEX}, ...]']
 
 With --files-json the artifact is a file set under the folder of --uri: the graph (--uri,
 named by the backend's file name) and its external data, each verified by its own sha256 and
@@ -18,7 +18,7 @@ holds nothing for the model, the process exits non-zero, and one line saying why
 stderr and to the termination log (MODELOPS_TERMINATION_LOG, default /dev/termination-log),
 where Kubernetes shows it as the container's termination message.
 
-Exit codes are the compressor's (modelops.compress.exitcodes): 0 done, 2 usage or access
+Exit codes are the compressor's (modelops.contract.exitcodes): 0 done, 2 usage or access
 denied, 10 bad artifact (missing object or digest mismatch: retrying cannot help), 12 transient
 (storage unreachable, disk trouble); 1 for anything unforeseen.
 """
@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from modelops.api.deployment import Backend, FetchReason
-from modelops.compress.exitcodes import ExitCode
+from modelops.contract.exitcodes import ExitCode
 from modelops.serving.config import (
     ServingConfigError,
     artifact_filename,
@@ -45,6 +45,7 @@ from modelops.serving.config import (
     validate_version,
 )
 from modelops.serving.layout import STAGING_PREFIX, layout_model_repository
+from modelops.serving.triton import CONFIG_ENV
 from modelops.storage import (
     AccessDenied,
     ChecksumMismatch,
@@ -62,7 +63,6 @@ from modelops.transfer import TransferStats
 # Anything not foreseen below; the operator treats it like a crash.
 UNEXPECTED_FAILURE = 1
 
-CONFIG_ENV = "MODELOPS_TRITON_CONFIG"
 TERMINATION_LOG_ENV = "MODELOPS_TERMINATION_LOG"
 DEFAULT_TERMINATION_LOG = "/dev/termination-log"
 # Kubernetes keeps at most 4096 bytes of a termination message.

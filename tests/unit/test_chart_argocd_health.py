@@ -200,7 +200,7 @@ VERSION_CASES = {
     "evaluating": (version("Evaluating", "JobRunning", "evaluation Job digits-v2-compress is running"), "Progressing", "Evaluating"),
     "ready": (version("Ready", "Compressed", "compressed 4.0x"), "Healthy", "Ready: compressed 4.0x"),
     "ready from the cache": (version("Ready", "CompressedFromCache", "reused"), "Healthy", "Ready: reused"),
-    "rejected by the gate": (version("Rejected", "AccuracyGateFailed", "top-1 accuracy dropped 3.1 points"),
+    "rejected by the gate": (version("Rejected", "AccuracyGateRejected", "top-1 accuracy dropped 3.1 points"),
                              "Degraded", "Rejected: top-1 accuracy dropped"),
     "failed": (version("Failed", "ChecksumMismatch", "expected sha256 ab…, got cd…"), "Degraded", "Failed: expected sha256"),
     "failed without a message": (version("Failed", "ChecksumMismatch", ""), "Degraded", "Failed: ChecksumMismatch"),
@@ -217,7 +217,7 @@ WRITTEN_VERSION_CASES = {
     "ready, status of an older generation": (
         written_version(2, 1, VersionState(Phase.READY, "Compressed", "compressed 4.0x")), "Progressing", "observe generation 2"),
     "rejected, status of an older generation": (
-        written_version(3, 2, VersionState(Phase.REJECTED, "AccuracyGateFailed", "top-1 accuracy dropped 3.1 points")),
+        written_version(3, 2, VersionState(Phase.REJECTED, "AccuracyGateRejected", "top-1 accuracy dropped 3.1 points")),
         "Progressing", "observe generation 3"),
     "observedGeneration missing": (
         written_version(1, None, VersionState(Phase.READY, "Compressed", "compressed 4.0x")), "Progressing", "generation 1"),

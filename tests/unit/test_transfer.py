@@ -189,7 +189,7 @@ def test_progress_and_the_outcome_go_to_the_log(tmp_path: Path, fake, caplog) ->
 
 
 def test_the_fetch_container_resumes_after_a_restart_and_reports_it(tmp_path: Path, fake) -> None:
-    from modelops.compress.exitcodes import ExitCode
+    from modelops.contract.exitcodes import ExitCode
     from modelops.fetch import CONFIG_ENV, TERMINATION_LOG_ENV, main
 
     client = FlakyS3(fake, breaks={5000: 3})

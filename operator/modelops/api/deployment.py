@@ -84,6 +84,7 @@ class DeploymentReason(StrEnum):
     METRICS_UNAVAILABLE = "MetricsUnavailable"
     # Autoscaling
     SCALED = "Scaled"
+    ENDPOINT_NOT_ALLOWED = "EndpointNotAllowed"
 
 
 class RolloutStrategy(StrEnum):

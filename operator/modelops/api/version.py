@@ -61,6 +61,7 @@ class VersionReason(StrEnum):
     INSECURE_ENDPOINT = "InsecureEndpoint"
     TLS_VERIFICATION_FAILED = "TLSVerificationFailed"
     BUCKET_NOT_FOUND = "BucketNotFound"
+    ENDPOINT_NOT_ALLOWED = "EndpointNotAllowed"
     ARTIFACT_NOT_FOUND = "ArtifactNotFound"
     ACCESS_DENIED = "AccessDenied"
     STORAGE_UNREACHABLE = "StorageUnreachable"
@@ -75,7 +76,7 @@ class VersionReason(StrEnum):
     COMPRESSED_FROM_CACHE = "CompressedFromCache"
     SERVED_AS_UPLOADED = "ServedAsUploaded"
     # Rejected
-    ACCURACY_GATE_FAILED = "AccuracyGateFailed"
+    ACCURACY_GATE_REJECTED = "AccuracyGateRejected"
     SIGNATURE_MISMATCH = "SignatureMismatch"
     # Failed
     INVALID_SPEC = "InvalidSpec"
@@ -91,6 +92,10 @@ class VersionReason(StrEnum):
     # RolloutFailed, set by a ModelDeployment's verdict
     ROLLED_BACK = "RolledBack"
     RETRY_REQUESTED = "RetryRequested"
+
+
+# Reasons an older operator wrote, read as the one name they mean now.
+LEGACY_VERSION_REASONS: dict[str, VersionReason] = {"AccuracyGateFailed": VersionReason.ACCURACY_GATE_REJECTED}
 
 
 class ReportOutcome(StrEnum):

@@ -52,19 +52,6 @@ def effective_weight(stable: int, canary: int) -> float:
     return round(100.0 * canary / total, 1) if total else 0.0
 
 
-# Triton's counters that the analysis and the autoscaler read, by PodMetrics field, whether
-# from the pods' own endpoints or through Prometheus.
-COUNTERS = {
-    "nv_inference_request_success": "success",
-    "nv_inference_request_failure": "failure",
-    "nv_inference_request_duration_us": "duration_us",
-    "nv_inference_queue_duration_us": "queue_us",
-    "nv_inference_compute_infer_duration_us": "compute_us",
-    "nv_inference_count": "inferences",
-}
-P99_SUMMARY, P99_QUANTILE = "nv_inference_request_summary_us", "0.99"
-
-
 @dataclass(frozen=True)
 class PodMetrics:
     """Triton's counters of one pod, summed over the model's versions."""

@@ -1,2 +1,3 @@
-"""Thin kopf handlers: watch events become keys in a work queue; reconciles read fresh state,
-call the pure core, and write through the Kubernetes adapter."""
+"""Thin kopf handlers: watch events feed the object cache and become keys in a work queue;
+reconciles read the watch-fed cache (and, where docs/architecture.md says so, a few live or
+short-lived reads), call the pure core, and write through the Kubernetes adapter."""

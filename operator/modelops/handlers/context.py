@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import socket
 import tempfile
 import threading
 import time
@@ -21,6 +22,7 @@ from pydantic import SecretStr
 
 from modelops import kube as k8s
 from modelops.api.model import ModelReason, StorageSpec
+from modelops.core.endpoints import EndpointPolicy, HostPort
 from modelops.core.patch import merge_patch
 from modelops.handlers.cache import Cache
 from modelops.handlers.queue import Key
@@ -56,6 +58,24 @@ class BucketProblem(CredentialsProblem):
     """The bucket named in spec.storage.bucket does not exist at the endpoint."""
 
     reason = ModelReason.BUCKET_NOT_FOUND
+
+
+class EndpointProblem(CredentialsProblem):
+    """spec.storage.endpoint names an address the operator may not be pointed at."""
+
+    reason = ModelReason.ENDPOINT_NOT_ALLOWED
+
+
+def resolve_host(url: str) -> list[str]:
+    """The addresses a URL's host name resolves to (none for a literal address or a name that
+    does not resolve: a request to it fails on its own)."""
+    where = HostPort.of(url)
+    if where is None:
+        return []
+    try:
+        return sorted({str(info[4][0]) for info in socket.getaddrinfo(where.host, where.port, proto=socket.IPPROTO_TCP)})
+    except (OSError, UnicodeError):
+        return []
 
 
 _written_bundles: set[Path] = set()
@@ -202,6 +222,8 @@ class Context:
     cache: Cache = field(default_factory=Cache)
     clock: Callable[[], datetime] = utcnow
     _recent_reads: _Bounded = field(default_factory=lambda: _Bounded(512))
+    endpoints: EndpointPolicy = field(default_factory=EndpointPolicy)
+    resolve: Callable[[str], list[str]] = resolve_host
 
     def read_recent(self, resource: k8s.Resource, namespace: str, name: str) -> dict[str, Any] | None:
         """A Secret or ConfigMap as read at most READ_TTL_SECONDS ago (None: it does not exist)."""
@@ -258,8 +280,20 @@ class Context:
             raise CABundleProblem(f"{kind} {name} has no PEM certificate under the key {ref.key} (spec.storage.caBundle.key)")
         return ca_bundle_file(pem)
 
+    def endpoint_problem(self, url: str, field: str) -> str | None:
+        """Why the operator may not send requests to `url` (named in `field`), or None."""
+        return self.endpoints.problem(url, field, self.resolve(url))
+
+    def check_endpoint(self, storage: StorageSpec) -> None:
+        """Raises EndpointProblem when spec.storage.endpoint may not be reached."""
+        problem = self.endpoint_problem(storage.endpoint, "spec.storage.endpoint") if storage.endpoint else None
+        if problem is not None:
+            raise EndpointProblem(problem)
+
     def check_storage(self, namespace: str, storage: StorageSpec) -> None:
-        """What the operator needs before it can talk to storage: the Secret and the CA bundle."""
+        """What the operator needs before it can talk to storage: an endpoint it may reach, the
+        Secret and the CA bundle."""
+        self.check_endpoint(storage)
         self.credentials(namespace, storage)
         self.ca_bundle(namespace, storage)
 
@@ -279,6 +313,9 @@ class Context:
             )
 
     def store_for(self, namespace: str, storage: StorageSpec) -> CachedReads:
+        """The store of a Model's storage; every storage request goes through here, so an
+        endpoint the operator may not reach is refused before any request is sent."""
+        self.check_endpoint(storage)
         key_id, secret_key = self.credentials(namespace, storage)
         config = StorageConfig(
             endpoint_url=storage.endpoint,

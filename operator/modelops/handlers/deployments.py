@@ -10,8 +10,10 @@ from modelops import kube as k8s
 from modelops import tritonmetrics
 from modelops.api.deployment import DeploymentReason, ModelDeploymentSpec, RolloutStrategy
 from modelops.api.model import ModelSpec
+from modelops.api.types import ConditionType
 from modelops.core import naming, podcause, render
 from modelops.core.canary import CanaryServer
+from modelops.core.conditions import find
 from modelops.core.drift import differences, removals
 from modelops.core.objects import OwnerRef, VersionView, owned_by
 from modelops.core.rollout import (
@@ -96,11 +98,17 @@ def reconcile_deployment(ctx: Context, key: Key) -> float | None:
     status = result.status
     if scaled.status is not None:
         status = status.model_copy(update={"autoscaling": scaled.status})
+    if scaled.refused is not None:
+        status = status.model_copy(update={"conditions": scaling.refusal_degrades(
+            status.conditions, scaled.refused, body["metadata"].get("generation"), ctx.clock())})
     ctx.write_status(k8s.MODELDEPLOYMENTS, body, status.wire())
     if scaled.message is not None:
         ctx.kube.emit_event(body, "Normal", DeploymentReason.SCALED, scaled.message)
     if scaled.warning is not None:
         ctx.kube.emit_event(body, "Warning", DeploymentReason.METRICS_UNAVAILABLE, f"autoscaler: {scaled.warning}")
+    was = find((body.get("status") or {}).get("conditions"), ConditionType.DEGRADED) or {}
+    if scaled.refused is not None and was.get("reason") != DeploymentReason.ENDPOINT_NOT_ALLOWED:
+        ctx.kube.emit_event(body, "Warning", DeploymentReason.ENDPOINT_NOT_ALLOWED, scaled.refused)
     for event in result.events:
         ctx.kube.emit_event(body, event.type, event.reason, event.message)
     if result.started is not None:

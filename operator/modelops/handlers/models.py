@@ -4,8 +4,9 @@ wakes is decided when its watch event arrives (`modelops.core.dependents`)."""
 from __future__ import annotations
 
 from modelops import kube as k8s
-from modelops.api.model import ModelSpec
+from modelops.api.model import ModelReason, ModelSpec, TransportReason
 from modelops.api.types import ConditionType
+from modelops.core.conditions import FALSE, Cond
 from modelops.core.models import model_status, transport_condition
 from modelops.core.objects import OwnerRef, VersionView, with_owner
 from modelops.core.rollout import stale_verdicts
@@ -40,6 +41,9 @@ def reconcile_model(ctx: Context, key: Key) -> float | None:
         problem, reason = str(err), err.reason
     views = [VersionView.from_body(v) for v in versions]
     transport = transport_condition(spec.storage)
+    if reason == ModelReason.ENDPOINT_NOT_ALLOWED and problem is not None:
+        # Never a connection, so nothing to say about its protection but the refusal.
+        transport = Cond(ConditionType.STORAGE_TRANSPORT, FALSE, TransportReason.ENDPOINT_NOT_ALLOWED, problem)
     status = model_status(
         body.get("status"), key.name, views, problem, body["metadata"].get("generation"), ctx.clock(),
         transport=transport, **({"problem_reason": reason} if reason else {}),

@@ -5,13 +5,16 @@ the HorizontalPodAutoscaler, KEDA ScaledObject and HTTPRoute the other providers
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from modelops import kube as k8s
 from modelops import tritonmetrics
-from modelops.api.deployment import AutoscalingProvider, AutoscalingStatus, ModelDeploymentSpec
+from modelops.api.deployment import AutoscalingProvider, AutoscalingStatus, DeploymentReason, ModelDeploymentSpec
+from modelops.api.types import Condition, Conditions, ConditionType
 from modelops.core import autoscale, httproute, naming, scalers
 from modelops.core.canary import seconds
+from modelops.core.conditions import TRUE, Cond, find, merge_conditions
 from modelops.core.objects import OwnerRef
 from modelops.handlers.context import Context
 
@@ -23,6 +26,19 @@ class Scaling:
     message: str | None = None
     requeue: float | None = None
     warning: str | None = None  # a new reason why the metric could not be read, for an event
+    refused: str | None = None  # why KEDA may not be pointed at spec.autoscaling.prometheusAddress
+
+
+PROMETHEUS_ADDRESS_FIELD = "spec.autoscaling.prometheusAddress"
+
+
+def refused_prometheus(ctx: Context, spec: ModelDeploymentSpec) -> str | None:
+    """Why KEDA may not query the deployment's Prometheus address (checked like a storage
+    endpoint, since KEDA sends its queries from inside the cluster), or None."""
+    auto = spec.autoscaling
+    if auto is None or auto.provider != AutoscalingProvider.KEDA or not auto.prometheus_address:
+        return None
+    return ctx.endpoint_problem(auto.prometheus_address, PROMETHEUS_ADDRESS_FIELD)
 
 
 def scale(ctx: Context, spec: ModelDeploymentSpec, body: dict[str, Any], live: dict[str, Any] | None) -> Scaling:
@@ -35,7 +51,7 @@ def scale(ctx: Context, spec: ModelDeploymentSpec, body: dict[str, Any], live: d
     if auto.provider != AutoscalingProvider.OPERATOR:
         # The HPA (or KEDA's) owns the count: plan with what it set.
         count = max(auto.min_replicas, min(live_replicas, auto.max_replicas))
-        return Scaling(spec.model_copy(update={"replicas": count}))
+        return Scaling(spec.model_copy(update={"replicas": count}), refused=refused_prometheus(ctx, spec))
     key = (meta["namespace"], meta["name"])
     now = ctx.clock()
     interval = float(seconds(auto.interval))
@@ -72,7 +88,7 @@ def keep_providers(
     if auto is not None and auto.provider == AutoscalingProvider.HPA:
         desired = scalers.render_hpa(name=name, namespace=namespace, model=spec.model, owner=owner, spec=auto)
         keep(ctx, k8s.HPAS, ctx.kube.get(k8s.HPAS, namespace, name), desired)
-    if auto is not None and auto.provider == AutoscalingProvider.KEDA:
+    if auto is not None and auto.provider == AutoscalingProvider.KEDA and refused_prometheus(ctx, spec) is None:
         desired = scalers.render_scaled_object(name=name, namespace=namespace, model=spec.model, owner=owner, spec=auto)
         keep(ctx, k8s.SCALEDOBJECTS, ctx.kube.get(k8s.SCALEDOBJECTS, namespace, name), desired)
     canary = spec.rollout.canary
@@ -84,3 +100,15 @@ def keep_providers(
         route = httproute.render_httproute(name=name, namespace=namespace, owner=owner, model=spec.model,
                                            parent=canary.http_route, weights=weights if stable_version is not None else None)
         keep(ctx, k8s.HTTPROUTES, ctx.kube.get(k8s.HTTPROUTES, namespace, name), route)
+
+
+def refusal_degrades(conditions: Conditions | None, refused: str, generation: int | None, now: datetime) -> Conditions:
+    """The planned conditions with Degraded True for a refused Prometheus address: the pods
+    still serve (Ready is the planner's), but nothing scales them."""
+    wanted = Cond(ConditionType.DEGRADED, TRUE, DeploymentReason.ENDPOINT_NOT_ALLOWED,
+                  f"{refused}; no ScaledObject is created, so the replicas stay where they are")
+    wire = [c.wire() for c in conditions or []]
+    merged = merge_conditions([c for c in wire if c["type"] == ConditionType.DEGRADED], [wanted], generation, now)[0]
+    if find(wire, ConditionType.DEGRADED) is None:
+        return [*map(Condition.model_validate, wire), Condition.model_validate(merged)]
+    return [Condition.model_validate(merged if c["type"] == ConditionType.DEGRADED else c) for c in wire]

@@ -39,7 +39,7 @@ from modelops.core.versions import (
     version_status,
     waiting,
 )
-from modelops.handlers.context import CachedReads, Context, CredentialsProblem
+from modelops.handlers.context import CachedReads, Context, CredentialsProblem, EndpointProblem
 from modelops.handlers.queue import Key
 from modelops.storage import (
     AccessDenied,
@@ -203,6 +203,8 @@ def _start(
             return waiting(Phase.VERIFYING, VersionReason.BUCKET_NOT_FOUND, message, retry)
         for field, uri in artifact_objects(spec):  # noqa: B007 - the except clauses name the file that failed
             sizes.append(store.head_recent(uri).size)
+    except EndpointProblem as err:  # a change of the Model wakes the version: no timer
+        return waiting(Phase.VERIFYING, VersionReason.ENDPOINT_NOT_ALLOWED, f"{err}; no request was sent")
     except CredentialsProblem as err:
         return waiting(Phase.VERIFYING, VersionReason(err.reason), f"{err}; create it in namespace {namespace}", retry)
     except ObjectNotFound:
