@@ -367,6 +367,35 @@ def translate_error(exc: BaseException, uri: str, endpoint: str | None = None) -
     return StorageError(f"storage request failed for {uri}: {type(exc).__name__}: {exc}")
 
 
+class _RangedBody:
+    """One part's ranged GET, pinned to the ETag; its errors are ours, and close() (from the
+    stall detector's thread) wakes a read blocked on the socket."""
+
+    def __init__(self, store: ObjectStore, loc: S3Location, uri: str, etag: str, start: int, end: int) -> None:
+        self._uri, self._endpoint = uri, store.config.endpoint_url
+        try:
+            response = store.client.get_object(Bucket=loc.bucket, Key=loc.key, Range=f"bytes={start}-{end}", IfMatch=etag)
+        except Exception as exc:  # noqa: BLE001 - translated for the retry policy
+            raise translate_error(exc, uri, self._endpoint) from exc
+        self._body = response["Body"]
+
+    def read(self, n: int) -> bytes:
+        try:
+            return bytes(self._body.read(n))
+        except Exception as exc:  # noqa: BLE001 - translated for the retry policy
+            raise translate_error(exc, self._uri, self._endpoint) from exc
+
+    def close(self) -> None:
+        # Closing a socket does not wake a thread blocked reading it; shutting it down does.
+        # The connection is dropped from the pool, which opens another.
+        raw = getattr(self._body, "_raw_stream", None)
+        sock = getattr(getattr(raw, "connection", None), "sock", None)
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        self._body.close()
+
+
 class ObjectStore:
     """Operations on one S3-compatible endpoint. The boto3 client is created on first use."""
 
@@ -473,35 +502,8 @@ class ObjectStore:
         dest = Path(dest_path)
         dest.parent.mkdir(parents=True, exist_ok=True)
         partial = dest.with_name(dest.name + ".partial")
-        store = self
-
-        class Body:
-            """A ranged GET's body whose errors are ours; close() breaks a hanging read."""
-
-            def __init__(self, start: int, end: int) -> None:
-                try:
-                    response = store.client.get_object(
-                        Bucket=loc.bucket, Key=loc.key, Range=f"bytes={start}-{end}", IfMatch=info.etag
-                    )
-                except Exception as exc:  # noqa: BLE001 - translated for the retry policy
-                    raise translate_error(exc, uri, store.config.endpoint_url) from exc
-                self._body = response["Body"]
-
-            def read(self, n: int) -> bytes:
-                try:
-                    return bytes(self._body.read(n))
-                except Exception as exc:  # noqa: BLE001 - translated for the retry policy
-                    raise translate_error(exc, uri, store.config.endpoint_url) from exc
-
-            def close(self) -> None:
-                # Closing a socket does not wake a thread blocked reading it; shutting it down
-                # does. The connection is dropped from the pool, which opens another.
-                raw = getattr(self._body, "_raw_stream", None)
-                sock = getattr(getattr(raw, "connection", None), "sock", None)
-                if sock is not None:
-                    with contextlib.suppress(OSError):
-                        sock.shutdown(socket.SHUT_RDWR)
-                self._body.close()
+        def open_range(start: int, end: int) -> _RangedBody:
+            return _RangedBody(self, loc, uri, info.etag, start, end)
 
         for attempt in (1, 2):
             journal = transfer.Journal(partial, info.etag, info.size, self.tuning.part_size)
@@ -510,7 +512,7 @@ class ObjectStore:
             fd = os.open(partial, os.O_RDWR | os.O_CREAT, 0o644)
             try:
                 os.ftruncate(fd, info.size)
-                digest, stats = _transfer(Body, info.size, fd, self.tuning, self._sleep, journal, label=uri)
+                digest, stats = _transfer(open_range, info.size, fd, self.tuning, self._sleep, journal, label=uri)
                 os.fsync(fd)
             except BaseException as exc:
                 os.close(fd)

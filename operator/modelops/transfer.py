@@ -251,6 +251,82 @@ class Engine:
     progress_interval_s: float = 5.0
 
 
+@dataclass
+class _PartFetcher:
+    """Fetches one part into its offset of the file, with the figures and the journal."""
+
+    open_range: Callable[[int, int], Stream]
+    fd: int
+    engine: Engine
+    journal: Journal | None
+    stats: TransferStats
+    progress: _Progress
+    attempts: dict[int, int] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def _stalled(self, part: Part, got: int) -> Stalled:
+        self.progress.add(-got)
+        with self.lock:
+            self.stats.stalls += 1
+        return Stalled(f"bytes {part.start}-{part.end}: no byte for {self.engine.stall_timeout_s:g}s")
+
+    def _receive(self, part: Part, stream: Stream, view: memoryview, watch: StallWatch) -> int:
+        got = 0
+        try:
+            while got < part.size:
+                chunk = stream.read(min(READ_CHUNK, part.size - got))
+                if not chunk:
+                    break
+                view[got : got + len(chunk)] = chunk
+                got += len(chunk)
+                watch.touch(part.index)
+                self.progress.add(len(chunk))
+        except Exception as exc:
+            closed_by_watch = watch.done(part.index)
+            if getattr(exc, "stalled", False):  # the socket's own read timeout
+                self._stalled(part, got)
+                raise
+            if closed_by_watch:
+                raise self._stalled(part, got) from exc
+            self.progress.add(-got)
+            raise
+        finally:
+            stream.close()
+        if watch.done(part.index):
+            raise self._stalled(part, got)
+        return got
+
+    def once(self, part: Part, watch: StallWatch) -> bytearray:
+        """One attempt at the part; the caller's retry policy repeats it."""
+        with self.lock:
+            self.attempts[part.index] = self.attempts.get(part.index, 0) + 1
+        try:
+            stream = self.open_range(part.start, part.end)
+        except Exception as exc:
+            if getattr(exc, "stalled", False):  # the socket's read timeout, waiting for headers
+                with self.lock:
+                    self.stats.stalls += 1
+            raise
+        watch.watch(part.index, stream)
+        buffer = bytearray(part.size)
+        view = memoryview(buffer)
+        got = self._receive(part, stream, view, watch)
+        if got != part.size:
+            self.progress.add(-got)
+            raise ShortRead(f"short read at bytes {part.start}-{part.end}: got {got} of {part.size} bytes")
+        os.pwrite(self.fd, view, part.start)
+        if self.journal is not None:
+            self.journal.record(part.index)
+        with self.lock:
+            self.stats.fetched_bytes += part.size
+        return buffer
+
+    def read_back(self, part: Part) -> bytes:
+        data = os.pread(self.fd, part.size, part.start)
+        self.progress.add(len(data))
+        return data
+
+
 def download(
     open_range: Callable[[int, int], Stream],
     size: int,
@@ -276,80 +352,19 @@ def download(
     stats.resumed_parts = len(finished)
     progress = _Progress(label, size, engine.progress_interval_s, clock)
     progress.started = progress.last_log = clock()
-    attempts: dict[int, int] = {}
-    lock = threading.Lock()
+    fetcher = _PartFetcher(open_range, fd, engine, journal, stats, progress)
 
     def fetch(part: Part, watch: StallWatch) -> bytearray:
-        def once() -> bytearray:
-            with lock:
-                attempts[part.index] = attempts.get(part.index, 0) + 1
-            buffer = bytearray(part.size)
-            view = memoryview(buffer)
-            got = 0
-            try:
-                stream = open_range(part.start, part.end)
-            except Exception as exc:
-                if getattr(exc, "stalled", False):  # the socket's own read timeout, waiting for headers
-                    with lock:
-                        stats.stalls += 1
-                raise
-            watch.watch(part.index, stream)
-            try:
-                while got < part.size:
-                    chunk = stream.read(min(READ_CHUNK, part.size - got))
-                    if not chunk:
-                        break
-                    view[got : got + len(chunk)] = chunk
-                    got += len(chunk)
-                    watch.touch(part.index)
-                    progress.add(len(chunk))
-            except Exception as exc:
-                if getattr(exc, "stalled", False):
-                    watch.done(part.index)
-                    progress.add(-got)
-                    with lock:
-                        stats.stalls += 1
-                    raise
-                if watch.done(part.index):
-                    progress.add(-got)
-                    with lock:
-                        stats.stalls += 1
-                    raise Stalled(f"bytes {part.start}-{part.end}: no byte for {engine.stall_timeout_s:g}s") from exc
-                progress.add(-got)
-                raise
-            finally:
-                stream.close()
-            if watch.done(part.index):
-                progress.add(-got)
-                with lock:
-                    stats.stalls += 1
-                raise Stalled(f"bytes {part.start}-{part.end}: no byte for {engine.stall_timeout_s:g}s")
-            if got != part.size:
-                progress.add(-got)
-                raise ShortRead(f"short read at bytes {part.start}-{part.end}: got {got} of {part.size} bytes")
-            os.pwrite(fd, view, part.start)
-            if journal is not None:
-                journal.record(part.index)
-            with lock:
-                stats.fetched_bytes += part.size
-            return buffer
+        return retry(lambda: fetcher.once(part, watch))
 
-        return retry(once)
-
-    def read_back(part: Part) -> bytes:
-        data = os.pread(fd, part.size, part.start)
-        progress.add(len(data))
-        return data
-
-    hasher = hashlib.sha256()
     started = clock()
     try:
-        sha256 = _run_parts(parts, finished, fetch, read_back, hasher, engine, clock)
+        sha256 = _run_parts(parts, finished, fetch, fetcher.read_back, hashlib.sha256(), engine, clock)
     finally:
         if journal is not None:
             journal.close()  # after the pool is done: a part still running records itself
     stats.seconds = clock() - started
-    stats.retries = sum(n - 1 for n in attempts.values())
+    stats.retries = sum(n - 1 for n in fetcher.attempts.values())
     log.info("%s: done, %s", label, stats.describe())
     return sha256, stats
 
