@@ -22,6 +22,16 @@ VERSION: dict[str, Any] = {
     "apiVersion": "modelops.dev/v1alpha1", "kind": "ModelVersion", "metadata": {"name": "digits-v1"},
     "spec": {"model": "digits", "version": 1, "artifact": {"uri": "s3://models/digits/1/model.onnx", "format": "onnx", "sha256": SHA}},
 }
+# A file set: an ONNX graph and its external data under one prefix.
+FILE_SET = {"uri": "s3://models/llm/1/", "format": "onnx", "entrypoint": "model.onnx",
+            "files": [{"path": "model.onnx", "sha256": SHA}, {"path": "weights/part-0.bin", "sha256": "cd" * 32}]}
+
+
+def file_set(*paths: str, **fields: Any) -> dict[str, Any]:
+    """FILE_SET with these paths (the first is the entrypoint unless `entrypoint` says otherwise)."""
+    return {**FILE_SET, "entrypoint": paths[0], "files": [{"path": p, "sha256": SHA} for p in paths], **fields}
+
+
 DEPLOYMENT: dict[str, Any] = {
     "apiVersion": "modelops.dev/v1alpha1", "kind": "ModelDeployment", "metadata": {"name": "digits"},
     "spec": {"model": "digits"},
@@ -58,13 +68,30 @@ def pruning(**fields: Any) -> dict[str, Any]:
 INVALID: list[tuple[str, dict[str, Any], str, str]] = [
     ("sha256 shape", edited(VERSION, "spec.artifact.sha256", "abc123"), "spec.artifact.sha256", "64 lowercase hexadecimal"),
     ("sha256 upper case", edited(VERSION, "spec.artifact.sha256", "AB" * 32), "spec.artifact.sha256", "sha256 digest"),
-    ("sha256 missing", edited(VERSION, "spec.artifact.sha256", ...), "spec.artifact.sha256", "Required value"),
+    ("sha256 missing", edited(VERSION, "spec.artifact.sha256", ...), "spec.artifact", "set sha256 for a single file"),
     ("artifact URI scheme", edited(VERSION, "spec.artifact.uri", "https://models/digits/1/model.onnx"), "spec.artifact.uri", "s3://<bucket>/<key>"),
-    ("artifact URI without key", edited(VERSION, "spec.artifact.uri", "s3://models/"), "spec.artifact.uri", "S3 URI"),
+    ("artifact URI without key", edited(VERSION, "spec.artifact.uri", "s3://models/"), "spec.artifact", "exactly when files is set"),
     ("artifact URI traversal", edited(VERSION, "spec.artifact.uri", "s3://bucket/../../etc/passwd"), "spec.artifact.uri", "'..' segments"),
     ("artifact URI dot segment", edited(VERSION, "spec.artifact.uri", "s3://models/a/./b"), "spec.artifact.uri", "'..' segments"),
     ("artifact URI empty segment", edited(VERSION, "spec.artifact.uri", "s3://models/a//b"), "spec.artifact.uri", "empty"),
-    ("artifact URI trailing slash", edited(VERSION, "spec.artifact.uri", "s3://models/a/"), "spec.artifact.uri", "empty"),
+    ("artifact URI trailing slash", edited(VERSION, "spec.artifact.uri", "s3://models/a/"), "spec.artifact", "exactly when files is set"),
+    ("file set path with ..", edited(VERSION, "spec.artifact", file_set("model.onnx", "../secrets/key.bin")), "spec.artifact.files[1].path", "'..'"),
+    ("file set path .. inside", edited(VERSION, "spec.artifact", file_set("model.onnx", "w/../../x.bin")), "spec.artifact.files[1].path", "'..'"),
+    ("file set absolute path", edited(VERSION, "spec.artifact", file_set("model.onnx", "/etc/passwd")), "spec.artifact.files[1].path", "no leading '/'"),
+    ("file set empty segment", edited(VERSION, "spec.artifact", file_set("model.onnx", "w//x.bin")), "spec.artifact.files[1].path", "empty"),
+    ("file set dot segment", edited(VERSION, "spec.artifact", file_set("model.onnx", "./x.bin")), "spec.artifact.files[1].path", "'.'"),
+    ("file set empty path", edited(VERSION, "spec.artifact", file_set("model.onnx", "")), "spec.artifact.files[1].path", "relative path"),
+    ("file set duplicate path", edited(VERSION, "spec.artifact", file_set("model.onnx", "w.bin", "w.bin")), "spec.artifact.files", "Duplicate value"),
+    ("file set bad file digest", edited(VERSION, "spec.artifact", {**FILE_SET, "files": [{"path": "model.onnx", "sha256": "x"}]}),
+     "spec.artifact.files[0].sha256", "sha256 digest"),
+    ("file set without its entrypoint", edited(VERSION, "spec.artifact", file_set("w.bin", entrypoint="graph.onnx")), "spec.artifact.entrypoint", "must list the entrypoint"),
+    ("file set without model.onnx", edited(VERSION, "spec.artifact", {k: v for k, v in file_set("w.bin").items() if k != "entrypoint"}), "spec.artifact.entrypoint", "must list the entrypoint"),
+    ("file set with sha256 too", edited(VERSION, "spec.artifact", {**FILE_SET, "sha256": SHA}), "spec.artifact", "not both"),
+    ("file set uri without /", edited(VERSION, "spec.artifact", {**FILE_SET, "uri": "s3://models/llm/1"}), "spec.artifact", "exactly when files is set"),
+    ("file set of torchscript", edited(VERSION, "spec.artifact", {**FILE_SET, "format": "torchscript"}), "spec.artifact", "onnx (with external data) or directory"),
+    ("directory without files", edited(VERSION, "spec.artifact.format", "directory"), "spec.artifact", "directory needs files"),
+    ("entrypoint of one file", edited(VERSION, "spec.artifact.entrypoint", "model.onnx"), "spec.artifact", "entrypoint is for a file set"),
+    ("file set too large", edited(VERSION, "spec.artifact", file_set(*[f"w{i}.bin" for i in range(1025)])), "spec.artifact.files", "1024"),
     ("artifact URI control character", edited(VERSION, "spec.artifact.uri", "s3://models/a\nb"), "spec.artifact.uri", "control characters"),
     ("artifact URI NUL", edited(VERSION, "spec.artifact.uri", "s3://models/a\x00b"), "spec.artifact.uri", "control characters"),
     ("artifact URI bucket with ..", edited(VERSION, "spec.artifact.uri", "s3://my..bucket/k"), "spec.artifact.uri", "valid bucket name"),
@@ -194,6 +221,12 @@ APISERVER_ONLY: list[tuple[str, dict[str, Any], str, str]] = [
 
 # Names and values the rules must keep accepting.
 VALID_EDITS: list[tuple[str, dict[str, Any]]] = [
+    ("ONNX file set", edited(VERSION, "spec.artifact", FILE_SET)),
+    ("ONNX file set with the default entrypoint", edited(VERSION, "spec.artifact", {k: v for k, v in FILE_SET.items() if k != "entrypoint"})),
+    ("ONNX file set in a nested folder", edited(VERSION, "spec.artifact", file_set("graph/m.onnx", "graph/m.onnx.data", "..hidden/x", uri="s3://models/"))),
+    ("directory", edited(VERSION, "spec.artifact", {"uri": "s3://models/llm/1/", "format": "directory", "files": [
+        {"path": "config.json", "sha256": SHA}, {"path": "model-00001-of-00002.safetensors", "sha256": SHA}]})),
+    ("1024 files", edited(VERSION, "spec.artifact", file_set(*["model.onnx", *[f"w{i}.bin" for i in range(1023)]]))),
     ("transformer tensor names", edited(MODEL, "spec.signature.inputs", tensors("input_ids", "attention_mask", "input.1", "onnx::Gemm_0"))),
     ("variable dims", edited(MODEL, "spec.signature.outputs", [{"name": "logits", "dataType": "FP32", "dims": [-1, 2]}])),
     ("https endpoint with path", edited(MODEL, "spec.storage.endpoint", "https://s3.eu-west-1.amazonaws.com/")),

@@ -3,7 +3,13 @@
 Runs as the serving pod's init container:
 
     python -m modelops.fetch --uri s3://bucket/key --sha256 HEX --model-name NAME \\
-        --version N --backend onnxruntime --repository /models
+        --version N --backend onnxruntime --repository /models \\
+        [--files-json '[{"path": GRAPH, "sha256": HEX}, {"path": DATA, "sha256": HEX}, ...]']
+
+With --files-json the artifact is a file set under the folder of --uri: the graph (--uri,
+named by the backend's file name) and its external data, each verified by its own sha256 and
+placed at its path in the version folder. A --uri that ends in '/' is a directory served as
+uploaded: every file goes to its path, none is renamed.
 
 config.pbtxt comes from MODELOPS_TRITON_CONFIG; storage settings from the usual
 MODELOPS_S3_* and AWS_* variables. The object is streamed to disk with its sha256 checked on
@@ -20,10 +26,11 @@ denied, 10 bad artifact (missing object or digest mismatch: retrying cannot help
 from __future__ import annotations
 
 import argparse
+import json
+import logging
 import os
 import shutil
 import sys
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +58,7 @@ from modelops.storage import (
     parse_s3_uri,
     validate_sha256,
 )
+from modelops.transfer import TransferStats
 
 # Anything not foreseen below; the operator treats it like a crash.
 UNEXPECTED_FAILURE = 1
@@ -74,6 +82,17 @@ class FetchRequest:
     backend: str
     repository: Path
     config_text: str
+    # A file set's (path, sha256) pairs, relative to the folder of `uri`; empty for one file.
+    files: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def folder(self) -> str:
+        return self.uri[: self.uri.rindex("/") + 1]
+
+    @property
+    def entry(self) -> str | None:
+        """The path of the graph file in the set; None for a directory served as uploaded."""
+        return None if self.uri.endswith("/") else self.uri[len(self.folder) :]
 
 
 @dataclass(frozen=True)
@@ -96,14 +115,41 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", required=True, help="Triton version folder (positive integer)")
     parser.add_argument("--backend", required=True, choices=list(Backend), help="Triton backend")
     parser.add_argument("--repository", required=True, help="model repository directory")
+    parser.add_argument("--files-json", help="a file set: [{path, sha256}] relative to the folder of --uri")
     return parser
+
+
+def parse_files(text: str | None, uri: str) -> tuple[tuple[str, str], ...]:
+    """--files-json as (path, sha256) pairs, each path checked as the apiserver checks them."""
+    if text is None:
+        if uri.endswith("/"):
+            raise UsageError("--uri: a prefix ending in '/' needs --files-json")
+        return ()
+    from pydantic import TypeAdapter, ValidationError
+
+    from modelops.api.version import ArtifactFile, path_problems
+
+    try:
+        files = TypeAdapter(list[ArtifactFile]).validate_python(json.loads(text))
+    except (ValueError, ValidationError) as err:
+        first = err.errors()[0] if isinstance(err, ValidationError) else None
+        where = "" if first is None else ".".join(str(p) for p in first["loc"]) + ": "
+        raise UsageError(f"--files-json: {where}{first['msg'] if first else err}") from None
+    problem = path_problems([f.path for f in files], "--files-json") if files else "--files-json: no files"
+    if problem is not None:
+        raise UsageError(problem)
+    pairs = tuple((f.path, f.sha256) for f in files)
+    entry = None if uri.endswith("/") else uri[uri.rindex("/") + 1 :]
+    if entry is not None and entry not in {path for path, _ in pairs}:
+        raise UsageError(f"--files-json: the graph file {entry!r} of --uri is not among the files")
+    return pairs
 
 
 def parse_request(argv: Sequence[str], environ: Mapping[str, str]) -> FetchRequest:
     """Validate the command line and environment; raise UsageError naming the bad field."""
     args = _parser().parse_args(list(argv))
     try:
-        parse_s3_uri(args.uri)
+        parse_s3_uri(args.uri + "_" if args.uri.endswith("/") else args.uri)  # a prefix: its bucket and folder
         sha256 = validate_sha256(args.sha256.strip(), "--sha256")
     except ValueError as err:
         raise UsageError(f"--uri: {err}" if isinstance(err, InvalidS3Uri) else str(err)) from None
@@ -128,6 +174,7 @@ def parse_request(argv: Sequence[str], environ: Mapping[str, str]) -> FetchReque
         backend=args.backend,
         repository=Path(args.repository),
         config_text=config_text,
+        files=parse_files(args.files_json, args.uri),
     )
 
 
@@ -168,24 +215,37 @@ def one_line(reason: str, message: str) -> str:
     return encoded[: TERMINATION_MESSAGE_LIMIT - 3].decode("utf-8", "ignore") + "..."
 
 
-def remove_leftovers(repository: Path, model_name: str) -> None:
+def remove_leftovers(repository: Path, model_name: str, keep: str | None = None) -> None:
     """Drop staging folders of an interrupted earlier run and the model's own folder.
 
-    Triton tries to load every folder in the repository, so nothing half-made may stay.
+    Triton tries to load every folder in the repository, so nothing half-made may stay. `keep`
+    names the download folder of this very artifact: its partial files and their journals let
+    a restarted container fetch only the parts still missing (Triton starts only after this
+    container succeeded, when that folder is gone too).
     """
     if not repository.is_dir():
         return
     for entry in repository.iterdir():
+        if entry.name == keep:
+            continue
         if entry.name.startswith(STAGING_PREFIX) or entry.name == model_name:
             shutil.rmtree(entry, ignore_errors=True)
+
+
+def download_dir_name(request: FetchRequest) -> str:
+    """The download folder of one artifact: the same across restarts, so a download resumes."""
+    return f"{STAGING_PREFIX}download-{request.sha256[:16]}"
 
 
 def fetch(request: FetchRequest, store: ObjectStore) -> str:
     """Download, verify and lay out the model; return a one-line summary."""
     request.repository.mkdir(parents=True, exist_ok=True)
-    remove_leftovers(request.repository, request.model_name)
-    download_dir = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}download-", dir=request.repository))
-    try:
+    download_dir = request.repository / download_dir_name(request)
+    remove_leftovers(request.repository, request.model_name, keep=download_dir.name)
+    download_dir.mkdir(exist_ok=True)
+    if request.files:
+        summary = _fetch_file_set(request, store, download_dir)
+    else:
         artifact = download_dir / artifact_filename(request.backend)
         result = store.download(request.uri, artifact, expected_sha256=request.sha256)
         model_dir = layout_model_repository(
@@ -197,9 +257,47 @@ def fetch(request: FetchRequest, store: ObjectStore) -> str:
             request.config_text,
             move_artifact=True,
         )
-    finally:
-        shutil.rmtree(download_dir, ignore_errors=True)
-    return f"Fetched {request.uri} ({result.size} bytes, sha256 {result.sha256}) into {model_dir / str(request.version)}"
+        summary = (
+            f"Fetched {request.uri} ({result.size} bytes, sha256 {result.sha256}) into {model_dir / str(request.version)}"
+            + (f": {result.stats.describe()}" if result.stats is not None else "")
+        )
+    shutil.rmtree(download_dir, ignore_errors=True)
+    return summary
+
+
+def _fetch_file_set(request: FetchRequest, store: ObjectStore, download_dir: Path) -> str:
+    """Every file verified by its own sha256 (a mismatch names the file), then laid out: the
+    graph under the backend's file name, the rest at their paths beside it."""
+    total = TransferStats()
+    placed: list[tuple[str, Path]] = []
+    for index, (path, digest) in enumerate(request.files):
+        local = download_dir / "files" / path
+        try:
+            result = store.download(request.folder + path, local, expected_sha256=digest)
+        except ChecksumMismatch as err:
+            raise ChecksumMismatch(f"file {path!r} (--files-json[{index}]) of {request.folder}", err.expected, err.actual) from None
+        if result.stats is not None:
+            total.add(result.stats)
+        placed.append((path, local))
+    entry = request.entry
+    graph = next((local for path, local in placed if path == entry), None)
+    # The graph is renamed to the backend's file name; its external data keep their paths,
+    # which the graph names relative to its own folder.
+    data = [(path, local) for path, local in placed if path != entry]
+    model_dir = layout_model_repository(
+        request.repository,
+        request.model_name,
+        request.version,
+        request.backend,
+        graph,
+        request.config_text,
+        move_artifact=True,
+        data_files=data,
+    )
+    return (
+        f"Fetched {len(placed)} files under {request.folder} (each verified by its sha256) "
+        f"into {model_dir / str(request.version)}: {total.describe()}"
+    )
 
 
 def _write_termination_log(path: Path, line: str) -> None:
@@ -217,6 +315,9 @@ def main(
 ) -> int:
     environ = os.environ if environ is None else environ
     argv = sys.argv[1:] if argv is None else argv
+    # Download progress (modelops.transfer) goes to the container's log.
+    logging.basicConfig(stream=sys.stderr, level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
+    logging.getLogger("modelops.transfer").setLevel(logging.INFO)
     termination_log = Path(environ.get(TERMINATION_LOG_ENV) or DEFAULT_TERMINATION_LOG)
     request: FetchRequest | None = None
     try:
@@ -226,7 +327,9 @@ def main(
     except Exception as error:  # every failure ends in one classified line
         failure = classify_failure(error)
         if request is not None:
-            remove_leftovers(request.repository, request.model_name)
+            # A transient failure keeps this artifact's partial download for the restart.
+            keep = download_dir_name(request) if failure.exit_code == ExitCode.TRANSIENT else None
+            remove_leftovers(request.repository, request.model_name, keep=keep)
         line = one_line(failure.reason, failure.message)
         print(line, file=sys.stderr)
         _write_termination_log(termination_log, line)

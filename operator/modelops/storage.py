@@ -8,16 +8,15 @@ arrive, so verification costs no second pass over the file.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import random
 import re
+import socket
 import time
-from collections import deque
 from collections.abc import Callable, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +80,13 @@ class StorageUnreachable(StorageError):
     transient kind: everything else is an answer that a retry would repeat."""
 
     transient = True
+
+
+class StorageStalled(StorageUnreachable):
+    """No byte arrived for the read timeout (a socket that stays silent); retried like an outage,
+    and counted as a stall by a download."""
+
+    stalled = True
 
 
 class ObjectChanged(StorageUnreachable):
@@ -173,13 +179,18 @@ class TransferTuning:
     part_size: int = 16 * 1024 * 1024
     max_concurrency: int = 8
     # botocore retries each request (throttling, 5xx, connection errors) up to max_attempts;
-    # stream_attempts repeats a whole read when the body breaks off or botocore gives up.
+    # stream_attempts repeats a whole read (one part of a download) when the body breaks off,
+    # stalls or botocore gives up.
     max_attempts: int = 6
     stream_attempts: int = 3
     backoff_base_s: float = 0.2
     backoff_cap_s: float = 10.0
     connect_timeout_s: float = 10.0
     read_timeout_s: float = 60.0
+    # A part that receives no byte for this long is closed and retried (modelops.transfer).
+    # There is no total timeout: a large model takes as long as its bytes take.
+    stall_timeout_s: float = 30.0
+    progress_interval_s: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -195,6 +206,8 @@ class TransferResult:
     size: int
     # The ETag of the object that was read or written: it changes whenever the object does.
     etag: str = ""
+    # A download's figures (modelops.transfer.TransferStats): time, throughput, resumed parts.
+    stats: Any = None
 
 
 def backoff_delay(attempt: int, tuning: TransferTuning, rand: Callable[[], float] = random.random) -> float:
@@ -232,39 +245,36 @@ def fetch_ranges_to_file(
 ) -> str:
     """Fetch [0, size) as concurrent ranged reads, write each part at its offset, return the sha256.
 
-    `read_range(start, end_inclusive)` returns the bytes of one part. Parts are hashed in order
-    as they complete; at most 2 × max_concurrency parts are in memory at once.
-    """
-    hasher = hashlib.sha256()
-    starts = iter(range(0, size, tuning.part_size))
+    `read_range(start, end_inclusive)` returns the bytes of one part (modelops.transfer.download
+    takes streams; this is it for whole-part reads)."""
+    import io
 
-    def fetch_part(start: int) -> bytes:
-        end = min(start + tuning.part_size, size) - 1
+    digest, _ = _transfer(lambda start, end: io.BytesIO(read_range(start, end)), size, fd, tuning, sleep)
+    return digest
 
-        def read_once() -> bytes:
-            data = read_range(start, end)
-            if len(data) != end - start + 1:
-                raise StorageUnreachable(f"short read at bytes {start}-{end}: got {len(data)} bytes")
-            return data
 
-        data = with_retries(read_once, tuning, sleep)
-        os.pwrite(fd, data, start)
-        return data
+def _transfer(
+    open_range: Callable[[int, int], Any],
+    size: int,
+    fd: int,
+    tuning: TransferTuning,
+    sleep: Callable[[float], None],
+    journal: Any = None,
+    label: str = "download",
+) -> tuple[str, Any]:
+    from modelops import transfer
 
-    window = 2 * tuning.max_concurrency
-    with ThreadPoolExecutor(max_workers=tuning.max_concurrency, thread_name_prefix="s3-get") as pool:
-        in_flight: deque[Future[bytes]] = deque(pool.submit(fetch_part, s) for s in islice(starts, window))
+    def transient(action: Callable[[], Any]) -> Any:
         try:
-            while in_flight:
-                hasher.update(in_flight.popleft().result())
-                next_start = next(starts, None)
-                if next_start is not None:
-                    in_flight.append(pool.submit(fetch_part, next_start))
-        except BaseException:
-            for future in in_flight:
-                future.cancel()
-            raise
-    return hasher.hexdigest()
+            return action()
+        except (transfer.Stalled, transfer.ShortRead) as exc:
+            raise StorageUnreachable(f"{label}: {exc}") from exc
+
+    engine = transfer.Engine(tuning.part_size, tuning.max_concurrency, tuning.stall_timeout_s, tuning.progress_interval_s)
+    return transfer.download(
+        open_range, size, fd, engine, lambda action: with_retries(lambda: transient(action), tuning, sleep),
+        journal=journal, label=label,
+    )
 
 
 def hash_file(path: str | os.PathLike[str], chunk_size: int = 8 * 1024 * 1024) -> TransferResult:
@@ -336,6 +346,8 @@ def translate_error(exc: BaseException, uri: str, endpoint: str | None = None) -
         return StorageError(f"TLS connection to {where} failed for {uri}: {exc}")
     if isinstance(exc, (bce.NoCredentialsError, bce.PartialCredentialsError)):
         return AccessDenied(f"no usable credentials for {uri}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
+    if isinstance(exc, (bce.ReadTimeoutError, u3e.ReadTimeoutError, TimeoutError)):
+        return StorageStalled(f"storage sent no byte for {uri} within the read timeout: {type(exc).__name__}: {exc}")
     if isinstance(
         exc,
         (
@@ -353,6 +365,35 @@ def translate_error(exc: BaseException, uri: str, endpoint: str | None = None) -
     ):
         return StorageUnreachable(f"storage unreachable for {uri}: {type(exc).__name__}: {exc}")
     return StorageError(f"storage request failed for {uri}: {type(exc).__name__}: {exc}")
+
+
+class _RangedBody:
+    """One part's ranged GET, pinned to the ETag; its errors are ours, and close() (from the
+    stall detector's thread) wakes a read blocked on the socket."""
+
+    def __init__(self, store: ObjectStore, loc: S3Location, uri: str, etag: str, start: int, end: int) -> None:
+        self._uri, self._endpoint = uri, store.config.endpoint_url
+        try:
+            response = store.client.get_object(Bucket=loc.bucket, Key=loc.key, Range=f"bytes={start}-{end}", IfMatch=etag)
+        except Exception as exc:  # noqa: BLE001 - translated for the retry policy
+            raise translate_error(exc, uri, self._endpoint) from exc
+        self._body = response["Body"]
+
+    def read(self, n: int) -> bytes:
+        try:
+            return bytes(self._body.read(n))
+        except Exception as exc:  # noqa: BLE001 - translated for the retry policy
+            raise translate_error(exc, self._uri, self._endpoint) from exc
+
+    def close(self) -> None:
+        # Closing a socket does not wake a thread blocked reading it; shutting it down does.
+        # The connection is dropped from the pool, which opens another.
+        raw = getattr(self._body, "_raw_stream", None)
+        sock = getattr(getattr(raw, "connection", None), "sock", None)
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        self._body.close()
 
 
 class ObjectStore:
@@ -389,7 +430,8 @@ class ObjectStore:
                     # botocore's standard mode retries throttling, 5xx and connection errors with backoff.
                     retries={"mode": "standard", "max_attempts": self.tuning.max_attempts},
                     connect_timeout=self.tuning.connect_timeout_s,
-                    read_timeout=self.tuning.read_timeout_s,
+                    # A socket silent for the stall timeout is a stall, waiting for headers too.
+                    read_timeout=min(self.tuning.read_timeout_s, self.tuning.stall_timeout_s),
                     max_pool_connections=self.tuning.max_concurrency + 4,
                     # Path-style addressing works with every S3-compatible server (MinIO, Ceph).
                     s3={"addressing_style": "path"} if cfg.endpoint_url else {},
@@ -439,14 +481,19 @@ class ObjectStore:
         expected_sha256: str | None = None,
         max_bytes: int | None = None,
     ) -> TransferResult:
-        """Fetch `uri` to `dest_path`, verifying the sha256 while streaming.
+        """Fetch `uri` to `dest_path`, verifying the sha256 while streaming (modelops.transfer).
 
         An object larger than `max_bytes` is refused (TooLarge) after the HEAD, before any byte
         of it is read or any space is taken on disk.
 
-        The file appears at `dest_path` only once it is complete and verified; on a mismatch
-        the partial file is removed and ChecksumMismatch is raised.
+        The file appears at `dest_path` only once it is complete and verified. Until then it is
+        `<dest>.partial` with its journal `<dest>.partial.parts`: a download that failed for a
+        transient reason leaves both, and the next download to the same path fetches only the
+        parts still missing. On a mismatch both are removed and ChecksumMismatch is raised,
+        after one fresh attempt when resumed parts were involved.
         """
+        from modelops import transfer
+
         expected = validate_sha256(expected_sha256, "expected_sha256") if expected_sha256 is not None else None
         loc = parse_s3_uri(uri)
         info = self.head(uri)
@@ -455,33 +502,36 @@ class ObjectStore:
         dest = Path(dest_path)
         dest.parent.mkdir(parents=True, exist_ok=True)
         partial = dest.with_name(dest.name + ".partial")
+        def open_range(start: int, end: int) -> _RangedBody:
+            return _RangedBody(self, loc, uri, info.etag, start, end)
 
-        def read_range(start: int, end: int) -> bytes:
+        for attempt in (1, 2):
+            journal = transfer.Journal(partial, info.etag, info.size, self.tuning.part_size)
+            if not partial.exists():
+                journal.remove()  # a journal without its partial file describes nothing
+            fd = os.open(partial, os.O_RDWR | os.O_CREAT, 0o644)
             try:
-                response = self.client.get_object(
-                    Bucket=loc.bucket, Key=loc.key, Range=f"bytes={start}-{end}", IfMatch=info.etag
-                )
-                return response["Body"].read()
-            except Exception as exc:  # noqa: BLE001 - translated for the retry policy
-                raise translate_error(exc, uri, self.config.endpoint_url) from exc
-
-        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            os.ftruncate(fd, info.size)
-            digest = fetch_ranges_to_file(read_range, info.size, fd, self.tuning, self._sleep)
-            os.fsync(fd)
-        except BaseException:
+                os.ftruncate(fd, info.size)
+                digest, stats = _transfer(open_range, info.size, fd, self.tuning, self._sleep, journal, label=uri)
+                os.fsync(fd)
+            except BaseException as exc:
+                os.close(fd)
+                if not (isinstance(exc, StorageError) and exc.transient):
+                    partial.unlink(missing_ok=True)
+                    journal.remove()
+                raise
             os.close(fd)
-            partial.unlink(missing_ok=True)
-            raise
-        os.close(fd)
-        try:
-            verify_digest(uri, expected, digest)
-        except ChecksumMismatch:
-            partial.unlink(missing_ok=True)
-            raise
-        os.replace(partial, dest)
-        return TransferResult(sha256=digest, size=info.size, etag=info.etag)
+            journal.remove()
+            try:
+                verify_digest(uri, expected, digest)
+            except ChecksumMismatch:
+                partial.unlink(missing_ok=True)
+                if stats.resumed_parts and attempt == 1:
+                    continue  # a resumed part may be what is wrong: fetch it all once more
+                raise
+            os.replace(partial, dest)
+            return TransferResult(sha256=digest, size=info.size, etag=info.etag, stats=stats)
+        raise AssertionError("unreachable")  # the second attempt returns or raises
 
     def upload_file(self, path: str | os.PathLike[str], uri: str) -> TransferResult:
         """Upload with concurrent multipart parts; the sha256 is stored as object metadata."""

@@ -48,7 +48,8 @@ STRING_FIELDS = {
     "ModelVersion": ["spec.model", "spec.artifact.uri", "spec.artifact.sha256", "spec.artifact.format",
                      "spec.evaluation.datasetUri", "spec.evaluation.metric", "spec.compression.quantization",
                      "spec.compression.pruning.method", "spec.scheduling.tolerations.0.key",
-                     "spec.scheduling.nodeSelector.pool"],
+                     "spec.scheduling.nodeSelector.pool", "spec.artifact.entrypoint", "spec.artifact.files.0.path",
+                     "spec.artifact.files.1.path", "spec.artifact.files.1.sha256"],
     "ModelDeployment": ["spec.model", "spec.triton.image", "spec.triton.backend", "spec.versionPolicy",
                         "spec.triton.resources.limits.memory", "spec.rollout.maxSurge",
                         "spec.scheduling.nodeSelector.pool", "spec.triton.instanceGroups.0.kind"],
@@ -78,6 +79,7 @@ ODD_BUT_VALID = {
     "spec.signature.inputs.0.name": ["input.1", "onnx::Gemm_0", "a/b.c", "_"],
     "spec.signature.outputs.0.name": ["logits:0", "out-1", "9"],
     "spec.artifact.uri": ["s3://models/.hidden/model.onnx", "s3://models/" + "k/" * 200 + "x", "s3://models/é~%20!"],
+    "spec.artifact.files.1.path": ["..w/x", "w/...", ".hidden", "a" * 512, "é/ü"],
     "spec.evaluation.datasetUri": ["s3://models/eval/..x", "s3://no-such-bucket/e.npz"],
     "spec.versionDefaults.evaluation.datasetUri": ["s3://models/a...b"],
     "spec.model": ["no-such-model", "a" * 253],
@@ -119,6 +121,9 @@ def full(kind: str, doc: dict[str, Any]) -> dict[str, Any]:
             "scheduling": {"gpus": 0, "nodeSelector": {"pool": "cpu"}},
         }
     elif kind == "ModelVersion":
+        # A file set, so that its paths and digests are mutated too.
+        spec["artifact"] = {"uri": "s3://models/set/", "format": "onnx", "entrypoint": "model.onnx",
+                            "files": [{"path": "model.onnx", "sha256": "ab" * 32}, {"path": "w/0.bin", "sha256": "cd" * 32}]}
         spec["compression"] = {"quantization": "int8-dynamic", "pruning": {"method": "structured", "amount": 0.5}}
         spec["evaluation"] = {"datasetUri": "s3://models/e.npz", "metric": "cosine-similarity", "threshold": 0.99}
         spec["scheduling"] = {"gpus": 0, "nodeSelector": {"pool": "cpu"},

@@ -157,3 +157,52 @@ def test_compressor_cli_end_to_end(testbed, minio_store, bucket, digits, tmp_pat
 
     code, message = _compress(testbed, tmp_path, *common, "--source-sha256", "e" * 64, "--recipe-json", "{}")
     assert code == exitcodes.BAD_ARTIFACT and message["reason"] == "ChecksumMismatch"
+
+
+def test_a_stalled_download_is_detected_and_retried(minio_store, bucket, tmp_path, testbed) -> None:
+    """MinIO frozen (SIGSTOP) mid-download, right after answering the third part's headers: no
+    byte arrives, the stall detector gives up on the parts in flight and retries them, and
+    once MinIO runs again (SIGCONT, 3.5 s later) the download completes, verified."""
+    import signal
+    import threading
+
+    from e2e.testbed import cluster
+
+    payload = os.urandom(64 * 1024 * 1024)
+    source = tmp_path / "big.bin"
+    source.write_bytes(payload)
+    uri = f"s3://{bucket}/stall/big.bin"
+    minio_store.upload_file(source, uri)
+    state = cluster.read_state(cluster.Layout.from_env())
+    assert state is not None
+    minio_pid = state["pids"]["minio"]
+    # botocore's own retries off, so that each stall reaches the download's retry and count.
+    tuning = TransferTuning(part_size=8 * 1024 * 1024, max_concurrency=2, max_attempts=1, stream_attempts=8,
+                            stall_timeout_s=1.0, backoff_base_s=0.5, backoff_cap_s=1.0, progress_interval_s=0.5)
+    real = ObjectStore(StorageConfig.from_env(_env(testbed)), tuning).client
+    thawed = threading.Event()
+    calls = []
+
+    class FreezingClient:
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+        def get_object(self, **kwargs):
+            response = real.get_object(**kwargs)
+            calls.append(kwargs["Range"])
+            if len(calls) == 3:  # the headers are in, the body (8 MiB) is not: freeze here
+                os.kill(minio_pid, signal.SIGSTOP)
+                threading.Timer(3.5, lambda: (os.kill(minio_pid, signal.SIGCONT), thawed.set())).start()
+            return response
+
+    store = ObjectStore(StorageConfig.from_env(_env(testbed)), tuning, client=FreezingClient())
+    try:
+        result = store.download(uri, tmp_path / "out.bin", expected_sha256=hashlib.sha256(payload).hexdigest())
+    finally:
+        thawed.wait(10)
+        os.kill(minio_pid, signal.SIGCONT)
+    assert thawed.is_set(), "MinIO was frozen during the download"
+    assert (tmp_path / "out.bin").read_bytes() == payload
+    print(f"\nstalled download: {result.stats.describe()}")
+    assert result.stats.stalls >= 1 and result.stats.retries >= 1, result.stats
+    assert result.stats.fetched_bytes == len(payload)  # every part counted once, however often it was tried

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from modelops.api.crds import KINDS, SchemaError, crd, structural_schema
-from modelops.api.types import BUCKET_NAME, ENDPOINT_URL, S3_URI, SHA256, TENSOR_NAME, ApiModel
+from modelops.api.types import BUCKET_NAME, ENDPOINT_URL, RELATIVE_PATH, S3_URI, S3_URI_OR_PREFIX, SHA256, TENSOR_NAME, ApiModel
 
 pytestmark = pytest.mark.unit
 
@@ -92,7 +92,11 @@ def test_digest_and_uri_rules_sit_on_their_fields() -> None:
     spec = schema_of("ModelVersion")["properties"]["spec"]["properties"]
     artifact = spec["artifact"]["properties"]
     assert rules(artifact["sha256"]) == [SHA256.cel]
-    assert rules(artifact["uri"]) == [S3_URI.cel]
+    assert rules(artifact["uri"]) == [S3_URI_OR_PREFIX.cel]
+    assert rules(artifact["files"]["items"]["properties"]["path"]) == [RELATIVE_PATH.cel]
+    assert rules(artifact["entrypoint"]) == [RELATIVE_PATH.cel]
+    assert artifact["files"]["x-kubernetes-list-map-keys"] == ["path"]  # the apiserver refuses duplicates
+    assert artifact["files"]["maxItems"] == 1024
     assert rules(spec["evaluation"]["properties"]["datasetUri"]) == [S3_URI.cel]
     for field in (artifact["sha256"], artifact["uri"]):
         assert field["maxLength"] > 0  # bounded strings keep the CEL cost estimate low
@@ -201,7 +205,7 @@ def test_nested_objects_default_to_empty_so_their_defaults_apply() -> None:
 
 def test_enums_list_the_allowed_values() -> None:
     spec = schema_of("ModelVersion")["properties"]["spec"]["properties"]
-    assert spec["artifact"]["properties"]["format"]["enum"] == ["onnx", "torchscript", "exported-program"]
+    assert spec["artifact"]["properties"]["format"]["enum"] == ["onnx", "torchscript", "exported-program", "directory"]
     assert "int8-dynamic" in spec["compression"]["properties"]["quantization"]["enum"]
     status = schema_of("ModelVersion")["properties"]["status"]["properties"]
     assert status["phase"]["enum"] == ["Pending", "Verifying", "Compressing", "Evaluating", "Ready", "Rejected", "Failed"]

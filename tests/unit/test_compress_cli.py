@@ -103,7 +103,7 @@ FULL_REPORT_KEYS = {
     "outcome", "reason", "message", "device", "artifact", "source", "bytesBefore", "bytesAfter", "ratio", "latencyMsBefore",
     "latencyMsAfter", "latency", "interface", "objective", "chosenQuantization", "resolvedRecipe", "candidates", "layers",
     "metric", "evaluation", "recipe", "recipeHash", "cacheKey", "compressorVersion", "libraries", "weights", "notes",
-    "seconds", "createdAt", "calibration",
+    "seconds", "createdAt", "calibration", "download",
 }
 
 

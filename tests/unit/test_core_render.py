@@ -372,3 +372,33 @@ def test_the_canary_deployment_shares_the_service_selector_and_has_its_own() -> 
     labels = canary["spec"]["template"]["metadata"]["labels"]
     assert service_selector.items() <= labels.items() and labels["modelops.dev/track"] == "canary"
     assert canary["spec"]["template"]["spec"] == stable["spec"]["template"]["spec"]
+
+
+FILE_SET = {"uri": "s3://models/llm/1/", "format": "onnx", "entrypoint": "g/model.onnx",
+            "files": [{"path": "g/model.onnx", "sha256": "ab" * 32}, {"path": "g/model.onnx.data", "sha256": "cd" * 32}]}
+
+
+def test_a_file_set_job_gets_every_file_and_the_set_digest() -> None:
+    from modelops.api.version import Artifact
+
+    args = job(artifact=FILE_SET)["spec"]["template"]["spec"]["containers"][0]["args"]
+    flags = dict(zip(args[::2], args[1::2], strict=True))
+    assert flags["--source-uri"] == "s3://models/llm/1/"
+    assert flags["--source-sha256"] == Artifact.model_validate(FILE_SET).digest != "ab" * 32
+    assert flags["--source-entrypoint"] == "g/model.onnx"
+    assert json.loads(flags["--source-files-json"]) == FILE_SET["files"]
+    assert "--source-files-json" not in job()["spec"]["template"]["spec"]["containers"][0]["args"]
+
+
+def test_a_served_file_set_is_fetched_file_by_file_and_each_file_changes_the_template() -> None:
+    files = ({"path": "model.onnx", "sha256": "cd" * 32, "bytes": 10}, {"path": "model.onnx.data", "sha256": "ef" * 32, "bytes": 99})
+    rendered = deployment(version=VersionView(**{**served().__dict__, "compressed_files": files}))
+    fetch = rendered["spec"]["template"]["spec"]["initContainers"][0]
+    listed = json.loads(fetch["args"][fetch["args"].index("--files-json") + 1])
+    assert listed == [{"path": f["path"], "sha256": f["sha256"]} for f in files]
+    other = ({**files[0]}, {**files[1], "sha256": "00" * 32})
+    changed = deployment(version=VersionView(**{**served().__dict__, "compressed_files": other}))
+    annotation = naming.ANNOTATION_ARTIFACT_SHA256
+    template = rendered["spec"]["template"]["metadata"]["annotations"][annotation]
+    assert template != changed["spec"]["template"]["metadata"]["annotations"][annotation]
+    assert template != deployment()["spec"]["template"]["metadata"]["annotations"][annotation]

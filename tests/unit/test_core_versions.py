@@ -289,6 +289,58 @@ def test_the_rollout_failed_condition_written_by_a_deployment_survives_version_s
     assert [c["type"] for c in again["conditions"]] == ["Ready", "Progressing", "RolloutFailed"]
 
 
+def _directory_spec(**extra):
+    from modelops.api.version import ModelVersionSpec
+
+    return ModelVersionSpec.model_validate({
+        "model": "llm", "version": 1,
+        "artifact": {"uri": "s3://models/llm/1/", "format": "directory", "files": [
+            {"path": "config.json", "sha256": "ab" * 32}, {"path": "model-00001-of-00002.safetensors", "sha256": "cd" * 32}]},
+        **extra,
+    })
+
+
+def test_a_directory_with_a_recipe_or_a_gate_is_refused_naming_the_field() -> None:
+    from modelops.core.versions import artifact_problem
+
+    refused = artifact_problem(_directory_spec(compression={"quantization": "int8-weight-only"}))
+    assert refused is not None and refused.phase == "Failed" and refused.reason == "InvalidRecipe"
+    assert refused.message.startswith("spec.compression: ") and "served as uploaded" in refused.message
+    gated = artifact_problem(_directory_spec(evaluation={"datasetUri": "s3://models/e.npz", "metric": "top1-accuracy", "threshold": 1}))
+    assert gated is not None and gated.reason == "InvalidSpec" and gated.message.startswith("spec.evaluation: ")
+    assert artifact_problem(_directory_spec()) is None
+
+
+def test_a_directory_is_ready_as_uploaded_with_every_file() -> None:
+    from modelops.core.versions import artifact_objects, served_as_uploaded
+
+    spec = _directory_spec()
+    assert artifact_objects(spec) == [
+        ("spec.artifact.files[0] (config.json)", "s3://models/llm/1/config.json"),
+        ("spec.artifact.files[1] (model-00001-of-00002.safetensors)", "s3://models/llm/1/model-00001-of-00002.safetensors"),
+    ]
+    state = served_as_uploaded(spec, [10, 2000])
+    assert state.phase == "Ready" and state.reason == "ServedAsUploaded" and state.job_name is None
+    assert state.compressed is not None and state.compressed.bytes == 2010 and state.compressed.format == "directory"
+    assert state.compressed.sha256 == spec.artifact.digest and [f.bytes for f in state.compressed.files or []] == [10, 2000]
+
+
+def test_a_file_list_too_long_for_a_container_argument_is_refused() -> None:
+    from modelops.api.version import ModelVersionSpec
+    from modelops.core.versions import MAX_FILE_LIST_BYTES, artifact_problem
+
+    long_paths = [{"path": f"{'p' * 400}/{i}.bin", "sha256": "ab" * 32} for i in range(300)]
+    spec = ModelVersionSpec.model_validate({
+        "model": "m", "version": 1,
+        "artifact": {"uri": "s3://models/m/1/", "format": "onnx", "files": [{"path": "model.onnx", "sha256": "ab" * 32}, *long_paths]},
+    })
+    refused = artifact_problem(spec)
+    assert refused is not None and refused.reason == "InvalidSpec" and refused.message.startswith("spec.artifact.files: ")
+    assert str(MAX_FILE_LIST_BYTES) in refused.message
+    short = spec.model_copy(update={"artifact": spec.artifact.model_copy(update={"files": spec.artifact.files[:100]})})
+    assert artifact_problem(short) is None
+
+
 def test_a_rejection_named_by_an_older_release_reads_as_the_one_gate_reason() -> None:
     state = state_from_report(report("Rejected", reason="AccuracyGateFailed"), job_name="j", key="k", from_cache=False)
     assert (state.phase, state.reason) == ("Rejected", "AccuracyGateRejected")

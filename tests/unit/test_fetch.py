@@ -4,6 +4,7 @@ the repository it leaves behind (with an in-memory object store standing in for 
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import pytest
@@ -132,6 +133,7 @@ class MemoryStore:
         actual = hashlib.sha256(data).hexdigest()
         if expected_sha256 is not None and actual != expected_sha256:
             raise ChecksumMismatch(uri, expected_sha256, actual)
+        Path(dest_path).parent.mkdir(parents=True, exist_ok=True)
         Path(dest_path).write_bytes(data)
         self.downloads.append(Path(dest_path))
         return TransferResult(sha256=actual, size=len(data))
@@ -191,3 +193,56 @@ def test_usage_error_is_reported_in_the_termination_log(tmp_path: Path) -> None:
     code, log, _ = _run(tmp_path, MemoryStore({URI: ARTIFACT}), sha256="xyz")
     assert code == ExitCode.USAGE
     assert log.startswith("InvalidArguments: --sha256")
+
+
+DATA = b"external weights " * 100
+FOLDER = "s3://models/out/key/"
+
+
+def _files(**overrides: bytes) -> tuple[dict[str, bytes], str]:
+    objects = {FOLDER + "model.onnx": ARTIFACT, FOLDER + "model.onnx.data": DATA, FOLDER + "extra/part-1.bin": b"more"}
+    listed = json.dumps([{"path": uri[len(FOLDER):], "sha256": hashlib.sha256(body).hexdigest()} for uri, body in objects.items()])
+    objects.update({FOLDER + path: body for path, body in overrides.items()})
+    return objects, listed
+
+
+def test_a_file_set_is_laid_out_with_every_file_verified(tmp_path: Path) -> None:
+    objects, listed = _files()
+    code, log, repo = _run(tmp_path, MemoryStore(objects), uri=FOLDER + "model.onnx", **{"files-json": listed})
+    assert code == ExitCode.SUCCESS, log
+    assert _tree(repo) == [
+        "digits", "digits/3", "digits/3/extra", "digits/3/extra/part-1.bin", "digits/3/model.onnx",
+        "digits/3/model.onnx.data", "digits/3/model.py", "digits/config.pbtxt",
+    ]
+    assert (repo / "digits/3/model.onnx.data").read_bytes() == DATA
+    assert "3 files" in log and "each verified by its sha256" in log
+
+
+def test_a_tampered_file_of_a_set_serves_nothing_and_is_named(tmp_path: Path) -> None:
+    objects, listed = _files(**{"model.onnx.data": DATA + b"!"})
+    code, log, repo = _run(tmp_path, MemoryStore(objects), uri=FOLDER + "model.onnx", **{"files-json": listed})
+    assert code == ExitCode.BAD_ARTIFACT
+    assert log.startswith("ChecksumMismatch: ") and "'model.onnx.data' (--files-json[1])" in log
+    assert _tree(repo) == []
+
+
+def test_a_directory_is_laid_out_as_uploaded(tmp_path: Path) -> None:
+    objects, listed = _files()
+    code, log, repo = _run(tmp_path, MemoryStore(objects), uri=FOLDER, **{"files-json": listed})
+    assert code == ExitCode.SUCCESS, log
+    assert (repo / "digits/3/extra/part-1.bin").read_bytes() == b"more"
+
+
+@pytest.mark.parametrize(
+    ("listed", "says"),
+    [
+        ('[{"path": "../x", "sha256": "' + "ab" * 32 + '"}]', "relative path"),
+        ('[{"path": "model.onnx", "sha256": "' + "ab" * 32 + '"}, {"path": "model.onnx", "sha256": "' + "ab" * 32 + '"}]', "listed twice"),
+        ('[{"path": "other.onnx", "sha256": "' + "ab" * 32 + '"}]', "not among the files"),
+        ("[]", "no files"),
+        ("{", "--files-json"),
+    ],
+)
+def test_a_bad_file_list_is_a_usage_error(tmp_path: Path, listed: str, says: str) -> None:
+    code, log, _ = _run(tmp_path, MemoryStore({}), uri=FOLDER + "model.onnx", **{"files-json": listed})
+    assert code == ExitCode.USAGE and says in log, log

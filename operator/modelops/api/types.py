@@ -31,6 +31,11 @@ BUCKET_RULE = r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$"
 IPV4_RULE = r"^[0-9]{1,3}([.][0-9]{1,3}){3}$"
 # s3://<bucket>/<key>: a key of one or more non-empty segments, none of them "." or "..".
 S3_URI_RULE = r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[^/ \x00-\x1f\x7f]+)+$"
+# s3://<bucket>/ or s3://<bucket>/<key>/: a prefix, the folder of a file set.
+S3_PREFIX_RULE = r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[^/ \x00-\x1f\x7f]+)*/$"
+# A file's path inside a file set: segments joined by "/", none empty, "." or "..".
+RELATIVE_PATH_RULE = r"^[^/ \x00-\x1f\x7f]+(/[^/ \x00-\x1f\x7f]+)*$"
+PATH_DOT_SEGMENT_RULE = r"(^|/)[.][.]?(/|$)"
 DOT_SEGMENT_RULE = r"/[.][.]?(/|$)"
 S3_URI_BUCKET_DOTS_RULE = r"^s3://[^/]*[.][.]"
 S3_URI_BUCKET_IPV4_RULE = r"^s3://[0-9]{1,3}([.][0-9]{1,3}){3}/"
@@ -181,6 +186,25 @@ S3_URI = rule(
     lacks(S3_URI_BUCKET_DOTS_RULE),
     lacks(S3_URI_BUCKET_IPV4_RULE),
 )
+S3_URI_OR_PREFIX = rule(
+    "must be an S3 URI of the form s3://<bucket>/<key>, or for a file set a prefix ending in '/' "
+    "(s3://<bucket>/<folder>/): a valid bucket name, and a key without empty, '.' or '..' segments, "
+    "spaces or control characters",
+    Check(
+        f"(self.matches(r'{S3_URI_RULE}') || self.matches(r'{S3_PREFIX_RULE}'))",
+        lambda value: python_regex(S3_URI_RULE).search(value) is not None
+        or python_regex(S3_PREFIX_RULE).search(value) is not None,
+    ),
+    lacks(DOT_SEGMENT_RULE),
+    lacks(S3_URI_BUCKET_DOTS_RULE),
+    lacks(S3_URI_BUCKET_IPV4_RULE),
+)
+RELATIVE_PATH = rule(
+    "must be a relative path: segments joined by '/', none of them empty, '.' or '..', no leading "
+    "'/', spaces or control characters",
+    matches(RELATIVE_PATH_RULE),
+    lacks(PATH_DOT_SEGMENT_RULE),
+)
 SHA256 = rule("must be a sha256 digest: 64 lowercase hexadecimal characters", matches(SHA256_RULE))
 ENDPOINT_URL = rule(
     "must be an http:// or https:// URL: a host name or IP address, an optional port and path, "
@@ -195,6 +219,10 @@ TENSOR_NAME = rule(
 QUANTITY = rule("must be a Kubernetes quantity, for example 500m, 2Gi or 4", matches(QUANTITY_RULE))
 
 S3Uri = checked_string(URI_MAX, S3_URI)
+S3UriOrPrefix = checked_string(URI_MAX, S3_URI_OR_PREFIX)
+# Paths inside a file set; bounded so that CEL over 1,024 of them stays cheap.
+PATH_MAX = 512
+RelativePath = checked_string(PATH_MAX, RELATIVE_PATH)
 Sha256 = checked_string(64, SHA256)
 BucketName = checked_string(63, BUCKET_NAME)
 EndpointUrl = checked_string(URI_MAX, ENDPOINT_URL)

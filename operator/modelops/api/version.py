@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Sequence
 from enum import StrEnum
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from modelops.api.model import Compression, Evaluation, Scheduling
 from modelops.api.types import (
     ApiModel,
     Conditions,
     ObjectName,
-    S3Uri,
+    RelativePath,
+    S3UriOrPrefix,
     Sha256,
     VersionNumber,
     cel,
@@ -23,6 +26,9 @@ class ArtifactFormat(StrEnum):
     ONNX = "onnx"
     TORCHSCRIPT = "torchscript"
     EXPORTED_PROGRAM = "exported-program"
+    # A folder served as uploaded (sharded safetensors and their config, for a backend that
+    # reads a folder); nothing in it is compressed.
+    DIRECTORY = "directory"
 
 
 class Phase(StrEnum):
@@ -68,6 +74,7 @@ class VersionReason(StrEnum):
     # Ready
     COMPRESSED = "Compressed"
     COMPRESSED_FROM_CACHE = "CompressedFromCache"
+    SERVED_AS_UPLOADED = "ServedAsUploaded"
     # Rejected
     ACCURACY_GATE_REJECTED = "AccuracyGateRejected"
     SIGNATURE_MISMATCH = "SignatureMismatch"
@@ -99,12 +106,126 @@ class ReportOutcome(StrEnum):
     FAILED = "Failed"
 
 
-class Artifact(ApiModel):
-    """The uploaded artifact of this version."""
+# A file set holds at most this many files (the CEL cost of the rules below grows with it).
+MAX_FILES = 1024
+DEFAULT_ENTRYPOINT = "model.onnx"
+FILE_SET_FORMATS = (ArtifactFormat.ONNX, ArtifactFormat.DIRECTORY)
 
-    uri: S3Uri = Field(description="S3 URI of the artifact, for example s3://models/digits/1/model.onnx.")
-    format: ArtifactFormat = Field(description="onnx, torchscript or exported-program (torch.export).")
-    sha256: Sha256 = Field(description="sha256 of the artifact; verified while streaming, a mismatch fails the version.")
+
+class ArtifactFile(ApiModel):
+    """One file of a file-set artifact."""
+
+    path: RelativePath = Field(description="Path of the file under the artifact's uri prefix, for example model.onnx or weights/part-0.bin; no empty, '.' or '..' segments, no leading '/'.")
+    sha256: Sha256 = Field(description="sha256 of the file; verified while it streams, a mismatch fails the version and names the file.")
+
+
+def file_set_digest(entrypoint: str | None, files: Sequence[tuple[str, str]]) -> str:
+    """The one digest of a file set: sha256 of its entrypoint line and of `sha256sum`'s lines
+    (`<sha256>  <path>`), sorted by path. It stands for the set wherever one sha256 is used: the
+    compression cache key and the serving pod's annotation."""
+    lines = [f"entrypoint {entrypoint or ''}\n"] + [f"{digest}  {path}\n" for path, digest in sorted(files)]
+    return hashlib.sha256("".join(lines).encode()).hexdigest()
+
+
+def path_problems(paths: Sequence[str], field: str) -> str | None:
+    """Duplicate paths, or a path that is also a folder of another, named by their field."""
+    seen: dict[str, int] = {}
+    for index, path in enumerate(paths):
+        if path in seen:
+            return f"{field}[{index}].path: {path!r} is listed twice (also at {field}[{seen[path]}])"
+        seen[path] = index
+    for index, path in enumerate(paths):
+        parts = path.split("/")
+        for depth in range(1, len(parts)):
+            folder = "/".join(parts[:depth])
+            if folder in seen:
+                return f"{field}[{index}].path: {path!r} is inside {folder!r}, which is a file ({field}[{seen[folder]}])"
+    return None
+
+
+_ENTRYPOINT_RULE = (
+    "!has(self.files) || self.format != 'onnx' || self.files.exists(f, f.path == "
+    f"(has(self.entrypoint) ? self.entrypoint : '{DEFAULT_ENTRYPOINT}'))"
+)
+
+
+class Artifact(ApiModel):
+    """The uploaded artifact of this version: one file (uri and sha256), or a file set (a uri
+    prefix ending in '/' and files, each with its sha256), for example ONNX with external data."""
+
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": validations(
+            cel("has(self.files) != has(self.sha256)", "set sha256 for a single file, or files for a file set, not both"),
+            cel("has(self.files) == self.uri.endsWith('/')", "uri must end with '/' (a prefix) exactly when files is set"),
+            cel("!has(self.files) || self.format in ['onnx', 'directory']", "files is for format onnx (with external data) or directory"),
+            cel("self.format != 'directory' || has(self.files)", "format directory needs files"),
+            cel("!has(self.entrypoint) || has(self.files)", "entrypoint is for a file set: set files too"),
+            cel(_ENTRYPOINT_RULE, f"files must list the entrypoint (default {DEFAULT_ENTRYPOINT})", fieldPath=".entrypoint"),
+        )
+    }
+
+    uri: S3UriOrPrefix = Field(description="S3 URI of the artifact, for example s3://models/digits/1/model.onnx; for a file set, the prefix its paths are under, ending in '/' (s3://models/llm/1/).")
+    format: ArtifactFormat = Field(description="onnx, torchscript, exported-program (torch.export), or directory: a file set served as uploaded, which no compression recipe may change.")
+    sha256: Sha256 | None = Field(None, description="sha256 of a single-file artifact; verified while streaming, a mismatch fails the version. Unset for a file set.")
+    files: list[ArtifactFile] | None = Field(
+        None,
+        min_length=1,
+        max_length=MAX_FILES,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["path"]},
+        description=f"The files of a file set, each with its sha256; paths unique, at most {MAX_FILES}.",
+    )
+    entrypoint: RelativePath | None = Field(None, validate_default=True, description=f"For an ONNX file set: the path of the graph file; the other files are its external data. Default {DEFAULT_ENTRYPOINT}.")
+
+    @field_validator("files")
+    @classmethod
+    def _unique_paths(cls, files: list[ArtifactFile] | None) -> list[ArtifactFile] | None:
+        problem = None if files is None else path_problems([f.path for f in files], "files")
+        if problem is not None:
+            raise ValueError(problem)
+        return files
+
+    @field_validator("entrypoint")
+    @classmethod
+    def _entrypoint_is_listed(cls, entrypoint: str | None, info: ValidationInfo) -> str | None:
+        files, fmt = info.data.get("files"), info.data.get("format")
+        if files is not None and fmt == ArtifactFormat.ONNX and (entrypoint or DEFAULT_ENTRYPOINT) not in {f.path for f in files}:
+            raise ValueError(f"files must list the entrypoint (default {DEFAULT_ENTRYPOINT})")
+        return entrypoint
+
+    @model_validator(mode="after")
+    def _one_form(self) -> Artifact:
+        if (self.files is None) == (self.sha256 is None):
+            raise ValueError("set sha256 for a single file, or files for a file set, not both")
+        if (self.files is not None) != self.uri.endswith("/"):
+            raise ValueError("uri must end with '/' (a prefix) exactly when files is set")
+        if self.files is None:
+            if self.format == ArtifactFormat.DIRECTORY:
+                raise ValueError("format directory needs files")
+            if self.entrypoint is not None:
+                raise ValueError("entrypoint is for a file set: set files too")
+            return self
+        if self.format not in FILE_SET_FORMATS:
+            raise ValueError("files is for format onnx (with external data) or directory")
+        return self
+
+    @property
+    def is_file_set(self) -> bool:
+        return self.files is not None
+
+    @property
+    def graph_path(self) -> str:
+        return str(self.entrypoint or DEFAULT_ENTRYPOINT)
+
+    @property
+    def digest(self) -> str:
+        """The artifact's sha256, or its file set's digest (file_set_digest)."""
+        if self.files is None:
+            assert self.sha256 is not None
+            return str(self.sha256)
+        return file_set_digest(self.graph_path if self.format == ArtifactFormat.ONNX else None, [(f.path, f.sha256) for f in self.files])
+
+    def file_uri(self, path: str) -> str:
+        return f"{self.uri}{path}"
 
 
 SAME_DATASETS_MESSAGE = (
@@ -136,7 +257,7 @@ class ModelVersionSpec(ApiModel):
 
     model: ObjectName = Field(description="Name of the Model in the same namespace.")
     version: VersionNumber = Field(description="Version number, 1 or greater, unique within the Model; Triton's version folder.")
-    artifact: Artifact = Field(description="The uploaded artifact.")
+    artifact: Artifact = Field(description="The uploaded artifact: one file (uri, sha256) or a file set (a uri prefix and files).")
     compression: Compression | None = Field(None, description="Compression recipe; unset fields come from the Model's versionDefaults.")
     evaluation: Evaluation | None = Field(None, description="Accuracy gate; when unset, the Model's default gate (if any) applies.")
     scheduling: Scheduling | None = Field(None, description="Scheduling of the compression Job; unset fields come from the Model's versionDefaults.")
@@ -149,13 +270,22 @@ class ModelVersionSpec(ApiModel):
         return self
 
 
+class StoredFile(ApiModel):
+    """One file of a served file set."""
+
+    path: str = Field(description="Path under the folder of the artifact's uri.")
+    sha256: str = Field(description="sha256 of the file.")
+    bytes: int = Field(description="Size in bytes.")
+
+
 class CompressedArtifact(ApiModel):
     """The artifact that is served."""
 
-    uri: str = Field(description="S3 URI of the compressed artifact.")
-    sha256: str = Field(description="sha256 of the compressed artifact.")
-    bytes: int = Field(description="Size in bytes.")
+    uri: str = Field(description="S3 URI of the compressed artifact; for a file set, that of its entrypoint (the ONNX graph), or the set's prefix for format directory.")
+    sha256: str = Field(description="sha256 of the compressed artifact; for a file set, that of the uri's object, or the set's digest for format directory.")
+    bytes: int = Field(description="Size in bytes; for a file set, of all its files.")
     format: str = Field(description="Format of the compressed artifact.")
+    files: list[StoredFile] | None = Field(None, description="For a file set (ONNX with external data, or a directory): every file, paths relative to the folder of uri, each verified by its sha256 when it is fetched.")
     etag: str | None = Field(None, description="Storage ETag of the object as written; a cached artifact is reused only while its ETag, size and sha256 are unchanged.")
 
 
@@ -219,6 +349,18 @@ class CandidateReport(ApiModel):
     message: str | None = Field(None, description="Why the candidate got its verdict.")
 
 
+class DownloadReport(ApiModel):
+    """How the compression Job's download of the source went."""
+
+    bytes: int | None = Field(None, description="Bytes of the source (every file of a set).")
+    fetched_bytes: int | None = Field(None, description="Bytes received; less than bytes when parts of an earlier attempt were resumed.")
+    seconds: float | None = Field(None, description="Time the download took.")
+    bytes_per_second: int | None = Field(None, description="fetchedBytes / seconds.")
+    resumed_parts: int | None = Field(None, description="Parts taken from an earlier attempt's partial file instead of fetched again.")
+    retries: int | None = Field(None, description="Part fetches that were repeated after a dropped connection, a short read or a stall.")
+    stalls: int | None = Field(None, description="Parts closed by the stall detector (no byte for the stall timeout) and fetched again.")
+
+
 class CompressionReport(ApiModel):
     """What compression did, as reported by the compression Job."""
 
@@ -238,6 +380,7 @@ class CompressionReport(ApiModel):
     candidates: list[CandidateReport] | None = Field(None, description="For quantization auto: every candidate tried, with its verdict.")
     calibration: CalibrationReport | None = Field(None, description="The calibration dataset data-aware methods read (its digest beside the evaluation dataset's in metric.dataset).")
     layers: list[LayerReport] | None = Field(None, description="For int4-mixed: each weight's chosen precision, size and sensitivity.")
+    download: DownloadReport | None = Field(None, description="How the source was downloaded: its time, throughput, resumed parts and retries.")
 
 
 class ModelVersionStatus(ApiModel):

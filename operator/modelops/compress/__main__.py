@@ -8,6 +8,7 @@ the exit code is one of modelops.contract.exitcodes.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -78,11 +79,25 @@ def _positive(text: str) -> int:
     return value
 
 
+def parse_files_argument(text: str | None) -> list[dict[str, str]] | None:
+    if text is None:
+        return None
+    try:
+        files = json.loads(text)
+    except ValueError as exc:
+        raise UsageError(f"--source-files-json: not JSON ({exc})") from None
+    if not isinstance(files, list) or not all(isinstance(f, dict) and isinstance(f.get("path"), str) and isinstance(f.get("sha256"), str) for f in files):
+        raise UsageError("--source-files-json: must be a list of {path, sha256}")
+    return files
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m modelops.compress", description=__doc__.split("\n\n")[0])
     parser.add_argument("--source-uri", required=True, help="s3://bucket/key of the artifact")
     parser.add_argument("--source-sha256", required=True, help="expected sha256 of the artifact")
     parser.add_argument("--source-format", required=True, choices=SOURCE_FORMATS)
+    parser.add_argument("--source-files-json", help="a file set: [{path, sha256}] under --source-uri (a prefix ending in /)")
+    parser.add_argument("--source-entrypoint", help="the file set's ONNX graph (default model.onnx)")
     parser.add_argument("--recipe-json", required=True, help="the compression recipe (the API's compression, as JSON)")
     parser.add_argument("--output-prefix", required=True, help="s3://bucket/prefix/ for model.* and report.json")
     parser.add_argument("--eval-json", help="the evaluation (the API's accuracy gate, as JSON)")
@@ -125,6 +140,7 @@ def main(
                 signature = parse_json_argument(args.signature_json, Signature, "--signature-json")
             except InvalidRecipe as exc:  # the operator renders it from the Model: a usage error, not a recipe's
                 raise UsageError(f"signature-json: {exc}") from None
+        source_files = parse_files_argument(args.source_files_json)
         store = store or ObjectStore(StorageConfig.from_env(environ))
     except InvalidRecipe as exc:
         result = JobResult(exitcodes.USAGE, report.failure_report(JobReason.INVALID_RECIPE, str(exc)).record())
@@ -145,6 +161,8 @@ def main(
             signature=signature,
             max_artifact_bytes=args.max_artifact_bytes,
             max_dataset_bytes=args.max_dataset_bytes,
+            source_files=source_files,
+            source_entrypoint=args.source_entrypoint,
         )
         if args.workdir is not None:
             result = run(spec, store, args.workdir)

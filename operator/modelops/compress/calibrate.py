@@ -18,7 +18,7 @@ from onnx import helper
 
 from modelops.compress import runtime
 from modelops.compress.dataset import Dataset
-from modelops.compress.onnx_stream import OnnxFile, OnnxStreamWriter
+from modelops.compress.onnx_stream import OnnxFile, OnnxStreamWriter, external_data_path
 
 # Samples read from the calibration set; more change the Hessians little and cost time.
 MAX_SAMPLES = 256
@@ -66,9 +66,9 @@ def collect(source_path: Path, dataset: Dataset, workdir: Path, threads: int, de
         outputs = {v.name for v in skeleton.graph.output}
         for activation in sorted({a for a, _ in weights.values()} - graph_inputs - outputs):
             skeleton.graph.output.append(helper.make_empty_tensor_value_info(activation))
-        with OnnxStreamWriter(probe, skeleton) as writer:
+        with OnnxStreamWriter(probe, skeleton, external_data=source.has_external_data) as writer:
             for tensor in source.initializers:
-                writer.add_encoded(tensor.encoded())
+                writer.copy(tensor)
                 tensor.release()
     import onnxruntime as ort
 
@@ -98,6 +98,7 @@ def collect(source_path: Path, dataset: Dataset, workdir: Path, threads: int, de
             rows[activation] += len(x)
     del session
     probe.unlink()
+    external_data_path(probe).unlink(missing_ok=True)
     hessians = {
         name: (sums[activation] / rows[activation]).astype(np.float32)
         for name, (activation, _) in weights.items()

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from modelops import cachestore, reuse
 from modelops.api.model import Signature
-from modelops.api.version import ArtifactFormat, DatasetReport, MetricReport, ReportOutcome, VersionReason
+from modelops.api.version import DEFAULT_ENTRYPOINT, ArtifactFormat, DatasetReport, MetricReport, ReportOutcome, VersionReason
 from modelops.cachekey import InvalidRecipe, compressed_prefix, compression_cache_key
 from modelops.compress import report
 from modelops.compress.recipe import Evaluation, Recipe, UnsupportedRecipe, parse_evaluation
@@ -27,9 +27,11 @@ from modelops.storage import (
     StorageError,
     TLSVerificationFailed,
     TooLarge,
+    TransferResult,
     parse_s3_uri,
     validate_sha256,
 )
+from modelops.transfer import TransferStats
 
 log = logging.getLogger("modelops.compress")
 
@@ -52,6 +54,10 @@ class JobSpec:
     # Larger objects are refused after the HEAD, before a byte is downloaded.
     max_artifact_bytes: int | None = None
     max_dataset_bytes: int | None = None
+    # A file set: source_uri is its prefix, source_sha256 its digest (file_set_digest), and
+    # every file here is verified by its own sha256.
+    source_files: list[dict[str, str]] | None = None
+    source_entrypoint: str | None = None
 
 
 @dataclass(frozen=True)
@@ -167,7 +173,9 @@ def _run(spec: JobSpec, store: ObjectStore, workdir: Path) -> JobResult:
     evaluation = parse_evaluation(spec.evaluation) if spec.evaluation is not None else None
     signature = _signature(spec)
     source_sha256 = _field(lambda: validate_sha256(spec.source_sha256, "source-sha256"))
-    _field(lambda: parse_s3_uri(spec.source_uri), "source-uri")
+    _field(lambda: parse_s3_uri(spec.source_uri + ("_" if spec.source_files is not None else "")), "source-uri")
+    if spec.source_files is not None:
+        _field(lambda: _check_file_set(spec, source_sha256), "source-files-json")
     prefix = spec.output_prefix if spec.output_prefix.endswith("/") else spec.output_prefix + "/"
     report_uri = prefix + REPORT_FILE
     bucket = _field(lambda: parse_s3_uri(report_uri), "output-prefix").bucket
@@ -187,8 +195,7 @@ def _run(spec: JobSpec, store: ObjectStore, workdir: Path) -> JobResult:
             return JobResult(_exit_code(existing["outcome"]), existing)
         log.info("the cached entry recorded no interface to check against the signature; compressing again")
 
-    source_path = workdir / "source" / f"artifact{artifact_suffix(spec.source_format)}"
-    source = store.download(spec.source_uri, source_path, expected_sha256=source_sha256, max_bytes=spec.max_artifact_bytes)
+    source_path, source = _download_source(store, spec, workdir)
     dataset = None
     dataset_read = None
     if evaluation is not None:
@@ -239,28 +246,84 @@ def _run(spec: JobSpec, store: ObjectStore, workdir: Path) -> JobResult:
         resolved_prefix = compressed_prefix(bucket, compression_cache_key(source.sha256, result.recipe.compression))
         if not store.exists(resolved_prefix + REPORT_FILE):
             artifact_prefix = resolved_prefix
-    artifact_uri = artifact_prefix + result.output_path.name
-    uploaded = store.upload_file(result.output_path, artifact_uri)
-    artifact = {
-        "uri": artifact_uri,
-        "sha256": uploaded.sha256,
-        "bytes": uploaded.size,
-        "format": str(ArtifactFormat(result.output_format)),
-        "etag": uploaded.etag,
-    }
+    artifact = _upload_artifact(store, result.output_path, artifact_prefix, str(ArtifactFormat(result.output_format)))
     evaluation_wire = None if evaluation is None else evaluation.wire()
     metric = None
     if evaluation is not None and dataset is not None:
         for entry_prefix in dict.fromkeys((artifact_prefix, prefix)):  # both entries know the measurement
-            metric = _record_measurement(store, entry_prefix, evaluation, result, dataset_read, dataset.samples, uploaded.sha256)
+            metric = _record_measurement(store, entry_prefix, evaluation, result, dataset_read, dataset.samples, artifact["sha256"])
     if artifact_prefix != prefix:
         resolved = replace(result, candidates=None, objective=None)
         entry = _success(resolved, source_info, artifact, result.recipe, evaluation_wire, samples, metric, calibration_report,
                          notes=(f"chosen by quantization auto (objective {result.objective})",))
         _publish(store, artifact_prefix + REPORT_FILE, entry)
     full = _success(result, source_info, artifact, recipe, evaluation_wire, samples, metric, calibration_report)
+    if source.stats is not None:
+        full["download"] = source.stats.wire()  # how the source arrived: time, throughput, retries
     _publish(store, report_uri, full)
     return JobResult(_exit_code(full["outcome"]), full)
+
+
+def _check_file_set(spec: JobSpec, digest: str) -> None:
+    """The file set as the apiserver checks it, and its digest as the operator computed it."""
+    from modelops.api.version import Artifact
+
+    artifact = Artifact.model_validate(
+        {"uri": spec.source_uri, "format": spec.source_format, "files": spec.source_files, "entrypoint": spec.source_entrypoint}
+    )
+    if artifact.digest != digest:
+        raise ValueError(f"the files' digest is {artifact.digest}, but --source-sha256 says {digest}")
+
+
+def _download_source(store: ObjectStore, spec: JobSpec, workdir: Path) -> tuple[Path, TransferResult]:
+    """The source, verified while it streams: one file, or every file of a set at its path (the
+    ONNX graph's external data beside it), each by its own sha256; a mismatch names the file.
+    The result's sha256 is the digest that keys the cache (the set's digest for a set)."""
+    if spec.source_files is None:
+        path = workdir / "source" / f"artifact{artifact_suffix(spec.source_format)}"
+        return path, store.download(spec.source_uri, path, expected_sha256=spec.source_sha256, max_bytes=spec.max_artifact_bytes)
+    folder = workdir / "source"
+    total = 0
+    stats = TransferStats()
+    for index, item in enumerate(spec.source_files):
+        budget = None if spec.max_artifact_bytes is None else spec.max_artifact_bytes - total
+        try:
+            result = store.download(spec.source_uri + item["path"], folder / item["path"], expected_sha256=item["sha256"], max_bytes=budget)
+        except ChecksumMismatch as exc:
+            raise ChecksumMismatch(f"spec.artifact.files[{index}] ({item['path']}) at {exc.uri}", exc.expected, exc.actual) from None
+        except TooLarge:
+            raise TooLarge(
+                f"the file set under {spec.source_uri} is larger than the limit of {spec.max_artifact_bytes} bytes "
+                f"(at spec.artifact.files[{index}], {item['path']})"
+            ) from None
+        total += result.size
+        if result.stats is not None:
+            stats.add(result.stats)
+    entry = spec.source_entrypoint or DEFAULT_ENTRYPOINT
+    return folder / entry, TransferResult(sha256=spec.source_sha256, size=total, stats=stats)
+
+
+def _upload_artifact(store: ObjectStore, output: Path, prefix: str, fmt: str) -> dict[str, Any]:
+    """Upload the compressed artifact. An ONNX graph with external data is a file set: its data
+    file goes first and the graph last, and the record lists every file with its sha256."""
+    from modelops.compress.onnx_stream import external_data_files
+
+    data = external_data_files(output) if fmt == "onnx" else []
+    files: list[dict[str, Any]] = []
+    for path in data:
+        done = store.upload_file(path, prefix + path.relative_to(output.parent).as_posix())
+        files.append({"path": path.relative_to(output.parent).as_posix(), "sha256": done.sha256, "bytes": done.size})
+    uploaded = store.upload_file(output, prefix + output.name)
+    artifact: dict[str, Any] = {
+        "uri": prefix + output.name,
+        "sha256": uploaded.sha256,
+        "bytes": uploaded.size + sum(f["bytes"] for f in files),
+        "format": fmt,
+        "etag": uploaded.etag,
+    }
+    if files:
+        artifact["files"] = [{"path": output.name, "sha256": uploaded.sha256, "bytes": uploaded.size}, *files]
+    return artifact
 
 
 def _calibration(
@@ -351,8 +414,11 @@ def _evaluate_cached(
 
     artifact = record["artifact"]
     path = workdir / "cached" / Path(artifact["uri"]).name
+    folder = artifact["uri"][: artifact["uri"].rindex("/") + 1]
+    files = artifact.get("files") or [{"path": path.name, "sha256": artifact["sha256"]}]
     try:
-        store.download(artifact["uri"], path, expected_sha256=artifact["sha256"])
+        for item in files:
+            store.download(folder + item["path"], path.parent / item["path"], expected_sha256=item["sha256"])
     except (ChecksumMismatch, ObjectNotFound) as exc:
         log.warning("the cached artifact cannot be reused, compressing again: %s", exc)
         return None

@@ -612,11 +612,12 @@ def _stream(
     # The first int4 form (symmetric, round to nearest) keeps its multi-threaded kernel and bytes.
     first_form = not recipe.asymmetric and not hessians and recipe.quantization == "int4-weight-only"
     started = time.perf_counter()
-    with OnnxStreamWriter(destination, skeleton) as writer:
+    # A source with external data gives an output with external data: it may be above 2 GiB too.
+    with OnnxStreamWriter(destination, skeleton, external_data=source.has_external_data) as writer:
         for tensor in source.initializers:
             plan = plans.get(tensor.name)
             if plan is None:
-                writer.add_encoded(tensor.encoded())
+                writer.copy(tensor)
                 tensor.release()
                 continue
             array = tensor.array()

@@ -11,6 +11,13 @@ merge the occurrences, appending repeated fields. It writes the skeleton first, 
 initializer as one more `graph { initializer { … } }` occurrence, so the output is written
 sequentially and never held in memory. onnx, onnxruntime and Triton read the result as one
 ordinary model.
+
+A model above 2 GiB keeps its weights in ONNX external data: the graph's TensorProtos say
+`data_location: EXTERNAL` with a file name, an offset and a length. The reader maps each
+external file and hands out views on it like raw_data; the writer, given `external_data`,
+appends every tensor of at least EXTERNAL_MIN_BYTES to one data file beside the graph
+(`<graph>.data`, offsets aligned to EXTERNAL_ALIGN) and writes only its header into the graph.
+Either way one tensor at a time is in memory, so peak memory follows the largest tensors.
 """
 
 from __future__ import annotations
@@ -62,6 +69,30 @@ _ELEMENT_SIZES: dict[int, int] = {
         onnx.TensorProto.BFLOAT16,
     )
 }
+
+
+# External data: the file beside the graph, the smallest tensor put there (smaller ones stay
+# in the graph, as onnx.save's size_threshold does), and the alignment of each tensor in it.
+EXTERNAL_DATA_SUFFIX = ".data"
+EXTERNAL_MIN_BYTES = 1024
+EXTERNAL_ALIGN = 64
+
+
+def external_data_path(graph: str | os.PathLike[str]) -> Path:
+    """The data file the writer puts beside `graph`."""
+    graph = Path(graph)
+    return graph.with_name(graph.name + EXTERNAL_DATA_SUFFIX)
+
+
+def external_data_files(graph: str | os.PathLike[str]) -> list[Path]:
+    """The data files an output graph written here refers to (none for a single-file model)."""
+    data = external_data_path(graph)
+    return [data] if data.is_file() else []
+
+
+def artifact_bytes(graph: str | os.PathLike[str]) -> int:
+    """Bytes of the graph and its external data."""
+    return sum(path.stat().st_size for path in (Path(graph), *external_data_files(graph)))
 
 
 class OnnxFormatError(ValueError):
@@ -152,6 +183,16 @@ class LazyTensor:
     def is_float32(self) -> bool:
         return self.data_type == onnx.TensorProto.FLOAT
 
+    @property
+    def is_external(self) -> bool:
+        return self._external is not None
+
+    @property
+    def has_bytes(self) -> bool:
+        """Whether the values are a plain byte range (raw_data or external data) that array()
+        maps without copying."""
+        return (self._raw is not None or self._external is not None) and self.data_type in _ELEMENT_SIZES
+
     def encoded(self) -> memoryview | bytes:
         """The TensorProto exactly as stored, for copying it to the output unchanged."""
         if self._external is not None:
@@ -182,6 +223,8 @@ class LazyTensor:
         """Drop this tensor's pages from the process (they stay in the page cache)."""
         if self._raw is not None:
             self._file.release(*self._raw)
+        elif self._external is not None:
+            self._file.release_external(self)
 
 
 class OnnxFile:
@@ -231,6 +274,22 @@ class OnnxFile:
         last = end - end % _PAGE
         if last > first:
             self.buffer.madvise(mmap.MADV_DONTNEED, first, last - first)
+
+    def release_external(self, tensor: LazyTensor) -> None:
+        info = tensor._external or {}
+        mapped = self._external_maps.get(info.get("location", ""))
+        if mapped is None:
+            return
+        start = int(info.get("offset", "0") or 0)
+        end = min(len(mapped), start + int(info.get("length", "0") or 0))
+        first = -(-start // _PAGE) * _PAGE
+        last = end - end % _PAGE
+        if last > first:
+            mapped.madvise(mmap.MADV_DONTNEED, first, last - first)
+
+    @property
+    def has_external_data(self) -> bool:
+        return any(t.is_external for t in self.initializers)
 
     def _split(self) -> tuple[onnx.ModelProto, list[LazyTensor]]:
         buf = self.buffer
@@ -358,18 +417,25 @@ class OnnxFile:
 
 
 class OnnxStreamWriter:
-    """Write a skeleton, then initializers one by one, as a single-file ONNX model.
+    """Write a skeleton, then initializers one by one, as an ONNX model: a single file, or with
+    `external_data` the graph and one external data file beside it (external_data_path).
 
     Writes happen on one background thread, so the caller prepares the next tensor while the
-    previous one goes to disk; at most one tensor waits to be written. The file is scratch
-    space for an upload, so it is not fsynced.
+    previous one goes to disk; at most one tensor waits to be written. The files are scratch
+    space for an upload, so they are not fsynced.
     """
 
-    def __init__(self, path: str | os.PathLike[str], skeleton: onnx.ModelProto) -> None:
+    def __init__(self, path: str | os.PathLike[str], skeleton: onnx.ModelProto, external_data: bool = False) -> None:
         if len(skeleton.graph.initializer):
             raise ValueError("the skeleton must not carry initializers; write them with add_array")
         self.path = Path(path)
+        self.external = external_data
         self._out: BinaryIO = open(self.path, "wb")  # noqa: SIM115 - closed in close()
+        self._data: BinaryIO | None = None
+        self.data_path = external_data_path(self.path)
+        if external_data:
+            self._data = open(self.data_path, "wb")  # noqa: SIM115 - closed in close()
+        self._data_offset = 0
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onnx-write")
         self._pending: Future[None] | None = None
         self.written = 0
@@ -387,13 +453,15 @@ class OnnxStreamWriter:
         finally:
             self._pool.shutdown(wait=True)
             self._out.close()
+            if self._data is not None:
+                self._data.close()
 
     def _wait(self) -> None:
         if self._pending is not None:
             pending, self._pending = self._pending, None
             pending.result()
 
-    def _submit(self, *parts: bytes | memoryview) -> None:
+    def _submit(self, *parts: bytes | memoryview, data: tuple[bytes | memoryview, ...] = ()) -> None:
         size = sum(len(part) for part in parts)
         if self.written + size > PROTOBUF_LIMIT:
             raise OutputTooLarge(
@@ -401,23 +469,29 @@ class OnnxStreamWriter:
             )
         self.written += size
         self._wait()
-        self._pending = self._pool.submit(self._write_parts, parts)
+        self._pending = self._pool.submit(self._write_parts, parts, data)
 
-    def _write_parts(self, parts: tuple[bytes | memoryview, ...]) -> None:
+    def _write_parts(self, parts: tuple[bytes | memoryview, ...], data: tuple[bytes | memoryview, ...]) -> None:
+        if data:
+            assert self._data is not None
+            for part in data:
+                self._data.write(part)
         for part in parts:
             self._out.write(part)
 
-    def _write_initializer(self, header: bytes | memoryview, payload: memoryview | None) -> None:
+    def _write_initializer(
+        self, header: bytes | memoryview, payload: memoryview | None, data: tuple[bytes | memoryview, ...] = ()
+    ) -> None:
         raw_field = b"" if payload is None else bytes([(_TENSOR_RAW_DATA << 3) | _LEN]) + _encode_varint(len(payload))
         tensor_size = len(header) + len(raw_field) + (0 if payload is None else len(payload))
         graph_payload = bytes([(_GRAPH_INITIALIZER << 3) | _LEN]) + _encode_varint(tensor_size)
         graph_size = len(graph_payload) + tensor_size
         prefix = bytes([(_MODEL_GRAPH << 3) | _LEN]) + _encode_varint(graph_size) + graph_payload
         if payload is None:
-            self._submit(prefix, header)
+            self._submit(prefix, header, data=data)
         else:
             # The payload view keeps its array alive until the background write is done.
-            self._submit(prefix, header, raw_field, payload)
+            self._submit(prefix, header, raw_field, payload, data=data)
 
     def add_array(self, name: str, array: np.ndarray, data_type: int | None = None) -> None:
         """Append an initializer whose bytes are `array` (little-endian, C order)."""
@@ -426,8 +500,26 @@ class OnnxStreamWriter:
         header.data_type = data_type if data_type is not None else onnx.helper.np_dtype_to_tensor_dtype(array.dtype)
         header.dims.extend(array.shape)
         as_bytes = np.ascontiguousarray(array).reshape(-1).view(np.uint8)
+        if self.external and as_bytes.nbytes >= EXTERNAL_MIN_BYTES:
+            padding = -self._data_offset % EXTERNAL_ALIGN
+            offset = self._data_offset + padding
+            header.data_location = onnx.TensorProto.EXTERNAL
+            for key, value in (("location", self.data_path.name), ("offset", str(offset)), ("length", str(as_bytes.nbytes))):
+                entry = header.external_data.add()
+                entry.key, entry.value = key, value
+            self._data_offset = offset + as_bytes.nbytes
+            self._write_initializer(header.SerializeToString(), None, (b"\0" * padding, as_bytes.data))
+            return
         self._write_initializer(header.SerializeToString(), as_bytes.data)  # the buffer itself, no copy
 
     def add_encoded(self, encoded: memoryview | bytes) -> None:
         """Append an initializer that is already a serialized TensorProto."""
         self._write_initializer(encoded, None)
+
+    def copy(self, tensor: LazyTensor) -> None:
+        """Append a source initializer unchanged: its bytes as they are, or with external data,
+        moved to this writer's data file (a view on the source's map, never a copy in memory)."""
+        if tensor.is_external or (self.external and tensor.has_bytes):
+            self.add_array(tensor.name, tensor.array(), tensor.data_type)
+        else:
+            self.add_encoded(tensor.encoded())

@@ -27,6 +27,7 @@ from modelops.compress import calibrate, runtime
 from modelops.compress.dataset import Dataset
 from modelops.compress.metrics import MetricResult, evaluate_gate
 from modelops.compress.onnx_compress import Int4Options, LayerStats, compress_onnx
+from modelops.compress.onnx_stream import artifact_bytes
 from modelops.compress.recipe import Evaluation, InvalidRecipe, Recipe, UnsupportedRecipe, check_supported
 from modelops.compress.runtime import read_interface
 from modelops.compress.weights import default_threads
@@ -497,7 +498,7 @@ def _compress_one(
         "compressed; no evaluation requested",
         recipe,
         output,
-        output.stat().st_size,
+        artifact_bytes(output) if onnx_source is not None else output.stat().st_size,
         weights=weights,
         notes=notes,
         runner=runner,

@@ -44,6 +44,7 @@ COMPACT_KEYS = (
     "candidates",
     "calibration",
     "layers",
+    "download",
 )
 # The latency keys that go into the termination message (the full block stays in report.json).
 _COMPACT_LATENCY = ("runtime", "device", "cpu", "batch", "spread")

@@ -77,6 +77,8 @@ class VersionView:
     compressed_uri: str | None = None
     compressed_sha256: str | None = None
     compressed_format: str | None = None
+    # A file set's files ({path, sha256, bytes}), paths relative to the folder of compressed_uri.
+    compressed_files: tuple[dict[str, Any], ...] = ()
 
     @classmethod
     def from_body(cls, body: dict[str, Any]) -> VersionView:
@@ -92,6 +94,7 @@ class VersionView:
             compressed_uri=compressed.get("uri"),
             compressed_sha256=compressed.get("sha256"),
             compressed_format=compressed.get("format"),
+            compressed_files=tuple(compressed.get("files") or ()),
         )
 
     @property

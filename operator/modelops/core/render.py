@@ -11,6 +11,7 @@ from typing import Any
 from modelops.api.deployment import AutoscalingProvider, ModelDeploymentSpec
 from modelops.api.model import ModelSpec, Signature, StorageSpec
 from modelops.api.types import Toleration
+from modelops.api.version import Artifact, file_set_digest
 from modelops.contract import exitcodes
 from modelops.core import naming
 from modelops.core.objects import OwnerRef, VersionView
@@ -150,16 +151,20 @@ def render_job(
 ) -> dict[str, Any]:
     """The compression Job of one ModelVersion."""
     labels = naming.job_labels(model, version_name, version)
+    source = Artifact.model_validate(artifact)
     args = [
-        "--source-uri", artifact["uri"],
-        "--source-sha256", artifact["sha256"],
-        "--source-format", artifact["format"],
+        "--source-uri", source.uri,
+        "--source-sha256", source.digest,
+        "--source-format", source.format,
         "--recipe-json", _compact_json(recipe),
         "--output-prefix", output_prefix,
         "--signature-json", _compact_json(signature.wire()),
         "--max-artifact-bytes", str(settings.max_artifact_bytes),
         "--max-dataset-bytes", str(settings.max_dataset_bytes),
     ]
+    if source.files is not None:
+        # A file set: every file with its sha256; --source-sha256 is the set's digest.
+        args += ["--source-entrypoint", source.graph_path, "--source-files-json", _compact_json([f.wire() for f in source.files])]
     if evaluation is not None:
         args += ["--eval-json", _compact_json(evaluation)]
     args += torch_export_args(artifact["format"], signature)
@@ -230,6 +235,22 @@ def render_job(
     return job
 
 
+def _served_digest(version: VersionView) -> str:
+    """What the pod template records of the artifact: its sha256, or a file set's digest, so
+    that a change of any file starts a new rollout."""
+    assert version.compressed_sha256 is not None
+    if not version.compressed_files:
+        return version.compressed_sha256
+    return file_set_digest(version.compressed_uri, [(f["path"], f["sha256"]) for f in version.compressed_files])
+
+
+def _fetch_files_args(version: VersionView) -> list[str]:
+    if not version.compressed_files:
+        return []
+    files = [{"path": f["path"], "sha256": f["sha256"]} for f in version.compressed_files]
+    return ["--files-json", _compact_json(files)]
+
+
 def render_deployment(
     *,
     name: str,
@@ -262,7 +283,7 @@ def render_deployment(
     template_labels = {**labels, naming.LABEL_VERSION: str(version.version)}
     template_annotations = {
         naming.ANNOTATION_VERSION: str(version.version),
-        naming.ANNOTATION_ARTIFACT_SHA256: version.compressed_sha256,
+        naming.ANNOTATION_ARTIFACT_SHA256: _served_digest(version),
         "prometheus.io/scrape": "true",
         "prometheus.io/port": str(runtime.metrics_port),
         "prometheus.io/path": runtime.metrics_path,
@@ -281,6 +302,7 @@ def render_deployment(
             "--model-name", model_name,
             "--version", str(version.version),
             *layout.args,
+            *_fetch_files_args(version),
         ],
         "env": [*storage_env(model.storage), *layout.env],
         "volumeMounts": [volume_mount, SCRATCH_MOUNT, *ca_bundle_mounts(model.storage)],

@@ -13,12 +13,14 @@ from pydantic import ValidationError
 from modelops.api.model import Compression, Evaluation, ModelSpec, Pruning, Signature
 from modelops.api.types import Condition, ConditionType, Toleration
 from modelops.api.version import (
+    ArtifactFormat,
     CompressedArtifact,
     CompressionReport,
     ModelVersionSpec,
     ModelVersionStatus,
     Phase,
     ReportOutcome,
+    StoredFile,
     VersionReason,
 )
 from modelops.cachekey import InvalidRecipe, compressed_prefix, compression_cache_key, normalize_recipe
@@ -87,7 +89,70 @@ def effective_scheduling(spec: ModelVersionSpec, model: ModelSpec) -> Scheduling
 
 
 def cache_key(spec: ModelVersionSpec, model: ModelSpec) -> str:
-    return compression_cache_key(spec.artifact.sha256, effective_recipe(spec, model))
+    if spec.artifact.format == ArtifactFormat.DIRECTORY:
+        return spec.artifact.digest  # served as uploaded: no recipe is part of it
+    return compression_cache_key(spec.artifact.digest, effective_recipe(spec, model))
+
+
+def artifact_objects(spec: ModelVersionSpec) -> list[tuple[str, str]]:
+    """(field, URI) of every object of the artifact: the one file, or each file of a set."""
+    artifact = spec.artifact
+    if artifact.files is None:
+        return [("spec.artifact.uri", artifact.uri)]
+    return [(f"spec.artifact.files[{i}] ({f.path})", artifact.file_uri(f.path)) for i, f in enumerate(artifact.files)]
+
+
+# The file list reaches the Job and the fetch container as one argument, and Linux refuses
+# an argument above 128 KiB (MAX_ARG_STRLEN) at exec; stay below it with room to spare.
+MAX_FILE_LIST_BYTES = 120_000
+
+
+def file_list_bytes(spec: ModelVersionSpec) -> int:
+    files = spec.artifact.files or []
+    return len(json.dumps([f.wire() for f in files], sort_keys=True, separators=(",", ":")))
+
+
+def artifact_problem(spec: ModelVersionSpec) -> VersionState | None:
+    """Failed for a file list too long to pass to a container, and for a directory artifact with
+    a recipe or a gate: nothing in it is compressed or run by the compressor, so neither could
+    mean anything. The Model's versionDefaults do not apply to a directory."""
+    size = file_list_bytes(spec)
+    if size > MAX_FILE_LIST_BYTES:
+        return waiting(
+            Phase.FAILED, VersionReason.INVALID_SPEC,
+            f"spec.artifact.files: the list is {size} bytes as JSON, more than the {MAX_FILE_LIST_BYTES} that fit "
+            "one container argument; use shorter paths or fewer, larger files",
+        )
+    if spec.artifact.format != ArtifactFormat.DIRECTORY:
+        return None
+    if spec.compression is not None:
+        return waiting(
+            Phase.FAILED, VersionReason.INVALID_RECIPE,
+            "spec.compression: an artifact of format directory is served as uploaded and cannot be compressed; "
+            "remove spec.compression, or upload ONNX (format onnx) to compress it",
+        )
+    if spec.evaluation is not None:
+        return waiting(
+            Phase.FAILED, VersionReason.INVALID_SPEC,
+            "spec.evaluation: an artifact of format directory is served as uploaded; the accuracy gate compares "
+            "a compressed ONNX model with its parent and cannot run on it; remove spec.evaluation",
+        )
+    return None
+
+
+def served_as_uploaded(spec: ModelVersionSpec, sizes: list[int]) -> VersionState:
+    """Ready, serving the uploaded directory itself, once every file exists."""
+    artifact = spec.artifact
+    assert artifact.files is not None
+    files = [StoredFile(path=f.path, sha256=f.sha256, bytes=size) for f, size in zip(artifact.files, sizes, strict=True)]
+    served = CompressedArtifact(
+        uri=artifact.uri, sha256=artifact.digest, bytes=sum(sizes), format=str(ArtifactFormat.DIRECTORY), files=files
+    )
+    return VersionState(
+        Phase.READY, VersionReason.SERVED_AS_UPLOADED,
+        f"{len(files)} files ({sum(sizes)} bytes) served as uploaded; each is verified by its sha256 when it is fetched",
+        cache_key=artifact.digest, compressed=served,
+    )
 
 
 def output_prefix(spec: ModelVersionSpec, model: ModelSpec) -> str:

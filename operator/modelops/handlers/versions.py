@@ -13,13 +13,22 @@ from pydantic import ValidationError
 from modelops import cachestore, reuse
 from modelops import kube as k8s
 from modelops.api.model import Compression, ModelSpec
-from modelops.api.version import TERMINAL_PHASES, ModelVersionSpec, Phase, VersionReason, same_datasets_problem
+from modelops.api.version import (
+    TERMINAL_PHASES,
+    ArtifactFormat,
+    ModelVersionSpec,
+    Phase,
+    VersionReason,
+    same_datasets_problem,
+)
 from modelops.cachekey import InvalidRecipe
 from modelops.core import naming, render
 from modelops.core.objects import OwnerRef, VersionView, owned_by
 from modelops.core.rollout import failed_by, failed_by_status
 from modelops.core.versions import (
     VersionState,
+    artifact_objects,
+    artifact_problem,
     cache_key,
     check_prerequisites,
     effective_evaluation,
@@ -28,6 +37,7 @@ from modelops.core.versions import (
     interface_matches,
     job_result,
     output_prefix,
+    served_as_uploaded,
     state_from_job,
     state_from_report,
     version_status,
@@ -115,6 +125,9 @@ def _decide(ctx: Context, body: dict[str, Any]) -> VersionState:
         return blocked
     assert model_body is not None  # check_prerequisites stops at a missing Model
     model = ModelSpec.model_validate(model_body["spec"])
+    refused = artifact_problem(spec)
+    if refused is not None:
+        return refused
     try:
         key = cache_key(spec, model)
     except InvalidRecipe as err:
@@ -183,8 +196,9 @@ def bucket_missing(store: CachedReads, bucket: str) -> bool:
         return False
 
 
-def _artifact_missing(store: CachedReads, uri: str, retry: float) -> VersionState:
-    """Verifying, naming what is missing: the artifact's bucket itself, or only its key."""
+def _artifact_missing(store: CachedReads, uri: str, retry: float, field: str = "spec.artifact.uri") -> VersionState:
+    """Verifying, naming what is missing: the artifact's bucket itself, or only its key (and,
+    in a file set, which file)."""
     bucket = parse_s3_uri(uri).bucket
     try:
         missing = bucket_missing(store, bucket)
@@ -194,7 +208,8 @@ def _artifact_missing(store: CachedReads, uri: str, retry: float) -> VersionStat
         message = (f"bucket {bucket} of spec.artifact.uri ({uri}) does not exist; fix the URI in a new "
                    f"ModelVersion or create the bucket (checked again every {retry:g}s)")
         return waiting(Phase.VERIFYING, VersionReason.BUCKET_NOT_FOUND, message, retry)
-    message = f"no object at {uri}; upload it (checked again every {retry:g}s)"
+    which = "" if field == "spec.artifact.uri" else f" ({field})"
+    message = f"no object at {uri}{which}; upload it (checked again every {retry:g}s)"
     return waiting(Phase.VERIFYING, VersionReason.ARTIFACT_NOT_FOUND, message, retry)
 
 
@@ -209,6 +224,9 @@ def _start(
     insecure = model.storage.transport_problem()
     if insecure is not None:  # a Model stored before the apiserver refused http:// without insecure
         return waiting(Phase.VERIFYING, VersionReason.INSECURE_ENDPOINT, insecure)
+    # The object a storage error is about: the artifact, or in a set the file being checked.
+    field, uri = "spec.artifact.uri", spec.artifact.uri
+    sizes: list[int] = []
     try:
         store = ctx.store_for(namespace, model.storage)
         # The Job writes its output to the Model's bucket: a wrong one is named before any Job.
@@ -216,21 +234,24 @@ def _start(
             message = (f"bucket {model.storage.bucket} named in spec.storage.bucket of Model {spec.model} does not "
                        f"exist; create it or fix the Model (checked again every {retry:g}s)")
             return waiting(Phase.VERIFYING, VersionReason.BUCKET_NOT_FOUND, message, retry)
-        store.head_recent(spec.artifact.uri)
+        for field, uri in artifact_objects(spec):  # noqa: B007 - the except clauses name the file that failed
+            sizes.append(store.head_recent(uri).size)
     except EndpointProblem as err:  # a change of the Model wakes the version: no timer
         return waiting(Phase.VERIFYING, VersionReason.ENDPOINT_NOT_ALLOWED, f"{err}; no request was sent")
     except CredentialsProblem as err:
         return waiting(Phase.VERIFYING, VersionReason(err.reason), f"{err}; create it in namespace {namespace}", retry)
     except ObjectNotFound:
-        return _artifact_missing(store, spec.artifact.uri, retry)
+        return _artifact_missing(store, uri, retry, field)
     except StorageError as err:
-        return storage_problem(err, "spec.artifact.uri", spec.artifact.uri, retry)
+        return storage_problem(err, field, uri, retry)
+    if spec.artifact.format == ArtifactFormat.DIRECTORY:
+        return served_as_uploaded(spec, sizes)
 
     evaluation = effective_evaluation(spec, model)
     recipe = effective_recipe(spec, model)
     prefix = output_prefix(spec, model)
     try:
-        lookup = cachestore.look_up(store, prefix, spec.artifact.sha256, recipe, evaluation)
+        lookup = cachestore.look_up(store, prefix, spec.artifact.digest, recipe, evaluation)
     except StorageError as err:
         # Storage errors name the URI they were about: the dataset, or the cache entry.
         on_dataset = evaluation is not None and evaluation.dataset_uri in str(err)
@@ -279,7 +300,7 @@ def _stored_report(ctx: Context, namespace: str, spec: ModelVersionSpec, model: 
     try:
         store = ctx.store_for(namespace, model.storage)
         evaluation = effective_evaluation(spec, model)
-        lookup = cachestore.look_up(store, output_prefix(spec, model), spec.artifact.sha256, effective_recipe(spec, model), evaluation)
+        lookup = cachestore.look_up(store, output_prefix(spec, model), spec.artifact.digest, effective_recipe(spec, model), evaluation)
     except (CredentialsProblem, StorageError):
         return None
     if lookup.decision.action not in (reuse.Action.READY, reuse.Action.REJECT):

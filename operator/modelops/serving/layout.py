@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 
@@ -35,16 +36,19 @@ def layout_model_repository(
     model_name: str,
     version: int,
     backend: str,
-    artifact_path: str | os.PathLike[str],
+    artifact_path: str | os.PathLike[str] | None,
     config_text: str,
     *,
     move_artifact: bool = False,
+    data_files: Sequence[tuple[str, Path]] = (),
 ) -> Path:
     """Place the artifact and its config into the repository and return the model folder.
 
     An existing folder for the same model is replaced as a whole. With move_artifact the
     artifact is renamed into place instead of copied (the fetcher downloads into the
-    repository's filesystem, so this is a cheap rename).
+    repository's filesystem, so this is a cheap rename). `data_files` are (relative path,
+    file) pairs placed the same way in the version folder: an ONNX graph's external data, or
+    with no artifact a directory served as uploaded.
     """
     validate_model_name(model_name)
     validate_version(version)
@@ -57,11 +61,15 @@ def layout_model_repository(
         (staging / "config.pbtxt").write_text(config_text, encoding="utf-8")
         version_dir = staging / str(version)
         version_dir.mkdir()
-        target = version_dir / artifact_filename(backend)
-        if move_artifact:
-            shutil.move(os.fspath(artifact_path), target)
-        else:
-            shutil.copyfile(artifact_path, target)
+        place = shutil.move if move_artifact else shutil.copyfile
+        if artifact_path is not None:
+            place(os.fspath(artifact_path), version_dir / artifact_filename(backend))
+        for relative, source in data_files:
+            target = version_dir / relative
+            if not target.resolve().is_relative_to(version_dir.resolve()):
+                raise ValueError(f"{relative!r} leaves the version folder")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            place(os.fspath(source), target)
         if backend == Backend.PYTHON:
             (version_dir / PYTHON_BACKEND_FILE).write_text(python_backend_model_source(), encoding="utf-8")
         staging.chmod(0o755)
