@@ -48,6 +48,9 @@ class Settings(BaseModel):
     )
     prometheus_ca_file: str = Field("", description="PEM bundle that verifies Prometheus's certificate; empty uses the system's.")
     prometheus_insecure_skip_verify: bool = Field(False, description="Do not verify Prometheus's certificate (test set-ups only).")
+    require_signatures: bool = Field(
+        False, description="Every Model requires signed artifacts, as if its spec.trust.required were true (docs/security.md)."
+    )
     log_level: str = Field("INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$")
     leader_election: bool = Field(False, description="Reconcile only while holding a Lease, so replicas can stand by.")
     leader_election_id: str = Field(

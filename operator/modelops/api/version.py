@@ -7,6 +7,7 @@ from enum import StrEnum
 from pydantic import Field, model_validator
 
 from modelops.api.model import Compression, Evaluation, Scheduling
+from modelops.api.trust import ArtifactSignature, ProvenanceStatus
 from modelops.api.types import (
     ApiModel,
     Conditions,
@@ -100,6 +101,7 @@ class Artifact(ApiModel):
     uri: S3Uri = Field(description="S3 URI of the artifact, for example s3://models/digits/1/model.onnx.")
     format: ArtifactFormat = Field(description="onnx, torchscript or exported-program (torch.export).")
     sha256: Sha256 = Field(description="sha256 of the artifact; verified while streaming, a mismatch fails the version.")
+    signature: ArtifactSignature | None = Field(None, description="Signature bundle, verified against the Model's trust policy before anything runs.")
 
 
 SAME_DATASETS_MESSAGE = (
@@ -251,6 +253,7 @@ class ModelVersionStatus(ApiModel):
     cache_key: str | None = Field(None, description="Content address of the compression output: sha256 of (source digest, recipe, compressor version).")
     compressed_artifact: CompressedArtifact | None = Field(None, description="The compressed artifact, once Ready.")
     report: CompressionReport | None = Field(None, description="The compression report.")
+    provenance: ProvenanceStatus | None = Field(None, description="The verified signer of the artifact.")
     failed_by: list[str] | None = Field(
         None,
         json_schema_extra={"x-kubernetes-list-type": "set"},

@@ -12,6 +12,7 @@ from pydantic import ValidationError
 
 from modelops import cachestore, reuse
 from modelops.api.model import Signature
+from modelops.api.trust import ProvenanceReason
 from modelops.api.version import DatasetReport, MetricReport
 from modelops.cachekey import InvalidRecipe, compressed_prefix, compression_cache_key
 from modelops.compress import exitcodes, report
@@ -53,6 +54,9 @@ class JobSpec:
     # Larger objects are refused after the HEAD, before a byte is downloaded.
     max_artifact_bytes: int | None = None
     max_dataset_bytes: int | None = None
+    # The trusted signer whose signature on the source the operator verified: bytes that differ
+    # from the signed digest are then a tampered artifact (Rejected), not a wrong spec.
+    source_signer: str | None = None
 
 
 @dataclass(frozen=True)
@@ -189,7 +193,17 @@ def _run(spec: JobSpec, store: ObjectStore, workdir: Path) -> JobResult:
         log.info("the cached entry recorded no interface to check against the signature; compressing again")
 
     source_path = workdir / "source" / f"artifact{SOURCE_SUFFIXES.get(spec.source_format, '')}"
-    source = store.download(spec.source_uri, source_path, expected_sha256=source_sha256, max_bytes=spec.max_artifact_bytes)
+    try:
+        source = store.download(spec.source_uri, source_path, expected_sha256=source_sha256, max_bytes=spec.max_artifact_bytes)
+    except ChecksumMismatch as exc:
+        if spec.source_signer is None:
+            raise
+        name = spec.source_uri.rsplit("/", 1)[-1]
+        raise Failure(
+            exitcodes.REJECTED,
+            str(ProvenanceReason.ARTIFACT_TAMPERED),
+            f"file {name}: the bytes read differ from the sha256 signed by {spec.source_signer} ({exc})",
+        ) from None
     dataset = None
     dataset_read = None
     if evaluation is not None:

@@ -154,8 +154,11 @@ def render_job(
     signature: Signature,
     scheduling: Scheduling,
     settings: Settings,
+    source_signer: str | None = None,
 ) -> dict[str, Any]:
-    """The compression Job of one ModelVersion."""
+    """The compression Job of one ModelVersion. `source_signer` is the trusted signer whose
+    signature the operator verified: the Job then refuses bytes that differ from the signed
+    digests as tampered."""
     labels = naming.job_labels(model, version_name, version)
     args = [
         "--source-uri", artifact["uri"],
@@ -169,6 +172,8 @@ def render_job(
     ]
     if evaluation is not None:
         args += ["--eval-json", _compact_json(evaluation)]
+    if source_signer is not None:
+        args += ["--source-signer", source_signer]
     args += torch_export_args(artifact["format"], signature)
     container: dict[str, Any] = {
         "name": COMPRESSOR_CONTAINER,

@@ -11,6 +11,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from modelops.api.model import Compression, Evaluation, ModelSpec, Pruning, Signature
+from modelops.api.trust import ProvenanceStatus
 from modelops.api.types import Condition, ConditionType, Toleration
 from modelops.api.version import CompressedArtifact, CompressionReport, ModelVersionSpec, ModelVersionStatus, Phase, ReportOutcome, VersionReason
 from modelops.cachekey import InvalidRecipe, compressed_prefix, compression_cache_key, normalize_recipe
@@ -96,6 +97,7 @@ class VersionState:
     cache_key: str | None = None
     compressed: CompressedArtifact | None = None
     report: CompressionReport | None = None
+    provenance: ProvenanceStatus | None = None
     # Seconds until the operator should look again without being told (storage checks).
     retry_after: float | None = None
 
@@ -397,6 +399,8 @@ def version_status(
         cache_key=state.cache_key or old.get("cacheKey"),
         compressed_artifact=state.compressed,
         report=state.report,
+        # Verified once, before the Job or the cache is used; later states keep it.
+        provenance=state.provenance or old.get("provenance"),
         conditions=[Condition.model_validate(c) for c in conditions],
     )
     return status.wire()

@@ -10,6 +10,7 @@ from pydantic import ValidationError
 from modelops import cachestore, reuse
 from modelops import kube as k8s
 from modelops.api.model import Compression, ModelSpec
+from modelops.api.trust import ProvenanceStatus
 from modelops.api.version import TERMINAL_PHASES, ModelVersionSpec, Phase, VersionReason, same_datasets_problem
 from modelops.cachekey import InvalidRecipe
 from modelops.core import naming, render
@@ -30,6 +31,7 @@ from modelops.core.versions import (
     waiting,
 )
 from modelops.handlers.context import CachedReads, Context, CredentialsProblem
+from modelops.handlers.provenance import check_source
 from modelops.handlers.queue import Key
 from modelops.storage import (
     AccessDenied,
@@ -100,11 +102,12 @@ def _decide(ctx: Context, body: dict[str, Any]) -> VersionState:
     # A Job that evaluates a cached compression shows as Evaluating while it runs; the phase
     # it was created with is the record of that.
     evaluating = (body.get("status") or {}).get("phase") == Phase.EVALUATING
+    signed: ProvenanceStatus | None = None
     if job is None:
         started = _start(ctx, body, spec, model, key, job_name)
         if isinstance(started, VersionState):
             return started
-        job, evaluating = started
+        job, evaluating, signed = started
     if not owned_by(job, meta["uid"]):
         return waiting(
             Phase.PENDING, VersionReason.JOB_NAME_TAKEN,
@@ -115,7 +118,8 @@ def _decide(ctx: Context, body: dict[str, Any]) -> VersionState:
     result = job_result(job, pods)
     if result.state == "succeeded" and result.report is None:
         result = replace(result, report=_stored_report(ctx, namespace, spec, model))
-    return state_from_job(result, job_name, key, recheck_seconds=ctx.settings.retry_seconds, evaluating=evaluating)
+    state = state_from_job(result, job_name, key, recheck_seconds=ctx.settings.retry_seconds, evaluating=evaluating)
+    return replace(state, provenance=signed) if signed is not None else state
 
 
 def storage_problem(err: StorageError, field: str, uri: str, retry: float) -> VersionState:
@@ -167,9 +171,9 @@ def _artifact_missing(store: CachedReads, uri: str, retry: float) -> VersionStat
 
 def _start(
     ctx: Context, body: dict[str, Any], spec: ModelVersionSpec, model: ModelSpec, key: str, job_name: str
-) -> VersionState | tuple[dict[str, Any], bool]:
-    """Verify the artifact, decide on the cache (`reuse.decide`), or create the Job (and say
-    whether it only evaluates a cached compression)."""
+) -> VersionState | tuple[dict[str, Any], bool, ProvenanceStatus | None]:
+    """Verify the artifact and its signature, decide on the cache (`reuse.decide`), or create
+    the Job (and say whether it only evaluates a cached compression, and who signed the source)."""
     meta = body["metadata"]
     namespace = meta["namespace"]
     retry = ctx.settings.retry_seconds
@@ -190,6 +194,15 @@ def _start(
         return _artifact_missing(store, spec.artifact.uri, retry)
     except StorageError as err:
         return storage_problem(err, "spec.artifact.uri", spec.artifact.uri, retry)
+    # Before the cache or a Job: an unsigned or untrusted artifact is never compressed or reused.
+    try:
+        verified = check_source(ctx, store, namespace, spec, model)
+    except StorageError as err:
+        assert spec.artifact.signature is not None
+        return storage_problem(err, "spec.artifact.signature.uri", spec.artifact.signature.uri, retry)
+    if isinstance(verified, VersionState):
+        return verified
+    signed = ProvenanceStatus(signer=verified.signer) if verified is not None else None
 
     evaluation = effective_evaluation(spec, model)
     recipe = effective_recipe(spec, model)
@@ -209,7 +222,7 @@ def _start(
     # otherwise the Job checks the artifact itself.
     if cached is not None and (decision.action == reuse.Action.REJECT or interface_matches(cached.get("interface"), model.signature)):
         ctx.metrics.cache_hits.inc()
-        return state_from_report(cached, job_name=None, key=key, from_cache=True)
+        return replace(state_from_report(cached, job_name=None, key=key, from_cache=True), provenance=signed)
 
     job = render.render_job(
         name=job_name,
@@ -226,6 +239,7 @@ def _start(
         signature=model.signature,
         scheduling=effective_scheduling(spec, model),
         settings=ctx.settings,
+        source_signer=signed.signer if signed is not None else None,
     )
     created_job, created = ctx.kube.create(k8s.JOBS, job)
     ctx.cache.store(k8s.JOBS, created_job)
@@ -234,7 +248,7 @@ def _start(
         ctx.metrics.jobs_created.inc()
         what = "evaluation" if evaluating else "compression"
         ctx.kube.emit_event(body, "Normal", "JobCreated", f"created {what} Job {job_name}: {decision.message}")
-    return created_job, evaluating
+    return created_job, evaluating, signed
 
 
 def _stored_report(ctx: Context, namespace: str, spec: ModelVersionSpec, model: ModelSpec) -> dict[str, Any] | None:

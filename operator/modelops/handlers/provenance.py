@@ -1,0 +1,100 @@
+"""The I/O around modelops.provenance for one ModelVersion: read the trust policy's keys and
+certificates from ConfigMaps and Secrets, and the signature bundle from the bucket."""
+
+from __future__ import annotations
+
+import base64
+from typing import TYPE_CHECKING
+
+from modelops import kube as k8s
+from modelops.api.model import ModelSpec
+from modelops.api.trust import PemRef, ProvenanceReason, TrustPolicy
+from modelops.api.version import ModelVersionSpec, Phase
+from modelops.core.versions import VersionState, waiting
+from modelops.handlers.context import CachedReads, Context
+from modelops.storage import ObjectNotFound, parse_s3_uri
+
+if TYPE_CHECKING:  # modelops.provenance loads model_signing: imported where a signature is verified
+    from modelops import provenance
+
+_PEM = b"-----BEGIN "
+
+
+class PolicyNotReady(Exception):
+    """A ConfigMap, Secret or key the trust policy names is missing: fixable, so retried."""
+
+
+def _pem(ctx: Context, namespace: str, ref: PemRef, where: str) -> bytes:
+    kind, name = ref.source
+    obj = ctx.read_recent(k8s.CONFIGMAPS if kind == "ConfigMap" else k8s.SECRETS, namespace, name)
+    field = f"{where}.{'configMapRef' if kind == 'ConfigMap' else 'secretRef'}"
+    if obj is None:
+        raise PolicyNotReady(f"{kind} {name} named in {field} does not exist")
+    value = (obj.get("data") or {}).get(ref.key)
+    pem = (value.encode() if kind == "ConfigMap" else base64.b64decode(value)) if value else b""
+    if _PEM not in pem:
+        raise PolicyNotReady(f"{kind} {name} has no PEM document under the key {ref.key} ({where}.key)")
+    return pem
+
+
+def trusted_signers(ctx: Context, namespace: str, policy: TrustPolicy) -> list[provenance.TrustedSigner]:
+    from modelops import provenance
+
+    signers = []
+    for index, signer in enumerate(policy.signers):
+        where = f"spec.trust.signers[{index}]"
+        if signer.public_key is not None:
+            key = _pem(ctx, namespace, signer.public_key, f"{where}.publicKey")
+            signers.append(provenance.TrustedSigner(signer.name, public_key_pem=key))
+        else:
+            assert signer.certificate_chain is not None
+            chain = _pem(ctx, namespace, signer.certificate_chain, f"{where}.certificateChain")
+            signers.append(provenance.TrustedSigner(signer.name, certificate_chain_pem=chain, identity=signer.identity))
+    return signers
+
+
+def artifact_files(spec: ModelVersionSpec) -> list[provenance.FileDigest]:
+    """The version's files as the signed manifest must list them: a single file by its name."""
+    from modelops import provenance
+
+    key = parse_s3_uri(spec.artifact.uri).key
+    return [provenance.FileDigest(key.rsplit("/", 1)[-1], spec.artifact.sha256)]
+
+
+def check_source(
+    ctx: Context, store: CachedReads, namespace: str, spec: ModelVersionSpec, model: ModelSpec
+) -> VersionState | provenance.Verified | None:
+    """The verified signer, None for an unsigned artifact that may be used, or the state that
+    stops the version (Rejected, or Verifying while something the policy names is missing).
+    A StorageError reading the bundle is the caller's to report."""
+    retry = ctx.settings.retry_seconds
+    signature = spec.artifact.signature
+    if signature is None:
+        if model.trust.required or ctx.settings.require_signatures:
+            where = "spec.trust.required of Model " + spec.model if model.trust.required else "the operator's requireSignatures"
+            return waiting(
+                Phase.REJECTED, ProvenanceReason.SIGNATURE_REQUIRED,
+                f"spec.artifact.signature is unset and {where} requires a signature; sign the artifact "
+                "(docs/security.md) and create a new ModelVersion that names its bundle",
+            )
+        return None
+    try:
+        signers = trusted_signers(ctx, namespace, model.trust)
+    except PolicyNotReady as err:
+        return waiting(Phase.VERIFYING, ProvenanceReason.TRUST_POLICY_INVALID, f"{err}; checked again every {retry:g}s", retry)
+    try:
+        bundle = store.read_bytes(signature.uri)
+    except ObjectNotFound:
+        return waiting(
+            Phase.VERIFYING, ProvenanceReason.SIGNATURE_NOT_FOUND,
+            f"no object at {signature.uri} (spec.artifact.signature.uri); upload the bundle (checked again every {retry:g}s)",
+            retry,
+        )
+    from modelops import provenance
+
+    try:
+        return provenance.verify(bundle, signers, artifact_files(spec))
+    except provenance.ProvenanceError as err:
+        if err.reason == ProvenanceReason.TRUST_POLICY_INVALID:  # a bad PEM in the policy: fix it, retried
+            return waiting(Phase.VERIFYING, err.reason, f"{err}; checked again every {retry:g}s", retry)
+        return waiting(Phase.REJECTED, err.reason, f"spec.artifact.signature: {err}")
