@@ -372,3 +372,12 @@ def test_the_canary_deployment_shares_the_service_selector_and_has_its_own() -> 
     labels = canary["spec"]["template"]["metadata"]["labels"]
     assert service_selector.items() <= labels.items() and labels["modelops.dev/track"] == "canary"
     assert canary["spec"]["template"]["spec"] == stable["spec"]["template"]["spec"]
+
+
+def test_a_verified_signer_reaches_the_job_and_an_unsigned_artifact_adds_nothing() -> None:
+    def args(rendered: dict) -> list[str]:
+        return rendered["spec"]["template"]["spec"]["containers"][0]["args"]
+
+    signed = args(job(source_signer="release"))
+    assert signed[signed.index("--source-signer") + 1] == "release"
+    assert "--source-signer" not in args(job())

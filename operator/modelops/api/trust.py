@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from modelops.api.types import ApiModel, LocalObjectReference, S3Uri, cel, validations
 
@@ -100,7 +100,7 @@ class TrustPolicy(ApiModel):
     model_config = ApiModel.model_config | {
         "json_schema_extra": validations(
             cel(
-                "self.signers.all(a, self.signers.exists_one(b, b.name == a.name))",
+                "!has(self.signers) || self.signers.all(a, self.signers.exists_one(b, b.name == a.name))",
                 "signer names must be unique",
                 fieldPath=".signers",
             )
@@ -119,12 +119,13 @@ class TrustPolicy(ApiModel):
         description="Trusted signers; a signature by any one of them verifies. List the old and the new key while a key is rotated.",
     )
 
-    @model_validator(mode="after")
-    def _unique(self) -> TrustPolicy:
-        names = [s.name for s in self.signers]
+    @field_validator("signers")
+    @classmethod
+    def _unique(cls, signers: list[TrustedSigner]) -> list[TrustedSigner]:
+        names = [s.name for s in signers]
         if len(set(names)) != len(names):
             raise ValueError("signer names must be unique")
-        return self
+        return signers
 
 
 class ArtifactSignature(ApiModel):

@@ -1,0 +1,167 @@
+"""Signed artifacts through the real operator and MinIO: a model signed with the model_signing
+CLI (as docs/security.md shows) is Ready with its signer recorded; unsigned when required, an
+untrusted key, a manifest for other files and a tampered file are each Rejected with their own
+reason before any Job or cached compression is used; a rotated key verifies beside the old one
+until the old one leaves the policy; the operator's requireSignatures setting covers every Model."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.integration.conftest import (
+    NOWHERE,
+    Digits,
+    Storage,
+    apply_docs,
+    digits_model_manifest,
+    digits_version_manifest,
+    get_json,
+    kubectl,
+    publish_cached,
+)
+
+pytestmark = pytest.mark.integration
+
+MODEL_SIGNING = Path(sys.executable).with_name("model_signing")
+
+
+def status_of(testbed: Any, namespace: str, name: str) -> dict[str, Any]:
+    return get_json(testbed, namespace, "modelversion", name).get("status") or {}
+
+
+def wait_phase(testbed: Any, namespace: str, name: str, phase: str, timeout: int = 120) -> dict[str, Any]:
+    kubectl(testbed, "wait", "-n", namespace, f"--for=jsonpath={{.status.phase}}={phase}", f"modelversion/{name}",
+            f"--timeout={timeout}s", timeout=timeout + 30)
+    return status_of(testbed, namespace, name)
+
+
+def ready_condition(status: dict[str, Any]) -> dict[str, Any]:
+    return next(c for c in status["conditions"] if c["type"] == "Ready")
+
+
+def new_key(directory: Path, name: str) -> tuple[Path, str]:
+    """An ECDSA P-256 key pair made with openssl, as docs/security.md shows: (private key, public PEM)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    private, public = directory / f"{name}.pem", directory / f"{name}.pub"
+    subprocess.run(["openssl", "ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", str(private)], check=True)
+    subprocess.run(["openssl", "ec", "-in", str(private), "-pubout", "-out", str(public)], check=True, capture_output=True)
+    return private, public.read_text()
+
+
+def cli_sign(directory: Path, data: bytes, key: Path, filename: str = "model.onnx") -> bytes:
+    """`model_signing sign key model.onnx --private_key key.pem --signature model.sig`."""
+    work = directory / f"sign-{hashlib.sha256(data).hexdigest()[:8]}-{key.stem}-{filename}"
+    work.mkdir(parents=True, exist_ok=True)
+    (work / filename).write_bytes(data)
+    subprocess.run(
+        [str(MODEL_SIGNING), "sign", "key", str(work / filename), "--private_key", str(key), "--signature", str(work / "model.sig")],
+        check=True, capture_output=True,
+    )
+    return (work / "model.sig").read_bytes()
+
+
+def trust_docs(keys: dict[str, str], required: bool = True) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The ConfigMap of trusted public keys and the Model's spec.trust naming each of them."""
+    configmap = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "trusted-signers"},
+                 "data": {f"{name}.pub": pem for name, pem in keys.items()}}
+    trust = {"required": required, "signers": [
+        {"name": name, "publicKey": {"configMapRef": {"name": "trusted-signers"}, "key": f"{name}.pub"}} for name in keys
+    ]}
+    return configmap, trust
+
+
+def signed_version(storage: Storage, number: int, data: bytes, bundle: bytes | None, sha: str | None = None) -> dict[str, Any]:
+    doc = digits_version_manifest(storage, number, sha or storage.put(f"digits/{number}/model.onnx", data))
+    if bundle is not None:
+        storage.put(f"digits/{number}/model.sig", bundle)
+        doc["spec"]["artifact"]["signature"] = {"uri": storage.uri(f"digits/{number}/model.sig")}
+    return doc
+
+
+def test_a_model_signed_with_the_cli_is_ready_and_records_its_signer(testbed, namespace, storage, digits: Digits,
+                                                                    operator, tmp_path) -> None:
+    key, public = new_key(tmp_path, "release")
+    configmap, trust = trust_docs({"release": public})
+    model = digits_model_manifest(storage, NOWHERE)
+    model["spec"]["trust"] = trust
+    data = digits.onnx[0]
+    version = signed_version(storage, 1, data, cli_sign(tmp_path, data, key))
+    publish_cached(storage, model, version, data)  # compressed already: this checks the operator's verification alone
+    apply_docs(testbed, namespace, [storage.secret("storage"), configmap, model, version])
+
+    status = wait_phase(testbed, namespace, "digits-v1", "Ready")
+    assert status["provenance"] == {"signer": "release"}
+    assert ready_condition(status)["reason"] == "CompressedFromCache"
+
+
+def test_each_refusal_is_rejected_with_its_reason_before_any_job_or_cache(testbed, namespace, storage, digits: Digits,
+                                                                         operator, tmp_path) -> None:
+    trusted_key, trusted = new_key(tmp_path, "release")
+    stranger, _ = new_key(tmp_path, "stranger")
+    configmap, trust = trust_docs({"release": trusted})
+    model = digits_model_manifest(storage, NOWHERE)
+    model["spec"]["trust"] = trust
+    data, replaced = digits.onnx[0], digits.onnx[1]
+    cases = {
+        1: (signed_version(storage, 1, data, None), "SignatureRequired", "spec.artifact.signature is unset"),
+        2: (signed_version(storage, 2, data, cli_sign(tmp_path, data, stranger)), "UntrustedSigner", "(trusted: release)"),
+        3: (signed_version(storage, 3, data, cli_sign(tmp_path, data, trusted_key, "other.onnx")), "ManifestMismatch",
+            "signed but not in the version: other.onnx"),
+        # The file was replaced and the version pins the new bytes: the signed digest is the old one.
+        4: (signed_version(storage, 4, replaced, cli_sign(tmp_path, data, trusted_key)), "ArtifactTampered", "file model.onnx:"),
+    }
+    for doc, _, _ in cases.values():
+        publish_cached(storage, model, doc, data)  # a cached compression must not stand in for a verification
+    apply_docs(testbed, namespace, [storage.secret("storage"), configmap, model, *(doc for doc, _, _ in cases.values())])
+
+    for number, (_, reason, needle) in cases.items():
+        status = wait_phase(testbed, namespace, f"digits-v{number}", "Rejected")
+        ready = ready_condition(status)
+        assert ready["reason"] == reason, (number, ready)
+        assert needle in ready["message"], (number, ready["message"])
+        assert "compressedArtifact" not in status and "provenance" not in status
+    assert get_json(testbed, namespace, "jobs")["items"] == []
+
+
+def test_a_rotated_key_verifies_beside_the_old_one_until_the_old_one_is_removed(testbed, namespace, storage,
+                                                                               digits: Digits, operator, tmp_path) -> None:
+    old_key, old = new_key(tmp_path, "old")
+    new_key_path, new = new_key(tmp_path, "new")
+    configmap, trust = trust_docs({"old": old, "new": new})
+    model = digits_model_manifest(storage, NOWHERE)
+    model["spec"]["trust"] = trust
+    data = digits.onnx[0]
+    by_old = cli_sign(tmp_path, data, old_key)
+    by_new = cli_sign(tmp_path, data, new_key_path)
+    v1, v2 = signed_version(storage, 1, data, by_old), signed_version(storage, 2, data, by_new)
+    publish_cached(storage, model, v1, data)
+    apply_docs(testbed, namespace, [storage.secret("storage"), configmap, model, v1, v2])
+    assert wait_phase(testbed, namespace, "digits-v1", "Ready")["provenance"] == {"signer": "old"}
+    assert wait_phase(testbed, namespace, "digits-v2", "Ready")["provenance"] == {"signer": "new"}
+
+    # The old key leaves the policy (and its ConfigMap entry).
+    configmap, trust = trust_docs({"new": new})
+    model["spec"]["trust"] = trust
+    v3, v4 = signed_version(storage, 3, data, by_old), signed_version(storage, 4, data, by_new)
+    apply_docs(testbed, namespace, [configmap, model])
+    apply_docs(testbed, namespace, [v3, v4])
+    rejected = ready_condition(wait_phase(testbed, namespace, "digits-v3", "Rejected"))
+    assert rejected["reason"] == "UntrustedSigner" and "(trusted: new)" in rejected["message"]
+    assert wait_phase(testbed, namespace, "digits-v4", "Ready")["provenance"] == {"signer": "new"}
+
+
+def test_require_signatures_covers_every_model(testbed, namespace, storage, digits: Digits, start_operator) -> None:
+    start_operator(require_signatures="true")
+    model = digits_model_manifest(storage, NOWHERE)  # no spec.trust at all
+    version = signed_version(storage, 1, digits.onnx[0], None)
+    publish_cached(storage, model, version, digits.onnx[0])
+    apply_docs(testbed, namespace, [storage.secret("storage"), model, version])
+    ready = ready_condition(wait_phase(testbed, namespace, "digits-v1", "Rejected"))
+    assert ready["reason"] == "SignatureRequired" and "requireSignatures" in ready["message"]
+    assert get_json(testbed, namespace, "jobs")["items"] == []
