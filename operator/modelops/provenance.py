@@ -259,8 +259,8 @@ def compare(signed: dict[str, str], files: Sequence[FileDigest]) -> None:
 
 def verify(bundle: bytes, signers: Sequence[TrustedSigner], files: Sequence[FileDigest]) -> Verified:
     """Verify `bundle` against the trusted signers and the version's files; raise ProvenanceError."""
+    verifiers = [(signer, _verifier(signer)) for signer in signers]  # a bad policy first: it is not the bundle's fault
     signature = parse_bundle(bundle)
-    verifiers = [(signer, _verifier(signer)) for signer in signers]
     for signer, verifier in verifiers:
         signed = _try(signer, verifier, signature)
         if signed is not None:
