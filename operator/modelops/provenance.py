@@ -83,6 +83,11 @@ def key_fingerprint(public_key: Any) -> str:
     return hashlib.sha256(pem).hexdigest()
 
 
+def fingerprint(public_key_pem: bytes) -> str:
+    """`sha256:<hex>` of a PEM public key, as bundles name their key."""
+    return "sha256:" + key_fingerprint(serialization.load_pem_public_key(public_key_pem))
+
+
 def public_key_pem(private_key_pem: bytes) -> bytes:
     key = serialization.load_pem_private_key(private_key_pem, None)
     return key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
@@ -320,7 +325,11 @@ def file_manifest(name: str, files: Iterable[FileDigest]) -> ms_manifest.Manifes
 
 
 def sign(private_key_pem: bytes, name: str, files: Iterable[FileDigest]) -> bytes:
-    """A bundle over `files`, as `model_signing sign key` writes for a folder named `name`."""
+    """A bundle over `files`, as `model_signing sign key` writes for a folder named `name`, or,
+    when the one file is `name` itself, for that file (so `model_signing verify` takes it)."""
+    files = list(files)
+    if len(files) == 1 and files[0].path == name:
+        files = [FileDigest(_SINGLE_FILE, files[0].sha256)]
     key = serialization.load_pem_private_key(private_key_pem, None)
     signer: signing.Signer
     if isinstance(key, ed25519.Ed25519PrivateKey):
@@ -339,3 +348,96 @@ def statement_digest(bundle: bytes) -> str:
     envelope = json.loads(bundle)["dsseEnvelope"]
     return hashlib.sha256(base64.b64decode(envelope["payload"])).hexdigest()
 
+
+
+# --- what we produce: the compressed artifact's signature and provenance statement ----------
+
+STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
+SLSA_PROVENANCE = "https://slsa.dev/provenance/v1"
+BUILD_TYPE = "https://modelops.dev/compression/v1"
+BUILDER_ID = "https://modelops.dev/compressor"
+
+
+@dataclass(frozen=True)
+class Produced:
+    """What one compression made from what, for its provenance statement."""
+
+    artifact_uri: str
+    artifact_sha256: str
+    source_uri: str
+    source_sha256: str
+    source_signer: str | None
+    recipe: dict[str, Any]
+    compressor_version: str | None
+    evaluation: dict[str, Any] | None = None  # the gate: datasetUri, metric, threshold
+    measurement: dict[str, Any] | None = None  # the report's metric: values and the dataset object read
+    cache_key: str | None = None
+
+
+def provenance_statement(produced: Produced) -> dict[str, Any]:
+    """An in-toto Statement with a SLSA v1 provenance predicate for a compressed artifact."""
+    source: dict[str, Any] = {"uri": produced.source_uri, "digest": {SHA256: produced.source_sha256}}
+    if produced.source_signer is not None:
+        source["annotations"] = {"signer": produced.source_signer}
+    internal: dict[str, Any] = {}
+    if produced.measurement is not None:
+        internal["gate"] = produced.measurement
+    return {
+        "_type": STATEMENT_TYPE,
+        "subject": [{"name": produced.artifact_uri.rsplit("/", 1)[-1], "uri": produced.artifact_uri,
+                     "digest": {SHA256: produced.artifact_sha256}}],
+        "predicateType": SLSA_PROVENANCE,
+        "predicate": {
+            "buildDefinition": {
+                "buildType": BUILD_TYPE,
+                "externalParameters": {"recipe": produced.recipe, "evaluation": produced.evaluation},
+                "internalParameters": internal,
+                "resolvedDependencies": [source],
+            },
+            "runDetails": {
+                "builder": {"id": BUILDER_ID, "version": {"compressor": produced.compressor_version or "unknown"}},
+                "metadata": {"invocationId": produced.cache_key or ""},
+            },
+        },
+    }
+
+
+class _Statement:
+    """What model_signing's signers read from a payload: `.statement.pb`."""
+
+    def __init__(self, statement: dict[str, Any]) -> None:
+        from in_toto_attestation.v1 import statement as intoto_statement  # type: ignore[import-untyped]
+
+        self.statement = intoto_statement.Statement(
+            subjects=[intoto_statement.ResourceDescriptor(**s).pb for s in statement["subject"]],
+            predicate_type=statement["predicateType"],
+            predicate=statement["predicate"],
+        )
+
+
+def sign_statement(private_key_pem: bytes, statement: dict[str, Any]) -> bytes:
+    """`statement` in a DSSE envelope signed with the key, in model_signing's bundle format."""
+    key = serialization.load_pem_private_key(private_key_pem, None)
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise ValueError("the operator's signing key must be an ECDSA key (P-256)")
+    signature = _EcKeySigner(key).sign(_Statement(statement))  # type: ignore[arg-type]
+    assert isinstance(signature, sign_sigstore_pb.Signature)
+    return signature.bundle.to_json().encode()
+
+
+def verify_statement(bundle: bytes, public_key_pem: bytes) -> dict[str, Any]:
+    """The statement a bundle signs, once its signature verifies with the key; ProvenanceError otherwise."""
+    signature = parse_bundle(bundle)
+    key = serialization.load_pem_public_key(public_key_pem)
+    if not isinstance(key, ec.EllipticCurvePublicKey):
+        raise ProvenanceError(ProvenanceReason.TRUST_POLICY_INVALID, "the operator's key must be an ECDSA key")
+    try:
+        payload_type, payload = _EcKeyVerifier(key)._verify_signed_content(signature)
+    except (ValueError, crypto_errors.InvalidSignature):
+        raise ProvenanceError(
+            ProvenanceReason.UNTRUSTED_SIGNER, f"the statement is signed by {bundle_signer(signature)}, not by this key"
+        ) from None
+    statement: dict[str, Any] = json.loads(payload)
+    if payload_type != signing._IN_TOTO_JSON_PAYLOAD_TYPE or statement.get("_type") != STATEMENT_TYPE:
+        raise ProvenanceError(ProvenanceReason.INVALID_SIGNATURE, "the bundle does not sign an in-toto statement")
+    return statement

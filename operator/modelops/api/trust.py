@@ -23,6 +23,9 @@ class ProvenanceReason(StrEnum):
     ARTIFACT_TAMPERED = "ArtifactTampered"
     MANIFEST_MISMATCH = "ManifestMismatch"
     TRUST_POLICY_INVALID = "TrustPolicyInvalid"
+    # The operator cannot sign what it produced yet (its key Secret, or storage): retried.
+    SIGNING_KEY_NOT_FOUND = "SigningKeyNotFound"
+    SIGNING_FAILED = "SigningFailed"
 
 
 class PemRef(ApiModel):
@@ -138,3 +141,7 @@ class ProvenanceStatus(ApiModel):
     """Who signed what this version serves."""
 
     signer: str | None = Field(None, description="The trusted signer (spec.trust.signers) whose signature on spec.artifact verified; unset when the artifact is unsigned.")
+    compressed_signer: str | None = Field(None, description="The operator's key (sha256:<fingerprint>) that signed the compressed artifact and its provenance statement.")
+    signature_uri: str | None = Field(None, description="S3 URI of the compressed artifact's model_signing bundle.")
+    statement_uri: str | None = Field(None, description="S3 URI of the signed in-toto provenance statement (SLSA v1): sources, signer, recipe, compressor version and the gate's measurement.")
+    statement_sha256: str | None = Field(None, description="sha256 of the provenance statement (the signed DSSE payload).")

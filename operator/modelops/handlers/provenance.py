@@ -4,15 +4,16 @@ certificates from ConfigMaps and Secrets, and the signature bundle from the buck
 from __future__ import annotations
 
 import base64
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from modelops import kube as k8s
 from modelops.api.model import ModelSpec
-from modelops.api.trust import PemRef, ProvenanceReason, TrustPolicy
+from modelops.api.trust import PemRef, ProvenanceReason, ProvenanceStatus, TrustPolicy
 from modelops.api.version import ModelVersionSpec, Phase
 from modelops.core.versions import VersionState, waiting
 from modelops.handlers.context import CachedReads, Context
-from modelops.storage import ObjectNotFound, parse_s3_uri
+from modelops.storage import ObjectNotFound, StorageError, parse_s3_uri
 
 if TYPE_CHECKING:  # modelops.provenance loads model_signing: imported where a signature is verified
     from modelops import provenance
@@ -98,3 +99,72 @@ def check_source(
         if err.reason == ProvenanceReason.TRUST_POLICY_INVALID:  # a bad PEM in the policy: fix it, retried
             return waiting(Phase.VERIFYING, err.reason, f"{err}; checked again every {retry:g}s", retry)
         return waiting(Phase.REJECTED, err.reason, f"spec.artifact.signature: {err}")
+
+
+SIGNING_KEY = "key.pem"
+
+
+def signing_key(ctx: Context) -> bytes:
+    """The operator's private key from its Secret; PolicyNotReady names what is missing."""
+    name, namespace = ctx.settings.signing_key_secret, ctx.settings.signing_key_namespace
+    if not namespace:
+        raise PolicyNotReady("MODELOPS_SIGNING_KEY_NAMESPACE is unset")
+    secret = ctx.secret(namespace, name)
+    if secret is None:
+        raise PolicyNotReady(f"the operator's signing key Secret {namespace}/{name} does not exist")
+    encoded = (secret.get("data") or {}).get(SIGNING_KEY)
+    pem = base64.b64decode(encoded) if encoded else b""
+    if _PEM not in pem:
+        raise PolicyNotReady(f"the operator's signing key Secret {namespace}/{name} has no PEM under the key {SIGNING_KEY}")
+    return pem
+
+
+def sign_output(
+    ctx: Context, store: CachedReads, spec: ModelVersionSpec, model: ModelSpec, state: VersionState,
+    old: ProvenanceStatus | None,
+) -> VersionState:
+    """A Ready state whose compressed artifact the operator has signed, with a provenance
+    statement beside it (both uploaded next to the artifact); the state unchanged when signing
+    is off or done already; Compressing, retried, while the key or storage is missing."""
+    from modelops import provenance
+    from modelops.core.versions import effective_evaluation, effective_recipe
+
+    compressed = state.compressed
+    if state.phase != Phase.READY or compressed is None or not ctx.settings.signing_key_secret:
+        return state
+    signer = state.provenance.signer if state.provenance is not None else (old.signer if old else None)
+    if old is not None and old.statement_sha256:
+        return state
+    retry = ctx.settings.retry_seconds
+    try:
+        key = signing_key(ctx)
+    except PolicyNotReady as err:
+        return waiting(Phase.COMPRESSING, ProvenanceReason.SIGNING_KEY_NOT_FOUND, f"{err}; checked again every {retry:g}s",
+                       retry, job_name=state.job_name, cache_key=state.cache_key)
+    evaluation = effective_evaluation(spec, model)
+    report = state.report
+    produced = provenance.Produced(
+        artifact_uri=compressed.uri, artifact_sha256=compressed.sha256,
+        source_uri=spec.artifact.uri, source_sha256=spec.artifact.sha256, source_signer=signer,
+        recipe=effective_recipe(spec, model).wire(),
+        compressor_version=report.compressor_version if report else None,
+        evaluation=evaluation.wire() if evaluation is not None else None,
+        measurement=report.metric.wire() if report is not None and report.metric is not None else None,
+        cache_key=state.cache_key,
+    )
+    name = compressed.uri.rsplit("/", 1)[-1]
+    prefix = compressed.uri[: -len(name)]
+    bundle = provenance.sign(key, name, [provenance.FileDigest(name, compressed.sha256)])
+    statement = provenance.sign_statement(key, provenance.provenance_statement(produced))
+    signature_uri, statement_uri = prefix + name + ".sig", prefix + name + ".provenance.json"
+    try:
+        store.store.upload_bytes(bundle, signature_uri, "application/json")
+        store.store.upload_bytes(statement, statement_uri, "application/json")
+    except StorageError as err:
+        return waiting(Phase.COMPRESSING, ProvenanceReason.SIGNING_FAILED,
+                       f"writing the signature of {compressed.uri}: {err}; retrying every {retry:g}s",
+                       retry, job_name=state.job_name, cache_key=state.cache_key)
+    return replace(state, provenance=ProvenanceStatus(
+        signer=signer, compressed_signer=provenance.fingerprint(provenance.public_key_pem(key)), signature_uri=signature_uri,
+        statement_uri=statement_uri, statement_sha256=provenance.statement_digest(statement),
+    ))

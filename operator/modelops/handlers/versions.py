@@ -10,7 +10,7 @@ from pydantic import ValidationError
 from modelops import cachestore, reuse
 from modelops import kube as k8s
 from modelops.api.model import Compression, ModelSpec
-from modelops.api.trust import ProvenanceStatus
+from modelops.api.trust import ProvenanceReason, ProvenanceStatus
 from modelops.api.version import TERMINAL_PHASES, ModelVersionSpec, Phase, VersionReason, same_datasets_problem
 from modelops.cachekey import InvalidRecipe
 from modelops.core import naming, render
@@ -31,7 +31,7 @@ from modelops.core.versions import (
     waiting,
 )
 from modelops.handlers.context import CachedReads, Context, CredentialsProblem
-from modelops.handlers.provenance import check_source
+from modelops.handlers.provenance import check_source, sign_output
 from modelops.handlers.queue import Key
 from modelops.storage import (
     AccessDenied,
@@ -106,7 +106,7 @@ def _decide(ctx: Context, body: dict[str, Any]) -> VersionState:
     if job is None:
         started = _start(ctx, body, spec, model, key, job_name)
         if isinstance(started, VersionState):
-            return started
+            return _sign(ctx, body, spec, model, started)
         job, evaluating, signed = started
     if not owned_by(job, meta["uid"]):
         return waiting(
@@ -119,7 +119,21 @@ def _decide(ctx: Context, body: dict[str, Any]) -> VersionState:
     if result.state == "succeeded" and result.report is None:
         result = replace(result, report=_stored_report(ctx, namespace, spec, model))
     state = state_from_job(result, job_name, key, recheck_seconds=ctx.settings.retry_seconds, evaluating=evaluating)
-    return replace(state, provenance=signed) if signed is not None else state
+    return _sign(ctx, body, spec, model, replace(state, provenance=signed) if signed is not None else state)
+
+
+def _sign(ctx: Context, body: dict[str, Any], spec: ModelVersionSpec, model: ModelSpec, state: VersionState) -> VersionState:
+    """A Ready state once the operator signed what it is about to serve (when it has a key)."""
+    if state.phase != Phase.READY or not ctx.settings.signing_key_secret:
+        return state
+    old = (body.get("status") or {}).get("provenance")
+    try:
+        store = ctx.store_for(body["metadata"]["namespace"], model.storage)
+    except CredentialsProblem as err:
+        retry = ctx.settings.retry_seconds
+        return waiting(Phase.COMPRESSING, ProvenanceReason.SIGNING_FAILED, f"{err}; checked again every {retry:g}s", retry,
+                       job_name=state.job_name, cache_key=state.cache_key)
+    return sign_output(ctx, store, spec, model, state, ProvenanceStatus.model_validate(old) if old else None)
 
 
 def storage_problem(err: StorageError, field: str, uri: str, retry: float) -> VersionState:

@@ -165,3 +165,56 @@ def test_require_signatures_covers_every_model(testbed, namespace, storage, digi
     ready = ready_condition(wait_phase(testbed, namespace, "digits-v1", "Rejected"))
     assert ready["reason"] == "SignatureRequired" and "requireSignatures" in ready["message"]
     assert get_json(testbed, namespace, "jobs")["items"] == []
+
+
+def test_the_operator_signs_what_it_serves_with_a_provenance_statement(testbed, namespace, storage, digits: Digits,
+                                                                       start_operator, tmp_path) -> None:
+    """Until its key Secret exists the operator holds the version back; then the compressed
+    artifact carries a model_signing bundle that the CLI verifies with the operator's public key,
+    and a signed in-toto statement of the source, its signer, the recipe and the compressor."""
+    from modelops import provenance
+
+    start_operator(signing_key_secret="modelops-signing-key", signing_key_namespace=namespace)
+    key, public = new_key(tmp_path, "release")
+    operator_key, operator_public = new_key(tmp_path, "operator")
+    configmap, trust = trust_docs({"release": public})
+    model = digits_model_manifest(storage, NOWHERE)
+    model["spec"]["trust"] = trust
+    data = digits.onnx[0]
+    version = signed_version(storage, 1, data, cli_sign(tmp_path, data, key))
+    publish_cached(storage, model, version, data)
+    apply_docs(testbed, namespace, [storage.secret("storage"), configmap, model, version])
+
+    held = ready_condition(wait_phase(testbed, namespace, "digits-v1", "Compressing"))
+    assert held["reason"] == "SigningKeyNotFound" and f"{namespace}/modelops-signing-key does not exist" in held["message"]
+    kubectl(testbed, "create", "secret", "generic", "modelops-signing-key", "-n", namespace, f"--from-file=key.pem={operator_key}")
+
+    status = wait_phase(testbed, namespace, "digits-v1", "Ready")
+    signed, artifact = status["provenance"], status["compressedArtifact"]
+    assert signed["signer"] == "release"
+    assert signed["compressedSigner"] == provenance.fingerprint(operator_public.encode())
+
+    # The compressed artifact verifies with the model_signing CLI and the operator's public key.
+    work = tmp_path / "served"
+    work.mkdir()
+    client = storage.client()
+    for uri, path in ((artifact["uri"], work / "model.onnx"), (signed["signatureUri"], work / "model.sig")):
+        path.write_bytes(client.get_object(Bucket=storage.bucket, Key=uri.removeprefix(f"s3://{storage.bucket}/"))["Body"].read())
+    (work / "operator.pub").write_text(operator_public)
+    subprocess.run([str(MODEL_SIGNING), "verify", "key", str(work / "model.onnx"), "--signature", str(work / "model.sig"),
+                    "--public_key", str(work / "operator.pub")], check=True, capture_output=True)
+
+    # The statement verifies with the same key, and says what was made from what.
+    bundle = client.get_object(Bucket=storage.bucket, Key=signed["statementUri"].removeprefix(f"s3://{storage.bucket}/"))["Body"].read()
+    assert provenance.statement_digest(bundle) == signed["statementSha256"]
+    statement = provenance.verify_statement(bundle, operator_public.encode())
+    assert statement["subject"] == [{"name": "model.onnx", "uri": artifact["uri"], "digest": {"sha256": artifact["sha256"]}}]
+    build = statement["predicate"]["buildDefinition"]
+    assert build["resolvedDependencies"] == [{"uri": version["spec"]["artifact"]["uri"],
+                                              "digest": {"sha256": version["spec"]["artifact"]["sha256"]},
+                                              "annotations": {"signer": "release"}}]
+    assert build["externalParameters"]["recipe"]["quantization"] == "int8-weight-only"
+    assert statement["predicate"]["runDetails"]["builder"]["version"]["compressor"] == status["report"]["compressorVersion"]
+    assert statement["predicate"]["runDetails"]["metadata"]["invocationId"] == status["cacheKey"]
+    with pytest.raises(provenance.ProvenanceError):
+        provenance.verify_statement(bundle, public.encode())  # not the release key's
