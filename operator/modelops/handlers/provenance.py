@@ -134,7 +134,7 @@ def sign_output(
         return state
     signer = state.provenance.signer if state.provenance is not None else (old.signer if old else None)
     if old is not None and old.statement_sha256:
-        return state
+        return replace(state, provenance=old)  # signed already: keep the record whole
     retry = ctx.settings.retry_seconds
     try:
         key = signing_key(ctx)
