@@ -14,7 +14,9 @@ where Kubernetes shows it as the container's termination message.
 
 Exit codes are the compressor's (modelops.compress.exitcodes): 0 done, 2 usage or access
 denied, 10 bad artifact (missing object or digest mismatch: retrying cannot help), 12 transient
-(storage unreachable, disk trouble); 1 for anything unforeseen.
+(storage unreachable, disk trouble); 1 for anything unforeseen. With --signature-uri, the
+artifact's model_signing bundle must verify with the key in MODELOPS_SIGNER_KEY (the operator's)
+for the bytes read; otherwise exit 10 with the refusal's reason (UntrustedSigner, ...).
 """
 
 from __future__ import annotations
@@ -55,6 +57,8 @@ from modelops.storage import (
 UNEXPECTED_FAILURE = 1
 
 CONFIG_ENV = "MODELOPS_TRITON_CONFIG"
+# The PEM public key that must have signed the bundle named by --signature-uri.
+SIGNER_KEY_ENV = "MODELOPS_SIGNER_KEY"
 TERMINATION_LOG_ENV = "MODELOPS_TERMINATION_LOG"
 DEFAULT_TERMINATION_LOG = "/dev/termination-log"
 # Kubernetes keeps at most 4096 bytes of a termination message.
@@ -74,6 +78,8 @@ class FetchRequest:
     backend: str
     repository: Path
     config_text: str
+    signature_uri: str | None = None
+    signer_key: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -81,6 +87,31 @@ class FetchFailure:
     exit_code: int
     reason: str
     message: str
+
+
+class SignatureRefused(Exception):
+    """The artifact's signature does not verify with the operator's key; `reason` says how."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def verify_signature(request: FetchRequest, store: ObjectStore, sha256: str) -> None:
+    """The bytes read (`sha256`) must be the ones the operator's key signed."""
+    if request.signature_uri is None or request.signer_key is None:
+        return
+    from modelops import provenance  # model_signing: loaded only where a signature is checked
+
+    name = parse_s3_uri(request.uri).key.rsplit("/", 1)[-1]
+    try:
+        provenance.verify(
+            store.read_bytes(request.signature_uri),
+            [provenance.TrustedSigner("operator", public_key_pem=request.signer_key)],
+            [provenance.FileDigest(name, sha256)],
+        )
+    except provenance.ProvenanceError as err:
+        raise SignatureRefused(err.reason, f"{request.signature_uri}: {err}") from None
 
 
 class _Parser(argparse.ArgumentParser):
@@ -96,6 +127,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", required=True, help="Triton version folder (positive integer)")
     parser.add_argument("--backend", required=True, choices=list(Backend), help="Triton backend")
     parser.add_argument("--repository", required=True, help="model repository directory")
+    parser.add_argument("--signature-uri", help="s3:// URI of the artifact's model_signing bundle, verified with $MODELOPS_SIGNER_KEY")
     return parser
 
 
@@ -120,6 +152,14 @@ def parse_request(argv: Sequence[str], environ: Mapping[str, str]) -> FetchReque
     config_text = environ.get(CONFIG_ENV, "")
     if not config_text.strip():
         raise UsageError(f"{CONFIG_ENV}: the Triton model configuration is empty or unset")
+    signer_key = environ.get(SIGNER_KEY_ENV, "").encode() or None
+    if args.signature_uri is not None:
+        try:
+            parse_s3_uri(args.signature_uri)
+        except InvalidS3Uri as err:
+            raise UsageError(f"--signature-uri: {err}") from None
+        if signer_key is None:
+            raise UsageError(f"{SIGNER_KEY_ENV}: --signature-uri needs the signer's public key")
     return FetchRequest(
         uri=args.uri,
         sha256=sha256,
@@ -128,6 +168,8 @@ def parse_request(argv: Sequence[str], environ: Mapping[str, str]) -> FetchReque
         backend=args.backend,
         repository=Path(args.repository),
         config_text=config_text,
+        signature_uri=args.signature_uri,
+        signer_key=signer_key,
     )
 
 
@@ -141,6 +183,8 @@ def storage_config(environ: Mapping[str, str]) -> StorageConfig:
 
 def classify_failure(error: BaseException) -> FetchFailure:
     """Map an error to the exit code and reason the operator acts on."""
+    if isinstance(error, SignatureRefused):
+        return FetchFailure(ExitCode.BAD_ARTIFACT, error.reason, str(error))
     if isinstance(error, UsageError | InvalidS3Uri):
         return FetchFailure(ExitCode.USAGE, FetchReason.INVALID_ARGUMENTS, str(error))
     if isinstance(error, ChecksumMismatch):
@@ -188,6 +232,7 @@ def fetch(request: FetchRequest, store: ObjectStore) -> str:
     try:
         artifact = download_dir / artifact_filename(request.backend)
         result = store.download(request.uri, artifact, expected_sha256=request.sha256)
+        verify_signature(request, store, result.sha256)  # before anything is laid out for Triton
         model_dir = layout_model_repository(
             request.repository,
             request.model_name,

@@ -142,6 +142,7 @@ class ProvenanceStatus(ApiModel):
 
     signer: str | None = Field(None, description="The trusted signer (spec.trust.signers) whose signature on spec.artifact verified; unset when the artifact is unsigned.")
     compressed_signer: str | None = Field(None, description="The operator's key (sha256:<fingerprint>) that signed the compressed artifact and its provenance statement.")
+    compressed_signer_key: str | None = Field(None, description="The operator's public key (PEM) that signed them; the fetch container verifies the bundle with it before Triton loads the artifact.")
     signature_uri: str | None = Field(None, description="S3 URI of the compressed artifact's model_signing bundle.")
     statement_uri: str | None = Field(None, description="S3 URI of the signed in-toto provenance statement (SLSA v1): sources, signer, recipe, compressor version and the gate's measurement.")
     statement_sha256: str | None = Field(None, description="sha256 of the provenance statement (the signed DSSE payload).")

@@ -67,6 +67,9 @@ class VersionView:
     compressed_uri: str | None = None
     compressed_sha256: str | None = None
     compressed_format: str | None = None
+    # The operator's signature of the compressed artifact, and the public key it verifies with.
+    signature_uri: str | None = None
+    signer_key: str | None = None
     failed_by: tuple[str, ...] = ()  # ModelDeployments whose rollout of this version failed
 
     @classmethod
@@ -83,6 +86,8 @@ class VersionView:
             compressed_uri=compressed.get("uri"),
             compressed_sha256=compressed.get("sha256"),
             compressed_format=compressed.get("format"),
+            signature_uri=(status.get("provenance") or {}).get("signatureUri"),
+            signer_key=(status.get("provenance") or {}).get("compressedSignerKey"),
             failed_by=tuple(status.get("failedBy") or ()),
         )
 

@@ -294,7 +294,7 @@ def render_deployment(
     if retry is not None:
         template_annotations[naming.ANNOTATION_RETRY] = retry
     volume_mount = {"name": "models", "mountPath": MODEL_REPOSITORY}
-    fetch = {
+    fetch: dict[str, Any] = {
         "name": "fetch",
         "image": settings.operator_image,
         "imagePullPolicy": settings.image_pull_policy,
@@ -312,6 +312,10 @@ def render_deployment(
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "securityContext": restricted_container_security(),
     }
+    if version.signature_uri and version.signer_key:
+        # The operator signed this artifact: the fetch refuses bytes its key did not sign.
+        fetch["args"] += ["--signature-uri", version.signature_uri]
+        fetch["env"].append({"name": "MODELOPS_SIGNER_KEY", "value": version.signer_key})
     resources = spec.triton.resources.wire() if spec.triton.resources else {}
     if gpus > 0:
         resources = {**resources, "limits": {**resources.get("limits", {}), GPU_RESOURCE: gpus}}

@@ -165,6 +165,7 @@ def sign_output(
                        f"writing the signature of {compressed.uri}: {err}; retrying every {retry:g}s",
                        retry, job_name=state.job_name, cache_key=state.cache_key)
     return replace(state, provenance=ProvenanceStatus(
-        signer=signer, compressed_signer=provenance.fingerprint(provenance.public_key_pem(key)), signature_uri=signature_uri,
+        signer=signer, compressed_signer=provenance.fingerprint(provenance.public_key_pem(key)),
+        compressed_signer_key=provenance.public_key_pem(key).decode(), signature_uri=signature_uri,
         statement_uri=statement_uri, statement_sha256=provenance.statement_digest(statement),
     ))
