@@ -21,6 +21,7 @@ from tests.integration.conftest import (
     apply_docs,
     digits_model_manifest,
     digits_version_manifest,
+    eventually,
     get_json,
     kubectl,
     publish_cached,
@@ -183,6 +184,9 @@ def test_the_operator_signs_what_it_serves_with_a_provenance_statement(testbed, 
     data = digits.onnx[0]
     version = signed_version(storage, 1, data, cli_sign(tmp_path, data, key))
     publish_cached(storage, model, version, data)
+    # An entry the operator compressed and signed earlier: a cached compression counts only
+    # while the operator's signature of it verifies.
+    sign_cached(storage, Path(operator_key).read_bytes())
     apply_docs(testbed, namespace, [storage.secret("storage"), configmap, model, version])
 
     held = ready_condition(wait_phase(testbed, namespace, "digits-v1", "Compressing"))
@@ -218,3 +222,42 @@ def test_the_operator_signs_what_it_serves_with_a_provenance_statement(testbed, 
     assert statement["predicate"]["runDetails"]["metadata"]["invocationId"] == status["cacheKey"]
     with pytest.raises(provenance.ProvenanceError):
         provenance.verify_statement(bundle, public.encode())  # not the release key's
+    assert get_json(testbed, namespace, "jobs")["items"] == []
+
+
+def cached_artifact(storage: Storage) -> str:
+    """The key of the one compressed artifact in the cache (publish_cached's)."""
+    listing = storage.client().list_objects_v2(Bucket=storage.bucket, Prefix="modelops-cache/")
+    [key] = [o["Key"] for o in listing.get("Contents", []) if o["Key"].endswith("/model.onnx")]
+    return key
+
+
+def sign_cached(storage: Storage, private_key: bytes) -> None:
+    """The cached artifact's bundle beside it, as the operator writes it, signed with `private_key`."""
+    from modelops import provenance
+
+    key = cached_artifact(storage)
+    sha = hashlib.sha256(storage.client().get_object(Bucket=storage.bucket, Key=key)["Body"].read()).hexdigest()
+    storage.put(key + ".sig", provenance.sign(private_key, "model.onnx", [provenance.FileDigest("model.onnx", sha)]))
+
+
+def test_a_cached_compression_whose_signature_does_not_verify_is_compressed_again(testbed, namespace, storage,
+                                                                                  digits: Digits, start_operator,
+                                                                                  tmp_path) -> None:
+    """A cache entry replaced in the bucket with a signature of another key is not reused: the
+    version gets a Job that compresses again instead of becoming Ready from the cache."""
+    start_operator(signing_key_secret="modelops-signing-key", signing_key_namespace=namespace)
+    operator_key, _ = new_key(tmp_path, "operator")
+    forger, _ = new_key(tmp_path, "forger")
+    kubectl(testbed, "create", "secret", "generic", "modelops-signing-key", "-n", namespace, f"--from-file=key.pem={operator_key}")
+    model = digits_model_manifest(storage, NOWHERE)
+    data = digits.onnx[0]
+    version = signed_version(storage, 1, data, None)
+    publish_cached(storage, model, version, data)
+    sign_cached(storage, forger.read_bytes())
+    apply_docs(testbed, namespace, [storage.secret("storage"), model, version])
+
+    [job] = eventually(lambda: get_json(testbed, namespace, "jobs")["items"], 60, "a compression Job")
+    assert "--recompress" in job["spec"]["template"]["spec"]["containers"][0]["args"]
+    status = status_of(testbed, namespace, "digits-v1")
+    assert status["phase"] == "Compressing" and "compressedArtifact" not in status

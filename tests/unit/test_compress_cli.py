@@ -440,3 +440,13 @@ def test_bytes_that_differ_from_a_verified_signature_are_rejected_as_tampered(tm
     assert (message["outcome"], message["reason"]) == ("Rejected", "ArtifactTampered")
     assert message["message"].startswith("file model.onnx: ") and "signed by release" in message["message"]
     assert not [key for (_, key) in fake_s3.objects if key.startswith("out/")]
+
+
+def test_recompress_compresses_again_where_a_cached_entry_would_be_reused(tmp_path, store, fake_s3, digits_model) -> None:
+    argv = _args(_sha(digits_model.onnx.read_bytes()), {"quantization": "int8-weight-only"}, evaluation=None)
+    def artifact_puts() -> int:
+        return sum(call == "put out/run/model.onnx" for call in fake_s3.calls)
+
+    assert _main(tmp_path, argv, store)[0] == exitcodes.SUCCESS and artifact_puts() == 1
+    assert _main(tmp_path, argv, store)[0] == exitcodes.SUCCESS and artifact_puts() == 1  # reused
+    assert _main(tmp_path, [*argv, "--recompress"], store)[0] == exitcodes.SUCCESS and artifact_puts() == 2

@@ -398,3 +398,10 @@ def test_a_signed_version_has_its_fetch_verify_the_operators_signature() -> None
     assert "--signature-uri" not in plain["args"] and "MODELOPS_SIGNER_KEY" not in env_map(plain)
     assert checked["args"][-2:] == ["--signature-uri", "s3://models/c/model.onnx.sig"]
     assert env_map(checked)["MODELOPS_SIGNER_KEY"] == "PEM"
+
+
+def test_recompress_reaches_the_job_only_when_asked() -> None:
+    def args(rendered: dict) -> list[str]:
+        return rendered["spec"]["template"]["spec"]["containers"][0]["args"]
+
+    assert "--recompress" in args(job(recompress=True)) and "--recompress" not in args(job())

@@ -92,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-artifact-bytes", type=_positive, help="refuse a source artifact larger than this")
     parser.add_argument("--max-dataset-bytes", type=_positive, help="refuse an evaluation dataset larger than this")
     parser.add_argument("--source-signer", help="the trusted signer the operator verified the source's signature of")
+    parser.add_argument("--recompress", action="store_true", help="compress even when a cached entry exists")
     parser.add_argument("--workdir", type=Path, help="scratch directory (default: a temporary directory)")
     return parser
 
@@ -145,6 +146,7 @@ def main(
             max_artifact_bytes=args.max_artifact_bytes,
             max_dataset_bytes=args.max_dataset_bytes,
             source_signer=args.source_signer,
+            recompress=args.recompress,
         )
         if args.workdir is not None:
             result = run(spec, store, args.workdir)

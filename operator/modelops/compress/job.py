@@ -57,6 +57,8 @@ class JobSpec:
     # The trusted signer whose signature on the source the operator verified: bytes that differ
     # from the signed digest are then a tampered artifact (Rejected), not a wrong spec.
     source_signer: str | None = None
+    # The operator found the cached entry's signature broken: compress again, reuse nothing.
+    recompress: bool = False
 
 
 @dataclass(frozen=True)
@@ -182,6 +184,8 @@ def _run(spec: JobSpec, store: ObjectStore, workdir: Path) -> JobResult:
     # restarted Job, a dataset replaced meanwhile), and this one is the one that counts.
     lookup = cachestore.look_up(store, prefix, source_sha256, recipe.compression, evaluation)
     decision = lookup.decision
+    if spec.recompress and decision.action in (reuse.Action.READY, reuse.Action.REJECT, reuse.Action.EVALUATE):
+        decision = replace(decision, action=reuse.Action.COMPRESS, message="the cached compression's signature does not verify")
     log.info("cache decision: %s (%s): %s", decision.action, decision.reason, decision.message)
     if decision.action == reuse.Action.FAIL:
         raise Failure(exitcodes.BAD_ARTIFACT, str(decision.reason), decision.message)

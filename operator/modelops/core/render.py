@@ -155,6 +155,7 @@ def render_job(
     scheduling: Scheduling,
     settings: Settings,
     source_signer: str | None = None,
+    recompress: bool = False,
 ) -> dict[str, Any]:
     """The compression Job of one ModelVersion. `source_signer` is the trusted signer whose
     signature the operator verified: the Job then refuses bytes that differ from the signed
@@ -174,6 +175,8 @@ def render_job(
         args += ["--eval-json", _compact_json(evaluation)]
     if source_signer is not None:
         args += ["--source-signer", source_signer]
+    if recompress:
+        args.append("--recompress")
     args += torch_export_args(artifact["format"], signature)
     container: dict[str, Any] = {
         "name": COMPRESSOR_CONTAINER,

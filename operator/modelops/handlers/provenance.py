@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import base64
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from modelops import kube as k8s
 from modelops.api.model import ModelSpec
@@ -102,6 +102,9 @@ def check_source(
 
 
 SIGNING_KEY = "key.pem"
+# Beside the compressed artifact: its model_signing bundle and its provenance statement.
+SIGNATURE_SUFFIX = ".sig"
+STATEMENT_SUFFIX = ".provenance.json"
 
 
 def signing_key(ctx: Context) -> bytes:
@@ -153,10 +156,9 @@ def sign_output(
         cache_key=state.cache_key,
     )
     name = compressed.uri.rsplit("/", 1)[-1]
-    prefix = compressed.uri[: -len(name)]
     bundle = provenance.sign(key, name, [provenance.FileDigest(name, compressed.sha256)])
     statement = provenance.sign_statement(key, provenance.provenance_statement(produced))
-    signature_uri, statement_uri = prefix + name + ".sig", prefix + name + ".provenance.json"
+    signature_uri, statement_uri = compressed.uri + SIGNATURE_SUFFIX, compressed.uri + STATEMENT_SUFFIX
     try:
         store.store.upload_bytes(bundle, signature_uri, "application/json")
         store.store.upload_bytes(statement, statement_uri, "application/json")
@@ -169,3 +171,31 @@ def sign_output(
         compressed_signer_key=provenance.public_key_pem(key).decode(), signature_uri=signature_uri,
         statement_uri=statement_uri, statement_sha256=provenance.statement_digest(statement),
     ))
+
+
+def cached_signature_verifies(ctx: Context, store: CachedReads, report: dict[str, Any]) -> bool:
+    """Whether a cached entry's artifact carries the operator's signature for the sha256 its
+    record names: a cached compression counts only while it does. Without the key there is
+    nothing to check against yet (and nothing becomes Ready: `sign_output` waits for it).
+    A StorageError reading the bundle is the caller's to report."""
+    from modelops import provenance
+
+    artifact = report.get("artifact") or {}
+    uri, sha256 = artifact.get("uri"), artifact.get("sha256")
+    if not uri or not sha256:
+        return False
+    try:
+        key = signing_key(ctx)
+    except PolicyNotReady:
+        return True
+    try:
+        bundle = store.read_bytes(uri + SIGNATURE_SUFFIX)
+    except ObjectNotFound:
+        return False
+    name = uri.rsplit("/", 1)[-1]
+    try:
+        provenance.verify(bundle, [provenance.TrustedSigner("operator", public_key_pem=provenance.public_key_pem(key))],
+                          [provenance.FileDigest(name, sha256)])
+    except provenance.ProvenanceError:
+        return False
+    return True

@@ -31,7 +31,7 @@ from modelops.core.versions import (
     waiting,
 )
 from modelops.handlers.context import CachedReads, Context, CredentialsProblem
-from modelops.handlers.provenance import check_source, sign_output
+from modelops.handlers.provenance import cached_signature_verifies, check_source, sign_output
 from modelops.handlers.queue import Key
 from modelops.storage import (
     AccessDenied,
@@ -231,7 +231,16 @@ def _start(
     decision = lookup.decision
     if decision.action == reuse.Action.FAIL:
         return waiting(Phase.FAILED, decision.reason, decision.message, cache_key=key)
-    cached = cachestore.reused_report(lookup, evaluation) if decision.action in (reuse.Action.READY, reuse.Action.REJECT) else None
+    # A cached compression counts only while the operator's signature of it verifies.
+    recompress = False
+    if ctx.settings.signing_key_secret and lookup.report is not None and decision.action in (reuse.Action.READY, reuse.Action.EVALUATE):
+        try:
+            recompress = not cached_signature_verifies(ctx, store, lookup.report)
+        except StorageError as err:
+            return storage_problem(err, "cache entry", prefix, retry)
+    cached = None
+    if not recompress and decision.action in (reuse.Action.READY, reuse.Action.REJECT):
+        cached = cachestore.reused_report(lookup, evaluation)
     # A cached result counts only when its recorded interface fits this Model's signature;
     # otherwise the Job checks the artifact itself.
     if cached is not None and (decision.action == reuse.Action.REJECT or interface_matches(cached.get("interface"), model.signature)):
@@ -254,14 +263,16 @@ def _start(
         scheduling=effective_scheduling(spec, model),
         settings=ctx.settings,
         source_signer=signed.signer if signed is not None else None,
+        recompress=recompress,
     )
     created_job, created = ctx.kube.create(k8s.JOBS, job)
     ctx.cache.store(k8s.JOBS, created_job)
-    evaluating = decision.action == reuse.Action.EVALUATE
+    evaluating = decision.action == reuse.Action.EVALUATE and not recompress
     if created:
         ctx.metrics.jobs_created.inc()
         what = "evaluation" if evaluating else "compression"
-        ctx.kube.emit_event(body, "Normal", "JobCreated", f"created {what} Job {job_name}: {decision.message}")
+        why = "the cached compression's signature does not verify" if recompress else decision.message
+        ctx.kube.emit_event(body, "Normal", "JobCreated", f"created {what} Job {job_name}: {why}")
     return created_job, evaluating, signed
 
 
