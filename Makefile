@@ -64,7 +64,7 @@ chart-docs: ## Generate the values table of charts/modelops/README.md from the c
 
 .PHONY: test
 test: ## Run the test suite (unit, integration, e2e) on the local test bed; faults and the slow canary tests run on demand
-	@scripts/run-tests.sh -m "not faults and not canary_exact and not prometheus"
+	@scripts/run-tests.sh -m "not faults and not canary_exact and not prometheus and not netpol and not argocd"
 
 .PHONY: test-faults
 test-faults: ## Run the fault suite: kill -9s, control-plane outages, HA handover (about 7 minutes)
@@ -78,9 +78,21 @@ test-mutations: ## Prove the fault suite: each patch in tests/mutations/ breaks 
 test-canary-exact: ## Run the acceptance's good canary exactly: 10 % then 50 % on 9 stable pods, >= 10,000 requests (about 3 minutes)
 	@scripts/run-tests.sh -m canary_exact
 
-.PHONY: test-canary-prometheus
-test-canary-prometheus: ## Run the canary analysis through a real Prometheus (about 1 minute; its first build about 5)
+.PHONY: test-prometheus
+test-prometheus: ## Run every test through a real Prometheus: the canary analysis, the autoscaler, the dashboard's queries (about 2.5 minutes; Prometheus's first build 5 to 17)
 	@scripts/run-tests.sh -m prometheus
+
+.PHONY: test-canary-prometheus
+test-canary-prometheus: ## Run only the canary analysis and the autoscaler through a real Prometheus (about 1.5 minutes)
+	@scripts/run-tests.sh -m prometheus tests/integration/test_canary_prometheus.py
+
+.PHONY: test-netpol
+test-netpol: ## Run the chart's NetworkPolicies under a real policy engine, kube-router (built on first use)
+	@scripts/run-tests.sh -m netpol
+
+.PHONY: test-argocd
+test-argocd: ## Run the chart's Argo CD health checks in Argo CD's own Lua VM (seconds; its first build several minutes)
+	@scripts/run-tests.sh -m argocd
 
 .PHONY: test-unit
 test-unit: ## Run only the unit tests (no cluster)
@@ -90,6 +102,10 @@ test-unit: ## Run only the unit tests (no cluster)
 demo: ## Run the whole lifecycle on the local test bed
 	@python=$(venv_python); bin=$(binaries); \
 	  MODELOPS_BINARIES="$$bin" PYTHONPATH=operator:. "$$python" -m e2e.demo
+
+.PHONY: bench-plots
+bench-plots: ## Render the plots of docs/benchmarks.md from bench/results/*.json (PNGs under docs/images/benchmarks/)
+	@PYTHONPATH=operator:. $(venv_python) bench/plots.py
 
 .PHONY: bench
 bench: ## Run the benchmarks; JSON under bench/results/, summary in docs/benchmarks.md

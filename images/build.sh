@@ -15,13 +15,19 @@
 #   (packages.txt). build/images/<name>.json in the checkout names the image and that
 #   directory, so the node agent of this checkout's test bed runs this checkout's image.
 # - buildah keeps its storage under $MODELOPS_CACHE/images/storage (chroot isolation,
-#   overlay storage, vfs where overlay cannot mount). Locks serialise concurrent callers.
+#   overlay storage, vfs where overlay cannot mount). Locks serialise concurrent callers:
+#   one for the base, one per image, so two builds of one image never run at once.
+# - Each checkout registers itself under $MODELOPS_CACHE/images/checkouts/. Old builds are
+#   evicted (images/evict.sh) beyond the newest six, except one that a registered checkout's
+#   build/images/<name>.json names or a running pod's overlay uses.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cache="${MODELOPS_CACHE:-$HOME/.cache/modelops}"
 images="$cache/images"
-mkdir -p "$images" "$root/build/images"
+mkdir -p "$images/checkouts" "$root/build/images"
+# This checkout is registered, so that another checkout's build never evicts the image it names.
+ln -sfn "$root/build/images" "$images/checkouts/$(printf '%s' "$root" | sha256sum | cut -c1-16)"
 log() { echo "[images] $*" >&2; }
 # A failing step names itself, instead of ending the build without a word.
 trap 'log "failed (exit $?) at line $LINENO: $BASH_COMMAND"' ERR
@@ -157,18 +163,17 @@ build_image() {
     log "built $ref in $(cat "$dir/build-seconds")s ($(cat "$dir/size")): $dir"
   else
     bh tag "localhost/modelops-$name:$key" "$ref"
+    touch "$dir"  # used again: the newest builds are the ones eviction keeps
   fi
-  # Older builds of this image: the newest six stay (other checkouts, worktrees or branches
-  # may run one on their own test beds), the rest go.
-  local old
-  for old in $(ls -1dt "$images/$name"-*/ 2>/dev/null | tail -n +7); do
-    old="${old%/}"
-    bh rmi --force "localhost/modelops-$name:${old##*-}" >/dev/null 2>&1 || true
-    rm -rf "$old"
-  done
   # This checkout's image of that name: what the node agent of its test bed runs.
   printf '{"image": "%s", "key": "%s", "dir": "%s"}\n' "$ref" "$key" "$dir" >"$root/build/images/$name.json.tmp"
   mv "$root/build/images/$name.json.tmp" "$root/build/images/$name.json"
+  # Older builds of this image: the newest six stay, and so does any build that a registered
+  # checkout (worktree, branch) names or a running pod uses, however old (images/evict.sh).
+  local old
+  for old in $("$root/images/evict.sh" "$images" "$name" 6); do
+    bh rmi --force "localhost/modelops-$name:$old" >/dev/null 2>&1 || true
+  done
   flock -u 8
   echo "$dir"
 }

@@ -32,6 +32,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from e2e.testbed import netpol
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CACHE = Path(os.environ.get("MODELOPS_CACHE", Path.home() / ".cache" / "modelops"))
 SERVICE_CIDR = "10.96.0.0/16"
@@ -400,12 +402,47 @@ def start_minio(lay: Layout, timeout: float = 60) -> None:
 # --------------------------------------------------------------------------- up / down
 
 
-def healthy(state: dict) -> bool:
+# How long a test bed whose processes all run may take to answer /readyz before it counts as
+# unhealthy (and is replaced): on a loaded machine one slow answer must not tear down a test
+# bed that `make demo` is using.
+READY_PATIENCE_S = 30.0
+
+
+def healthy(state: dict, patience: float = READY_PATIENCE_S) -> bool:
     if state.get("project_root") != str(REPO_ROOT):
         return False
     if not all(pid_alive(pid) for pid in state["pids"].values()):
         return False
-    return https_ok(f"{state['apiserver_url']}/readyz", Path(state["pki"]), "admin")
+    deadline = time.monotonic() + patience
+    while True:
+        if https_ok(f"{state['apiserver_url']}/readyz", Path(state["pki"]), "admin"):
+            return True
+        if time.monotonic() >= deadline or not all(pid_alive(pid) for pid in state["pids"].values()):
+            return False
+        time.sleep(1)
+
+
+class IndexInUse(RuntimeError):
+    """The index's test bed runs for someone else: replacing it would pull it from under them."""
+
+
+def refuse_foreign(lay: Layout, state: dict | None) -> None:
+    """Raise IndexInUse where bringing up this index would replace a test bed that another
+    checkout runs (its processes still live) or that another state directory runs (the bridge
+    exists and its API server answers, with no state recorded here)."""
+    hint = ("set MODELOPS_TESTBED_INDEX to another index (0 to 11) for this checkout, "
+            "or stop that test bed first (`make cluster-down` there)")
+    if state and state.get("project_root") != str(REPO_ROOT):
+        running = sorted(name for name, pid in state["pids"].items() if pid_alive(pid))
+        if running:
+            raise IndexInUse(
+                f"test bed index {lay.index} ({lay.state_dir}) is running for another checkout, "
+                f"{state.get('project_root')} ({', '.join(running)}); {hint}")
+    if state is None and Path("/sys/class/net", lay.bridge).exists() and port_open(lay.bridge_ip, lay.apiserver_port):
+        raise IndexInUse(
+            f"test bed index {lay.index}: bridge {lay.bridge} exists and an API server answers on "
+            f"{lay.bridge_ip}:{lay.apiserver_port}, but {lay.state_dir} records no test bed (another "
+            f"MODELOPS_TESTBED_DIR runs this index); {hint}")
 
 
 def up(lay: Layout, binaries: Path, python: Path) -> dict:
@@ -416,8 +453,9 @@ def up(lay: Layout, binaries: Path, python: Path) -> dict:
         if state and healthy(state):
             log(f"reusing the running test bed ({state['kubeconfig']})")
             return state
+        refuse_foreign(lay, state)
         if state:
-            log("the recorded test bed is not healthy or belongs to another checkout; replacing it")
+            log("the recorded test bed is not healthy; replacing it")
         _down_locked(lay)
         try:
             return _up_locked(lay, binaries, python)
@@ -596,6 +634,7 @@ def _down_locked(lay: Layout) -> None:
     agents = [pid for name, pid in state["pids"].items() if name.startswith("node-")]
     kill_pids(agents)
     kill_pids(pod_pids(lay), grace=5)
+    netpol.stop_recorded(lay.state_dir)  # a policy engine a test left running
     kill_pids(components)
     leftover = [pid for pid in components + pod_pids(lay) if pid_alive(pid)]
     unmount_under(lay.state_dir)
@@ -616,7 +655,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "up":
         if not args.binaries or not args.python:
             parser.error("up needs --binaries and --python")
-        state = up(lay, args.binaries.resolve(), args.python)
+        try:
+            state = up(lay, args.binaries.resolve(), args.python)
+        except IndexInUse as err:
+            log(f"refusing to bring up: {err}")
+            return 3
         print(state["kubeconfig"])
     elif args.command == "down":
         down(lay)

@@ -8,15 +8,16 @@ import logging
 import os
 import socket
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, cast
 
 import kopf
 
 from modelops import __version__
+from modelops.core.endpoints import EndpointPolicy, HostPort, parse_networks
 from modelops.handlers.context import Context, StoreCache
-from modelops.handlers.probes import serve_health
+from modelops.handlers.probes import serve_health, serve_metrics
 from modelops.handlers.queue import Key
 from modelops.handlers.registry import Operator, build_registry
 from modelops.kube import Kube
@@ -39,20 +40,33 @@ def user_agent(settings: Settings) -> str:
     return f"modelops-operator/{__version__} ({identity(settings)})"
 
 
-def context_factory(settings: Settings) -> Callable[[Callable[[Key], None]], Context]:
+def context_factory(settings: Settings, metrics: Metrics) -> Callable[[Callable[[Key], None]], Context]:
     def make(wake: Callable[[Key], None]) -> Context:
-        metrics = Metrics()
+        kube = Kube.from_environment(
+            observe=metrics.observe_request, user_agent=user_agent(settings), connections=settings.workers + 2
+        )
         return Context(
             settings=settings,
-            kube=Kube.from_environment(
-                observe=metrics.observe_request, user_agent=user_agent(settings), connections=settings.workers + 2
-            ),
+            kube=kube,
             metrics=metrics,
             stores=StoreCache(workers=settings.workers),
             wake=wake,
+            endpoints=endpoint_policy(settings, kube.server, os.environ),
         )
 
     return make
+
+
+def endpoint_policy(settings: Settings, server: str, environ: Mapping[str, str]) -> EndpointPolicy:
+    """The endpoints Models and ModelDeployments may name: the settings, and the API server both
+    as this client reaches it and as the in-cluster service a pod would."""
+    apiservers = [where for where in (HostPort.of(server),) if where is not None]
+    if environ.get("KUBERNETES_SERVICE_HOST"):
+        apiservers.append(HostPort(environ["KUBERNETES_SERVICE_HOST"], int(environ.get("KUBERNETES_SERVICE_PORT") or 443)))
+    return EndpointPolicy(
+        allowed=settings.allowed_endpoints, denied=parse_networks(settings.denied_cidrs), apiservers=tuple(apiservers),
+        own=(settings.pod_ip,) if settings.pod_ip else (),
+    )
 
 
 def lease_config(settings: Settings) -> LeaseConfig:
@@ -80,15 +94,20 @@ def lost_leadership() -> None:
 
 
 async def run(settings: Settings, elector: LeaderElector | None) -> None:
+    metrics = Metrics()
     if elector is not None:
-        # A standby answers its probes (it is healthy and ready to take over) and reconciles nothing.
-        probes = await serve_health(lambda: True, lambda: True, settings.bind_address, settings.health_port)
+        # A standby answers its probes (it is healthy and ready to take over), serves
+        # modelops_leader 0 on /metrics, and reconciles nothing.
+        servers = [await serve_health(lambda: True, lambda: True, settings.bind_address, settings.health_port),
+                   await serve_metrics(metrics, settings.bind_address, settings.metrics_port)]
         try:
             await asyncio.to_thread(elector.acquire)
         finally:
-            await probes.cleanup()
+            for server in servers:
+                await server.cleanup()
         elector.keep(on_lost=lost_leadership)
-    operator = Operator(settings, context_factory(settings))
+    metrics.leader.set(1)
+    operator = Operator(settings, context_factory(settings, metrics))
     try:
         await kopf.operator(
             registry=build_registry(operator),

@@ -12,7 +12,7 @@ holds nothing for the model, the process exits non-zero, and one line saying why
 stderr and to the termination log (MODELOPS_TERMINATION_LOG, default /dev/termination-log),
 where Kubernetes shows it as the container's termination message.
 
-Exit codes are the compressor's (modelops.compress.exitcodes): 0 done, 2 usage or access
+Exit codes are the compressor's (modelops.contract.exitcodes): 0 done, 2 usage or access
 denied, 10 bad artifact (missing object or digest mismatch: retrying cannot help), 12 transient
 (storage unreachable, disk trouble); 1 for anything unforeseen. With --signature-uri, the
 artifact's model_signing bundle must verify with the key in MODELOPS_SIGNER_KEY (the operator's)
@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from modelops.api.deployment import Backend, FetchReason
-from modelops.compress.exitcodes import ExitCode
+from modelops.contract.exitcodes import ExitCode
 from modelops.serving.config import (
     ServingConfigError,
     artifact_filename,
@@ -40,6 +40,7 @@ from modelops.serving.config import (
     validate_version,
 )
 from modelops.serving.layout import STAGING_PREFIX, layout_model_repository
+from modelops.serving.triton import CONFIG_ENV
 from modelops.storage import (
     AccessDenied,
     ChecksumMismatch,
@@ -56,7 +57,6 @@ from modelops.storage import (
 # Anything not foreseen below; the operator treats it like a crash.
 UNEXPECTED_FAILURE = 1
 
-CONFIG_ENV = "MODELOPS_TRITON_CONFIG"
 # The PEM public key that must have signed the bundle named by --signature-uri.
 SIGNER_KEY_ENV = "MODELOPS_SIGNER_KEY"
 TERMINATION_LOG_ENV = "MODELOPS_TERMINATION_LOG"

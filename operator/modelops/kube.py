@@ -135,6 +135,11 @@ class Kube:
             api_client.user_agent = user_agent
         return cls(api_client, observe)
 
+    @property
+    def server(self) -> str:
+        """The API server's URL as this client reaches it."""
+        return str(self._api.configuration.host)
+
     # -- transport ---------------------------------------------------------------------
 
     def _request(

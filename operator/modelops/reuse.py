@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from modelops.api.model import Compression, Evaluation
-from modelops.api.version import CompressedArtifact, DatasetReport, MetricReport
+from modelops.api.version import CompressedArtifact, DatasetReport, MetricReport, VersionReason
 from modelops.cachekey import canonical_json, recipe_hash
 
 REPORT_FILE = "report.json"
@@ -44,7 +44,6 @@ class Reason(StrEnum):
     """Condition reasons of the reuse decision and of storage answers the operator sees."""
 
     COMPRESSED_FROM_CACHE = "CompressedFromCache"
-    GATE_REJECTED = "AccuracyGateRejected"
     DATASET_NOT_FOUND = "DatasetNotFound"
     CACHE_MISS = "CacheMiss"
     CACHE_MISMATCH = "CacheRecordMismatch"
@@ -91,7 +90,7 @@ class CachedCompression:
 @dataclass(frozen=True)
 class Decision:
     action: Action
-    reason: Reason
+    reason: Reason | VersionReason
     message: str
     # The measurement judged against this version's threshold (READY and REJECT with a gate).
     metric: MetricReport | None = None
@@ -226,7 +225,7 @@ def decide(
         )
     return Decision(
         Action.REJECT,
-        Reason.GATE_REJECTED,
+        VersionReason.ACCURACY_GATE_REJECTED,
         f"{explain(metric)}, as measured on the same dataset for an identical earlier compression",
         metric,
     )

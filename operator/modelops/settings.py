@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -48,6 +49,16 @@ class Settings(BaseModel):
     )
     prometheus_ca_file: str = Field("", description="PEM bundle that verifies Prometheus's certificate; empty uses the system's.")
     prometheus_insecure_skip_verify: bool = Field(False, description="Do not verify Prometheus's certificate (test set-ups only).")
+    allowed_endpoints: tuple[str, ...] = Field(
+        (), description="Storage endpoints and Prometheus addresses that Models and ModelDeployments may name: host patterns "
+        "(*.s3.amazonaws.com) and CIDRs, comma-separated; empty allows every endpoint that is not refused. A listed endpoint "
+        "is allowed even where it would be refused (the API server, link-local, the operator's own pod, MODELOPS_DENIED_CIDRS).",
+    )
+    denied_cidrs: tuple[str, ...] = Field(
+        (), description="CIDRs that Models and ModelDeployments may not name, beside the API server, link-local and loopback "
+        "addresses, which are always refused unless allowed: typically the cluster's pod and service networks.",
+    )
+    pod_ip: str = Field("", description="The operator pod's IP (from the downward API): an endpoint that names it is refused.")
     require_signatures: bool = Field(
         False, description="Every Model requires signed artifacts, as if its spec.trust.required were true (docs/security.md)."
     )
@@ -80,6 +91,20 @@ class Settings(BaseModel):
     def _split_namespaces(cls, value: object) -> object:
         if isinstance(value, str):
             return tuple(ns.strip() for ns in value.split(",") if ns.strip())
+        return value
+
+    @field_validator("allowed_endpoints", "denied_cidrs", mode="before")
+    @classmethod
+    def _split_list(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(entry.strip() for entry in value.split(",") if entry.strip())
+        return value
+
+    @field_validator("denied_cidrs")
+    @classmethod
+    def _cidrs(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for entry in value:
+            ipaddress.ip_network(entry, strict=False)  # a ValueError names the entry
         return value
 
     @model_validator(mode="after")

@@ -22,27 +22,27 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 
 from modelops.core import naming, promql
-from modelops.core.canary import COUNTERS, P99_QUANTILE, P99_SUMMARY, PodMetrics
+from modelops.core.canary import PodMetrics
+from modelops.serving.triton import TRITON
 from modelops.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-METRICS_PORT = 8002
-
 
 def parse(text: str, model: str | None = None) -> PodMetrics:
     """Sum Triton's counters over the versions of `model` (all models when None)."""
-    totals = dict.fromkeys(COUNTERS.values(), 0.0)
+    counters = TRITON.metrics.counters
+    totals = dict.fromkeys(counters.values(), 0.0)
     p99: float | None = None
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             if model is not None and sample.labels.get("model") != model:
                 continue
             # The parser names a counter's samples <name>_total.
-            key = COUNTERS.get(sample.name.removesuffix("_total"))
+            key = counters.get(sample.name.removesuffix("_total"))
             if key is not None:
                 totals[key] += float(sample.value)
-            elif sample.name == P99_SUMMARY and sample.labels.get("quantile") == P99_QUANTILE:
+            elif sample.name == TRITON.metrics.p99_summary and sample.labels.get("quantile") == TRITON.metrics.p99_quantile:
                 value = float(sample.value)
                 if value == value:  # NaN while the summary has no observation
                     p99 = value if p99 is None else max(p99, value)
@@ -131,7 +131,7 @@ def read(
 
     def one(pod: dict[str, Any]) -> tuple[str, PodMetrics | str]:
         name = pod["metadata"]["name"]
-        url = f"http://{pod['status']['podIP']}:{METRICS_PORT}/metrics"
+        url = f"http://{pod['status']['podIP']}:{TRITON.metrics_port}{TRITON.metrics_path}"
         try:
             return name, parse(_get(url, timeout), model)
         except (urllib.error.URLError, OSError, ValueError) as err:

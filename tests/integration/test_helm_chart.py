@@ -74,6 +74,8 @@ def test_the_chart_lints_with_every_optional_part_on(testbed) -> None:
     ("image.pullPolicy=Sometimes", "/image/pullPolicy"),
     ("serviceMonitor.enabled=yes-please", "/serviceMonitor/enabled"),
     ("watchNamespace={team-a}", "watchNamespace"),
+    ("operator.endpoints.deniedCIDRs={pods}", "/operator/endpoints/deniedCIDRs/0"),
+    ("operator.endpoints.allowed=minio.storage.svc", "/operator/endpoints/allowed"),
 ])
 def test_the_schema_rejects_a_bad_value_and_names_it(testbed, value: str, field: str) -> None:
     result = testbed.helm("template", "mo", str(CHART), KUBE_VERSION, "--set", value)
@@ -119,9 +121,10 @@ def test_the_deployment_runs_restricted_with_every_setting_from_values(testbed) 
     (container,) = pod["containers"]
     from_pod = {var["name"]: var["valueFrom"]["fieldRef"]["fieldPath"] for var in container["env"] if "valueFrom" in var}
     assert from_pod == {"MODELOPS_LEADER_ELECTION_NAMESPACE": "metadata.namespace",
-                        "MODELOPS_LEADER_ELECTION_IDENTITY": "metadata.name"}
+                        "MODELOPS_LEADER_ELECTION_IDENTITY": "metadata.name", "MODELOPS_POD_IP": "status.podIP"}
     env = {var["name"]: var["value"] for var in container["env"] if "value" in var}
-    env |= {"MODELOPS_LEADER_ELECTION_NAMESPACE": "ops", "MODELOPS_LEADER_ELECTION_IDENTITY": "mo-modelops-0"}
+    env |= {"MODELOPS_LEADER_ELECTION_NAMESPACE": "ops", "MODELOPS_LEADER_ELECTION_IDENTITY": "mo-modelops-0",
+            "MODELOPS_POD_IP": "10.244.0.9"}
     settings = Settings.from_env(env)  # the operator accepts what the chart renders
     assert set(env) == {Settings.env_name(field) for field in Settings.model_fields}
     assert settings.leader_election and settings.leader_election_id == "mo-modelops"
@@ -236,6 +239,19 @@ def test_a_prometheus_for_the_analysis_is_an_operator_setting_with_its_ca(testbe
     env = {var["name"]: var.get("value") for var in plain["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["MODELOPS_PROMETHEUS_URL"] == "" and env["MODELOPS_PROMETHEUS_CA_FILE"] == ""
     assert [v["name"] for v in plain["spec"]["template"]["spec"]["volumes"]] == ["tmp"]
+
+
+def test_the_endpoint_policy_reaches_the_operator_as_its_settings(testbed) -> None:
+    docs = render(testbed, "operator.endpoints.allowed={*.s3.amazonaws.com,10.20.0.0/16}",
+                  "operator.endpoints.deniedCIDRs={10.244.0.0/16}")
+    (deployment,) = of_kind(docs, "Deployment")
+    env = {var["name"]: var.get("value") for var in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    settings = Settings.from_env({k: v for k, v in env.items() if v is not None})
+    assert settings.allowed_endpoints == ("*.s3.amazonaws.com", "10.20.0.0/16")
+    assert settings.denied_cidrs == ("10.244.0.0/16",)
+    (plain,) = of_kind(render(testbed), "Deployment")
+    env = {var["name"]: var.get("value") for var in plain["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["MODELOPS_ALLOWED_ENDPOINTS"] == env["MODELOPS_DENIED_CIDRS"] == ""
 
 
 # -- a real install ----------------------------------------------------------------------------

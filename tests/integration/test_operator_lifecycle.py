@@ -13,6 +13,8 @@ import yaml
 from tests.integration.conftest import (
     NOWHERE,
     ROOT,
+    WRITE_VERBS,
+    AuditLog,
     Digits,
     OperatorProcess,
     Storage,
@@ -246,9 +248,11 @@ def test_a_duplicate_version_number_waits_with_a_reason(testbed, namespace, stor
     assert len(jobs(testbed, namespace)) == 1
 
 
-def test_a_rollout_that_misses_its_deadline_is_rolled_back(testbed, namespace, storage, digits, operator) -> None:
+def test_a_rollout_that_misses_its_deadline_is_rolled_back(testbed, namespace, storage, digits, operator, audit_log: AuditLog) -> None:
     """Version 2's artifact cannot be loaded: Triton never gets ready, the deadline passes, the
-    deployment returns to version 1 and Latest skips version 2 from then on."""
+    deployment returns to version 1 and Latest skips version 2 from then on. The rollback writes
+    the verdict into the deployment's status; the only ModelVersion write it causes is version
+    2's own status, derived by its reconcile (the deployment's writes none, see the unit tests)."""
     secret, model = for_this_bed(sample_docs()[:2], storage, {})
     good = version_manifest(1, storage, storage.put("digits/1/model.onnx", digits.onnx[0]))
     bad = version_manifest(2, storage, storage.put("digits/2/model.onnx", digits.onnx[1]))
@@ -263,9 +267,21 @@ def test_a_rollout_that_misses_its_deadline_is_rolled_back(testbed, namespace, s
     wait_ready(testbed, namespace, "modeldeployment/serve", timeout=300)
 
     apply_docs(testbed, namespace, [bad])
+    kubectl(testbed, "wait", "-n", namespace, "--for=jsonpath={.status.phase}=Ready", "modelversion/digits-v2",
+            "--timeout=120s", timeout=150)
+    kubectl(testbed, "wait", "-n", namespace, "--for=jsonpath={.metadata.ownerReferences[0].kind}=Model",
+            "modelversion/digits-v2", "--timeout=60s", timeout=90)
+    audit_log.mark()  # version 2 is Ready and adopted: from here on only the rollback writes
     kubectl(testbed, "wait", "-n", namespace, "--for=jsonpath={.status.failedVersions[0]}=2",
             "modeldeployment/serve", "--timeout=300s", timeout=330)
+    kubectl(testbed, "wait", "-n", namespace, "--for=jsonpath={.status.failedBy[0]}=serve", "modelversion/digits-v2",
+            "--timeout=30s", timeout=60)
     wait_ready(testbed, namespace, "modeldeployment/serve", timeout=300)
+    version_writes = [(e["verb"], e["objectRef"].get("name"), e["objectRef"].get("subresource"))
+                      for e in audit_log.operator_requests(namespace)
+                      if e["verb"] in WRITE_VERBS and e["objectRef"].get("resource") == "modelversions"]
+    assert version_writes == [("patch", "digits-v2", "status")], version_writes
+    assert mv_status(testbed, namespace, "digits-v1").get("failedBy") is None
     status = get_json(testbed, namespace, "modeldeployment", "serve")["status"]
     assert (status["desiredVersion"], status["servedVersion"]) == (1, 1)
     assert status["rollouts"][-1]["version"] == 2 and status["rollouts"][-1]["outcome"] == "RolledBack"

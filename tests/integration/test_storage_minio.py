@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from e2e import support
-from modelops.compress import exitcodes
+from modelops.contract import exitcodes
 from modelops.storage import (
     AccessDenied,
     ChecksumMismatch,

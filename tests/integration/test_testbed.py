@@ -312,3 +312,51 @@ def _process_state(pid: int) -> str | None:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1][0]
     except (FileNotFoundError, IndexError):
         return None
+
+
+def _other_checkout(tmp_path: Path) -> Path:
+    """A second checkout of the test bed's script (as `make demo` in another worktree runs it)."""
+    other = tmp_path / "other-checkout"
+    (other / "e2e" / "testbed").mkdir(parents=True)
+    (other / "e2e" / "__init__.py").write_text("")
+    (other / "e2e" / "testbed" / "__init__.py").write_text("")
+    for module in Path(cluster.__file__).parent.glob("*.py"):
+        (other / "e2e" / "testbed" / module.name).write_bytes(module.read_bytes())
+    return other
+
+
+def _cluster_up(testbed, cwd: Path, index: int, state_dir: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "MODELOPS_TESTBED_INDEX": str(index), "MODELOPS_TESTBED_DIR": str(state_dir),
+           "PYTHONPATH": str(cwd)}
+    return subprocess.run([sys.executable, "-m", "e2e.testbed.cluster", "up", "--binaries",
+                           str(Path(testbed.kubectl_path).parent), "--python", sys.executable],
+                          env=env, capture_output=True, text=True, timeout=120, cwd=cwd)
+
+
+def _still_the_same_test_bed(testbed, state_before: dict, namespace: str) -> None:
+    state_dir = Path(testbed.state_dir)
+    assert json.loads((state_dir / "state.json").read_text())["pids"] == state_before["pids"]
+    # The kubeconfig's CA still verifies the API server, and the namespace in use is still there.
+    assert testbed.kubectl("get", "namespace", namespace, "-o", "jsonpath={.metadata.name}") == namespace
+
+
+def test_another_checkout_is_refused_the_index_of_a_running_test_bed(testbed, namespace, tmp_path):
+    """`make test` from another checkout beside a running `make demo` test bed: refused, with
+    the variable that picks another index, and the running test bed untouched."""
+    state_dir = Path(testbed.state_dir)
+    before = json.loads((state_dir / "state.json").read_text())
+    result = _cluster_up(testbed, _other_checkout(tmp_path), before["index"], state_dir)
+    assert result.returncode == 3, result.stderr
+    assert "MODELOPS_TESTBED_INDEX" in result.stderr and str(testbed.project_root) in result.stderr
+    assert "running for another checkout" in result.stderr
+    _still_the_same_test_bed(testbed, before, namespace)
+
+
+def test_a_second_state_directory_is_refused_the_index_of_a_running_test_bed(testbed, namespace, tmp_path):
+    """The same index with another MODELOPS_TESTBED_DIR would take over the bridge and ports."""
+    before = json.loads((Path(testbed.state_dir) / "state.json").read_text())
+    result = _cluster_up(testbed, Path(testbed.project_root), before["index"], tmp_path / "elsewhere")
+    assert result.returncode == 3, result.stderr
+    assert "MODELOPS_TESTBED_INDEX" in result.stderr and "records no test bed" in result.stderr
+    assert not (tmp_path / "elsewhere" / "state.json").exists()
+    _still_the_same_test_bed(testbed, before, namespace)

@@ -200,7 +200,7 @@ VERSION_CASES = {
     "evaluating": (version("Evaluating", "JobRunning", "evaluation Job digits-v2-compress is running"), "Progressing", "Evaluating"),
     "ready": (version("Ready", "Compressed", "compressed 4.0x"), "Healthy", "Ready: compressed 4.0x"),
     "ready from the cache": (version("Ready", "CompressedFromCache", "reused"), "Healthy", "Ready: reused"),
-    "rejected by the gate": (version("Rejected", "AccuracyGateFailed", "top-1 accuracy dropped 3.1 points"),
+    "rejected by the gate": (version("Rejected", "AccuracyGateRejected", "top-1 accuracy dropped 3.1 points"),
                              "Degraded", "Rejected: top-1 accuracy dropped"),
     "failed": (version("Failed", "ChecksumMismatch", "expected sha256 ab…, got cd…"), "Degraded", "Failed: expected sha256"),
     "failed without a message": (version("Failed", "ChecksumMismatch", ""), "Degraded", "Failed: ChecksumMismatch"),
@@ -217,7 +217,7 @@ WRITTEN_VERSION_CASES = {
     "ready, status of an older generation": (
         written_version(2, 1, VersionState(Phase.READY, "Compressed", "compressed 4.0x")), "Progressing", "observe generation 2"),
     "rejected, status of an older generation": (
-        written_version(3, 2, VersionState(Phase.REJECTED, "AccuracyGateFailed", "top-1 accuracy dropped 3.1 points")),
+        written_version(3, 2, VersionState(Phase.REJECTED, "AccuracyGateRejected", "top-1 accuracy dropped 3.1 points")),
         "Progressing", "observe generation 3"),
     "observedGeneration missing": (
         written_version(1, None, VersionState(Phase.READY, "Compressed", "compressed 4.0x")), "Progressing", "generation 1"),
@@ -311,3 +311,52 @@ def test_every_missing_object_the_user_must_create_is_degraded(problem: type[Cre
 
 def test_every_kind_of_the_api_has_a_health_check() -> None:
     assert sorted(p.parent.name for p in CHECKS.glob("*/health.lua")) == ["Model", "ModelDeployment", "ModelVersion"]
+
+
+def test_model_deployment_health_of_the_operators_status_while_scaling() -> None:
+    """A scale-up and a scale-down are Progressing, never Degraded, then Healthy; a pod that was
+    available and is lost is Degraded. The statuses are the operator's own (plan_rollout)."""
+    from datetime import timedelta
+
+    from tests.unit.test_core_rollout import T0, converge, done, plan, scaling_to, spec, v
+
+    def of(status: dict[str, Any], replicas: int) -> tuple[str, str]:
+        return health("ModelDeployment", {"metadata": {"generation": 1}, "spec": {"model": "digits", "replicas": replicas},
+                                          "status": status})
+
+    s = converge(spec(replicas=1), [v(1)]).status
+    assert of(s, 1)[0] == "Healthy"
+    for i, server in enumerate([done(1, 1), scaling_to(3, 1, 1), scaling_to(3, 3, 1), scaling_to(3, 3, 2)]):
+        s = plan(spec(replicas=3), s, [v(1)], server, now=T0 + timedelta(minutes=1, seconds=i)).status
+        assert of(s, 3)[0] == "Progressing", s["conditions"]
+    assert of(s, 3)[1].startswith("scaling version 1 to 3 replicas")
+    s = plan(spec(replicas=3), s, [v(1)], done(1, 3), now=T0 + timedelta(minutes=2)).status
+    assert of(s, 3)[0] == "Healthy"
+    lost = plan(spec(replicas=3), s, [v(1)], scaling_to(3, 3, 2), now=T0 + timedelta(minutes=3)).status
+    assert of(lost, 3) == ("Degraded", "1 of 3 replicas of version 1 were available and are lost (crashed, restarting or evicted)")
+    for i, server in enumerate([done(1, 3), done(1, 1)]):
+        s = plan(spec(replicas=1), s, [v(1)], server, now=T0 + timedelta(minutes=4, seconds=i)).status
+        assert of(s, 1)[0] == ("Progressing", "Healthy")[i]
+
+
+def test_the_shared_cases_cover_every_path() -> None:
+    from tests.argocd_cases import cases
+
+    found = cases()
+    assert len(found) >= 50
+    assert {c.status for c in found} == {"Healthy", "Progressing", "Degraded", "Suspended"}
+    assert {c.object["kind"] for c in found} == {"Model", "ModelVersion", "ModelDeployment"}
+
+
+def _shared_cases() -> list[Any]:
+    from tests.argocd_cases import cases
+
+    return cases()
+
+
+@pytest.mark.parametrize("case", _shared_cases(), ids=lambda c: c.name)
+def test_health_of_the_operators_statuses_on_every_path(case: Any) -> None:
+    """The cases that the Go test runs in Argo CD's own Lua VM (tests/argocd_cases.py), here in
+    Lua 5.1 through lupa, so that make test checks them in milliseconds too."""
+    status, message = health(case.object["kind"], case.object)
+    assert (status, case.message in message) == (case.status, True), message

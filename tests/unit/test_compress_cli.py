@@ -11,9 +11,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from pydantic import ValidationError
 
-from modelops.compress import exitcodes, report
+from modelops.api.version import VersionReason
+from modelops.compress import report
 from modelops.compress.__main__ import main
+from modelops.contract import exitcodes
+from modelops.contract.report import JobReason, JobReport, reported_reason
+from modelops.reuse import Reason
 from modelops.storage import ObjectStore, StorageConfig, TransferTuning
 
 pytestmark = pytest.mark.unit
@@ -87,6 +92,30 @@ def test_success_publishes_model_then_report_and_writes_the_termination_message(
     assert message["latency"]["runtime"].startswith("onnxruntime ") and message["latency"]["device"] == "cpu"
     assert "vnni" in message["latency"]["cpu"] and full["latency"]["rounds"] >= 5
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == message
+    # Built as a JobReport: every key of the record, none added, and it reads back as itself.
+    assert set(full) == FULL_REPORT_KEYS
+    assert set(full["latency"]) == {"device", "cpu", "threads", "batch", "rounds", "spread", "spreadBefore", "spreadAfter",
+                                   "runtime", "runtimeBefore", "runtimeAfter"}
+    assert JobReport.model_validate(full).record() == full
+
+
+FULL_REPORT_KEYS = {
+    "outcome", "reason", "message", "device", "artifact", "source", "bytesBefore", "bytesAfter", "ratio", "latencyMsBefore",
+    "latencyMsAfter", "latency", "interface", "objective", "chosenQuantization", "resolvedRecipe", "candidates", "layers",
+    "metric", "evaluation", "recipe", "recipeHash", "cacheKey", "compressorVersion", "libraries", "weights", "notes",
+    "seconds", "createdAt", "calibration",
+}
+
+
+def test_a_report_takes_only_a_known_reason_and_an_older_name_reads_as_the_current_one() -> None:
+    with pytest.raises(ValidationError, match="reason"):
+        JobReport.model_validate({"outcome": "Failed", "reason": "SomethingBroke"})
+    with pytest.raises(ValidationError, match="outcome"):
+        JobReport.model_validate({"outcome": "Maybe", "reason": "InternalError"})
+    assert reported_reason("AccuracyGateFailed") is VersionReason.ACCURACY_GATE_REJECTED
+    assert reported_reason("OutOfMemory") is JobReason.OUT_OF_MEMORY
+    assert reported_reason("CachedCompressionEvaluated") is Reason.EVALUATED_FROM_CACHE
+    assert reported_reason("SomethingBroke") is None and reported_reason(None) is None
 
 
 def _puts(fake_s3) -> list[str]:
@@ -273,13 +302,13 @@ def test_exit_codes_are_distinct_and_every_failure_but_transient_is_permanent() 
 
 
 def test_exitcodes_import_pulls_in_neither_torch_nor_onnx() -> None:
-    probe = "import sys, modelops.compress.exitcodes; print(sorted(m for m in ('torch', 'onnx', 'onnxruntime', 'numpy') if m in sys.modules))"
+    probe = "import sys, modelops.contract.exitcodes; print(sorted(m for m in ('torch', 'onnx', 'onnxruntime', 'numpy') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
 
 def test_compact_report_truncates_long_messages() -> None:
-    text = report.compact(report.failure_report("InternalError", "x" * 10_000))
+    text = report.compact(report.failure_report(JobReason.INTERNAL_ERROR, "x" * 10_000).record())
     assert len(text) <= report.TERMINATION_LIMIT
     assert json.loads(text)["message"].endswith("...")
 

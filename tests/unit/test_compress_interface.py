@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from modelops.api.model import Signature
-from modelops.compress.interface import (
+from modelops.contract.interface import (
     Interface,
     SignatureMismatch,
     Tensor,

@@ -21,7 +21,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from modelops.compress.job import _classify
 from modelops.compress.onnx_stream import OnnxFile, OnnxFormatError
-from modelops.compress.report import Reason
+from modelops.contract.report import JobReason
 
 pytestmark = pytest.mark.unit
 
@@ -156,7 +156,7 @@ def test_a_good_external_tensor_inside_the_folder_is_read(sandbox) -> None:
 
 def test_a_hostile_model_is_an_unreadable_artifact_to_the_job() -> None:
     failure = _classify(OnnxFormatError("initializer 'w' claims shape (4,) but stores 1 bytes"))
-    assert failure.reason == Reason.UNREADABLE_ARTIFACT and failure.outcome == "Failed"
+    assert failure.reason == JobReason.UNREADABLE_ARTIFACT and failure.outcome == "Failed"
 
 
 # -- fuzzing ---------------------------------------------------------------------------------------

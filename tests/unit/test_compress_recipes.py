@@ -18,8 +18,8 @@ import onnxruntime as ort
 import pytest
 from onnx import numpy_helper
 
-from modelops.compress import exitcodes
 from modelops.compress.job import JobSpec, run
+from modelops.contract import exitcodes
 from modelops.storage import ObjectStore, StorageConfig, TransferTuning
 
 pytestmark = pytest.mark.unit

@@ -8,12 +8,12 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from modelops.api.deployment import CanaryAnalysis, CanarySpec, ModelDeploymentSpec
+from modelops.api.deployment import CanaryAnalysis, CanarySpec, ModelDeploymentSpec, ModelDeploymentStatus
 from modelops.core.canary import (
     FAIL,
     PASS,
     WAIT,
-    CanaryServer,
+    CanaryInputs,
     Measurement,
     PodMetrics,
     canary_replicas,
@@ -24,7 +24,8 @@ from modelops.core.canary import (
     seconds,
 )
 from modelops.core.conditions import find
-from modelops.core.rollout import ServerState, plan_rollout
+from modelops.core.objects import ServerState
+from modelops.core.rollout import RolloutInputs, plan_rollout
 from tests.unit.test_core_rollout import ENDPOINTS, done, v
 
 pytestmark = pytest.mark.unit
@@ -90,12 +91,11 @@ CANARY = CanarySpec.model_validate({"steps": [{"weight": 10, "pause": "30s"}, {"
 
 def step(old, server=None, metrics=None, now=T0, candidate=2, stable_version=1, replicas=9, metrics_error=None):
     return plan_canary(canary_spec=CANARY, replicas=replicas, stable_version=stable_version, candidate=candidate,
-                       old=old.wire() if old is not None else None, server=server, metrics=metrics, now=now,
-                       metrics_error=metrics_error)
+                       old=old, live=CanaryInputs(server, metrics, metrics_error), now=now)
 
 
-def ready(version: int, replicas: int) -> CanaryServer:
-    return CanaryServer(version, replicas, available=replicas, updated=replicas)
+def ready(version: int, replicas: int) -> ServerState:
+    return ServerState(version, replicas, available=replicas, updated=replicas)
 
 
 def pods(canary: tuple[float, float], stable: tuple[float, float] = (0, 0)) -> tuple[dict, dict]:
@@ -117,7 +117,7 @@ def test_a_good_canary_walks_its_steps_and_is_promoted() -> None:
     assert [e.reason for e in start.events] == ["CanaryStarted"]
     assert start.status.effective_weight == 10.0
 
-    waiting = step(start.status, server=CanaryServer(2, 1, available=0, updated=1))
+    waiting = step(start.status, server=ServerState(2, 1, available=0, updated=1))
     assert waiting.hold and "0/1 available" in waiting.status.message and waiting.status.step_started_at is None
 
     counting = step(waiting.status, server=ready(2, 1), metrics=pods((5, 0), (40, 0)), now=T0 + timedelta(seconds=5))
@@ -159,7 +159,7 @@ def test_a_failing_canary_is_aborted_before_its_pause_is_over() -> None:
 
 def test_canary_pods_that_never_become_available_are_aborted() -> None:
     start = step(None)
-    stuck = step(start.status, server=CanaryServer(2, 1, available=0, updated=1, deadline_exceeded=True))
+    stuck = step(start.status, server=ServerState(2, 1, available=0, updated=1, deadline_exceeded=True))
     assert stuck.abort == 2 and "did not become available" in stuck.status.message
 
 
@@ -212,9 +212,9 @@ def canary_spec(**extra) -> ModelDeploymentSpec:
 
 
 def rollout(old, server, canary_server=None, metrics=None, now=T0, md=None, error=None):
-    p = plan_rollout(spec=md or canary_spec(), generation=1, old_status=old, versions=[v(1), v(2)], server=server,
-                     model_exists=True, endpoints=ENDPOINTS, now=now, canary_server=canary_server, canary_metrics=metrics,
-                     canary_metrics_error=error)
+    p = plan_rollout(RolloutInputs(spec=md or canary_spec(), generation=1, old=ModelDeploymentStatus.model_validate(old or {}),
+                                   versions=[v(1), v(2)], server=server, model_exists=True, endpoints=ENDPOINTS, now=now,
+                                   canary=CanaryInputs(canary_server, metrics, error)))
     return replace(p, status=p.status.wire())
 
 

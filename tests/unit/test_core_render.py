@@ -15,10 +15,10 @@ from modelops.core.render import (
     render_deployment,
     render_job,
     render_service,
-    triton_config_text,
 )
 from modelops.core.versions import Scheduling
 from modelops.serving import ServingConfigError
+from modelops.serving.triton import triton_config_text
 from modelops.settings import Settings
 
 pytestmark = pytest.mark.unit

@@ -11,14 +11,12 @@ from modelops.api import ModelDeploymentSpec
 from modelops.api.deployment import ModelDeploymentStatus
 from modelops.core import naming
 from modelops.core.conditions import find
-from modelops.core.objects import VersionView
+from modelops.core.objects import ServerState, VersionView
 from modelops.core.rollout import (
-    ServerState,
-    Verdict,
+    RolloutInputs,
+    failed_by,
     failed_by_status,
     plan_rollout,
-    stale_verdicts,
-    verdicts_of,
 )
 
 pytestmark = pytest.mark.unit
@@ -49,8 +47,9 @@ def rolling(version: int, replicas: int = 1, exceeded: bool = False) -> ServerSt
 
 def plan(md=None, old=None, versions=(), server=None, model_exists=True, now=T0, **kw):
     """The plan, with its status as the handler stores it (the wire form of the status model)."""
-    p = plan_rollout(spec=md or spec(), generation=1, old_status=old, versions=list(versions), server=server,
-                     model_exists=model_exists, endpoints=ENDPOINTS, now=now, **kw)
+    p = plan_rollout(RolloutInputs(spec=md or spec(), generation=1, old=ModelDeploymentStatus.model_validate(old or {}),
+                                   versions=list(versions), server=server, model_exists=model_exists, endpoints=ENDPOINTS,
+                                   now=now, **kw))
     assert isinstance(p.status, ModelDeploymentStatus)
     return replace(p, status=p.status.wire())
 
@@ -63,7 +62,7 @@ def cond(status: dict, type_: str) -> tuple[str, str]:
 def converge(md, versions, steps=1):
     """Create, then let the Deployment finish: the status a converged object has."""
     first = plan(md, None, versions, None)
-    return plan(md, first.status, versions, done(first.target.version), now=T0 + timedelta(seconds=30))
+    return plan(md, first.status, versions, done(first.target.version, md.replicas), now=T0 + timedelta(seconds=30))
 
 
 def test_first_rollout_creates_the_server() -> None:
@@ -256,75 +255,72 @@ def test_server_state_from_a_deployment() -> None:
     assert ServerState.from_deployment({"metadata": {}, "spec": {}}).version is None
 
 
-def marked(number: int, *by: str, phase: str = "Ready") -> VersionView:
-    return replace(v(number, phase), failed_by=tuple(by))
-
-
 @pytest.mark.parametrize(
-    ("failed_versions", "versions", "expected"),
+    ("deployments", "expected"),
     [
-        ((), [v(1), v(2)], []),  # nothing failed, nothing marked: no write
-        ((2,), [v(1), marked(2, "a")], []),  # already marked: a resync writes nothing
-        ((2,), [v(1), v(2)], [Verdict("digits-v2", add=frozenset({"a"}))]),  # a rollback marks
-        ((), [v(1), marked(2, "a", "b")], [Verdict("digits-v2", remove=frozenset({"a"}))]),  # a retry clears ours only
-        ((2,), [v(1), marked(2, "b")], [Verdict("digits-v2", add=frozenset({"a"}))]),  # another's mark is left alone
-        ((3,), [v(1)], []),  # a failed version whose ModelVersion is gone
+        ([], ()),  # no deployment: no mark
+        ([("a", (2,))], ("a",)),  # a rollback marks
+        ([("a", ()), ("b", (2,))], ("b",)),  # a retry on a clears a's mark only
+        ([("b", (2, 3)), ("a", (2,))], ("a", "b")),  # every deployment that failed it, sorted
+        ([("a", (1, 3))], ()),  # other numbers are not this version's
     ],
 )
-def test_verdicts_follow_the_deployments_failed_versions(failed_versions, versions, expected) -> None:
-    assert verdicts_of("a", failed_versions, versions) == expected
+def test_failed_by_is_the_deployments_that_hold_its_number(deployments, expected) -> None:
+    assert failed_by(v(2), [v(1), v(2)], deployments) == expected
 
 
-def test_a_duplicate_version_number_is_never_marked() -> None:
-    duplicate = VersionView("digits-v2-again", "digits", 2, "Ready", created="2025-02-01T00:00:00Z", failed_by=("a",))
-    assert verdicts_of("a", (2,), [v(2), duplicate]) == [
-        Verdict("digits-v2", add=frozenset({"a"})),
-        Verdict("digits-v2-again", remove=frozenset({"a"})),
-    ]
-
-
-def test_marks_of_deployments_that_are_gone_are_stale() -> None:
-    versions = [v(1), marked(2, "a", "gone"), marked(3, "a")]
-    assert stale_verdicts(versions, {"a", "b"}) == [Verdict("digits-v2", remove=frozenset({"gone"}))]
+def test_a_duplicate_or_deleting_version_is_never_marked() -> None:
+    duplicate = VersionView("digits-v2-again", "digits", 2, "Ready", created="2025-02-01T00:00:00Z")
+    assert failed_by(duplicate, [v(2), duplicate], [("a", (2,))]) == ()
+    assert failed_by(v(2), [v(2), duplicate], [("a", (2,))]) == ("a",)
+    # When the owner starts deleting, the duplicate owns the number and its marks.
+    assert failed_by(duplicate, [replace(v(2), deleting=True), duplicate], [("a", (2,))]) == ("a",)
+    assert failed_by(replace(v(2), deleting=True), [v(2)], [("a", (2,))]) == ()
 
 
 READY = {"type": "Ready", "status": "True", "reason": "Compressed", "message": "m", "lastTransitionTime": "2025-01-01T00:00:00Z"}
 
 
 def test_the_first_mark_sets_failed_by_and_rolled_back() -> None:
-    new = failed_by_status({"phase": "Ready", "conditions": [READY]}, Verdict("v", add=frozenset({"a"})), T0)
-    assert new["failedBy"] == ["a"]
+    new = failed_by_status({"phase": "Ready", "conditions": [READY]}, {"a"}, T0)
+    assert new is not None and new["failedBy"] == ["a"]
     assert new["conditions"][0] == READY, "other conditions are untouched"
     mark = find(new["conditions"], "RolloutFailed")
     assert (mark["status"], mark["reason"]) == ("True", "RolledBack") and "ModelDeployment a" in mark["message"]
 
 
 def test_a_second_deployment_joins_the_list_and_keeps_the_transition_time() -> None:
-    first = failed_by_status({"conditions": [READY]}, Verdict("v", add=frozenset({"b"})), T0)
+    first = failed_by_status({"conditions": [READY]}, {"b"}, T0)
     later = T0 + timedelta(minutes=5)
-    second = failed_by_status(first, Verdict("v", add=frozenset({"a"})), later)
-    assert second["failedBy"] == ["a", "b"]
+    second = failed_by_status(first, {"a", "b"}, later)
+    assert second is not None and second["failedBy"] == ["a", "b"]
     mark = find(second["conditions"], "RolloutFailed")
     assert mark["lastTransitionTime"] == "2025-03-01T12:00:00Z" and "a, b" in mark["message"]
     # One retry removes one name; the other deployment's verdict stays.
-    after_retry = failed_by_status(second, Verdict("v", remove=frozenset({"a"})), later)
-    assert after_retry["failedBy"] == ["b"] and find(after_retry["conditions"], "RolloutFailed")["status"] == "True"
+    after_retry = failed_by_status(second, {"b"}, later)
+    assert after_retry is not None and after_retry["failedBy"] == ["b"]
+    assert find(after_retry["conditions"], "RolloutFailed")["status"] == "True"
 
 
 def test_the_last_name_removed_turns_rolled_back_false() -> None:
-    marked_status = failed_by_status({"conditions": [READY]}, Verdict("v", add=frozenset({"a"})), T0)
-    cleared = failed_by_status(marked_status, Verdict("v", remove=frozenset({"a"})), T0)
-    assert cleared["failedBy"] is None  # a merge patch removes the field
+    marked_status = failed_by_status({"conditions": [READY]}, {"a"}, T0)
+    cleared = failed_by_status(marked_status, (), T0)
+    assert cleared is not None and cleared["failedBy"] is None  # a merge patch removes the field
     mark = find(cleared["conditions"], "RolloutFailed")
     assert (mark["status"], mark["reason"]) == ("False", "NoFailedRollout")
 
 
-@pytest.mark.parametrize(
-    ("failed_by", "verdict"),
-    [((), Verdict("v", remove=frozenset({"a"}))), (("a",), Verdict("v", add=frozenset({"a"})))],
-)
-def test_a_verdict_that_changes_nothing_writes_nothing(failed_by, verdict) -> None:
-    assert failed_by_status({"failedBy": list(failed_by) or None, "conditions": [READY]}, verdict, T0) is None
+@pytest.mark.parametrize(("stored", "derived"), [((), ()), (("a",), ("a",)), (("a", "b"), ("b", "a"))])
+def test_a_derivation_that_changes_nothing_writes_nothing(stored, derived) -> None:
+    assert failed_by_status({"failedBy": list(stored) or None, "conditions": [READY]}, derived, T0) is None
+
+
+def test_a_mark_the_old_operator_left_for_a_deployment_that_is_gone_is_derived_away() -> None:
+    stale = {"failedBy": ["gone"], "conditions": [READY, {"type": "RolloutFailed", "status": "True", "reason": "RolledBack",
+                                                          "message": "m", "lastTransitionTime": "2025-01-01T00:00:00Z"}]}
+    cleared = failed_by_status(stale, failed_by(v(2), [v(2)], [("a", (3,))]), T0)
+    assert cleared is not None and cleared["failedBy"] is None
+    assert find(cleared["conditions"], "RolloutFailed")["status"] == "False"
 
 
 def test_a_pod_lost_after_the_rollout_is_degraded_not_a_rollout() -> None:
@@ -477,3 +473,85 @@ def test_a_spec_change_keeps_a_failed_version_skipped_while_another_is_served() 
     rolled = plan(spec(), started.status, [v(1), v(2)], rolling(2, exceeded=True))
     changed = plan(spec(), rolled.status, [v(1), v(2)], replace(done(1), current=False))
     assert changed.target.version == 1 and changed.status["failedVersions"] == [2]
+
+
+# -- scaling: pods that start are not pods that were lost -----------------------------------------
+
+
+def scaling_to(replicas: int, total: int, available: int, observed: bool = True) -> ServerState:
+    """The Triton Deployment of version 1 asked for `replicas` pods, with every pod on the current template."""
+    return ServerState(1, replicas, updated=total, ready=available, available=available, total=total,
+                       generation=2, observed_generation=2 if observed else 1)
+
+
+def assert_serving_while_scaling(s: dict) -> None:
+    assert cond(s, "Ready") == ("True", "Serving")
+    assert cond(s, "Degraded") == ("False", "AsExpected")
+
+
+def test_a_scale_up_is_progressing_never_degraded_and_stays_ready() -> None:
+    one = converge(spec(replicas=1), [v(1)]).status
+    assert one["availableReplicasHighWater"] == 1
+    md = spec(replicas=3)
+    # Each step the handler may see: the live Deployment before the apply, the apply not yet
+    # observed by its controller, new pods created, one of them available, all available.
+    steps = [done(1, 1), scaling_to(3, 1, 1, observed=False), scaling_to(3, 1, 1), scaling_to(3, 3, 1), scaling_to(3, 3, 2)]
+    s = one
+    for i, server in enumerate(steps):
+        s = plan(md, s, [v(1)], server, now=T0 + timedelta(minutes=1, seconds=i)).status
+        assert_serving_while_scaling(s)
+        assert find(s["conditions"], "Progressing")["status"] == "True"
+    assert cond(s, "Progressing") == ("True", "Scaling")
+    assert "to 3 replicas: 3 pods, 2 available" in find(s["conditions"], "Progressing")["message"]
+    assert s["availableReplicasHighWater"] == 2
+    s = plan(md, s, [v(1)], done(1, 3), now=T0 + timedelta(minutes=2)).status
+    assert_serving_while_scaling(s)
+    assert cond(s, "Progressing") == ("False", "RolloutComplete")
+    assert s["availableReplicasHighWater"] == 3 and s["rollouts"] == one["rollouts"]
+
+
+def test_a_scale_down_is_clean_and_lowers_the_high_water_mark() -> None:
+    three = converge(spec(replicas=3), [v(1)]).status
+    md = spec(replicas=1)
+    s = plan(md, three, [v(1)], done(1, 3), now=T0 + timedelta(minutes=1)).status
+    assert_serving_while_scaling(s)
+    assert cond(s, "Progressing") == ("True", "Scaling") and s["availableReplicasHighWater"] == 1
+    s = plan(md, s, [v(1)], done(1, 1), now=T0 + timedelta(minutes=2)).status
+    assert_serving_while_scaling(s)
+    assert cond(s, "Progressing") == ("False", "RolloutComplete")
+    # Up again: the pods that start are not counted as lost ones from before the scale-down.
+    s = plan(spec(replicas=3), s, [v(1)], scaling_to(3, 3, 1), now=T0 + timedelta(minutes=3)).status
+    assert_serving_while_scaling(s)
+
+
+def test_a_pod_lost_while_scaling_up_is_degraded() -> None:
+    md = spec(replicas=3)
+    s = plan(md, converge(spec(replicas=1), [v(1)]).status, [v(1)], scaling_to(3, 3, 1), now=T0 + timedelta(minutes=1)).status
+    assert_serving_while_scaling(s)
+    # The one pod that served crashed; the two new ones are not ready yet.
+    s = plan(md, s, [v(1)], scaling_to(3, 3, 0), now=T0 + timedelta(minutes=2)).status
+    assert cond(s, "Degraded") == ("True", "ReplicasUnavailable")
+    assert "1 of 3 replicas of version 1 were available and are lost" in find(s["conditions"], "Degraded")["message"]
+
+
+def test_a_spec_change_of_the_served_version_is_a_rollout_that_keeps_serving() -> None:
+    md = spec(replicas=2)
+    s = converge(md, [v(1)]).status
+    changing = ServerState(1, 2, updated=1, ready=2, available=2, total=3, generation=2, observed_generation=2)
+    s = plan(md, s, [v(1)], changing, now=T0 + timedelta(minutes=1)).status
+    assert cond(s, "Progressing") == ("True", "RolloutInProgress")
+    assert cond(s, "Ready") == ("True", "Serving") and cond(s, "Degraded") == ("False", "AsExpected")
+    assert s.get("availableReplicasHighWater") is None
+    # The last new pod still starts once the old ones are gone: not a lost pod.
+    s = plan(md, s, [v(1)], ServerState(1, 2, updated=2, ready=1, available=1, total=2, generation=2, observed_generation=2),
+             now=T0 + timedelta(minutes=2)).status
+    assert cond(s, "Progressing") == ("True", "Scaling") and cond(s, "Degraded") == ("False", "AsExpected")
+
+
+def test_an_external_autoscaler_owns_the_count_the_live_deployment_asks_for() -> None:
+    md = spec(replicas=1, autoscaling={"provider": "hpa", "minReplicas": 1, "maxReplicas": 4,
+                                       "metric": "inferences-per-second", "target": 10})
+    s = converge(md, [v(1)]).status
+    s = plan(md, s, [v(1)], scaling_to(4, 4, 1), now=T0 + timedelta(minutes=1)).status
+    assert_serving_while_scaling(s)
+    assert "to 4 replicas" in find(s["conditions"], "Progressing")["message"]

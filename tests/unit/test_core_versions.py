@@ -8,7 +8,9 @@ from datetime import UTC, datetime
 import pytest
 
 from modelops.api import ModelSpec, ModelVersionSpec
+from modelops.api.version import VersionReason
 from modelops.cachekey import compressed_prefix, compression_cache_key
+from modelops.contract.report import JobReason
 from modelops.core.objects import VersionView
 from modelops.core.versions import (
     JobResult,
@@ -118,7 +120,7 @@ def test_prerequisites(me, model_exists, siblings, reason) -> None:
 
 def report(outcome: str = "Passed", **extra) -> dict:
     base = {
-        "outcome": outcome, "reason": "Compressed" if outcome == "Passed" else "AccuracyGateFailed", "message": "m",
+        "outcome": outcome, "reason": "Compressed" if outcome == "Passed" else "AccuracyGateRejected", "message": "m",
         "device": "cpu", "artifact": {"uri": "s3://models/modelops-cache/k/model.onnx", "sha256": "cd" * 32, "bytes": 100, "format": "onnx"},
         "bytesBefore": 400, "bytesAfter": 100, "ratio": 4.0, "latencyMsBefore": 2.0, "latencyMsAfter": 1.0,
         "metric": {"name": "top1-accuracy", "threshold": 0.5, "parent": 97.0, "compressed": 96.8, "drop": 0.2, "passed": True},
@@ -203,10 +205,10 @@ def test_pending_pod_explains_why() -> None:
         (JobResult("running"), "Compressing", "JobRunning"),
         (JobResult("succeeded", report(), 0), "Ready", "Compressed"),
         (JobResult("succeeded", None, 0), "Failed", "ReportMissing"),
-        (JobResult("failed", report("Rejected"), 11), "Rejected", "AccuracyGateFailed"),
+        (JobResult("failed", report("Rejected"), 11), "Rejected", "AccuracyGateRejected"),
         (JobResult("failed", report("Failed", reason="ChecksumMismatch"), 10), "Failed", "ChecksumMismatch"),
         (JobResult("failed", None, 10, "sha256 mismatch"), "Failed", "BadArtifact"),
-        (JobResult("failed", None, 11), "Rejected", "AccuracyGateFailed"),
+        (JobResult("failed", None, 11), "Rejected", "AccuracyGateRejected"),
         (JobResult("failed", None, 12), "Failed", "RetriesExhausted"),
         (JobResult("failed", None, 2), "Failed", "InvalidJobArguments"),
         (JobResult("failed", None, 137, "OOMKilled"), "Failed", "CompressionFailed"),
@@ -285,3 +287,16 @@ def test_the_rollout_failed_condition_written_by_a_deployment_survives_version_s
     again = version_status(marked, state_from_job(JobResult("succeeded", report(), 0), "j", "k"), 1, NOW)
     assert mark in again["conditions"]
     assert [c["type"] for c in again["conditions"]] == ["Ready", "Progressing", "RolloutFailed"]
+
+
+def test_a_rejection_named_by_an_older_release_reads_as_the_one_gate_reason() -> None:
+    state = state_from_report(report("Rejected", reason="AccuracyGateFailed"), job_name="j", key="k", from_cache=False)
+    assert (state.phase, state.reason) == ("Rejected", "AccuracyGateRejected")
+
+
+def test_a_reported_reason_reads_as_its_enum_and_an_unknown_one_keeps_its_name_in_the_message() -> None:
+    known = state_from_report(report("Failed", reason="OutOfMemory", message="m"), job_name="j", key="k", from_cache=False)
+    assert known.reason is JobReason.OUT_OF_MEMORY and known.message == "m"
+    unknown = state_from_report(report("Failed", reason="DiskFull", message="no space"), job_name="j", key="k", from_cache=False)
+    assert unknown.reason is VersionReason.COMPRESSION_FAILED
+    assert unknown.message == "DiskFull: no space"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from modelops.compress.exitcodes import ExitCode
+from modelops.contract.exitcodes import ExitCode
 from modelops.fetch import (
     CONFIG_ENV,
     TERMINATION_LOG_ENV,

@@ -11,7 +11,7 @@ import pytest
 from modelops import kube as k8s
 from modelops.core import dependents
 from modelops.handlers.cache import Cache, slim
-from modelops.handlers.context import CachedReads
+from modelops.handlers.reads import CachedReads
 from modelops.storage import ObjectInfo, ObjectNotFound
 
 pytestmark = pytest.mark.unit
@@ -204,6 +204,10 @@ def test_a_model_wakes_its_children_only_when_its_spec_changes() -> None:
     assert dependents.model_changed(model, {**model, "spec": {"signature": 2}})
     versions = [version("a", phase="Ready"), version("b", phase="Compressing")]
     assert dependents.waiting_versions(versions) == ["b"]
+    # A new Model also wakes a finished version it does not own yet, which then adopts itself.
+    assert dependents.waiting_versions(versions, "uid-m") == ["a", "b"]
+    owned = {**versions[0], "metadata": {**versions[0]["metadata"], "ownerReferences": [{"uid": "uid-m"}]}}
+    assert dependents.waiting_versions([owned, versions[1]], "uid-m") == ["b"]
 
 
 def test_a_version_wakes_latest_deployments_and_pinned_ones_that_name_its_number() -> None:
@@ -215,8 +219,88 @@ def test_a_version_wakes_latest_deployments_and_pinned_ones_that_name_its_number
     assert dependents.deployments_to_wake(old, old, deployments) == []  # nothing a plan reads changed
 
 
-def test_a_version_that_appears_or_goes_wakes_the_waiting_versions_with_its_number() -> None:
+def test_a_version_that_appears_or_goes_wakes_the_versions_with_its_number() -> None:
     siblings = [version("a", number=1, phase="Ready"), version("b", number=1), version("c", number=2)]
     new = dependents.view_of(version("d", number=1))
-    assert dependents.siblings_to_wake(None, new, siblings) == ["b"]
+    # A waiting one learns whether it may start, a Ready one whether it carries the marks.
+    assert dependents.siblings_to_wake(None, new, siblings) == ["a", "b"]
     assert dependents.siblings_to_wake(new, new, siblings) == []
+
+
+def failing(name: str, *numbers: int, model: str = "m", deleting: bool = False) -> dict[str, Any]:
+    body = {"metadata": {"name": name, "namespace": "ns"}, "spec": {"model": model},
+            "status": {"failedVersions": list(numbers)} if numbers else {}}
+    if deleting:
+        body["metadata"]["deletionTimestamp"] = "2025-01-01T00:00:00Z"
+    return body
+
+
+def test_a_deployment_wakes_the_versions_whose_failed_by_its_verdicts_change() -> None:
+    assert dependents.verdicts_changed(failing("d", 2), failing("d", 2)) == {}  # a resync reaches nothing
+    assert dependents.verdicts_changed(failing("d"), failing("d", 2)) == {"m": {2}}  # a rollback
+    assert dependents.verdicts_changed(failing("d", 2, 3), failing("d", 3)) == {"m": {2}}  # a retry, one failed again
+    assert dependents.verdicts_changed(failing("d", 2), None) == {"m": {2}}  # deleted
+    assert dependents.verdicts_changed(failing("d", 2), failing("d", 2, deleting=True)) == {"m": {2}}
+    assert dependents.verdicts_changed(failing("d", 2), failing("d", 3, model="n")) == {"m": {2}, "n": {3}}  # moved
+    assert dependents.verdicts_changed(None, failing("d")) == {}
+    versions = [version("a", number=1), version("b", number=2), version("c", number=2)]
+    assert dependents.versions_numbered(versions, {2}) == ["b", "c"]
+
+
+def test_a_version_wakes_its_model_only_for_what_the_model_reads() -> None:
+    ready = version("a", phase="Ready", compressedArtifact={"uri": "s3://x", "sha256": "0" * 64})
+    marked = {**ready, "status": {**ready["status"], "failedBy": ["d"]}}
+    assert not dependents.model_wake_needed(ready, marked)  # failedBy is nothing the Model reads
+    assert dependents.model_wake_needed(version("a", phase="Compressing"), ready)
+    assert dependents.model_wake_needed(None, ready) and dependents.model_wake_needed(ready, None)
+    adopted = {**ready, "metadata": {**ready["metadata"], "ownerReferences": [{"uid": "m"}]}}
+    assert not dependents.model_wake_needed(ready, adopted)  # the version adopts itself
+
+
+def test_a_failed_by_change_wakes_no_deployment() -> None:
+    ready = version("a", phase="Ready", compressedArtifact={"uri": "s3://x", "sha256": "0" * 64})
+    marked = {**ready, "status": {**ready["status"], "failedBy": ["d"]}}
+    assert dependents.deployments_to_wake(dependents.view_of(ready), dependents.view_of(marked), [deployment("latest")]) == []
+
+
+def test_every_read_has_one_freshness_rule() -> None:
+    from modelops import kube as k8s
+    from modelops.handlers.cache import CACHED, Cache
+    from modelops.handlers.reads import FRESHNESS, Freshness, Reads
+    from tests.unit.fakekube import FakeKube
+
+    assert {FRESHNESS[r.plural] for r in CACHED} == {Freshness.WATCHED}
+    kube = FakeKube()
+    kube.put(k8s.SECRETS, {"metadata": {"name": "creds", "namespace": "ns"}, "data": {"k": "djE="}})
+    kube.put(k8s.DEPLOYMENTS, {"metadata": {"name": "live-only", "namespace": "ns"}})
+    now = [0.0]
+    reads = Reads(Cache(), kube, ttl=10, clock=lambda: now[0])  # type: ignore[arg-type]
+
+    assert reads.get(k8s.DEPLOYMENTS, "ns", "live-only") is None, "a watched kind is never read live"
+    first = reads.get(k8s.SECRETS, "ns", "creds")
+    assert first is not None and reads.get(k8s.SECRETS, "ns", "creds") is first
+    assert kube.reads == [("get", "secrets")], "a Secret is reused for the TTL"
+    now[0] = 10.5
+    reads.get(k8s.SECRETS, "ns", "creds")
+    assert len(kube.reads) == 2, "and read again after it"
+    reads.forget_recent("ns")
+    reads.get(k8s.SECRETS, "ns", "creds")
+    assert len(kube.reads) == 3, "a changed Model reads its namespace's Secrets afresh"
+    with pytest.raises(KeyError):
+        reads.get(k8s.LEASES, "ns", "x")  # no reconcile reads Leases
+
+
+def test_triton_pods_are_indexed_by_their_deployment_and_job_pods_by_their_job() -> None:
+    from modelops import kube as k8s
+    from modelops.core import naming
+    from modelops.handlers.cache import JOB_UID_LABEL, Cache
+
+    cache = Cache()
+    server = {**naming.server_selector("serve"), naming.LABEL_COMPONENT: naming.COMPONENT_SERVER}
+    cache.observe(k8s.PODS, {"metadata": {"name": "s1", "namespace": "ns", "labels": server}, "status": {"podIP": "10.0.0.1"}})
+    cache.observe(k8s.PODS, {"metadata": {"name": "j1", "namespace": "ns", "labels": {JOB_UID_LABEL: "u1"}}})
+    assert [p["metadata"]["name"] for p in cache.server_pods("ns", "serve")] == ["s1"]
+    assert cache.server_pods("ns", "other") == [] and cache.server_pods("other-ns", "serve") == []
+    assert [p["metadata"]["name"] for p in cache.pods_of_job("ns", "u1")] == ["j1"]
+    cache.forget(k8s.PODS, {"metadata": {"name": "s1", "namespace": "ns", "resourceVersion": "9"}})
+    assert cache.server_pods("ns", "serve") == []

@@ -33,7 +33,11 @@ class FakeContext:
     objects: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     settings: Settings = field(default_factory=lambda: Settings.from_env({}))
 
-    def read_recent(self, resource: Any, namespace: str, name: str) -> dict[str, Any] | None:
+    @property
+    def reads(self) -> FakeContext:
+        return self
+
+    def get(self, resource: Any, namespace: str, name: str) -> dict[str, Any] | None:
         return self.objects.get((resource.kind, name))
 
 

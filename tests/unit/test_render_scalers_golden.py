@@ -1,9 +1,11 @@
-"""Golden renderings of the objects for other providers: the HorizontalPodAutoscaler, the KEDA
-ScaledObject, and the HTTPRoute with its two Services. A change to a rendering must change
+"""Golden renderings: the Triton Deployment and its Service (an upgrade that changed them would
+roll every serving pod), and the objects for other providers: the HorizontalPodAutoscaler, the
+KEDA ScaledObject, and the HTTPRoute with its two Services. A change to a rendering must change
 the file under tests/unit/golden/ too: regenerate with MODELOPS_UPDATE_GOLDEN=1 and review the diff."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -11,10 +13,13 @@ from typing import Any
 import pytest
 import yaml
 
-from modelops.api.deployment import AutoscalingSpec, HTTPRouteRef
+from modelops.api.deployment import AutoscalingSpec, HTTPRouteRef, ModelDeploymentSpec
+from modelops.api.model import ModelSpec
 from modelops.core.httproute import render_httproute, render_split_services
-from modelops.core.objects import OwnerRef
+from modelops.core.objects import OwnerRef, VersionView
+from modelops.core.render import render_deployment, render_service
 from modelops.core.scalers import quantity, render_hpa, render_scaled_object
+from modelops.settings import Settings
 
 pytestmark = pytest.mark.unit
 
@@ -26,8 +31,24 @@ IPS = AutoscalingSpec.model_validate({"minReplicas": 2, "maxReplicas": 10, "metr
                                       "stabilizationWindow": "2m", "cooldown": "5m"})
 ROUTE = HTTPRouteRef.model_validate({"parent": "public", "namespace": "gateways", "sectionName": "http"})
 COMMON = {"name": "digits", "namespace": "ml", "owner": OWNER}
+MODEL = ModelSpec.model_validate({
+    "storage": {"endpoint": "https://minio:9000", "bucket": "models", "credentialsSecret": {"name": "s3-creds"},
+                "caBundle": {"configMapRef": {"name": "minio-ca"}}},
+    "signature": {"inputs": [{"name": "x", "dataType": "FP32", "dims": [64]}],
+                  "outputs": [{"name": "y", "dataType": "FP32", "dims": [10]}], "maxBatchSize": 8},
+})
+VERSION = VersionView(name="digits-v3", model="digits", version=3, phase="Ready", compressed_uri="s3://models/modelops-cache/k/model.onnx",
+                      compressed_sha256="cd" * 32, compressed_format="onnx")
+GPU = ModelDeploymentSpec.model_validate({
+    "model": "digits", "replicas": 2, "scheduling": {"gpus": 1, "nodeSelector": {"nvidia.com/gpu.present": "true"}},
+    "triton": {"backend": "python", "startupTimeoutSeconds": 301, "resources": {"limits": {"cpu": "2"}}},
+})
+SERVING = {**COMMON, "model_name": "digits", "model": MODEL, "version": VERSION, "settings": Settings.from_env({})}
 
 RENDERINGS: dict[str, Any] = {
+    "deployment-triton": lambda: render_deployment(**SERVING, spec=ModelDeploymentSpec(model="digits")),
+    "deployment-triton-gpu-canary": lambda: render_deployment(**SERVING, spec=GPU, canary_replicas=1, retry="2"),
+    "service-triton": lambda: render_service(**COMMON, model_name="digits"),
     "hpa-queue-time-ratio": lambda: render_hpa(**COMMON, model="digits", spec=QUEUE),
     "hpa-inferences-per-second": lambda: render_hpa(**COMMON, model="digits", spec=IPS),
     "scaledobject-queue-time-ratio": lambda: render_scaled_object(
@@ -40,7 +61,8 @@ RENDERINGS: dict[str, Any] = {
 
 
 def documents(value: Any) -> list[dict[str, Any]]:
-    return value if isinstance(value, list) else [value]
+    """The objects as the apiserver receives them (JSON: enum members are their values)."""
+    return json.loads(json.dumps(value if isinstance(value, list) else [value]))
 
 
 @pytest.mark.parametrize("case", RENDERINGS)

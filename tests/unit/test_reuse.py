@@ -7,7 +7,7 @@ from dataclasses import replace
 import pytest
 
 from modelops.api.model import Compression, Evaluation
-from modelops.api.version import CompressedArtifact, DatasetReport, MetricReport
+from modelops.api.version import CompressedArtifact, DatasetReport, MetricReport, VersionReason
 from modelops.cachekey import COMPRESSOR_VERSION, normalize_recipe, recipe_hash
 from modelops.reuse import (
     Action,
@@ -83,7 +83,7 @@ CASES = [
     ("measurement without values", REQUEST, RECORD, STORED_ARTIFACT, measured(compressed=None, drop=None), Action.EVALUATE, Reason.NOT_MEASURED),
     ("top-1 measurement without a drop", REQUEST, RECORD, STORED_ARTIFACT, measured(drop=None), Action.EVALUATE, Reason.NOT_MEASURED),
     ("other metric", replace(REQUEST, evaluation=gate(metric="top1-agreement", threshold=0.99)), RECORD, STORED_ARTIFACT, MEASURED, Action.EVALUATE, Reason.NOT_MEASURED),
-    ("stricter threshold that the measurement fails", replace(REQUEST, evaluation=gate(threshold=0.1)), RECORD, STORED_ARTIFACT, MEASURED, Action.REJECT, Reason.GATE_REJECTED),
+    ("stricter threshold that the measurement fails", replace(REQUEST, evaluation=gate(threshold=0.1)), RECORD, STORED_ARTIFACT, MEASURED, Action.REJECT, VersionReason.ACCURACY_GATE_REJECTED),
     ("stricter threshold that it still passes", replace(REQUEST, evaluation=gate(threshold=0.3)), RECORD, STORED_ARTIFACT, MEASURED, Action.READY, Reason.COMPRESSED_FROM_CACHE),
     ("looser threshold after a rejection", replace(REQUEST, evaluation=gate(threshold=2.0)), RECORD, STORED_ARTIFACT, measured(passed=False, threshold=0.1), Action.READY, Reason.COMPRESSED_FROM_CACHE),
 ]

@@ -71,6 +71,7 @@ class DeploymentReason(StrEnum):
     SERVING = "Serving"
     UNAVAILABLE = "Unavailable"
     REPLICAS_UNAVAILABLE = "ReplicasUnavailable"
+    SCALING = "Scaling"
     AS_EXPECTED = "AsExpected"
     # Suspension
     SUSPENDED = "Suspended"
@@ -84,6 +85,7 @@ class DeploymentReason(StrEnum):
     METRICS_UNAVAILABLE = "MetricsUnavailable"
     # Autoscaling
     SCALED = "Scaled"
+    ENDPOINT_NOT_ALLOWED = "EndpointNotAllowed"
 
 
 class RolloutStrategy(StrEnum):
@@ -463,6 +465,13 @@ class ModelDeploymentStatus(ApiModel):
     last_retry: str | None = Field(None, description="The value of the modelops.dev/retry annotation last acted on.")
     replicas: int | None = Field(None, description="Triton pods.")
     ready_replicas: int | None = Field(None, description="Triton pods that are ready.")
+    available_replicas_high_water: int | None = Field(
+        None,
+        description="The most Triton pods of the current pod template that were available at once since it rolled "
+        "out, at most the replicas asked for. Fewer available pods than this were lost (Degraded, "
+        "ReplicasUnavailable); pods asked for beyond it are starting (Progressing, Scaling). Unset while a rollout "
+        "changes the pod template.",
+    )
     endpoints: Endpoints | None = Field(None, description="In-cluster endpoints.")
     rollouts: list[RolloutRecord] | None = Field(None, description="The most recent rollouts, newest last.")
     canary: CanaryStatus | None = Field(None, description="The canary in progress, or the last one.")

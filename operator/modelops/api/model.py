@@ -102,6 +102,7 @@ class ModelReason(StrEnum):
     CREDENTIALS_NOT_FOUND = "CredentialsNotFound"
     CA_BUNDLE_NOT_FOUND = "CABundleNotFound"
     BUCKET_NOT_FOUND = "BucketNotFound"
+    ENDPOINT_NOT_ALLOWED = "EndpointNotAllowed"
     INSECURE_ENDPOINT = "InsecureEndpoint"
 
 
@@ -113,6 +114,7 @@ class TransportReason(StrEnum):
     PLAINTEXT = "PlaintextEndpoint"
     INSECURE_ENDPOINT = "InsecureEndpoint"
     TLS_VERIFICATION_FAILED = "TLSVerificationFailed"
+    ENDPOINT_NOT_ALLOWED = "EndpointNotAllowed"
 
 
 # Allowed thresholds per metric, inclusive; None is unbounded. top1-accuracy's threshold is

@@ -56,6 +56,7 @@ class VersionReason(StrEnum):
     INSECURE_ENDPOINT = "InsecureEndpoint"
     TLS_VERIFICATION_FAILED = "TLSVerificationFailed"
     BUCKET_NOT_FOUND = "BucketNotFound"
+    ENDPOINT_NOT_ALLOWED = "EndpointNotAllowed"
     ARTIFACT_NOT_FOUND = "ArtifactNotFound"
     ACCESS_DENIED = "AccessDenied"
     STORAGE_UNREACHABLE = "StorageUnreachable"
@@ -69,7 +70,7 @@ class VersionReason(StrEnum):
     COMPRESSED = "Compressed"
     COMPRESSED_FROM_CACHE = "CompressedFromCache"
     # Rejected
-    ACCURACY_GATE_FAILED = "AccuracyGateFailed"
+    ACCURACY_GATE_REJECTED = "AccuracyGateRejected"
     SIGNATURE_MISMATCH = "SignatureMismatch"
     # Failed
     INVALID_SPEC = "InvalidSpec"
@@ -85,6 +86,10 @@ class VersionReason(StrEnum):
     # RolloutFailed, set by a ModelDeployment's verdict
     ROLLED_BACK = "RolledBack"
     RETRY_REQUESTED = "RetryRequested"
+
+
+# Reasons an older operator wrote, read as the one name they mean now.
+LEGACY_VERSION_REASONS: dict[str, VersionReason] = {"AccuracyGateFailed": VersionReason.ACCURACY_GATE_REJECTED}
 
 
 class ReportOutcome(StrEnum):

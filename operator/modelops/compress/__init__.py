@@ -1,5 +1,5 @@
 """The compressor that runs inside the compression Job: `python -m modelops.compress`.
 
 Importing this package is cheap and imports no torch, so the operator can use
-`modelops.compress.exitcodes`; the heavy libraries are imported by the modules that need them.
+`modelops.contract.exitcodes`; the heavy libraries are imported by the modules that need them.
 """

@@ -2,7 +2,7 @@
 
 Storage settings come from the environment (StorageConfig.from_env). The compact report goes
 to the file named by MODELOPS_TERMINATION_LOG (default /dev/termination-log) and to stdout;
-the exit code is one of modelops.compress.exitcodes.
+the exit code is one of modelops.contract.exitcodes.
 """
 
 from __future__ import annotations
@@ -20,9 +20,11 @@ from pydantic import BaseModel, ValidationError
 
 from modelops.api.model import Compression, Evaluation, Signature
 from modelops.cachekey import InvalidRecipe, field_error
-from modelops.compress import exitcodes, report
+from modelops.compress import report
 from modelops.compress.job import JobResult, JobSpec, run
 from modelops.compress.recipe import SOURCE_FORMATS
+from modelops.contract import exitcodes
+from modelops.contract.report import JobReason
 from modelops.storage import ObjectStore, StorageConfig
 
 DEFAULT_TERMINATION_LOG = "/dev/termination-log"
@@ -127,9 +129,9 @@ def main(
                 raise UsageError(f"signature-json: {exc}") from None
         store = store or ObjectStore(StorageConfig.from_env(environ))
     except InvalidRecipe as exc:
-        result = JobResult(exitcodes.USAGE, report.failure_report("InvalidRecipe", str(exc)))
+        result = JobResult(exitcodes.USAGE, report.failure_report(JobReason.INVALID_RECIPE, str(exc)).record())
     except (UsageError, ValueError) as exc:
-        result = JobResult(exitcodes.USAGE, report.failure_report(report.Reason.INVALID_ARGUMENTS, str(exc)))
+        result = JobResult(exitcodes.USAGE, report.failure_report(JobReason.INVALID_ARGUMENTS, str(exc)).record())
     else:
         spec = JobSpec(
             source_uri=args.source_uri,

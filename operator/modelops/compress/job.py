@@ -13,11 +13,13 @@ from pydantic import ValidationError
 from modelops import cachestore, reuse
 from modelops.api.model import Signature
 from modelops.api.trust import ProvenanceReason
-from modelops.api.version import DatasetReport, MetricReport
+from modelops.api.version import ArtifactFormat, DatasetReport, MetricReport, ReportOutcome, VersionReason
 from modelops.cachekey import InvalidRecipe, compressed_prefix, compression_cache_key
-from modelops.compress import exitcodes, report
+from modelops.compress import report
 from modelops.compress.recipe import Evaluation, Recipe, UnsupportedRecipe, parse_evaluation
-from modelops.compress.report import Reason
+from modelops.contract import exitcodes
+from modelops.contract.formats import artifact_suffix
+from modelops.contract.report import JobReason, JobReport, ReportReason
 from modelops.storage import (
     AccessDenied,
     ChecksumMismatch,
@@ -33,9 +35,6 @@ from modelops.storage import (
 log = logging.getLogger("modelops.compress")
 
 REPORT_FILE = reuse.REPORT_FILE
-ARTIFACT_FORMATS = {"onnx": "onnx", "torchscript": "torchscript"}
-# torch.export.load insists on the .pt2 suffix.
-SOURCE_SUFFIXES = {"onnx": ".onnx", "torchscript": ".pt", "exported-program": ".pt2"}
 
 
 @dataclass(frozen=True)
@@ -70,57 +69,57 @@ class JobResult:
 class Failure(Exception):
     """A failure with its exit code and the reason the operator shows."""
 
-    def __init__(self, exit_code: int, reason: str, message: str) -> None:
+    def __init__(self, exit_code: int, reason: ReportReason, message: str) -> None:
         super().__init__(message)
         self.exit_code = exit_code
         self.reason = reason
 
     @property
-    def outcome(self) -> str:
-        return "Rejected" if self.exit_code == exitcodes.REJECTED else "Failed"
+    def outcome(self) -> ReportOutcome:
+        return ReportOutcome.REJECTED if self.exit_code == exitcodes.REJECTED else ReportOutcome.FAILED
 
 
 def _classify(exc: BaseException) -> Failure:
     """Map an exception to (exit code, reason). Only storage outages and the unexpected are retried."""
-    from modelops.compress.interface import SignatureMismatch
     from modelops.compress.metrics import DatasetError
     from modelops.compress.onnx_compress import UnsupportedModel
     from modelops.compress.onnx_stream import OnnxFormatError, OutputTooLarge
+    from modelops.contract.interface import SignatureMismatch
 
     if isinstance(exc, Failure):
         return exc
     message = str(exc)
     if isinstance(exc, SignatureMismatch):
-        return Failure(exitcodes.REJECTED, Reason.SIGNATURE_MISMATCH, message)
+        return Failure(exitcodes.REJECTED, JobReason.SIGNATURE_MISMATCH, message)
     if isinstance(exc, UnsupportedRecipe):
-        return Failure(exitcodes.USAGE, Reason.UNSUPPORTED_RECIPE, message)
+        return Failure(exitcodes.USAGE, JobReason.UNSUPPORTED_RECIPE, message)
     if isinstance(exc, InvalidRecipe):
-        return Failure(exitcodes.USAGE, Reason.INVALID_RECIPE, message)
+        return Failure(exitcodes.USAGE, JobReason.INVALID_RECIPE, message)
     if isinstance(exc, ChecksumMismatch):
-        return Failure(exitcodes.BAD_ARTIFACT, Reason.CHECKSUM_MISMATCH, message)
+        return Failure(exitcodes.BAD_ARTIFACT, JobReason.CHECKSUM_MISMATCH, message)
     if isinstance(exc, ObjectNotFound):
-        return Failure(exitcodes.BAD_ARTIFACT, Reason.ARTIFACT_NOT_FOUND, message)
+        return Failure(exitcodes.BAD_ARTIFACT, JobReason.ARTIFACT_NOT_FOUND, message)
     if isinstance(exc, AccessDenied):
-        return Failure(exitcodes.BAD_ARTIFACT, Reason.ACCESS_DENIED, message)
+        return Failure(exitcodes.BAD_ARTIFACT, JobReason.ACCESS_DENIED, message)
     if isinstance(exc, TLSVerificationFailed):
-        return Failure(exitcodes.BAD_ARTIFACT, Reason.TLS_VERIFICATION_FAILED, message)
+        return Failure(exitcodes.BAD_ARTIFACT, JobReason.TLS_VERIFICATION_FAILED, message)
     if isinstance(exc, TooLarge):
-        return Failure(exitcodes.BAD_ARTIFACT, Reason.TOO_LARGE, message)
+        return Failure(exitcodes.BAD_ARTIFACT, JobReason.TOO_LARGE, message)
     if isinstance(exc, StorageError):
         if exc.transient:
-            return Failure(exitcodes.TRANSIENT, Reason.STORAGE_UNREACHABLE, message)
-        return Failure(exitcodes.BAD_ARTIFACT, Reason.STORAGE_ERROR, message)
+            return Failure(exitcodes.TRANSIENT, JobReason.STORAGE_UNREACHABLE, message)
+        return Failure(exitcodes.BAD_ARTIFACT, JobReason.STORAGE_ERROR, message)
     if isinstance(exc, DatasetError):
-        return Failure(exitcodes.BAD_ARTIFACT, Reason.BAD_DATASET, message)
+        return Failure(exitcodes.BAD_ARTIFACT, JobReason.BAD_DATASET, message)
     if isinstance(exc, OnnxFormatError):
-        return Failure(exitcodes.BAD_ARTIFACT, Reason.UNREADABLE_ARTIFACT, message)
+        return Failure(exitcodes.BAD_ARTIFACT, JobReason.UNREADABLE_ARTIFACT, message)
     if isinstance(exc, (UnsupportedModel, OutputTooLarge)):
-        return Failure(exitcodes.BAD_ARTIFACT, Reason.UNSUPPORTED_MODEL, message)
+        return Failure(exitcodes.BAD_ARTIFACT, JobReason.UNSUPPORTED_MODEL, message)
     if type(exc).__name__ == "TorchLoadError":
-        return Failure(exitcodes.BAD_ARTIFACT, Reason.UNREADABLE_ARTIFACT, message)
+        return Failure(exitcodes.BAD_ARTIFACT, JobReason.UNREADABLE_ARTIFACT, message)
     if isinstance(exc, MemoryError):
-        return Failure(exitcodes.TRANSIENT, Reason.OUT_OF_MEMORY, "the compressor ran out of memory")
-    return Failure(exitcodes.TRANSIENT, Reason.INTERNAL_ERROR, f"{type(exc).__name__}: {message}")
+        return Failure(exitcodes.TRANSIENT, JobReason.OUT_OF_MEMORY, "the compressor ran out of memory")
+    return Failure(exitcodes.TRANSIENT, JobReason.INTERNAL_ERROR, f"{type(exc).__name__}: {message}")
 
 
 def run(spec: JobSpec, store: ObjectStore, workdir: Path) -> JobResult:
@@ -131,7 +130,7 @@ def run(spec: JobSpec, store: ObjectStore, workdir: Path) -> JobResult:
         if isinstance(exc, KeyboardInterrupt):
             raise
         failure = _classify(exc)
-        if failure.reason in (Reason.INTERNAL_ERROR, Reason.OUT_OF_MEMORY):
+        if failure.reason in (JobReason.INTERNAL_ERROR, JobReason.OUT_OF_MEMORY):
             log.exception("compression failed")
         try:
             recipe_hash = Recipe.of(spec.recipe).hash
@@ -139,7 +138,7 @@ def run(spec: JobSpec, store: ObjectStore, workdir: Path) -> JobResult:
             recipe_hash = None
         return JobResult(
             failure.exit_code,
-            report.failure_report(failure.reason, str(failure), recipe_hash=recipe_hash, outcome=failure.outcome),
+            report.failure_report(failure.reason, str(failure), recipe_hash=recipe_hash, outcome=failure.outcome).record(),
         )
 
 
@@ -151,12 +150,12 @@ def _signature(spec: JobSpec) -> Signature | None:
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(part) for part in first["loc"])
-        raise Failure(exitcodes.USAGE, Reason.INVALID_ARGUMENTS, f"signature-json: {where}: {first['msg']}") from None
+        raise Failure(exitcodes.USAGE, JobReason.INVALID_ARGUMENTS, f"signature-json: {where}: {first['msg']}") from None
 
 
 def _check_cached_interface(existing: dict[str, Any], signature: Signature | None) -> bool:
     """A cached result is served only when its recorded interface matches this Model's signature."""
-    from modelops.compress.interface import Interface, check_signature
+    from modelops.contract.interface import Interface, check_signature
 
     if signature is None:
         return True
@@ -188,7 +187,7 @@ def _run(spec: JobSpec, store: ObjectStore, workdir: Path) -> JobResult:
         decision = replace(decision, action=reuse.Action.COMPRESS, message="the cached compression's signature does not verify")
     log.info("cache decision: %s (%s): %s", decision.action, decision.reason, decision.message)
     if decision.action == reuse.Action.FAIL:
-        raise Failure(exitcodes.BAD_ARTIFACT, str(decision.reason), decision.message)
+        raise Failure(exitcodes.BAD_ARTIFACT, decision.reason, decision.message)
     if decision.action in (reuse.Action.READY, reuse.Action.REJECT):
         existing = cachestore.reused_report(lookup, evaluation)
         # A cached result is served only when its recorded interface matches this Model's signature.
@@ -196,7 +195,7 @@ def _run(spec: JobSpec, store: ObjectStore, workdir: Path) -> JobResult:
             return JobResult(_exit_code(existing["outcome"]), existing)
         log.info("the cached entry recorded no interface to check against the signature; compressing again")
 
-    source_path = workdir / "source" / f"artifact{SOURCE_SUFFIXES.get(spec.source_format, '')}"
+    source_path = workdir / "source" / f"artifact{artifact_suffix(spec.source_format)}"
     try:
         source = store.download(spec.source_uri, source_path, expected_sha256=source_sha256, max_bytes=spec.max_artifact_bytes)
     except ChecksumMismatch as exc:
@@ -205,7 +204,7 @@ def _run(spec: JobSpec, store: ObjectStore, workdir: Path) -> JobResult:
         name = spec.source_uri.rsplit("/", 1)[-1]
         raise Failure(
             exitcodes.REJECTED,
-            str(ProvenanceReason.ARTIFACT_TAMPERED),
+            ProvenanceReason.ARTIFACT_TAMPERED,
             f"file {name}: the bytes read differ from the sha256 signed by {spec.source_signer} ({exc})",
         ) from None
     dataset = None
@@ -217,7 +216,7 @@ def _run(spec: JobSpec, store: ObjectStore, workdir: Path) -> JobResult:
         except ObjectNotFound:
             raise Failure(
                 exitcodes.BAD_ARTIFACT,
-                str(reuse.Reason.DATASET_NOT_FOUND),
+                reuse.Reason.DATASET_NOT_FOUND,
                 f"evaluation.datasetUri: no object at {evaluation.dataset_uri}; upload the dataset or fix the URI",
             ) from None
         dataset = Dataset.from_npz(dataset_path)
@@ -228,10 +227,10 @@ def _run(spec: JobSpec, store: ObjectStore, workdir: Path) -> JobResult:
         assert evaluation is not None and dataset is not None and lookup.report is not None
         evaluated = _evaluate_cached(store, lookup.report, source_path, spec, recipe, evaluation, dataset, options, workdir)
         if evaluated is not None:
-            full = {
+            full = JobReport.model_validate({
                 **{k: v for k, v in lookup.report.items() if k not in ("metric", "evaluation")},
                 "outcome": evaluated.outcome,
-                "reason": str(reuse.Reason.EVALUATED_FROM_CACHE if evaluated.outcome == "Passed" else reuse.Reason.GATE_REJECTED),
+                "reason": reuse.Reason.EVALUATED_FROM_CACHE if evaluated.outcome == ReportOutcome.PASSED else VersionReason.ACCURACY_GATE_REJECTED,
                 "message": evaluated.message,
                 "latencyMsBefore": evaluated.latency_ms_before,
                 "latencyMsAfter": evaluated.latency_ms_after,
@@ -241,7 +240,7 @@ def _run(spec: JobSpec, store: ObjectStore, workdir: Path) -> JobResult:
                 "evaluation": {**evaluation.wire(), "samples": dataset.samples},
                 "fromCache": True,
                 "notes": evaluated.notes,
-            }
+            }).record()
             return JobResult(_exit_code(full["outcome"]), full)
 
     result = compress_artifact(
@@ -264,7 +263,7 @@ def _run(spec: JobSpec, store: ObjectStore, workdir: Path) -> JobResult:
         "uri": artifact_uri,
         "sha256": uploaded.sha256,
         "bytes": uploaded.size,
-        "format": ARTIFACT_FORMATS[result.output_format],
+        "format": str(ArtifactFormat(result.output_format)),
         "etag": uploaded.etag,
     }
     evaluation_wire = None if evaluation is None else evaluation.wire()
@@ -274,12 +273,10 @@ def _run(spec: JobSpec, store: ObjectStore, workdir: Path) -> JobResult:
             metric = _record_measurement(store, entry_prefix, evaluation, result, dataset_read, dataset.samples, uploaded.sha256)
     if artifact_prefix != prefix:
         resolved = replace(result, candidates=None, objective=None)
-        entry = _success(resolved, source_info, artifact, result.recipe, evaluation_wire, samples, metric)
-        entry["calibration"] = calibration_report
-        entry["notes"] = [*entry["notes"], f"chosen by quantization auto (objective {result.objective})"]
+        entry = _success(resolved, source_info, artifact, result.recipe, evaluation_wire, samples, metric, calibration_report,
+                         notes=(f"chosen by quantization auto (objective {result.objective})",))
         _publish(store, artifact_prefix + REPORT_FILE, entry)
-    full = _success(result, source_info, artifact, recipe, evaluation_wire, samples, metric)
-    full["calibration"] = calibration_report
+    full = _success(result, source_info, artifact, recipe, evaluation_wire, samples, metric, calibration_report)
     _publish(store, report_uri, full)
     return JobResult(_exit_code(full["outcome"]), full)
 
@@ -308,18 +305,18 @@ def _calibration(
             "dataset must not be used to calibrate; give a separate calibration dataset"
         )
     if problem is not None:
-        raise Failure(exitcodes.USAGE, Reason.INVALID_RECIPE, problem)
+        raise Failure(exitcodes.USAGE, JobReason.INVALID_RECIPE, problem)
     path = workdir / "dataset" / "calibration.npz"
     try:
         store.download(named.dataset_uri, path, expected_sha256=named.sha256, max_bytes=spec.max_dataset_bytes)
     except ObjectNotFound:
         raise Failure(
             exitcodes.BAD_ARTIFACT,
-            str(reuse.Reason.DATASET_NOT_FOUND),
+            reuse.Reason.DATASET_NOT_FOUND,
             f"compression.calibration.datasetUri: no object at {named.dataset_uri}; upload the dataset or fix the URI",
         ) from None
     except ChecksumMismatch as exc:
-        raise Failure(exitcodes.BAD_ARTIFACT, Reason.CHECKSUM_MISMATCH, f"compression.calibration.sha256: {exc}") from None
+        raise Failure(exitcodes.BAD_ARTIFACT, JobReason.CHECKSUM_MISMATCH, f"compression.calibration.sha256: {exc}") from None
     return Dataset.from_npz(path), {"uri": named.dataset_uri, "sha256": named.sha256}
 
 
@@ -331,8 +328,11 @@ def _success(
     evaluation: dict[str, Any] | None,
     samples: int | None,
     metric: dict[str, Any] | None,
+    calibration: dict[str, Any] | None,
+    notes: tuple[str, ...] = (),
 ) -> dict[str, Any]:
-    full = report.success_report(
+    """The report of a finished compression, as written to report.json."""
+    return report.success_report(
         result,
         source=source,
         artifact=artifact,
@@ -341,10 +341,10 @@ def _success(
         cache_key=compression_cache_key(source["sha256"], recipe.compression),
         evaluation=evaluation,
         samples=samples,
-    )
-    if metric is not None:
-        full["metric"] = metric  # with the dataset object it was measured on
-    return full
+        metric=metric,  # with the dataset object it was measured on
+        calibration=calibration,
+        notes=notes,
+    ).record()
 
 
 def _publish(store: ObjectStore, uri: str, full: dict[str, Any]) -> None:
@@ -408,7 +408,7 @@ def _field(check: Any, name: str | None = None) -> Any:
         return check()
     except ValueError as exc:
         text = str(exc)
-        raise Failure(exitcodes.USAGE, "InvalidArguments", text if name is None else f"{name}: {text}") from exc
+        raise Failure(exitcodes.USAGE, JobReason.INVALID_ARGUMENTS, text if name is None else f"{name}: {text}") from exc
 
 
 def _exit_code(outcome: str) -> int:

@@ -22,16 +22,17 @@ from typing import Any
 import numpy as np
 
 from modelops.api.model import Signature
+from modelops.api.version import ArtifactFormat
 from modelops.compress import calibrate, runtime
 from modelops.compress.dataset import Dataset
-from modelops.compress.interface import check_signature
 from modelops.compress.metrics import MetricResult, evaluate_gate
 from modelops.compress.onnx_compress import Int4Options, LayerStats, compress_onnx
 from modelops.compress.recipe import Evaluation, InvalidRecipe, Recipe, UnsupportedRecipe, check_supported
 from modelops.compress.runtime import read_interface
 from modelops.compress.weights import default_threads
+from modelops.contract.formats import artifact_file
+from modelops.contract.interface import check_signature
 
-OUTPUT_FILES = {"onnx": "model.onnx", "torchscript": "model.pt"}
 AUTO = "auto"
 # The documented candidate list of `quantization: auto`, in the order ties are broken.
 # int4-mixed needs a calibration dataset; without one it is reported Unsupported.
@@ -240,7 +241,7 @@ def _prober(
 
     def probe(recipe: Recipe, outdir: Path, int4_options: Int4Options) -> float:
         outdir.mkdir(parents=True, exist_ok=True)
-        output = outdir / OUTPUT_FILES["onnx"]
+        output = outdir / artifact_file(ArtifactFormat.ONNX)
         try:
             compress_onnx(onnx_source, output, recipe, threads, providers=None, int4_options=int4_options)
             runner = runtime.onnx_runner(output, device, threads)
@@ -459,7 +460,7 @@ def _compress_one(
     int4_options: Int4Options | None = None,
 ) -> Candidate:
     outdir.mkdir(parents=True, exist_ok=True)
-    output = outdir / OUTPUT_FILES[recipe.target_format]
+    output = outdir / artifact_file(recipe.target_format)
     notes: list[str] = []
     layers: dict[str, LayerStats] = {}
     if onnx_source is not None:
@@ -557,7 +558,7 @@ def _all_rejected(
     """No candidate passed: Rejected, with every candidate's verdict in the report."""
     summary = "; ".join(f"{c.quantization}: {c.verdict} ({c.message[:80]})" for c in candidates)
     return CompressionResult(
-        output_path=tried.output_path if tried and tried.output_path else workdir / OUTPUT_FILES["onnx"],
+        output_path=tried.output_path if tried and tried.output_path else workdir / artifact_file(ArtifactFormat.ONNX),
         output_format="onnx",
         outcome="Rejected",
         message=f"auto: no candidate passed the gate; {summary}",

@@ -1,38 +1,24 @@
-"""The compression report: the full form written to report.json, and the compact termination message."""
+"""The compression report, built as a `contract.report.JobReport`: the full form written to
+report.json, and the compact termination message."""
 
 from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
-from enum import StrEnum
 from importlib import metadata
 from typing import Any
 
+from modelops.api.version import (
+    CalibrationReport,
+    CandidateReport,
+    CompressedArtifact,
+    LayerReport,
+    MetricReport,
+    ReportOutcome,
+    VersionReason,
+)
 from modelops.cachekey import COMPRESSOR_VERSION
-
-
-class Reason(StrEnum):
-    """The reasons a compression Job reports; the operator shows them on the ModelVersion."""
-
-    ACCURACY_GATE_PASSED = "AccuracyGatePassed"
-    ACCURACY_GATE_REJECTED = "AccuracyGateRejected"
-    SIGNATURE_MISMATCH = "SignatureMismatch"
-    UNSUPPORTED_RECIPE = "UnsupportedRecipe"
-    INVALID_RECIPE = "InvalidRecipe"
-    INVALID_ARGUMENTS = "InvalidArguments"
-    CHECKSUM_MISMATCH = "ChecksumMismatch"
-    ARTIFACT_NOT_FOUND = "ArtifactNotFound"
-    ACCESS_DENIED = "AccessDenied"
-    STORAGE_UNREACHABLE = "StorageUnreachable"
-    STORAGE_ERROR = "StorageError"
-    TLS_VERIFICATION_FAILED = "TLSVerificationFailed"
-    TOO_LARGE = "InputTooLarge"
-    BAD_DATASET = "BadDataset"
-    UNREADABLE_ARTIFACT = "UnreadableArtifact"
-    UNSUPPORTED_MODEL = "UnsupportedModel"
-    OUT_OF_MEMORY = "OutOfMemory"
-    INTERNAL_ERROR = "InternalError"
-
+from modelops.contract.report import JobLatencyReport, JobReason, JobReport, ReportReason, SourceReport
 
 # Kubernetes keeps at most 4096 bytes of a termination message; stay well below.
 TERMINATION_LIMIT = 3500
@@ -88,68 +74,77 @@ def success_report(
     cache_key: str,
     evaluation: dict[str, Any] | None,
     samples: int | None,
-) -> dict[str, Any]:
-    """The full report for a compression that ran to the end (outcome Passed or Rejected)."""
+    metric: dict[str, Any] | None = None,
+    calibration: dict[str, Any] | None = None,
+    notes: tuple[str, ...] = (),
+) -> JobReport:
+    """The full report for a compression that ran to the end (outcome Passed or Rejected).
+    `metric`, when given, is the gate's measurement with the dataset object it was taken on."""
     before, after = source["bytes"], artifact["bytes"]
-    passed = result.outcome == "Passed"
-    return {
-        "outcome": result.outcome,
-        "reason": Reason.ACCURACY_GATE_PASSED if passed else Reason.ACCURACY_GATE_REJECTED,
-        "message": result.message,
-        "device": result.device,
-        "artifact": artifact,
-        "source": source,
-        "bytesBefore": before,
-        "bytesAfter": after,
+    passed = result.outcome == ReportOutcome.PASSED
+    chosen = result.candidates is not None and passed
+    return JobReport(
+        outcome=result.outcome,
+        reason=JobReason.ACCURACY_GATE_PASSED if passed else VersionReason.ACCURACY_GATE_REJECTED,
+        message=result.message,
+        device=result.device,
+        artifact=CompressedArtifact.model_validate(artifact),
+        source=SourceReport.model_validate(source),
+        bytes_before=before,
+        bytes_after=after,
         # Higher is smaller: 4.0 means the output is a quarter of the source.
-        "ratio": round(before / after, 4) if after else None,
-        "latencyMsBefore": _round(result.latency_ms_before),
-        "latencyMsAfter": _round(result.latency_ms_after),
-        "latency": {
-            **result.latency,
-            "runtimeBefore": result.runtimes["before"],
-            "runtimeAfter": result.runtimes["after"],
-        },
-        "interface": result.interface,
-        "objective": result.objective,
-        "chosenQuantization": result.recipe.quantization if result.candidates is not None and passed else None,
-        "resolvedRecipe": result.recipe.to_dict() if result.candidates is not None and passed else None,
-        "candidates": None if result.candidates is None else [c.to_dict(before) for c in result.candidates],
-        "layers": [
-            {"name": name, "precision": layer.precision, "bytes": layer.bytes, "sensitivity": _round(layer.error, 6)}
+        ratio=round(before / after, 4) if after else None,
+        latency_ms_before=_round(result.latency_ms_before),
+        latency_ms_after=_round(result.latency_ms_after),
+        latency=JobLatencyReport.model_validate(
+            {**result.latency, "runtimeBefore": result.runtimes["before"], "runtimeAfter": result.runtimes["after"]}
+        ),
+        interface=result.interface,
+        objective=result.objective,
+        chosen_quantization=result.recipe.quantization if chosen else None,
+        resolved_recipe=result.recipe.to_dict() if chosen else None,
+        candidates=None if result.candidates is None else [CandidateReport.model_validate(c.to_dict(before)) for c in result.candidates],
+        layers=[
+            LayerReport(name=name, precision=layer.precision, bytes=layer.bytes, sensitivity=_round(layer.error, 6))
             for name, layer in sorted(result.layers.items())
         ]
         or None,
-        "metric": result.metric.to_dict() if result.metric is not None else None,
-        "evaluation": None if evaluation is None else {**evaluation, "samples": samples},
-        "recipe": recipe,
-        "recipeHash": recipe_hash,
-        "cacheKey": cache_key,
-        "compressorVersion": COMPRESSOR_VERSION,
-        "libraries": library_versions(),
-        "weights": result.weights,
-        "notes": result.notes,
-        "seconds": result.seconds,
-        "createdAt": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-    }
+        metric=MetricReport.model_validate(metric) if metric is not None
+        else MetricReport.model_validate(result.metric.to_dict()) if result.metric is not None else None,
+        evaluation=None if evaluation is None else {**evaluation, "samples": samples},
+        recipe=recipe,
+        recipe_hash=recipe_hash,
+        cache_key=cache_key,
+        compressor_version=COMPRESSOR_VERSION,
+        libraries=library_versions(),
+        weights=result.weights,
+        notes=[*result.notes, *notes],
+        seconds=result.seconds,
+        created_at=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        calibration=None if calibration is None else CalibrationReport.model_validate(calibration),
+    )
 
 
 def failure_report(
-    reason: str, message: str, device: str | None = None, recipe_hash: str | None = None, outcome: str = "Failed"
-) -> dict[str, Any]:
-    return {
-        "outcome": outcome,
-        "reason": reason,
-        "message": message,
-        "device": device,
-        "recipeHash": recipe_hash,
-        "compressorVersion": COMPRESSOR_VERSION,
-        "libraries": library_versions(),
-    }
+    reason: ReportReason,
+    message: str,
+    device: str | None = None,
+    recipe_hash: str | None = None,
+    outcome: ReportOutcome = ReportOutcome.FAILED,
+) -> JobReport:
+    return JobReport(
+        outcome=outcome,
+        reason=reason,
+        message=message,
+        device=device,
+        recipe_hash=recipe_hash,
+        compressor_version=COMPRESSOR_VERSION,
+        libraries=library_versions(),
+    )
 
 
 def compact(report: dict[str, Any]) -> str:
-    """The report's contract keys as JSON that fits a termination message."""
+    """The report's contract keys (its `JobReport.record()`) as JSON that fits a termination message."""
     short: dict[str, Any] = {key: report.get(key) for key in COMPACT_KEYS}
     latency, candidates = short.get("latency"), short.get("candidates")
     if isinstance(latency, dict):

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from modelops.compress.interface import ONNX_TO_TRITON, VARIABLE, Interface, Tensor
+from modelops.contract.interface import ONNX_TO_TRITON, VARIABLE, Interface, Tensor
 
 EVAL_BATCH = 512
 LATENCY_BATCH = 32

@@ -18,13 +18,14 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from modelops.api.deployment import CanaryAnalysis, CanaryPhase, CanarySpec, CanaryStatus
 from modelops.api.deployment import DeploymentReason as Reason
 from modelops.core.conditions import timestamp
+from modelops.core.objects import Event, ServerState
 
 NORMAL, WARNING = "Normal", "Warning"
 PASS, FAIL, WAIT = "Pass", "Fail", "Wait"
@@ -50,19 +51,6 @@ def canary_replicas(stable: int, weight: int) -> int:
 def effective_weight(stable: int, canary: int) -> float:
     total = stable + canary
     return round(100.0 * canary / total, 1) if total else 0.0
-
-
-# Triton's counters that the analysis and the autoscaler read, by PodMetrics field, whether
-# from the pods' own endpoints or through Prometheus.
-COUNTERS = {
-    "nv_inference_request_success": "success",
-    "nv_inference_request_failure": "failure",
-    "nv_inference_request_duration_us": "duration_us",
-    "nv_inference_queue_duration_us": "queue_us",
-    "nv_inference_compute_infer_duration_us": "compute_us",
-    "nv_inference_count": "inferences",
-}
-P99_SUMMARY, P99_QUANTILE = "nv_inference_request_summary_us", "0.99"
 
 
 @dataclass(frozen=True)
@@ -170,27 +158,6 @@ def judge(analysis: CanaryAnalysis, canary: Measurement, stable: Measurement | N
 
 
 @dataclass(frozen=True)
-class CanaryServer:
-    """The live canary Deployment, reduced to what the steps need."""
-
-    version: int | None
-    replicas: int
-    available: int
-    updated: int
-    deadline_exceeded: bool = False
-
-    def ready_at(self, version: int, replicas: int) -> bool:
-        return self.version == version and self.replicas == replicas and self.updated >= replicas and self.available >= replicas
-
-
-@dataclass(frozen=True)
-class Event:
-    type: str
-    reason: str
-    message: str
-
-
-@dataclass(frozen=True)
 class CanaryPlan:
     status: CanaryStatus | None
     hold: bool  # keep the stable Deployment at the stable version
@@ -209,145 +176,219 @@ def _analysis_status(now: datetime, canary: Measurement, stable: Measurement | N
     return {"time": timestamp(now), "canary": canary.wire(), "stable": stable.wire() if stable else None, "verdict": f"{verdict}: {why}"}
 
 
+@dataclass(frozen=True)
+class CanaryInputs:
+    """The live canary Deployment and Triton's counters of the (canary, stable) pods by pod
+    name, read this reconcile; `metrics` is None when they could not be read, and
+    `metrics_error` then says why (an unreachable Prometheus, a pod it has no series of)."""
+
+    server: ServerState | None = None
+    metrics: tuple[Mapping[str, PodMetrics], Mapping[str, PodMetrics]] | None = None
+    metrics_error: str | None = None
+
+
 def plan_canary(
     *,
     canary_spec: CanarySpec,
     replicas: int,
     stable_version: int | None,
     candidate: int | None,
-    old: Mapping[str, Any] | None,
-    server: CanaryServer | None,
-    metrics: tuple[Mapping[str, PodMetrics], Mapping[str, PodMetrics]] | None,
+    old: CanaryStatus | None,
+    live: CanaryInputs,
     now: datetime,
-    metrics_error: str | None = None,
 ) -> CanaryPlan:
     """One step of the canary state machine.
 
     `candidate` is the version a rolling update would render now (already skipping failed
-    versions), `stable_version` the one every stable pod serves. `metrics` is (canary pods,
-    stable pods) by pod name, read this reconcile; None when they could not be read, and
-    `metrics_error` then says why (an unreachable Prometheus, a pod it has no series of).
+    versions), `stable_version` the one every stable pod serves.
     """
-    interval = float(seconds(canary_spec.analysis.interval))
-    previous = CanaryStatus.model_validate(old) if old else None
-    steps = canary_spec.steps
-
-    # No canary to run: the first version (nothing stable to compare with), no change, or
-    # a promoted version whose stable rollout has finished.
     if candidate is None or stable_version is None or candidate == stable_version:
-        keep = previous
-        if previous is not None and previous.phase == CanaryPhase.PROGRESSING:
-            # The candidate went away (a pin moved back, the version was deleted).
-            keep = previous.model_copy(update={"phase": CanaryPhase.ABORTED, "canary_replicas": 0,
-                                               "message": f"version {previous.version} is no longer the candidate"})
-        elif previous is not None and previous.canary_replicas:
-            keep = previous.model_copy(update={"canary_replicas": 0})
-        return CanaryPlan(status=keep, hold=False, canary_version=previous.version if previous else None, canary_replicas=0)
-
+        return _no_canary(old)
     # A promoted canary keeps serving while the stable Deployment rolls to its version.
-    if previous is not None and previous.version == candidate and previous.phase == CanaryPhase.PROMOTED:
-        return CanaryPlan(status=previous, hold=False, canary_version=candidate,
-                          canary_replicas=previous.canary_replicas, weights=(100, 0))
+    if old is not None and old.version == candidate and old.phase == CanaryPhase.PROMOTED:
+        return CanaryPlan(status=old, hold=False, canary_version=candidate, canary_replicas=old.canary_replicas, weights=(100, 0))
+    if old is None or old.version != candidate or old.phase != CanaryPhase.PROGRESSING:
+        return _start(canary_spec, replicas, stable_version, candidate)
+    step = _Step.of(canary_spec, replicas, stable_version, candidate, old, now)
+    for phase in (_pods_ready, _counters_read, _counting_started, _analysis_due):
+        plan = phase(step, live)
+        if plan is not None:
+            return plan
+    return _judge(step, live)
 
-    events: list[Event] = []
-    if previous is None or previous.version != candidate or previous.phase != CanaryPhase.PROGRESSING:
-        weight = steps[0].weight
-        count = canary_replicas(replicas, weight)
-        status = {
-            "version": candidate, "stableVersion": stable_version, "phase": CanaryPhase.PROGRESSING,
-            "step": 0, "steps": len(steps), "weight": weight, "canaryReplicas": count, "stableReplicas": replicas,
-            "effectiveWeight": effective_weight(replicas, count),
-            "message": f"step 1/{len(steps)}: starting {count} canary pod(s) of version {candidate}",
-        }
-        events.append(Event(NORMAL, Reason.CANARY_STARTED,
-                             f"canary of version {candidate} next to version {stable_version}: step 1/{len(steps)} at "
-                             f"{weight} % ({count} canary + {replicas} stable pods, {status['effectiveWeight']} %)"))
-        return CanaryPlan(status=CanaryStatus.model_validate(status), hold=True, canary_version=candidate,
-                          canary_replicas=count, events=tuple(events), requeue=interval,
-                          weights=(100 - weight, weight))
 
-    data = previous.wire()
-    step = previous.step
-    weight = steps[min(step, len(steps) - 1)].weight
+def _no_canary(old: CanaryStatus | None) -> CanaryPlan:
+    """No canary to run: the first version (nothing stable to compare with), no change, or a
+    promoted version whose stable rollout has finished."""
+    keep = old
+    if old is not None and old.phase == CanaryPhase.PROGRESSING:
+        # The candidate went away (a pin moved back, the version was deleted).
+        keep = old.model_copy(update={"phase": CanaryPhase.ABORTED, "canary_replicas": 0,
+                                      "message": f"version {old.version} is no longer the candidate"})
+    elif old is not None and old.canary_replicas:
+        keep = old.model_copy(update={"canary_replicas": 0})
+    return CanaryPlan(status=keep, hold=False, canary_version=old.version if old else None, canary_replicas=0)
+
+
+def _start(canary_spec: CanarySpec, replicas: int, stable_version: int, candidate: int) -> CanaryPlan:
+    steps = canary_spec.steps
+    weight = steps[0].weight
     count = canary_replicas(replicas, weight)
-    data.update({"steps": len(steps), "weight": weight, "canaryReplicas": count, "stableReplicas": replicas,
-                 "effectiveWeight": effective_weight(replicas, count), "stableVersion": stable_version})
-    label = f"step {step + 1}/{len(steps)} at {weight} %"
+    status = {
+        "version": candidate, "stableVersion": stable_version, "phase": CanaryPhase.PROGRESSING,
+        "step": 0, "steps": len(steps), "weight": weight, "canaryReplicas": count, "stableReplicas": replicas,
+        "effectiveWeight": effective_weight(replicas, count),
+        "message": f"step 1/{len(steps)}: starting {count} canary pod(s) of version {candidate}",
+    }
+    event = Event(NORMAL, Reason.CANARY_STARTED,
+                  f"canary of version {candidate} next to version {stable_version}: step 1/{len(steps)} at "
+                  f"{weight} % ({count} canary + {replicas} stable pods, {status['effectiveWeight']} %)")
+    return CanaryPlan(status=CanaryStatus.model_validate(status), hold=True, canary_version=candidate,
+                      canary_replicas=count, events=(event,), requeue=float(seconds(canary_spec.analysis.interval)),
+                      weights=(100 - weight, weight))
 
-    def abort(why: str, figures: str) -> CanaryPlan:
-        message = f"canary of version {candidate} aborted at {label}: {why}; canary {figures}; stable version {stable_version} keeps {replicas} pods"
-        data.update({"phase": CanaryPhase.ABORTED, "canaryReplicas": 0, "message": message, "baseline": None})
-        events.append(Event(WARNING, Reason.CANARY_ABORTED, message))
-        return CanaryPlan(status=CanaryStatus.model_validate(data), hold=True, canary_version=candidate, canary_replicas=0,
-                          abort=candidate, abort_message=message, events=tuple(events))
 
-    def waiting(message: str, wants_metrics: bool = False, unavailable: bool = False) -> CanaryPlan:
-        data["message"] = f"{label}: {message}"
-        return CanaryPlan(status=CanaryStatus.model_validate(data), hold=True, canary_version=candidate, canary_replicas=count,
-                          events=tuple(events), requeue=interval, weights=(100 - weight, weight), wants_metrics=wants_metrics,
-                          metrics_unavailable=unavailable)
+@dataclass
+class _Step:
+    """A step of a canary in progress, as this reconcile sees it; `data` is the status it writes."""
 
-    if server is not None and server.deadline_exceeded and server.version == candidate:
-        return abort("the canary pods did not become available", "served no request")
-    if server is None or not server.ready_at(candidate, count):
-        data.update({"stepStartedAt": None, "baseline": None})
-        available = server.available if server is not None and server.version == candidate else 0
-        return waiting(f"waiting for canary pods ({available}/{count} available)")
-    if metrics is None:
-        # Never a verdict without the counters: the step waits, says why, and an event records
-        # each new cause (not every retry: the message is then the same).
-        why = metrics_error or "Triton's metrics could not be read"
-        message = f"{why}; the analysis waits and tries again"
-        if previous.message != f"{label}: {message}":
-            events.append(Event(WARNING, Reason.METRICS_UNAVAILABLE, f"canary of version {candidate} at {label}: {why}"))
-        return waiting(message, wants_metrics=True, unavailable=True)
-    canary_pods, stable_pods = metrics
-    if not data.get("stepStartedAt"):
-        data["stepStartedAt"] = timestamp(now)
-        data["baseline"] = [
-            {"pod": name, "success": m.success, "failure": m.failure, "durationUs": m.duration_us, "queueUs": m.queue_us}
-            for name, m in sorted({**stable_pods, **canary_pods}.items())
-        ]
-        data["lastAnalysis"] = None
-        return waiting("the canary pods are ready; counting requests from now", wants_metrics=True)
+    spec: CanarySpec
+    replicas: int
+    stable_version: int
+    candidate: int
+    old: CanaryStatus
+    now: datetime
+    data: dict[str, Any]
+    weight: int
+    count: int
+    events: list[Event] = field(default_factory=list)
 
-    # One analysis per interval, however often the object is reconciled (each status write
-    # wakes it): between analyses the status stays as it is, so nothing is written.
-    last = (data.get("lastAnalysis") or {}).get("time") or data["stepStartedAt"]
-    since = (now - datetime.strptime(last, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=now.tzinfo)).total_seconds()
-    if since < interval:
-        return CanaryPlan(status=CanaryStatus.model_validate(data), hold=True, canary_version=candidate, canary_replicas=count,
-                          events=tuple(events), requeue=max(0.5, interval - since), weights=(100 - weight, weight),
-                          wants_metrics=True)
+    @classmethod
+    def of(cls, spec: CanarySpec, replicas: int, stable_version: int, candidate: int, old: CanaryStatus, now: datetime) -> _Step:
+        steps = spec.steps
+        weight = steps[min(old.step, len(steps) - 1)].weight
+        count = canary_replicas(replicas, weight)
+        data = old.wire()
+        data.update({"steps": len(steps), "weight": weight, "canaryReplicas": count, "stableReplicas": replicas,
+                     "effectiveWeight": effective_weight(replicas, count), "stableVersion": stable_version})
+        return cls(spec, replicas, stable_version, candidate, old, now, data, weight, count)
+
+    @property
+    def interval(self) -> float:
+        return float(seconds(self.spec.analysis.interval))
+
+    @property
+    def label(self) -> str:
+        return f"step {self.old.step + 1}/{len(self.spec.steps)} at {self.weight} %"
+
+    def plan(self, requeue: float | None = None, wants_metrics: bool = False, unavailable: bool = False) -> CanaryPlan:
+        """The step holds: the stable Deployment stays, the canary runs its pods."""
+        return CanaryPlan(status=CanaryStatus.model_validate(self.data), hold=True, canary_version=self.candidate,
+                          canary_replicas=self.count, events=tuple(self.events), requeue=requeue,
+                          weights=(100 - self.weight, self.weight), wants_metrics=wants_metrics, metrics_unavailable=unavailable)
+
+    def waiting(self, message: str, wants_metrics: bool = False, unavailable: bool = False) -> CanaryPlan:
+        self.data["message"] = f"{self.label}: {message}"
+        return self.plan(self.interval, wants_metrics, unavailable)
+
+    def abort(self, why: str, figures: str) -> CanaryPlan:
+        message = (f"canary of version {self.candidate} aborted at {self.label}: {why}; canary {figures}; "
+                   f"stable version {self.stable_version} keeps {self.replicas} pods")
+        self.data.update({"phase": CanaryPhase.ABORTED, "canaryReplicas": 0, "message": message, "baseline": None})
+        self.events.append(Event(WARNING, Reason.CANARY_ABORTED, message))
+        return CanaryPlan(status=CanaryStatus.model_validate(self.data), hold=True, canary_version=self.candidate,
+                          canary_replicas=0, abort=self.candidate, abort_message=message, events=tuple(self.events))
+
+    def started_at(self, text: str) -> datetime:
+        return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=self.now.tzinfo)
+
+
+def _pods_ready(step: _Step, live: CanaryInputs) -> CanaryPlan | None:
+    server = live.server
+    if server is not None and server.deadline_exceeded and server.version == step.candidate:
+        return step.abort("the canary pods did not become available", "served no request")
+    if server is None or not server.ready_at(step.candidate, step.count):
+        step.data.update({"stepStartedAt": None, "baseline": None})
+        available = server.available if server is not None and server.version == step.candidate else 0
+        return step.waiting(f"waiting for canary pods ({available}/{step.count} available)")
+    return None
+
+
+def _counters_read(step: _Step, live: CanaryInputs) -> CanaryPlan | None:
+    """Never a verdict without the counters: the step waits, says why, and an event records
+    each new cause (not every retry: the message is then the same)."""
+    if live.metrics is not None:
+        return None
+    why = live.metrics_error or "Triton's metrics could not be read"
+    message = f"{why}; the analysis waits and tries again"
+    if step.old.message != f"{step.label}: {message}":
+        step.events.append(Event(WARNING, Reason.METRICS_UNAVAILABLE, f"canary of version {step.candidate} at {step.label}: {why}"))
+    return step.waiting(message, wants_metrics=True, unavailable=True)
+
+
+def _counting_started(step: _Step, live: CanaryInputs) -> CanaryPlan | None:
+    """The first look with every canary pod ready takes the baseline the step counts from."""
+    if step.data.get("stepStartedAt"):
+        return None
+    assert live.metrics is not None
+    canary_pods, stable_pods = live.metrics
+    step.data["stepStartedAt"] = timestamp(step.now)
+    step.data["baseline"] = [
+        {"pod": name, "success": m.success, "failure": m.failure, "durationUs": m.duration_us, "queueUs": m.queue_us}
+        for name, m in sorted({**stable_pods, **canary_pods}.items())
+    ]
+    step.data["lastAnalysis"] = None
+    return step.waiting("the canary pods are ready; counting requests from now", wants_metrics=True)
+
+
+def _analysis_due(step: _Step, live: CanaryInputs) -> CanaryPlan | None:
+    """One analysis per interval, however often the object is reconciled (each status write
+    wakes it): between analyses the status stays as it is, so nothing is written."""
+    last = (step.data.get("lastAnalysis") or {}).get("time") or step.data["stepStartedAt"]
+    since = (step.now - step.started_at(last)).total_seconds()
+    if since < step.interval:
+        return step.plan(max(0.5, step.interval - since), wants_metrics=True)
+    return None
+
+
+def _judge(step: _Step, live: CanaryInputs) -> CanaryPlan:
+    assert live.metrics is not None
+    canary_pods, stable_pods = live.metrics
+    data, steps = step.data, step.spec.steps
     baseline = {entry["pod"]: entry for entry in data.get("baseline") or []}
     canary = measure(canary_pods, baseline)
     stable = measure(stable_pods, baseline) if stable_pods else None
-    started = datetime.strptime(data["stepStartedAt"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=now.tzinfo)
-    paused = (now - started).total_seconds() >= seconds(steps[step].pause)
-    verdict, why = judge(canary_spec.analysis, canary, stable, paused)
-    data["lastAnalysis"] = _analysis_status(now, canary, stable, verdict, why)
+    paused = (step.now - step.started_at(data["stepStartedAt"])).total_seconds() >= seconds(steps[step.old.step].pause)
+    verdict, why = judge(step.spec.analysis, canary, stable, paused)
+    data["lastAnalysis"] = _analysis_status(step.now, canary, stable, verdict, why)
     if verdict == FAIL:
         stable_text = f"; stable {stable}" if stable is not None else ""
-        return abort(why, f"{canary}{stable_text}")
+        return step.abort(why, f"{canary}{stable_text}")
     if verdict == WAIT:
-        return waiting(why, wants_metrics=True)
-
+        return step.waiting(why, wants_metrics=True)
     figures = f"canary {canary}" + (f"; stable {stable}" if stable is not None else "")
-    if step + 1 >= len(steps):
-        message = f"canary of version {candidate} passed {len(steps)} step(s) and is promoted: {figures}"
-        data.update({"phase": CanaryPhase.PROMOTED, "message": message, "baseline": None})
-        events.append(Event(NORMAL, Reason.CANARY_PROMOTED, message))
-        return CanaryPlan(status=CanaryStatus.model_validate(data), hold=False, canary_version=candidate,
-                          canary_replicas=count, events=tuple(events), weights=(100, 0))
-    next_weight = steps[step + 1].weight
-    next_count = canary_replicas(replicas, next_weight)
-    events.append(Event(NORMAL, Reason.CANARY_STEP_PASSED,
-                         f"canary of version {candidate} passed {label} ({figures}); step {step + 2}/{len(steps)} at "
-                         f"{next_weight} % ({next_count} canary pods)"))
-    data.update({
-        "step": step + 1, "weight": next_weight, "canaryReplicas": next_count,
-        "effectiveWeight": effective_weight(replicas, next_count), "stepStartedAt": None, "baseline": None,
-        "message": f"step {step + 2}/{len(steps)} at {next_weight} %: starting {next_count} canary pod(s)",
+    return _promote(step, figures) if step.old.step + 1 >= len(steps) else _next_step(step, figures)
+
+
+def _promote(step: _Step, figures: str) -> CanaryPlan:
+    message = f"canary of version {step.candidate} passed {len(step.spec.steps)} step(s) and is promoted: {figures}"
+    step.data.update({"phase": CanaryPhase.PROMOTED, "message": message, "baseline": None})
+    step.events.append(Event(NORMAL, Reason.CANARY_PROMOTED, message))
+    return CanaryPlan(status=CanaryStatus.model_validate(step.data), hold=False, canary_version=step.candidate,
+                      canary_replicas=step.count, events=tuple(step.events), weights=(100, 0))
+
+
+def _next_step(step: _Step, figures: str) -> CanaryPlan:
+    steps, number = step.spec.steps, step.old.step
+    next_weight = steps[number + 1].weight
+    next_count = canary_replicas(step.replicas, next_weight)
+    step.events.append(Event(NORMAL, Reason.CANARY_STEP_PASSED,
+                             f"canary of version {step.candidate} passed {step.label} ({figures}); step {number + 2}/{len(steps)} at "
+                             f"{next_weight} % ({next_count} canary pods)"))
+    step.data.update({
+        "step": number + 1, "weight": next_weight, "canaryReplicas": next_count,
+        "effectiveWeight": effective_weight(step.replicas, next_count), "stepStartedAt": None, "baseline": None,
+        "message": f"step {number + 2}/{len(steps)} at {next_weight} %: starting {next_count} canary pod(s)",
     })
-    return CanaryPlan(status=CanaryStatus.model_validate(data), hold=True, canary_version=candidate, canary_replicas=next_count,
-                      events=tuple(events), requeue=interval, weights=(100 - next_weight, next_weight))
+    step.weight, step.count = next_weight, next_count
+    return step.plan(step.interval)

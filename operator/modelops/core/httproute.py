@@ -14,7 +14,8 @@ from typing import Any
 from modelops.api.deployment import HTTPRouteRef
 from modelops.core import naming
 from modelops.core.objects import OwnerRef
-from modelops.core.render import HTTP_PORT, render_service
+from modelops.core.render import render_service
+from modelops.serving.triton import TRITON
 
 STABLE_SUFFIX = "-stable"
 
@@ -44,12 +45,12 @@ def render_httproute(
     if parent.section_name:
         parent_ref["sectionName"] = parent.section_name
     if weights is None:
-        backends = [{"name": name, "port": HTTP_PORT, "weight": 100}]
+        backends = [{"name": name, "port": TRITON.http_port, "weight": 100}]
     else:
         stable, canary = weights
         backends = [
-            {"name": stable_service_name(name), "port": HTTP_PORT, "weight": stable},
-            {"name": naming.canary_name(name), "port": HTTP_PORT, "weight": canary},
+            {"name": stable_service_name(name), "port": TRITON.http_port, "weight": stable},
+            {"name": naming.canary_name(name), "port": TRITON.http_port, "weight": canary},
         ]
     return {
         "apiVersion": "gateway.networking.k8s.io/v1",

@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from modelops.api.model import ModelReason, StorageSpec, TransportReason
-from modelops.api.types import ConditionType
+from modelops.api.model import ModelReason, ModelStatus, StorageSpec, TransportReason, VersionCounts
+from modelops.api.types import Condition, ConditionType
 from modelops.api.version import Phase
 from modelops.core.conditions import FALSE, TRUE, Cond, merge_conditions
 from modelops.core.objects import VersionView
@@ -61,13 +61,11 @@ def model_status(
         ready = Cond(ConditionType.READY, FALSE, ModelReason.NO_READY_VERSION, f"no version of Model {name} is Ready yet")
     else:
         ready = Cond(ConditionType.READY, TRUE, ModelReason.VERSION_READY, f"version {latest} is Ready")
-    status: dict[str, Any] = {
-        "observedGeneration": generation,
-        "versions": version_counts(versions),
-        "conditions": merge_conditions(
-            old.get("conditions"), [ready] if transport is None else [ready, transport], generation, now
-        ),
-    }
-    if latest is not None:
-        status["latestReadyVersion"] = latest
-    return {k: v for k, v in status.items() if v is not None}
+    conditions = merge_conditions(old.get("conditions"), [ready] if transport is None else [ready, transport], generation, now)
+    status = ModelStatus(
+        observed_generation=generation,
+        latest_ready_version=latest,
+        versions=VersionCounts.model_validate(version_counts(versions)),
+        conditions=[Condition.model_validate(c) for c in conditions],
+    )
+    return status.wire()

@@ -26,6 +26,8 @@ ANNOTATION_RETRY = f"{GROUP}/retry"
 
 COMPONENT_COMPRESSOR = "compressor"
 COMPONENT_SERVER = "triton"
+# The Triton pods' init container that fetches and verifies the version (the operator's image).
+FETCH_CONTAINER = "fetch"
 
 # A Job's name ends up in a label value on its pods, which allows 63 characters.
 _LABEL_VALUE_MAX = 63

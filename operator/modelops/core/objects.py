@@ -11,6 +11,7 @@ from typing import Any
 
 from modelops.api.types import API_VERSION
 from modelops.api.version import Phase
+from modelops.core import naming
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,15 @@ class OwnerRef:
             "controller": controller,
             "blockOwnerDeletion": False,
         }
+
+
+@dataclass(frozen=True)
+class Event:
+    """A Kubernetes Event to post on the object a plan is about."""
+
+    type: str  # Normal or Warning
+    reason: str
+    message: str
 
 
 def owned_by(body: dict[str, Any] | None, owner_uid: str) -> bool:
@@ -70,7 +80,6 @@ class VersionView:
     # The operator's signature of the compressed artifact, and the public key it verifies with.
     signature_uri: str | None = None
     signer_key: str | None = None
-    failed_by: tuple[str, ...] = ()  # ModelDeployments whose rollout of this version failed
 
     @classmethod
     def from_body(cls, body: dict[str, Any]) -> VersionView:
@@ -88,9 +97,75 @@ class VersionView:
             compressed_format=compressed.get("format"),
             signature_uri=(status.get("provenance") or {}).get("signatureUri"),
             signer_key=(status.get("provenance") or {}).get("compressedSignerKey"),
-            failed_by=tuple(status.get("failedBy") or ()),
         )
 
     @property
     def ready(self) -> bool:
         return self.phase == Phase.READY and bool(self.compressed_uri and self.compressed_sha256)
+
+
+@dataclass(frozen=True)
+class ServerState:
+    """A live Triton Deployment (stable or canary), reduced to what rollout and canary decisions need."""
+
+    version: int | None
+    replicas: int
+    updated: int = 0
+    ready: int = 0
+    available: int = 0
+    total: int = 0
+    generation: int = 1
+    observed_generation: int = 1
+    deadline_exceeded: bool = False
+    # The live pod template is what the current spec (and retry) renders. A deadline that an
+    # older template exceeded never judges the new attempt: it is rendered again instead.
+    current: bool = True
+
+    @classmethod
+    def from_deployment(cls, body: dict[str, Any]) -> ServerState:
+        spec, status = body.get("spec") or {}, body.get("status") or {}
+        annotations = ((spec.get("template") or {}).get("metadata") or {}).get("annotations") or {}
+        raw_version = annotations.get(naming.ANNOTATION_VERSION)
+        generation = int(body.get("metadata", {}).get("generation", 1))
+        observed = int(status.get("observedGeneration", 0))
+        # The condition speaks of the template the controller last observed: after a new
+        # template is applied it is stale until observedGeneration catches up.
+        exceeded = observed >= generation and any(
+            c.get("type") == "Progressing" and c.get("status") == "False" and c.get("reason") == "ProgressDeadlineExceeded"
+            for c in status.get("conditions") or []
+        )
+        return cls(
+            version=int(raw_version) if raw_version and raw_version.isdigit() else None,
+            replicas=int(spec.get("replicas", 1)),
+            updated=int(status.get("updatedReplicas", 0)),
+            ready=int(status.get("readyReplicas", 0)),
+            available=int(status.get("availableReplicas", 0)),
+            total=int(status.get("replicas", 0)),
+            generation=generation,
+            observed_generation=observed,
+            deadline_exceeded=exceeded,
+        )
+
+    @property
+    def rolled_out(self) -> bool:
+        """Every pod runs the current template and no old pod is left (available or not)."""
+        return (
+            self.observed_generation >= self.generation
+            and self.updated == self.replicas
+            and self.total == self.replicas
+        )
+
+    @property
+    def template_rolled_out(self) -> bool:
+        """The controller observed the spec and no pod of an older template is left: the pod
+        count may still change (a scale), but the template does not."""
+        return self.observed_generation >= self.generation and self.updated == self.total
+
+    @property
+    def complete(self) -> bool:
+        """Rolled out, and every pod is available."""
+        return self.rolled_out and self.available == self.replicas
+
+    def ready_at(self, version: int, replicas: int) -> bool:
+        """Runs `version` with `replicas` pods, all updated and available (a canary's step)."""
+        return self.version == version and self.replicas == replicas and self.updated >= replicas and self.available >= replicas

@@ -19,7 +19,8 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from modelops.core.canary import COUNTERS, P99_QUANTILE, P99_SUMMARY, PodMetrics
+from modelops.core.canary import PodMetrics
+from modelops.serving.triton import TRITON
 
 NAMESPACE_LABEL, POD_LABEL, MODEL_LABEL = "namespace", "pod", "model"
 
@@ -35,7 +36,7 @@ def _string(value: str) -> str:
 
 def counters_query(namespace: str, pods: Iterable[str], model: str) -> str:
     """One instant query for the six counters and the p99 summary of `model` on `pods`."""
-    names = "|".join(re.escape(name) for name in (*COUNTERS, P99_SUMMARY))
+    names = "|".join(re.escape(name) for name in (*TRITON.metrics.counters, TRITON.metrics.p99_summary))
     pod_names = "|".join(re.escape(pod) for pod in sorted(set(pods)))
     return (f"{{__name__=~{_string(names)},{NAMESPACE_LABEL}={_string(namespace)},"
             f"{POD_LABEL}=~{_string(pod_names)},{MODEL_LABEL}={_string(model)}}}")
@@ -62,11 +63,11 @@ def parse_counters(answer: Mapping[str, Any], pods: Iterable[str]) -> tuple[dict
             value = float(series["value"][1])
         except (KeyError, IndexError, TypeError, ValueError):
             raise PrometheusAnswerError(f"a sample of {name} for pod {pod} has no number: {series.get('value')!r}") from None
-        key = COUNTERS.get(name or "")
+        key = TRITON.metrics.counters.get(name or "")
         if key is not None:
-            counters = totals.setdefault(pod, dict.fromkeys(COUNTERS.values(), 0.0))
+            counters = totals.setdefault(pod, dict.fromkeys(TRITON.metrics.counters.values(), 0.0))
             counters[key] += value
-        elif name == P99_SUMMARY and labels.get("quantile") == P99_QUANTILE and not math.isnan(value):
+        elif name == TRITON.metrics.p99_summary and labels.get("quantile") == TRITON.metrics.p99_quantile and not math.isnan(value):
             p99[pod] = max(p99.get(pod, value), value)
     metrics = {pod: PodMetrics(p99_us=p99.get(pod), **counters) for pod, counters in totals.items()}
     return metrics, sorted(wanted - set(metrics))

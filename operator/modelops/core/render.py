@@ -1,35 +1,28 @@
-"""Rendering of the objects the operator owns: the compression Job, the Triton Deployment and
-its Service. Pure functions of the specs; the same input always gives the same object."""
+"""Rendering of the objects the operator owns: the compression Job, the serving Deployment and
+its Service. Pure functions of the specs; the same input always gives the same object. What is
+the model server's own (its container, ports, probes, repository) comes from a
+`serving.runtime.ServingRuntime`, Triton by default."""
 
 from __future__ import annotations
 
 import json
-import math
 from typing import Any
 
-from modelops import serving
 from modelops.api.deployment import AutoscalingProvider, ModelDeploymentSpec
 from modelops.api.model import ModelSpec, Signature, StorageSpec
 from modelops.api.types import Toleration
-from modelops.compress import exitcodes
+from modelops.contract import exitcodes
 from modelops.core import naming
 from modelops.core.objects import OwnerRef, VersionView
 from modelops.core.versions import COMPRESSOR_CONTAINER, Scheduling
+from modelops.serving.runtime import ServingRuntime
+from modelops.serving.triton import TRITON
 from modelops.settings import Settings
 
 GPU_RESOURCE = "nvidia.com/gpu"
 GPU_TOLERATION = {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
-MODEL_REPOSITORY = "/models"
-HTTP_PORT, GRPC_PORT, METRICS_PORT = 8000, 8001, 8002
 # Images run as this unprivileged user; the NGC Triton image ships it as triton-server.
 RUN_AS_USER = 1000
-STARTUP_PERIOD_SECONDS = 5
-
-
-# Seconds a terminating Triton pod keeps serving before it is asked to stop, and the
-# seconds Triton then gets to finish the requests in flight.
-DRAIN_SECONDS = 5
-TRITON_SHUTDOWN_SECONDS = 30
 
 
 def managed_replicas(spec: ModelDeploymentSpec) -> int | None:
@@ -245,20 +238,6 @@ def render_job(
     return job
 
 
-def triton_config_text(model_name: str, model: ModelSpec, spec: ModelDeploymentSpec, version: int) -> str:
-    """config.pbtxt for one version; raises serving.ServingConfigError naming a bad field."""
-    return serving.render_config_pbtxt(serving.served_model(model_name, model, spec, version))
-
-
-def _http_probe(path: str, period: int, failures: int, timeout: int = 3) -> dict[str, Any]:
-    return {
-        "httpGet": {"path": path, "port": "http"},
-        "periodSeconds": period,
-        "timeoutSeconds": timeout,
-        "failureThreshold": failures,
-    }
-
-
 def render_deployment(
     *,
     name: str,
@@ -271,8 +250,10 @@ def render_deployment(
     settings: Settings,
     canary_replicas: int | None = None,
     retry: str | None = None,
+    runtime: ServingRuntime = TRITON,
 ) -> dict[str, Any]:
-    """The Triton Deployment serving `version`. Only the version (and the specs) change it.
+    """The serving Deployment (`runtime`'s pods, Triton unless told) for `version`. Only the
+    version (and the specs) change it.
     With `canary_replicas`, the canary Deployment `<name>-canary` instead: that many pods,
     selected by the same Service as the stable ones, told apart by the canary track label.
     `retry` is the ModelDeployment's modelops.dev/retry annotation: it goes on the pod template,
@@ -280,7 +261,7 @@ def render_deployment(
     if not (version.compressed_uri and version.compressed_sha256):
         raise ValueError(f"version {version.version} has no compressed artifact to serve")
     gpus = spec.scheduling.gpus or 0
-    config_text = triton_config_text(model_name, model, spec, version.version)
+    layout = runtime.repository_layout(model_name, model, spec, version.version)
     labels = naming.server_labels(name, model_name)
     selector = naming.server_selector(name)
     if canary_replicas is not None:
@@ -291,14 +272,14 @@ def render_deployment(
         naming.ANNOTATION_VERSION: str(version.version),
         naming.ANNOTATION_ARTIFACT_SHA256: version.compressed_sha256,
         "prometheus.io/scrape": "true",
-        "prometheus.io/port": str(METRICS_PORT),
-        "prometheus.io/path": "/metrics",
+        "prometheus.io/port": str(runtime.metrics_port),
+        "prometheus.io/path": runtime.metrics_path,
     }
     if retry is not None:
         template_annotations[naming.ANNOTATION_RETRY] = retry
-    volume_mount = {"name": "models", "mountPath": MODEL_REPOSITORY}
+    volume_mount = {"name": "models", "mountPath": runtime.model_repository}
     fetch: dict[str, Any] = {
-        "name": "fetch",
+        "name": naming.FETCH_CONTAINER,
         "image": settings.operator_image,
         "imagePullPolicy": settings.image_pull_policy,
         "command": ["python", "-m", "modelops.fetch"],
@@ -307,10 +288,9 @@ def render_deployment(
             "--sha256", version.compressed_sha256,
             "--model-name", model_name,
             "--version", str(version.version),
-            "--backend", spec.triton.backend,
-            "--repository", MODEL_REPOSITORY,
+            *layout.args,
         ],
-        "env": [*storage_env(model.storage), {"name": "MODELOPS_TRITON_CONFIG", "value": config_text}],
+        "env": [*storage_env(model.storage), *layout.env],
         "volumeMounts": [volume_mount, SCRATCH_MOUNT, *ca_bundle_mounts(model.storage)],
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "securityContext": restricted_container_security(),
@@ -322,46 +302,20 @@ def render_deployment(
     resources = spec.triton.resources.wire() if spec.triton.resources else {}
     if gpus > 0:
         resources = {**resources, "limits": {**resources.get("limits", {}), GPU_RESOURCE: gpus}}
-    startup_failures = max(1, math.ceil(spec.triton.startup_timeout_seconds / STARTUP_PERIOD_SECONDS))
-    triton = {
-        "name": "triton",
-        "image": spec.triton.image or settings.triton_image,
-        "imagePullPolicy": settings.image_pull_policy,
-        "command": ["tritonserver"],
-        # Rendered empty so that a variable added by hand is seen as drift and removed.
-        "env": [],
-        "args": [
-            f"--model-repository={MODEL_REPOSITORY}",
-            "--model-control-mode=none",
-            "--strict-readiness=true",
-            f"--http-port={HTTP_PORT}",
-            f"--grpc-port={GRPC_PORT}",
-            f"--metrics-port={METRICS_PORT}",
-            # p99 request latency for the canary analysis (nv_inference_request_summary_us).
-            "--metrics-config=summary_latencies=true",
-        ],
-        "ports": [
-            {"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"},
-            {"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"},
-            {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"},
-        ],
-        "startupProbe": _http_probe("/v2/health/ready", STARTUP_PERIOD_SECONDS, startup_failures),
-        "readinessProbe": _http_probe("/v2/health/ready", 5, 3),
-        "livenessProbe": _http_probe("/v2/health/live", 10, 3),
-        "volumeMounts": [{**volume_mount, "readOnly": True}, SCRATCH_MOUNT],
-        "securityContext": restricted_container_security(),
-        # A terminating pod leaves the Service's endpoints asynchronously; keep serving
-        # until every proxy and client has seen that, so a rollout drops no request.
-        "lifecycle": {"preStop": {"sleep": {"seconds": DRAIN_SECONDS}}},
-    }
-    if resources:
-        triton["resources"] = resources
+    server = runtime.container(
+        spec=spec,
+        image=spec.triton.image or settings.triton_image,
+        pull_policy=settings.image_pull_policy,
+        mounts=[{**volume_mount, "readOnly": True}, SCRATCH_MOUNT],
+        security_context=restricted_container_security(),
+        resources=resources,
+    )
     pod_spec: dict[str, Any] = {
         "automountServiceAccountToken": False,
         "securityContext": restricted_pod_security(),
-        "terminationGracePeriodSeconds": DRAIN_SECONDS + TRITON_SHUTDOWN_SECONDS,
+        "terminationGracePeriodSeconds": runtime.termination_grace_seconds,
         "initContainers": [fetch],
-        "containers": [triton],
+        "containers": [server],
         "volumes": [{"name": "models", "emptyDir": {}}, SCRATCH_VOLUME, *ca_bundle_volumes(model.storage)],
     }
     if spec.scheduling.node_selector:
@@ -396,8 +350,10 @@ def render_deployment(
     return deployment
 
 
-def render_service(*, name: str, namespace: str, owner: OwnerRef, model_name: str) -> dict[str, Any]:
-    """The Service in front of the Triton pods: http, grpc and metrics."""
+def render_service(
+    *, name: str, namespace: str, owner: OwnerRef, model_name: str, runtime: ServingRuntime = TRITON
+) -> dict[str, Any]:
+    """The Service in front of the serving pods: every port the runtime names (for Triton http, grpc and metrics)."""
     service = {
         "apiVersion": "v1",
         "kind": "Service",
@@ -410,16 +366,11 @@ def render_service(*, name: str, namespace: str, owner: OwnerRef, model_name: st
         "spec": {
             "type": "ClusterIP",
             "selector": naming.server_selector(name),
-            "ports": [
-                {"name": "http", "port": HTTP_PORT, "targetPort": "http", "protocol": "TCP"},
-                {"name": "grpc", "port": GRPC_PORT, "targetPort": "grpc", "protocol": "TCP"},
-                {"name": "metrics", "port": METRICS_PORT, "targetPort": "metrics", "protocol": "TCP"},
-            ],
+            "ports": [{"name": p.name, "port": p.number, "targetPort": p.name, "protocol": "TCP"} for p in runtime.ports],
         },
     }
     return service
 
 
-def endpoints(name: str, namespace: str) -> dict[str, str]:
-    host = f"{name}.{namespace}.svc"
-    return {"http": f"http://{host}:{HTTP_PORT}", "grpc": f"{host}:{GRPC_PORT}"}
+def endpoints(name: str, namespace: str, runtime: ServingRuntime = TRITON) -> dict[str, str]:
+    return runtime.endpoints(f"{name}.{namespace}.svc")

@@ -14,6 +14,7 @@ from modelops.api.deployment import AutoscalingMetric, AutoscalingSpec
 from modelops.core import naming
 from modelops.core.canary import seconds
 from modelops.core.objects import OwnerRef
+from modelops.serving.triton import TRITON
 
 HPA_METRICS = {
     AutoscalingMetric.QUEUE_TIME_RATIO: "triton_queue_time_ratio",
@@ -59,10 +60,11 @@ def render_hpa(*, name: str, namespace: str, model: str, owner: OwnerRef, spec: 
 def prometheus_query(metric: AutoscalingMetric, name: str, namespace: str) -> str:
     """PromQL over the stable pods (`<name>-<hash>-<hash>`; the canary's are `<name>-canary-...`)."""
     selector = f'namespace="{namespace}",pod=~"{name}-[a-z0-9]+-[a-z0-9]+"'
+    names = TRITON.metrics
     if metric == AutoscalingMetric.INFERENCES_PER_SECOND:
-        return f"sum(rate(nv_inference_count{{{selector}}}[{RATE_WINDOW}]))"
-    return (f"sum(rate(nv_inference_queue_duration_us{{{selector}}}[{RATE_WINDOW}])) / "
-            f"sum(rate(nv_inference_compute_infer_duration_us{{{selector}}}[{RATE_WINDOW}]))")
+        return f"sum(rate({names.inferences}{{{selector}}}[{RATE_WINDOW}]))"
+    return (f"sum(rate({names.queue_us}{{{selector}}}[{RATE_WINDOW}])) / "
+            f"sum(rate({names.compute_us}{{{selector}}}[{RATE_WINDOW}]))")
 
 
 def render_scaled_object(*, name: str, namespace: str, model: str, owner: OwnerRef, spec: AutoscalingSpec) -> dict[str, Any]:

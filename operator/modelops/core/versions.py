@@ -13,10 +13,19 @@ from pydantic import ValidationError
 from modelops.api.model import Compression, Evaluation, ModelSpec, Pruning, Signature
 from modelops.api.trust import ProvenanceStatus
 from modelops.api.types import Condition, ConditionType, Toleration
-from modelops.api.version import CompressedArtifact, CompressionReport, ModelVersionSpec, ModelVersionStatus, Phase, ReportOutcome, VersionReason
+from modelops.api.version import (
+    CompressedArtifact,
+    CompressionReport,
+    ModelVersionSpec,
+    ModelVersionStatus,
+    Phase,
+    ReportOutcome,
+    VersionReason,
+)
 from modelops.cachekey import InvalidRecipe, compressed_prefix, compression_cache_key, normalize_recipe
-from modelops.compress import exitcodes
-from modelops.compress.interface import Interface, signature_problems
+from modelops.contract import exitcodes
+from modelops.contract.interface import Interface, signature_problems
+from modelops.contract.report import ReportReason, reported_reason
 from modelops.core.conditions import FALSE, TRUE, Cond, merge_conditions
 from modelops.core.objects import VersionView
 from modelops.core.resolve import owner_of_number
@@ -91,7 +100,7 @@ class VersionState:
     """What a ModelVersion's status should say, minus bookkeeping."""
 
     phase: str
-    reason: str
+    reason: ReportReason
     message: str
     job_name: str | None = None
     cache_key: str | None = None
@@ -106,7 +115,7 @@ class VersionState:
         return self.phase in (Phase.PENDING, Phase.VERIFYING, Phase.COMPRESSING, Phase.EVALUATING)
 
 
-def waiting(phase: str, reason: str, message: str, retry_after: float | None = None, **extra: Any) -> VersionState:
+def waiting(phase: str, reason: ReportReason, message: str, retry_after: float | None = None, **extra: Any) -> VersionState:
     return VersionState(phase=phase, reason=reason, message=message, retry_after=retry_after, **extra)
 
 
@@ -226,9 +235,9 @@ def job_result(job: dict[str, Any], pods: list[dict[str, Any]]) -> JobResult:
     )
 
 
-_EXIT_REASONS: dict[int | None, tuple[str, str, str]] = {
+_EXIT_REASONS: dict[int | None, tuple[str, VersionReason, str]] = {
     exitcodes.BAD_ARTIFACT: (Phase.FAILED, VersionReason.BAD_ARTIFACT, "the artifact could not be verified or read"),
-    exitcodes.REJECTED: (Phase.REJECTED, VersionReason.ACCURACY_GATE_FAILED, "the compressed model failed the accuracy gate"),
+    exitcodes.REJECTED: (Phase.REJECTED, VersionReason.ACCURACY_GATE_REJECTED, "the compressed model failed the accuracy gate"),
     exitcodes.TRANSIENT: (Phase.FAILED, VersionReason.RETRIES_EXHAUSTED, "compression kept failing on transient errors (storage?)"),
     exitcodes.USAGE: (Phase.FAILED, VersionReason.INVALID_JOB_ARGUMENTS, "the compressor rejected its arguments; check operator and compressor versions"),
 }
@@ -352,17 +361,24 @@ def state_from_report(report: dict[str, Any], job_name: str | None, key: str | N
                 Phase.FAILED, VersionReason.REPORT_INVALID, "the compression report names no complete compressed artifact",
                 job_name=job_name, cache_key=key, report=details,
             )
+        reason: ReportReason
         if from_cache:
-            reason, note = str(Reason.COMPRESSED_FROM_CACHE), f" ({report.get('message') or 'reused an identical earlier compression'})"
+            reason, note = Reason.COMPRESSED_FROM_CACHE, f" ({report.get('message') or 'reused an identical earlier compression'})"
         elif evaluated_cached:
-            reason, note = str(Reason.EVALUATED_FROM_CACHE), " (evaluated an identical earlier compression on this version's dataset)"
+            reason, note = Reason.EVALUATED_FROM_CACHE, " (evaluated an identical earlier compression on this version's dataset)"
         else:
-            reason, note = "Compressed", ""
+            reason, note = VersionReason.COMPRESSED, ""
         return VersionState(Phase.READY, reason, _summary(details) + note, job_name, key, artifact, details)
     phase = Phase.REJECTED if outcome == ReportOutcome.REJECTED else Phase.FAILED
-    reason = report.get("reason") or (VersionReason.ACCURACY_GATE_FAILED if phase == Phase.REJECTED else VersionReason.COMPRESSION_FAILED)
+    named = report.get("reason")
+    reported = reported_reason(named)
+    outcome_reason: ReportReason = reported or (
+        VersionReason.ACCURACY_GATE_REJECTED if phase == Phase.REJECTED else VersionReason.COMPRESSION_FAILED
+    )
     message = report.get("message") or _summary(details)
-    return VersionState(phase, reason, message, job_name, key, None, details)
+    if named and reported is None:  # a reason this operator does not know (a newer Job's): keep its name
+        message = f"{named}: {message}"
+    return VersionState(phase, outcome_reason, message, job_name, key, None, details)
 
 
 def interface_matches(recorded: Any, signature: Signature) -> bool:
@@ -388,7 +404,7 @@ def version_status(
         state.message if state.progressing else f"{state.phase}: nothing more to do for this version",
     )
     conditions = merge_conditions(old.get("conditions"), [ready, progressing], generation, now) + [
-        # Written by ModelDeployments whose rollout of this version failed; not ours to change.
+        # Derived from the ModelDeployments' failedVersions, with failedBy (handlers/versions.py).
         c for c in old.get("conditions") or [] if c.get("type") == ConditionType.ROLLOUT_FAILED
     ]
     status = ModelVersionStatus(

@@ -5,8 +5,9 @@ too, so a reconcile that follows its own write does not work from the state befo
 
 Only what some reconcile reads is kept: managedFields, kubectl's last-applied annotation, the
 pod template of a Job and the spec of a Pod are dropped on the way in. The children that only
-their owner's reconcile reads, one at a time (Deployments with their pod templates, Services),
-are kept as compressed JSON, a fifth of their size as Python objects, and unpacked on each read.
+their owner's reconcile reads, one at a time (Deployments with their pod templates, Services,
+HPAs, ScaledObjects, HTTPRoutes), are kept as compressed JSON, a fifth of their size as Python
+objects, and unpacked on each read. Pods are the compressor pods of Jobs and the Triton pods.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from modelops import kube as k8s
+from modelops.core import naming
 
 # The top-level fields kept per collection (metadata always, minus what no reconcile reads).
 KEPT_FIELDS: dict[str, tuple[str, ...]] = {
@@ -29,12 +31,17 @@ KEPT_FIELDS: dict[str, tuple[str, ...]] = {
     k8s.DEPLOYMENTS.plural: ("spec", "status"),
     k8s.SERVICES.plural: ("spec",),
     k8s.PODS.plural: ("status",),
+    k8s.HPAS.plural: ("spec",),
+    k8s.SCALEDOBJECTS.plural: ("spec",),
+    k8s.HTTPROUTES.plural: ("spec",),
 }
-PACKED = {k8s.DEPLOYMENTS.plural, k8s.SERVICES.plural}
-CACHED = (k8s.MODELS, k8s.MODELVERSIONS, k8s.MODELDEPLOYMENTS, k8s.JOBS, k8s.DEPLOYMENTS, k8s.SERVICES, k8s.PODS)
+PACKED = {k8s.DEPLOYMENTS.plural, k8s.SERVICES.plural, k8s.HPAS.plural, k8s.SCALEDOBJECTS.plural, k8s.HTTPROUTES.plural}
+CACHED = (k8s.MODELS, k8s.MODELVERSIONS, k8s.MODELDEPLOYMENTS, k8s.JOBS, k8s.DEPLOYMENTS, k8s.SERVICES, k8s.PODS,
+          k8s.HPAS, k8s.SCALEDOBJECTS, k8s.HTTPROUTES)
 DROPPED_METADATA = ("managedFields",)
 DROPPED_ANNOTATIONS = ("kubectl.kubernetes.io/last-applied-configuration",)
 JOB_UID_LABEL = "batch.kubernetes.io/controller-uid"
+SERVER_POD = "server/"  # the index of a Triton pod: this and its ModelDeployment's label value
 # Deletions remembered, so that a write that returns after the object's DELETED event cannot
 # bring it back into the cache.
 TOMBSTONES = 4096
@@ -96,7 +103,11 @@ def _secondary(resource: k8s.Resource, body: Body) -> str | None:
     if resource in (k8s.MODELVERSIONS, k8s.MODELDEPLOYMENTS):
         return str((body.get("spec") or {}).get("model") or "")
     if resource == k8s.PODS:
-        return ((body.get("metadata") or {}).get("labels") or {}).get(JOB_UID_LABEL)
+        labels = (body.get("metadata") or {}).get("labels") or {}
+        if JOB_UID_LABEL in labels:
+            return str(labels[JOB_UID_LABEL])
+        server = labels.get(naming.LABEL_DEPLOYMENT)
+        return f"{SERVER_POD}{server}" if server and labels.get(naming.LABEL_COMPONENT) == naming.COMPONENT_SERVER else None
     return None
 
 
@@ -196,6 +207,11 @@ class Cache:
 
     def pods_of_job(self, namespace: str, job_uid: str) -> list[Body]:
         return self._by_index(k8s.PODS, namespace, job_uid)
+
+    def server_pods(self, namespace: str, deployment: str) -> list[Body]:
+        """The Triton pods of one ModelDeployment (stable and canary), by the labels the operator
+        sets on them (`naming.server_selector`)."""
+        return self._by_index(k8s.PODS, namespace, f"{SERVER_POD}{naming.label_value(deployment)}")
 
     # -- accounting ------------------------------------------------------------------------
 

@@ -1,15 +1,14 @@
-"""What every reconcile needs: settings, the Kubernetes adapter and the watch-fed cache it
-reads from, storage access, metrics, a clock and a way to wake other objects. Built once at
-startup; nothing here is global."""
+"""What every reconcile needs: settings, the Kubernetes adapter, its reads (`reads.Reads`),
+storage access, metrics and a clock. Built once at startup; nothing here is global."""
 
 from __future__ import annotations
 
 import base64
 import hashlib
 import os
+import socket
 import tempfile
 import threading
-import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -21,22 +20,19 @@ from pydantic import SecretStr
 
 from modelops import kube as k8s
 from modelops.api.model import ModelReason, StorageSpec
+from modelops.core.endpoints import EndpointPolicy, HostPort
+from modelops.core.objects import OwnerRef, with_owner
 from modelops.core.patch import merge_patch
 from modelops.handlers.cache import Cache
 from modelops.handlers.queue import Key
+from modelops.handlers.reads import CachedReads, Reads
 from modelops.metrics import Metrics
 from modelops.settings import Settings
-from modelops.storage import ObjectInfo, ObjectStore, StorageConfig, StorageError, TransferTuning
+from modelops.storage import ObjectStore, StorageConfig, StorageError, TransferTuning
 
 CREDENTIAL_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
 # The operator only HEADs and reads small objects: fail fast and let the queue retry.
 OPERATOR_TUNING = TransferTuning(max_attempts=2, stream_attempts=1, connect_timeout_s=3.0, read_timeout_s=10.0)
-# An artifact's existence, credentials Secrets and CA bundles are reused for this long (watching
-# every Secret and ConfigMap of the cluster would need RBAC to read them all), and at most this many
-# are kept.
-READ_TTL_SECONDS = 10.0
-READ_CACHE_LIMIT = 4096
-SMALL_READ_LIMIT = 1 << 20  # bytes: reports and measurements, never artifacts
 
 
 class CredentialsProblem(Exception):
@@ -58,6 +54,24 @@ class BucketProblem(CredentialsProblem):
     reason = ModelReason.BUCKET_NOT_FOUND
 
 
+class EndpointProblem(CredentialsProblem):
+    """spec.storage.endpoint names an address the operator may not be pointed at."""
+
+    reason = ModelReason.ENDPOINT_NOT_ALLOWED
+
+
+def resolve_host(url: str) -> list[str]:
+    """The addresses a URL's host name resolves to (none for a literal address or a name that
+    does not resolve: a request to it fails on its own)."""
+    where = HostPort.of(url)
+    if where is None:
+        return []
+    try:
+        return sorted({str(info[4][0]) for info in socket.getaddrinfo(where.host, where.port, proto=socket.IPPROTO_TCP)})
+    except (OSError, UnicodeError):
+        return []
+
+
 _written_bundles: set[Path] = set()
 
 
@@ -76,88 +90,6 @@ def ca_bundle_file(pem: bytes, directory: Path | None = None) -> str:
         os.replace(partial, path)
     _written_bundles.add(path)
     return str(path)
-
-
-class _Bounded:
-    """A least-recently-used map of at most `limit` entries, safe across threads."""
-
-    def __init__(self, limit: int) -> None:
-        self._items: OrderedDict[Any, Any] = OrderedDict()
-        self._limit = limit
-        self._lock = threading.Lock()
-
-    def get(self, key: Any) -> Any:
-        with self._lock:
-            value = self._items.get(key)
-            if value is not None:
-                self._items.move_to_end(key)
-            return value
-
-    def put(self, key: Any, value: Any) -> None:
-        with self._lock:
-            self._items[key] = value
-            self._items.move_to_end(key)
-            while len(self._items) > self._limit:
-                self._items.popitem(last=False)
-
-    def drop(self, which: Callable[[Any], bool]) -> None:
-        with self._lock:
-            for key in [k for k in self._items if which(k)]:
-                del self._items[key]
-
-
-class CachedReads:
-    """The operator's reads of one store. A report's or measurement's bytes are reused by URI
-    and ETag: each look asks a fresh HEAD (cheap), and reads the object again only when the HEAD
-    shows new content. HEADs themselves are fresh, since an ETag decides reuse (a dataset
-    replaced in place must be evaluated again at once); only the check that a version's own
-    artifact exists (`head_recent`) may be `ttl` seconds old, because the Job verifies the
-    artifact's bytes anyway. Misses and errors are never kept: an upload is seen at once."""
-
-    def __init__(self, store: ObjectStore, ttl: float = READ_TTL_SECONDS, limit: int = READ_CACHE_LIMIT,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self.store = store
-        self._ttl = ttl
-        self._clock = clock
-        self._heads = _Bounded(limit)
-        self._bodies = _Bounded(limit)
-
-    def head(self, uri: str) -> ObjectInfo:
-        return self.store.head(uri)
-
-    def head_recent(self, uri: str) -> ObjectInfo:
-        """A HEAD at most `ttl` seconds old."""
-        kept = self._heads.get(uri)
-        now = self._clock()
-        if kept is not None and kept[0] > now:
-            return kept[1]  # type: ignore[no-any-return]
-        info = self.store.head(uri)
-        self._heads.put(uri, (now + self._ttl, info))
-        return info
-
-    def bucket_exists_recent(self, bucket: str) -> bool:
-        """Whether the bucket exists, by a HEAD bucket; a bucket seen may be `ttl` seconds old,
-        a missing one is asked again every time (so its creation is seen at once)."""
-        key = ("bucket", bucket)
-        kept = self._heads.get(key)
-        now = self._clock()
-        if kept is not None and kept[0] > now:
-            return True
-        exists = self.store.bucket_exists(bucket)
-        if exists:
-            self._heads.put(key, (now + self._ttl, True))
-        return exists
-
-    def read_bytes(self, uri: str) -> bytes:
-        info = self.head(uri)
-        key = (uri, info.etag)
-        kept = self._bodies.get(key)
-        if kept is not None:
-            return kept  # type: ignore[no-any-return]
-        data = self.store.read_bytes(uri)
-        if info.etag and len(data) <= SMALL_READ_LIMIT:
-            self._bodies.put(key, data)
-        return data
 
 
 class StoreCache:
@@ -199,36 +131,29 @@ class Context:
     metrics: Metrics
     stores: StoreCache
     wake: Callable[[Key], None]
-    cache: Cache = field(default_factory=Cache)
     clock: Callable[[], datetime] = utcnow
-    _recent_reads: _Bounded = field(default_factory=lambda: _Bounded(512))
-
-    def read_recent(self, resource: k8s.Resource, namespace: str, name: str) -> dict[str, Any] | None:
-        """A Secret or ConfigMap as read at most READ_TTL_SECONDS ago (None: it does not exist)."""
-        now = time.monotonic()
-        kept = self._recent_reads.get((resource.plural, namespace, name))
-        if kept is not None and kept[0] > now:
-            return kept[1]  # type: ignore[no-any-return]
-        obj = self.kube.get(resource, namespace, name)
-        self._recent_reads.put((resource.plural, namespace, name), (now + READ_TTL_SECONDS, obj))
-        return obj
-
-    def secret(self, namespace: str, name: str) -> dict[str, Any] | None:
-        return self.read_recent(k8s.SECRETS, namespace, name)
-
-    def forget_recent(self, namespace: str) -> None:
-        """Read the namespace's Secrets and ConfigMaps afresh: a changed Model may be the user's
-        sign that they fixed one (a CA bundle is otherwise not retried on a timer)."""
-        self._recent_reads.drop(lambda key: key[1] == namespace)
+    endpoints: EndpointPolicy = field(default_factory=EndpointPolicy)
+    resolve: Callable[[str], list[str]] = resolve_host
     # The operator's scaler: the last reading of Triton's counters per ModelDeployment.
     readings: dict[tuple[str, str], Any] = field(default_factory=dict)
+
+    # Every read a reconcile makes goes through here (`modelops.handlers.reads`). The operator
+    # gives it the cache that its watches feed (`with_cache`).
+    reads: Reads = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.reads = Reads(Cache(), self.kube)
+
+    def with_cache(self, cache: Cache) -> Context:
+        self.reads = Reads(cache, self.kube)
+        return self
 
     def credentials(self, namespace: str, storage: StorageSpec) -> tuple[SecretStr | None, SecretStr | None]:
         """Access keys from the Model's Secret; raises CredentialsProblem naming what is missing."""
         ref = storage.credentials_secret
         if ref is None:
             return None, None
-        secret = self.secret(namespace, ref.name)
+        secret = self.reads.get(k8s.SECRETS, namespace, ref.name)
         if secret is None:
             raise CredentialsProblem(f"Secret {ref.name} named in spec.storage.credentialsSecret does not exist")
         data = secret.get("data") or {}
@@ -245,7 +170,7 @@ class Context:
             return None
         kind, name = ref.source
         field = "configMapRef" if kind == "ConfigMap" else "secretRef"
-        obj = self.read_recent(k8s.CONFIGMAPS if kind == "ConfigMap" else k8s.SECRETS, namespace, name)
+        obj = self.reads.get(k8s.CONFIGMAPS if kind == "ConfigMap" else k8s.SECRETS, namespace, name)
         if obj is None:
             raise CABundleProblem(f"{kind} {name} named in spec.storage.caBundle.{field} does not exist")
         if kind == "ConfigMap":
@@ -258,8 +183,20 @@ class Context:
             raise CABundleProblem(f"{kind} {name} has no PEM certificate under the key {ref.key} (spec.storage.caBundle.key)")
         return ca_bundle_file(pem)
 
+    def endpoint_problem(self, url: str, field: str) -> str | None:
+        """Why the operator may not send requests to `url` (named in `field`), or None."""
+        return self.endpoints.problem(url, field, self.resolve(url))
+
+    def check_endpoint(self, storage: StorageSpec) -> None:
+        """Raises EndpointProblem when spec.storage.endpoint may not be reached."""
+        problem = self.endpoint_problem(storage.endpoint, "spec.storage.endpoint") if storage.endpoint else None
+        if problem is not None:
+            raise EndpointProblem(problem)
+
     def check_storage(self, namespace: str, storage: StorageSpec) -> None:
-        """What the operator needs before it can talk to storage: the Secret and the CA bundle."""
+        """What the operator needs before it can talk to storage: an endpoint it may reach, the
+        Secret and the CA bundle."""
+        self.check_endpoint(storage)
         self.credentials(namespace, storage)
         self.ca_bundle(namespace, storage)
 
@@ -279,6 +216,9 @@ class Context:
             )
 
     def store_for(self, namespace: str, storage: StorageSpec) -> CachedReads:
+        """The store of a Model's storage; every storage request goes through here, so an
+        endpoint the operator may not reach is refused before any request is sent."""
+        self.check_endpoint(storage)
         key_id, secret_key = self.credentials(namespace, storage)
         config = StorageConfig(
             endpoint_url=storage.endpoint,
@@ -297,22 +237,34 @@ class Context:
         if not patch:
             return False
         meta = body["metadata"]
-        self.cache.store(resource, self.kube.patch_status(resource, meta["namespace"], meta["name"], patch))
+        self.reads.wrote(resource, self.kube.patch_status(resource, meta["namespace"], meta["name"], patch))
         return True
 
-    def adopt(self, resource: k8s.Resource, body: dict[str, Any], owner_references: list[dict[str, Any]] | None) -> None:
-        """Set ownerReferences with a JSON patch guarded by a test of the list it was computed
-        from, so a concurrent change of that list is not lost, while a status write meanwhile
-        (which a resourceVersion guard would turn into a conflict) does not matter."""
-        if owner_references is None:
-            return
+    def adopt(self, resource: k8s.Resource, body: dict[str, Any]) -> dict[str, Any]:
+        """Make the Model named in spec.model an owner of this ModelVersion or ModelDeployment,
+        so that deleting the Model removes it. Each kind's own reconcile adopts its object, so
+        one controller writes all of it; the object is the user's, created before the operator
+        sees it, so the reference can only be added afterwards. Returns the body as it now is.
+
+        The JSON patch is guarded by a test of the list it was computed from, so a concurrent
+        change of that list is not lost, while a status write meanwhile (which a resourceVersion
+        guard would turn into a conflict) does not matter."""
         meta = body["metadata"]
+        model = self.reads.get(k8s.MODELS, meta["namespace"], str((body.get("spec") or {}).get("model") or ""))
+        if model is None or model["metadata"].get("deletionTimestamp") or meta.get("deletionTimestamp"):
+            return body
         old = meta.get("ownerReferences")
-        ops: list[dict[str, Any]] = [{"op": "add", "path": "/metadata/ownerReferences", "value": owner_references}]
-        if old is not None:
-            ops.insert(0, {"op": "test", "path": "/metadata/ownerReferences", "value": old})
+        owner_references = with_owner(old, OwnerRef.of(model))
+        if owner_references is None:
+            return body
+        # A test for null passes only where the list is absent (the apiserver's JSON patch).
+        ops: list[dict[str, Any]] = [{"op": "test", "path": "/metadata/ownerReferences", "value": old},
+                                     {"op": "add", "path": "/metadata/ownerReferences", "value": owner_references}]
         try:
             patched = self.kube.json_patch(resource, meta["namespace"], meta["name"], ops)
         except k8s.Invalid:  # the test failed: someone changed the list since it was read
             raise k8s.Conflict(f"{resource.kind} {meta['name']}: ownerReferences changed while it was adopted", 409) from None
-        self.cache.store(resource, patched)
+        if patched is None:
+            return body
+        self.reads.wrote(resource, patched)
+        return self.reads.get(resource, meta["namespace"], meta["name"]) or body

@@ -1,32 +1,25 @@
-"""Reconcile one Model: aggregate its versions and own its children. What a change of the Model
+"""Reconcile one Model: aggregate its versions into its status, the only object it writes (each
+ModelVersion and ModelDeployment adopts itself, `Context.adopt`). What a change of the Model
 wakes is decided when its watch event arrives (`modelops.core.dependents`)."""
 
 from __future__ import annotations
 
 from modelops import kube as k8s
-from modelops.api.model import ModelSpec
+from modelops.api.model import ModelReason, ModelSpec, TransportReason
 from modelops.api.types import ConditionType
+from modelops.core.conditions import FALSE, Cond
 from modelops.core.models import model_status, transport_condition
-from modelops.core.objects import OwnerRef, VersionView, with_owner
-from modelops.core.rollout import stale_verdicts
+from modelops.core.objects import VersionView
 from modelops.handlers.context import BucketProblem, Context, CredentialsProblem
-from modelops.handlers.deployments import record_verdict
 from modelops.handlers.queue import Key
 
 
 def reconcile_model(ctx: Context, key: Key) -> float | None:
-    body = ctx.cache.get(k8s.MODELS, key.namespace, key.name)
+    body = ctx.reads.get(k8s.MODELS, key.namespace, key.name)
     if body is None or body["metadata"].get("deletionTimestamp"):
         return None
     spec = ModelSpec.model_validate(body["spec"])
-    owner = OwnerRef.of(body)
-    versions = ctx.cache.versions_of(key.namespace, key.name)
-    deployments = ctx.cache.deployments_of(key.namespace, key.name)
-
-    # Children are owned by the Model, so deleting it removes them and everything they own.
-    for child, resource in [(v, k8s.MODELVERSIONS) for v in versions] + [(d, k8s.MODELDEPLOYMENTS) for d in deployments]:
-        ctx.adopt(resource, child, with_owner(child["metadata"].get("ownerReferences"), owner))
-
+    versions = ctx.reads.versions_of(key.namespace, key.name)
     problem: str | None = None
     reason: str | None = None
     retry: float | None = None
@@ -40,6 +33,9 @@ def reconcile_model(ctx: Context, key: Key) -> float | None:
         problem, reason = str(err), err.reason
     views = [VersionView.from_body(v) for v in versions]
     transport = transport_condition(spec.storage)
+    if reason == ModelReason.ENDPOINT_NOT_ALLOWED and problem is not None:
+        # Never a connection, so nothing to say about its protection but the refusal.
+        transport = Cond(ConditionType.STORAGE_TRANSPORT, FALSE, TransportReason.ENDPOINT_NOT_ALLOWED, problem)
     status = model_status(
         body.get("status"), key.name, views, problem, body["metadata"].get("generation"), ctx.clock(),
         transport=transport, **({"problem_reason": reason} if reason else {}),
@@ -49,7 +45,4 @@ def reconcile_model(ctx: Context, key: Key) -> float | None:
         before = old.get(ConditionType.STORAGE_TRANSPORT) or {}
         if (before.get("status"), before.get("reason")) != (transport.status, transport.reason):
             ctx.kube.emit_event(body, "Warning", transport.reason, transport.message)
-    # A deleted ModelDeployment (or one moved to another Model) takes its verdicts with it.
-    for verdict in stale_verdicts(views, {d["metadata"]["name"] for d in deployments}):
-        record_verdict(ctx, key.namespace, verdict)
     return retry

@@ -26,7 +26,10 @@ async def serve_metrics(metrics: Metrics, host: str, port: int) -> web.AppRunner
 
 
 async def serve_health(live: Callable[[], bool], ready: Callable[[], bool], host: str, port: int) -> web.AppRunner:
-    """Liveness: the event loop answers and the workers run. Readiness: the watches started."""
+    """Liveness: the event loop answers and the workers run. Readiness: the operator's startup
+    finished (its queue, workers and resync loop run); kopf starts its watches after that, and
+    no reconcile runs before kopf's initial listings have filled the cache. A standby waiting
+    for the Lease answers both with 200 (`modelops.__main__`)."""
 
     def check(probe: Callable[[], bool]) -> Callable[[web.Request], Awaitable[web.Response]]:
         async def handle(_: web.Request) -> web.Response:

@@ -12,7 +12,8 @@ from modelops.api.model import ModelSpec
 from modelops.api.trust import PemRef, ProvenanceReason, ProvenanceStatus, TrustPolicy
 from modelops.api.version import ModelVersionSpec, Phase
 from modelops.core.versions import VersionState, waiting
-from modelops.handlers.context import CachedReads, Context
+from modelops.handlers.context import Context
+from modelops.handlers.reads import CachedReads
 from modelops.storage import ObjectNotFound, StorageError, parse_s3_uri
 
 if TYPE_CHECKING:  # modelops.provenance loads model_signing: imported where a signature is verified
@@ -27,7 +28,7 @@ class PolicyNotReady(Exception):
 
 def _pem(ctx: Context, namespace: str, ref: PemRef, where: str) -> bytes:
     kind, name = ref.source
-    obj = ctx.read_recent(k8s.CONFIGMAPS if kind == "ConfigMap" else k8s.SECRETS, namespace, name)
+    obj = ctx.reads.get(k8s.CONFIGMAPS if kind == "ConfigMap" else k8s.SECRETS, namespace, name)
     field = f"{where}.{'configMapRef' if kind == 'ConfigMap' else 'secretRef'}"
     if obj is None:
         raise PolicyNotReady(f"{kind} {name} named in {field} does not exist")
@@ -112,7 +113,7 @@ def signing_key(ctx: Context) -> bytes:
     name, namespace = ctx.settings.signing_key_secret, ctx.settings.signing_key_namespace
     if not namespace:
         raise PolicyNotReady("MODELOPS_SIGNING_KEY_NAMESPACE is unset")
-    secret = ctx.secret(namespace, name)
+    secret = ctx.reads.get(k8s.SECRETS, namespace, name)
     if secret is None:
         raise PolicyNotReady(f"the operator's signing key Secret {namespace}/{name} does not exist")
     encoded = (secret.get("data") or {}).get(SIGNING_KEY)

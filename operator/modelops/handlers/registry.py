@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -40,6 +40,7 @@ RECONCILERS: dict[str, Reconciler] = {
 }
 MANAGED = {naming.LABEL_MANAGED_BY: naming.MANAGED_BY}
 COMPRESSOR_PODS = {**MANAGED, naming.LABEL_COMPONENT: naming.COMPONENT_COMPRESSOR}
+SERVER_PODS = {**MANAGED, naming.LABEL_COMPONENT: naming.COMPONENT_SERVER}
 
 
 class NoDiffBase(kopf.DiffBaseStorage):
@@ -93,8 +94,7 @@ class Operator:
         def wake_from_thread(key: Key) -> None:
             loop.call_soon_threadsafe(self.wake, key)
 
-        self.ctx = self._make_context(wake_from_thread)
-        self.ctx.cache = self.cache
+        self.ctx = self._make_context(wake_from_thread).with_cache(self.cache)
         self.queue = WorkQueue(
             self._work, self.settings.workers, self.settings.max_backoff_seconds, self.ctx.metrics.queue_depth.set
         )
@@ -168,132 +168,170 @@ def _owner_key(body: dict[str, Any], kind: str, group: str = GROUP) -> Key | Non
     return None
 
 
-def build_registry(operator: Operator) -> kopf.OperatorRegistry:
-    """Register the handlers on a fresh registry (no import-time registration)."""
-    registry = kopf.OperatorRegistry()
+# What the cache keeps, with the labels that select the operator's own objects. A kind whose
+# API is not served (KEDA or the Gateway API not installed) is not watched: kopf starts its
+# watch when the CRD appears.
+FEEDS: tuple[tuple[k8s.Resource, dict[str, Any] | None, str], ...] = (
+    (k8s.MODELS, None, ""), (k8s.MODELVERSIONS, None, ""), (k8s.MODELDEPLOYMENTS, None, ""),
+    (k8s.JOBS, MANAGED, ""), (k8s.DEPLOYMENTS, MANAGED, ""), (k8s.SERVICES, MANAGED, ""),
+    (k8s.PODS, COMPRESSOR_PODS, ""), (k8s.PODS, SERVER_PODS, "-triton"),
+    (k8s.HPAS, MANAGED, ""), (k8s.SCALEDOBJECTS, MANAGED, ""), (k8s.HTTPROUTES, MANAGED, ""),
+)
+# The children of a ModelDeployment: any change to one, by anyone, wakes its owner, so a hand
+# edit, a scale or a deletion is reverted by the owner's next reconcile (what it renders, it keeps).
+DEPLOYMENT_CHILDREN = (k8s.DEPLOYMENTS, k8s.SERVICES, k8s.HPAS, k8s.SCALEDOBJECTS, k8s.HTTPROUTES)
 
-    @kopf.on.login(registry=registry)
-    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
-        # The same sources as the kubernetes client: in-cluster account or $KUBECONFIG.
-        return kopf.login_via_client(**kwargs)
+Before = dict[str, Any] | None
 
-    @kopf.on.startup(registry=registry)
-    async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
-        configure_kopf(settings)
-        await operator.start()
 
-    @kopf.on.cleanup(registry=registry)
-    async def cleanup(**_: Any) -> None:
-        await operator.stop()
+class _Wiring:
+    """The handlers of one registry, in groups: lifecycle, cache feeds, custom resources, children."""
 
-    cache = operator.cache
+    def __init__(self, operator: Operator) -> None:
+        self.operator = operator
+        self.cache = operator.cache
+        self.registry = kopf.OperatorRegistry()
+        self._last: dict[tuple[str, str, str], Before] = {}
 
-    def feeds(resource: k8s.Resource, labels: dict[str, Any] | None = None) -> None:
-        """Keep the cache of `resource` current from kopf's watch of it (deletions come as events)."""
-
-        @kopf.on.index(resource.group, resource.version, resource.plural, labels=labels, id=f"cache-{resource.plural}", registry=registry)
-        def index(body: kopf.Body, **_: Any) -> None:
-            cache.observe(resource, dict(body))
-
-    for resource, labels in (
-        (k8s.MODELS, None), (k8s.MODELVERSIONS, None), (k8s.MODELDEPLOYMENTS, None),
-        (k8s.JOBS, MANAGED), (k8s.DEPLOYMENTS, MANAGED), (k8s.SERVICES, MANAGED), (k8s.PODS, COMPRESSOR_PODS),
-    ):
-        feeds(resource, labels)
-
-    def follow(resource: k8s.Resource, event: kopf.RawEvent) -> None:
+    def follow(self, resource: k8s.Resource, event: kopf.RawEvent) -> None:
         """The indexing handler keeps what is added or modified; a deletion is dropped here."""
         if event.get("type") == "DELETED":
-            cache.forget(resource, dict(event["object"]))
+            self.cache.forget(resource, dict(event["object"]))
 
-    def previous(resource: k8s.Resource, event: kopf.RawEvent) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    def previous(self, resource: k8s.Resource, event: kopf.RawEvent) -> tuple[Before, Before]:
         """(before, after) of this event, for the kinds whose change decides what it wakes: the
         indexing handler already kept `after`; `before` is what the previous event left."""
         body: dict[str, Any] = dict(event["object"])
         meta = body.get("metadata") or {}
         ref = (resource.plural, meta.get("namespace", ""), meta.get("name", ""))
         if event.get("type") == "DELETED":
-            cache.forget(resource, body)
-            return last.pop(ref, None), None
-        after = cache.get(resource, ref[1], ref[2])
-        before = last.get(ref)
-        last[ref] = after
+            self.cache.forget(resource, body)
+            return self._last.pop(ref, None), None
+        after = self.cache.get(resource, ref[1], ref[2])
+        before = self._last.get(ref)
+        self._last[ref] = after
         return before, after
 
-    last: dict[tuple[str, str, str], dict[str, Any] | None] = {}
+    def wake_all(self, kind: str, namespace: str, names: Iterable[str]) -> None:
+        for name in names:
+            self.operator.wake(Key(kind, namespace, name))
 
-    @kopf.on.event(GROUP, VERSION, "models", registry=registry)
-    async def model_event(event: kopf.RawEvent, name: str, namespace: str | None, **_: Any) -> None:
-        namespace = namespace or ""
-        key = Key("Model", namespace, name)
-        before, after = previous(k8s.MODELS, event)
-        operator.seen(key, after is None)
-        operator.wake(key)
-        if dependents.model_changed(before, after):  # only its spec reaches below it
-            if operator.ctx is not None:
-                operator.ctx.forget_recent(namespace)
-            for version in dependents.waiting_versions(cache.versions_of(namespace, name)):
-                operator.wake(Key("ModelVersion", namespace, version))
-            for deployment in cache.deployments_of(namespace, name):
-                operator.wake(Key("ModelDeployment", namespace, deployment["metadata"]["name"]))
+    def lifecycle(self) -> None:
+        operator, registry = self.operator, self.registry
 
-    @kopf.on.event(GROUP, VERSION, "modelversions", registry=registry)
-    async def version_event(event: kopf.RawEvent, body: kopf.Body, name: str, namespace: str | None, **_: Any) -> None:
-        namespace = namespace or ""
-        key = Key("ModelVersion", namespace, name)
-        before, after = previous(k8s.MODELVERSIONS, event)
-        operator.seen(key, after is None)
-        operator.wake(key)
-        model = (body.get("spec") or {}).get("model", "")
-        operator.wake(Key("Model", namespace, model))
-        old, new = dependents.view_of(before), dependents.view_of(after)
-        for sibling in dependents.siblings_to_wake(old, new, cache.versions_of(namespace, model)):
-            operator.wake(Key("ModelVersion", namespace, sibling))
-        for deployment in dependents.deployments_to_wake(old, new, cache.deployments_of(namespace, model)):
-            operator.wake(Key("ModelDeployment", namespace, deployment))
+        @kopf.on.login(registry=registry)
+        def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+            # The same sources as the kubernetes client: in-cluster account or $KUBECONFIG.
+            return kopf.login_via_client(**kwargs)
 
-    @kopf.on.event(GROUP, VERSION, "modeldeployments", registry=registry)
-    async def deployment_event(event: kopf.RawEvent, body: kopf.Body, name: str, namespace: str | None, **_: Any) -> None:
-        namespace = namespace or ""
-        key = Key("ModelDeployment", namespace, name)
-        before, after = previous(k8s.MODELDEPLOYMENTS, event)
-        operator.seen(key, after is None)
-        operator.wake(key)
-        if after is None or (before or {}).get("spec", {}).get("model") != after.get("spec", {}).get("model"):
-            # Its Model (old and new) adopts it, or clears the verdicts it left on the versions.
-            for model in {(before or {}).get("spec", {}).get("model"), (body.get("spec") or {}).get("model")}:
-                if model:
-                    operator.wake(Key("Model", namespace, model))
+        @kopf.on.startup(registry=registry)
+        async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+            configure_kopf(settings)
+            await operator.start()
 
-    @kopf.on.event("batch", "v1", "jobs", labels=MANAGED, registry=registry)
-    async def job_event(event: kopf.RawEvent, body: Any, **_: Any) -> None:
-        follow(k8s.JOBS, event)
-        owner = _owner_key(dict(body), "ModelVersion")
-        if owner is not None:
-            operator.wake(owner)
+        @kopf.on.cleanup(registry=registry)
+        async def cleanup(**_: Any) -> None:
+            await operator.stop()
 
-    @kopf.on.event("", "v1", "pods", labels=COMPRESSOR_PODS, registry=registry)
-    async def job_pod_event(event: kopf.RawEvent, body: Any, **_: Any) -> None:
-        follow(k8s.PODS, event)
-        job = _owner_key(dict(body), "Job", group="batch")
-        owner = _owner_key(cache.get(k8s.JOBS, job.namespace, job.name) or {}, "ModelVersion") if job else None
-        if owner is not None:
-            operator.wake(owner)
+    def feeds(self) -> None:
+        """Keep the cache current from kopf's watches (deletions come as events)."""
+        for resource, labels, part in FEEDS:
+            self._feed(resource, labels, part)
 
-    # A change to a child, by anyone, wakes its owner: a hand edit, a scale or a deletion is
-    # reverted by the owner's next reconcile (what it renders, it keeps).
-    @kopf.on.event("apps", "v1", "deployments", labels=MANAGED, registry=registry)
-    async def server_event(event: kopf.RawEvent, body: Any, **_: Any) -> None:
-        follow(k8s.DEPLOYMENTS, event)
-        owner = _owner_key(dict(body), "ModelDeployment")
-        if owner is not None:
-            operator.wake(owner)
+    def _feed(self, resource: k8s.Resource, labels: dict[str, Any] | None, part: str) -> None:
+        cache = self.cache
 
-    @kopf.on.event("", "v1", "services", labels=MANAGED, registry=registry)
-    async def service_event(event: kopf.RawEvent, body: Any, **_: Any) -> None:
-        follow(k8s.SERVICES, event)
-        owner = _owner_key(dict(body), "ModelDeployment")
-        if owner is not None:
-            operator.wake(owner)
+        @kopf.on.index(resource.group, resource.version, resource.plural, labels=labels, id=f"cache-{resource.plural}{part}",
+                       registry=self.registry)
+        def index(body: kopf.Body, **_: Any) -> None:
+            cache.observe(resource, dict(body))
 
-    return registry
+    def custom_resources(self) -> None:
+        operator, cache, registry = self.operator, self.cache, self.registry
+
+        @kopf.on.event(GROUP, VERSION, "models", registry=registry)
+        async def model_event(event: kopf.RawEvent, name: str, namespace: str | None, **_: Any) -> None:
+            namespace = namespace or ""
+            key = Key("Model", namespace, name)
+            before, after = self.previous(k8s.MODELS, event)
+            operator.seen(key, after is None)
+            operator.wake(key)
+            if dependents.model_changed(before, after):  # only its spec reaches below it
+                if operator.ctx is not None:
+                    operator.ctx.reads.forget_recent(namespace)
+                uid = after["metadata"].get("uid") if after is not None else None
+                self.wake_all("ModelVersion", namespace, dependents.waiting_versions(cache.versions_of(namespace, name), uid))
+                self.wake_all("ModelDeployment", namespace, (d["metadata"]["name"] for d in cache.deployments_of(namespace, name)))
+
+        @kopf.on.event(GROUP, VERSION, "modelversions", registry=registry)
+        async def version_event(event: kopf.RawEvent, body: kopf.Body, name: str, namespace: str | None, **_: Any) -> None:
+            namespace = namespace or ""
+            key = Key("ModelVersion", namespace, name)
+            before, after = self.previous(k8s.MODELVERSIONS, event)
+            operator.seen(key, after is None)
+            operator.wake(key)
+            model = (body.get("spec") or {}).get("model", "")
+            if dependents.model_wake_needed(before, after):
+                operator.wake(Key("Model", namespace, model))
+            old, new = dependents.view_of(before), dependents.view_of(after)
+            self.wake_all("ModelVersion", namespace, dependents.siblings_to_wake(old, new, cache.versions_of(namespace, model)))
+            self.wake_all("ModelDeployment", namespace,
+                          dependents.deployments_to_wake(old, new, cache.deployments_of(namespace, model)))
+
+        @kopf.on.event(GROUP, VERSION, "modeldeployments", registry=registry)
+        async def deployment_event(event: kopf.RawEvent, name: str, namespace: str | None, **_: Any) -> None:
+            namespace = namespace or ""
+            key = Key("ModelDeployment", namespace, name)
+            before, after = self.previous(k8s.MODELDEPLOYMENTS, event)
+            operator.seen(key, after is None)
+            operator.wake(key)  # it adopts itself to its Model; the Model reads nothing of it
+            # The versions whose failedBy this deployment's verdicts decide derive it again.
+            for model, numbers in dependents.verdicts_changed(before, after).items():
+                self.wake_all("ModelVersion", namespace, dependents.versions_numbered(cache.versions_of(namespace, model), numbers))
+
+    def children(self) -> None:
+        operator, cache, registry = self.operator, self.cache, self.registry
+
+        @kopf.on.event("batch", "v1", "jobs", labels=MANAGED, registry=registry)
+        async def job_event(event: kopf.RawEvent, body: Any, **_: Any) -> None:
+            self.follow(k8s.JOBS, event)
+            owner = _owner_key(dict(body), "ModelVersion")
+            if owner is not None:
+                operator.wake(owner)
+
+        @kopf.on.event("", "v1", "pods", labels=COMPRESSOR_PODS, registry=registry)
+        async def job_pod_event(event: kopf.RawEvent, body: Any, **_: Any) -> None:
+            self.follow(k8s.PODS, event)
+            job = _owner_key(dict(body), "Job", group="batch")
+            owner = _owner_key(cache.get(k8s.JOBS, job.namespace, job.name) or {}, "ModelVersion") if job else None
+            if owner is not None:
+                operator.wake(owner)
+
+        for resource in DEPLOYMENT_CHILDREN:
+            self._child(resource)
+
+        # Triton pods wake nothing: what a rollout decides on reaches their Deployment's status,
+        # which wakes the owner; the pods are read (their metrics endpoints, a rollback's cause)
+        # when it reconciles.
+        @kopf.on.event("", "v1", "pods", labels=SERVER_PODS, id="follow-pods-triton", registry=registry)
+        async def server_pod_event(event: kopf.RawEvent, **_: Any) -> None:
+            self.follow(k8s.PODS, event)
+
+    def _child(self, resource: k8s.Resource) -> None:
+        @kopf.on.event(resource.group, resource.version, resource.plural, labels=MANAGED, id=f"child-{resource.plural}",
+                       registry=self.registry)
+        async def child_event(event: kopf.RawEvent, body: Any, **_: Any) -> None:
+            self.follow(resource, event)
+            owner = _owner_key(dict(body), "ModelDeployment")
+            if owner is not None:
+                self.operator.wake(owner)
+
+
+def build_registry(operator: Operator) -> kopf.OperatorRegistry:
+    """Register the handlers on a fresh registry (no import-time registration)."""
+    wiring = _Wiring(operator)
+    wiring.lifecycle()
+    wiring.feeds()
+    wiring.custom_resources()
+    wiring.children()
+    return wiring.registry

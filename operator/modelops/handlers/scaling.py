@@ -5,14 +5,18 @@ the HorizontalPodAutoscaler, KEDA ScaledObject and HTTPRoute the other providers
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from modelops import kube as k8s
 from modelops import tritonmetrics
-from modelops.api.deployment import AutoscalingProvider, AutoscalingStatus, ModelDeploymentSpec
-from modelops.core import autoscale, httproute, naming, scalers
+from modelops.api.deployment import AutoscalingProvider, AutoscalingStatus, DeploymentReason, ModelDeploymentSpec
+from modelops.api.types import Condition, Conditions, ConditionType
+from modelops.core import autoscale, httproute, scalers
 from modelops.core.canary import seconds
+from modelops.core.conditions import TRUE, Cond, find, merge_conditions
 from modelops.core.objects import OwnerRef
+from modelops.handlers.children import keep
 from modelops.handlers.context import Context
 
 
@@ -23,6 +27,19 @@ class Scaling:
     message: str | None = None
     requeue: float | None = None
     warning: str | None = None  # a new reason why the metric could not be read, for an event
+    refused: str | None = None  # why KEDA may not be pointed at spec.autoscaling.prometheusAddress
+
+
+PROMETHEUS_ADDRESS_FIELD = "spec.autoscaling.prometheusAddress"
+
+
+def refused_prometheus(ctx: Context, spec: ModelDeploymentSpec) -> str | None:
+    """Why KEDA may not query the deployment's Prometheus address (checked like a storage
+    endpoint, since KEDA sends its queries from inside the cluster), or None."""
+    auto = spec.autoscaling
+    if auto is None or auto.provider != AutoscalingProvider.KEDA or not auto.prometheus_address:
+        return None
+    return ctx.endpoint_problem(auto.prometheus_address, PROMETHEUS_ADDRESS_FIELD)
 
 
 def scale(ctx: Context, spec: ModelDeploymentSpec, body: dict[str, Any], live: dict[str, Any] | None) -> Scaling:
@@ -35,7 +52,7 @@ def scale(ctx: Context, spec: ModelDeploymentSpec, body: dict[str, Any], live: d
     if auto.provider != AutoscalingProvider.OPERATOR:
         # The HPA (or KEDA's) owns the count: plan with what it set.
         count = max(auto.min_replicas, min(live_replicas, auto.max_replicas))
-        return Scaling(spec.model_copy(update={"replicas": count}))
+        return Scaling(spec.model_copy(update={"replicas": count}), refused=refused_prometheus(ctx, spec))
     key = (meta["namespace"], meta["name"])
     now = ctx.clock()
     interval = float(seconds(auto.interval))
@@ -43,8 +60,7 @@ def scale(ctx: Context, spec: ModelDeploymentSpec, body: dict[str, Any], live: d
     before = ctx.readings.get(key)
     since = (now - before.time).total_seconds() if before is not None else interval
     if since >= interval:  # one reading per interval, however often the object is reconciled
-        selector = naming.selector_text(naming.server_selector(meta["name"]))
-        read = tritonmetrics.read(ctx.kube.list(k8s.PODS, meta["namespace"], label_selector=selector), spec.model,
+        read = tritonmetrics.read(ctx.reads.server_pods(meta["namespace"], meta["name"]), spec.model,
                                   meta["namespace"], tritonmetrics.PrometheusSource.of(ctx.settings))
         if read.metrics is None:
             unavailable = read.error
@@ -64,23 +80,35 @@ def scale(ctx: Context, spec: ModelDeploymentSpec, body: dict[str, Any], live: d
 
 
 def keep_providers(
-    ctx: Context, keep: Any, spec: ModelDeploymentSpec, name: str, namespace: str, owner: OwnerRef,
+    ctx: Context, spec: ModelDeploymentSpec, name: str, namespace: str, owner: OwnerRef,
     weights: tuple[int, int] | None, stable_version: int | None,
 ) -> None:
     """The HPA or ScaledObject, and the HTTPRoute with its Services, where the spec asks for them."""
     auto = spec.autoscaling
     if auto is not None and auto.provider == AutoscalingProvider.HPA:
         desired = scalers.render_hpa(name=name, namespace=namespace, model=spec.model, owner=owner, spec=auto)
-        keep(ctx, k8s.HPAS, ctx.kube.get(k8s.HPAS, namespace, name), desired)
-    if auto is not None and auto.provider == AutoscalingProvider.KEDA:
+        keep(ctx, k8s.HPAS, ctx.reads.get(k8s.HPAS, namespace, name), desired)
+    if auto is not None and auto.provider == AutoscalingProvider.KEDA and refused_prometheus(ctx, spec) is None:
         desired = scalers.render_scaled_object(name=name, namespace=namespace, model=spec.model, owner=owner, spec=auto)
-        keep(ctx, k8s.SCALEDOBJECTS, ctx.kube.get(k8s.SCALEDOBJECTS, namespace, name), desired)
+        keep(ctx, k8s.SCALEDOBJECTS, ctx.reads.get(k8s.SCALEDOBJECTS, namespace, name), desired)
     canary = spec.rollout.canary
     if canary is not None and canary.http_route is not None:
         if stable_version is not None:
             for service in httproute.render_split_services(name=name, namespace=namespace, owner=owner, model=spec.model,
                                                            stable_version=stable_version):
-                keep(ctx, k8s.SERVICES, ctx.kube.get(k8s.SERVICES, namespace, service["metadata"]["name"]), service)
+                keep(ctx, k8s.SERVICES, ctx.reads.get(k8s.SERVICES, namespace, service["metadata"]["name"]), service)
         route = httproute.render_httproute(name=name, namespace=namespace, owner=owner, model=spec.model,
                                            parent=canary.http_route, weights=weights if stable_version is not None else None)
-        keep(ctx, k8s.HTTPROUTES, ctx.kube.get(k8s.HTTPROUTES, namespace, name), route)
+        keep(ctx, k8s.HTTPROUTES, ctx.reads.get(k8s.HTTPROUTES, namespace, name), route)
+
+
+def refusal_degrades(conditions: Conditions | None, refused: str, generation: int | None, now: datetime) -> Conditions:
+    """The planned conditions with Degraded True for a refused Prometheus address: the pods
+    still serve (Ready is the planner's), but nothing scales them."""
+    wanted = Cond(ConditionType.DEGRADED, TRUE, DeploymentReason.ENDPOINT_NOT_ALLOWED,
+                  f"{refused}; no ScaledObject is created, so the replicas stay where they are")
+    wire = [c.wire() for c in conditions or []]
+    merged = merge_conditions([c for c in wire if c["type"] == ConditionType.DEGRADED], [wanted], generation, now)[0]
+    if find(wire, ConditionType.DEGRADED) is None:
+        return [*map(Condition.model_validate, wire), Condition.model_validate(merged)]
+    return [Condition.model_validate(merged if c["type"] == ConditionType.DEGRADED else c) for c in wire]

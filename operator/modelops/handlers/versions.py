@@ -1,4 +1,7 @@
-"""Reconcile one ModelVersion: check what the schema cannot, then create and follow its Job."""
+"""Reconcile one ModelVersion: check what the schema cannot, then create and follow its Job.
+This is the one writer of ModelVersions: their status, failedBy and RolloutFailed included
+(derived from the failedVersions of the Model's ModelDeployments in the cache), and their
+ownerReferences (the version adopts itself to its Model)."""
 
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ from modelops.api.version import TERMINAL_PHASES, ModelVersionSpec, Phase, Versi
 from modelops.cachekey import InvalidRecipe
 from modelops.core import naming, render
 from modelops.core.objects import OwnerRef, VersionView, owned_by
+from modelops.core.rollout import failed_by, failed_by_status
 from modelops.core.versions import (
     VersionState,
     cache_key,
@@ -30,9 +34,10 @@ from modelops.core.versions import (
     version_status,
     waiting,
 )
-from modelops.handlers.context import CachedReads, Context, CredentialsProblem
+from modelops.handlers.context import Context, CredentialsProblem, EndpointProblem
 from modelops.handlers.provenance import cached_signature_verifies, check_source, sign_output
 from modelops.handlers.queue import Key
+from modelops.handlers.reads import CachedReads
 from modelops.storage import (
     AccessDenied,
     InvalidRequest,
@@ -44,25 +49,54 @@ from modelops.storage import (
 )
 
 _WARNING_PHASES = {Phase.REJECTED, Phase.FAILED}
+# Cache decisions that end the version without a Job, and why a cached entry is compressed again.
+_REUSED = (reuse.Action.READY, reuse.Action.REJECT)
+_BROKEN = "the cached compression's signature does not verify"
 
 
 def reconcile_version(ctx: Context, key: Key) -> float | None:
-    body = ctx.cache.get(k8s.MODELVERSIONS, key.namespace, key.name)
+    body = ctx.reads.get(k8s.MODELVERSIONS, key.namespace, key.name)
     if body is None or body["metadata"].get("deletionTimestamp"):
         ctx.metrics.versions.set(key.namespace, key.name, None)
         return None
+    body = ctx.adopt(k8s.MODELVERSIONS, body)
     status = body.get("status") or {}
+    names = failed_by_of(ctx, body)
     if status.get("phase") in TERMINAL_PHASES:
+        marks = failed_by_status(status, names, ctx.clock())
+        if marks is not None:
+            ctx.write_status(k8s.MODELVERSIONS, body, {**status, **marks})
         ctx.metrics.versions.set(key.namespace, key.name, status["phase"])
         return None
     state = _decide(ctx, body)
     generation = body["metadata"].get("generation")
     new_status = version_status(status, state, generation, ctx.clock(), artifact_bucket=_artifact_bucket(body))
+    marks = failed_by_status({**new_status, "failedBy": status.get("failedBy")}, names, ctx.clock())
+    if marks is not None:
+        new_status.update(marks)
+    elif names:
+        new_status["failedBy"] = list(names)
     if ctx.write_status(k8s.MODELVERSIONS, body, new_status) and status.get("phase") != state.phase:
         event_type = "Warning" if state.phase in _WARNING_PHASES else "Normal"
         ctx.kube.emit_event(body, event_type, state.reason, f"{state.phase}: {state.message}")
-    ctx.metrics.versions.set(key.namespace, key.name, state.phase)
+        ctx.metrics.phase_changes.labels(state.phase, state.reason).inc()
+    ctx.metrics.versions.set(key.namespace, key.name, state.phase, fresh=not status.get("phase"))
     return state.retry_after
+
+
+def failed_by_of(ctx: Context, body: dict[str, Any]) -> tuple[str, ...]:
+    """The ModelDeployments of this version's Model that hold its number in failedVersions."""
+    meta = body["metadata"]
+    model = (body.get("spec") or {}).get("model", "")
+    deployments = [
+        (d["metadata"]["name"], (d.get("status") or {}).get("failedVersions") or ())
+        for d in ctx.reads.deployments_of(meta["namespace"], model) if not d["metadata"].get("deletionTimestamp")
+    ]
+    try:
+        view = VersionView.from_body(body)
+    except (TypeError, ValueError):
+        return ()  # a spec the schema let through but that names no number: _decide says so
+    return failed_by(view, (VersionView.from_body(b) for b in ctx.reads.versions_of(meta["namespace"], model)), deployments)
 
 
 def _artifact_bucket(body: dict[str, Any]) -> str | None:
@@ -79,8 +113,8 @@ def _decide(ctx: Context, body: dict[str, Any]) -> VersionState:
         spec = ModelVersionSpec.model_validate(body.get("spec") or {})
     except ValidationError as err:
         return waiting(Phase.FAILED, VersionReason.INVALID_SPEC, f"spec does not match the API: {err.errors()[0]['loc']}: {err.errors()[0]['msg']}")
-    model_body = ctx.cache.get(k8s.MODELS, namespace, spec.model)
-    siblings = [VersionView.from_body(b) for b in ctx.cache.versions_of(namespace, spec.model) if b["metadata"]["name"] != name]
+    model_body = ctx.reads.get(k8s.MODELS, namespace, spec.model)
+    siblings = [VersionView.from_body(b) for b in ctx.reads.versions_of(namespace, spec.model) if b["metadata"]["name"] != name]
     blocked = check_prerequisites(VersionView.from_body(body), model_body is not None, siblings)
     if blocked is not None:
         return blocked
@@ -98,7 +132,7 @@ def _decide(ctx: Context, body: dict[str, Any]) -> VersionState:
     if same is not None:
         return waiting(Phase.FAILED, VersionReason.INVALID_SPEC, f"{same} (with the Model's versionDefaults)")
     job_name = naming.job_name(name)
-    job = ctx.cache.get(k8s.JOBS, namespace, job_name)
+    job = ctx.reads.get(k8s.JOBS, namespace, job_name)
     # A Job that evaluates a cached compression shows as Evaluating while it runs; the phase
     # it was created with is the record of that.
     evaluating = (body.get("status") or {}).get("phase") == Phase.EVALUATING
@@ -114,7 +148,7 @@ def _decide(ctx: Context, body: dict[str, Any]) -> VersionState:
             f"a Job named {job_name} exists but does not belong to this ModelVersion; delete it",
             retry_after=ctx.settings.retry_seconds,
         )
-    pods = ctx.cache.pods_of_job(namespace, job["metadata"]["uid"])
+    pods = ctx.reads.pods_of_job(namespace, job["metadata"]["uid"])
     result = job_result(job, pods)
     if result.state == "succeeded" and result.report is None:
         result = replace(result, report=_stored_report(ctx, namespace, spec, model))
@@ -186,8 +220,7 @@ def _artifact_missing(store: CachedReads, uri: str, retry: float) -> VersionStat
 def _start(
     ctx: Context, body: dict[str, Any], spec: ModelVersionSpec, model: ModelSpec, key: str, job_name: str
 ) -> VersionState | tuple[dict[str, Any], bool, ProvenanceStatus | None]:
-    """Verify the artifact and its signature, decide on the cache (`reuse.decide`), or create
-    the Job (and say whether it only evaluates a cached compression, and who signed the source)."""
+    """Verify the artifact and its signature, decide on the cache, or create the Job (evaluating only?, source signer)."""
     meta = body["metadata"]
     namespace = meta["namespace"]
     retry = ctx.settings.retry_seconds
@@ -202,6 +235,8 @@ def _start(
                        f"exist; create it or fix the Model (checked again every {retry:g}s)")
             return waiting(Phase.VERIFYING, VersionReason.BUCKET_NOT_FOUND, message, retry)
         store.head_recent(spec.artifact.uri)
+    except EndpointProblem as err:  # a change of the Model wakes the version: no timer
+        return waiting(Phase.VERIFYING, VersionReason.ENDPOINT_NOT_ALLOWED, f"{err}; no request was sent")
     except CredentialsProblem as err:
         return waiting(Phase.VERIFYING, VersionReason(err.reason), f"{err}; create it in namespace {namespace}", retry)
     except ObjectNotFound:
@@ -209,14 +244,9 @@ def _start(
     except StorageError as err:
         return storage_problem(err, "spec.artifact.uri", spec.artifact.uri, retry)
     # Before the cache or a Job: an unsigned or untrusted artifact is never compressed or reused.
-    try:
-        verified = check_source(ctx, store, namespace, spec, model)
-    except StorageError as err:
-        assert spec.artifact.signature is not None
-        return storage_problem(err, "spec.artifact.signature.uri", spec.artifact.signature.uri, retry)
-    if isinstance(verified, VersionState):
-        return verified
-    signed = ProvenanceStatus(signer=verified.signer) if verified is not None else None
+    signed = _source_provenance(ctx, store, namespace, spec, model)
+    if isinstance(signed, VersionState):
+        return signed
 
     evaluation = effective_evaluation(spec, model)
     recipe = effective_recipe(spec, model)
@@ -231,16 +261,10 @@ def _start(
     decision = lookup.decision
     if decision.action == reuse.Action.FAIL:
         return waiting(Phase.FAILED, decision.reason, decision.message, cache_key=key)
-    # A cached compression counts only while the operator's signature of it verifies.
-    recompress = False
-    if ctx.settings.signing_key_secret and lookup.report is not None and decision.action in (reuse.Action.READY, reuse.Action.EVALUATE):
-        try:
-            recompress = not cached_signature_verifies(ctx, store, lookup.report)
-        except StorageError as err:
-            return storage_problem(err, "cache entry", prefix, retry)
-    cached = None
-    if not recompress and decision.action in (reuse.Action.READY, reuse.Action.REJECT):
-        cached = cachestore.reused_report(lookup, evaluation)
+    recompress = _cache_signature_broken(ctx, store, lookup, prefix)
+    if isinstance(recompress, VersionState):
+        return recompress
+    cached = cachestore.reused_report(lookup, evaluation) if not recompress and decision.action in _REUSED else None
     # A cached result counts only when its recorded interface fits this Model's signature;
     # otherwise the Job checks the artifact itself.
     if cached is not None and (decision.action == reuse.Action.REJECT or interface_matches(cached.get("interface"), model.signature)):
@@ -266,14 +290,40 @@ def _start(
         recompress=recompress,
     )
     created_job, created = ctx.kube.create(k8s.JOBS, job)
-    ctx.cache.store(k8s.JOBS, created_job)
+    ctx.reads.wrote(k8s.JOBS, created_job)
     evaluating = decision.action == reuse.Action.EVALUATE and not recompress
     if created:
         ctx.metrics.jobs_created.inc()
         what = "evaluation" if evaluating else "compression"
-        why = "the cached compression's signature does not verify" if recompress else decision.message
-        ctx.kube.emit_event(body, "Normal", "JobCreated", f"created {what} Job {job_name}: {why}")
+        ctx.kube.emit_event(body, "Normal", "JobCreated", f"created {what} Job {job_name}: {_BROKEN if recompress else decision.message}")
     return created_job, evaluating, signed
+
+
+def _source_provenance(
+    ctx: Context, store: CachedReads, namespace: str, spec: ModelVersionSpec, model: ModelSpec
+) -> VersionState | ProvenanceStatus | None:
+    """Who signed the source (None: unsigned and allowed), or the state that stops the version."""
+    try:
+        verified = check_source(ctx, store, namespace, spec, model)
+    except StorageError as err:
+        assert spec.artifact.signature is not None
+        return storage_problem(err, "spec.artifact.signature.uri", spec.artifact.signature.uri, ctx.settings.retry_seconds)
+    if isinstance(verified, VersionState):
+        return verified
+    return ProvenanceStatus(signer=verified.signer) if verified is not None else None
+
+
+def _cache_signature_broken(ctx: Context, store: CachedReads, lookup: cachestore.Lookup, prefix: str) -> VersionState | bool:
+    """Whether the cached entry must be compressed again: a cached compression counts only while
+    the operator's signature of it verifies (when the operator signs at all)."""
+    if not ctx.settings.signing_key_secret or lookup.report is None:
+        return False
+    if lookup.decision.action not in (reuse.Action.READY, reuse.Action.EVALUATE):
+        return False
+    try:
+        return not cached_signature_verifies(ctx, store, lookup.report)
+    except StorageError as err:
+        return storage_problem(err, "cache entry", prefix, ctx.settings.retry_seconds)
 
 
 def _stored_report(ctx: Context, namespace: str, spec: ModelVersionSpec, model: ModelSpec) -> dict[str, Any] | None:

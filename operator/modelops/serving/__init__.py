@@ -1,4 +1,6 @@
-"""Serving on NVIDIA Triton: config.pbtxt rendering (pure) and the model repository layout."""
+"""Serving: the runtime seam (`runtime.ServingRuntime`) and its one implementation, NVIDIA
+Triton (`triton`): config.pbtxt rendering (pure), the pod's server container and the model
+repository layout the fetch container writes."""
 
 from modelops.serving.config import (
     ServedModel,

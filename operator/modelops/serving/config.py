@@ -14,14 +14,16 @@ from typing import Final
 
 from modelops.api.deployment import Backend, InstanceKind, ModelDeploymentSpec, TritonSpec
 from modelops.api.model import ModelSpec, Signature, TensorSpec
+from modelops.api.version import ArtifactFormat
+from modelops.contract.formats import ARTIFACT_FILES
 
 # A model name becomes a directory and a URL path segment, so it is kept plain.
 _MODEL_NAME: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}\Z")
 
-# The file Triton loads from a version folder, and the file the served artifact gets there.
+# The artifact format each backend serves; its file name comes from the one format table.
 # The python backend runs the same ONNX file as the onnxruntime backend, next to its model.py.
-_LOADED_FILE: Final = {Backend.ONNXRUNTIME: "model.onnx", Backend.PYTHON: "model.py", Backend.PYTORCH: "model.pt"}
-_ARTIFACT_FILE: Final = {Backend.ONNXRUNTIME: "model.onnx", Backend.PYTHON: "model.onnx", Backend.PYTORCH: "model.pt"}
+_SERVED_FORMAT: Final = {Backend.ONNXRUNTIME: ArtifactFormat.ONNX, Backend.PYTHON: ArtifactFormat.ONNX, Backend.PYTORCH: ArtifactFormat.TORCHSCRIPT}
+PYTHON_BACKEND_FILE: Final = "model.py"
 
 
 class ServingConfigError(ValueError):
@@ -59,12 +61,13 @@ def backend_of(backend: str) -> Backend:
 
 def default_model_filename(backend: str) -> str:
     """The file Triton loads from a version folder for this backend."""
-    return _LOADED_FILE[backend_of(backend)]
+    kind = backend_of(backend)
+    return PYTHON_BACKEND_FILE if kind == Backend.PYTHON else artifact_filename(kind)
 
 
 def artifact_filename(backend: str) -> str:
     """The file name the served artifact gets in a version folder."""
-    return _ARTIFACT_FILE[backend_of(backend)]
+    return ARTIFACT_FILES[_SERVED_FORMAT[backend_of(backend)]]
 
 
 def instance_kind_for(gpus: int) -> InstanceKind:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from modelops.api.deployment import Backend
 from modelops.serving.config import (
+    PYTHON_BACKEND_FILE,
     artifact_filename,
     backend_of,
     validate_model_name,
@@ -62,7 +63,7 @@ def layout_model_repository(
         else:
             shutil.copyfile(artifact_path, target)
         if backend == Backend.PYTHON:
-            (version_dir / "model.py").write_text(python_backend_model_source(), encoding="utf-8")
+            (version_dir / PYTHON_BACKEND_FILE).write_text(python_backend_model_source(), encoding="utf-8")
         staging.chmod(0o755)
         _replace_dir(staging, final)
     except BaseException:

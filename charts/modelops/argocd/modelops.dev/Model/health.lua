@@ -1,14 +1,17 @@
 -- Argo CD health of a modelops.dev Model.
 -- Healthy: Ready is True (a version is Ready). Degraded: an object the user must create is
 -- missing: its credentials Secret (or one of its keys), the ConfigMap or Secret of its CA
--- bundle (or its key), or its bucket. Anything else (no Ready version yet) is Progressing.
+-- bundle (or its key), or its bucket; or its endpoint is one the operator may not reach.
+-- Anything else (no Ready version yet) is Progressing.
 local hs = {}
 
--- Reasons of Ready that only the user can fix, by creating the object the Model names.
+-- Reasons of Ready that only the user can fix: by creating the object the Model names, or by
+-- naming an endpoint the operator may reach.
 local missing = {
   CredentialsNotFound = true,
   CABundleNotFound = true,
   BucketNotFound = true,
+  EndpointNotAllowed = true,
 }
 
 local function says(c)
