@@ -206,6 +206,19 @@ INVALID: list[tuple[str, dict[str, Any], str, str]] = [
      "spec.storage.caBundle", "exactly one of configMapRef and secretRef"),
     ("caBundle key", edited(MODEL, "spec.storage.caBundle", {"configMapRef": {"name": "ca"}, "key": "../ca"}),
      "spec.storage.caBundle.key", "should match"),
+    ("signer with a key and a chain", edited(MODEL, "spec.trust.signers", [
+        {"name": "a", "publicKey": {"configMapRef": {"name": "k"}, "key": "a.pub"},
+         "certificateChain": {"configMapRef": {"name": "k"}, "key": "ca.pem"}, "identity": "a@example.com"}]),
+     "spec.trust.signers[0]", "exactly one of publicKey and certificateChain"),
+    ("certificate chain without identity", edited(MODEL, "spec.trust.signers", [
+        {"name": "a", "certificateChain": {"secretRef": {"name": "k"}, "key": "ca.pem"}}]),
+     "spec.trust.signers[0]", "identity is required with certificateChain"),
+    ("duplicate signer names", edited(MODEL, "spec.trust.signers", [
+        {"name": "a", "publicKey": {"configMapRef": {"name": "k"}, "key": "a.pub"}},
+        {"name": "a", "publicKey": {"configMapRef": {"name": "k"}, "key": "b.pub"}}]),
+     "spec.trust.signers", "signer names must be unique"),
+    ("signature uri", edited(VERSION, "spec.artifact.signature", {"uri": "https://example.com/model.sig"}),
+     "spec.artifact.signature.uri", "s3://"),
 ]
 
 # Refused by the apiserver (CEL) but parsed by the pydantic models, because a Model stored
@@ -231,6 +244,11 @@ VALID_EDITS: list[tuple[str, dict[str, Any]]] = [
     ("variable dims", edited(MODEL, "spec.signature.outputs", [{"name": "logits", "dataType": "FP32", "dims": [-1, 2]}])),
     ("https endpoint with path", edited(MODEL, "spec.storage.endpoint", "https://s3.eu-west-1.amazonaws.com/")),
     ("IP endpoint", edited(MODEL, "spec.storage.endpoint", "https://127.0.0.1:9000")),
+    ("trust policy of two keys and a chain", edited(MODEL, "spec.trust", {"required": True, "signers": [
+        {"name": "old", "publicKey": {"configMapRef": {"name": "k"}, "key": "old.pub"}},
+        {"name": "new", "publicKey": {"secretRef": {"name": "k"}, "key": "new.pub"}},
+        {"name": "ci", "certificateChain": {"configMapRef": {"name": "k"}, "key": "ca.pem"}, "identity": "ci@example.com"}]})),
+    ("signed artifact", edited(VERSION, "spec.artifact.signature", {"uri": "s3://models/digits/1/model.sig"})),
     ("insecure http endpoint", edited(edited(MODEL, "spec.storage.endpoint", "http://127.0.0.1:9000"), "spec.storage.insecure", True)),
     ("CA bundle in a ConfigMap", edited(MODEL, "spec.storage.caBundle", {"configMapRef": {"name": "kube-root-ca.crt"}})),
     ("CA bundle in a Secret", edited(MODEL, "spec.storage.caBundle", {"secretRef": {"name": "tls"}, "key": "ca.pem"})),

@@ -20,7 +20,9 @@ where Kubernetes shows it as the container's termination message.
 
 Exit codes are the compressor's (modelops.contract.exitcodes): 0 done, 2 usage or access
 denied, 10 bad artifact (missing object or digest mismatch: retrying cannot help), 12 transient
-(storage unreachable, disk trouble); 1 for anything unforeseen.
+(storage unreachable, disk trouble); 1 for anything unforeseen. With --signature-uri, the
+artifact's model_signing bundle must verify with the key in MODELOPS_SIGNER_KEY (the operator's)
+for the bytes read; otherwise exit 10 with the refusal's reason (UntrustedSigner, ...).
 """
 
 from __future__ import annotations
@@ -63,6 +65,8 @@ from modelops.transfer import TransferStats
 # Anything not foreseen below; the operator treats it like a crash.
 UNEXPECTED_FAILURE = 1
 
+# The PEM public key that must have signed the bundle named by --signature-uri.
+SIGNER_KEY_ENV = "MODELOPS_SIGNER_KEY"
 TERMINATION_LOG_ENV = "MODELOPS_TERMINATION_LOG"
 DEFAULT_TERMINATION_LOG = "/dev/termination-log"
 # Kubernetes keeps at most 4096 bytes of a termination message.
@@ -93,6 +97,8 @@ class FetchRequest:
     def entry(self) -> str | None:
         """The path of the graph file in the set; None for a directory served as uploaded."""
         return None if self.uri.endswith("/") else self.uri[len(self.folder) :]
+    signature_uri: str | None = None
+    signer_key: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -100,6 +106,31 @@ class FetchFailure:
     exit_code: int
     reason: str
     message: str
+
+
+class SignatureRefused(Exception):
+    """The artifact's signature does not verify with the operator's key; `reason` says how."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def verify_signature(request: FetchRequest, store: ObjectStore, files: Sequence[tuple[str, str]]) -> None:
+    """The files read, as (path, sha256), must be the ones the operator's key signed: one file
+    by its name, or every file of a set by its path."""
+    if request.signature_uri is None or request.signer_key is None:
+        return
+    from modelops import provenance  # model_signing: loaded only where a signature is checked
+
+    try:
+        provenance.verify(
+            store.read_bytes(request.signature_uri),
+            [provenance.TrustedSigner("operator", public_key_pem=request.signer_key)],
+            [provenance.FileDigest(path, digest) for path, digest in files],
+        )
+    except provenance.ProvenanceError as err:
+        raise SignatureRefused(err.reason, f"{request.signature_uri}: {err}") from None
 
 
 class _Parser(argparse.ArgumentParser):
@@ -116,6 +147,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--backend", required=True, choices=list(Backend), help="Triton backend")
     parser.add_argument("--repository", required=True, help="model repository directory")
     parser.add_argument("--files-json", help="a file set: [{path, sha256}] relative to the folder of --uri")
+    parser.add_argument("--signature-uri", help="s3:// URI of the artifact's model_signing bundle, verified with $MODELOPS_SIGNER_KEY")
     return parser
 
 
@@ -166,6 +198,14 @@ def parse_request(argv: Sequence[str], environ: Mapping[str, str]) -> FetchReque
     config_text = environ.get(CONFIG_ENV, "")
     if not config_text.strip():
         raise UsageError(f"{CONFIG_ENV}: the Triton model configuration is empty or unset")
+    signer_key = environ.get(SIGNER_KEY_ENV, "").encode() or None
+    if args.signature_uri is not None:
+        try:
+            parse_s3_uri(args.signature_uri)
+        except InvalidS3Uri as err:
+            raise UsageError(f"--signature-uri: {err}") from None
+        if signer_key is None:
+            raise UsageError(f"{SIGNER_KEY_ENV}: --signature-uri needs the signer's public key")
     return FetchRequest(
         uri=args.uri,
         sha256=sha256,
@@ -175,6 +215,8 @@ def parse_request(argv: Sequence[str], environ: Mapping[str, str]) -> FetchReque
         repository=Path(args.repository),
         config_text=config_text,
         files=parse_files(args.files_json, args.uri),
+        signature_uri=args.signature_uri,
+        signer_key=signer_key,
     )
 
 
@@ -188,6 +230,8 @@ def storage_config(environ: Mapping[str, str]) -> StorageConfig:
 
 def classify_failure(error: BaseException) -> FetchFailure:
     """Map an error to the exit code and reason the operator acts on."""
+    if isinstance(error, SignatureRefused):
+        return FetchFailure(ExitCode.BAD_ARTIFACT, error.reason, str(error))
     if isinstance(error, UsageError | InvalidS3Uri):
         return FetchFailure(ExitCode.USAGE, FetchReason.INVALID_ARGUMENTS, str(error))
     if isinstance(error, ChecksumMismatch):
@@ -248,6 +292,8 @@ def fetch(request: FetchRequest, store: ObjectStore) -> str:
     else:
         artifact = download_dir / artifact_filename(request.backend)
         result = store.download(request.uri, artifact, expected_sha256=request.sha256)
+        name = parse_s3_uri(request.uri).key.rsplit("/", 1)[-1]
+        verify_signature(request, store, [(name, result.sha256)])  # before anything is laid out for Triton
         model_dir = layout_model_repository(
             request.repository,
             request.model_name,
@@ -279,6 +325,7 @@ def _fetch_file_set(request: FetchRequest, store: ObjectStore, download_dir: Pat
         if result.stats is not None:
             total.add(result.stats)
         placed.append((path, local))
+    verify_signature(request, store, request.files)  # every file was verified by its sha256 above
     entry = request.entry
     graph = next((local for path, local in placed if path == entry), None)
     # The graph is renamed to the backend's file name; its external data keep their paths,

@@ -59,6 +59,17 @@ class Settings(BaseModel):
         "addresses, which are always refused unless allowed: typically the cluster's pod and service networks.",
     )
     pod_ip: str = Field("", description="The operator pod's IP (from the downward API): an endpoint that names it is refused.")
+    require_signatures: bool = Field(
+        False, description="Every Model requires signed artifacts, as if its spec.trust.required were true (docs/security.md)."
+    )
+    signing_key_secret: str = Field(
+        "", max_length=253,
+        description="Secret (key key.pem: a PEM ECDSA P-256 private key) with which the operator signs each compressed "
+        "artifact and its provenance statement; empty signs nothing (docs/security.md).",
+    )
+    signing_key_namespace: str = Field(
+        "", max_length=63, description="Namespace of the signing key's Secret (the chart sets its own release namespace)."
+    )
     log_level: str = Field("INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$")
     leader_election: bool = Field(False, description="Reconcile only while holding a Lease, so replicas can stand by.")
     leader_election_id: str = Field(

@@ -81,6 +81,9 @@ def test_a_cached_compression_never_skips_the_gate(testbed, namespace, storage, 
     apply_docs(testbed, namespace, [secret, model, first, serve])
     v1 = wait_phase(testbed, namespace, "digits-v1", "Ready")
     measured = v1["report"]["metric"]["compressed"]
+    # The chart made the operator's signing key at install; what it serves is signed with it.
+    signed = v1["provenance"]
+    assert signed["compressedSigner"].startswith("sha256:") and signed["statementUri"].startswith(v1["compressedArtifact"]["uri"])
     assert v1["report"]["metric"]["dataset"]["uri"] == gate(storage, 0.5)["datasetUri"]
     assert measured < 1.0, "pruning must change the outputs for a stricter threshold to be able to fail"
     kubectl(testbed, "wait", "-n", namespace, "--for=jsonpath={.status.desiredVersion}=1", "modeldeployment/serve",

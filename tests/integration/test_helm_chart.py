@@ -87,11 +87,14 @@ def test_cluster_wide_by_default_the_cluster_role_holds_exactly_the_operators_ru
     docs = render(testbed)
     (role,) = of_kind(docs, "ClusterRole")
     assert grants(role["rules"]) == grants(OPERATOR_RULES)
-    # The only namespaced grant: the leader-election Lease, in the release namespace.
-    (lease_role,) = of_kind(docs, "Role")
+    # The only namespaced grants, in the release namespace: the leader-election Lease, and the
+    # operator's signing key (that one Secret).
+    lease_role, key_role = of_kind(docs, "Role")
     assert lease_role["metadata"]["namespace"] == "ops" and grants(lease_role["rules"]) == grants(LEADER_ELECTION_RULES)
-    (lease_binding,) = of_kind(docs, "RoleBinding")
-    assert lease_binding["roleRef"]["name"] == lease_role["metadata"]["name"]
+    assert key_role["metadata"]["namespace"] == "ops" and key_role["rules"] == [
+        {"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["mo-modelops-signing-key"], "verbs": ["get"]}]
+    assert [b["roleRef"]["name"] for b in of_kind(docs, "RoleBinding")] == [
+        lease_role["metadata"]["name"], key_role["metadata"]["name"]]
     (binding,) = of_kind(docs, "ClusterRoleBinding")
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "mo-modelops", "namespace": "ops"}]
     assert of_kind(docs, "ServiceMonitor") == [] and of_kind(docs, "ConfigMap") == []
@@ -100,7 +103,7 @@ def test_cluster_wide_by_default_the_cluster_role_holds_exactly_the_operators_ru
 def test_watching_namespaces_gives_a_role_in_each_and_only_discovery_cluster_wide(testbed) -> None:
     docs = render(testbed, "watchNamespaces={team-a,team-b}")
     (cluster_role,) = of_kind(docs, "ClusterRole")
-    watching = [doc for doc in docs if not doc["metadata"]["name"].endswith("-leader-election")]
+    watching = [doc for doc in docs if not doc["metadata"]["name"].endswith(("-leader-election", "-signing-key"))]
     roles = {role["metadata"]["namespace"]: grants(role["rules"]) for role in of_kind(watching, "Role")}
     bindings = {b["metadata"]["namespace"]: b for b in of_kind(watching, "RoleBinding")}
     assert sorted(roles) == sorted(bindings) == ["team-a", "team-b"]
@@ -151,7 +154,7 @@ def test_without_leader_election_one_replica_is_recreated(testbed) -> None:
     assert deployment["spec"]["strategy"] == {"type": "Recreate"}
     env = {var["name"]: var.get("value") for var in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["MODELOPS_LEADER_ELECTION"] == "false"
-    assert of_kind(docs, "Role") == []
+    assert [role["metadata"]["name"] for role in of_kind(docs, "Role")] == ["mo-modelops-signing-key"]
 
 
 def test_two_replicas_get_a_disruption_budget(testbed) -> None:

@@ -459,3 +459,23 @@ def test_an_input_with_a_default_value_matches_the_signature_and_is_evaluated(tm
     assert message["metric"]["drop"] == 0.0, "the dataset, not the zero default, was fed"
     full = json.loads(fake_s3.objects[("models", "out/run/report.json")][0])
     assert full["interface"]["inputs"][0] == {"name": "input", "dataType": "FP32", "dims": [-1, 64], "hasDefault": True}
+
+
+def test_bytes_that_differ_from_a_verified_signature_are_rejected_as_tampered(tmp_path, store, fake_s3) -> None:
+    """With --source-signer (the operator verified the signed digest), other bytes are a tampered
+    file: Rejected with ArtifactTampered naming the file and signer, and nothing is published."""
+    code, message = _main(tmp_path, [*_args("f" * 64, {}), "--source-signer", "release"], store)
+    assert code == exitcodes.REJECTED
+    assert (message["outcome"], message["reason"]) == ("Rejected", "ArtifactTampered")
+    assert message["message"].startswith("file model.onnx: ") and "signed by release" in message["message"]
+    assert not [key for (_, key) in fake_s3.objects if key.startswith("out/")]
+
+
+def test_recompress_compresses_again_where_a_cached_entry_would_be_reused(tmp_path, store, fake_s3, digits_model) -> None:
+    argv = _args(_sha(digits_model.onnx.read_bytes()), {"quantization": "int8-weight-only"}, evaluation=None)
+    def artifact_puts() -> int:
+        return sum(call == "put out/run/model.onnx" for call in fake_s3.calls)
+
+    assert _main(tmp_path, argv, store)[0] == exitcodes.SUCCESS and artifact_puts() == 1
+    assert _main(tmp_path, argv, store)[0] == exitcodes.SUCCESS and artifact_puts() == 1  # reused
+    assert _main(tmp_path, [*argv, "--recompress"], store)[0] == exitcodes.SUCCESS and artifact_puts() == 2

@@ -402,3 +402,36 @@ def test_a_served_file_set_is_fetched_file_by_file_and_each_file_changes_the_tem
     template = rendered["spec"]["template"]["metadata"]["annotations"][annotation]
     assert template != changed["spec"]["template"]["metadata"]["annotations"][annotation]
     assert template != deployment()["spec"]["template"]["metadata"]["annotations"][annotation]
+
+
+def test_a_verified_signer_reaches_the_job_and_an_unsigned_artifact_adds_nothing() -> None:
+    def args(rendered: dict) -> list[str]:
+        return rendered["spec"]["template"]["spec"]["containers"][0]["args"]
+
+    signed = args(job(source_signer="release"))
+    assert signed[signed.index("--source-signer") + 1] == "release"
+    assert "--source-signer" not in args(job())
+
+
+def test_a_signed_version_has_its_fetch_verify_the_operators_signature() -> None:
+    spec = ModelDeploymentSpec.model_validate({"model": "digits"})
+    base = VersionView("digits-v1", "digits", 1, phase="Ready", compressed_uri="s3://models/c/model.onnx", compressed_sha256="ab" * 32)
+    signed = VersionView("digits-v1", "digits", 1, phase="Ready", compressed_uri="s3://models/c/model.onnx",
+                         compressed_sha256="ab" * 32, signature_uri="s3://models/c/model.onnx.sig", signer_key="PEM")
+
+    def fetch(view):
+        rendered = render_deployment(name="digits", namespace="ns", owner=MD_OWNER, model_name="digits", model=model_spec(),
+                                     spec=spec, version=view, settings=SETTINGS)
+        return rendered["spec"]["template"]["spec"]["initContainers"][0]
+
+    plain, checked = fetch(base), fetch(signed)
+    assert "--signature-uri" not in plain["args"] and "MODELOPS_SIGNER_KEY" not in env_map(plain)
+    assert checked["args"][-2:] == ["--signature-uri", "s3://models/c/model.onnx.sig"]
+    assert env_map(checked)["MODELOPS_SIGNER_KEY"] == "PEM"
+
+
+def test_recompress_reaches_the_job_only_when_asked() -> None:
+    def args(rendered: dict) -> list[str]:
+        return rendered["spec"]["template"]["spec"]["containers"][0]["args"]
+
+    assert "--recompress" in args(job(recompress=True)) and "--recompress" not in args(job())

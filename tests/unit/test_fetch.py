@@ -139,10 +139,16 @@ class MemoryStore:
         return TransferResult(sha256=actual, size=len(data))
 
 
-def _run(tmp_path: Path, store: MemoryStore, **changes: str) -> tuple[int, str, Path]:
+    def read_bytes(self, uri: str) -> bytes:
+        if uri not in self.objects:
+            raise ObjectNotFound(f"{uri} does not exist")
+        return self.objects[uri]
+
+
+def _run(tmp_path: Path, store: MemoryStore, env: dict[str, str] | None = None, **changes: str) -> tuple[int, str, Path]:
     repo = tmp_path / "models"
     log = tmp_path / "termination-log"
-    environ = {**ENV, TERMINATION_LOG_ENV: str(log)}
+    environ = {**ENV, TERMINATION_LOG_ENV: str(log), **(env or {})}
     code = main(_argv(repository=str(repo), **changes), environ, store_factory=lambda config: store)
     return code, log.read_text(), repo
 
@@ -246,3 +252,46 @@ def test_a_directory_is_laid_out_as_uploaded(tmp_path: Path) -> None:
 def test_a_bad_file_list_is_a_usage_error(tmp_path: Path, listed: str, says: str) -> None:
     code, log, _ = _run(tmp_path, MemoryStore({}), uri=FOLDER + "model.onnx", **{"files-json": listed})
     assert code == ExitCode.USAGE and says in log, log
+
+
+SIG_URI = "s3://models/digits/model.onnx.sig"
+
+
+def _keys() -> tuple[bytes, str]:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from modelops import provenance
+
+    key = ec.generate_private_key(ec.SECP256R1()).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    return key, provenance.public_key_pem(key).decode()
+
+
+def test_an_artifact_signed_by_the_operator_is_laid_out(tmp_path: Path) -> None:
+    from modelops import provenance
+
+    key, public = _keys()
+    bundle = provenance.sign(key, "model.onnx", [provenance.FileDigest("model.onnx", DIGEST)])
+    store = MemoryStore({URI: ARTIFACT, SIG_URI: bundle})
+    code, _, repo = _run(tmp_path, store, {"MODELOPS_SIGNER_KEY": public}, **{"signature-uri": SIG_URI})
+    assert code == ExitCode.SUCCESS and (repo / "digits/3/model.onnx").read_bytes() == ARTIFACT
+
+
+def test_a_signature_by_another_key_serves_nothing(tmp_path: Path) -> None:
+    """The artifact and its status were replaced together: the digest matches, the signature does not."""
+    from modelops import provenance
+
+    key, _ = _keys()
+    _, operator_public = _keys()
+    bundle = provenance.sign(key, "model.onnx", [provenance.FileDigest("model.onnx", DIGEST)])
+    store = MemoryStore({URI: ARTIFACT, SIG_URI: bundle})
+    code, log, repo = _run(tmp_path, store, {"MODELOPS_SIGNER_KEY": operator_public}, **{"signature-uri": SIG_URI})
+    assert code == ExitCode.BAD_ARTIFACT
+    assert log.startswith(f"UntrustedSigner: {SIG_URI}: signed by key sha256:") and _tree(repo) == []
+
+
+def test_a_signature_uri_without_the_key_is_a_usage_error(tmp_path: Path) -> None:
+    code, log, _ = _run(tmp_path, MemoryStore({URI: ARTIFACT}), **{"signature-uri": SIG_URI})
+    assert code == ExitCode.USAGE and log.startswith("InvalidArguments: MODELOPS_SIGNER_KEY")

@@ -114,3 +114,8 @@ Nothing is deleted: children are owned by the custom resources and garbage-colle
   resources: ["leases"]
   verbs: ["get", "create", "update"]
 {{- end }}
+
+{{/* The Secret with the operator's signing key (key.pem). */}}
+{{- define "modelops.signingSecretName" -}}
+{{- default (printf "%s-signing-key" (include "modelops.fullname" .)) .Values.signing.existingSecret }}
+{{- end }}

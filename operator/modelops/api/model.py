@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, Field, ValidationInfo, field_validator, model_validator
 
+from modelops.api.trust import TrustPolicy
 from modelops.api.types import (
     REGION_RULE,
     ApiModel,
@@ -486,6 +487,7 @@ class ModelSpec(ApiModel):
     storage: StorageSpec = Field(description="Object storage that holds the artifacts.")
     signature: Signature = Field(description="Tensor signature for serving.")
     version_defaults: VersionDefaults = nested(VersionDefaults, "Defaults for the model's versions.")
+    trust: TrustPolicy = nested(TrustPolicy, "Signers trusted to sign the artifacts (docs/security.md).")
 
 
 class VersionCounts(ApiModel):

@@ -9,6 +9,7 @@ from enum import StrEnum
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from modelops.api.model import Compression, Evaluation, Scheduling
+from modelops.api.trust import ArtifactSignature, ProvenanceStatus
 from modelops.api.types import (
     ApiModel,
     Conditions,
@@ -175,6 +176,7 @@ class Artifact(ApiModel):
         description=f"The files of a file set, each with its sha256; paths unique, at most {MAX_FILES}.",
     )
     entrypoint: RelativePath | None = Field(None, validate_default=True, description=f"For an ONNX file set: the path of the graph file; the other files are its external data. Default {DEFAULT_ENTRYPOINT}.")
+    signature: ArtifactSignature | None = Field(None, description="Signature bundle, verified against the Model's trust policy before anything runs.")
 
     @field_validator("files")
     @classmethod
@@ -399,6 +401,7 @@ class ModelVersionStatus(ApiModel):
     cache_key: str | None = Field(None, description="Content address of the compression output: sha256 of (source digest, recipe, compressor version).")
     compressed_artifact: CompressedArtifact | None = Field(None, description="The compressed artifact, once Ready.")
     report: CompressionReport | None = Field(None, description="The compression report.")
+    provenance: ProvenanceStatus | None = Field(None, description="The verified signer of the artifact.")
     failed_by: list[str] | None = Field(
         None,
         json_schema_extra={"x-kubernetes-list-type": "set"},

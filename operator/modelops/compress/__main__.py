@@ -108,6 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, help="CPU threads for weight processing and onnxruntime")
     parser.add_argument("--max-artifact-bytes", type=_positive, help="refuse a source artifact larger than this")
     parser.add_argument("--max-dataset-bytes", type=_positive, help="refuse an evaluation dataset larger than this")
+    parser.add_argument("--source-signer", help="the trusted signer the operator verified the source's signature of")
+    parser.add_argument("--recompress", action="store_true", help="compress even when a cached entry exists")
     parser.add_argument("--workdir", type=Path, help="scratch directory (default: a temporary directory)")
     return parser
 
@@ -163,6 +165,8 @@ def main(
             max_dataset_bytes=args.max_dataset_bytes,
             source_files=source_files,
             source_entrypoint=args.source_entrypoint,
+            source_signer=args.source_signer,
+            recompress=args.recompress,
         )
         if args.workdir is not None:
             result = run(spec, store, args.workdir)

@@ -12,6 +12,7 @@ from pydantic import ValidationError
 
 from modelops import cachestore, reuse
 from modelops.api.model import Signature
+from modelops.api.trust import ProvenanceReason
 from modelops.api.version import DEFAULT_ENTRYPOINT, ArtifactFormat, DatasetReport, MetricReport, ReportOutcome, VersionReason
 from modelops.cachekey import InvalidRecipe, compressed_prefix, compression_cache_key
 from modelops.compress import report
@@ -58,6 +59,11 @@ class JobSpec:
     # every file here is verified by its own sha256.
     source_files: list[dict[str, str]] | None = None
     source_entrypoint: str | None = None
+    # The trusted signer whose signature on the source the operator verified: bytes that differ
+    # from the signed digest are then a tampered artifact (Rejected), not a wrong spec.
+    source_signer: str | None = None
+    # The operator found the cached entry's signature broken: compress again, reuse nothing.
+    recompress: bool = False
 
 
 @dataclass(frozen=True)
@@ -185,6 +191,8 @@ def _run(spec: JobSpec, store: ObjectStore, workdir: Path) -> JobResult:
     # restarted Job, a dataset replaced meanwhile), and this one is the one that counts.
     lookup = cachestore.look_up(store, prefix, source_sha256, recipe.compression, evaluation)
     decision = lookup.decision
+    if spec.recompress and decision.action in (reuse.Action.READY, reuse.Action.REJECT, reuse.Action.EVALUATE):
+        decision = replace(decision, action=reuse.Action.COMPRESS, message="the cached compression's signature does not verify")
     log.info("cache decision: %s (%s): %s", decision.action, decision.reason, decision.message)
     if decision.action == reuse.Action.FAIL:
         raise Failure(exitcodes.BAD_ARTIFACT, decision.reason, decision.message)
@@ -195,7 +203,16 @@ def _run(spec: JobSpec, store: ObjectStore, workdir: Path) -> JobResult:
             return JobResult(_exit_code(existing["outcome"]), existing)
         log.info("the cached entry recorded no interface to check against the signature; compressing again")
 
-    source_path, source = _download_source(store, spec, workdir)
+    try:
+        source_path, source = _download_source(store, spec, workdir)
+    except ChecksumMismatch as exc:
+        if spec.source_signer is None:
+            raise
+        raise Failure(
+            exitcodes.REJECTED,
+            ProvenanceReason.ARTIFACT_TAMPERED,
+            f"file {_mismatched_file(spec, exc)}: the bytes read differ from the sha256 signed by {spec.source_signer} ({exc})",
+        ) from None
     dataset = None
     dataset_read = None
     if evaluation is not None:
@@ -273,6 +290,13 @@ def _check_file_set(spec: JobSpec, digest: str) -> None:
     )
     if artifact.digest != digest:
         raise ValueError(f"the files' digest is {artifact.digest}, but --source-sha256 says {digest}")
+
+
+def _mismatched_file(spec: JobSpec, exc: ChecksumMismatch) -> str:
+    """The file a checksum mismatch is about: the single file's name, or the set's path."""
+    if spec.source_files is None:
+        return spec.source_uri.rsplit("/", 1)[-1]
+    return next((item["path"] for item in spec.source_files if f"({item['path']})" in exc.uri), exc.uri)
 
 
 def _download_source(store: ObjectStore, spec: JobSpec, workdir: Path) -> tuple[Path, TransferResult]:

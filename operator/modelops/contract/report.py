@@ -8,6 +8,7 @@ from typing import Any
 
 from pydantic import Field
 
+from modelops.api.trust import ProvenanceReason
 from modelops.api.types import ApiModel
 from modelops.api.version import (
     LEGACY_VERSION_REASONS,
@@ -45,8 +46,9 @@ class JobReason(StrEnum):
 
 
 # Every reason a report may carry: the Job's own, the gate's rejection (a ModelVersion reason)
-# and the cache decision's (a dataset that is gone, a cached compression evaluated again).
-ReportReason = JobReason | VersionReason | CacheReason
+# the cache decision's (a dataset that is gone, a cached compression evaluated again) and the
+# provenance checks' (a source whose bytes are not the signed ones).
+ReportReason = JobReason | VersionReason | CacheReason | ProvenanceReason
 
 
 def reported_reason(text: str | None) -> ReportReason | None:
@@ -56,7 +58,7 @@ def reported_reason(text: str | None) -> ReportReason | None:
         return None
     if text in LEGACY_VERSION_REASONS:
         return LEGACY_VERSION_REASONS[text]
-    for kind in (VersionReason, JobReason, CacheReason):
+    for kind in (VersionReason, JobReason, CacheReason, ProvenanceReason):
         if text in kind.__members__.values():
             return kind(text)
     return None

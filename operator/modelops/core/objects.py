@@ -79,6 +79,9 @@ class VersionView:
     compressed_format: str | None = None
     # A file set's files ({path, sha256, bytes}), paths relative to the folder of compressed_uri.
     compressed_files: tuple[dict[str, Any], ...] = ()
+    # The operator's signature of the compressed artifact, and the public key it verifies with.
+    signature_uri: str | None = None
+    signer_key: str | None = None
 
     @classmethod
     def from_body(cls, body: dict[str, Any]) -> VersionView:
@@ -95,6 +98,8 @@ class VersionView:
             compressed_sha256=compressed.get("sha256"),
             compressed_format=compressed.get("format"),
             compressed_files=tuple(compressed.get("files") or ()),
+            signature_uri=(status.get("provenance") or {}).get("signatureUri"),
+            signer_key=(status.get("provenance") or {}).get("compressedSignerKey"),
         )
 
     @property

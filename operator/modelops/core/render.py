@@ -148,8 +148,12 @@ def render_job(
     signature: Signature,
     scheduling: Scheduling,
     settings: Settings,
+    source_signer: str | None = None,
+    recompress: bool = False,
 ) -> dict[str, Any]:
-    """The compression Job of one ModelVersion."""
+    """The compression Job of one ModelVersion. `source_signer` is the trusted signer whose
+    signature the operator verified: the Job then refuses bytes that differ from the signed
+    digests as tampered."""
     labels = naming.job_labels(model, version_name, version)
     source = Artifact.model_validate(artifact)
     args = [
@@ -167,6 +171,10 @@ def render_job(
         args += ["--source-entrypoint", source.graph_path, "--source-files-json", _compact_json([f.wire() for f in source.files])]
     if evaluation is not None:
         args += ["--eval-json", _compact_json(evaluation)]
+    if source_signer is not None:
+        args += ["--source-signer", source_signer]
+    if recompress:
+        args.append("--recompress")
     args += torch_export_args(artifact["format"], signature)
     container: dict[str, Any] = {
         "name": COMPRESSOR_CONTAINER,
@@ -291,7 +299,7 @@ def render_deployment(
     if retry is not None:
         template_annotations[naming.ANNOTATION_RETRY] = retry
     volume_mount = {"name": "models", "mountPath": runtime.model_repository}
-    fetch = {
+    fetch: dict[str, Any] = {
         "name": naming.FETCH_CONTAINER,
         "image": settings.operator_image,
         "imagePullPolicy": settings.image_pull_policy,
@@ -309,6 +317,10 @@ def render_deployment(
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "securityContext": restricted_container_security(),
     }
+    if version.signature_uri and version.signer_key:
+        # The operator signed this artifact: the fetch refuses bytes its key did not sign.
+        fetch["args"] += ["--signature-uri", version.signature_uri]
+        fetch["env"].append({"name": "MODELOPS_SIGNER_KEY", "value": version.signer_key})
     resources = spec.triton.resources.wire() if spec.triton.resources else {}
     if gpus > 0:
         resources = {**resources, "limits": {**resources.get("limits", {}), GPU_RESOURCE: gpus}}

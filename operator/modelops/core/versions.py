@@ -11,6 +11,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from modelops.api.model import Compression, Evaluation, ModelSpec, Pruning, Signature
+from modelops.api.trust import ProvenanceStatus
 from modelops.api.types import Condition, ConditionType, Toleration
 from modelops.api.version import (
     ArtifactFormat,
@@ -170,6 +171,7 @@ class VersionState:
     cache_key: str | None = None
     compressed: CompressedArtifact | None = None
     report: CompressionReport | None = None
+    provenance: ProvenanceStatus | None = None
     # Seconds until the operator should look again without being told (storage checks).
     retry_after: float | None = None
 
@@ -478,6 +480,8 @@ def version_status(
         cache_key=state.cache_key or old.get("cacheKey"),
         compressed_artifact=state.compressed,
         report=state.report,
+        # Verified once, before the Job or the cache is used; later states keep it.
+        provenance=state.provenance or old.get("provenance"),
         conditions=[Condition.model_validate(c) for c in conditions],
     )
     return status.wire()

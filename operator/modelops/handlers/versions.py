@@ -13,6 +13,7 @@ from pydantic import ValidationError
 from modelops import cachestore, reuse
 from modelops import kube as k8s
 from modelops.api.model import Compression, ModelSpec
+from modelops.api.trust import ProvenanceReason, ProvenanceStatus
 from modelops.api.version import (
     TERMINAL_PHASES,
     ArtifactFormat,
@@ -44,6 +45,7 @@ from modelops.core.versions import (
     waiting,
 )
 from modelops.handlers.context import Context, CredentialsProblem, EndpointProblem
+from modelops.handlers.provenance import cached_signature_verifies, check_source, sign_output
 from modelops.handlers.queue import Key
 from modelops.handlers.reads import CachedReads
 from modelops.storage import (
@@ -57,6 +59,9 @@ from modelops.storage import (
 )
 
 _WARNING_PHASES = {Phase.REJECTED, Phase.FAILED}
+# Cache decisions that end the version without a Job, and why a cached entry is compressed again.
+_REUSED = (reuse.Action.READY, reuse.Action.REJECT)
+_BROKEN = "the cached compression's signature does not verify"
 
 
 def reconcile_version(ctx: Context, key: Key) -> float | None:
@@ -144,11 +149,12 @@ def _decide(ctx: Context, body: dict[str, Any]) -> VersionState:
     # A Job that evaluates a cached compression shows as Evaluating while it runs; the phase
     # it was created with is the record of that.
     evaluating = (body.get("status") or {}).get("phase") == Phase.EVALUATING
+    signed: ProvenanceStatus | None = None
     if job is None:
         started = _start(ctx, body, spec, model, key, job_name)
         if isinstance(started, VersionState):
-            return started
-        job, evaluating = started
+            return _sign(ctx, body, spec, model, started)
+        job, evaluating, signed = started
     if not owned_by(job, meta["uid"]):
         return waiting(
             Phase.PENDING, VersionReason.JOB_NAME_TAKEN,
@@ -159,7 +165,22 @@ def _decide(ctx: Context, body: dict[str, Any]) -> VersionState:
     result = job_result(job, pods)
     if result.state == "succeeded" and result.report is None:
         result = replace(result, report=_stored_report(ctx, namespace, spec, model))
-    return state_from_job(result, job_name, key, recheck_seconds=ctx.settings.retry_seconds, evaluating=evaluating)
+    state = state_from_job(result, job_name, key, recheck_seconds=ctx.settings.retry_seconds, evaluating=evaluating)
+    return _sign(ctx, body, spec, model, replace(state, provenance=signed) if signed is not None else state)
+
+
+def _sign(ctx: Context, body: dict[str, Any], spec: ModelVersionSpec, model: ModelSpec, state: VersionState) -> VersionState:
+    """A Ready state once the operator signed what it is about to serve (when it has a key)."""
+    if state.phase != Phase.READY or not ctx.settings.signing_key_secret:
+        return state
+    old = (body.get("status") or {}).get("provenance")
+    try:
+        store = ctx.store_for(body["metadata"]["namespace"], model.storage)
+    except CredentialsProblem as err:
+        retry = ctx.settings.retry_seconds
+        return waiting(Phase.COMPRESSING, ProvenanceReason.SIGNING_FAILED, f"{err}; checked again every {retry:g}s", retry,
+                       job_name=state.job_name, cache_key=state.cache_key)
+    return sign_output(ctx, store, spec, model, state, ProvenanceStatus.model_validate(old) if old else None)
 
 
 def storage_problem(err: StorageError, field: str, uri: str, retry: float) -> VersionState:
@@ -213,13 +234,12 @@ def _artifact_missing(store: CachedReads, uri: str, retry: float, field: str = "
     return waiting(Phase.VERIFYING, VersionReason.ARTIFACT_NOT_FOUND, message, retry)
 
 
-def _start(
-    ctx: Context, body: dict[str, Any], spec: ModelVersionSpec, model: ModelSpec, key: str, job_name: str
-) -> VersionState | tuple[dict[str, Any], bool]:
-    """Verify the artifact, decide on the cache (`reuse.decide`), or create the Job (and say
-    whether it only evaluates a cached compression)."""
-    meta = body["metadata"]
-    namespace = meta["namespace"]
+def _check_objects(
+    ctx: Context, namespace: str, spec: ModelVersionSpec, model: ModelSpec
+) -> VersionState | tuple[CachedReads, list[int]]:
+    """The Model's storage and the version's objects, before anything else: an endpoint it may
+    reach, its credentials, its bucket and every file of the artifact (HEAD). Returns the store
+    and the files' sizes, or the state that says what is missing."""
     retry = ctx.settings.retry_seconds
     insecure = model.storage.transport_problem()
     if insecure is not None:  # a Model stored before the apiserver refused http:// without insecure
@@ -244,8 +264,27 @@ def _start(
         return _artifact_missing(store, uri, retry, field)
     except StorageError as err:
         return storage_problem(err, field, uri, retry)
+    return store, sizes
+
+
+def _start(
+    ctx: Context, body: dict[str, Any], spec: ModelVersionSpec, model: ModelSpec, key: str, job_name: str
+) -> VersionState | tuple[dict[str, Any], bool, ProvenanceStatus | None]:
+    """Verify the artifact and its signature, decide on the cache, or create the Job (evaluating only?, source signer)."""
+    meta = body["metadata"]
+    namespace = meta["namespace"]
+    retry = ctx.settings.retry_seconds
+    checked = _check_objects(ctx, namespace, spec, model)
+    if isinstance(checked, VersionState):
+        return checked
+    store, sizes = checked
+    # Before the cache or a Job: an unsigned or untrusted artifact is never compressed, reused
+    # or served as uploaded.
+    signed = _source_provenance(ctx, store, namespace, spec, model)
+    if isinstance(signed, VersionState):
+        return signed
     if spec.artifact.format == ArtifactFormat.DIRECTORY:
-        return served_as_uploaded(spec, sizes)
+        return replace(served_as_uploaded(spec, sizes), provenance=signed)
 
     evaluation = effective_evaluation(spec, model)
     recipe = effective_recipe(spec, model)
@@ -260,12 +299,15 @@ def _start(
     decision = lookup.decision
     if decision.action == reuse.Action.FAIL:
         return waiting(Phase.FAILED, decision.reason, decision.message, cache_key=key)
-    cached = cachestore.reused_report(lookup, evaluation) if decision.action in (reuse.Action.READY, reuse.Action.REJECT) else None
+    recompress = _cache_signature_broken(ctx, store, lookup, prefix)
+    if isinstance(recompress, VersionState):
+        return recompress
+    cached = cachestore.reused_report(lookup, evaluation) if not recompress and decision.action in _REUSED else None
     # A cached result counts only when its recorded interface fits this Model's signature;
     # otherwise the Job checks the artifact itself.
     if cached is not None and (decision.action == reuse.Action.REJECT or interface_matches(cached.get("interface"), model.signature)):
         ctx.metrics.cache_hits.inc()
-        return state_from_report(cached, job_name=None, key=key, from_cache=True)
+        return replace(state_from_report(cached, job_name=None, key=key, from_cache=True), provenance=signed)
 
     job = render.render_job(
         name=job_name,
@@ -282,15 +324,44 @@ def _start(
         signature=model.signature,
         scheduling=effective_scheduling(spec, model),
         settings=ctx.settings,
+        source_signer=signed.signer if signed is not None else None,
+        recompress=recompress,
     )
     created_job, created = ctx.kube.create(k8s.JOBS, job)
     ctx.reads.wrote(k8s.JOBS, created_job)
-    evaluating = decision.action == reuse.Action.EVALUATE
+    evaluating = decision.action == reuse.Action.EVALUATE and not recompress
     if created:
         ctx.metrics.jobs_created.inc()
         what = "evaluation" if evaluating else "compression"
-        ctx.kube.emit_event(body, "Normal", "JobCreated", f"created {what} Job {job_name}: {decision.message}")
-    return created_job, evaluating
+        ctx.kube.emit_event(body, "Normal", "JobCreated", f"created {what} Job {job_name}: {_BROKEN if recompress else decision.message}")
+    return created_job, evaluating, signed
+
+
+def _source_provenance(
+    ctx: Context, store: CachedReads, namespace: str, spec: ModelVersionSpec, model: ModelSpec
+) -> VersionState | ProvenanceStatus | None:
+    """Who signed the source (None: unsigned and allowed), or the state that stops the version."""
+    try:
+        verified = check_source(ctx, store, namespace, spec, model)
+    except StorageError as err:
+        assert spec.artifact.signature is not None
+        return storage_problem(err, "spec.artifact.signature.uri", spec.artifact.signature.uri, ctx.settings.retry_seconds)
+    if isinstance(verified, VersionState):
+        return verified
+    return ProvenanceStatus(signer=verified.signer) if verified is not None else None
+
+
+def _cache_signature_broken(ctx: Context, store: CachedReads, lookup: cachestore.Lookup, prefix: str) -> VersionState | bool:
+    """Whether the cached entry must be compressed again: a cached compression counts only while
+    the operator's signature of it verifies (when the operator signs at all)."""
+    if not ctx.settings.signing_key_secret or lookup.report is None:
+        return False
+    if lookup.decision.action not in (reuse.Action.READY, reuse.Action.EVALUATE):
+        return False
+    try:
+        return not cached_signature_verifies(ctx, store, lookup.report)
+    except StorageError as err:
+        return storage_problem(err, "cache entry", prefix, ctx.settings.retry_seconds)
 
 
 def _stored_report(ctx: Context, namespace: str, spec: ModelVersionSpec, model: ModelSpec) -> dict[str, Any] | None:
