@@ -295,3 +295,24 @@ def test_a_signature_by_another_key_serves_nothing(tmp_path: Path) -> None:
 def test_a_signature_uri_without_the_key_is_a_usage_error(tmp_path: Path) -> None:
     code, log, _ = _run(tmp_path, MemoryStore({URI: ARTIFACT}), **{"signature-uri": SIG_URI})
     assert code == ExitCode.USAGE and log.startswith("InvalidArguments: MODELOPS_SIGNER_KEY")
+
+
+def test_a_signed_file_set_is_verified_by_every_path_before_it_is_laid_out(tmp_path: Path) -> None:
+    """The operator signs a compressed file set by the paths its record lists; the fetcher checks
+    the same list, so a signature over other files (or another key) serves nothing."""
+    from modelops import provenance
+
+    objects, listed = _files()
+    files = [provenance.FileDigest(f["path"], f["sha256"]) for f in json.loads(listed)]
+    key, public = _keys()
+    sig = FOLDER + "model.onnx.sig"
+    args = {"uri": FOLDER + "model.onnx", "files-json": listed, "signature-uri": sig}
+    good = MemoryStore({**objects, sig: provenance.sign(key, "model.onnx", files)})
+    code, log, repo = _run(tmp_path / "good", good, {"MODELOPS_SIGNER_KEY": public}, **args)
+    assert code == ExitCode.SUCCESS, log
+    assert (repo / "digits/3/model.onnx.data").read_bytes() == DATA
+
+    partial = MemoryStore({**objects, sig: provenance.sign(key, "model.onnx", files[:1])})
+    code, log, repo = _run(tmp_path / "partial", partial, {"MODELOPS_SIGNER_KEY": public}, **args)
+    assert code == ExitCode.BAD_ARTIFACT and _tree(repo) == [], log
+    assert "model.onnx.data" in log
