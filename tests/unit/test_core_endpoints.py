@@ -96,3 +96,16 @@ def test_the_policy_is_built_from_settings_the_kubeconfig_and_the_in_cluster_ser
 def test_a_denied_cidr_that_is_not_one_is_refused_at_start_naming_the_variable() -> None:
     with pytest.raises(SettingsError, match="MODELOPS_DENIED_CIDRS"):
         Settings.from_env({"MODELOPS_DENIED_CIDRS": "10.244.0.0/16,pods"})
+
+
+def test_a_host_name_is_resolved_once_per_ttl_however_many_reconciles_ask() -> None:
+    from modelops.handlers.reads import Resolutions
+
+    asked: list[str] = []
+    now = [0.0]
+    resolutions = Resolutions(lambda url: asked.append(url) or ["10.0.0.5"], ttl=10, clock=lambda: now[0])
+    assert [resolutions("https://minio.storage.svc:9000") for _ in range(50)] == [["10.0.0.5"]] * 50
+    assert asked == ["https://minio.storage.svc:9000"]
+    now[0] = 10.5  # a name may move: it is looked up again once the answer is older than the TTL
+    resolutions("https://minio.storage.svc:9000")
+    assert len(asked) == 2

@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
-import socket
 import tempfile
 import threading
 from collections import OrderedDict
@@ -20,12 +19,12 @@ from pydantic import SecretStr
 
 from modelops import kube as k8s
 from modelops.api.model import ModelReason, StorageSpec
-from modelops.core.endpoints import EndpointPolicy, HostPort
+from modelops.core.endpoints import EndpointPolicy
 from modelops.core.objects import OwnerRef, with_owner
 from modelops.core.patch import merge_patch
 from modelops.handlers.cache import Cache
 from modelops.handlers.queue import Key
-from modelops.handlers.reads import CachedReads, Reads
+from modelops.handlers.reads import CachedReads, Reads, Resolutions
 from modelops.metrics import Metrics
 from modelops.settings import Settings
 from modelops.storage import ObjectStore, StorageConfig, StorageError, TransferTuning
@@ -58,18 +57,6 @@ class EndpointProblem(CredentialsProblem):
     """spec.storage.endpoint names an address the operator may not be pointed at."""
 
     reason = ModelReason.ENDPOINT_NOT_ALLOWED
-
-
-def resolve_host(url: str) -> list[str]:
-    """The addresses a URL's host name resolves to (none for a literal address or a name that
-    does not resolve: a request to it fails on its own)."""
-    where = HostPort.of(url)
-    if where is None:
-        return []
-    try:
-        return sorted({str(info[4][0]) for info in socket.getaddrinfo(where.host, where.port, proto=socket.IPPROTO_TCP)})
-    except (OSError, UnicodeError):
-        return []
 
 
 _written_bundles: set[Path] = set()
@@ -133,7 +120,7 @@ class Context:
     wake: Callable[[Key], None]
     clock: Callable[[], datetime] = utcnow
     endpoints: EndpointPolicy = field(default_factory=EndpointPolicy)
-    resolve: Callable[[str], list[str]] = resolve_host
+    resolve: Callable[[str], list[str]] = field(default_factory=Resolutions)  # host names, reused briefly
     # The operator's scaler: the last reading of Triton's counters per ModelDeployment.
     readings: dict[tuple[str, str], Any] = field(default_factory=dict)
 

@@ -12,6 +12,10 @@ Kubernetes (`FRESHNESS`):
   every Secret in each namespace, which the operator does not ask for. A changed Model reads
   them afresh (`forget_recent`), since that is the user's sign that they fixed one.
 
+Endpoint host names (`Resolutions`): the addresses a Model's storage endpoint or a KEDA
+Prometheus address resolves to, for the endpoint policy (`core/endpoints.py`), reused for
+`READ_TTL_SECONDS`: every version's reconcile asks, and a lookup may wait on DNS.
+
 Object storage (`CachedReads`): HEADs are fresh, since an ETag decides whether a report or a
 measurement is read again; only the existence of a version's own artifact and of a bucket may be
 `READ_TTL_SECONDS` old, and misses are never kept.
@@ -19,6 +23,7 @@ measurement is read again; only the existence of a version's own artifact and of
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from collections import OrderedDict
@@ -27,6 +32,7 @@ from enum import StrEnum
 from typing import Any
 
 from modelops import kube as k8s
+from modelops.core.endpoints import HostPort
 from modelops.handlers.cache import CACHED, Body, Cache
 from modelops.storage import ObjectInfo, ObjectStore
 
@@ -119,6 +125,38 @@ class Reads:
     def wrote(self, resource: k8s.Resource, answer: Body | None) -> None:
         """What a write of ours returned, so that the next read sees it before its watch event."""
         self.cache.store(resource, answer)
+
+
+def resolve_host(url: str) -> list[str]:
+    """The addresses a URL's host name resolves to (none for a literal address or a name that
+    does not resolve: a request to it fails on its own)."""
+    where = HostPort.of(url)
+    if where is None:
+        return []
+    try:
+        return sorted({str(info[4][0]) for info in socket.getaddrinfo(where.host, where.port, proto=socket.IPPROTO_TCP)})
+    except (OSError, UnicodeError):
+        return []
+
+
+class Resolutions:
+    """`resolve(url)` as answered at most `ttl` seconds ago, for at most `limit` URLs."""
+
+    def __init__(self, resolve: Callable[[str], list[str]] = resolve_host, ttl: float = READ_TTL_SECONDS,
+                 limit: int = RECENT_LIMIT, clock: Callable[[], float] = time.monotonic) -> None:
+        self._resolve = resolve
+        self._ttl = ttl
+        self._clock = clock
+        self._kept = Bounded(limit)
+
+    def __call__(self, url: str) -> list[str]:
+        now = self._clock()
+        kept = self._kept.get(url)
+        if kept is not None and kept[0] > now:
+            return kept[1]  # type: ignore[no-any-return]
+        addresses = self._resolve(url)
+        self._kept.put(url, (now + self._ttl, addresses))
+        return addresses
 
 
 class CachedReads:
