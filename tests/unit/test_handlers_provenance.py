@@ -15,7 +15,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from modelops import provenance
 from modelops.api.model import ModelSpec
 from modelops.api.version import ModelVersionSpec
+from modelops.handlers.cache import Cache
 from modelops.handlers.provenance import check_source
+from modelops.handlers.reads import Reads
 from modelops.settings import Settings
 from modelops.storage import ObjectNotFound
 
@@ -29,16 +31,23 @@ BUNDLE_URI = "s3://models/digits/1/model.sig"
 
 
 @dataclass
-class FakeContext:
-    objects: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
-    settings: Settings = field(default_factory=lambda: Settings.from_env({}))
+class SecretsApi:
+    """The API server's answers to the GETs of named Secrets and ConfigMaps, by (kind, name)."""
 
-    @property
-    def reads(self) -> FakeContext:
-        return self
+    objects: dict[tuple[str, str], dict[str, Any]]
 
     def get(self, resource: Any, namespace: str, name: str) -> dict[str, Any] | None:
         return self.objects.get((resource.kind, name))
+
+
+@dataclass
+class FakeContext:
+    objects: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    settings: Settings = field(default_factory=lambda: Settings.from_env({}))
+    reads: Reads = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.reads = Reads(Cache(), SecretsApi(self.objects))  # type: ignore[arg-type]
 
 
 @dataclass

@@ -6,7 +6,7 @@ import math
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, Field, ValidationInfo, field_validator, model_validator
+from pydantic import AfterValidator, Field, ValidationInfo, field_validator
 
 from modelops.api.trust import TrustPolicy
 from modelops.api.types import (
@@ -14,6 +14,7 @@ from modelops.api.types import (
     ApiModel,
     BucketName,
     Conditions,
+    ConfigMapOrSecretKey,
     EndpointUrl,
     LabelValue,
     LocalObjectReference,
@@ -205,37 +206,14 @@ Dim = Annotated[int, AfterValidator(_dim)]
 CA_BUNDLE_KEY = "ca.crt"
 
 
-class CABundleRef(ApiModel):
+class CABundleRef(ConfigMapOrSecretKey):
     """A PEM bundle of the CAs that sign the storage endpoint's certificate, from a ConfigMap or a Secret."""
-
-    model_config = ApiModel.model_config | {
-        "json_schema_extra": validations(
-            cel(
-                "has(self.configMapRef) != has(self.secretRef)",
-                "exactly one of configMapRef and secretRef must be set",
-            )
-        )
-    }
 
     config_map_ref: LocalObjectReference | None = Field(None, description="ConfigMap in the Model's namespace that holds the bundle.")
     secret_ref: LocalObjectReference | None = Field(None, description="Secret in the Model's namespace that holds the bundle.")
     key: str = Field(
         CA_BUNDLE_KEY, min_length=1, max_length=253, pattern=r"^[-._a-zA-Z0-9]+$", description="Key of the PEM bundle in the object."
     )
-
-    @model_validator(mode="after")
-    def _exactly_one(self) -> CABundleRef:
-        if (self.config_map_ref is None) == (self.secret_ref is None):
-            raise ValueError("exactly one of configMapRef and secretRef must be set")
-        return self
-
-    @property
-    def source(self) -> tuple[str, str]:
-        """("ConfigMap" or "Secret", its name)."""
-        if self.config_map_ref is not None:
-            return "ConfigMap", self.config_map_ref.name
-        assert self.secret_ref is not None
-        return "Secret", self.secret_ref.name
 
 
 def _storage_rules() -> list[dict[str, str]]:

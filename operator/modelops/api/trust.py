@@ -7,7 +7,7 @@ from enum import StrEnum
 
 from pydantic import Field, field_validator, model_validator
 
-from modelops.api.types import ApiModel, LocalObjectReference, S3Uri, cel, validations
+from modelops.api.types import ApiModel, ConfigMapOrSecretKey, LocalObjectReference, S3Uri, cel, validations
 
 _KEY_RULE = r"^[-._a-zA-Z0-9]+$"
 
@@ -28,32 +28,12 @@ class ProvenanceReason(StrEnum):
     SIGNING_FAILED = "SigningFailed"
 
 
-class PemRef(ApiModel):
+class PemRef(ConfigMapOrSecretKey):
     """A PEM document under one key of a ConfigMap or Secret in the Model's namespace."""
-
-    model_config = ApiModel.model_config | {
-        "json_schema_extra": validations(
-            cel("has(self.configMapRef) != has(self.secretRef)", "exactly one of configMapRef and secretRef must be set")
-        )
-    }
 
     config_map_ref: LocalObjectReference | None = Field(None, description="ConfigMap in the Model's namespace that holds the PEM.")
     secret_ref: LocalObjectReference | None = Field(None, description="Secret in the Model's namespace that holds the PEM.")
     key: str = Field(min_length=1, max_length=253, pattern=_KEY_RULE, description="Key of the PEM document in the object.")
-
-    @model_validator(mode="after")
-    def _exactly_one(self) -> PemRef:
-        if (self.config_map_ref is None) == (self.secret_ref is None):
-            raise ValueError("exactly one of configMapRef and secretRef must be set")
-        return self
-
-    @property
-    def source(self) -> tuple[str, str]:
-        """("ConfigMap" or "Secret", its name)."""
-        if self.config_map_ref is not None:
-            return "ConfigMap", self.config_map_ref.name
-        assert self.secret_ref is not None
-        return "Secret", self.secret_ref.name
 
 
 class TrustedSigner(ApiModel):

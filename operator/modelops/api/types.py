@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
 from pydantic.alias_generators import to_camel
 
 GROUP = "modelops.dev"
@@ -338,6 +338,40 @@ class LocalObjectReference(ApiModel):
     """A reference to an object in the same namespace."""
 
     name: ObjectName = Field(description="Name of the object in the same namespace.")
+
+
+class ConfigMapOrSecretKey(ApiModel):
+    """One key of a ConfigMap or a Secret in the same namespace: exactly one of the two. Kinds
+    that use it restate the fields only to say what the key holds."""
+
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": validations(
+            cel("has(self.configMapRef) != has(self.secretRef)", "exactly one of configMapRef and secretRef must be set")
+        )
+    }
+
+    config_map_ref: LocalObjectReference | None = Field(None, description="ConfigMap in the same namespace.")
+    secret_ref: LocalObjectReference | None = Field(None, description="Secret in the same namespace.")
+    key: str = Field(min_length=1, max_length=253, pattern=r"^[-._a-zA-Z0-9]+$", description="Key in the object.")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> ConfigMapOrSecretKey:
+        if (self.config_map_ref is None) == (self.secret_ref is None):
+            raise ValueError("exactly one of configMapRef and secretRef must be set")
+        return self
+
+    @property
+    def source(self) -> tuple[str, str]:
+        """("ConfigMap" or "Secret", its name)."""
+        if self.config_map_ref is not None:
+            return "ConfigMap", self.config_map_ref.name
+        assert self.secret_ref is not None
+        return "Secret", self.secret_ref.name
+
+    @property
+    def ref_field(self) -> str:
+        """The field that names the object: configMapRef or secretRef."""
+        return "configMapRef" if self.config_map_ref is not None else "secretRef"
 
 
 class Toleration(ApiModel):

@@ -156,16 +156,9 @@ class Context:
         if ref is None:
             return None
         kind, name = ref.source
-        field = "configMapRef" if kind == "ConfigMap" else "secretRef"
-        obj = self.reads.get(k8s.CONFIGMAPS if kind == "ConfigMap" else k8s.SECRETS, namespace, name)
-        if obj is None:
-            raise CABundleProblem(f"{kind} {name} named in spec.storage.caBundle.{field} does not exist")
-        if kind == "ConfigMap":
-            text = (obj.get("data") or {}).get(ref.key)
-            pem = text.encode() if text else None
-        else:
-            encoded = (obj.get("data") or {}).get(ref.key)
-            pem = base64.b64decode(encoded) if encoded else None
+        found, pem = self.reads.key_of(namespace, ref)
+        if not found:
+            raise CABundleProblem(f"{kind} {name} named in spec.storage.caBundle.{ref.ref_field} does not exist")
         if not pem or b"-----BEGIN CERTIFICATE-----" not in pem:
             raise CABundleProblem(f"{kind} {name} has no PEM certificate under the key {ref.key} (spec.storage.caBundle.key)")
         return ca_bundle_file(pem)

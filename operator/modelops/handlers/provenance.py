@@ -28,13 +28,10 @@ class PolicyNotReady(Exception):
 
 def _pem(ctx: Context, namespace: str, ref: PemRef, where: str) -> bytes:
     kind, name = ref.source
-    obj = ctx.reads.get(k8s.CONFIGMAPS if kind == "ConfigMap" else k8s.SECRETS, namespace, name)
-    field = f"{where}.{'configMapRef' if kind == 'ConfigMap' else 'secretRef'}"
-    if obj is None:
-        raise PolicyNotReady(f"{kind} {name} named in {field} does not exist")
-    value = (obj.get("data") or {}).get(ref.key)
-    pem = (value.encode() if kind == "ConfigMap" else base64.b64decode(value)) if value else b""
-    if _PEM not in pem:
+    found, pem = ctx.reads.key_of(namespace, ref)
+    if not found:
+        raise PolicyNotReady(f"{kind} {name} named in {where}.{ref.ref_field} does not exist")
+    if pem is None or _PEM not in pem:
         raise PolicyNotReady(f"{kind} {name} has no PEM document under the key {ref.key} ({where}.key)")
     return pem
 

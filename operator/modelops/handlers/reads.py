@@ -23,6 +23,7 @@ measurement is read again; only the existence of a version's own artifact and of
 
 from __future__ import annotations
 
+import base64
 import socket
 import threading
 import time
@@ -32,6 +33,7 @@ from enum import StrEnum
 from typing import Any
 
 from modelops import kube as k8s
+from modelops.api.types import ConfigMapOrSecretKey
 from modelops.core.endpoints import HostPort
 from modelops.handlers.cache import CACHED, Body, Cache
 from modelops.storage import ObjectInfo, ObjectStore
@@ -105,6 +107,18 @@ class Reads:
         body = self._kube.get(resource, namespace, name)
         self._recent.put(key, (now + self._ttl, body))
         return body
+
+    def key_of(self, namespace: str, ref: ConfigMapOrSecretKey) -> tuple[bool, bytes | None]:
+        """Whether the ConfigMap or Secret that `ref` names exists, and the bytes under its key
+        (None when the key is absent or empty; a Secret's value decoded)."""
+        kind, name = ref.source
+        obj = self.get(k8s.CONFIGMAPS if kind == "ConfigMap" else k8s.SECRETS, namespace, name)
+        if obj is None:
+            return False, None
+        value = (obj.get("data") or {}).get(ref.key)
+        if not value:
+            return True, None
+        return True, value.encode() if kind == "ConfigMap" else base64.b64decode(value)
 
     def forget_recent(self, namespace: str) -> None:
         """Read the namespace's Secrets and ConfigMaps afresh next time."""
