@@ -555,3 +555,32 @@ def test_an_external_autoscaler_owns_the_count_the_live_deployment_asks_for() ->
     s = plan(md, s, [v(1)], scaling_to(4, 4, 1), now=T0 + timedelta(minutes=1)).status
     assert_serving_while_scaling(s)
     assert "to 4 replicas" in find(s["conditions"], "Progressing")["message"]
+
+
+REFUSED = "spec.autoscaling.prometheusAddress: 169.254.169.254:9090 is a link-local address"
+
+
+def test_a_refused_autoscaler_address_is_degraded_while_it_serves_and_warns_once() -> None:
+    converged = converge(spec(), [v(1)]).status
+    first = plan(spec(), converged, [v(1)], done(1), scaler_refused=REFUSED)
+    assert cond(first.status, "Ready") == ("True", "Serving")
+    assert cond(first.status, "Degraded") == ("True", "EndpointNotAllowed")
+    assert find(first.status["conditions"], "Degraded")["message"].startswith(REFUSED)
+    assert [(e.type, e.reason) for e in first.events] == [("Warning", "EndpointNotAllowed")]
+    again = plan(spec(), first.status, [v(1)], done(1), scaler_refused=REFUSED)
+    assert again.events == () and cond(again.status, "Degraded") == ("True", "EndpointNotAllowed")
+    fixed = plan(spec(), again.status, [v(1)], done(1))
+    assert cond(fixed.status, "Degraded") == ("False", "AsExpected")
+
+
+def test_a_rollback_says_so_over_a_refused_autoscaler_address() -> None:
+    converged = converge(spec(), [v(1)]).status
+    started = plan(spec(), converged, [v(1), v(2)], done(1), scaler_refused=REFUSED)
+    p = plan(spec(), started.status, [v(1), v(2)], rolling(2, exceeded=True), now=T0 + timedelta(minutes=11),
+             scaler_refused=REFUSED)
+    assert p.rolled_back == 2 and cond(p.status, "Degraded") == ("True", "RolledBack")
+
+
+def test_a_refused_autoscaler_address_is_degraded_before_anything_is_served() -> None:
+    p = plan(spec(), None, [v(1, "Compressing")], None, scaler_refused=REFUSED)
+    assert cond(p.status, "Degraded") == ("True", "EndpointNotAllowed")

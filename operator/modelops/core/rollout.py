@@ -65,7 +65,8 @@ class RolloutInputs:
     `retry` is the modelops.dev/retry annotation: a value not acted on yet clears the failed versions.
     `cause` is the pods' own reason for a rollout past its deadline (core/podcause.py), kept in
     the rollout's record. While spec.suspended, the pods go to 0 and no new version rolls out
-    until it is false again.
+    until it is false again. `scaler_refused` says why the autoscaler may not be set up (a KEDA
+    Prometheus address the operator may not point it at): Degraded, while the pods serve.
     """
 
     spec: ModelDeploymentSpec
@@ -81,6 +82,7 @@ class RolloutInputs:
     retry: str | None = None
     canary: CanaryInputs = CanaryInputs()
     cause: str | None = None
+    scaler_refused: str | None = None
 
 
 @dataclass
@@ -263,10 +265,22 @@ def _record_start(given: RolloutInputs, draft: _Draft) -> None:
     draft.records = records[-given.history:]
 
 
+def _scaler_refused(why: str) -> Cond:
+    return Cond(ConditionType.DEGRADED, TRUE, Reason.ENDPOINT_NOT_ALLOWED,
+                f"{why}; no ScaledObject is created, so the replicas stay where they are")
+
+
+def _warn_scaler_refused(given: RolloutInputs, draft: _Draft) -> None:
+    """One Warning event when the autoscaler's address is first refused, not one per reconcile."""
+    was = next((c for c in given.old.conditions or [] if c.type == ConditionType.DEGRADED), None)
+    if given.scaler_refused is not None and (was is None or was.reason != Reason.ENDPOINT_NOT_ALLOWED):
+        draft.events.append(Event(WARNING, Reason.ENDPOINT_NOT_ALLOWED, given.scaler_refused))
+
+
 # The planner, as a list of phases (cluster-api's reconcilers run theirs in order).
 PHASES: tuple[Callable[[RolloutInputs, _Draft], None], ...] = (
     _retry, _retry_after_a_fix, _roll_back, _choose, _serving, _hold_while_suspended, _canary, _now_served,
-    _record_success, _record_start,
+    _record_success, _record_start, _warn_scaler_refused,
 )
 
 
@@ -341,6 +355,8 @@ def _nothing_served_conditions(given: RolloutInputs, draft: _Draft) -> list[Cond
     degraded = Cond(ConditionType.DEGRADED, FALSE, Reason.NOTHING_SERVED, "no version is served yet")
     if records and records[-1].outcome == RolloutOutcome.ROLLED_BACK:
         degraded = _failed_rollout(records[-1], draft.served)
+    elif given.scaler_refused is not None:
+        degraded = _scaler_refused(given.scaler_refused)
     return [
         Cond(ConditionType.READY, FALSE, resolution.reason, resolution.message),
         Cond(ConditionType.PROGRESSING, FALSE, resolution.reason, resolution.message),
@@ -461,6 +477,8 @@ def _degraded(given: RolloutInputs, draft: _Draft) -> Cond:
             ConditionType.DEGRADED, TRUE, Reason.REPLICAS_UNAVAILABLE,
             f"{lost} of {replicas} replicas of version {served} were available and are lost (crashed, restarting or evicted)",
         )
+    if given.scaler_refused is not None:
+        return _scaler_refused(given.scaler_refused)
     return Cond(ConditionType.DEGRADED, FALSE, Reason.AS_EXPECTED, "serving as the policy asks" if not rolling else "rollout under way")
 
 

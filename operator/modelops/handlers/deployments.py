@@ -12,10 +12,8 @@ from modelops import kube as k8s
 from modelops import tritonmetrics
 from modelops.api.deployment import DeploymentReason, ModelDeploymentSpec, ModelDeploymentStatus, RolloutStrategy
 from modelops.api.model import ModelSpec
-from modelops.api.types import ConditionType
 from modelops.core import naming, podcause, render
 from modelops.core.canary import CanaryInputs
-from modelops.core.conditions import find
 from modelops.core.drift import differences
 from modelops.core.objects import OwnerRef, ServerState, VersionView, owned_by
 from modelops.core.rollout import RolloutInputs, RolloutPlan, plan_rollout
@@ -79,13 +77,13 @@ def reconcile_deployment(ctx: Context, key: Key) -> float | None:
     work = _Work(ctx, body, scaled.spec, model_body, versions, live, ctx.reads.get(k8s.SERVICES, key.namespace, key.name),
                  (body["metadata"].get("annotations") or {}).get(naming.ANNOTATION_RETRY))
     canary_live, canary = _canary_inputs(work)
-    result = _plan_and_keep(work, _rollout_inputs(work, canary), canary_live)
+    result = _plan_and_keep(work, _rollout_inputs(work, canary, scaled.refused), canary_live)
     _record(work, result, scaled)
     waits = [w for w in (result.requeue, scaled.requeue) if w is not None]
     return min(waits) if waits else None
 
 
-def _rollout_inputs(work: _Work, canary: CanaryInputs) -> RolloutInputs:
+def _rollout_inputs(work: _Work, canary: CanaryInputs, scaler_refused: str | None) -> RolloutInputs:
     server = ServerState.from_deployment(work.live) if work.live is not None else None
     cause = None
     if server is not None and work.live is not None and work.model_body is not None and server.deadline_exceeded:
@@ -107,6 +105,7 @@ def _rollout_inputs(work: _Work, canary: CanaryInputs) -> RolloutInputs:
         retry=work.retry,
         canary=canary,
         cause=cause,
+        scaler_refused=scaler_refused,
     )
 
 
@@ -138,9 +137,6 @@ def _record(work: _Work, result: RolloutPlan, scaled: scaling.Scaling) -> None:
     status = result.status
     if scaled.status is not None:
         status = status.model_copy(update={"autoscaling": scaled.status})
-    if scaled.refused is not None:
-        status = status.model_copy(update={"conditions": scaling.refusal_degrades(
-            status.conditions, scaled.refused, body["metadata"].get("generation"), ctx.clock())})
     wire = status.wire()
     ctx.write_status(k8s.MODELDEPLOYMENTS, body, wire)
     ctx.metrics.past_deadline.set(work.namespace, work.name, wire.get("conditions"))
@@ -148,9 +144,6 @@ def _record(work: _Work, result: RolloutPlan, scaled: scaling.Scaling) -> None:
         ctx.kube.emit_event(body, "Normal", DeploymentReason.SCALED, scaled.message)
     if scaled.warning is not None:
         ctx.kube.emit_event(body, "Warning", DeploymentReason.METRICS_UNAVAILABLE, f"autoscaler: {scaled.warning}")
-    was = find((body.get("status") or {}).get("conditions"), ConditionType.DEGRADED) or {}
-    if scaled.refused is not None and was.get("reason") != DeploymentReason.ENDPOINT_NOT_ALLOWED:
-        ctx.kube.emit_event(body, "Warning", DeploymentReason.ENDPOINT_NOT_ALLOWED, scaled.refused)
     for event in result.events:
         ctx.kube.emit_event(body, event.type, event.reason, event.message)
     if result.started is not None:

@@ -5,16 +5,13 @@ the HorizontalPodAutoscaler, KEDA ScaledObject and HTTPRoute the other providers
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from modelops import kube as k8s
 from modelops import tritonmetrics
-from modelops.api.deployment import AutoscalingProvider, AutoscalingStatus, DeploymentReason, ModelDeploymentSpec
-from modelops.api.types import Condition, Conditions, ConditionType
+from modelops.api.deployment import AutoscalingProvider, AutoscalingStatus, ModelDeploymentSpec
 from modelops.core import autoscale, httproute, scalers
 from modelops.core.canary import seconds
-from modelops.core.conditions import TRUE, Cond, find, merge_conditions
 from modelops.core.objects import OwnerRef
 from modelops.handlers.children import keep
 from modelops.handlers.context import Context
@@ -100,15 +97,3 @@ def keep_providers(
         route = httproute.render_httproute(name=name, namespace=namespace, owner=owner, model=spec.model,
                                            parent=canary.http_route, weights=weights if stable_version is not None else None)
         keep(ctx, k8s.HTTPROUTES, ctx.reads.get(k8s.HTTPROUTES, namespace, name), route)
-
-
-def refusal_degrades(conditions: Conditions | None, refused: str, generation: int | None, now: datetime) -> Conditions:
-    """The planned conditions with Degraded True for a refused Prometheus address: the pods
-    still serve (Ready is the planner's), but nothing scales them."""
-    wanted = Cond(ConditionType.DEGRADED, TRUE, DeploymentReason.ENDPOINT_NOT_ALLOWED,
-                  f"{refused}; no ScaledObject is created, so the replicas stay where they are")
-    wire = [c.wire() for c in conditions or []]
-    merged = merge_conditions([c for c in wire if c["type"] == ConditionType.DEGRADED], [wanted], generation, now)[0]
-    if find(wire, ConditionType.DEGRADED) is None:
-        return [*map(Condition.model_validate, wire), Condition.model_validate(merged)]
-    return [Condition.model_validate(merged if c["type"] == ConditionType.DEGRADED else c) for c in wire]
