@@ -153,11 +153,12 @@ def parse_request(text: str) -> FillRequest:
     if not isinstance(data, dict):
         raise ValueError("must be a JSON object")
     uri = data.get("uri")
+    if not isinstance(uri, str):
+        raise ValueError(f"uri: {uri!r} must be s3://bucket/key or a prefix s3://bucket/folder/")
     try:
-        parse_s3_uri(uri + "_" if isinstance(uri, str) and uri.endswith("/") else uri)  # a prefix: its bucket and folder
+        parse_s3_uri(uri + "_" if uri.endswith("/") else uri)  # a prefix: its bucket and folder
     except InvalidS3Uri as err:
         raise ValueError(f"uri: {err}") from None
-    assert isinstance(uri, str)
     if "files" in data:
         return _parse_set(uri, data)
     if uri.endswith("/"):
