@@ -5,9 +5,8 @@
 
 Each flag may come from the environment instead (MODELOPS_NODECACHE_ROOT, _BUDGET, _INTERVAL,
 _RETRY, _PART_SIZE, _MAX_CONCURRENCY); storage settings come from MODELOPS_S3_* and AWS_*, as
-for the fetch container. SIGTERM or SIGINT stops it after the current fill's part in flight;
-a stop mid-fill leaves the partial download, which the next start resumes. Exit 2 on bad
-settings.
+for the fetch container. SIGTERM or SIGINT stops it once the scan in progress ends; a kill
+mid-fill leaves the partial download, which the next start resumes. Exit 2 on bad settings.
 """
 
 from __future__ import annotations

@@ -77,6 +77,7 @@ class Store:
         self.pins_dir = self.root / layout.PINS
         for folder in (self.entries_dir, self.sets_dir, self.pins_dir):
             folder.mkdir(parents=True, exist_ok=True)
+            folder.chmod(0o755)  # readable by a pod's non-root user, whatever the umask
 
     # ----------------------------------------------------------------- names
 
