@@ -126,13 +126,16 @@ def _upload(minio: ObjectStore, tmp_path: Path, uri: str, data: bytes) -> str:
 
 
 class VisibilityWatch:
-    """Samples the cache as a reader would, all along: an entry that lookup returns must have
-    its full size, and a set's manifest must come only with every file whole."""
+    """Samples the cache as a reader would, all along: an entry's name must stand for its full
+    size and, hashed the first time it is seen (a partial file has its full size from the start,
+    so the size alone could not tell), for its bytes; a set's manifest must come only with every
+    file in."""
 
     def __init__(self, root: Path, sizes: dict[str, int], set_digest: str) -> None:
         self.root, self.sizes, self.set_digest = root, sizes, set_digest
         self.problems: list[str] = []
         self.samples = 0
+        self._hashed: set[int] = set()  # inodes already hashed
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -154,12 +157,26 @@ class VisibilityWatch:
                     continue
                 if seen != size:
                     self.problems.append(f"{digest[:12]} visible with {seen} of {size} bytes")
+                self._hash_once(entries / digest, digest)
             if (self.root / "sets" / f"{self.set_digest}.json").exists():
                 missing = [d[:12] for d in self.sizes if not (entries / d).exists()]
                 if missing:
                     self.problems.append(f"the manifest is visible without {missing}")
             self.samples += 1
             self._stop.wait(0.005)
+
+    def _hash_once(self, path: Path, digest: str) -> None:
+        try:
+            inode = path.stat().st_ino
+            if inode in self._hashed:
+                return
+            self._hashed.add(inode)
+            with path.open("rb") as handle:
+                actual = hashlib.file_digest(handle, "sha256").hexdigest()
+        except FileNotFoundError:
+            return
+        if actual != digest:
+            self.problems.append(f"{digest[:12]} visible with other bytes (sha256 {actual[:12]})")
 
 
 def test_a_file_set_is_filled_and_a_killed_download_resumes_with_no_partial_visible(
@@ -199,6 +216,7 @@ def test_a_file_set_is_filled_and_a_killed_download_resumes_with_no_partial_visi
     assert (status["phase"], status["reason"], status["digest"]) == (Phase.READY, Reason.FILLED, set_digest), status
     print(f"\nresumed fill: {status['message']}; {watch.samples} samples of the cache, killed at {parts_at_kill} parts")
     assert watch.problems == [] and watch.samples > 100
+    assert len(watch._hashed) == len(sizes)  # every entry was seen, and hashed, as it appeared
     transfer = status["transfer"]
     assert transfer["resumedParts"] >= parts_at_kill
     assert transfer["bytes"] == len(big) and transfer["fetchedBytes"] <= len(big) - (parts_at_kill - 1) * PART

@@ -217,7 +217,12 @@ class Store:
         only once its bytes verified (ObjectStore.download does: `<dest>.partial` and its
         journal until then, kept across a transient failure so the next fill resumes)."""
         write_atomically(self._meta(digest), f'{{"size": {size}}}\n')
-        result = download(self.entry_path(digest))
+        try:
+            result = download(self.entry_path(digest))
+        except BaseException:
+            if not self._partial(digest).exists():  # nothing to resume: the record goes too
+                self._meta(digest).unlink(missing_ok=True)
+            raise
         os.chmod(self.entry_path(digest), 0o444)
         fsync_dir(self.entries_dir)
         self.touch(digest)
@@ -297,14 +302,13 @@ class Store:
             names = {p.name for p in self.entries_dir.iterdir()}
             for name in sorted(names):
                 self._rebuild_one(name, names, wanted, report)
-            for set_digest, manifest in self._manifests().items():
-                if all(self.entry_path(f.sha256).exists() for f in manifest.files):
+            manifests = self._manifests()
+            for path in self.sets_dir.iterdir():
+                manifest = manifests.get(path.stem) if path.suffix == ".json" else None
+                if manifest is not None and all(self.entry_path(f.sha256).exists() for f in manifest.files):
                     report.sets += 1
                 else:
-                    self._manifest_path(set_digest).unlink(missing_ok=True)
-            for path in self.sets_dir.iterdir():
-                if not (path.suffix == ".json" and layout.is_digest(path.stem) and path.stem in self._manifests()):
-                    path.unlink(missing_ok=True)
+                    path.unlink(missing_ok=True)  # unreadable, another set's, incomplete, or a leftover
         log.info(
             "store rebuilt: %d entries (%d bytes), %d sets; corrupt removed %s; partials kept %s, discarded %s",
             report.entries, report.bytes, report.sets, report.corrupt_removed, report.partials_kept,
