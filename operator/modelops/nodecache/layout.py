@@ -118,9 +118,9 @@ class Manifest:
 class FillRequest:
     """One wanted artifact (requests/<name>.json), in the shape of a ModelVersion's artifact:
 
-        {"uri": "s3://bucket/key/model.onnx", "sha256": "<hex>"}          one file
-        {"uri": "s3://bucket/prefix/", "entrypoint": "model.onnx",           a file set
-         "files": [{"path": "model.onnx", "sha256": "<hex>"}, ...]}
+        {"uri": "s3://bucket/folder/<file>", "sha256": "<hex>"}          one file
+        {"uri": "s3://bucket/prefix/", "entrypoint": "<graph path>",         a file set
+         "files": [{"path": "<graph path>", "sha256": "<hex>"}, ...]}
     """
 
     uri: str
