@@ -31,18 +31,9 @@ MiB = 2**20
 PART = 8 * MiB
 
 
-def _env(testbed) -> dict[str, str]:
-    return {
-        "MODELOPS_S3_ENDPOINT": testbed.s3_endpoint,
-        "MODELOPS_S3_CA_BUNDLE": testbed.s3_ca,
-        "AWS_ACCESS_KEY_ID": testbed.s3_access_key,
-        "AWS_SECRET_ACCESS_KEY": testbed.s3_secret_key,
-    }
-
-
 @pytest.fixture(scope="module")
 def minio(testbed) -> ObjectStore:
-    return ObjectStore(StorageConfig.from_env(_env(testbed)), TransferTuning(part_size=PART, max_concurrency=4))
+    return ObjectStore(StorageConfig.from_env(testbed.storage_env()), TransferTuning(part_size=PART, max_concurrency=4))
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +51,7 @@ class AgentProcess:
         self.process: subprocess.Popen | None = None
 
     def start(self) -> None:
-        env = {**os.environ, **_env(self.testbed), "PYTHONPATH": f"{ROOT / 'operator'}:{ROOT}"}
+        env = {**os.environ, **self.testbed.storage_env(), "PYTHONPATH": f"{ROOT / 'operator'}:{ROOT}"}
         command = [sys.executable, "-m", "modelops.nodecache", "--root", str(self.root), "--budget", str(self.budget),
                    "--interval", "0.2", "--retry", "0.5", "--part-size", str(PART), "--max-concurrency", "2"]
         with self.log.open("a") as out:
