@@ -355,3 +355,12 @@ def test_a_bad_request_fails_with_its_field(tmp_path, fake_s3) -> None:
     status = _status(tmp_path, "bad")
     assert (status["phase"], status["reason"]) == (Phase.FAILED, Reason.INVALID_REQUEST)
     assert "files[0].path" in status["message"]
+
+
+def test_the_agent_refuses_bad_settings_with_exit_2(tmp_path, capsys) -> None:
+    from modelops.nodecache.__main__ import main
+
+    assert main(["--root", str(tmp_path), "--budget", "lots", "--once"], environ={}) == 2
+    assert "InvalidArguments: 'lots' is not a size" in capsys.readouterr().err
+    assert main(["--root", str(tmp_path), "--budget", "1Mi", "--once"], environ={"MODELOPS_S3_ENDPOINT": "ftp://x"}) == 2
+    assert "MODELOPS_S3_ENDPOINT" in capsys.readouterr().err

@@ -76,8 +76,9 @@ class Store:
         self.sets_dir = self.root / layout.SETS
         self.pins_dir = self.root / layout.PINS
         for folder in (self.entries_dir, self.sets_dir, self.pins_dir):
-            folder.mkdir(parents=True, exist_ok=True)
-            folder.chmod(0o755)  # readable by a pod's non-root user, whatever the umask
+            if not folder.is_dir():  # a reader on a read-only mount finds them made
+                folder.mkdir(parents=True, exist_ok=True)
+                folder.chmod(0o755)  # readable by a pod's non-root user, whatever the umask
 
     # ----------------------------------------------------------------- names
 
@@ -110,9 +111,6 @@ class Store:
 
     def size_of(self, digest: str) -> int | None:
         """The entry's size as recorded when it was filled (None: no record)."""
-        return self._recorded_size(digest)
-
-    def _recorded_size(self, digest: str) -> int | None:
         try:
             text = self._meta(digest).read_text(encoding="utf-8")
             return int(json.loads(text)["size"])
@@ -121,7 +119,7 @@ class Store:
 
     def _entry_problem(self, digest: str) -> str | None:
         """Why the entry may not be used (None: it may); absent entries are not problems."""
-        size = self._recorded_size(digest)
+        size = self.size_of(digest)
         try:
             actual = self.entry_path(digest).stat().st_size
         except FileNotFoundError:
@@ -140,7 +138,8 @@ class Store:
             return None
         problem = self._entry_problem(digest)
         if problem is not None:
-            with self.locked():
+            # A reader on a read-only mount cannot remove it; the agent does when it next looks.
+            with contextlib.suppress(OSError), self.locked():
                 if self._entry_problem(digest) is not None:
                     log.warning("entry %s is corrupt (%s): removed", digest, problem)
                     self._remove_entry(digest)
@@ -167,7 +166,8 @@ class Store:
 
     def touch(self, digest: str) -> None:
         now = self._clock()
-        with contextlib.suppress(FileNotFoundError):
+        # Absent, or a reader on a read-only mount: the agent records the use when it pins.
+        with contextlib.suppress(OSError):
             os.utime(self._meta(digest), (now, now))
 
     def entries(self) -> list[Entry]:
@@ -175,7 +175,7 @@ class Store:
         for path in self.entries_dir.iterdir():
             if not layout.is_digest(path.name):
                 continue
-            size = self._recorded_size(path.name)
+            size = self.size_of(path.name)
             try:
                 last_used = self._meta(path.name).stat().st_mtime
             except FileNotFoundError:
@@ -183,9 +183,6 @@ class Store:
             if size is not None:
                 found.append(Entry(path.name, size, last_used))
         return found
-
-    def used_bytes(self) -> int:
-        return sum(e.size for e in self.entries())
 
     def manifest(self, set_digest: str, *, touch: bool = True) -> Manifest | None:
         """The set's manifest when every file of it is a usable entry (each then touched,
