@@ -215,9 +215,10 @@ def test_a_manifest_stored_under_another_sets_digest_is_refused(tmp_path) -> Non
 def test_a_file_set_view_links_into_the_store_without_copying(tmp_path, mode) -> None:
     store = Store(tmp_path / "cache", budget=10**6)
     graph, data = put_local(store, b"graph"), put_local(store, b"weights")
-    manifest = Manifest("model.onnx", (CacheFile("model.onnx", graph, 5), CacheFile("w/0.bin", data, 7)))
+    manifest = Manifest("graph.onnx", (CacheFile("graph.onnx", graph, 5), CacheFile("w/0.bin", data, 7)))
     view = store.make_view(manifest, tmp_path / "repo" / "encoder" / "1", mode, target_root=tmp_path / "cache",
-                           rename={"model.onnx": "model.onnx"})
+                           rename={"graph.onnx": "model.onnx"})  # the graph under the backend's file name
+    assert sorted(str(p.relative_to(view)) for p in view.rglob("*")) == ["model.onnx", "w", "w/0.bin"]
     assert (view / "model.onnx").read_bytes() == b"graph" and (view / "w" / "0.bin").read_bytes() == b"weights"
     if mode == "hardlink":
         assert (view / "w" / "0.bin").stat().st_ino == store.entry_path(data).stat().st_ino
