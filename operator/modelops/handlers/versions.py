@@ -309,7 +309,7 @@ def _start(
         ctx.metrics.cache_hits.inc()
         return replace(state_from_report(cached, job_name=None, key=key, from_cache=True), provenance=signed)
 
-    job = render.render_job(
+    job = render.render_job(render.JobInputs(
         name=job_name,
         namespace=namespace,
         owner=OwnerRef.of(body),
@@ -326,7 +326,7 @@ def _start(
         settings=ctx.settings,
         source_signer=signed.signer if signed is not None else None,
         recompress=recompress,
-    )
+    ))
     created_job, created = ctx.kube.create(k8s.JOBS, job)
     ctx.reads.wrote(k8s.JOBS, created_job)
     evaluating = decision.action == reuse.Action.EVALUATE and not recompress
