@@ -18,7 +18,6 @@ from modelops import __version__
 from modelops.core.endpoints import EndpointPolicy, HostPort, parse_networks
 from modelops.handlers.context import Context, StoreCache
 from modelops.handlers.probes import serve_health, serve_metrics
-from modelops.handlers.queue import Key
 from modelops.handlers.registry import Operator, build_registry
 from modelops.kube import Kube
 from modelops.leader import LeaderElector, LeaseConfig
@@ -40,8 +39,8 @@ def user_agent(settings: Settings) -> str:
     return f"modelops-operator/{__version__} ({identity(settings)})"
 
 
-def context_factory(settings: Settings, metrics: Metrics) -> Callable[[Callable[[Key], None]], Context]:
-    def make(wake: Callable[[Key], None]) -> Context:
+def context_factory(settings: Settings, metrics: Metrics) -> Callable[[], Context]:
+    def make() -> Context:
         kube = Kube.from_environment(
             observe=metrics.observe_request, user_agent=user_agent(settings), connections=settings.workers + 2
         )
@@ -50,7 +49,6 @@ def context_factory(settings: Settings, metrics: Metrics) -> Callable[[Callable[
             kube=kube,
             metrics=metrics,
             stores=StoreCache(workers=settings.workers),
-            wake=wake,
             endpoints=endpoint_policy(settings, kube.server, os.environ),
         )
 

@@ -139,7 +139,7 @@ class FakeKube:
 def context(kube: FakeKube, **settings: Any) -> Context:
     """A Context over `kube`, its cache filled from everything `kube` holds (as the watches do)."""
     ctx = Context(settings=Settings(**settings), kube=kube, metrics=Metrics(), stores=StoreCache(),  # type: ignore[arg-type]
-                  wake=lambda key: None, clock=lambda: NOW)
+                  clock=lambda: NOW)
     refill(ctx, kube)
     return ctx
 

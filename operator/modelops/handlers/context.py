@@ -23,7 +23,6 @@ from modelops.core.endpoints import EndpointPolicy
 from modelops.core.objects import OwnerRef, with_owner
 from modelops.core.patch import merge_patch
 from modelops.handlers.cache import Cache
-from modelops.handlers.queue import Key
 from modelops.handlers.reads import CachedReads, Reads, Resolutions
 from modelops.metrics import Metrics
 from modelops.settings import Settings
@@ -117,7 +116,6 @@ class Context:
     kube: k8s.Kube
     metrics: Metrics
     stores: StoreCache
-    wake: Callable[[Key], None]
     clock: Callable[[], datetime] = utcnow
     endpoints: EndpointPolicy = field(default_factory=EndpointPolicy)
     resolve: Callable[[str], list[str]] = field(default_factory=Resolutions)  # host names, reused briefly

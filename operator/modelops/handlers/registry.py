@@ -72,7 +72,7 @@ def configure_kopf(settings: kopf.OperatorSettings) -> None:
 class Operator:
     """The running operator: context, queue, resync loop and probe servers."""
 
-    def __init__(self, settings: Settings, make_context: Callable[[Callable[[Key], None]], Context]) -> None:
+    def __init__(self, settings: Settings, make_context: Callable[[], Context]) -> None:
         self.settings = settings
         self._make_context = make_context
         self.ctx: Context | None = None
@@ -89,12 +89,7 @@ class Operator:
     # -- lifecycle ---------------------------------------------------------------------
 
     async def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        # Reconciles run in threads; they wake other objects through the event loop.
-        def wake_from_thread(key: Key) -> None:
-            loop.call_soon_threadsafe(self.wake, key)
-
-        self.ctx = self._make_context(wake_from_thread).with_cache(self.cache)
+        self.ctx = self._make_context().with_cache(self.cache)
         self.queue = WorkQueue(
             self._work, self.settings.workers, self.settings.max_backoff_seconds, self.ctx.metrics.queue_depth.set
         )
