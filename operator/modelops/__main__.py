@@ -16,12 +16,13 @@ import kopf
 
 from modelops import __version__
 from modelops.core.endpoints import EndpointPolicy, HostPort, parse_networks
-from modelops.handlers.context import Context, StoreCache
+from modelops.handlers.context import Context, StorePool
+from modelops.handlers.operator import Operator
 from modelops.handlers.probes import serve_health, serve_metrics
-from modelops.handlers.registry import Operator, build_registry
+from modelops.handlers.registry import build_registry
 from modelops.kube import Kube
 from modelops.leader import LeaderElector, LeaseConfig
-from modelops.metrics import Metrics
+from modelops.operatormetrics import Metrics
 from modelops.settings import Settings, SettingsError
 
 logger = logging.getLogger("modelops")
@@ -48,7 +49,7 @@ def context_factory(settings: Settings, metrics: Metrics) -> Callable[[], Contex
             settings=settings,
             kube=kube,
             metrics=metrics,
-            stores=StoreCache(workers=settings.workers),
+            stores=StorePool(workers=settings.workers),
             endpoints=endpoint_policy(settings, kube.server, os.environ),
         )
 

@@ -18,7 +18,7 @@ from modelops.storage import ObjectInfo, ObjectNotFound, ObjectStore
 
 
 class Reads(Protocol):
-    """What a look-up reads with: an ObjectStore, or the operator's cached reads of one."""
+    """What a look-up reads with: an ObjectStore, or the operator's memo of reads of one (`handlers.reads.StorageReads`)."""
 
     def head(self, uri: str) -> ObjectInfo: ...
 

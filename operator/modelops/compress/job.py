@@ -90,7 +90,7 @@ class Failure(Exception):
 
 def _classify(exc: BaseException) -> Failure:
     """Map an exception to (exit code, reason). Only storage outages and the unexpected are retried."""
-    from modelops.compress.metrics import DatasetError
+    from modelops.compress.accuracy import DatasetError
     from modelops.compress.onnx_compress import UnsupportedModel
     from modelops.compress.onnx_stream import OnnxFormatError, OutputTooLarge
     from modelops.contract.interface import SignatureMismatch

@@ -24,8 +24,8 @@ import numpy as np
 from modelops.api.model import Signature
 from modelops.api.version import ArtifactFormat
 from modelops.compress import calibrate, runtime
+from modelops.compress.accuracy import MetricResult, evaluate_gate
 from modelops.compress.dataset import Dataset
-from modelops.compress.metrics import MetricResult, evaluate_gate
 from modelops.compress.onnx_compress import Int4Options, LayerStats, compress_onnx
 from modelops.compress.onnx_stream import artifact_bytes
 from modelops.compress.recipe import Evaluation, InvalidRecipe, Recipe, UnsupportedRecipe, check_supported
@@ -230,7 +230,7 @@ def _prober(
 ) -> Callable[[Recipe, Path, Int4Options], float]:
     """A function that builds a form, measures its cosine to the parent on the calibration set
     (PROBE_SAMPLES samples), and deletes it."""
-    from modelops.compress.metrics import cosine_similarity
+    from modelops.compress.accuracy import cosine_similarity
 
     parent = runtime.onnx_runner(onnx_source, device, threads)
     feeds, batch = calibration.feeds(parent.inputs)
