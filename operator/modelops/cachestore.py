@@ -25,13 +25,12 @@ class Reads(Protocol):
     def read_bytes(self, uri: str) -> bytes: ...
 
 
-def head(store: Reads, uri: str) -> reuse.StoredObject | None:
+def head(store: Reads, uri: str) -> ObjectInfo | None:
     """The object's size, ETag and recorded sha256; None when there is no such object."""
     try:
-        info = store.head(uri)
+        return store.head(uri)
     except ObjectNotFound:
         return None
-    return reuse.StoredObject(size=info.size, etag=info.etag, sha256=info.sha256)
 
 
 def read_json(store: Reads, uri: str) -> dict[str, Any] | None:
@@ -67,7 +66,7 @@ class Lookup:
 
     decision: reuse.Decision
     report: dict[str, Any] | None
-    dataset: reuse.StoredObject | None
+    dataset: reuse.ObjectInfo | None
 
 
 def look_up(

@@ -22,6 +22,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
+from modelops.reuse import ObjectInfo as ObjectInfo  # what a HEAD returns; defined with the decision that reads it
+
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 _BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
 # Metadata key under which uploads record their sha256 (S3 returns it as x-amz-meta-sha256).
@@ -191,13 +193,6 @@ class TransferTuning:
     # There is no total timeout: a large model takes as long as its bytes take.
     stall_timeout_s: float = 30.0
     progress_interval_s: float = 5.0
-
-
-@dataclass(frozen=True)
-class ObjectInfo:
-    size: int
-    etag: str
-    sha256: str | None = None
 
 
 @dataclass(frozen=True)
