@@ -231,23 +231,6 @@ def verify_digest(uri: str, expected: str | None, actual: str) -> None:
         raise ChecksumMismatch(uri, expected, actual)
 
 
-def fetch_ranges_to_file(
-    read_range: Callable[[int, int], bytes],
-    size: int,
-    fd: int,
-    tuning: TransferTuning,
-    sleep: Callable[[float], None] = time.sleep,
-) -> str:
-    """Fetch [0, size) as concurrent ranged reads, write each part at its offset, return the sha256.
-
-    `read_range(start, end_inclusive)` returns the bytes of one part (modelops.transfer.download
-    takes streams; this is it for whole-part reads)."""
-    import io
-
-    digest, _ = _transfer(lambda start, end: io.BytesIO(read_range(start, end)), size, fd, tuning, sleep)
-    return digest
-
-
 def _transfer(
     open_range: Callable[[int, int], Any],
     size: int,

@@ -218,10 +218,3 @@ class Informer:
     def counts(self) -> dict[str, int]:
         with self._lock:
             return {plural: len(objects) for plural, objects in self._objects.items()}
-
-    def json_bytes(self) -> dict[str, int]:
-        """The size of what is kept, per collection, as compact JSON (a stand-in for its memory)."""
-        with self._lock:
-            snapshot = {plural: list(objects.values()) for plural, objects in self._objects.items()}
-        return {plural: sum(len(b.data) if isinstance(b, Packed) else len(json.dumps(b, separators=(",", ":"))) for b in bodies)
-                for plural, bodies in snapshot.items()}
