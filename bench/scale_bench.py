@@ -319,7 +319,7 @@ def cache_memory(testbed: support.Testbed, custom: Any) -> dict[str, Any]:
     """Memory of the watch-fed cache for the objects now in the namespace, against keeping the
     bodies whole (with managedFields), measured with tracemalloc in this process."""
     from modelops import kube as k8s
-    from modelops.handlers.cache import Cache
+    from modelops.handlers.informer import Informer
 
     bodies = [
         (k8s.MODELVERSIONS, custom.list_namespaced_custom_object(GROUP, VERSION, NAMESPACE, "modelversions")["items"]),
@@ -345,7 +345,7 @@ def cache_memory(testbed: support.Testbed, custom: Any) -> dict[str, Any]:
         return [copy.deepcopy(items) for _, items in fresh]
 
     def cached(fresh: Any) -> Any:
-        cache = Cache()
+        cache = Informer()
         for resource, items in fresh:
             for item in items:
                 cache.observe(resource, copy.deepcopy(item))

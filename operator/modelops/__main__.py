@@ -16,13 +16,13 @@ import kopf
 
 from modelops import __version__
 from modelops.core.endpoints import EndpointPolicy, HostPort, parse_networks
-from modelops.handlers.context import Context, StoreCache
+from modelops.handlers.context import Context, StorePool
+from modelops.handlers.operator import Operator
 from modelops.handlers.probes import serve_health, serve_metrics
-from modelops.handlers.queue import Key
-from modelops.handlers.registry import Operator, build_registry
+from modelops.handlers.registry import build_registry
 from modelops.kube import Kube
 from modelops.leader import LeaderElector, LeaseConfig
-from modelops.metrics import Metrics
+from modelops.operatormetrics import Metrics
 from modelops.settings import Settings, SettingsError
 
 logger = logging.getLogger("modelops")
@@ -40,8 +40,8 @@ def user_agent(settings: Settings) -> str:
     return f"modelops-operator/{__version__} ({identity(settings)})"
 
 
-def context_factory(settings: Settings, metrics: Metrics) -> Callable[[Callable[[Key], None]], Context]:
-    def make(wake: Callable[[Key], None]) -> Context:
+def context_factory(settings: Settings, metrics: Metrics) -> Callable[[], Context]:
+    def make() -> Context:
         kube = Kube.from_environment(
             observe=metrics.observe_request, user_agent=user_agent(settings), connections=settings.workers + 2
         )
@@ -49,8 +49,7 @@ def context_factory(settings: Settings, metrics: Metrics) -> Callable[[Callable[
             settings=settings,
             kube=kube,
             metrics=metrics,
-            stores=StoreCache(workers=settings.workers),
-            wake=wake,
+            stores=StorePool(workers=settings.workers),
             endpoints=endpoint_policy(settings, kube.server, os.environ),
         )
 

@@ -18,20 +18,19 @@ from modelops.storage import ObjectInfo, ObjectNotFound, ObjectStore
 
 
 class Reads(Protocol):
-    """What a look-up reads with: an ObjectStore, or the operator's cached reads of one."""
+    """What a look-up reads with: an ObjectStore, or the operator's memo of reads of one (`handlers.reads.StorageReads`)."""
 
     def head(self, uri: str) -> ObjectInfo: ...
 
     def read_bytes(self, uri: str) -> bytes: ...
 
 
-def head(store: Reads, uri: str) -> reuse.StoredObject | None:
+def head(store: Reads, uri: str) -> ObjectInfo | None:
     """The object's size, ETag and recorded sha256; None when there is no such object."""
     try:
-        info = store.head(uri)
+        return store.head(uri)
     except ObjectNotFound:
         return None
-    return reuse.StoredObject(size=info.size, etag=info.etag, sha256=info.sha256)
 
 
 def read_json(store: Reads, uri: str) -> dict[str, Any] | None:
@@ -67,7 +66,7 @@ class Lookup:
 
     decision: reuse.Decision
     report: dict[str, Any] | None
-    dataset: reuse.StoredObject | None
+    dataset: reuse.ObjectInfo | None
 
 
 def look_up(

@@ -57,8 +57,9 @@ class Reason(StrEnum):
 
 
 @dataclass(frozen=True)
-class StoredObject:
-    """What a HEAD says about an object."""
+class ObjectInfo:
+    """What a HEAD says about an object: `storage.ObjectStore.head` returns it, and the decision
+    here compares it with what a cache entry recorded."""
 
     size: int
     etag: str
@@ -74,7 +75,7 @@ class Request:
     recipe: Compression
     compressor_version: str
     evaluation: Evaluation | None = None
-    dataset: StoredObject | None = None
+    dataset: ObjectInfo | None = None
 
 
 @dataclass(frozen=True)
@@ -137,7 +138,7 @@ def judged(measurement: MetricReport, threshold: float) -> MetricReport:
     return measurement.model_copy(update={"threshold": threshold, "passed": passed})
 
 
-def same_dataset(recorded: DatasetReport | None, uri: str, current: StoredObject) -> bool:
+def same_dataset(recorded: DatasetReport | None, uri: str, current: ObjectInfo) -> bool:
     """The measurement was taken on exactly this object: same URI and ETag, and the same
     sha256 wherever both sides know it."""
     if recorded is None or recorded.uri != uri or not current.etag or recorded.etag != current.etag:
@@ -145,7 +146,7 @@ def same_dataset(recorded: DatasetReport | None, uri: str, current: StoredObject
     return recorded.sha256 is None or current.sha256 is None or recorded.sha256 == current.sha256
 
 
-def artifact_unchanged(recorded: CompressedArtifact, current: StoredObject | None) -> str | None:
+def artifact_unchanged(recorded: CompressedArtifact, current: ObjectInfo | None) -> str | None:
     """Why the cached artifact in storage is not the one recorded, or None when it is."""
     if current is None:
         return f"the cached artifact {recorded.uri} is gone"
@@ -163,7 +164,7 @@ def artifact_unchanged(recorded: CompressedArtifact, current: StoredObject | Non
 def decide(
     request: Request,
     compression: CachedCompression | None,
-    artifact: StoredObject | None,
+    artifact: ObjectInfo | None,
     measurement: MetricReport | None,
 ) -> Decision:
     """Whether the cache may stand in for this request, and for how much of it.

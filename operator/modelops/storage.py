@@ -22,6 +22,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
+from modelops.reuse import ObjectInfo as ObjectInfo  # what a HEAD returns; defined with the decision that reads it
+
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 _BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
 # Metadata key under which uploads record their sha256 (S3 returns it as x-amz-meta-sha256).
@@ -194,13 +196,6 @@ class TransferTuning:
 
 
 @dataclass(frozen=True)
-class ObjectInfo:
-    size: int
-    etag: str
-    sha256: str | None = None
-
-
-@dataclass(frozen=True)
 class TransferResult:
     sha256: str
     size: int
@@ -234,23 +229,6 @@ def with_retries(
 def verify_digest(uri: str, expected: str | None, actual: str) -> None:
     if expected is not None and expected != actual:
         raise ChecksumMismatch(uri, expected, actual)
-
-
-def fetch_ranges_to_file(
-    read_range: Callable[[int, int], bytes],
-    size: int,
-    fd: int,
-    tuning: TransferTuning,
-    sleep: Callable[[float], None] = time.sleep,
-) -> str:
-    """Fetch [0, size) as concurrent ranged reads, write each part at its offset, return the sha256.
-
-    `read_range(start, end_inclusive)` returns the bytes of one part (modelops.transfer.download
-    takes streams; this is it for whole-part reads)."""
-    import io
-
-    digest, _ = _transfer(lambda start, end: io.BytesIO(read_range(start, end)), size, fd, tuning, sleep)
-    return digest
 
 
 def _transfer(

@@ -19,7 +19,7 @@ from e2e.testbed import schemas
 from modelops.api.deployment import AutoscalingSpec, HTTPRouteRef, ModelDeploymentSpec
 from modelops.core.httproute import render_httproute, render_split_services
 from modelops.core.objects import OwnerRef, VersionView
-from modelops.core.render import render_deployment
+from modelops.core.render import DeploymentInputs, render_deployment
 from modelops.core.scalers import render_hpa, render_scaled_object
 from modelops.settings import Settings
 from tests.api_cases import MODEL, edited
@@ -51,9 +51,9 @@ def rendered() -> list[dict[str, Any]]:
             "version": version, "settings": Settings()}
     auto = AutoscalingSpec.model_validate(CANARY_MD["spec"]["autoscaling"])
     return [
-        render_deployment(**args),
-        render_deployment(**args, canary_replicas=2),
-        render_deployment(**{**args, "spec": spec.model_copy(update={"suspended": True})}),
+        render_deployment(DeploymentInputs(**args)),
+        render_deployment(DeploymentInputs(**args, canary_replicas=2)),
+        render_deployment(DeploymentInputs(**{**args, "spec": spec.model_copy(update={"suspended": True})})),
         *render_split_services(name="digits", namespace="ml", owner=OWNER, model="digits", stable_version=1),
         render_httproute(name="digits", namespace="ml", owner=OWNER, model="digits",
                          parent=HTTPRouteRef.model_validate({"parent": "public", "namespace": "gateways"}), weights=(90, 10)),

@@ -28,18 +28,18 @@ def rendered_pods(storage: Storage, testbed: Any) -> dict[str, dict[str, Any]]:
     """The pod templates modelops renders, as Pods."""
     settings = Settings.from_env({})
     model = ModelSpec.model_validate(digits_model_manifest(storage)["spec"])
-    job = render.render_job(
+    job = render.render_job(render.JobInputs(
         name="v-compress", namespace="x", owner=OWNER, model="digits", version_name="v", version=1,
         artifact={"uri": f"s3://{storage.bucket}/a.onnx", "sha256": "ab" * 32, "format": "onnx"},
         recipe={"quantization": "int8-weight-only"}, evaluation=None, output_prefix=f"s3://{storage.bucket}/c/",
         storage=model.storage, signature=model.signature, scheduling=Scheduling(gpus=1), settings=settings,
-    )
+    ))
     served = VersionView(name="v", model="digits", version=1, phase="Ready", compressed_uri=f"s3://{storage.bucket}/m.onnx",
                          compressed_sha256="cd" * 32, compressed_format="onnx")
-    triton = render.render_deployment(
+    triton = render.render_deployment(render.DeploymentInputs(
         name="serve", namespace="x", owner=OWNER, spec=ModelDeploymentSpec.model_validate({"model": "digits"}),
         model_name="digits", model=model, version=served, settings=settings,
-    )
+    ))
     (operator,) = [d for d in helm_render(testbed) if d["kind"] == "Deployment"]
     operator["spec"]["template"]["spec"].pop("serviceAccountName")  # the chart's account is not installed here
     templates = {"compression Job": job, "Triton": triton, "operator (chart)": operator}

@@ -12,13 +12,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from modelops import kube as k8s
-from modelops.handlers.cache import CACHED
-from modelops.handlers.context import Context, StoreCache
-from modelops.metrics import Metrics
+from modelops.handlers.context import Context, StorePool
+from modelops.handlers.informer import WATCHED_KINDS
+from modelops.operatormetrics import Metrics
 from modelops.settings import Settings
 
 Body = dict[str, Any]
-WATCHED = {r.plural: r for r in CACHED}
+WATCHED = {r.plural: r for r in WATCHED_KINDS}
 NOW = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 
 
@@ -138,8 +138,8 @@ class FakeKube:
 
 def context(kube: FakeKube, **settings: Any) -> Context:
     """A Context over `kube`, its cache filled from everything `kube` holds (as the watches do)."""
-    ctx = Context(settings=Settings(**settings), kube=kube, metrics=Metrics(), stores=StoreCache(),  # type: ignore[arg-type]
-                  wake=lambda key: None, clock=lambda: NOW)
+    ctx = Context(settings=Settings(**settings), kube=kube, metrics=Metrics(), stores=StorePool(),  # type: ignore[arg-type]
+                  clock=lambda: NOW)
     refill(ctx, kube)
     return ctx
 
@@ -148,4 +148,4 @@ def refill(ctx: Context, kube: FakeKube) -> None:
     """What the watches would have delivered by now."""
     for (plural, _, _), body in kube.objects.items():
         if plural in WATCHED:
-            ctx.reads.cache.observe(WATCHED[plural], copy.deepcopy(body))
+            ctx.reads.informer.observe(WATCHED[plural], copy.deepcopy(body))

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from modelops.compress.accuracy import DatasetError
 from modelops.compress.dataset import Dataset
-from modelops.compress.metrics import DatasetError
 from modelops.compress.runtime import EVAL_BATCH, InputSpec
 
 pytestmark = pytest.mark.unit

@@ -106,12 +106,20 @@ def test_int4_uses_matmulnbits_and_block_quantized_gathers(tmp_path: Path, confi
     assert _cosine(_outputs(source, config), _outputs(out, config)) >= 0.98
 
 
+def _dequantize_int4_blocks(packed: np.ndarray, scales: np.ndarray, depth: int) -> np.ndarray:
+    """The [N, depth] float32 values that `quantize_int4_blocks` encoded."""
+    low = (packed & 0x0F).astype(np.float32)
+    high = (packed >> 4).astype(np.float32)
+    values = np.stack([low, high], axis=-1).reshape(packed.shape[0], packed.shape[1], -1) - W.INT4_ZERO_POINT
+    return (values * scales[:, :, None]).reshape(packed.shape[0], -1)[:, :depth]
+
+
 def test_int4_blocks_round_trip_within_half_a_step() -> None:
     rng = np.random.default_rng(3)
     weight = rng.standard_normal((40, 72), dtype=np.float32)  # 72 is not a multiple of 32: padded
     packed, scales = W.quantize_int4_blocks(weight, 32, rows_are_channels=True, threads=2)
     assert packed.shape == (40, 3, 16) and scales.shape == (40, 3)
-    restored = W.dequantize_int4_blocks(packed, scales, 72)
+    restored = _dequantize_int4_blocks(packed, scales, 72)
     step = np.abs(np.repeat(scales, 32, axis=1)[:, :72])
     error = np.abs(restored - weight)
     # Each block's largest-magnitude value is exact (it maps to -8); values that round to +8

@@ -12,7 +12,7 @@ import pytest
 from modelops.api import ModelDeploymentSpec, ModelSpec
 from modelops.core.drift import Difference, differences, quantity, removals
 from modelops.core.objects import OwnerRef, VersionView
-from modelops.core.render import render_deployment, render_service
+from modelops.core.render import DeploymentInputs, render_deployment, render_service
 from modelops.settings import Settings
 
 pytestmark = pytest.mark.unit
@@ -28,8 +28,8 @@ SERVED = VersionView("digits-v1", "digits", 1, "Ready", compressed_uri="s3://mod
 
 def rendered(**spec: Any) -> dict[str, Any]:
     md = ModelDeploymentSpec.model_validate({"model": "digits", **spec})
-    return render_deployment(name="digits", namespace="ns", owner=OWNER, spec=md, model_name="digits", model=MODEL,
-                             version=SERVED, settings=Settings.from_env({}))
+    return render_deployment(DeploymentInputs(name="digits", namespace="ns", owner=OWNER, spec=md, model_name="digits", model=MODEL,
+                             version=SERVED, settings=Settings.from_env({})))
 
 
 def as_stored(obj: dict[str, Any]) -> dict[str, Any]:

@@ -11,6 +11,8 @@ from modelops.api.model import StorageSpec, Toleration
 from modelops.core import naming
 from modelops.core.objects import OwnerRef, VersionView
 from modelops.core.render import (
+    DeploymentInputs,
+    JobInputs,
     managed_replicas,
     render_deployment,
     render_job,
@@ -48,7 +50,7 @@ def job(**overrides):
         "storage": model_spec().storage, "signature": model_spec().signature, "scheduling": Scheduling(gpus=1, node_selector=GPU_NODE),
         "settings": SETTINGS,
     }
-    return render_job(**{**args, **overrides})
+    return render_job(JobInputs(**{**args, **overrides}))
 
 
 def env_map(container: dict) -> dict:
@@ -158,10 +160,10 @@ def test_a_suspended_deployment_renders_zero_replicas() -> None:
 
 
 def deployment(spec: dict | None = None, version: VersionView | None = None, model: ModelSpec | None = None, settings=SETTINGS):
-    return render_deployment(
+    return render_deployment(DeploymentInputs(
         name="digits", namespace="ns", owner=MD_OWNER, spec=ModelDeploymentSpec.model_validate({"model": "digits", **(spec or {})}),
         model_name="digits", model=model or model_spec(), version=version or served(), settings=settings,
-    )
+    ))
 
 
 def test_triton_container_ports_probes_and_command() -> None:
@@ -361,10 +363,10 @@ def test_the_canary_deployment_shares_the_service_selector_and_has_its_own() -> 
     from modelops.core import naming
 
     stable = deployment()
-    canary = render_deployment(
+    canary = render_deployment(DeploymentInputs(
         name="digits", namespace="ns", owner=MD_OWNER, spec=ModelDeploymentSpec.model_validate({"model": "digits"}),
         model_name="digits", model=model_spec(), version=served(), settings=SETTINGS, canary_replicas=2,
-    )
+    ))
     service_selector = naming.server_selector("digits")
     assert canary["metadata"]["name"] == "digits-canary" and canary["spec"]["replicas"] == 2
     assert canary["spec"]["selector"]["matchLabels"] == {**service_selector, "modelops.dev/track": "canary"}
@@ -420,8 +422,8 @@ def test_a_signed_version_has_its_fetch_verify_the_operators_signature() -> None
                          compressed_sha256="ab" * 32, signature_uri="s3://models/c/model.onnx.sig", signer_key="PEM")
 
     def fetch(view):
-        rendered = render_deployment(name="digits", namespace="ns", owner=MD_OWNER, model_name="digits", model=model_spec(),
-                                     spec=spec, version=view, settings=SETTINGS)
+        rendered = render_deployment(DeploymentInputs(name="digits", namespace="ns", owner=MD_OWNER, model_name="digits", model=model_spec(),
+                                     spec=spec, version=view, settings=SETTINGS))
         return rendered["spec"]["template"]["spec"]["initContainers"][0]
 
     plain, checked = fetch(base), fetch(signed)

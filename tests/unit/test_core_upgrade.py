@@ -12,7 +12,7 @@ from modelops.api import ModelDeploymentSpec
 from modelops.core import naming
 from modelops.core.drift import differences
 from modelops.core.objects import VersionView
-from modelops.core.render import render_deployment
+from modelops.core.render import DeploymentInputs, render_deployment
 from modelops.core.upgrade import keep_running_fetcher
 from modelops.settings import Settings
 from tests.unit.test_core_render import MD_OWNER, model_spec
@@ -33,11 +33,11 @@ def version(number: int) -> VersionView:
 
 
 def deployment(settings: Settings, number: int = 1, retry: str | None = None, **spec: object) -> dict:
-    return render_deployment(
+    return render_deployment(DeploymentInputs(
         name="digits", namespace="ns", owner=MD_OWNER,
         spec=ModelDeploymentSpec.model_validate({"model": "digits", "replicas": 2, **spec}), model_name="digits",
         model=model_spec(), version=version(number), settings=settings, retry=retry,
-    )
+    ))
 
 
 def fetch_image(rendered: dict) -> str:

@@ -1,8 +1,6 @@
 """No function in operator/ over 80 lines or with more than 8 parameters (self and cls not
-counted): planners and reconcilers run as lists of small phases instead.
-
-NOT_YET_SPLIT names the functions that still break the rule; the list may only shrink: a
-function on it that now keeps the rule fails the test until it is taken off."""
+counted): planners and reconcilers run as lists of small phases instead, and a function that
+needs many inputs takes one object that holds them."""
 
 from __future__ import annotations
 
@@ -16,21 +14,6 @@ pytestmark = pytest.mark.unit
 ROOT = Path(__file__).resolve().parents[2] / "operator"
 MAX_LINES = 80
 MAX_PARAMETERS = 8
-NOT_YET_SPLIT = {
-    # The compression Job's package.
-    "modelops/compress/job.py:_run",
-    "modelops/compress/job.py:_evaluate_cached",
-    "modelops/compress/job.py:_success",
-    "modelops/compress/onnx_compress.py:_plan",
-    "modelops/compress/onnx_compress.py:_plan_int4",
-    "modelops/compress/pipeline.py:compress_artifact",
-    "modelops/compress/pipeline.py:_compress_one",
-    "modelops/compress/pipeline.py:_all_rejected",
-    "modelops/compress/report.py:success_report",
-    # The renderings of the Job and the Triton Deployment (the serving seam moves the latter).
-    "modelops/core/render.py:render_job",
-    "modelops/core/render.py:render_deployment",
-}
 
 
 def parameters(node: ast.FunctionDef | ast.AsyncFunctionDef) -> int:
@@ -53,8 +36,4 @@ def offenders() -> dict[str, str]:
 
 
 def test_no_function_is_over_80_lines_or_takes_more_than_8_parameters() -> None:
-    found = offenders()
-    new = {name: size for name, size in found.items() if name not in NOT_YET_SPLIT}
-    assert new == {}, "split these into phases (or smaller functions with one input object)"
-    fixed = NOT_YET_SPLIT - found.keys()
-    assert fixed == set(), "these keep the rule now: take them off NOT_YET_SPLIT"
+    assert offenders() == {}, "split these into phases (or smaller functions with one input object)"

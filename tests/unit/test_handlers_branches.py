@@ -28,7 +28,7 @@ from modelops.handlers.children import keep
 from modelops.handlers.context import Context
 from modelops.handlers.models import reconcile_model
 from modelops.handlers.queue import Key, RetryLater
-from modelops.handlers.reads import CachedReads
+from modelops.handlers.reads import StorageReads
 from modelops.handlers.versions import reconcile_version
 from modelops.storage import ObjectInfo, ObjectNotFound, StorageUnreachable
 from tests.unit.fakekube import NOW, FakeKube, context
@@ -69,7 +69,7 @@ class MemoryStore:
 
 
 def with_store(ctx: Context, store: MemoryStore) -> Context:
-    reads = CachedReads(store)  # type: ignore[arg-type]
+    reads = StorageReads(store)  # type: ignore[arg-type]
     ctx.stores.get = lambda config: reads  # type: ignore[method-assign]
     return ctx
 

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from modelops import provenance
 from modelops.api.model import ModelSpec
 from modelops.api.version import ModelVersionSpec
-from modelops.handlers.cache import Cache
+from modelops.handlers.informer import Informer
 from modelops.handlers.provenance import check_source
 from modelops.handlers.reads import Reads
 from modelops.settings import Settings
@@ -47,7 +47,7 @@ class FakeContext:
     reads: Reads = field(init=False)
 
     def __post_init__(self) -> None:
-        self.reads = Reads(Cache(), SecretsApi(self.objects))  # type: ignore[arg-type]
+        self.reads = Reads(Informer(), SecretsApi(self.objects))  # type: ignore[arg-type]
 
 
 @dataclass

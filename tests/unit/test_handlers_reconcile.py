@@ -211,12 +211,12 @@ def test_a_deployment_adopts_itself_to_its_model() -> None:
 def live_server(kube: FakeKube, body: dict[str, Any], number: int, **status: Any) -> dict[str, Any]:
     """The Triton Deployment the operator renders for version `number`, as the Deployment
     controller left it."""
-    desired = render.render_deployment(
+    desired = render.render_deployment(render.DeploymentInputs(
         name="serve", namespace=NS, owner=OwnerRef.of(body), spec=ModelDeploymentSpec.model_validate(deployment("serve")["spec"]),
         model_name="digits", model=ModelSpec.model_validate(MODEL_SPEC),
         version=VersionView.from_body(stored(kube, k8s.MODELVERSIONS, f"digits-v{number}")),
         settings=context(kube).settings, retry=None,
-    )
+    ))
     desired["metadata"]["generation"] = 1
     desired["status"] = {"observedGeneration": 1, **status}
     return desired

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from modelops.handlers.registry import NoDiffBase, Operator, build_registry
+from modelops.handlers.operator import Operator
+from modelops.handlers.registry import NoDiffBase, build_registry
 from modelops.settings import Settings
 
 pytestmark = pytest.mark.unit

@@ -17,7 +17,7 @@ from modelops.api.deployment import AutoscalingSpec, HTTPRouteRef, ModelDeployme
 from modelops.api.model import ModelSpec
 from modelops.core.httproute import render_httproute, render_split_services
 from modelops.core.objects import OwnerRef, VersionView
-from modelops.core.render import render_deployment, render_service
+from modelops.core.render import DeploymentInputs, render_deployment, render_service
 from modelops.core.scalers import quantity, render_hpa, render_scaled_object
 from modelops.settings import Settings
 
@@ -46,8 +46,8 @@ GPU = ModelDeploymentSpec.model_validate({
 SERVING = {**COMMON, "model_name": "digits", "model": MODEL, "version": VERSION, "settings": Settings.from_env({})}
 
 RENDERINGS: dict[str, Any] = {
-    "deployment-triton": lambda: render_deployment(**SERVING, spec=ModelDeploymentSpec(model="digits")),
-    "deployment-triton-gpu-canary": lambda: render_deployment(**SERVING, spec=GPU, canary_replicas=1, retry="2"),
+    "deployment-triton": lambda: render_deployment(DeploymentInputs(**SERVING, spec=ModelDeploymentSpec(model="digits"))),
+    "deployment-triton-gpu-canary": lambda: render_deployment(DeploymentInputs(**SERVING, spec=GPU, canary_replicas=1, retry="2")),
     "service-triton": lambda: render_service(**COMMON, model_name="digits"),
     "hpa-queue-time-ratio": lambda: render_hpa(**COMMON, model="digits", spec=QUEUE),
     "hpa-inferences-per-second": lambda: render_hpa(**COMMON, model="digits", spec=IPS),

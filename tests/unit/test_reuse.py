@@ -12,9 +12,9 @@ from modelops.cachekey import COMPRESSOR_VERSION, normalize_recipe, recipe_hash
 from modelops.reuse import (
     Action,
     CachedCompression,
+    ObjectInfo,
     Reason,
     Request,
-    StoredObject,
     decide,
     gate_passes,
     measurement_key,
@@ -27,9 +27,9 @@ ARTIFACT_SHA = "cd" * 32
 DATASET_URI = "s3://models/digits/eval.npz"
 RECIPE = normalize_recipe({"quantization": "int8-weight-only"})
 GATE = Evaluation(dataset_uri=DATASET_URI, metric="top1-accuracy", threshold=0.5)
-DATASET = StoredObject(size=1000, etag="etag-1", sha256="ee" * 32)
+DATASET = ObjectInfo(size=1000, etag="etag-1", sha256="ee" * 32)
 ARTIFACT = CompressedArtifact(uri="s3://models/modelops-cache/k/model.onnx", sha256=ARTIFACT_SHA, bytes=100, format="onnx", etag="a-1")
-STORED_ARTIFACT = StoredObject(size=100, etag="a-1", sha256=ARTIFACT_SHA)
+STORED_ARTIFACT = ObjectInfo(size=100, etag="a-1", sha256=ARTIFACT_SHA)
 RECORD = CachedCompression(SOURCE, recipe_hash(RECIPE), COMPRESSOR_VERSION, ARTIFACT)
 # Measured: 97.0% -> 96.7%, a drop of 0.3 points, on DATASET.
 MEASURED = MetricReport(

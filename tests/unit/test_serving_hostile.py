@@ -19,7 +19,7 @@ from tritonclient.grpc import model_config_pb2
 
 from modelops.api.deployment import Backend, TritonSpec
 from modelops.api.model import DataType, Signature
-from modelops.api.types import DNS_SUBDOMAIN_RULE, TENSOR_NAME_RULE, is_s3_uri
+from modelops.api.types import DNS_SUBDOMAIN_RULE, S3_URI, TENSOR_NAME_RULE, URI_MAX
 from modelops.fetch import CONFIG_ENV, TERMINATION_LOG_ENV, main
 from modelops.serving import ServedModel, ServingConfigError, render_config_pbtxt
 from modelops.storage import TransferResult
@@ -103,7 +103,8 @@ def test_accepted_objects_render_and_lay_out_inside_the_repository(
         repo = root / "parent" / "models"
         outside = root / "parent" / "sibling"
         outside.mkdir(parents=True)
-        uri = f"s3://models/{uri_key}" if is_s3_uri(f"s3://models/{uri_key}") else "s3://models/k/model.onnx"
+        candidate = f"s3://models/{uri_key}"
+        uri = candidate if len(candidate) <= URI_MAX and S3_URI.holds(candidate) else "s3://models/k/model.onnx"
         log = root / "termination-log"
         environ = {CONFIG_ENV: text, TERMINATION_LOG_ENV: str(log)}
         argv = ["--uri", uri, "--sha256", "ab" * 32, "--model-name", name, "--version", str(version),

@@ -14,7 +14,7 @@ from modelops.api import ModelDeploymentSpec, ModelSpec
 from modelops.api.version import ArtifactFormat
 from modelops.contract.formats import ARTIFACT_FILES, artifact_file, artifact_suffix
 from modelops.core.canary import PodMetrics
-from modelops.core.render import endpoints, render_deployment, render_service
+from modelops.core.render import DeploymentInputs, endpoints, render_deployment, render_service
 from modelops.serving import config
 from modelops.serving.runtime import MetricNames, Port, RepositoryLayout, ServingRuntime
 from modelops.serving.triton import TRITON
@@ -54,9 +54,9 @@ class OtherServer:
 
 def test_a_second_runtime_renders_its_own_pod_through_the_same_renderer() -> None:
     runtime: ServingRuntime = OtherServer()
-    deployment = render_deployment(name="digits", namespace="ml", owner=OWNER, spec=ModelDeploymentSpec(model="digits"),
+    deployment = render_deployment(DeploymentInputs(name="digits", namespace="ml", owner=OWNER, spec=ModelDeploymentSpec(model="digits"),
                                    model_name="digits", model=MODEL, version=VERSION, settings=Settings.from_env({}),
-                                   runtime=runtime)
+                                   runtime=runtime))
     template = deployment["spec"]["template"]
     pod = template["spec"]
     [server] = pod["containers"]
@@ -74,8 +74,8 @@ def test_a_second_runtime_renders_its_own_pod_through_the_same_renderer() -> Non
 
 
 def test_the_service_publishes_every_container_port_by_name() -> None:
-    deployment = render_deployment(name="digits", namespace="ml", owner=OWNER, spec=ModelDeploymentSpec(model="digits"),
-                                   model_name="digits", model=MODEL, version=VERSION, settings=Settings.from_env({}))
+    deployment = render_deployment(DeploymentInputs(name="digits", namespace="ml", owner=OWNER, spec=ModelDeploymentSpec(model="digits"),
+                                   model_name="digits", model=MODEL, version=VERSION, settings=Settings.from_env({})))
     [server] = deployment["spec"]["template"]["spec"]["containers"]
     service = render_service(name="digits", namespace="ml", owner=OWNER, model_name="digits")
     assert [(p["name"], p["containerPort"]) for p in server["ports"]] == [(p["name"], p["port"]) for p in service["spec"]["ports"]]

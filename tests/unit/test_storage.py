@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 from pathlib import Path
 
@@ -26,8 +27,8 @@ from modelops.storage import (
     TLSVerificationFailed,
     TooLarge,
     TransferTuning,
+    _transfer,
     backoff_delay,
-    fetch_ranges_to_file,
     parse_s3_uri,
     translate_error,
     validate_sha256,
@@ -211,7 +212,7 @@ def _fetch(payload: bytes, tmp_path: Path, read_range, tuning: TransferTuning = 
     target = tmp_path / "out.bin"
     fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
     try:
-        digest = fetch_ranges_to_file(read_range, len(payload), fd, tuning, lambda _: None)
+        digest, _ = _transfer(lambda start, end: io.BytesIO(read_range(start, end)), len(payload), fd, tuning, lambda _: None)
     finally:
         os.close(fd)
     return digest, target.read_bytes()

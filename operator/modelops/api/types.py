@@ -229,11 +229,6 @@ EndpointUrl = checked_string(URI_MAX, ENDPOINT_URL)
 TensorName = checked_string(TENSOR_NAME_MAX, TENSOR_NAME)
 
 
-def is_s3_uri(value: str) -> bool:
-    """True for what the apiserver accepts as an artifact or dataset URI."""
-    return len(value) <= URI_MAX and S3_URI.holds(value)
-
-
 ObjectName = Annotated[
     str,
     Field(min_length=1, max_length=NAME_MAX, pattern=DNS_SUBDOMAIN_RULE),

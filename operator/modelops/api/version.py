@@ -212,10 +212,6 @@ class Artifact(ApiModel):
         return self
 
     @property
-    def is_file_set(self) -> bool:
-        return self.files is not None
-
-    @property
     def graph_path(self) -> str:
         return str(self.entrypoint or DEFAULT_ENTRYPOINT)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from modelops.compress.metrics import DatasetError
+from modelops.compress.accuracy import DatasetError
 from modelops.compress.runtime import EVAL_BATCH, Feeds, InputSpec
 
 SINGLE_INPUT = "inputs"

@@ -6,7 +6,7 @@ import json
 import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
@@ -33,6 +33,9 @@ from modelops.storage import (
     validate_sha256,
 )
 from modelops.transfer import TransferStats
+
+if TYPE_CHECKING:
+    from modelops.compress.pipeline import Dataset, Options
 
 log = logging.getLogger("modelops.compress")
 
@@ -87,7 +90,7 @@ class Failure(Exception):
 
 def _classify(exc: BaseException) -> Failure:
     """Map an exception to (exit code, reason). Only storage outages and the unexpected are retried."""
-    from modelops.compress.metrics import DatasetError
+    from modelops.compress.accuracy import DatasetError
     from modelops.compress.onnx_compress import UnsupportedModel
     from modelops.compress.onnx_stream import OnnxFormatError, OutputTooLarge
     from modelops.contract.interface import SignatureMismatch
@@ -172,8 +175,67 @@ def _check_cached_interface(existing: dict[str, Any], signature: Signature | Non
     return True
 
 
+@dataclass(frozen=True)
+class _Job:
+    """One run's arguments, checked: the spec (its sha256 normalised), where it reads and writes,
+    and the parsed recipe, evaluation and pipeline options."""
+
+    spec: JobSpec
+    store: ObjectStore
+    workdir: Path
+    recipe: Recipe
+    evaluation: Evaluation | None
+    options: Options
+    prefix: str  # the cache entry's prefix, ending in /
+    bucket: str
+
+    @property
+    def report_uri(self) -> str:
+        return self.prefix + REPORT_FILE
+
+
+@dataclass(frozen=True)
+class _Inputs:
+    """What the Job downloaded: the source, the evaluation dataset and the calibration dataset."""
+
+    source_path: Path
+    source: TransferResult
+    dataset: Dataset | None
+    dataset_read: Any  # the evaluation dataset's TransferResult
+    calibration: Dataset | None
+    calibration_report: dict[str, Any] | None
+
+
 def _run(spec: JobSpec, store: ObjectStore, workdir: Path) -> JobResult:
-    from modelops.compress.pipeline import Dataset, Options, compress_artifact
+    job = _checked(spec, store, workdir)
+    # The same decision the operator took before creating this Job; it may differ now (a
+    # restarted Job, a dataset replaced meanwhile), and this one is the one that counts.
+    lookup = cachestore.look_up(store, job.prefix, job.spec.source_sha256, job.recipe.compression, job.evaluation)
+    decision = lookup.decision
+    if spec.recompress and decision.action in (reuse.Action.READY, reuse.Action.REJECT, reuse.Action.EVALUATE):
+        decision = replace(decision, action=reuse.Action.COMPRESS, message="the cached compression's signature does not verify")
+    log.info("cache decision: %s (%s): %s", decision.action, decision.reason, decision.message)
+    if decision.action == reuse.Action.FAIL:
+        raise Failure(exitcodes.BAD_ARTIFACT, decision.reason, decision.message)
+    if decision.action in (reuse.Action.READY, reuse.Action.REJECT):
+        existing = cachestore.reused_report(lookup, job.evaluation)
+        # A cached result is served only when its recorded interface matches this Model's signature.
+        if _check_cached_interface(existing, job.options.signature):
+            return JobResult(_exit_code(existing["outcome"]), existing)
+        log.info("the cached entry recorded no interface to check against the signature; compressing again")
+
+    inputs = _download_inputs(job)
+    if decision.action == reuse.Action.EVALUATE:
+        assert lookup.report is not None
+        evaluated = _evaluate_cached(job, inputs, lookup.report)
+        if evaluated is not None:
+            return evaluated
+    return _compress(job, inputs)
+
+
+def _checked(spec: JobSpec, store: ObjectStore, workdir: Path) -> _Job:
+    """The arguments parsed and checked, each failure a usage failure that names its argument."""
+    from modelops.compress.pipeline import Options
 
     recipe = Recipe.of(spec.recipe)
     evaluation = parse_evaluation(spec.evaluation) if spec.evaluation is not None else None
@@ -183,28 +245,19 @@ def _run(spec: JobSpec, store: ObjectStore, workdir: Path) -> JobResult:
     if spec.source_files is not None:
         _field(lambda: _check_file_set(spec, source_sha256), "source-files-json")
     prefix = spec.output_prefix if spec.output_prefix.endswith("/") else spec.output_prefix + "/"
-    report_uri = prefix + REPORT_FILE
-    bucket = _field(lambda: parse_s3_uri(report_uri), "output-prefix").bucket
-    spec = JobSpec(**{**spec.__dict__, "source_sha256": source_sha256})
+    bucket = _field(lambda: parse_s3_uri(prefix + REPORT_FILE), "output-prefix").bucket
+    options = Options(spec.input_names, spec.output_names, spec.input_shape, spec.threads, signature)
+    return _Job(replace(spec, source_sha256=source_sha256), store, workdir, recipe, evaluation, options, prefix, bucket)
 
-    # The same decision the operator took before creating this Job; it may differ now (a
-    # restarted Job, a dataset replaced meanwhile), and this one is the one that counts.
-    lookup = cachestore.look_up(store, prefix, source_sha256, recipe.compression, evaluation)
-    decision = lookup.decision
-    if spec.recompress and decision.action in (reuse.Action.READY, reuse.Action.REJECT, reuse.Action.EVALUATE):
-        decision = replace(decision, action=reuse.Action.COMPRESS, message="the cached compression's signature does not verify")
-    log.info("cache decision: %s (%s): %s", decision.action, decision.reason, decision.message)
-    if decision.action == reuse.Action.FAIL:
-        raise Failure(exitcodes.BAD_ARTIFACT, decision.reason, decision.message)
-    if decision.action in (reuse.Action.READY, reuse.Action.REJECT):
-        existing = cachestore.reused_report(lookup, evaluation)
-        # A cached result is served only when its recorded interface matches this Model's signature.
-        if _check_cached_interface(existing, signature):
-            return JobResult(_exit_code(existing["outcome"]), existing)
-        log.info("the cached entry recorded no interface to check against the signature; compressing again")
 
+def _download_inputs(job: _Job) -> _Inputs:
+    """The source, verified by its sha256 (a mismatch under a verified signature is tampering),
+    the evaluation dataset and the calibration dataset."""
+    from modelops.compress.pipeline import Dataset
+
+    spec, store, evaluation = job.spec, job.store, job.evaluation
     try:
-        source_path, source = _download_source(store, spec, workdir)
+        source_path, source = _download_source(store, spec, job.workdir)
     except ChecksumMismatch as exc:
         if spec.source_signer is None:
             raise
@@ -216,7 +269,7 @@ def _run(spec: JobSpec, store: ObjectStore, workdir: Path) -> JobResult:
     dataset = None
     dataset_read = None
     if evaluation is not None:
-        dataset_path = workdir / "dataset" / "eval.npz"
+        dataset_path = job.workdir / "dataset" / "eval.npz"
         try:
             dataset_read = store.download(evaluation.dataset_uri, dataset_path, max_bytes=spec.max_dataset_bytes)
         except ObjectNotFound:
@@ -226,58 +279,49 @@ def _run(spec: JobSpec, store: ObjectStore, workdir: Path) -> JobResult:
                 f"evaluation.datasetUri: no object at {evaluation.dataset_uri}; upload the dataset or fix the URI",
             ) from None
         dataset = Dataset.from_npz(dataset_path)
-    calibration, calibration_report = _calibration(store, recipe, evaluation, dataset_read, workdir, spec)
+    calibration, calibration_report = _calibration(store, job.recipe, evaluation, dataset_read, job.workdir, spec)
+    return _Inputs(source_path, source, dataset, dataset_read, calibration, calibration_report)
 
-    options = Options(spec.input_names, spec.output_names, spec.input_shape, spec.threads, signature)
-    if decision.action == reuse.Action.EVALUATE:
-        assert evaluation is not None and dataset is not None and lookup.report is not None
-        evaluated = _evaluate_cached(store, lookup.report, source_path, spec, recipe, evaluation, dataset, options, workdir)
-        if evaluated is not None:
-            full = JobReport.model_validate({
-                **{k: v for k, v in lookup.report.items() if k not in ("metric", "evaluation")},
-                "outcome": evaluated.outcome,
-                "reason": reuse.Reason.EVALUATED_FROM_CACHE if evaluated.outcome == ReportOutcome.PASSED else VersionReason.ACCURACY_GATE_REJECTED,
-                "message": evaluated.message,
-                "latencyMsBefore": evaluated.latency_ms_before,
-                "latencyMsAfter": evaluated.latency_ms_after,
-                "metric": _record_measurement(
-                    store, prefix, evaluation, evaluated, dataset_read, dataset.samples, lookup.report["artifact"]["sha256"]
-                ),
-                "evaluation": {**evaluation.wire(), "samples": dataset.samples},
-                "fromCache": True,
-                "notes": evaluated.notes,
-            }).record()
-            return JobResult(_exit_code(full["outcome"]), full)
 
+def _compress(job: _Job, inputs: _Inputs) -> JobResult:
+    """Compress and gate, upload the artifact, and publish its report (auto's pick also under its
+    own recipe's key)."""
+    from modelops.compress.pipeline import compress_artifact
+
+    spec, store, evaluation, dataset, source, prefix = job.spec, job.store, job.evaluation, inputs.dataset, inputs.source, job.prefix
     result = compress_artifact(
-        source_path, spec.source_format, recipe, workdir / "output", evaluation, dataset, options, calibration
+        inputs.source_path, spec.source_format, job.recipe, job.workdir / "output", evaluation, dataset, job.options, inputs.calibration
     )
-    if calibration_report is not None:
-        calibration_report["samples"] = result.calibration_samples
-    source_info = {"uri": spec.source_uri, "sha256": source.sha256, "bytes": source.size, "format": spec.source_format}
-    samples = None if dataset is None else dataset.samples
+    if inputs.calibration_report is not None:
+        inputs.calibration_report["samples"] = result.calibration_samples
     artifact_prefix = prefix
     if result.candidates is not None and result.outcome == "Passed":
         # auto's pick is also a complete entry under its own recipe's key, so an explicit request
         # for that recipe reuses it. An entry that is already complete there is left as it is.
-        resolved_prefix = compressed_prefix(bucket, compression_cache_key(source.sha256, result.recipe.compression))
+        resolved_prefix = compressed_prefix(job.bucket, compression_cache_key(source.sha256, result.recipe.compression))
         if not store.exists(resolved_prefix + REPORT_FILE):
             artifact_prefix = resolved_prefix
     artifact = _upload_artifact(store, result.output_path, artifact_prefix, str(ArtifactFormat(result.output_format)))
-    evaluation_wire = None if evaluation is None else evaluation.wire()
     metric = None
     if evaluation is not None and dataset is not None:
         for entry_prefix in dict.fromkeys((artifact_prefix, prefix)):  # both entries know the measurement
-            metric = _record_measurement(store, entry_prefix, evaluation, result, dataset_read, dataset.samples, artifact["sha256"])
+            metric = _record_measurement(store, entry_prefix, evaluation, result, inputs.dataset_read, dataset.samples, artifact["sha256"])
+    recorded = report.Recorded(
+        source={"uri": spec.source_uri, "sha256": source.sha256, "bytes": source.size, "format": spec.source_format},
+        artifact=artifact,
+        evaluation=None if evaluation is None else evaluation.wire(),
+        samples=None if dataset is None else dataset.samples,
+        metric=metric,  # with the dataset object it was measured on
+        calibration=inputs.calibration_report,
+    )
     if artifact_prefix != prefix:
         resolved = replace(result, candidates=None, objective=None)
-        entry = _success(resolved, source_info, artifact, result.recipe, evaluation_wire, samples, metric, calibration_report,
-                         notes=(f"chosen by quantization auto (objective {result.objective})",))
-        _publish(store, artifact_prefix + REPORT_FILE, entry)
-    full = _success(result, source_info, artifact, recipe, evaluation_wire, samples, metric, calibration_report)
+        notes = (f"chosen by quantization auto (objective {result.objective})",)
+        _publish(store, artifact_prefix + REPORT_FILE, report.success_report(resolved, recorded, result.recipe, notes).record())
+    full = report.success_report(result, recorded, job.recipe).record()
     if source.stats is not None:
         full["download"] = source.stats.wire()  # how the source arrived: time, throughput, retries
-    _publish(store, report_uri, full)
+    _publish(store, job.report_uri, full)
     return JobResult(_exit_code(full["outcome"]), full)
 
 
@@ -389,64 +433,45 @@ def _calibration(
     return Dataset.from_npz(path), {"uri": named.dataset_uri, "sha256": named.sha256}
 
 
-def _success(
-    result: Any,
-    source: dict[str, Any],
-    artifact: dict[str, Any],
-    recipe: Recipe,
-    evaluation: dict[str, Any] | None,
-    samples: int | None,
-    metric: dict[str, Any] | None,
-    calibration: dict[str, Any] | None,
-    notes: tuple[str, ...] = (),
-) -> dict[str, Any]:
-    """The report of a finished compression, as written to report.json."""
-    return report.success_report(
-        result,
-        source=source,
-        artifact=artifact,
-        recipe=recipe.to_dict(),
-        recipe_hash=recipe.hash,
-        cache_key=compression_cache_key(source["sha256"], recipe.compression),
-        evaluation=evaluation,
-        samples=samples,
-        metric=metric,  # with the dataset object it was measured on
-        calibration=calibration,
-        notes=notes,
-    ).record()
-
-
 def _publish(store: ObjectStore, uri: str, full: dict[str, Any]) -> None:
     # report.json goes last: its presence marks the prefix as a complete cache entry.
     store.upload_bytes(json.dumps(full, indent=2, sort_keys=True).encode(), uri, "application/json")
 
 
-def _evaluate_cached(
-    store: ObjectStore,
-    record: dict[str, Any],
-    source_path: Path,
-    spec: JobSpec,
-    recipe: Recipe,
-    evaluation: Evaluation,
-    dataset: Any,
-    options: Any,
-    workdir: Path,
-) -> Any:
-    """The gate on the cached artifact, verified by its recorded sha256 while it streams; None
-    when it does not verify, so that the caller compresses again."""
+def _evaluate_cached(job: _Job, inputs: _Inputs, record: dict[str, Any]) -> JobResult | None:
+    """The gate on the cached artifact that `record` names, verified by its recorded sha256
+    while it streams, and the report it makes; None when it does not verify, so that the caller
+    compresses again."""
     from modelops.compress.pipeline import evaluate_compressed
 
+    evaluation, dataset = job.evaluation, inputs.dataset
+    assert evaluation is not None and dataset is not None
     artifact = record["artifact"]
-    path = workdir / "cached" / Path(artifact["uri"]).name
+    path = job.workdir / "cached" / Path(artifact["uri"]).name
     folder = artifact["uri"][: artifact["uri"].rindex("/") + 1]
     files = artifact.get("files") or [{"path": path.name, "sha256": artifact["sha256"]}]
     try:
         for item in files:
-            store.download(folder + item["path"], path.parent / item["path"], expected_sha256=item["sha256"])
+            job.store.download(folder + item["path"], path.parent / item["path"], expected_sha256=item["sha256"])
     except (ChecksumMismatch, ObjectNotFound) as exc:
         log.warning("the cached artifact cannot be reused, compressing again: %s", exc)
         return None
-    return evaluate_compressed(source_path, spec.source_format, path, recipe, evaluation, dataset, options)
+    evaluated = evaluate_compressed(inputs.source_path, job.spec.source_format, path, job.recipe, evaluation, dataset, job.options)
+    full = JobReport.model_validate({
+        **{k: v for k, v in record.items() if k not in ("metric", "evaluation")},
+        "outcome": evaluated.outcome,
+        "reason": reuse.Reason.EVALUATED_FROM_CACHE if evaluated.outcome == ReportOutcome.PASSED else VersionReason.ACCURACY_GATE_REJECTED,
+        "message": evaluated.message,
+        "latencyMsBefore": evaluated.latency_ms_before,
+        "latencyMsAfter": evaluated.latency_ms_after,
+        "metric": _record_measurement(
+            job.store, job.prefix, evaluation, evaluated, inputs.dataset_read, dataset.samples, artifact["sha256"]
+        ),
+        "evaluation": {**evaluation.wire(), "samples": dataset.samples},
+        "fromCache": True,
+        "notes": evaluated.notes,
+    }).record()
+    return JobResult(_exit_code(full["outcome"]), full)
 
 
 def _record_measurement(

@@ -215,25 +215,41 @@ class _Rewrite:
         graph.node.extend(nodes)
 
 
-def _plan(
-    model: onnx.ModelProto, tensors: Iterable[LazyTensor], recipe: Recipe, int4_options: Int4Options | None = None
-) -> tuple[dict[str, _TensorPlan], dict[str, np.ndarray], OnnxStats]:
-    graph = model.graph
-    opset = default_opset(model)
-    stats = OnnxStats()
-    graph_inputs = {v.name for v in graph.input}
-    tensors = list(tensors)
-    by_name = {t.name: t for t in tensors if t.name not in graph_inputs}
-    weights = {
-        name: axis
-        for name, axis in weight_axes(graph).items()
-        if name in by_name and by_name[name].is_float32 and len(by_name[name].dims) >= 2
-    }
-    rewrite = _Rewrite(_Names(graph))
-    plans: dict[str, _TensorPlan] = {}
-    quantization = recipe.quantization
-    weight_only = quantization in ("int8-weight-only", *INT4, "int8-dynamic")
+@dataclass(frozen=True)
+class _Weights:
+    """The graph's initializers as planning sees them: by name (graph inputs excepted), the
+    float32 weights with their output-channel axes, the embedding tables, and the weights a
+    rewritten Gemm(transB=1) stores transposed."""
 
+    graph: onnx.GraphProto
+    by_name: dict[str, LazyTensor]
+    axes: dict[str, int]
+    tables: set[str]
+    transposed: set[str]
+
+
+@dataclass
+class _Planning:
+    """One recipe's plan as it is made: the graph rewrite, the plans of the tensors, and the
+    int4 and dynamic-int8 plans made before the tensors are walked."""
+
+    weights: _Weights
+    recipe: Recipe
+    rewrite: _Rewrite
+    stats: OnnxStats
+    per_channel: bool
+    kept_int8: frozenset[str] = frozenset()
+    int4: dict[str, dict[str, object]] = field(default_factory=dict)
+    dynamic: dict[str, dict[str, object]] = field(default_factory=dict)
+    plans: dict[str, _TensorPlan] = field(default_factory=dict)
+    fallback: int = 0  # weights int4 or int8-dynamic does not fit, stored int8 weight-only
+
+    @property
+    def weight_only(self) -> bool:
+        return self.recipe.quantization in ("int8-weight-only", *INT4, "int8-dynamic")
+
+
+def _check_opset(quantization: str, opset: int) -> None:
     if quantization == "int8-weight-only" and opset < OPSET_DEQUANTIZE:
         raise UnsupportedModel(f"int8-weight-only needs ONNX opset >= {OPSET_DEQUANTIZE}; the model uses opset {opset}")
     if quantization in ("bf16", *INT4) and opset < OPSET_PER_AXIS:
@@ -241,109 +257,153 @@ def _plan(
             f"{quantization} needs ONNX opset >= {OPSET_PER_AXIS} (per-axis DequantizeLinear, Cast from bfloat16); "
             f"the model uses opset {opset}"
         )
+
+
+def _plan(
+    model: onnx.ModelProto, tensors: Iterable[LazyTensor], recipe: Recipe, int4_options: Int4Options | None = None
+) -> tuple[dict[str, _TensorPlan], dict[str, np.ndarray], OnnxStats]:
+    """The plan of every initializer and the graph rewrite, in phases: check the opset, find the
+    weights and tables, plan int4 or dynamic int8 (they rewrite the MatMuls), plan the int8
+    tables' Gathers, walk the tensors, and note what was done."""
+    graph = model.graph
+    opset = default_opset(model)
+    stats = OnnxStats()
+    graph_inputs = {v.name for v in graph.input}
+    tensors = list(tensors)
+    by_name = {t.name: t for t in tensors if t.name not in graph_inputs}
+    rewrite = _Rewrite(_Names(graph))
+    quantization = recipe.quantization
+    _check_opset(quantization, opset)
     if quantization == "fp16-compute":
         return _plan_fp16_compute(graph, tensors, by_name, rewrite, stats)
-    per_channel = opset >= OPSET_PER_AXIS
-    if quantization == "int8-weight-only" and not per_channel:
-        stats.notes.append(f"opset {opset} has no per-axis DequantizeLinear: one scale per tensor")
-
-    rewrite_gemms = quantization in ("int8-dynamic", *INT4)
-    transposed = _rewrite_gemms(graph, weights) if rewrite_gemms else set()
-    tables = gather_tables(graph, by_name) if weight_only else set()
-    if tables and not per_channel:
-        stats.notes.append(f"opset {opset}: embedding tables stay float32 (per-row scales need opset {OPSET_PER_AXIS})")
-        tables = set()
-    int4: dict[str, dict[str, object]] = {}
-    kept_int8: frozenset[str] = frozenset()
+    planning = _Planning(_find_weights(graph, by_name, recipe, opset, stats), recipe, rewrite, stats, opset >= OPSET_PER_AXIS)
+    found = planning.weights
     if quantization in INT4:
         if not any(entry.domain == MS_DOMAIN for entry in model.opset_import):
             model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
-        kept_int8 = int4_options.int8 if int4_options is not None and quantization == "int4-mixed" else frozenset()
-        int4 = _plan_int4(
-            graph, by_name, weights, tables, transposed, recipe.block_size or 128, rewrite, kept_int8, recipe.asymmetric
-        )
-    dynamic: dict[str, dict[str, object]] = {}
+        if int4_options is not None and quantization == "int4-mixed":
+            planning.kept_int8 = int4_options.int8
+        planning.int4 = _plan_int4(found, rewrite, recipe.block_size or 128, planning.kept_int8, recipe.asymmetric)
     if quantization == "int8-dynamic":
-        dynamic = _plan_dynamic_int8(graph, by_name, weights, tables, rewrite)
-    for table in sorted(tables - set(int4)):
-        _rewrite_int8_gathers(graph, table, rewrite, plans)
-    fallback = 0
+        planning.dynamic = _plan_dynamic_int8(graph, by_name, found.axes, found.tables, rewrite)
+    for table in sorted(found.tables - set(planning.int4)):
+        _rewrite_int8_gathers(graph, table, rewrite, planning.plans)
     for tensor in tensors:
-        stats.tensors_total += 1
-        plan: dict[str, object] = {}
-        axis = weights.get(tensor.name)
-        if axis is not None and recipe.pruning_method != "none":
-            plan["prune_axis"] = axis
-            stats.tensors_pruned += 1
-        if tensor.name in int4 or tensor.name in dynamic:
-            plan.update(int4.get(tensor.name) or dynamic[tensor.name])
-            if tensor.name in transposed:
-                plan["transpose"] = "quantize_levels" in plan  # int4 reads [N, K] as it is
-            stats.tensors_quantized += 1
-        elif tensor.name in plans:  # an int8 embedding table, planned with its Gathers
-            plan.update(
-                quantize=True,
-                quantize_axis=0,
-                quantized_name=plans[tensor.name].quantized_name,
-                scale_name=plans[tensor.name].scale_name,
-                int4_candidate=tensor.name in kept_int8,
+        _plan_tensor(planning, tensor)
+    stats.notes.extend(_plan_notes(planning))
+    rewrite.apply(graph)
+    return planning.plans, rewrite.constants, stats
+
+
+def _find_weights(
+    graph: onnx.GraphProto, by_name: dict[str, LazyTensor], recipe: Recipe, opset: int, stats: OnnxStats
+) -> _Weights:
+    """The weights, the tables (none below the per-row opset) and, for int8 dynamic and int4,
+    the Gemms rewritten as MatMul + Add."""
+    quantization = recipe.quantization
+    if quantization == "int8-weight-only" and opset < OPSET_PER_AXIS:
+        stats.notes.append(f"opset {opset} has no per-axis DequantizeLinear: one scale per tensor")
+    axes = {
+        name: axis
+        for name, axis in weight_axes(graph).items()
+        if name in by_name and by_name[name].is_float32 and len(by_name[name].dims) >= 2
+    }
+    transposed = _rewrite_gemms(graph, axes) if quantization in ("int8-dynamic", *INT4) else set()
+    weight_only = quantization in ("int8-weight-only", *INT4, "int8-dynamic")
+    tables = gather_tables(graph, by_name) if weight_only else set()
+    if tables and opset < OPSET_PER_AXIS:
+        stats.notes.append(f"opset {opset}: embedding tables stay float32 (per-row scales need opset {OPSET_PER_AXIS})")
+        tables = set()
+    return _Weights(graph, by_name, axes, tables, transposed)
+
+
+def _plan_tensor(planning: _Planning, tensor: LazyTensor) -> None:
+    """One initializer's plan: pruned, quantized (as planned with its rewrite, or int8 weight-only
+    here), cast to a narrow float, or left as it is."""
+    found, recipe, rewrite, stats = planning.weights, planning.recipe, planning.rewrite, planning.stats
+    quantization, int4, dynamic, kept_int8 = recipe.quantization, planning.int4, planning.dynamic, planning.kept_int8
+    stats.tensors_total += 1
+    plan: dict[str, object] = {}
+    axis = found.axes.get(tensor.name)
+    if axis is not None and recipe.pruning_method != "none":
+        plan["prune_axis"] = axis
+        stats.tensors_pruned += 1
+    if tensor.name in int4 or tensor.name in dynamic:
+        plan.update(int4.get(tensor.name) or dynamic[tensor.name])
+        if tensor.name in found.transposed:
+            plan["transpose"] = "quantize_levels" in plan  # int4 reads [N, K] as it is
+        stats.tensors_quantized += 1
+    elif tensor.name in planning.plans:  # an int8 embedding table, planned with its Gathers
+        plan.update(
+            quantize=True,
+            quantize_axis=0,
+            quantized_name=planning.plans[tensor.name].quantized_name,
+            scale_name=planning.plans[tensor.name].scale_name,
+            int4_candidate=tensor.name in kept_int8,
+        )
+        stats.tensors_quantized += 1
+    elif tensor.name in found.transposed:
+        plan["transpose"] = True
+    large_float = tensor.is_float32 and tensor.numel >= MIN_ELEMENTS and tensor.name in found.by_name
+    if "quantized_name" in plan:
+        pass  # planned above, with its graph rewrite
+    elif planning.weight_only and axis is not None and tensor.numel >= MIN_ELEMENTS:
+        per_channel = planning.per_channel
+        plan.update(
+            quantize=True,
+            quantize_axis=axis if per_channel else None,
+            quantized_name=rewrite.names.fresh(f"{tensor.name}_int8"),
+            scale_name=rewrite.names.fresh(f"{tensor.name}_scale"),
+        )
+        attrs = {"axis": axis} if per_channel else {}
+        rewrite.head.append(
+            rewrite.node(
+                "DequantizeLinear", [plan["quantized_name"], plan["scale_name"]], tensor.name, **attrs  # type: ignore[list-item]
             )
-            stats.tensors_quantized += 1
-        elif tensor.name in transposed:
-            plan["transpose"] = True
-        large_float = tensor.is_float32 and tensor.numel >= MIN_ELEMENTS and tensor.name in by_name
-        if "quantized_name" in plan:
-            pass  # planned above, with its graph rewrite
-        elif weight_only and axis is not None and tensor.numel >= MIN_ELEMENTS:
-            plan.update(
-                quantize=True,
-                quantize_axis=axis if per_channel else None,
-                quantized_name=rewrite.names.fresh(f"{tensor.name}_int8"),
-                scale_name=rewrite.names.fresh(f"{tensor.name}_scale"),
-            )
-            attrs = {"axis": axis} if per_channel else {}
-            rewrite.head.append(
-                rewrite.node(
-                    "DequantizeLinear", [plan["quantized_name"], plan["scale_name"]], tensor.name, **attrs  # type: ignore[list-item]
-                )
-            )
-            stats.tensors_quantized += 1
-            kept = tensor.name in kept_int8
-            plan["int4_candidate"] = kept
-            fallback += quantization in (*INT4, "int8-dynamic") and not kept
-        elif quantization in ("fp16", "bf16") and large_float:
-            target = onnx.TensorProto.FLOAT16 if quantization == "fp16" else onnx.TensorProto.BFLOAT16
-            plan.update(cast_to=target, cast_name=rewrite.names.fresh(f"{tensor.name}_{quantization}"))
-            rewrite.head.append(rewrite.node("Cast", [plan["cast_name"]], tensor.name, to=onnx.TensorProto.FLOAT))  # type: ignore[list-item]
-            stats.tensors_cast += 1
-        if plan:
-            plans[tensor.name] = _TensorPlan(**plan)  # type: ignore[arg-type]
+        )
+        stats.tensors_quantized += 1
+        kept = tensor.name in kept_int8
+        plan["int4_candidate"] = kept
+        planning.fallback += quantization in (*INT4, "int8-dynamic") and not kept
+    elif quantization in ("fp16", "bf16") and large_float:
+        target = onnx.TensorProto.FLOAT16 if quantization == "fp16" else onnx.TensorProto.BFLOAT16
+        plan.update(cast_to=target, cast_name=rewrite.names.fresh(f"{tensor.name}_{quantization}"))
+        rewrite.head.append(rewrite.node("Cast", [plan["cast_name"]], tensor.name, to=onnx.TensorProto.FLOAT))  # type: ignore[list-item]
+        stats.tensors_cast += 1
+    if plan:
+        planning.plans[tensor.name] = _TensorPlan(**plan)  # type: ignore[arg-type]
+
+
+def _plan_notes(planning: _Planning) -> list[str]:
+    """What the report says of the plan: how int4 or int8 dynamic took the weights, and the tables."""
+    recipe, tables, int4, kept_int8, fallback = planning.recipe, planning.weights.tables, planning.int4, planning.kept_int8, planning.fallback
+    quantization = recipe.quantization
+    notes: list[str] = []
     if quantization in INT4:
         gathered = sum(1 for name in int4 if name in tables)
         method = recipe.method or "rtn"
-        stats.notes.append(
+        notes.append(
             f"int4 block size {recipe.block_size or 128}, {'asymmetric' if recipe.asymmetric else 'symmetric'}, "
             f"{method}: {len(int4) - gathered} MatMul weights as MatMulNBits, "
             f"{gathered} embedding tables as GatherBlockQuantized (com.microsoft operators of onnxruntime)"
         )
         if kept_int8:
-            stats.notes.append(f"int4-mixed: {len(kept_int8)} weights most sensitive on the calibration set kept at int8")
+            notes.append(f"int4-mixed: {len(kept_int8)} weights most sensitive on the calibration set kept at int8")
         if fallback or tables - set(int4) - kept_int8:
-            stats.notes.append(
+            notes.append(
                 f"int4 does not fit {fallback} weights and {len(tables - set(int4) - kept_int8)} embedding tables "
                 "(Conv, other uses, a width not a multiple of the block): they are int8 per channel or per row"
             )
     elif quantization == "int8-dynamic":
-        stats.notes.append(
-            f"int8 dynamic: {len(dynamic)} MatMuls as DynamicQuantizeLinear + MatMulInteger (uint8 activations, "
+        notes.append(
+            f"int8 dynamic: {len(planning.dynamic)} MatMuls as DynamicQuantizeLinear + MatMulInteger (uint8 activations, "
             "per-channel 7-bit int8 weights: exact on x86 with or without VNNI)"
         )
         if fallback:
-            stats.notes.append(f"{fallback} weights outside MatMul (Conv, other uses) are int8 weight-only")
+            notes.append(f"{fallback} weights outside MatMul (Conv, other uses) are int8 weight-only")
     if tables and quantization not in INT4:
-        stats.notes.append(f"{len(tables)} embedding tables int8 with one scale per row; only gathered rows are dequantized")
-    rewrite.apply(graph)
-    return plans, rewrite.constants, stats
+        notes.append(f"{len(tables)} embedding tables int8 with one scale per row; only gathered rows are dequantized")
+    return notes
 
 
 def _rewrite_int8_gathers(graph: onnx.GraphProto, table: str, rewrite: _Rewrite, plans: dict[str, _TensorPlan]) -> None:
@@ -369,42 +429,55 @@ def _rewrite_int8_gathers(graph: onnx.GraphProto, table: str, rewrite: _Rewrite,
 
 
 def _plan_int4(
-    graph: onnx.GraphProto,
-    by_name: dict[str, LazyTensor],
-    weights: dict[str, int],
-    tables: set[str],
-    transposed: set[str],
-    block_size: int,
-    rewrite: _Rewrite,
-    kept_int8: frozenset[str] = frozenset(),
-    asymmetric: bool | None = False,
+    found: _Weights, rewrite: _Rewrite, block_size: int, kept_int8: frozenset[str] = frozenset(), asymmetric: bool | None = False
 ) -> dict[str, dict[str, object]]:
     """Rewrite MatMuls on 2-D weights as MatMulNBits and table Gathers as GatherBlockQuantized;
     the weights in `kept_int8` are left to the int8 path."""
-    uses = _consumers(graph)
+    int4 = _Int4(found, rewrite, block_size, _consumers(found.graph))
     plans: dict[str, dict[str, object]] = {}
+    for name in sorted(found.axes):
+        plan = int4.matmul_weight(name, kept_int8, bool(asymmetric))
+        if plan is not None:
+            plans[name] = plan
+    for table in sorted(found.tables - kept_int8):
+        plan = int4.table(table)
+        if plan is not None:
+            plans[table] = plan
+    return plans
 
-    def matmul_nbits(node: onnx.NodeProto, packed: str, scale: str, k: int, n: int, zero: str = "") -> onnx.NodeProto:
-        return rewrite.node(
+
+@dataclass(frozen=True)
+class _Int4:
+    """The int4 rewrite of one graph: MatMulNBits for MatMul weights, GatherBlockQuantized for tables."""
+
+    found: _Weights
+    rewrite: _Rewrite
+    block_size: int
+    uses: dict[str, list[tuple[int, onnx.NodeProto, int]]]
+
+    def matmul_nbits(self, node: onnx.NodeProto, packed: str, scale: str, k: int, n: int, zero: str = "") -> onnx.NodeProto:
+        return self.rewrite.node(
             "MatMulNBits", [node.input[0], packed, scale, *([zero] if zero else [])], node.output[0],
-            domain=MS_DOMAIN, K=k, N=n, bits=4, block_size=block_size,
+            domain=MS_DOMAIN, K=k, N=n, bits=4, block_size=self.block_size,
         )  # fmt: skip
 
-    for name in sorted(weights):
-        tensor = by_name[name]
-        consumers = uses.get(name, [])
-        if name in tables or name in kept_int8 or len(tensor.dims) != 2 or tensor.numel < MIN_ELEMENTS:
-            continue
+    def matmul_weight(self, name: str, kept_int8: frozenset[str], asymmetric: bool) -> dict[str, object] | None:
+        """The plan of a weight read only as MatMul's second input, its MatMuls rewritten; None
+        for a weight int4 does not take here."""
+        tensor, rewrite = self.found.by_name[name], self.rewrite
+        consumers = self.uses.get(name, [])
+        if name in self.found.tables or name in kept_int8 or len(tensor.dims) != 2 or tensor.numel < MIN_ELEMENTS:
+            return None
         if not consumers or not all(node.op_type == "MatMul" and index == 1 for _, node, index in consumers):
-            continue
-        rows_are_channels = name in transposed  # a Gemm transB weight is stored [N, K]
+            return None
+        rows_are_channels = name in self.found.transposed  # a Gemm transB weight is stored [N, K]
         n, k = tensor.dims if rows_are_channels else tensor.dims[::-1]
         packed = rewrite.names.fresh(f"{name}_int4")
         scale = rewrite.names.fresh(f"{name}_scale")
         zero = rewrite.names.fresh(f"{name}_zero_point") if asymmetric else ""
         for position, node, _ in consumers:
-            rewrite.replaced[position] = [matmul_nbits(node, packed, scale, k, n, zero)]
-        plans[name] = {
+            rewrite.replaced[position] = [self.matmul_nbits(node, packed, scale, k, n, zero)]
+        return {
             "int4_rows_are_channels": rows_are_channels,
             "quantized_name": packed,
             "int4_scale_names": (scale,),
@@ -413,9 +486,14 @@ def _plan_int4(
             "int4_candidate": True,
         }
 
-    for table in sorted(tables - kept_int8):
-        vocab, hidden = by_name[table].dims
-        gathers, projections, fits = [], [], hidden % block_size == 0
+    def table(self, table: str) -> dict[str, object] | None:
+        """The plan of an embedding table whose every use is a Gather or a tied projection
+        (MatMul on its Transpose), those rewritten; None when another use or its width does not fit."""
+        rewrite, block_size, uses = self.rewrite, self.block_size, self.uses
+        vocab, hidden = self.found.by_name[table].dims
+        gathers, projections = [], []
+        if hidden % block_size != 0:
+            return None
         for position, node, index in uses.get(table, []):
             if _is_table_gather(node, index):
                 gathers.append((position, node))
@@ -423,11 +501,8 @@ def _plan_int4(
             transposes = node.op_type == "Transpose" and list(_attrs(node).get("perm", [1, 0])) == [1, 0]  # type: ignore[call-overload]
             readers = uses.get(node.output[0], []) if transposes else []
             if not readers or not all(r.op_type == "MatMul" and i == 1 for _, r, i in readers):
-                fits = False
-                break
+                return None
             projections.append((position, [(p, r) for p, r, _ in readers]))
-        if not fits:
-            continue
         packed = rewrite.names.fresh(f"{table}_int4")
         gather_scale = rewrite.names.fresh(f"{table}_row_scale")
         scale_names, scale_kinds = [gather_scale], ["gather"]
@@ -449,15 +524,14 @@ def _plan_int4(
             for transpose, matmuls in projections:
                 rewrite.replaced[transpose] = []
                 for reader_position, reader in matmuls:
-                    rewrite.replaced[reader_position] = [matmul_nbits(reader, packed, flat_scale, hidden, vocab)]
-        plans[table] = {
+                    rewrite.replaced[reader_position] = [self.matmul_nbits(reader, packed, flat_scale, hidden, vocab)]
+        return {
             "int4_rows_are_channels": True,
             "quantized_name": packed,
             "int4_scale_names": tuple(scale_names),
             "int4_scale_kinds": tuple(scale_kinds),
             "int4_candidate": True,
         }
-    return plans
 
 
 def _plan_dynamic_int8(

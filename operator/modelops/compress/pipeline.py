@@ -24,8 +24,8 @@ import numpy as np
 from modelops.api.model import Signature
 from modelops.api.version import ArtifactFormat
 from modelops.compress import calibrate, runtime
+from modelops.compress.accuracy import MetricResult, evaluate_gate
 from modelops.compress.dataset import Dataset
-from modelops.compress.metrics import MetricResult, evaluate_gate
 from modelops.compress.onnx_compress import Int4Options, LayerStats, compress_onnx
 from modelops.compress.onnx_stream import artifact_bytes
 from modelops.compress.recipe import Evaluation, InvalidRecipe, Recipe, UnsupportedRecipe, check_supported
@@ -45,7 +45,6 @@ MIXED_MAX_TRIALS = 8
 MIXED_MAX_PROBES = 32
 PROBE_SAMPLES = 32
 EMBEDDINGS = "embeddings"
-OBJECTIVES = ("size", "latency")
 _MESSAGE_LIMIT = 240
 
 
@@ -231,7 +230,7 @@ def _prober(
 ) -> Callable[[Recipe, Path, Int4Options], float]:
     """A function that builds a form, measures its cosine to the parent on the calibration set
     (PROBE_SAMPLES samples), and deletes it."""
-    from modelops.compress.metrics import cosine_similarity
+    from modelops.compress.accuracy import cosine_similarity
 
     parent = runtime.onnx_runner(onnx_source, device, threads)
     feeds, batch = calibration.feeds(parent.inputs)
@@ -272,29 +271,122 @@ def compress_artifact(
     calibration: Dataset | None = None,
 ) -> CompressionResult:
     """`calibration` is the dataset that data-aware methods (gptq, int4-mixed) learn from;
-    `dataset` only judges."""
+    `dataset` only judges.
+
+    The phases: check the request, load and measure the parent, calibrate, build and judge
+    every candidate (one for an explicit recipe), and report the one kept."""
     options = options or Options()
     recipes = _recipes(recipe, source_format)
-    searching = recipe.quantization == AUTO
+    _check_request(recipe, recipes, evaluation, dataset, calibration)
+    threads = options.threads or default_threads()
+    workdir.mkdir(parents=True, exist_ok=True)
+    device = runtime.select_device(onnx_runtime_needed=recipe.target_format == "onnx")
+    request = _Request(recipe, source_path, source_format, workdir, evaluation, dataset, options, calibration, threads, device)
+    seconds: dict[str, float] = {}
+    notes: list[str] = []
+
+    parent = _load_parent(request, seconds, notes)
+    started = time.perf_counter()
+    calibrated = _calibrate(request, recipes, parent.onnx_source, notes)
+    seconds["calibrate"] = time.perf_counter() - started
+    build = _Builder(request, parent)
+    keeper = _Keeper(recipe.objective if request.searching else None)
+    candidates = [_candidate(request, build, keeper, calibrated, quantization, r) for quantization, r in recipes]
+    seconds["compress"] = time.perf_counter() - started  # calibration included
+
+    finished = _Finished(request, parent, candidates, _latency_info(request, parent, build.spreads, notes), notes, seconds)
+    chosen = keeper.best if request.searching else candidates[0]
+    if request.searching and (chosen is None or chosen.verdict != Verdict.PASSED):
+        return _all_rejected(finished, chosen)
+    assert chosen is not None
+    return _kept(finished, chosen, calibrated)
+
+
+@dataclass(frozen=True)
+class _Request:
+    """What `compress_artifact` was asked, with the thread count and device it runs on."""
+
+    recipe: Recipe
+    source_path: Path
+    source_format: str
+    workdir: Path
+    evaluation: Evaluation | None
+    dataset: Dataset | None
+    options: Options
+    calibration: Dataset | None
+    threads: int
+    device: str
+
+    @property
+    def searching(self) -> bool:
+        return self.recipe.quantization == AUTO
+
+
+@dataclass
+class _Parent:
+    """The parent as loaded and measured before compression: its runner (and torch module), the
+    ONNX graph that candidates are compressed from, the evaluation feeds and the parent's
+    outputs on them, an example input for timing, and its latency once measured."""
+
+    runner: runtime.Runner
+    module: Any  # the torch module of a torch source, else None
+    onnx_source: Path
+    feeds: runtime.Feeds | None
+    batch: int
+    samples: int
+    example: runtime.Feeds | None
+    outputs: Any
+    latency: runtime.Latency | None
+
+
+@dataclass(frozen=True)
+class _Calibrated:
+    """What the calibration set gave: each MatMul weight's Hessian, the activation each reads,
+    and the prober that measures a form end to end. Empty when no recipe reads calibration."""
+
+    hessians: dict[str, np.ndarray] | None = None
+    activations: dict[str, str] = field(default_factory=dict)
+    probe: Callable[[Recipe, Path, Int4Options], float] | None = None
+
+
+@dataclass(frozen=True)
+class _Finished:
+    """Every candidate built and judged, with what the report says of the run as a whole."""
+
+    request: _Request
+    parent: _Parent
+    candidates: list[Candidate]
+    latency_info: dict[str, object]
+    notes: list[str]
+    seconds: dict[str, float]
+
+
+def _check_request(
+    recipe: Recipe,
+    recipes: list[tuple[str, Recipe | InvalidRecipe]],
+    evaluation: Evaluation | None,
+    dataset: Dataset | None,
+    calibration: Dataset | None,
+) -> None:
     if evaluation is not None and dataset is None:
         raise ValueError("an evaluation needs its dataset")
-    if searching and evaluation is None:
+    if recipe.quantization == AUTO and evaluation is None:
         raise UnsupportedRecipe("quantization: auto gates every candidate, so it needs an evaluation")
     if recipe.quantization == "int4-mixed" and evaluation is None:
         raise UnsupportedRecipe("quantization: int4-mixed keeps layers at int8 until the gate passes, so it needs an evaluation")
     if calibration is None and any(isinstance(r, Recipe) and _calibrated(r) for _, r in recipes):
         raise UnsupportedRecipe("calibration: the recipe reads compression.calibration, but no calibration dataset was given")
-    threads = options.threads or default_threads()
-    workdir.mkdir(parents=True, exist_ok=True)
-    device = runtime.select_device(onnx_runtime_needed=recipe.target_format == "onnx")
-    seconds: dict[str, float] = {}
-    notes: list[str] = []
-    latency_before: runtime.Latency | None = None
 
+
+def _load_parent(request: _Request, seconds: dict[str, float], notes: list[str]) -> _Parent:
+    """Load the parent (its load timed in `seconds`), run it on the evaluation set and, for a
+    torch source, time it and export it to ONNX when the target is ONNX."""
+    options, device, threads, source_path = request.options, request.device, request.threads, request.source_path
     started = time.perf_counter()
     module = recorded_example = None
+    input_names: list[str] = []
     onnx_source = source_path
-    if source_format == "onnx":
+    if request.source_format == "onnx":
         from modelops.compress.onnx_stream import OnnxFile
 
         with OnnxFile(source_path):  # a cheap, early format check with a clear error
@@ -305,11 +397,12 @@ def compress_artifact(
     else:
         from modelops.compress import torch_models
 
-        module, input_names, recorded_example = torch_models.load(source_path, source_format, device)
-        input_names = options.input_names or input_names or ["input"]
+        module, loaded_names, recorded_example = torch_models.load(source_path, request.source_format, device)
+        input_names = options.input_names or loaded_names or ["input"]
         parent = runtime.torch_runner(module, device, input_names)
     seconds["load"] = time.perf_counter() - started
 
+    dataset = request.dataset
     feeds, batch = dataset.feeds(parent.inputs) if dataset is not None else (None, runtime.EVAL_BATCH)
     samples = 0 if feeds is None else len(next(iter(feeds.values())))
     example = _example(feeds, batch, parent, options)
@@ -320,40 +413,49 @@ def compress_artifact(
             "input-shape: a TorchScript source needs an example input; pass --input-shape or an evaluation dataset"
         )
     # The parent is measured before compression, which may change a torch module in place.
-    parent_outputs = runtime.run_all(parent, feeds, samples, batch) if feeds is not None else None
+    outputs = runtime.run_all(parent, feeds, samples, batch) if feeds is not None else None
+    latency_before: runtime.Latency | None = None
     if module is not None and example is not None:
         latency_before = runtime.measure_latency({"parent": parent}, example)["parent"]
-        if recipe.target_format == "onnx":
-            onnx_source = workdir / "parent.onnx"
+        if request.recipe.target_format == "onnx":
+            onnx_source = request.workdir / "parent.onnx"
             torch_models.export_onnx(
                 module, example[parent.inputs[0].name], onnx_source, input_names, options.output_names or ["output"]
             )
-            notes.append(f"{source_format} exported to ONNX opset {torch_models.ONNX_OPSET} before compression")
+            notes.append(f"{request.source_format} exported to ONNX opset {torch_models.ONNX_OPSET} before compression")
+    return _Parent(parent, module, onnx_source, feeds, batch, samples, example, outputs, latency_before)
 
-    started = time.perf_counter()
-    hessians: dict[str, np.ndarray] | None = None
-    probe: Callable[[Recipe, Path, Int4Options], float] | None = None
-    activations: dict[str, str] = {}
-    if any(isinstance(r, Recipe) and _calibrated(r) for _, r in recipes):
-        assert calibration is not None  # checked above
-        calibrated = calibrate.collect(onnx_source, calibration, workdir, threads, device)
-        hessians, activations = calibrated.hessians, calibrated.activations
-        probe = _prober(onnx_source, calibration, device, threads)
-        notes.append(
-            f"calibrated on {calibrated.samples} samples of the calibration dataset ({len(hessians)} MatMul weights); "
-            "the evaluation dataset only judges"
-        )
-    seconds["calibrate"] = time.perf_counter() - started
-    spreads: list[float] = []
-    latency_state: dict[str, runtime.Latency | None] = {"before": latency_before}
 
-    def build(candidate_recipe: Recipe, outdir: Path, int4_options: Int4Options | None = None) -> Candidate:
-        """Compress, gate and time one candidate; its runner is released before the next is built."""
+def _calibrate(
+    request: _Request, recipes: list[tuple[str, Recipe | InvalidRecipe]], onnx_source: Path, notes: list[str]
+) -> _Calibrated:
+    """The Hessians and the prober, when a recipe (gptq, int4-mixed) learns from the calibration set."""
+    if not any(isinstance(r, Recipe) and _calibrated(r) for _, r in recipes):
+        return _Calibrated()
+    calibration = request.calibration
+    assert calibration is not None  # checked with the request
+    calibrated = calibrate.collect(onnx_source, calibration, request.workdir, request.threads, request.device)
+    probe = _prober(onnx_source, calibration, request.device, request.threads)
+    notes.append(
+        f"calibrated on {calibrated.samples} samples of the calibration dataset ({len(calibrated.hessians)} MatMul weights); "
+        "the evaluation dataset only judges"
+    )
+    return _Calibrated(calibrated.hessians, calibrated.activations, probe)
+
+
+class _Builder:
+    """Compress, gate and time one candidate; its runner is released before the next is built.
+    The parent's latency is taken beside the first candidate timed, and every timing's spread is kept."""
+
+    def __init__(self, request: _Request, parent: _Parent) -> None:
+        self.request = request
+        self.parent = parent
+        self.spreads: list[float] = []
+
+    def __call__(self, candidate_recipe: Recipe, outdir: Path, int4_options: Int4Options | None = None) -> Candidate:
+        request, parent, searching = self.request, self.parent, self.request.searching
         try:
-            candidate = _compress_one(
-                onnx_source if candidate_recipe.target_format == "onnx" else None,
-                module, candidate_recipe, outdir, device, threads, options.signature, example, int4_options,
-            )  # fmt: skip
+            candidate = _compress_one(request, parent, candidate_recipe, outdir, int4_options)
         except (InvalidRecipe, UnsupportedRecipe) as exc:
             if not searching:
                 raise
@@ -363,61 +465,71 @@ def compress_artifact(
                 raise
             return Candidate(candidate_recipe.quantization, Verdict.FAILED, f"{type(exc).__name__}: {exc}", candidate_recipe)
         assert candidate.runner is not None
+        evaluation, dataset = request.evaluation, request.dataset
         if evaluation is not None:
-            assert dataset is not None and feeds is not None and parent_outputs is not None
+            assert dataset is not None and parent.feeds is not None and parent.outputs is not None
             candidate.metric = evaluate_gate(
                 evaluation.metric,
                 evaluation.threshold,
-                parent_outputs,
-                runtime.run_all(candidate.runner, feeds, samples, batch),
+                parent.outputs,
+                runtime.run_all(candidate.runner, parent.feeds, parent.samples, parent.batch),
                 dataset.labels,
             )
             candidate.verdict = Verdict.PASSED if candidate.metric.passed else Verdict.REJECTED
             candidate.message = candidate.metric.explain()
-        if example is not None and (candidate.verdict == Verdict.PASSED or not searching):
-            runners = {"candidate": candidate.runner} | ({} if module is not None else {"parent": parent})
-            measured = runtime.measure_latency(runners, example)
+        if parent.example is not None and (candidate.verdict == Verdict.PASSED or not searching):
+            runners = {"candidate": candidate.runner} | ({} if parent.module is not None else {"parent": parent.runner})
+            measured = runtime.measure_latency(runners, parent.example)
             candidate.latency = measured["candidate"]
-            if latency_state["before"] is None:
-                latency_state["before"] = measured.get("parent")
-            spreads.extend(m.spread for m in measured.values())
+            if parent.latency is None:
+                parent.latency = measured.get("parent")
+            self.spreads.extend(m.spread for m in measured.values())
         candidate.runtime = candidate.runner.runtime
         candidate.runner = None  # at most the parent and one candidate are loaded at a time
         return candidate
 
-    keeper = _Keeper(recipe.objective if searching else None)
-    candidates: list[Candidate] = []
-    for quantization, candidate_recipe in recipes:
-        if isinstance(candidate_recipe, InvalidRecipe):
-            message = f"not supported by this compressor: {candidate_recipe}"
-            candidates.append(Candidate(quantization, Verdict.UNSUPPORTED, message))
-            continue
-        outdir = workdir / "candidates" / quantization if searching else workdir
-        if candidate_recipe.quantization == "int4-mixed":
-            assert hessians is not None
-            candidate = search_mixed(candidate_recipe, outdir, build, hessians, keeper, activations, probe)
-        else:
-            candidate = build(candidate_recipe, outdir, None if hessians is None else Int4Options(hessians))
-            keeper.offer(candidate)
-        candidates.append(candidate)
-    seconds["compress"] = time.perf_counter() - started
-    latency_before = latency_state["before"]
 
-    latency_info: dict[str, object] = {"device": device, "cpu": runtime.cpu_description(), "threads": threads}
-    if example is not None:
-        latency_info |= {
-            "batch": len(next(iter(example.values()))),
+def _candidate(
+    request: _Request,
+    build: _Builder,
+    keeper: _Keeper,
+    calibrated: _Calibrated,
+    quantization: str,
+    candidate_recipe: Recipe | InvalidRecipe,
+) -> Candidate:
+    """One candidate built and offered to `keeper` (int4-mixed: its search, every build offered)."""
+    if isinstance(candidate_recipe, InvalidRecipe):
+        return Candidate(quantization, Verdict.UNSUPPORTED, f"not supported by this compressor: {candidate_recipe}")
+    outdir = request.workdir / "candidates" / quantization if request.searching else request.workdir
+    hessians = calibrated.hessians
+    if candidate_recipe.quantization == "int4-mixed":
+        assert hessians is not None
+        return search_mixed(candidate_recipe, outdir, build, hessians, keeper, calibrated.activations, calibrated.probe)
+    candidate = build(candidate_recipe, outdir, None if hessians is None else Int4Options(hessians))
+    keeper.offer(candidate)
+    return candidate
+
+
+def _latency_info(request: _Request, parent: _Parent, spreads: list[float], notes: list[str]) -> dict[str, object]:
+    """How latency was measured (device, CPU, threads, batch, rounds, spreads), or a note that it was not."""
+    info: dict[str, object] = {"device": request.device, "cpu": runtime.cpu_description(), "threads": request.threads}
+    if parent.example is not None:
+        info |= {
+            "batch": len(next(iter(parent.example.values()))),
             "rounds": runtime.LATENCY_ROUNDS,
             "spread": round(max(spreads), 4) if spreads else None,
-            "spreadBefore": None if latency_before is None else round(latency_before.spread, 4),
+            "spreadBefore": None if parent.latency is None else round(parent.latency.spread, 4),
         }
     else:
         notes.append("latency not measured: no example input (give an evaluation dataset)")
+    return info
 
-    chosen = keeper.best if searching else candidates[0]
-    if searching and (chosen is None or chosen.verdict != Verdict.PASSED):
-        return _all_rejected(candidates, chosen, recipe, workdir, device, parent, latency_before, latency_info, notes, seconds)
-    assert chosen is not None and chosen.output_path is not None
+
+def _kept(finished: _Finished, chosen: Candidate, calibrated: _Calibrated) -> CompressionResult:
+    """The result of the candidate kept: the one asked for, or auto's pick that passed."""
+    request, parent, latency_info = finished.request, finished.parent, finished.latency_info
+    recipe, searching, calibration = request.recipe, request.searching, request.calibration
+    assert chosen.output_path is not None
     if chosen.latency is not None:
         latency_info["spreadAfter"] = round(chosen.latency.spread, 4)
     latency_info["runtime"] = chosen.runtime
@@ -431,35 +543,34 @@ def compress_artifact(
         output_format=chosen.recipe.target_format if chosen.recipe else recipe.target_format,
         outcome=outcome,
         message=message,
-        device=device,
+        device=request.device,
         metric=chosen.metric,
-        latency_ms_before=None if latency_before is None else latency_before.median_ms,
+        latency_ms_before=None if parent.latency is None else parent.latency.median_ms,
         latency_ms_after=None if chosen.latency is None else chosen.latency.median_ms,
-        runtimes={"before": parent.runtime, "after": chosen.runtime},
+        runtimes={"before": parent.runner.runtime, "after": chosen.runtime},
         weights=chosen.weights,
         recipe=chosen.recipe or recipe,
-        notes=notes + chosen.notes,
-        seconds={k: round(v, 3) for k, v in seconds.items()},
+        notes=finished.notes + chosen.notes,
+        seconds={k: round(v, 3) for k, v in finished.seconds.items()},
         latency=latency_info,
         interface=interface,
         objective=recipe.objective if searching else None,
-        candidates=candidates if searching else None,
+        candidates=finished.candidates if searching else None,
         layers=chosen.layers,
-        calibration_samples=None if hessians is None or calibration is None else min(calibration.samples, calibrate.MAX_SAMPLES),
+        calibration_samples=(
+            None if calibrated.hessians is None or calibration is None else min(calibration.samples, calibrate.MAX_SAMPLES)
+        ),
     )
 
 
 def _compress_one(
-    onnx_source: Path | None,
-    module: Any,
-    recipe: Recipe,
-    outdir: Path,
-    device: str,
-    threads: int,
-    signature: Signature | None,
-    example: runtime.Feeds | None,
-    int4_options: Int4Options | None = None,
+    request: _Request, parent: _Parent, recipe: Recipe, outdir: Path, int4_options: Int4Options | None = None
 ) -> Candidate:
+    """One candidate's artifact, compressed from the parent's ONNX graph (an ONNX target) or
+    from its torch module, and a runner loaded on it."""
+    device, threads, signature, example = request.device, request.threads, request.options.signature, parent.example
+    onnx_source = parent.onnx_source if recipe.target_format == "onnx" else None
+    module = parent.module
     outdir.mkdir(parents=True, exist_ok=True)
     output = outdir / artifact_file(recipe.target_format)
     notes: list[str] = []
@@ -544,35 +655,26 @@ def _discard(candidate: Candidate) -> None:
         candidate.output_path = None
 
 
-def _all_rejected(
-    candidates: list[Candidate],
-    tried: Candidate | None,
-    recipe: Recipe,
-    workdir: Path,
-    device: str,
-    parent: runtime.Runner,
-    latency_before: runtime.Latency | None,
-    latency_info: dict[str, object],
-    notes: list[str],
-    seconds: dict[str, float],
-) -> CompressionResult:
+def _all_rejected(finished: _Finished, tried: Candidate | None) -> CompressionResult:
     """No candidate passed: Rejected, with every candidate's verdict in the report."""
+    request, parent, candidates = finished.request, finished.parent, finished.candidates
+    recipe, latency_before = request.recipe, parent.latency
     summary = "; ".join(f"{c.quantization}: {c.verdict} ({c.message[:80]})" for c in candidates)
     return CompressionResult(
-        output_path=tried.output_path if tried and tried.output_path else workdir / artifact_file(ArtifactFormat.ONNX),
+        output_path=tried.output_path if tried and tried.output_path else request.workdir / artifact_file(ArtifactFormat.ONNX),
         output_format="onnx",
         outcome="Rejected",
         message=f"auto: no candidate passed the gate; {summary}",
-        device=device,
+        device=request.device,
         metric=tried.metric if tried else None,
         latency_ms_before=None if latency_before is None else latency_before.median_ms,
         latency_ms_after=None,
-        runtimes={"before": parent.runtime, "after": parent.runtime},
+        runtimes={"before": parent.runner.runtime, "after": parent.runner.runtime},
         weights={},
         recipe=recipe,
-        notes=notes,
-        seconds={k: round(v, 3) for k, v in seconds.items()},
-        latency=latency_info | {"runtime": parent.runtime},
+        notes=finished.notes,
+        seconds={k: round(v, 3) for k, v in finished.seconds.items()},
+        latency=finished.latency_info | {"runtime": parent.runner.runtime},
         objective=recipe.objective,
         candidates=candidates,
     )

@@ -4,6 +4,7 @@ report.json, and the compact termination message."""
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import metadata
 from typing import Any
@@ -17,7 +18,8 @@ from modelops.api.version import (
     ReportOutcome,
     VersionReason,
 )
-from modelops.cachekey import COMPRESSOR_VERSION
+from modelops.cachekey import COMPRESSOR_VERSION, compression_cache_key
+from modelops.compress.recipe import Recipe
 from modelops.contract.report import JobLatencyReport, JobReason, JobReport, ReportReason, SourceReport
 
 # Kubernetes keeps at most 4096 bytes of a termination message; stay well below.
@@ -65,22 +67,24 @@ def _round(value: float | None, digits: int = 4) -> float | None:
     return None if value is None else round(float(value), digits)
 
 
-def success_report(
-    result: Any,
-    *,
-    source: dict[str, Any],
-    artifact: dict[str, Any],
-    recipe: dict[str, Any],
-    recipe_hash: str,
-    cache_key: str,
-    evaluation: dict[str, Any] | None,
-    samples: int | None,
-    metric: dict[str, Any] | None = None,
-    calibration: dict[str, Any] | None = None,
-    notes: tuple[str, ...] = (),
-) -> JobReport:
-    """The full report for a compression that ran to the end (outcome Passed or Rejected).
-    `metric`, when given, is the gate's measurement with the dataset object it was taken on."""
+@dataclass(frozen=True)
+class Recorded:
+    """What the report of a finished compression records besides the pipeline's result: the
+    source read, the artifact uploaded, the evaluation asked for and its dataset's sample count,
+    the gate's measurement with the dataset object it was taken on, and the calibration dataset."""
+
+    source: dict[str, Any]
+    artifact: dict[str, Any]
+    evaluation: dict[str, Any] | None
+    samples: int | None
+    metric: dict[str, Any] | None = None
+    calibration: dict[str, Any] | None = None
+
+
+def success_report(result: Any, recorded: Recorded, recipe: Recipe, notes: tuple[str, ...] = ()) -> JobReport:
+    """The full report for a compression that ran to the end (outcome Passed or Rejected), as
+    an entry of `recipe`'s cache key."""
+    source, artifact, metric, calibration = recorded.source, recorded.artifact, recorded.metric, recorded.calibration
     before, after = source["bytes"], artifact["bytes"]
     passed = result.outcome == ReportOutcome.PASSED
     chosen = result.candidates is not None and passed
@@ -112,10 +116,10 @@ def success_report(
         or None,
         metric=MetricReport.model_validate(metric) if metric is not None
         else MetricReport.model_validate(result.metric.to_dict()) if result.metric is not None else None,
-        evaluation=None if evaluation is None else {**evaluation, "samples": samples},
-        recipe=recipe,
-        recipe_hash=recipe_hash,
-        cache_key=cache_key,
+        evaluation=None if recorded.evaluation is None else {**recorded.evaluation, "samples": recorded.samples},
+        recipe=recipe.to_dict(),
+        recipe_hash=recipe.hash,
+        cache_key=compression_cache_key(source["sha256"], recipe.compression),
         compressor_version=COMPRESSOR_VERSION,
         libraries=library_versions(),
         weights=result.weights,

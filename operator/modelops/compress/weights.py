@@ -261,14 +261,6 @@ def quantize_int4_blocks(
     return packed, scales
 
 
-def dequantize_int4_blocks(packed: np.ndarray, scales: np.ndarray, depth: int) -> np.ndarray:
-    """The [N, depth] float32 values that `quantize_int4_blocks` encoded (for tests and checks)."""
-    low = (packed & 0x0F).astype(np.float32)
-    high = (packed >> 4).astype(np.float32)
-    values = np.stack([low, high], axis=-1).reshape(packed.shape[0], packed.shape[1], -1) - INT4_ZERO_POINT
-    return (values * scales[:, :, None]).reshape(packed.shape[0], -1)[:, :depth]
-
-
 INT4_LEVELS = 15  # the largest 4-bit value
 
 

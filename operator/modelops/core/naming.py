@@ -65,11 +65,6 @@ def job_labels(model: str, version_name: str, version: int) -> dict[str, str]:
     }
 
 
-def selector_text(labels: dict[str, str]) -> str:
-    """A label selector as the API's list calls take it."""
-    return ",".join(f"{k}={v}" for k, v in labels.items())
-
-
 def server_selector(deployment_name: str) -> dict[str, str]:
     """Labels that select the Triton pods of one ModelDeployment. Never changes for an object."""
     return {

@@ -6,6 +6,7 @@ the model server's own (its container, ports, probes, repository) comes from a
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any
 
 from modelops.api.deployment import AutoscalingProvider, ModelDeploymentSpec
@@ -16,7 +17,7 @@ from modelops.contract import exitcodes
 from modelops.core import naming
 from modelops.core.objects import OwnerRef, VersionView
 from modelops.core.versions import COMPRESSOR_CONTAINER, Scheduling
-from modelops.serving.runtime import ServingRuntime
+from modelops.serving.runtime import RepositoryLayout, ServingRuntime
 from modelops.serving.triton import TRITON
 from modelops.settings import Settings
 
@@ -132,56 +133,84 @@ def torch_export_args(source_format: str, signature: Signature) -> list[str]:
     return args
 
 
-def render_job(
-    *,
-    name: str,
-    namespace: str,
-    owner: OwnerRef,
-    model: str,
-    version_name: str,
-    version: int,
-    artifact: dict[str, Any],
-    recipe: dict[str, Any],
-    evaluation: dict[str, Any] | None,
-    output_prefix: str,
-    storage: StorageSpec,
-    signature: Signature,
-    scheduling: Scheduling,
-    settings: Settings,
-    source_signer: str | None = None,
-    recompress: bool = False,
-) -> dict[str, Any]:
-    """The compression Job of one ModelVersion. `source_signer` is the trusted signer whose
-    signature the operator verified: the Job then refuses bytes that differ from the signed
-    digests as tampered."""
-    labels = naming.job_labels(model, version_name, version)
-    source = Artifact.model_validate(artifact)
+@dataclass(frozen=True)
+class JobInputs:
+    """What the compression Job of one ModelVersion is rendered from. `source_signer` is the
+    trusted signer whose signature the operator verified: the Job then refuses bytes that differ
+    from the signed digests as tampered. `recompress` tells it to reuse nothing from the cache."""
+
+    name: str
+    namespace: str
+    owner: OwnerRef
+    model: str
+    version_name: str
+    version: int
+    artifact: dict[str, Any]
+    recipe: dict[str, Any]
+    evaluation: dict[str, Any] | None
+    output_prefix: str
+    storage: StorageSpec
+    signature: Signature
+    scheduling: Scheduling
+    settings: Settings
+    source_signer: str | None = None
+    recompress: bool = False
+
+
+def render_job(job: JobInputs) -> dict[str, Any]:
+    """The compression Job of one ModelVersion."""
+    labels = naming.job_labels(job.model, job.version_name, job.version)
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": job.name,
+            "namespace": job.namespace,
+            "labels": labels,
+            "annotations": {naming.ANNOTATION_VERSION: str(job.version)},
+            "ownerReferences": [job.owner.reference()],
+        },
+        "spec": {
+            "backoffLimit": job.settings.job_backoff_limit,
+            "podFailurePolicy": _job_failure_policy(),
+            "template": {"metadata": {"labels": labels}, "spec": _job_pod_spec(job)},
+        },
+    }
+
+
+def _job_args(job: JobInputs) -> list[str]:
+    """The compressor's command line: the source, the recipe, where to write, and the limits."""
+    source, settings = Artifact.model_validate(job.artifact), job.settings
     args = [
         "--source-uri", source.uri,
         "--source-sha256", source.digest,
         "--source-format", source.format,
-        "--recipe-json", _compact_json(recipe),
-        "--output-prefix", output_prefix,
-        "--signature-json", _compact_json(signature.wire()),
+        "--recipe-json", _compact_json(job.recipe),
+        "--output-prefix", job.output_prefix,
+        "--signature-json", _compact_json(job.signature.wire()),
         "--max-artifact-bytes", str(settings.max_artifact_bytes),
         "--max-dataset-bytes", str(settings.max_dataset_bytes),
     ]
     if source.files is not None:
         # A file set: every file with its sha256; --source-sha256 is the set's digest.
         args += ["--source-entrypoint", source.graph_path, "--source-files-json", _compact_json([f.wire() for f in source.files])]
-    if evaluation is not None:
-        args += ["--eval-json", _compact_json(evaluation)]
-    if source_signer is not None:
-        args += ["--source-signer", source_signer]
-    if recompress:
+    if job.evaluation is not None:
+        args += ["--eval-json", _compact_json(job.evaluation)]
+    if job.source_signer is not None:
+        args += ["--source-signer", job.source_signer]
+    if job.recompress:
         args.append("--recompress")
-    args += torch_export_args(artifact["format"], signature)
+    return args + torch_export_args(job.artifact["format"], job.signature)
+
+
+def _job_pod_spec(job: JobInputs) -> dict[str, Any]:
+    settings, storage, scheduling = job.settings, job.storage, job.scheduling
     container: dict[str, Any] = {
         "name": COMPRESSOR_CONTAINER,
         "image": settings.compressor_image,
         "imagePullPolicy": settings.image_pull_policy,
         "command": ["python", "-m", "modelops.compress"],
-        "args": args,
+        "args": _job_args(job),
         "env": [*storage_env(storage), {"name": "MODELOPS_TERMINATION_LOG", "value": "/dev/termination-log"}],
         "terminationMessagePath": "/dev/termination-log",
         "terminationMessagePolicy": "FallbackToLogsOnError",
@@ -203,44 +232,33 @@ def render_job(
     tolerations = tolerations_for(scheduling.tolerations, scheduling.gpus)
     if tolerations:
         pod_spec["tolerations"] = tolerations
-    job = {
-        "apiVersion": "batch/v1",
-        "kind": "Job",
-        "metadata": {
-            "name": name,
-            "namespace": namespace,
-            "labels": labels,
-            "annotations": {naming.ANNOTATION_VERSION: str(version)},
-            "ownerReferences": [owner.reference()],
-        },
-        "spec": {
-            "backoffLimit": settings.job_backoff_limit,
-            "podFailurePolicy": {
-                "rules": [
-                    {
-                        "action": "FailJob",
-                        "onExitCodes": {
-                            "containerName": COMPRESSOR_CONTAINER,
-                            "operator": "In",
-                            "values": sorted(int(c) for c in exitcodes.PERMANENT_FAILURES),
-                        },
-                    },
-                    {
-                        "action": "Count",
-                        "onExitCodes": {
-                            "containerName": COMPRESSOR_CONTAINER,
-                            "operator": "In",
-                            "values": [int(exitcodes.TRANSIENT)],
-                        },
-                    },
-                    # A node drain or preemption is nobody's fault and does not use up a retry.
-                    {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
-                ]
+    return pod_spec
+
+
+def _job_failure_policy() -> dict[str, Any]:
+    """Permanent failures fail the Job at once, transient ones use up a retry."""
+    return {
+        "rules": [
+            {
+                "action": "FailJob",
+                "onExitCodes": {
+                    "containerName": COMPRESSOR_CONTAINER,
+                    "operator": "In",
+                    "values": sorted(int(c) for c in exitcodes.PERMANENT_FAILURES),
+                },
             },
-            "template": {"metadata": {"labels": labels}, "spec": pod_spec},
-        },
+            {
+                "action": "Count",
+                "onExitCodes": {
+                    "containerName": COMPRESSOR_CONTAINER,
+                    "operator": "In",
+                    "values": [int(exitcodes.TRANSIENT)],
+                },
+            },
+            # A node drain or preemption is nobody's fault and does not use up a retry.
+            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+        ]
     }
-    return job
 
 
 def _served_digest(version: VersionView) -> str:
@@ -259,35 +277,41 @@ def _fetch_files_args(version: VersionView) -> list[str]:
     return ["--files-json", _compact_json(files)]
 
 
-def render_deployment(
-    *,
-    name: str,
-    namespace: str,
-    owner: OwnerRef,
-    spec: ModelDeploymentSpec,
-    model_name: str,
-    model: ModelSpec,
-    version: VersionView,
-    settings: Settings,
-    canary_replicas: int | None = None,
-    retry: str | None = None,
-    runtime: ServingRuntime = TRITON,
-) -> dict[str, Any]:
-    """The serving Deployment (`runtime`'s pods, Triton unless told) for `version`. Only the
-    version (and the specs) change it.
+@dataclass(frozen=True)
+class DeploymentInputs:
+    """What a serving Deployment is rendered from: the ModelDeployment (its name, namespace,
+    owner reference and spec), its Model, the version it serves and the operator's settings.
     With `canary_replicas`, the canary Deployment `<name>-canary` instead: that many pods,
     selected by the same Service as the stable ones, told apart by the canary track label.
     `retry` is the ModelDeployment's modelops.dev/retry annotation: it goes on the pod template,
-    so that a retry starts a new ReplicaSet, and with it a new progress deadline."""
+    so that a retry starts a new ReplicaSet, and with it a new progress deadline. `runtime` is
+    the model server, Triton unless told."""
+
+    name: str
+    namespace: str
+    owner: OwnerRef
+    spec: ModelDeploymentSpec
+    model_name: str
+    model: ModelSpec
+    version: VersionView
+    settings: Settings
+    canary_replicas: int | None = None
+    retry: str | None = None
+    runtime: ServingRuntime = TRITON
+
+
+def render_deployment(served: DeploymentInputs) -> dict[str, Any]:
+    """The serving Deployment (the runtime's pods) for the version. Only the version (and the
+    specs) change it."""
+    version, spec, runtime = served.version, served.spec, served.runtime
     if not (version.compressed_uri and version.compressed_sha256):
         raise ValueError(f"version {version.version} has no compressed artifact to serve")
-    gpus = spec.scheduling.gpus or 0
-    layout = runtime.repository_layout(model_name, model, spec, version.version)
-    labels = naming.server_labels(name, model_name)
-    selector = naming.server_selector(name)
-    if canary_replicas is not None:
+    canary = served.canary_replicas is not None
+    labels = naming.server_labels(served.name, served.model_name)
+    selector = naming.server_selector(served.name)
+    if canary:
         labels = {**labels, naming.LABEL_TRACK: naming.TRACK_CANARY}
-        selector = naming.canary_selector(name)
+        selector = naming.canary_selector(served.name)
     template_labels = {**labels, naming.LABEL_VERSION: str(version.version)}
     template_annotations = {
         naming.ANNOTATION_VERSION: str(version.version),
@@ -296,31 +320,44 @@ def render_deployment(
         "prometheus.io/port": str(runtime.metrics_port),
         "prometheus.io/path": runtime.metrics_path,
     }
-    if retry is not None:
-        template_annotations[naming.ANNOTATION_RETRY] = retry
-    volume_mount = {"name": "models", "mountPath": runtime.model_repository}
-    fetch: dict[str, Any] = {
-        "name": naming.FETCH_CONTAINER,
-        "image": settings.operator_image,
-        "imagePullPolicy": settings.image_pull_policy,
-        "command": ["python", "-m", "modelops.fetch"],
-        "args": [
-            "--uri", version.compressed_uri,
-            "--sha256", version.compressed_sha256,
-            "--model-name", model_name,
-            "--version", str(version.version),
-            *layout.args,
-            *_fetch_files_args(version),
-        ],
-        "env": [*storage_env(model.storage), *layout.env],
-        "volumeMounts": [volume_mount, SCRATCH_MOUNT, *ca_bundle_mounts(model.storage)],
-        "terminationMessagePolicy": "FallbackToLogsOnError",
-        "securityContext": restricted_container_security(),
+    if served.retry is not None:
+        template_annotations[naming.ANNOTATION_RETRY] = served.retry
+    deployment: dict[str, Any] = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {
+            "name": naming.canary_name(served.name) if canary else served.name,
+            "namespace": served.namespace,
+            "labels": labels,
+            "annotations": {naming.ANNOTATION_VERSION: str(version.version)},
+            "ownerReferences": [served.owner.reference()],
+        },
+        "spec": {
+            "selector": {"matchLabels": selector},
+            "strategy": {
+                "type": "RollingUpdate",
+                "rollingUpdate": {"maxSurge": spec.rollout.max_surge, "maxUnavailable": spec.rollout.max_unavailable},
+            },
+            "progressDeadlineSeconds": spec.rollout.progress_deadline_seconds,
+            "revisionHistoryLimit": 5,
+            "template": {
+                "metadata": {"labels": template_labels, "annotations": template_annotations},
+                "spec": _serving_pod_spec(served),
+            },
+        },
     }
-    if version.signature_uri and version.signer_key:
-        # The operator signed this artifact: the fetch refuses bytes its key did not sign.
-        fetch["args"] += ["--signature-uri", version.signature_uri]
-        fetch["env"].append({"name": "MODELOPS_SIGNER_KEY", "value": version.signer_key})
+    replicas = managed_replicas(spec) if served.canary_replicas is None else served.canary_replicas
+    if replicas is not None:
+        deployment["spec"]["replicas"] = replicas
+    return deployment
+
+
+def _serving_pod_spec(served: DeploymentInputs) -> dict[str, Any]:
+    """The fetch init container, which puts the verified artifact in the model repository, and the server."""
+    spec, runtime, settings = served.spec, served.runtime, served.settings
+    gpus = spec.scheduling.gpus or 0
+    layout = runtime.repository_layout(served.model_name, served.model, spec, served.version.version)
+    volume_mount = {"name": "models", "mountPath": runtime.model_repository}
     resources = spec.triton.resources.wire() if spec.triton.resources else {}
     if gpus > 0:
         resources = {**resources, "limits": {**resources.get("limits", {}), GPU_RESOURCE: gpus}}
@@ -336,40 +373,44 @@ def render_deployment(
         "automountServiceAccountToken": False,
         "securityContext": restricted_pod_security(),
         "terminationGracePeriodSeconds": runtime.termination_grace_seconds,
-        "initContainers": [fetch],
+        "initContainers": [_fetch_container(served, layout, volume_mount)],
         "containers": [server],
-        "volumes": [{"name": "models", "emptyDir": {}}, SCRATCH_VOLUME, *ca_bundle_volumes(model.storage)],
+        "volumes": [{"name": "models", "emptyDir": {}}, SCRATCH_VOLUME, *ca_bundle_volumes(served.model.storage)],
     }
     if spec.scheduling.node_selector:
         pod_spec["nodeSelector"] = dict(spec.scheduling.node_selector)
     tolerations = tolerations_for(spec.scheduling.tolerations or (), gpus)
     if tolerations:
         pod_spec["tolerations"] = tolerations
-    deployment: dict[str, Any] = {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {
-            "name": naming.canary_name(name) if canary_replicas is not None else name,
-            "namespace": namespace,
-            "labels": labels,
-            "annotations": {naming.ANNOTATION_VERSION: str(version.version)},
-            "ownerReferences": [owner.reference()],
-        },
-        "spec": {
-            "selector": {"matchLabels": selector},
-            "strategy": {
-                "type": "RollingUpdate",
-                "rollingUpdate": {"maxSurge": spec.rollout.max_surge, "maxUnavailable": spec.rollout.max_unavailable},
-            },
-            "progressDeadlineSeconds": spec.rollout.progress_deadline_seconds,
-            "revisionHistoryLimit": 5,
-            "template": {"metadata": {"labels": template_labels, "annotations": template_annotations}, "spec": pod_spec},
-        },
+    return pod_spec
+
+
+def _fetch_container(served: DeploymentInputs, layout: RepositoryLayout, volume_mount: dict[str, Any]) -> dict[str, Any]:
+    version, model, settings = served.version, served.model, served.settings
+    assert version.compressed_uri and version.compressed_sha256
+    fetch: dict[str, Any] = {
+        "name": naming.FETCH_CONTAINER,
+        "image": settings.operator_image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "command": ["python", "-m", "modelops.fetch"],
+        "args": [
+            "--uri", version.compressed_uri,
+            "--sha256", version.compressed_sha256,
+            "--model-name", served.model_name,
+            "--version", str(version.version),
+            *layout.args,
+            *_fetch_files_args(version),
+        ],
+        "env": [*storage_env(model.storage), *layout.env],
+        "volumeMounts": [volume_mount, SCRATCH_MOUNT, *ca_bundle_mounts(model.storage)],
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "securityContext": restricted_container_security(),
     }
-    replicas = managed_replicas(spec) if canary_replicas is None else canary_replicas
-    if replicas is not None:
-        deployment["spec"]["replicas"] = replicas
-    return deployment
+    if version.signature_uri and version.signer_key:
+        # The operator signed this artifact: the fetch refuses bytes its key did not sign.
+        fetch["args"] += ["--signature-uri", version.signature_uri]
+        fetch["env"].append({"name": "MODELOPS_SIGNER_KEY", "value": version.signer_key})
+    return fetch
 
 
 def render_service(

@@ -22,10 +22,9 @@ from modelops.api.model import ModelReason, StorageSpec
 from modelops.core.endpoints import EndpointPolicy
 from modelops.core.objects import OwnerRef, with_owner
 from modelops.core.patch import merge_patch
-from modelops.handlers.cache import Cache
-from modelops.handlers.queue import Key
-from modelops.handlers.reads import CachedReads, Reads, Resolutions
-from modelops.metrics import Metrics
+from modelops.handlers.informer import Informer
+from modelops.handlers.reads import Reads, Resolutions, StorageReads
+from modelops.operatormetrics import Metrics
 from modelops.settings import Settings
 from modelops.storage import ObjectStore, StorageConfig, StorageError, TransferTuning
 
@@ -79,18 +78,18 @@ def ca_bundle_file(pem: bytes, directory: Path | None = None) -> str:
     return str(path)
 
 
-class StoreCache:
-    """One ObjectStore (and boto3 client) per distinct storage configuration, with its cached reads."""
+class StorePool:
+    """One ObjectStore (and boto3 client) per distinct storage configuration, with its memo of reads (`reads.StorageReads`)."""
 
     def __init__(self, limit: int = 64, workers: int = 8) -> None:
-        self._stores: OrderedDict[str, CachedReads] = OrderedDict()
+        self._stores: OrderedDict[str, StorageReads] = OrderedDict()
         self._limit = limit
         self._lock = threading.Lock()
         # A connection for every reconcile worker: a smaller pool would drop connections and
         # pay a TLS handshake for each new one.
         self._tuning = replace(OPERATOR_TUNING, max_concurrency=max(OPERATOR_TUNING.max_concurrency, workers))
 
-    def get(self, config: StorageConfig) -> CachedReads:
+    def get(self, config: StorageConfig) -> StorageReads:
         material = config.model_dump_json() + "|" + "|".join(
             s.get_secret_value() if s else "" for s in (config.access_key_id, config.secret_access_key)
         )
@@ -98,7 +97,7 @@ class StoreCache:
         with self._lock:
             store = self._stores.get(digest)
             if store is None:
-                store = CachedReads(ObjectStore(config, self._tuning))
+                store = StorageReads(ObjectStore(config, self._tuning))
                 store.store.client  # noqa: B018 - made once here, not by every worker that races to it
                 self._stores[digest] = store
                 while len(self._stores) > self._limit:
@@ -116,8 +115,7 @@ class Context:
     settings: Settings
     kube: k8s.Kube
     metrics: Metrics
-    stores: StoreCache
-    wake: Callable[[Key], None]
+    stores: StorePool
     clock: Callable[[], datetime] = utcnow
     endpoints: EndpointPolicy = field(default_factory=EndpointPolicy)
     resolve: Callable[[str], list[str]] = field(default_factory=Resolutions)  # host names, reused briefly
@@ -125,14 +123,14 @@ class Context:
     readings: dict[tuple[str, str], Any] = field(default_factory=dict)
 
     # Every read a reconcile makes goes through here (`modelops.handlers.reads`). The operator
-    # gives it the cache that its watches feed (`with_cache`).
+    # gives it the informer that its watches feed (`with_informer`).
     reads: Reads = field(init=False)
 
     def __post_init__(self) -> None:
-        self.reads = Reads(Cache(), self.kube)
+        self.reads = Reads(Informer(), self.kube)
 
-    def with_cache(self, cache: Cache) -> Context:
-        self.reads = Reads(cache, self.kube)
+    def with_informer(self, informer: Informer) -> Context:
+        self.reads = Reads(informer, self.kube)
         return self
 
     def credentials(self, namespace: str, storage: StorageSpec) -> tuple[SecretStr | None, SecretStr | None]:
@@ -195,7 +193,7 @@ class Context:
                 "create it or fix spec.storage.bucket"
             )
 
-    def store_for(self, namespace: str, storage: StorageSpec) -> CachedReads:
+    def store_for(self, namespace: str, storage: StorageSpec) -> StorageReads:
         """The store of a Model's storage; every storage request goes through here, so an
         endpoint the operator may not reach is refused before any request is sent."""
         self.check_endpoint(storage)

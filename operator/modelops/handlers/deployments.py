@@ -56,11 +56,11 @@ class _Work:
     def render(self, version: VersionView, canary_replicas: int | None = None) -> dict[str, Any]:
         """The Triton Deployment (stable, or the canary with `canary_replicas`) for `version`."""
         assert self.model_body is not None
-        return render.render_deployment(
+        return render.render_deployment(render.DeploymentInputs(
             name=self.name, namespace=self.namespace, owner=self.owner, spec=self.spec, model_name=self.spec.model,
             model=ModelSpec.model_validate(self.model_body["spec"]), version=version, settings=self.ctx.settings,
             retry=self.retry, canary_replicas=canary_replicas,
-        )
+        ))
 
 
 def reconcile_deployment(ctx: Context, key: Key) -> float | None:

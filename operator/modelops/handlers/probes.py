@@ -6,7 +6,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from modelops.metrics import CONTENT_TYPE, Metrics
+from modelops.operatormetrics import CONTENT_TYPE, Metrics
 
 
 async def _serve(app: web.Application, host: str, port: int) -> web.AppRunner:
@@ -28,7 +28,7 @@ async def serve_metrics(metrics: Metrics, host: str, port: int) -> web.AppRunner
 async def serve_health(live: Callable[[], bool], ready: Callable[[], bool], host: str, port: int) -> web.AppRunner:
     """Liveness: the event loop answers and the workers run. Readiness: the operator's startup
     finished (its queue, workers and resync loop run); kopf starts its watches after that, and
-    no reconcile runs before kopf's initial listings have filled the cache. A standby waiting
+    no reconcile runs before kopf's initial listings have filled the informer. A standby waiting
     for the Lease answers both with 200 (`modelops.__main__`)."""
 
     def check(probe: Callable[[], bool]) -> Callable[[web.Request], Awaitable[web.Response]]:

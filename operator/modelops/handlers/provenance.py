@@ -13,7 +13,7 @@ from modelops.api.trust import PemRef, ProvenanceReason, ProvenanceStatus, Trust
 from modelops.api.version import ModelVersionSpec, Phase
 from modelops.core.versions import VersionState, waiting
 from modelops.handlers.context import Context
-from modelops.handlers.reads import CachedReads
+from modelops.handlers.reads import StorageReads
 from modelops.storage import ObjectNotFound, StorageError, parse_s3_uri
 
 if TYPE_CHECKING:  # modelops.provenance loads model_signing: imported where a signature is verified
@@ -74,7 +74,7 @@ def stored_files(uri: str, sha256: str, files: list[dict[str, Any]] | None) -> l
 
 
 def check_source(
-    ctx: Context, store: CachedReads, namespace: str, spec: ModelVersionSpec, model: ModelSpec
+    ctx: Context, store: StorageReads, namespace: str, spec: ModelVersionSpec, model: ModelSpec
 ) -> VersionState | provenance.Verified | None:
     """The verified signer, None for an unsigned artifact that may be used, or the state that
     stops the version (Rejected, or Verifying while something the policy names is missing).
@@ -134,7 +134,7 @@ def signing_key(ctx: Context) -> bytes:
 
 
 def sign_output(
-    ctx: Context, store: CachedReads, spec: ModelVersionSpec, model: ModelSpec, state: VersionState,
+    ctx: Context, store: StorageReads, spec: ModelVersionSpec, model: ModelSpec, state: VersionState,
     old: ProvenanceStatus | None,
 ) -> VersionState:
     """A Ready state whose compressed artifact the operator has signed, with a provenance
@@ -185,7 +185,7 @@ def sign_output(
     ))
 
 
-def cached_signature_verifies(ctx: Context, store: CachedReads, report: dict[str, Any]) -> bool:
+def cached_signature_verifies(ctx: Context, store: StorageReads, report: dict[str, Any]) -> bool:
     """Whether a cached entry's artifact carries the operator's signature for the sha256 its
     record names: a cached compression counts only while it does. Without the key there is
     nothing to check against yet (and nothing becomes Ready: `sign_output` waits for it).

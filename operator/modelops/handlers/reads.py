@@ -1,8 +1,8 @@
-"""Every read a reconcile makes, behind one object (`Reads` for Kubernetes, `CachedReads` for
+"""Every read a reconcile makes, behind one object (`Reads` for Kubernetes, `StorageReads` for
 object storage), with how fresh each one is decided here and nowhere else.
 
 Kubernetes (`FRESHNESS`):
-- WATCHED: the watch-fed cache (`handlers/cache.py`), as fresh as the watch, plus the answers
+- WATCHED: the watch-fed informer (`handlers/informer.py`), as fresh as the watch, plus the answers
   of the operator's own writes, so a reconcile that follows its own write does not work from
   the state before it. Every kind the operator owns or reconciles is read this way: the custom
   resources, Jobs and their pods, Triton Deployments, Services and pods, HPAs, ScaledObjects
@@ -16,7 +16,7 @@ Endpoint host names (`Resolutions`): the addresses a Model's storage endpoint or
 Prometheus address resolves to, for the endpoint policy (`core/endpoints.py`), reused for
 `READ_TTL_SECONDS`: every version's reconcile asks, and a lookup may wait on DNS.
 
-Object storage (`CachedReads`): HEADs are fresh, since an ETag decides whether a report or a
+Object storage (`StorageReads`): HEADs are fresh, since an ETag decides whether a report or a
 measurement is read again; only the existence of a version's own artifact and of a bucket may be
 `READ_TTL_SECONDS` old, and misses are never kept.
 """
@@ -35,22 +35,22 @@ from typing import Any
 from modelops import kube as k8s
 from modelops.api.types import ConfigMapOrSecretKey
 from modelops.core.endpoints import HostPort
-from modelops.handlers.cache import CACHED, Body, Cache
+from modelops.handlers.informer import WATCHED_KINDS, Body, Informer
 from modelops.storage import ObjectInfo, ObjectStore
 
 READ_TTL_SECONDS = 10.0
-READ_CACHE_LIMIT = 4096
+STORAGE_MEMO_LIMIT = 4096
 RECENT_LIMIT = 512  # Secrets and ConfigMaps kept from live reads
 SMALL_READ_LIMIT = 1 << 20  # bytes: reports and measurements, never artifacts
 
 
 class Freshness(StrEnum):
-    WATCHED = "watched"  # the watch-fed cache and our own writes' answers
+    WATCHED = "watched"  # the watch-fed informer and our own writes' answers
     RECENT = "recent"  # a live GET at most READ_TTL_SECONDS old
 
 
 FRESHNESS: dict[str, Freshness] = {
-    **{resource.plural: Freshness.WATCHED for resource in CACHED},
+    **{resource.plural: Freshness.WATCHED for resource in WATCHED_KINDS},
     k8s.SECRETS.plural: Freshness.RECENT,
     k8s.CONFIGMAPS.plural: Freshness.RECENT,
 }
@@ -88,9 +88,9 @@ class Reads:
     """The Kubernetes reads of every reconcile, by the rule of `FRESHNESS`. A kind that is not
     in it is no kind a reconcile reads: asking for one is a programming error (KeyError)."""
 
-    def __init__(self, cache: Cache, kube: k8s.Kube, ttl: float = READ_TTL_SECONDS,
+    def __init__(self, informer: Informer, kube: k8s.Kube, ttl: float = READ_TTL_SECONDS,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        self.cache = cache
+        self.informer = informer
         self._kube = kube
         self._ttl = ttl
         self._clock = clock
@@ -98,7 +98,7 @@ class Reads:
 
     def get(self, resource: k8s.Resource, namespace: str, name: str) -> Body | None:
         if FRESHNESS[resource.plural] is Freshness.WATCHED:
-            return self.cache.get(resource, namespace, name)
+            return self.informer.get(resource, namespace, name)
         key = (resource.plural, namespace, name)
         now = self._clock()
         kept = self._recent.get(key)
@@ -125,20 +125,20 @@ class Reads:
         self._recent.drop(lambda key: key[1] == namespace)
 
     def versions_of(self, namespace: str, model: str) -> list[Body]:
-        return self.cache.versions_of(namespace, model)
+        return self.informer.versions_of(namespace, model)
 
     def deployments_of(self, namespace: str, model: str) -> list[Body]:
-        return self.cache.deployments_of(namespace, model)
+        return self.informer.deployments_of(namespace, model)
 
     def pods_of_job(self, namespace: str, job_uid: str) -> list[Body]:
-        return self.cache.pods_of_job(namespace, job_uid)
+        return self.informer.pods_of_job(namespace, job_uid)
 
     def server_pods(self, namespace: str, deployment: str) -> list[Body]:
-        return self.cache.server_pods(namespace, deployment)
+        return self.informer.server_pods(namespace, deployment)
 
     def wrote(self, resource: k8s.Resource, answer: Body | None) -> None:
         """What a write of ours returned, so that the next read sees it before its watch event."""
-        self.cache.store(resource, answer)
+        self.informer.store(resource, answer)
 
 
 def resolve_host(url: str) -> list[str]:
@@ -173,7 +173,7 @@ class Resolutions:
         return addresses
 
 
-class CachedReads:
+class StorageReads:
     """The operator's reads of one store. A report's or measurement's bytes are reused by URI
     and ETag: each look asks a fresh HEAD (cheap), and reads the object again only when the HEAD
     shows new content. HEADs themselves are fresh, since an ETag decides reuse (a dataset
@@ -181,7 +181,7 @@ class CachedReads:
     artifact exists (`head_recent`) may be `ttl` seconds old, because the Job verifies the
     artifact's bytes anyway. Misses and errors are never kept: an upload is seen at once."""
 
-    def __init__(self, store: ObjectStore, ttl: float = READ_TTL_SECONDS, limit: int = READ_CACHE_LIMIT,
+    def __init__(self, store: ObjectStore, ttl: float = READ_TTL_SECONDS, limit: int = STORAGE_MEMO_LIMIT,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.store = store
         self._ttl = ttl

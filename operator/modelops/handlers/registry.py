@@ -1,19 +1,16 @@
-"""The kopf wiring. Every watch event feeds the cache and wakes the keys it can affect
+"""The kopf wiring. Every watch event feeds the informer and wakes the keys it can affect
 (`modelops.core.dependents` decides which); nothing here decides anything else.
 
 Only event-watching and indexing handlers are used: kopf then stores no progress, diff-base
 or finalizer on our objects, so a resync with nothing changed writes nothing. The indexing
-handlers feed the cache; kopf runs them for every object of the initial listings of all
-watched kinds before it runs any other handler, so no reconcile ever sees a half-filled cache.
+handlers feed the informer; kopf runs them for every object of the initial listings of all
+watched kinds before it runs any other handler, so no reconcile ever sees a half-filled informer.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import time
-from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterable
 from typing import Any
 
 import kopf
@@ -21,23 +18,12 @@ import kopf
 from modelops import kube as k8s
 from modelops.api.types import GROUP, VERSION
 from modelops.core import dependents, naming
-from modelops.handlers.cache import Cache
-from modelops.handlers.context import Context
-from modelops.handlers.deployments import reconcile_deployment
-from modelops.handlers.models import reconcile_model
-from modelops.handlers.probes import serve_health, serve_metrics
-from modelops.handlers.queue import Key, RetryLater, WorkQueue
-from modelops.handlers.versions import reconcile_version
-from modelops.settings import KOPF_PREFIX, Settings
+from modelops.handlers.operator import Operator
+from modelops.handlers.queue import Key
+from modelops.settings import KOPF_PREFIX
 
 logger = logging.getLogger(__name__)
 
-Reconciler = Callable[[Context, Key], float | None]
-RECONCILERS: dict[str, Reconciler] = {
-    "Model": reconcile_model,
-    "ModelVersion": reconcile_version,
-    "ModelDeployment": reconcile_deployment,
-}
 MANAGED = {naming.LABEL_MANAGED_BY: naming.MANAGED_BY}
 COMPRESSOR_PODS = {**MANAGED, naming.LABEL_COMPONENT: naming.COMPONENT_COMPRESSOR}
 SERVER_PODS = {**MANAGED, naming.LABEL_COMPONENT: naming.COMPONENT_SERVER}
@@ -69,98 +55,6 @@ def configure_kopf(settings: kopf.OperatorSettings) -> None:
     settings.watching.client_timeout = 330
 
 
-class Operator:
-    """The running operator: context, queue, resync loop and probe servers."""
-
-    def __init__(self, settings: Settings, make_context: Callable[[Callable[[Key], None]], Context]) -> None:
-        self.settings = settings
-        self._make_context = make_context
-        self.ctx: Context | None = None
-        self.queue: WorkQueue | None = None
-        self.known: set[Key] = set()
-        self.cache = Cache()
-        self._runners: list[Any] = []
-        self._resync: asyncio.Task[None] | None = None
-        # Reconciles wait on the API server most of the time: one thread per worker, so that
-        # `workers` requests are in flight (asyncio's default pool has only cores + 4 threads).
-        self._threads = ThreadPoolExecutor(settings.workers, thread_name_prefix="modelops-reconcile")
-        self.ready = False
-
-    # -- lifecycle ---------------------------------------------------------------------
-
-    async def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        # Reconciles run in threads; they wake other objects through the event loop.
-        def wake_from_thread(key: Key) -> None:
-            loop.call_soon_threadsafe(self.wake, key)
-
-        self.ctx = self._make_context(wake_from_thread).with_cache(self.cache)
-        self.queue = WorkQueue(
-            self._work, self.settings.workers, self.settings.max_backoff_seconds, self.ctx.metrics.queue_depth.set
-        )
-        self.queue.start()
-        self._runners = [
-            await serve_metrics(self.ctx.metrics, self.settings.bind_address, self.settings.metrics_port),
-            await serve_health(self.live, lambda: self.ready, self.settings.bind_address, self.settings.health_port),
-        ]
-        self._resync = asyncio.create_task(self._resync_loop(), name="modelops-resync")
-        self.ready = True
-
-    async def stop(self) -> None:
-        self.ready = False
-        if self._resync is not None:
-            self._resync.cancel()
-        if self.queue is not None:
-            await self.queue.stop()
-        for runner in self._runners:
-            await runner.cleanup()
-        self._threads.shutdown(wait=False, cancel_futures=True)
-        if self.ctx is not None:
-            self.ctx.kube.close()
-
-    def live(self) -> bool:
-        return self.queue is not None and self.queue.alive
-
-    # -- keys --------------------------------------------------------------------------
-
-    def wake(self, key: Key) -> None:
-        if self.queue is not None and key.name:
-            self.queue.add(key)
-
-    def seen(self, key: Key, deleted: bool) -> None:
-        if deleted:
-            self.known.discard(key)
-        else:
-            self.known.add(key)
-
-    async def _resync_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.settings.resync_seconds)
-            if self.queue is not None:
-                for key in sorted(self.known):
-                    self.queue.add(key, resync=True)
-
-    async def _work(self, key: Key) -> float | None:
-        ctx = self.ctx
-        assert ctx is not None
-        started = time.monotonic()
-        try:
-            retry_after = await asyncio.get_running_loop().run_in_executor(self._threads, RECONCILERS[key.kind], ctx, key)
-        except k8s.Conflict:
-            ctx.metrics.reconciles.labels(key.kind, "conflict").inc()
-            raise RetryLater(f"{key}: changed while reconciling", delay=0.0) from None
-        except k8s.Throttled as err:
-            ctx.metrics.reconcile_errors.labels(key.kind, "Throttled").inc()
-            raise RetryLater(str(err), delay=err.retry_after) from None
-        except Exception as err:
-            ctx.metrics.reconcile_errors.labels(key.kind, type(err).__name__).inc()
-            raise
-        finally:
-            ctx.metrics.reconcile_seconds.labels(key.kind).observe(time.monotonic() - started)
-        ctx.metrics.reconciles.labels(key.kind, "ok").inc()
-        return retry_after
-
-
 def _owner_key(body: dict[str, Any], kind: str, group: str = GROUP) -> Key | None:
     for ref in body.get("metadata", {}).get("ownerReferences") or []:
         if ref.get("kind") == kind and ref.get("apiVersion", "").startswith(f"{group}/"):
@@ -168,7 +62,7 @@ def _owner_key(body: dict[str, Any], kind: str, group: str = GROUP) -> Key | Non
     return None
 
 
-# What the cache keeps, with the labels that select the operator's own objects. A kind whose
+# What the informer keeps, with the labels that select the operator's own objects. A kind whose
 # API is not served (KEDA or the Gateway API not installed) is not watched: kopf starts its
 # watch when the CRD appears.
 FEEDS: tuple[tuple[k8s.Resource, dict[str, Any] | None, str], ...] = (
@@ -185,18 +79,18 @@ Before = dict[str, Any] | None
 
 
 class _Wiring:
-    """The handlers of one registry, in groups: lifecycle, cache feeds, custom resources, children."""
+    """The handlers of one registry, in groups: lifecycle, informer feeds, custom resources, children."""
 
     def __init__(self, operator: Operator) -> None:
         self.operator = operator
-        self.cache = operator.cache
+        self.informer = operator.informer
         self.registry = kopf.OperatorRegistry()
         self._last: dict[tuple[str, str, str], Before] = {}
 
     def follow(self, resource: k8s.Resource, event: kopf.RawEvent) -> None:
         """The indexing handler keeps what is added or modified; a deletion is dropped here."""
         if event.get("type") == "DELETED":
-            self.cache.forget(resource, dict(event["object"]))
+            self.informer.forget(resource, dict(event["object"]))
 
     def previous(self, resource: k8s.Resource, event: kopf.RawEvent) -> tuple[Before, Before]:
         """(before, after) of this event, for the kinds whose change decides what it wakes: the
@@ -205,9 +99,9 @@ class _Wiring:
         meta = body.get("metadata") or {}
         ref = (resource.plural, meta.get("namespace", ""), meta.get("name", ""))
         if event.get("type") == "DELETED":
-            self.cache.forget(resource, body)
+            self.informer.forget(resource, body)
             return self._last.pop(ref, None), None
-        after = self.cache.get(resource, ref[1], ref[2])
+        after = self.informer.get(resource, ref[1], ref[2])
         before = self._last.get(ref)
         self._last[ref] = after
         return before, after
@@ -234,20 +128,20 @@ class _Wiring:
             await operator.stop()
 
     def feeds(self) -> None:
-        """Keep the cache current from kopf's watches (deletions come as events)."""
+        """Keep the informer current from kopf's watches (deletions come as events)."""
         for resource, labels, part in FEEDS:
             self._feed(resource, labels, part)
 
     def _feed(self, resource: k8s.Resource, labels: dict[str, Any] | None, part: str) -> None:
-        cache = self.cache
+        informer = self.informer
 
-        @kopf.on.index(resource.group, resource.version, resource.plural, labels=labels, id=f"cache-{resource.plural}{part}",
+        @kopf.on.index(resource.group, resource.version, resource.plural, labels=labels, id=f"informer-{resource.plural}{part}",
                        registry=self.registry)
         def index(body: kopf.Body, **_: Any) -> None:
-            cache.observe(resource, dict(body))
+            informer.observe(resource, dict(body))
 
     def custom_resources(self) -> None:
-        operator, cache, registry = self.operator, self.cache, self.registry
+        operator, informer, registry = self.operator, self.informer, self.registry
 
         @kopf.on.event(GROUP, VERSION, "models", registry=registry)
         async def model_event(event: kopf.RawEvent, name: str, namespace: str | None, **_: Any) -> None:
@@ -260,8 +154,8 @@ class _Wiring:
                 if operator.ctx is not None:
                     operator.ctx.reads.forget_recent(namespace)
                 uid = after["metadata"].get("uid") if after is not None else None
-                self.wake_all("ModelVersion", namespace, dependents.waiting_versions(cache.versions_of(namespace, name), uid))
-                self.wake_all("ModelDeployment", namespace, (d["metadata"]["name"] for d in cache.deployments_of(namespace, name)))
+                self.wake_all("ModelVersion", namespace, dependents.waiting_versions(informer.versions_of(namespace, name), uid))
+                self.wake_all("ModelDeployment", namespace, (d["metadata"]["name"] for d in informer.deployments_of(namespace, name)))
 
         @kopf.on.event(GROUP, VERSION, "modelversions", registry=registry)
         async def version_event(event: kopf.RawEvent, body: kopf.Body, name: str, namespace: str | None, **_: Any) -> None:
@@ -274,9 +168,9 @@ class _Wiring:
             if dependents.model_wake_needed(before, after):
                 operator.wake(Key("Model", namespace, model))
             old, new = dependents.view_of(before), dependents.view_of(after)
-            self.wake_all("ModelVersion", namespace, dependents.siblings_to_wake(old, new, cache.versions_of(namespace, model)))
+            self.wake_all("ModelVersion", namespace, dependents.siblings_to_wake(old, new, informer.versions_of(namespace, model)))
             self.wake_all("ModelDeployment", namespace,
-                          dependents.deployments_to_wake(old, new, cache.deployments_of(namespace, model)))
+                          dependents.deployments_to_wake(old, new, informer.deployments_of(namespace, model)))
 
         @kopf.on.event(GROUP, VERSION, "modeldeployments", registry=registry)
         async def deployment_event(event: kopf.RawEvent, name: str, namespace: str | None, **_: Any) -> None:
@@ -287,10 +181,10 @@ class _Wiring:
             operator.wake(key)  # it adopts itself to its Model; the Model reads nothing of it
             # The versions whose failedBy this deployment's verdicts decide derive it again.
             for model, numbers in dependents.verdicts_changed(before, after).items():
-                self.wake_all("ModelVersion", namespace, dependents.versions_numbered(cache.versions_of(namespace, model), numbers))
+                self.wake_all("ModelVersion", namespace, dependents.versions_numbered(informer.versions_of(namespace, model), numbers))
 
     def children(self) -> None:
-        operator, cache, registry = self.operator, self.cache, self.registry
+        operator, informer, registry = self.operator, self.informer, self.registry
 
         @kopf.on.event("batch", "v1", "jobs", labels=MANAGED, registry=registry)
         async def job_event(event: kopf.RawEvent, body: Any, **_: Any) -> None:
@@ -303,7 +197,7 @@ class _Wiring:
         async def job_pod_event(event: kopf.RawEvent, body: Any, **_: Any) -> None:
             self.follow(k8s.PODS, event)
             job = _owner_key(dict(body), "Job", group="batch")
-            owner = _owner_key(cache.get(k8s.JOBS, job.namespace, job.name) or {}, "ModelVersion") if job else None
+            owner = _owner_key(informer.get(k8s.JOBS, job.namespace, job.name) or {}, "ModelVersion") if job else None
             if owner is not None:
                 operator.wake(owner)
 

@@ -47,7 +47,7 @@ from modelops.core.versions import (
 from modelops.handlers.context import Context, CredentialsProblem, EndpointProblem
 from modelops.handlers.provenance import cached_signature_verifies, check_source, sign_output
 from modelops.handlers.queue import Key
-from modelops.handlers.reads import CachedReads
+from modelops.handlers.reads import StorageReads
 from modelops.storage import (
     AccessDenied,
     InvalidRequest,
@@ -209,7 +209,7 @@ def storage_problem(err: StorageError, field: str, uri: str, retry: float) -> Ve
     return waiting(Phase.FAILED, VersionReason.STORAGE_ERROR, f"{field}: {err}")
 
 
-def bucket_missing(store: CachedReads, bucket: str) -> bool:
+def bucket_missing(store: StorageReads, bucket: str) -> bool:
     """Whether HEAD bucket says the bucket does not exist. Credentials that may read objects but
     not HEAD the bucket (no s3:ListBucket) are no verdict: the object reads decide then."""
     try:
@@ -218,7 +218,7 @@ def bucket_missing(store: CachedReads, bucket: str) -> bool:
         return False
 
 
-def _artifact_missing(store: CachedReads, uri: str, retry: float, field: str = "spec.artifact.uri") -> VersionState:
+def _artifact_missing(store: StorageReads, uri: str, retry: float, field: str = "spec.artifact.uri") -> VersionState:
     """Verifying, naming what is missing: the artifact's bucket itself, or only its key (and,
     in a file set, which file)."""
     bucket = parse_s3_uri(uri).bucket
@@ -237,7 +237,7 @@ def _artifact_missing(store: CachedReads, uri: str, retry: float, field: str = "
 
 def _check_objects(
     ctx: Context, namespace: str, spec: ModelVersionSpec, model: ModelSpec
-) -> VersionState | tuple[CachedReads, list[int]]:
+) -> VersionState | tuple[StorageReads, list[int]]:
     """The Model's storage and the version's objects, before anything else: an endpoint it may
     reach, its credentials, its bucket and every file of the artifact (HEAD). Returns the store
     and the files' sizes, or the state that says what is missing."""
@@ -310,7 +310,7 @@ def _start(
         ctx.metrics.cache_hits.inc()
         return replace(state_from_report(cached, job_name=None, key=key, from_cache=True), provenance=signed)
 
-    job = render.render_job(
+    job = render.render_job(render.JobInputs(
         name=job_name,
         namespace=namespace,
         owner=OwnerRef.of(body),
@@ -327,7 +327,7 @@ def _start(
         settings=ctx.settings,
         source_signer=signed.signer if signed is not None else None,
         recompress=recompress,
-    )
+    ))
     created_job, created = ctx.kube.create(k8s.JOBS, job)
     ctx.reads.wrote(k8s.JOBS, created_job)
     evaluating = decision.action == reuse.Action.EVALUATE and not recompress
@@ -339,7 +339,7 @@ def _start(
 
 
 def _source_provenance(
-    ctx: Context, store: CachedReads, namespace: str, spec: ModelVersionSpec, model: ModelSpec
+    ctx: Context, store: StorageReads, namespace: str, spec: ModelVersionSpec, model: ModelSpec
 ) -> VersionState | ProvenanceStatus | None:
     """Who signed the source (None: unsigned and allowed), or the state that stops the version."""
     try:
@@ -352,7 +352,7 @@ def _source_provenance(
     return ProvenanceStatus(signer=verified.signer) if verified is not None else None
 
 
-def _cache_signature_broken(ctx: Context, store: CachedReads, lookup: cachestore.Lookup, prefix: str) -> VersionState | bool:
+def _cache_signature_broken(ctx: Context, store: StorageReads, lookup: cachestore.Lookup, prefix: str) -> VersionState | bool:
     """Whether the cached entry must be compressed again: a cached compression counts only while
     the operator's signature of it verifies (when the operator signs at all)."""
     if not ctx.settings.signing_key_secret or lookup.report is None:

@@ -7,7 +7,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from modelops.api.version import Phase
-from modelops.metrics import STAGE_SERVE, Metrics
+from modelops.operatormetrics import STAGE_SERVE, Metrics
 
 pytestmark = pytest.mark.unit
 

@@ -10,8 +10,8 @@ import pytest
 
 from modelops import kube as k8s
 from modelops.core import dependents
-from modelops.handlers.cache import Cache, slim
-from modelops.handlers.reads import CachedReads
+from modelops.handlers.informer import Informer, Packed, slim
+from modelops.handlers.reads import StorageReads
 from modelops.storage import ObjectInfo, ObjectNotFound
 
 pytestmark = pytest.mark.unit
@@ -48,7 +48,7 @@ def test_slim_drops_managed_fields_and_last_applied_but_keeps_what_reconciles_re
 
 
 def test_children_are_found_by_model_and_move_when_their_model_changes() -> None:
-    cache = Cache()
+    cache = Informer()
     cache.observe(k8s.MODELVERSIONS, version("a", rv="1"))
     cache.observe(k8s.MODELVERSIONS, version("b", rv="2"))
     cache.observe(k8s.MODELVERSIONS, version("c", model="other", rv="3"))
@@ -62,7 +62,7 @@ def test_children_are_found_by_model_and_move_when_their_model_changes() -> None
 
 
 def test_an_older_copy_never_replaces_a_newer_one() -> None:
-    cache = Cache()
+    cache = Informer()
     cache.store(k8s.MODELVERSIONS, version("a", rv="10", phase="Ready"))  # our write returned
     cache.observe(k8s.MODELVERSIONS, version("a", rv="9", phase="Pending"))  # the watch lags
     assert cache.get(k8s.MODELVERSIONS, "ns", "a")["status"]["phase"] == "Ready"
@@ -71,7 +71,7 @@ def test_an_older_copy_never_replaces_a_newer_one() -> None:
 
 
 def test_the_same_resource_version_keeps_the_copy_already_held() -> None:
-    cache = Cache()
+    cache = Informer()
     watched = version("a", rv="5", phase="Ready")
     cache.observe(k8s.MODELVERSIONS, watched)
     held = cache.get(k8s.MODELVERSIONS, "ns", "a")
@@ -80,14 +80,14 @@ def test_the_same_resource_version_keeps_the_copy_already_held() -> None:
 
 
 def test_deployments_and_services_are_kept_packed_and_read_back_whole() -> None:
-    cache = Cache()
+    cache = Informer()
     live = {"apiVersion": "apps/v1", "kind": "Deployment",
             "metadata": {"name": "d", "namespace": "ns", "resourceVersion": "3", "managedFields": [{"manager": "x"}]},
             "spec": {"replicas": 2, "template": {"spec": {"containers": [{"name": "triton", "args": ["--a"] * 50}]}}},
             "status": {"readyReplicas": 2}}
     cache.observe(k8s.DEPLOYMENTS, live)
     assert cache.get(k8s.DEPLOYMENTS, "ns", "d") == slim(k8s.DEPLOYMENTS, live)
-    packed = cache.json_bytes()[k8s.DEPLOYMENTS.plural]
+    packed = sum(len(kept.data) for kept in cache._objects[k8s.DEPLOYMENTS.plural].values() if isinstance(kept, Packed))
     assert 0 < packed < len(str(slim(k8s.DEPLOYMENTS, live)))
     cache.observe(k8s.DEPLOYMENTS, {**live, "metadata": {**live["metadata"], "resourceVersion": "2"}, "status": {}})
     assert cache.get(k8s.DEPLOYMENTS, "ns", "d")["status"] == {"readyReplicas": 2}  # an older copy never wins
@@ -96,7 +96,7 @@ def test_deployments_and_services_are_kept_packed_and_read_back_whole() -> None:
 
 
 def test_a_write_that_returns_after_the_deletion_does_not_bring_the_object_back() -> None:
-    cache = Cache()
+    cache = Informer()
     cache.observe(k8s.MODELVERSIONS, version("a", rv="1"))
     cache.forget(k8s.MODELVERSIONS, version("a", rv="3"))
     cache.store(k8s.MODELVERSIONS, version("a", rv="2", phase="Ready"))
@@ -106,7 +106,7 @@ def test_a_write_that_returns_after_the_deletion_does_not_bring_the_object_back(
 
 
 def test_job_pods_are_found_by_their_job_uid() -> None:
-    cache = Cache()
+    cache = Informer()
     for name, uid in (("p1", "j1"), ("p2", "j1"), ("p3", "j2")):
         cache.observe(k8s.PODS, {"metadata": {"name": name, "namespace": "ns", "labels": {"batch.kubernetes.io/controller-uid": uid}}})
     assert [p["metadata"]["name"] for p in cache.pods_of_job("ns", "j1")] == ["p1", "p2"]
@@ -132,7 +132,7 @@ class CountingStore:
 def test_reports_are_reused_by_uri_and_etag_and_heads_stay_fresh() -> None:
     now = [0.0]
     store = CountingStore()
-    reads = CachedReads(store, ttl=10, clock=lambda: now[0])  # type: ignore[arg-type]
+    reads = StorageReads(store, ttl=10, clock=lambda: now[0])  # type: ignore[arg-type]
     assert reads.read_bytes("s3://b/r.json") == b"e1" and reads.read_bytes("s3://b/r.json") == b"e1"
     assert (store.heads, store.reads) == (2, 1)  # a fresh HEAD each time, the bytes once
     store.etag = "e2"  # replaced in place: seen at once, read again
@@ -142,7 +142,7 @@ def test_reports_are_reused_by_uri_and_etag_and_heads_stay_fresh() -> None:
 def test_an_artifacts_existence_is_reused_for_the_ttl_and_a_miss_never_is() -> None:
     now = [0.0]
     store = CountingStore()
-    reads = CachedReads(store, ttl=10, clock=lambda: now[0])  # type: ignore[arg-type]
+    reads = StorageReads(store, ttl=10, clock=lambda: now[0])  # type: ignore[arg-type]
     reads.head_recent("s3://b/a")
     reads.head_recent("s3://b/a")
     assert store.heads == 1
@@ -168,7 +168,7 @@ class BucketStore:
 def test_a_bucket_seen_is_reused_for_the_ttl_and_a_missing_one_is_asked_every_time() -> None:
     now = [0.0]
     store = BucketStore()
-    reads = CachedReads(store, ttl=10, clock=lambda: now[0])  # type: ignore[arg-type]
+    reads = StorageReads(store, ttl=10, clock=lambda: now[0])  # type: ignore[arg-type]
     assert not reads.bucket_exists_recent("b") and not reads.bucket_exists_recent("b")
     assert store.asked == 2  # a miss is never kept: a bucket created since is seen at once
     store.exists = True
@@ -191,10 +191,10 @@ def test_a_denied_head_bucket_is_no_verdict_on_the_bucket() -> None:
         def bucket_exists(self, bucket: str) -> bool:
             raise self.error
 
-    assert not bucket_missing(CachedReads(Refusing(AccessDenied("403")), ttl=10), "b")  # type: ignore[arg-type]
+    assert not bucket_missing(StorageReads(Refusing(AccessDenied("403")), ttl=10), "b")  # type: ignore[arg-type]
     with pytest.raises(StorageUnreachable):  # an unreachable endpoint is reported, not skipped
-        bucket_missing(CachedReads(Refusing(StorageUnreachable("503")), ttl=10), "b")  # type: ignore[arg-type]
-    assert bucket_missing(CachedReads(BucketStore(), ttl=10), "b")  # type: ignore[arg-type]
+        bucket_missing(StorageReads(Refusing(StorageUnreachable("503")), ttl=10), "b")  # type: ignore[arg-type]
+    assert bucket_missing(StorageReads(BucketStore(), ttl=10), "b")  # type: ignore[arg-type]
 
 
 def test_a_model_wakes_its_children_only_when_its_spec_changes() -> None:
@@ -265,16 +265,16 @@ def test_a_failed_by_change_wakes_no_deployment() -> None:
 
 def test_every_read_has_one_freshness_rule() -> None:
     from modelops import kube as k8s
-    from modelops.handlers.cache import CACHED, Cache
+    from modelops.handlers.informer import WATCHED_KINDS, Informer
     from modelops.handlers.reads import FRESHNESS, Freshness, Reads
     from tests.unit.fakekube import FakeKube
 
-    assert {FRESHNESS[r.plural] for r in CACHED} == {Freshness.WATCHED}
+    assert {FRESHNESS[r.plural] for r in WATCHED_KINDS} == {Freshness.WATCHED}
     kube = FakeKube()
     kube.put(k8s.SECRETS, {"metadata": {"name": "creds", "namespace": "ns"}, "data": {"k": "djE="}})
     kube.put(k8s.DEPLOYMENTS, {"metadata": {"name": "live-only", "namespace": "ns"}})
     now = [0.0]
-    reads = Reads(Cache(), kube, ttl=10, clock=lambda: now[0])  # type: ignore[arg-type]
+    reads = Reads(Informer(), kube, ttl=10, clock=lambda: now[0])  # type: ignore[arg-type]
 
     assert reads.get(k8s.DEPLOYMENTS, "ns", "live-only") is None, "a watched kind is never read live"
     first = reads.get(k8s.SECRETS, "ns", "creds")
@@ -293,9 +293,9 @@ def test_every_read_has_one_freshness_rule() -> None:
 def test_triton_pods_are_indexed_by_their_deployment_and_job_pods_by_their_job() -> None:
     from modelops import kube as k8s
     from modelops.core import naming
-    from modelops.handlers.cache import JOB_UID_LABEL, Cache
+    from modelops.handlers.informer import JOB_UID_LABEL, Informer
 
-    cache = Cache()
+    cache = Informer()
     server = {**naming.server_selector("serve"), naming.LABEL_COMPONENT: naming.COMPONENT_SERVER}
     cache.observe(k8s.PODS, {"metadata": {"name": "s1", "namespace": "ns", "labels": server}, "status": {"podIP": "10.0.0.1"}})
     cache.observe(k8s.PODS, {"metadata": {"name": "j1", "namespace": "ns", "labels": {JOB_UID_LABEL: "u1"}}})

@@ -36,14 +36,14 @@ KEPT_FIELDS: dict[str, tuple[str, ...]] = {
     k8s.HTTPROUTES.plural: ("spec",),
 }
 PACKED = {k8s.DEPLOYMENTS.plural, k8s.SERVICES.plural, k8s.HPAS.plural, k8s.SCALEDOBJECTS.plural, k8s.HTTPROUTES.plural}
-CACHED = (k8s.MODELS, k8s.MODELVERSIONS, k8s.MODELDEPLOYMENTS, k8s.JOBS, k8s.DEPLOYMENTS, k8s.SERVICES, k8s.PODS,
+WATCHED_KINDS = (k8s.MODELS, k8s.MODELVERSIONS, k8s.MODELDEPLOYMENTS, k8s.JOBS, k8s.DEPLOYMENTS, k8s.SERVICES, k8s.PODS,
           k8s.HPAS, k8s.SCALEDOBJECTS, k8s.HTTPROUTES)
 DROPPED_METADATA = ("managedFields",)
 DROPPED_ANNOTATIONS = ("kubectl.kubernetes.io/last-applied-configuration",)
 JOB_UID_LABEL = "batch.kubernetes.io/controller-uid"
 SERVER_POD = "server/"  # the index of a Triton pod: this and its ModelDeployment's label value
 # Deletions remembered, so that a write that returns after the object's DELETED event cannot
-# bring it back into the cache.
+# bring it back into the informer.
 TOMBSTONES = 4096
 
 Body = dict[str, Any]
@@ -66,7 +66,7 @@ def slim(resource: k8s.Resource, body: Body) -> Body:
 @dataclass(frozen=True)
 class Packed:
     """A kept body as compressed compact JSON (PACKED collections), with the one field the
-    cache itself compares."""
+    informer itself compares."""
 
     resource_version: str | None
     data: bytes
@@ -111,14 +111,14 @@ def _secondary(resource: k8s.Resource, body: Body) -> str | None:
     return None
 
 
-class Cache:
+class Informer:
     """Objects by collection, namespace and name, plus the indexes reconciles look up by.
     Fed from the event loop, read from reconcile threads; the objects handed out are shared
     and must not be changed."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._objects: dict[str, dict[Ref, Kept]] = {r.plural: {} for r in CACHED}
+        self._objects: dict[str, dict[Ref, Kept]] = {r.plural: {} for r in WATCHED_KINDS}
         self._index: dict[tuple[str, str, str], set[str]] = {}
         self._gone: OrderedDict[tuple[str, str, str], str] = OrderedDict()
 
@@ -218,10 +218,3 @@ class Cache:
     def counts(self) -> dict[str, int]:
         with self._lock:
             return {plural: len(objects) for plural, objects in self._objects.items()}
-
-    def json_bytes(self) -> dict[str, int]:
-        """The size of what is kept, per collection, as compact JSON (a stand-in for its memory)."""
-        with self._lock:
-            snapshot = {plural: list(objects.values()) for plural, objects in self._objects.items()}
-        return {plural: sum(len(b.data) if isinstance(b, Packed) else len(json.dumps(b, separators=(",", ":"))) for b in bodies)
-                for plural, bodies in snapshot.items()}

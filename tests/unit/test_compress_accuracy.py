@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from modelops.compress.metrics import DatasetError, evaluate_gate
+from modelops.compress.accuracy import DatasetError, evaluate_gate
 
 pytestmark = pytest.mark.unit
 
