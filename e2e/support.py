@@ -170,6 +170,16 @@ class Testbed:
     def storage(self, bucket: str) -> Storage:
         return Storage(self.s3_endpoint, self.s3_access_key, self.s3_secret_key, bucket, self.s3_ca)
 
+    def storage_env(self) -> dict[str, str]:
+        """The storage settings as the fetch container, the compressor and the node cache agent
+        read them (modelops.storage.STORAGE_ENV_VARS)."""
+        return {
+            "MODELOPS_S3_ENDPOINT": self.s3_endpoint,
+            "MODELOPS_S3_CA_BUNDLE": self.s3_ca,
+            "AWS_ACCESS_KEY_ID": self.s3_access_key,
+            "AWS_SECRET_ACCESS_KEY": self.s3_secret_key,
+        }
+
     # The e2e tests and the demo keep their artifacts in BUCKET.
 
     def store(self) -> Any:

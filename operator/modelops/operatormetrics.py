@@ -13,11 +13,13 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from modelops.api.deployment import DeploymentReason
+from modelops.api.types import Step, StepTiming
 from modelops.api.version import Phase
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _RECONCILE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 _ROLLOUT_BUCKETS = (5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600)
+_STEP_BUCKETS = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 3600)
 # The stages of a version's way to serving, as modelops_phase_duration_seconds{stage} names
 # them: the ModelVersion phase each one is timed in (serve is the rollout, timed by the
 # ModelDeployment). A compression Job evaluates the gate in the same run, so `compress`
@@ -100,6 +102,14 @@ class Metrics:
             "(a cached compression evaluated alone) and serve (a rollout's start to all its pods serving).",
             ["stage"], buckets=_ROLLOUT_BUCKETS, registry=r,
         )
+        self.step_seconds = Histogram(
+            "modelops_step_duration_seconds",
+            "The steps of a model's time to ready, as status records them (api Step): a version's verify, "
+            "download, compress and evaluate; a rollout's schedule, fetch and load of its first ready pod, and ready.",
+            ["step"], buckets=_STEP_BUCKETS, registry=r,
+        )
+        for each in Step:
+            self.step_seconds.labels(each.value)
         self.jobs_created = Counter("modelops_compression_jobs_created", "Compression Jobs created.", registry=r)
         self.cache_hits = Counter("modelops_compression_cache_hits", "Versions made Ready from an earlier identical compression.", registry=r)
         self.kube_requests = Counter(
@@ -120,9 +130,14 @@ class Metrics:
         self.versions = _VersionPhases(lambda stage, seconds: self.phase_seconds.labels(stage).observe(seconds), clock)
         r.register(self.versions)
 
-    def rollout_succeeded(self, seconds: float) -> None:
+    def rollout_succeeded(self, seconds: float, steps: list[StepTiming]) -> None:
         self.rollouts.labels("succeeded").inc()
         self.phase_seconds.labels(STAGE_SERVE).observe(seconds)
+        self.steps_timed(steps)
+
+    def steps_timed(self, steps: list[StepTiming]) -> None:
+        for timing in steps:
+            self.step_seconds.labels(timing.step.value).observe(timing.seconds)
 
     def observe_request(self, verb: str, resource: str, code: int) -> None:
         self.kube_requests.labels(verb, resource, str(code)).inc()

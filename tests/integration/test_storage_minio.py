@@ -32,18 +32,9 @@ ROOT = Path(__file__).resolve().parents[2]
 TUNING = TransferTuning(part_size=5 * 1024 * 1024, max_concurrency=4)
 
 
-def _env(testbed) -> dict[str, str]:
-    return {
-        "MODELOPS_S3_ENDPOINT": testbed.s3_endpoint,
-        "MODELOPS_S3_CA_BUNDLE": testbed.s3_ca,
-        "AWS_ACCESS_KEY_ID": testbed.s3_access_key,
-        "AWS_SECRET_ACCESS_KEY": testbed.s3_secret_key,
-    }
-
-
 @pytest.fixture(scope="module")
 def minio_store(testbed) -> ObjectStore:
-    return ObjectStore(StorageConfig.from_env(_env(testbed)), TUNING)
+    return ObjectStore(StorageConfig.from_env(testbed.storage_env()), TUNING)
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +76,7 @@ def test_missing_objects_and_wrong_credentials(testbed, minio_store, bucket) -> 
     with pytest.raises(ObjectNotFound):
         minio_store.head(f"s3://{bucket}/absent")
     minio_store.upload_bytes(b"x", f"s3://{bucket}/present")
-    wrong = ObjectStore(StorageConfig.from_env({**_env(testbed), "AWS_SECRET_ACCESS_KEY": "wrong-secret"}), TUNING)
+    wrong = ObjectStore(StorageConfig.from_env({**testbed.storage_env(), "AWS_SECRET_ACCESS_KEY": "wrong-secret"}), TUNING)
     with pytest.raises(AccessDenied) as info:
         wrong.read_bytes(f"s3://{bucket}/present")
     assert "wrong-secret" not in str(info.value)
@@ -94,7 +85,7 @@ def test_missing_objects_and_wrong_credentials(testbed, minio_store, bucket) -> 
 @pytest.mark.parametrize("key", ["../../etc/passwd", "a/../../b"])
 def test_a_key_that_minio_refuses_is_permanent_not_retried(testbed, bucket, key) -> None:
     attempts: list[float] = []
-    store = ObjectStore(StorageConfig.from_env(_env(testbed)), TUNING, sleep=attempts.append)
+    store = ObjectStore(StorageConfig.from_env(testbed.storage_env()), TUNING, sleep=attempts.append)
     with pytest.raises(InvalidRequest) as info:
         store.head(f"s3://{bucket}/{key}")
     assert not info.value.transient and "400" in str(info.value)
@@ -119,7 +110,7 @@ def digits():
 
 def _compress(testbed, tmp_path, *args: str) -> tuple[int, dict]:
     log = tmp_path / "termination-log"
-    env = {**os.environ, **_env(testbed), "MODELOPS_TERMINATION_LOG": str(log), "PYTHONPATH": str(ROOT / "operator")}
+    env = {**os.environ, **testbed.storage_env(), "MODELOPS_TERMINATION_LOG": str(log), "PYTHONPATH": str(ROOT / "operator")}
     done = subprocess.run(
         [sys.executable, "-m", "modelops.compress", *args], env=env, capture_output=True, text=True, timeout=300
     )
@@ -179,7 +170,7 @@ def test_a_stalled_download_is_detected_and_retried(minio_store, bucket, tmp_pat
     # botocore's own retries off, so that each stall reaches the download's retry and count.
     tuning = TransferTuning(part_size=8 * 1024 * 1024, max_concurrency=2, max_attempts=1, stream_attempts=8,
                             stall_timeout_s=1.0, backoff_base_s=0.5, backoff_cap_s=1.0, progress_interval_s=0.5)
-    real = ObjectStore(StorageConfig.from_env(_env(testbed)), tuning).client
+    real = ObjectStore(StorageConfig.from_env(testbed.storage_env()), tuning).client
     thawed = threading.Event()
     calls = []
 
@@ -195,7 +186,7 @@ def test_a_stalled_download_is_detected_and_retried(minio_store, bucket, tmp_pat
                 threading.Timer(3.5, lambda: (os.kill(minio_pid, signal.SIGCONT), thawed.set())).start()
             return response
 
-    store = ObjectStore(StorageConfig.from_env(_env(testbed)), tuning, client=FreezingClient())
+    store = ObjectStore(StorageConfig.from_env(testbed.storage_env()), tuning, client=FreezingClient())
     try:
         result = store.download(uri, tmp_path / "out.bin", expected_sha256=hashlib.sha256(payload).hexdigest())
     finally:

@@ -88,6 +88,19 @@ def test_completed_rollout_is_served_and_ready() -> None:
     assert p.succeeded == (1, 30.0)
 
 
+def test_a_succeeded_rollout_records_its_first_ready_pods_steps() -> None:
+    first = plan(spec(), None, [v(1)], None)
+    pod = {"metadata": {"creationTimestamp": "2025-03-01T12:00:01Z", "labels": {"modelops.dev/version": "1"}},
+           "status": {"conditions": [{"type": "PodScheduled", "status": "True", "lastTransitionTime": "2025-03-01T12:00:02Z"},
+                                     {"type": "Ready", "status": "True", "lastTransitionTime": "2025-03-01T12:00:25Z"}],
+                      "initContainerStatuses": [{"name": "fetch", "state": {"terminated": {
+                          "exitCode": 0, "startedAt": "2025-03-01T12:00:03Z", "finishedAt": "2025-03-01T12:00:13Z"}}}]}}
+    p = plan(spec(), first.status, [v(1)], done(1, 1), now=T0 + timedelta(seconds=30), pods=(pod,))
+    assert {t["step"]: t["seconds"] for t in p.status["rollouts"][-1]["timings"]} == {
+        "schedule": 1.0, "fetch": 10.0, "load": 12.0, "ready": 30.0}
+    assert "timings" not in first.status["rollouts"][-1], "a rollout under way has no steps yet"
+
+
 def test_a_converged_object_plans_no_change() -> None:
     converged = converge(spec(), [v(1)]).status
     again = plan(spec(), converged, [v(1)], done(1), now=T0 + timedelta(hours=5))

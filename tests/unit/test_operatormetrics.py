@@ -61,7 +61,7 @@ def test_a_fresh_version_is_timed_through_each_stage() -> None:
     assert stage_count(metrics, "verify") == 1 and stage_sum(metrics, "verify") == 5
     assert stage_count(metrics, "compress") == 1 and stage_sum(metrics, "compress") == 40
     assert stage_count(metrics, "gate") == 0
-    metrics.rollout_succeeded(12.5)
+    metrics.rollout_succeeded(12.5, [])
     assert stage_sum(metrics, STAGE_SERVE) == 12.5
     assert samples(metrics)[("modelops_rollouts_total", (("outcome", "succeeded"),))] == 1
 

@@ -14,6 +14,7 @@ from modelops.api.types import (
     ObjectName,
     ResourceRequirements,
     RolloutCount,
+    Timings,
     VersionNumber,
     cel,
     nested,
@@ -377,6 +378,9 @@ class RolloutRecord(ApiModel):
     finished_at: str | None = Field(None, json_schema_extra={"format": "date-time"}, description="When it finished.")
     outcome: RolloutOutcome = Field(description="Progressing, Succeeded, RolledBack, Superseded or Aborted (a canary that failed its analysis).")
     message: str | None = Field(None, description="Why a failed rollout failed, in its pods' own words (a container's error, CrashLoopBackOff, Unschedulable), and the field to change.")
+    timings: Timings | None = Field(
+        None, description="For a rollout that succeeded: its first ready pod's schedule, fetch and load, and ready (the rollout's start to every pod serving)."
+    )
 
 
 class CanaryMeasurement(ApiModel):

@@ -413,6 +413,40 @@ class Condition(ApiModel):
     )
 
 
+class Step(StrEnum):
+    """The steps of a model's time to ready, each timed where it happens.
+
+    A version's: verify (the operator checks the source and its signature), download, compress
+    and evaluate (the compression Job). A rollout's, for its first ready pod: schedule (created
+    to bound to a node), fetch (the fetch container downloads and verifies the served artifact),
+    load (the server container starts and loads the model, until the pod is ready), and ready
+    (the rollout's start to every pod serving)."""
+
+    VERIFY = "verify"
+    DOWNLOAD = "download"
+    COMPRESS = "compress"
+    EVALUATE = "evaluate"
+    SCHEDULE = "schedule"
+    FETCH = "fetch"
+    LOAD = "load"
+    READY = "ready"
+
+
+class StepTiming(ApiModel):
+    """When one step of the time to ready began and ended."""
+
+    step: Step = Field(description="verify, download, compress, evaluate, schedule, fetch, load or ready.")
+    started_at: str = Field(json_schema_extra={"format": "date-time"}, description="When the step began (RFC 3339).")
+    finished_at: str = Field(json_schema_extra={"format": "date-time"}, description="When it ended (RFC 3339).")
+    seconds: float = Field(ge=0, description="How long it took, to the millisecond where the clock that timed it has them.")
+
+
+Timings = Annotated[
+    list[StepTiming],
+    Field(json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["step"]}),
+]
+
+
 Conditions = Annotated[
     list[Condition],
     Field(

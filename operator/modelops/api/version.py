@@ -17,6 +17,7 @@ from modelops.api.types import (
     RelativePath,
     S3UriOrPrefix,
     Sha256,
+    Timings,
     VersionNumber,
     cel,
     validations,
@@ -404,6 +405,12 @@ class ModelVersionStatus(ApiModel):
         description="ModelDeployments whose rollout of this version failed and was rolled back. Each verdict "
         "holds for that ModelDeployment only: Latest skips the version there until its modelops.dev/retry "
         "annotation changes, while other ModelDeployments may serve it.",
+    )
+    timings: Timings | None = Field(
+        None,
+        description="The steps to Ready, each with its start and end: verify (from creation until the source "
+        "is verified and the Job starts or a cached compression is used), and the compression Job's download, "
+        "compress and evaluate.",
     )
     conditions: Conditions | None = Field(
         None, description="Ready, Progressing while work is under way, and RolloutFailed while failedBy is not empty."

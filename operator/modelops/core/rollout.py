@@ -11,6 +11,7 @@ from typing import Any
 from modelops.api.deployment import CanaryPhase, ModelDeploymentSpec, ModelDeploymentStatus, RolloutOutcome, RolloutRecord, RolloutStrategy
 from modelops.api.deployment import DeploymentReason as Reason
 from modelops.api.types import Condition, ConditionType
+from modelops.core import timeline
 from modelops.core.canary import CanaryInputs, CanaryPlan, plan_canary
 from modelops.core.conditions import FALSE, TRUE, Cond, merge_conditions, timestamp
 from modelops.core.objects import Event, ServerState, VersionView
@@ -50,11 +51,8 @@ def rollback_message(version: int, served: int | None, spec: ModelDeploymentSpec
 
 
 def _seconds_between(start: str, now: datetime) -> float:
-    try:
-        began = datetime.strptime(start, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=now.tzinfo)
-    except ValueError:
-        return 0.0
-    return max(0.0, (now - began).total_seconds())
+    began = timeline.parse_time(start)
+    return max(0.0, (now - began.replace(tzinfo=now.tzinfo)).total_seconds()) if began is not None else 0.0
 
 
 @dataclass(frozen=True)
@@ -83,6 +81,7 @@ class RolloutInputs:
     canary: CanaryInputs = CanaryInputs()
     cause: str | None = None
     scaler_refused: str | None = None
+    pods: tuple[dict[str, Any], ...] = ()  # the Triton pods, while a rollout is in progress: its steps' times
 
 
 @dataclass
@@ -243,7 +242,9 @@ def _record_success(given: RolloutInputs, draft: _Draft) -> None:
     records, served = draft.records, draft.served
     if served is None or not records or records[-1].version != served or records[-1].outcome != RolloutOutcome.PROGRESSING:
         return
-    records[-1] = records[-1].model_copy(update={"outcome": RolloutOutcome.SUCCEEDED, "finished_at": draft.now_text})
+    steps = timeline.rollout_steps(given.pods, served, records[-1].started_at, draft.now_text)
+    records[-1] = records[-1].model_copy(update={"outcome": RolloutOutcome.SUCCEEDED, "finished_at": draft.now_text,
+                                                 "timings": steps or None})
     draft.succeeded = (served, _seconds_between(records[-1].started_at, given.now))
     draft.events.append(Event(NORMAL, Reason.ROLLOUT_SUCCEEDED, f"serving version {served}"))
 

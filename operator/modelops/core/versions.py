@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from modelops.api.model import Compression, Evaluation, ModelSpec, Pruning, Signature
 from modelops.api.trust import ProvenanceStatus
-from modelops.api.types import Condition, ConditionType, Toleration
+from modelops.api.types import Condition, ConditionType, Step, StepTiming, Toleration
 from modelops.api.version import (
     ArtifactFormat,
     CompressedArtifact,
@@ -28,6 +28,7 @@ from modelops.cachekey import InvalidRecipe, compressed_prefix, compression_cach
 from modelops.contract import exitcodes
 from modelops.contract.interface import Interface, signature_problems
 from modelops.contract.report import ReportReason, reported_reason
+from modelops.core import timeline
 from modelops.core.conditions import FALSE, TRUE, Cond, merge_conditions
 from modelops.core.objects import VersionView
 from modelops.core.resolve import owner_of_number
@@ -174,6 +175,8 @@ class VersionState:
     provenance: ProvenanceStatus | None = None
     # Seconds until the operator should look again without being told (storage checks).
     retry_after: float | None = None
+    # The compression Job's steps (download, compress, evaluate), from its report.
+    job_timings: tuple[StepTiming, ...] = ()
 
     @property
     def progressing(self) -> bool:
@@ -410,8 +413,22 @@ def _summary(report: CompressionReport) -> str:
     return text
 
 
+def job_timings(report: dict[str, Any]) -> tuple[StepTiming, ...]:
+    """The steps a Job's report timed; a report of another shape (an older Job's) has none."""
+    try:
+        return tuple(StepTiming.model_validate(t) for t in report.get("timings") or ())
+    except (ValidationError, TypeError):
+        return ()
+
+
 def state_from_report(report: dict[str, Any], job_name: str | None, key: str | None, from_cache: bool) -> VersionState:
-    """Ready, Rejected or Failed, from the compressor's report (or the cache's, `from_cache`)."""
+    """Ready, Rejected or Failed, from the compressor's report (or the cache's, `from_cache`).
+    A cached report's timings are another version's: only a Job's own are kept."""
+    state = _state_from_report(report, job_name, key, from_cache)
+    return state if from_cache else replace(state, job_timings=job_timings(report))
+
+
+def _state_from_report(report: dict[str, Any], job_name: str | None, key: str | None, from_cache: bool) -> VersionState:
     outcome = report.get("outcome")
     evaluated_cached = report.get("reason") == Reason.EVALUATED_FROM_CACHE
     try:
@@ -455,9 +472,27 @@ def interface_matches(recorded: Any, signature: Signature) -> bool:
         return False  # an entry that recorded no interface: the Job compresses again and records it
 
 
+_BEFORE_VERIFIED = (None, Phase.PENDING, Phase.VERIFYING)
+
+
+def version_timings(old: dict[str, Any], state: VersionState, created: str | None, now: datetime) -> list[StepTiming] | None:
+    """The steps timed so far: the earlier ones kept, verify once the source is verified (the
+    version leaves Pending and Verifying for a Job, a cached compression or their verdict), and the
+    Job's steps once its report is read."""
+    timings = {t.step: t for t in (StepTiming.model_validate(x) for x in old.get("timings") or [])}
+    verified = state.phase in (Phase.COMPRESSING, Phase.EVALUATING, Phase.READY) or (
+        state.phase in (Phase.REJECTED, Phase.FAILED) and (state.job_name is not None or state.report is not None))
+    if verified and Step.VERIFY not in timings and old.get("phase") in _BEFORE_VERIFIED:
+        verify = timeline.step(Step.VERIFY, timeline.parse_time(created), now)
+        if verify is not None:
+            timings[Step.VERIFY] = verify
+    timings.update({t.step: t for t in state.job_timings})
+    return sorted(timings.values(), key=lambda t: list(Step).index(t.step)) or None
+
+
 def version_status(
     old: dict[str, Any] | None, state: VersionState, generation: int | None, now: datetime,
-    artifact_bucket: str | None = None,
+    artifact_bucket: str | None = None, created: str | None = None,
 ) -> dict[str, Any]:
     """The full status to store for `state`, keeping unchanged transition times."""
     old = old or {}
@@ -482,6 +517,7 @@ def version_status(
         report=state.report,
         # Verified once, before the Job or the cache is used; later states keep it.
         provenance=state.provenance or old.get("provenance"),
+        timings=version_timings(old, state, created, now),
         conditions=[Condition.model_validate(c) for c in conditions],
     )
     return status.wire()

@@ -10,7 +10,7 @@ from typing import Any
 
 from modelops import kube as k8s
 from modelops import tritonmetrics
-from modelops.api.deployment import DeploymentReason, ModelDeploymentSpec, ModelDeploymentStatus, RolloutStrategy
+from modelops.api.deployment import DeploymentReason, ModelDeploymentSpec, ModelDeploymentStatus, RolloutOutcome, RolloutStrategy
 from modelops.api.model import ModelSpec
 from modelops.core import naming, podcause, render
 from modelops.core.canary import CanaryInputs
@@ -106,7 +106,16 @@ def _rollout_inputs(work: _Work, canary: CanaryInputs, scaler_refused: str | Non
         canary=canary,
         cause=cause,
         scaler_refused=scaler_refused,
+        pods=_rollout_pods(work),
     )
+
+
+def _rollout_pods(work: _Work) -> tuple[dict[str, Any], ...]:
+    """The Triton pods while a rollout is in progress (its steps are timed from them), else none."""
+    rollouts = (work.body.get("status") or {}).get("rollouts") or []
+    if not rollouts or rollouts[-1].get("outcome") != RolloutOutcome.PROGRESSING:
+        return ()
+    return tuple(work.ctx.reads.server_pods(work.namespace, work.name))
 
 
 def _plan_and_keep(work: _Work, given: RolloutInputs, canary_live: dict[str, Any] | None) -> RolloutPlan:
@@ -149,7 +158,7 @@ def _record(work: _Work, result: RolloutPlan, scaled: scaling.Scaling) -> None:
     if result.started is not None:
         ctx.metrics.rollouts.labels("started").inc()
     if result.succeeded is not None:
-        ctx.metrics.rollout_succeeded(result.succeeded[1])
+        ctx.metrics.rollout_succeeded(result.succeeded[1], (status.rollouts or [])[-1].timings or [])
     if result.rolled_back is not None:
         ctx.metrics.rollbacks.inc()
 

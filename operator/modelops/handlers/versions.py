@@ -80,7 +80,8 @@ def reconcile_version(ctx: Context, key: Key) -> float | None:
         return None
     state = _decide(ctx, body)
     generation = body["metadata"].get("generation")
-    new_status = version_status(status, state, generation, ctx.clock(), artifact_bucket=_artifact_bucket(body))
+    new_status = version_status(status, state, generation, ctx.clock(), artifact_bucket=_artifact_bucket(body),
+                                created=body["metadata"].get("creationTimestamp"))
     marks = failed_by_status({**new_status, "failedBy": status.get("failedBy")}, names, ctx.clock())
     if marks is not None:
         new_status.update(marks)
