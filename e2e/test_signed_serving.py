@@ -1,12 +1,17 @@
 """Signed from bucket to GPU, on the test bed: the operator signs each compressed artifact with
-its key, the Triton pod's fetch container verifies that signature before Triton loads the
-model, and a signature replaced in the bucket is refused there while the old pod keeps serving."""
+its key, and the Triton pod's fetch container verifies it before Triton loads the model. A
+compressed artifact whose bytes are overwritten in the cache bucket, and one whose signature
+is replaced there, are each refused by the fetch of the version the deployment moves to: the
+deployment says why at once, and the pods of the previous version keep serving under load
+from before the move until after the refusal, with no request failing."""
 
 from __future__ import annotations
 
+import json
 import secrets
 import subprocess
 import tempfile
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -14,11 +19,15 @@ import pytest
 
 from e2e import lifecycle as lc
 from e2e import support
+from e2e.loadgen import InferenceCall, LoadReport, run_load
 from e2e.support import eventually
 
 pytestmark = pytest.mark.e2e
 
 KEY_SECRET = "modelops-signing-key"
+# Long enough that the refusal is reported before the rollback that the deadline brings.
+DEADLINE = 300
+MIN_REQUESTS = 1000
 
 
 @pytest.fixture(scope="module")
@@ -49,8 +58,10 @@ def bed(testbed):
         testbed.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
 
 
-def fetch_failure(cluster, namespace: str) -> str | None:
-    for pod in cluster.get(namespace, "pods", "-l", "modelops.dev/deployment=digits")["items"]:
+def refused_fetch(cluster, namespace: str, version: int) -> str | None:
+    """The termination message of a fetch container of `version`'s pods that exited non-zero."""
+    pods = cluster.get(namespace, "pods", "-l", f"modelops.dev/deployment=digits,modelops.dev/version={version}")["items"]
+    for pod in pods:
         for status in pod["status"].get("initContainerStatuses", []):
             for state in (status.get("state", {}), status.get("lastState", {})):
                 terminated = state.get("terminated") or {}
@@ -59,22 +70,79 @@ def fetch_failure(cluster, namespace: str) -> str | None:
     return None
 
 
-def test_a_signature_replaced_in_the_bucket_is_refused_by_the_fetch_while_the_old_pod_serves(bed) -> None:
+def ready_pods(cluster, namespace: str) -> set[str]:
+    return {p["metadata"]["name"] for p in cluster.get(namespace, "pods", "-l", "modelops.dev/deployment=digits")["items"]
+            if any(c["type"] == "Ready" and c["status"] == "True" for c in p["status"].get("conditions", []))}
+
+
+def condition(cluster, namespace: str, type_: str) -> dict:
+    status = cluster.get(namespace, "modeldeployment", "digits").get("status") or {}
+    return next((c for c in status.get("conditions") or [] if c["type"] == type_), {})
+
+
+class Load:
+    """Requests to the digits Service's ready endpoints (no kube-proxy here: the client balances
+    as kube-proxy would), in bursts on a thread, from __enter__ until __exit__."""
+
+    def __init__(self, cluster, namespace: str, inputs: np.ndarray) -> None:
+        self.endpoints = lc.ServiceEndpoints(cluster.kubeconfig, namespace, "digits")
+        batch = inputs[:1].astype(np.float32)
+
+        def validate(outputs):
+            assert outputs["logits"].shape == (1, 10), outputs["logits"].shape
+
+        self.call = InferenceCall(model_name=lc.MODEL_NAME, inputs={"input": batch}, outputs=["logits"], validate=validate)
+        self.reports: list[LoadReport] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.reports.append(run_load(self.endpoints, self.call, requests=200, concurrency=4, time_limit_s=30,
+                                         request_timeout_s=10))
+
+    def __enter__(self) -> Load:
+        eventually(lambda: len(self.endpoints()) == 1, 60, "the ready endpoint behind the digits Service")
+        self._thread.start()
+        eventually(lambda: sum(r.requests for r in self.reports) >= 200, 60, "the first burst of requests")
+        return self
+
+    def __exit__(self, *_) -> None:
+        self._stop.set()
+        self._thread.join(timeout=60)
+        self.endpoints.stop()
+
+    def summary(self) -> dict:
+        return {"requests": sum(r.requests for r in self.reports), "failures": sum(r.failures for r in self.reports),
+                "errors": {k: v for r in self.reports for k, v in r.errors.items()},
+                "endpoints": sorted({url for r in self.reports for url in r.by_endpoint})}
+
+
+@pytest.fixture(scope="module")
+def serving(bed):
+    """v1 served by the pinned deployment `digits`, its pod's name, and v1's status."""
     cluster, namespace = bed["cluster"], bed["namespace"]
-    cluster.apply(namespace, [lc.version_manifest(1, bed["uri"], bed["sha"]), lc.deployment_manifest("digits", pinned=1)])
+    cluster.apply(namespace, [lc.version_manifest(1, bed["uri"], bed["sha"]),
+                              lc.deployment_manifest("digits", pinned=1, progress_deadline=DEADLINE)])
     cluster.kubectl("wait", "-n", namespace, "--for=condition=Ready", "modeldeployment/digits", "--timeout=400s", timeout=430)
     v1 = cluster.get(namespace, "modelversion", "digits-v1")["status"]
     assert v1["provenance"]["compressedSigner"].startswith("sha256:")
     [fetch] = cluster.get(namespace, "deployment", "digits")["spec"]["template"]["spec"]["initContainers"]
     assert fetch["args"][-2:] == ["--signature-uri", v1["provenance"]["signatureUri"]]
-    old_pods = {p["metadata"]["name"] for p in cluster.get(namespace, "pods", "-l", "modelops.dev/deployment=digits")["items"]}
+    return ready_pods(cluster, namespace)
 
-    # v2 is compressed and signed; then someone with write access to the bucket replaces its
-    # signature by one of their own key over the same bytes.
-    cluster.apply(namespace, [lc.version_manifest(2, bed["uri"], bed["sha"], quantization="int8-weight-only")])
-    cluster.kubectl("wait", "-n", namespace, "--for=jsonpath={.status.phase}=Ready", "modelversion/digits-v2",
-                    "--timeout=400s", timeout=430)
-    v2 = cluster.get(namespace, "modelversion", "digits-v2")["status"]
+
+def overwrite_bytes(cluster, artifact: dict, provenance: dict) -> tuple[str, str]:
+    """Someone with write access to the cache bucket overwrites the compressed artifact."""
+    store = cluster.store()
+    data = bytearray(store.read_bytes(artifact["uri"]))
+    data[-16:] = bytes(16)
+    store.upload_bytes(bytes(data), artifact["uri"])
+    return "ChecksumMismatch", artifact["uri"]
+
+
+def replace_signature(cluster, artifact: dict, provenance_status: dict) -> tuple[str, str]:
+    """Someone replaces the signature with one of their own key over the same bytes."""
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -82,16 +150,45 @@ def test_a_signature_replaced_in_the_bucket_is_refused_by_the_fetch_while_the_ol
 
     forger = ec.generate_private_key(ec.SECP256R1()).private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    artifact = v2["compressedArtifact"]
     forged = provenance.sign(forger, "model.onnx", [provenance.FileDigest("model.onnx", artifact["sha256"])])
-    cluster.store().upload_bytes(forged, v2["provenance"]["signatureUri"])
+    cluster.store().upload_bytes(forged, provenance_status["signatureUri"])
+    return "UntrustedSigner", provenance_status["signatureUri"]
 
-    cluster.kubectl("patch", "modeldeployment", "digits", "-n", namespace, "--type=merge", "-p", '{"spec": {"version": 2}}')
-    eventually(lambda: fetch_failure(cluster, namespace) is not None, 180, "the new pod's fetch to refuse the signature")
-    message = fetch_failure(cluster, namespace)
-    assert message.startswith("UntrustedSigner: ") and v2["provenance"]["signatureUri"] in message, message
-    ready = lc.ready_server_ips(cluster, namespace, "digits")
-    ready_names = {p["metadata"]["name"] for p in cluster.get(namespace, "pods", "-l", "modelops.dev/deployment=digits")["items"]
-                   if any(c["type"] == "Ready" and c["status"] == "True" for c in p["status"].get("conditions", []))}
-    assert ready_names == old_pods, "the old pod keeps serving; the new one never became ready"
-    assert lc.score(ready[0], bed["inputs"][:50], bed["labels"][:50]).accuracy > 0.9
+
+@pytest.mark.parametrize(("version", "quantization", "tamper"), [
+    (2, "int8-weight-only", overwrite_bytes),
+    (3, "int8-dynamic", replace_signature),
+], ids=["artifact-overwritten", "signature-replaced"])
+def test_a_tampered_cache_entry_is_refused_by_the_fetch_while_the_old_pods_serve_every_request(
+        bed, serving, version, quantization, tamper) -> None:
+    cluster, namespace = bed["cluster"], bed["namespace"]
+    cluster.apply(namespace, [lc.version_manifest(version, bed["uri"], bed["sha"], quantization=quantization)])
+    cluster.kubectl("wait", "-n", namespace, "--for=jsonpath={.status.phase}=Ready", f"modelversion/digits-v{version}",
+                    "--timeout=400s", timeout=430)
+    status = cluster.get(namespace, "modelversion", f"digits-v{version}")["status"]
+    reason, named = tamper(cluster, status["compressedArtifact"], status["provenance"])
+
+    with Load(cluster, namespace, bed["inputs"]) as load:
+        cluster.kubectl("patch", "modeldeployment", "digits", "-n", namespace, "--type=merge",
+                        "-p", json.dumps({"spec": {"version": version}}))
+        eventually(lambda: refused_fetch(cluster, namespace, version) is not None, 180,
+                   f"the fetch of version {version} to refuse its artifact")
+        message = refused_fetch(cluster, namespace, version)
+        assert message.startswith(f"{reason}: ") and named in message, message
+        eventually(lambda: f"refused the artifact of version {version}: " in condition(cluster, namespace, "Degraded").get(
+            "message", ""), 60, "the deployment to say why")
+        degraded = condition(cluster, namespace, "Degraded")
+        eventually(lambda: load.summary()["requests"] >= MIN_REQUESTS, 120, f"{MIN_REQUESTS} requests")
+    print(f"\nfetch of v{version}: {message}\nDegraded {degraded['reason']}: {degraded['message']}\n"
+          f"load: {json.dumps(load.summary())}")
+
+    assert (degraded["status"], degraded["reason"]) == ("True", "ArtifactRefused")
+    assert f"refused the artifact of version {version}: {reason}: " in degraded["message"]
+    assert named in degraded["message"] and "the pods of version 1 keep serving" in degraded["message"]
+    served = cluster.get(namespace, "modeldeployment", "digits")["status"]
+    assert served["servedVersion"] == 1
+    assert ready_pods(cluster, namespace) == serving, "the old pod keeps serving; the new one never became ready"
+    summary = load.summary()
+    assert summary["failures"] == 0, summary
+    assert summary["requests"] >= MIN_REQUESTS, summary
+    assert lc.score(lc.ready_server_ips(cluster, namespace, "digits")[0], bed["inputs"][:50], bed["labels"][:50]).accuracy > 0.9

@@ -1,7 +1,8 @@
 """Signed artifacts through the real operator and MinIO: a model signed with the model_signing
 CLI (as docs/security.md shows) is Ready with its signer recorded; unsigned when required, an
-untrusted key, a manifest for other files and a tampered file are each Rejected with their own
-reason before any Job or cached compression is used; a rotated key verifies beside the old one
+untrusted key, a manifest for other files and a tampered file (a single file, and a data file
+of an external-data file set) are each Rejected with their own reason before any Job or cached
+compression is used, and nothing is served; a rotated key verifies beside the old one
 until the old one leaves the policy; the operator's requireSignatures setting covers every Model."""
 
 from __future__ import annotations
@@ -128,6 +129,55 @@ def test_each_refusal_is_rejected_with_its_reason_before_any_job_or_cache(testbe
         assert needle in ready["message"], (number, ready["message"])
         assert "compressedArtifact" not in status and "provenance" not in status
     assert get_json(testbed, namespace, "jobs")["items"] == []
+
+
+def test_a_tampered_data_file_of_a_signed_file_set_is_rejected_naming_it_and_nothing_is_served(
+        testbed, namespace, storage, digits: Digits, operator, tmp_path) -> None:
+    """An ONNX model with external data (docs/large-models.md), its folder signed with the CLI;
+    then one data file is replaced in the bucket and the version pins the bytes now there."""
+    from e2e.test_file_sets import DATA_FILES, external_data_model
+
+    key, public = new_key(tmp_path, "release")
+    configmap, trust = trust_docs({"release": public})
+    model = digits_model_manifest(storage, NOWHERE)
+    model["spec"]["trust"] = trust
+    source = tmp_path / "digits.onnx"
+    source.write_bytes(digits.onnx[0])
+    folder = tmp_path / "set"
+    paths = external_data_model(source, folder, namespace)
+    subprocess.run([str(MODEL_SIGNING), "sign", "key", str(folder), "--private_key", str(key),
+                    "--signature", str(tmp_path / "set.sig")], check=True, capture_output=True)
+    files = []
+    for path in paths:
+        relative = path.relative_to(folder).as_posix()
+        body = path.read_bytes()
+        if relative == DATA_FILES[1]:
+            body = body[:-4] + bytes(4)
+        files.append({"path": relative, "sha256": storage.put(f"digits/set/{relative}", body)})
+    storage.put("digits/set.sig", (tmp_path / "set.sig").read_bytes())
+    version = {
+        "apiVersion": "modelops.dev/v1alpha1", "kind": "ModelVersion", "metadata": {"name": "digits-v1"},
+        "spec": {"model": "digits", "version": 1,
+                 "artifact": {"uri": storage.uri("digits/set/"), "format": "onnx", "entrypoint": "model.onnx", "files": files,
+                              "signature": {"uri": storage.uri("digits/set.sig")}}},
+    }
+    deployment = {"apiVersion": "modelops.dev/v1alpha1", "kind": "ModelDeployment", "metadata": {"name": "digits"},
+                  "spec": {"model": "digits", "versionPolicy": "Pinned", "version": 1}}
+    apply_docs(testbed, namespace, [storage.secret("storage"), configmap, model, version, deployment])
+
+    status = wait_phase(testbed, namespace, "digits-v1", "Rejected")
+    ready = ready_condition(status)
+    print(f"\nv1 {ready['reason']}: {ready['message']}")
+    assert ready["reason"] == "ArtifactTampered", ready
+    assert f"file {DATA_FILES[1]}: the version's sha256 is {files[2]['sha256']}" in ready["message"], ready["message"]
+    assert "compressedArtifact" not in status and "provenance" not in status
+    # Nothing is served: no Job compresses, and the deployment renders no Triton Deployment or pod.
+    served = eventually(lambda: next((c for c in (get_json(testbed, namespace, "modeldeployment", "digits").get("status") or {})
+                                      .get("conditions") or [] if c["type"] == "Ready"), None), 60, "the deployment's Ready")
+    assert (served["status"], served["reason"]) == ("False", "PinnedVersionNotReady"), served
+    assert get_json(testbed, namespace, "jobs")["items"] == []
+    assert get_json(testbed, namespace, "deployments")["items"] == []
+    assert get_json(testbed, namespace, "pods")["items"] == []
 
 
 def test_a_rotated_key_verifies_beside_the_old_one_until_the_old_one_is_removed(testbed, namespace, storage,

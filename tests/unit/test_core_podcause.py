@@ -66,3 +66,16 @@ def test_a_long_log_tail_keeps_its_end() -> None:
     cause = failure_cause([pod(containers=[{"name": "triton", "state": {"terminated": {"exitCode": 1, "message": tail}}}])], 1)
     assert cause is not None and cause.endswith("the last line; check spec.triton (image, backend, resources)")
     assert len(cause) < 400
+
+
+def test_a_fetch_that_refused_its_artifact_is_named_with_its_pod_and_version() -> None:
+    from modelops.core.podcause import fetch_refusal, refused_fetch
+
+    message = "ChecksumMismatch: s3://m/cache/model.onnx: expected sha256 aa, got bb"
+    refused = pod(name="digits-2", version=2, init=[{"name": "fetch", "restartCount": 1,
+                                                     "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+                                                     "lastState": {"terminated": {"exitCode": 10, "message": message}}}])
+    transient = pod(name="digits-3", version=2, init=[{"name": "fetch", "state": {"terminated": {"exitCode": 12, "message": "x"}}}])
+    assert refused_fetch(refused) == message and refused_fetch(transient) is None
+    assert fetch_refusal([transient, refused], 2) == f"the fetch container of pod digits-2 refused the artifact of version 2: {message}"
+    assert fetch_refusal([refused], 1) is None

@@ -597,3 +597,26 @@ def test_a_rollback_says_so_over_a_refused_autoscaler_address() -> None:
 def test_a_refused_autoscaler_address_is_degraded_before_anything_is_served() -> None:
     p = plan(spec(), None, [v(1, "Compressing")], None, scaler_refused=REFUSED)
     assert cond(p.status, "Degraded") == ("True", "EndpointNotAllowed")
+
+
+FETCH_REFUSED = ("the fetch container of pod digits-7f-x refused the artifact of version 2: UntrustedSigner: "
+                 "s3://m/2/model.onnx.sig: signed by key sha256:ab, which no trusted signer verifies (trusted: operator)")
+
+
+def test_a_refused_fetch_is_degraded_at_once_naming_the_version_while_the_old_pods_serve() -> None:
+    converged = converge(spec(), [v(1)]).status
+    started = plan(spec(), converged, [v(1), v(2)], done(1))
+    first = plan(spec(), started.status, [v(1), v(2)], rolling(2), refused=FETCH_REFUSED)
+    degraded = find(first.status["conditions"], "Degraded")
+    assert (degraded["status"], degraded["reason"]) == ("True", "ArtifactRefused")
+    assert degraded["message"].startswith(FETCH_REFUSED + "; the pods of version 1 keep serving")
+    assert "rolled back at its deadline (600s)" in degraded["message"]
+    assert first.status["servedVersion"] == 1
+    assert [(e.type, e.reason, e.message) for e in first.events] == [("Warning", "ArtifactRefused", FETCH_REFUSED)]
+    again = plan(spec(), first.status, [v(1), v(2)], rolling(2), refused=FETCH_REFUSED)
+    assert again.events == () and cond(again.status, "Degraded") == ("True", "ArtifactRefused")
+    # At the deadline the rollback says what happened, over the refusal.
+    back = plan(spec(), again.status, [v(1), v(2)], rolling(2, exceeded=True), now=T0 + timedelta(minutes=11),
+                refused=FETCH_REFUSED, cause=FETCH_REFUSED)
+    assert back.rolled_back == 2 and cond(back.status, "Degraded") == ("True", "RolledBack")
+    assert FETCH_REFUSED in find(back.status["conditions"], "Degraded")["message"]

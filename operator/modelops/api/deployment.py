@@ -68,6 +68,7 @@ class DeploymentReason(StrEnum):
     ROLLOUT_SUCCEEDED = "RolloutSucceeded"
     PROGRESS_DEADLINE_EXCEEDED = "ProgressDeadlineExceeded"
     ROLLED_BACK = "RolledBack"
+    ARTIFACT_REFUSED = "ArtifactRefused"
     RETRY_REQUESTED = "RetryRequested"
     SERVING = "Serving"
     UNAVAILABLE = "Unavailable"

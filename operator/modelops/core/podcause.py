@@ -7,9 +7,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from modelops.contract.exitcodes import BAD_ARTIFACT
 from modelops.core import naming
 
 MAX_DETAIL = 300  # characters of a container's message kept: a log tail can be long
+# The fetch's termination message is one line that starts with its reason: keep its head.
+MAX_REFUSAL = 600
 
 # Words of Triton's own load errors, and the field that fixes each.
 _TRITON_HINTS = (
@@ -64,11 +67,39 @@ def _unscheduled(pod: dict[str, Any]) -> str | None:
     return None
 
 
+def _pods_of(pods: list[dict[str, Any]], version: int) -> list[dict[str, Any]]:
+    mine = [p for p in pods if ((p.get("metadata") or {}).get("labels") or {}).get(naming.LABEL_VERSION) == str(version)]
+    return sorted(mine, key=lambda p: p["metadata"]["name"])
+
+
+def refused_fetch(pod: dict[str, Any]) -> str | None:
+    """The termination message of the pod's fetch container when it refused the artifact
+    (exit code 10: a digest or signature that does not verify, or a missing object; no
+    restart mends it), else None."""
+    for status in (pod.get("status") or {}).get("initContainerStatuses") or []:
+        if status.get("name") != naming.FETCH_CONTAINER:
+            continue
+        ended = _terminated(status)
+        if ended.get("exitCode") == BAD_ARTIFACT:
+            text = " ".join((ended.get("message") or "no termination message").split())
+            return text if len(text) <= MAX_REFUSAL else text[:MAX_REFUSAL] + "…"
+    return None
+
+
+def fetch_refusal(pods: list[dict[str, Any]], version: int) -> str | None:
+    """The first refusal of `version`'s artifact by a fetch container among its pods, naming
+    the pod and in the fetch's own words (its reason and the file), or None."""
+    for pod in _pods_of(pods, version):
+        message = refused_fetch(pod)
+        if message is not None:
+            return f"the fetch container of pod {pod['metadata']['name']} refused the artifact of version {version}: {message}"
+    return None
+
+
 def failure_cause(pods: list[dict[str, Any]], version: int) -> str | None:
     """The first cause found among the pods of `version`, init containers first (a failed
     fetch keeps Triton from starting), or None when the pods show none."""
-    mine = [p for p in pods if ((p.get("metadata") or {}).get("labels") or {}).get(naming.LABEL_VERSION) == str(version)]
-    for pod in sorted(mine, key=lambda p: p["metadata"]["name"]):
+    for pod in _pods_of(pods, version):
         status = pod.get("status") or {}
         for init, key in ((True, "initContainerStatuses"), (False, "containerStatuses")):
             for container in status.get(key) or []:

@@ -65,6 +65,9 @@ class RolloutInputs:
     the rollout's record. While spec.suspended, the pods go to 0 and no new version rolls out
     until it is false again. `scaler_refused` says why the autoscaler may not be set up (a KEDA
     Prometheus address the operator may not point it at): Degraded, while the pods serve.
+    `refused` is a fetch container's refusal of the rendered version's artifact (its digest,
+    its signature, or a missing object: core/podcause.fetch_refusal): Degraded at once, while
+    the pods of the served version keep serving and the deadline's rollback is awaited.
     """
 
     spec: ModelDeploymentSpec
@@ -81,6 +84,7 @@ class RolloutInputs:
     canary: CanaryInputs = CanaryInputs()
     cause: str | None = None
     scaler_refused: str | None = None
+    refused: str | None = None
     pods: tuple[dict[str, Any], ...] = ()  # the Triton pods, while a rollout is in progress: its steps' times
 
 
@@ -278,10 +282,27 @@ def _warn_scaler_refused(given: RolloutInputs, draft: _Draft) -> None:
         draft.events.append(Event(WARNING, Reason.ENDPOINT_NOT_ALLOWED, given.scaler_refused))
 
 
+def _artifact_refused(given: RolloutInputs, draft: _Draft) -> Cond:
+    assert given.refused is not None
+    version = given.server.version if given.server is not None else None
+    keep = f"; the pods of version {draft.served} keep serving" if draft.served is not None and draft.served != version else ""
+    after = (f" and the rollout is rolled back at its deadline ({given.spec.rollout.progress_deadline_seconds}s)"
+             if given.spec.rollout.auto_rollback else "")
+    return Cond(ConditionType.DEGRADED, TRUE, Reason.ARTIFACT_REFUSED,
+                f"{given.refused}{keep}{after}. A restart cannot mend it: publish a version whose artifact verifies")
+
+
+def _warn_artifact_refused(given: RolloutInputs, draft: _Draft) -> None:
+    """One Warning event when a fetch first refuses the artifact, not one per reconcile."""
+    was = next((c for c in given.old.conditions or [] if c.type == ConditionType.DEGRADED), None)
+    if given.refused is not None and (was is None or was.reason != Reason.ARTIFACT_REFUSED):
+        draft.events.append(Event(WARNING, Reason.ARTIFACT_REFUSED, given.refused))
+
+
 # The planner, as a list of phases (cluster-api's reconcilers run theirs in order).
 PHASES: tuple[Callable[[RolloutInputs, _Draft], None], ...] = (
     _retry, _retry_after_a_fix, _roll_back, _choose, _serving, _hold_while_suspended, _canary, _now_served,
-    _record_success, _record_start, _warn_scaler_refused,
+    _record_success, _record_start, _warn_scaler_refused, _warn_artifact_refused,
 )
 
 
@@ -471,6 +492,8 @@ def _degraded(given: RolloutInputs, draft: _Draft) -> Cond:
         return Cond(ConditionType.DEGRADED, TRUE, Reason.CANARY_ABORTED, canary_status.message or "the canary was aborted")
     if records and records[-1].outcome == RolloutOutcome.ROLLED_BACK:
         return _failed_rollout(records[-1], served)
+    if given.refused is not None:
+        return _artifact_refused(given, draft)
     if not rolling and _desired(given, draft) != served and served is not None:
         return Cond(ConditionType.DEGRADED, TRUE, resolution.reason, f"{resolution.message}; serving version {served} instead")
     if lost:

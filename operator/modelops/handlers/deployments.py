@@ -85,7 +85,9 @@ def reconcile_deployment(ctx: Context, key: Key) -> float | None:
 
 def _rollout_inputs(work: _Work, canary: CanaryInputs, scaler_refused: str | None) -> RolloutInputs:
     server = ServerState.from_deployment(work.live) if work.live is not None else None
-    cause = None
+    cause = refused = None
+    if server is not None and server.version is not None:
+        refused = podcause.fetch_refusal(work.ctx.reads.server_pods(work.namespace, work.name), server.version)
     if server is not None and work.live is not None and work.model_body is not None and server.deadline_exceeded:
         server = replace(server, current=_template_current(work, work.live, server))
         if server.current and server.version not in ((work.body.get("status") or {}).get("failedVersions") or ()):
@@ -106,6 +108,7 @@ def _rollout_inputs(work: _Work, canary: CanaryInputs, scaler_refused: str | Non
         canary=canary,
         cause=cause,
         scaler_refused=scaler_refused,
+        refused=refused,
         pods=_rollout_pods(work),
     )
 

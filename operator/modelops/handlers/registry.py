@@ -17,7 +17,7 @@ import kopf
 
 from modelops import kube as k8s
 from modelops.api.types import GROUP, VERSION
-from modelops.core import dependents, naming
+from modelops.core import dependents, naming, podcause
 from modelops.handlers.operator import Operator
 from modelops.handlers.queue import Key
 from modelops.settings import KOPF_PREFIX
@@ -204,12 +204,17 @@ class _Wiring:
         for resource in DEPLOYMENT_CHILDREN:
             self._child(resource)
 
-        # Triton pods wake nothing: what a rollout decides on reaches their Deployment's status,
-        # which wakes the owner; the pods are read (their metrics endpoints, a rollback's cause)
-        # when it reconciles.
+        # What a rollout decides on reaches the Deployment's status, which wakes the owner; the
+        # pods are read (their metrics endpoints, a rollback's cause) when it reconciles. Only a
+        # fetch that refused its artifact wakes the owner from a pod: the Deployment's status
+        # does not change when an init container fails, and the refusal is reported at once.
         @kopf.on.event("", "v1", "pods", labels=SERVER_PODS, id="follow-pods-triton", registry=registry)
-        async def server_pod_event(event: kopf.RawEvent, **_: Any) -> None:
+        async def server_pod_event(event: kopf.RawEvent, body: Any, **_: Any) -> None:
             self.follow(k8s.PODS, event)
+            pod = dict(body)
+            owner = (pod.get("metadata", {}).get("labels") or {}).get(naming.LABEL_DEPLOYMENT)
+            if owner and event.get("type") != "DELETED" and podcause.refused_fetch(pod) is not None:
+                operator.wake(Key("ModelDeployment", pod["metadata"]["namespace"], owner))
 
     def _child(self, resource: k8s.Resource) -> None:
         @kopf.on.event(resource.group, resource.version, resource.plural, labels=MANAGED, id=f"child-{resource.plural}",
