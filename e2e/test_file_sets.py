@@ -114,6 +114,19 @@ def test_an_external_data_model_is_compressed_gated_and_served(bed):
     served = lc.predictions(ip, bed["inputs"])
     np.testing.assert_allclose(served, direct, rtol=1e-5, atol=1e-5)
 
+    # Time to ready, step by step: the version's in order and back to back, the rollout's from
+    # this pod; the fetch step is the fetch container's own start and end.
+    steps = {t["step"]: t for t in status["timings"]}
+    assert list(steps) == ["verify", "download", "compress", "evaluate"], status["timings"]
+    assert steps["verify"]["finishedAt"] <= steps["download"]["startedAt"] <= steps["compress"]["startedAt"]
+    rollout = cluster.get(namespace, "modeldeployment", "digits-set")["status"]["rollouts"][-1]
+    served_steps = {t["step"]: t for t in rollout["timings"]}
+    assert list(served_steps) == ["schedule", "fetch", "load", "ready"], rollout
+    assert (served_steps["fetch"]["startedAt"], served_steps["fetch"]["finishedAt"]) == (
+        fetched["state"]["terminated"]["startedAt"], fetched["state"]["terminated"]["finishedAt"])
+    assert served_steps["ready"]["seconds"] >= served_steps["load"]["seconds"]
+    print("timings:", {k: v["seconds"] for k, v in steps.items()}, {k: v["seconds"] for k, v in served_steps.items()})
+
 
 def test_a_tampered_data_file_is_refused_with_the_file_named(bed):
     cluster, namespace = bed["cluster"], bed["namespace"]

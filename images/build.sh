@@ -20,7 +20,7 @@
 # - Each checkout registers itself under $MODELOPS_CACHE/images/checkouts/. Old builds are
 #   evicted (images/evict.sh) beyond the newest six, except one that a registered checkout's
 #   build/images/<name>.json names or a running pod's overlay uses.
-set -euo pipefail
+set -Eeuo pipefail  # -E: the ERR trap below fires inside functions too
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cache="${MODELOPS_CACHE:-$HOME/.cache/modelops}"

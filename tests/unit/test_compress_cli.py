@@ -97,13 +97,20 @@ def test_success_publishes_model_then_report_and_writes_the_termination_message(
     assert set(full["latency"]) == {"device", "cpu", "threads", "batch", "rounds", "spread", "spreadBefore", "spreadAfter",
                                    "runtime", "runtimeBefore", "runtimeAfter"}
     assert JobReport.model_validate(full).record() == full
+    # The Job's steps, in order, each within the one before it ends; evaluate is not counted in compress.
+    steps = [t["step"] for t in message["timings"]]
+    assert steps == ["download", "compress", "evaluate"]
+    spans = {t["step"]: t for t in message["timings"]}
+    assert spans["download"]["finishedAt"] <= spans["compress"]["startedAt"]
+    assert spans["compress"]["startedAt"] <= spans["evaluate"]["startedAt"] <= spans["compress"]["finishedAt"]
+    assert all(t["seconds"] > 0 for t in message["timings"])
 
 
 FULL_REPORT_KEYS = {
     "outcome", "reason", "message", "device", "artifact", "source", "bytesBefore", "bytesAfter", "ratio", "latencyMsBefore",
     "latencyMsAfter", "latency", "interface", "objective", "chosenQuantization", "resolvedRecipe", "candidates", "layers",
     "metric", "evaluation", "recipe", "recipeHash", "cacheKey", "compressorVersion", "libraries", "weights", "notes",
-    "seconds", "createdAt", "calibration", "download",
+    "seconds", "createdAt", "calibration", "download", "timings",
 }
 
 
@@ -148,6 +155,7 @@ def test_a_changed_evaluation_evaluates_the_cached_artifact_without_compressing(
     )
     assert code == exitcodes.SUCCESS and message["metric"]["name"] == "top1-agreement"
     assert message["reason"] == "CachedCompressionEvaluated" and message["artifact"] == first["artifact"]
+    assert [t["step"] for t in message["timings"]] == ["download", "evaluate"], "this Job compressed nothing"
     # The cached artifact was read (and its sha256 verified), nothing compressed or republished.
     assert "get out/run/model.onnx bytes=0-" in " ".join(_downloads(fake_s3))
     assert [p for p in _puts(fake_s3) if not p.startswith("put out/run/evaluations/")] == []

@@ -13,6 +13,7 @@ from pydantic import ValidationError
 from modelops import cachestore, reuse
 from modelops.api.model import Signature
 from modelops.api.trust import ProvenanceReason
+from modelops.api.types import Step
 from modelops.api.version import DEFAULT_ENTRYPOINT, ArtifactFormat, DatasetReport, MetricReport, ReportOutcome, VersionReason
 from modelops.cachekey import InvalidRecipe, compressed_prefix, compression_cache_key
 from modelops.compress import report
@@ -224,7 +225,8 @@ def _run(spec: JobSpec, store: ObjectStore, workdir: Path) -> JobResult:
             return JobResult(_exit_code(existing["outcome"]), existing)
         log.info("the cached entry recorded no interface to check against the signature; compressing again")
 
-    inputs = _download_inputs(job)
+    with job.options.clock.step(Step.DOWNLOAD):
+        inputs = _download_inputs(job)
     if decision.action == reuse.Action.EVALUATE:
         assert lookup.report is not None
         evaluated = _evaluate_cached(job, inputs, lookup.report)
@@ -321,6 +323,7 @@ def _compress(job: _Job, inputs: _Inputs) -> JobResult:
     full = report.success_report(result, recorded, job.recipe).record()
     if source.stats is not None:
         full["download"] = source.stats.wire()  # how the source arrived: time, throughput, retries
+    full["timings"] = [t.wire() for t in job.options.clock.timings()]  # download, compress, evaluate
     _publish(store, job.report_uri, full)
     return JobResult(_exit_code(full["outcome"]), full)
 
@@ -470,6 +473,7 @@ def _evaluate_cached(job: _Job, inputs: _Inputs, record: dict[str, Any]) -> JobR
         "evaluation": {**evaluation.wire(), "samples": dataset.samples},
         "fromCache": True,
         "notes": evaluated.notes,
+        "timings": [t.wire() for t in job.options.clock.timings()],
     }).record()
     return JobResult(_exit_code(full["outcome"]), full)
 

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from modelops.api.model import Signature
+from modelops.api.types import Step
 from modelops.api.version import ArtifactFormat
 from modelops.compress import calibrate, runtime
 from modelops.compress.accuracy import MetricResult, evaluate_gate
@@ -30,6 +31,7 @@ from modelops.compress.onnx_compress import Int4Options, LayerStats, compress_on
 from modelops.compress.onnx_stream import artifact_bytes
 from modelops.compress.recipe import Evaluation, InvalidRecipe, Recipe, UnsupportedRecipe, check_supported
 from modelops.compress.runtime import read_interface
+from modelops.compress.steps import StepClock
 from modelops.compress.weights import default_threads
 from modelops.contract.formats import artifact_file
 from modelops.contract.interface import check_signature
@@ -61,13 +63,14 @@ __all__ = ["AUTO_CANDIDATES", "Candidate", "CompressionResult", "Dataset", "Opti
 @dataclass(frozen=True)
 class Options:
     """Settings the recipe does not carry: the Model's signature, tensor names and an input
-    shape for torch sources, and the thread count."""
+    shape for torch sources, the thread count, and the clock the Job's steps are timed by."""
 
     input_names: list[str] | None = None
     output_names: list[str] | None = None
     input_shape: tuple[int, ...] | None = None
     threads: int | None = None
     signature: Signature | None = None
+    clock: StepClock = field(default_factory=StepClock)
 
 
 @dataclass
@@ -285,14 +288,15 @@ def compress_artifact(
     seconds: dict[str, float] = {}
     notes: list[str] = []
 
-    parent = _load_parent(request, seconds, notes)
-    started = time.perf_counter()
-    calibrated = _calibrate(request, recipes, parent.onnx_source, notes)
-    seconds["calibrate"] = time.perf_counter() - started
-    build = _Builder(request, parent)
-    keeper = _Keeper(recipe.objective if request.searching else None)
-    candidates = [_candidate(request, build, keeper, calibrated, quantization, r) for quantization, r in recipes]
-    seconds["compress"] = time.perf_counter() - started  # calibration included
+    with options.clock.step(Step.COMPRESS):  # the gate's evaluation of each candidate is timed apart
+        parent = _load_parent(request, seconds, notes)
+        started = time.perf_counter()
+        calibrated = _calibrate(request, recipes, parent.onnx_source, notes)
+        seconds["calibrate"] = time.perf_counter() - started
+        build = _Builder(request, parent)
+        keeper = _Keeper(recipe.objective if request.searching else None)
+        candidates = [_candidate(request, build, keeper, calibrated, quantization, r) for quantization, r in recipes]
+        seconds["compress"] = time.perf_counter() - started  # calibration included
 
     finished = _Finished(request, parent, candidates, _latency_info(request, parent, build.spreads, notes), notes, seconds)
     chosen = keeper.best if request.searching else candidates[0]
@@ -468,13 +472,14 @@ class _Builder:
         evaluation, dataset = request.evaluation, request.dataset
         if evaluation is not None:
             assert dataset is not None and parent.feeds is not None and parent.outputs is not None
-            candidate.metric = evaluate_gate(
-                evaluation.metric,
-                evaluation.threshold,
-                parent.outputs,
-                runtime.run_all(candidate.runner, parent.feeds, parent.samples, parent.batch),
-                dataset.labels,
-            )
+            with request.options.clock.step(Step.EVALUATE):
+                candidate.metric = evaluate_gate(
+                    evaluation.metric,
+                    evaluation.threshold,
+                    parent.outputs,
+                    runtime.run_all(candidate.runner, parent.feeds, parent.samples, parent.batch),
+                    dataset.labels,
+                )
             candidate.verdict = Verdict.PASSED if candidate.metric.passed else Verdict.REJECTED
             candidate.message = candidate.metric.explain()
         if parent.example is not None and (candidate.verdict == Verdict.PASSED or not searching):
@@ -717,13 +722,14 @@ def evaluate_compressed(
     started = time.perf_counter()
     feeds, batch = dataset.feeds(parent.inputs)
     samples = len(next(iter(feeds.values())))
-    metric = evaluate_gate(
-        evaluation.metric,
-        evaluation.threshold,
-        runtime.run_all(parent, feeds, samples, batch),
-        runtime.run_all(compressed, feeds, samples, batch),
-        dataset.labels,
-    )
+    with options.clock.step(Step.EVALUATE):
+        metric = evaluate_gate(
+            evaluation.metric,
+            evaluation.threshold,
+            runtime.run_all(parent, feeds, samples, batch),
+            runtime.run_all(compressed, feeds, samples, batch),
+            dataset.labels,
+        )
     seconds["evaluate"] = time.perf_counter() - started
     example = _example(feeds, batch, parent, options)
     latency: dict[str, runtime.Latency] = {}

@@ -47,6 +47,7 @@ COMPACT_KEYS = (
     "calibration",
     "layers",
     "download",
+    "timings",
 )
 # The latency keys that go into the termination message (the full block stays in report.json).
 _COMPACT_LATENCY = ("runtime", "device", "cpu", "batch", "spread")

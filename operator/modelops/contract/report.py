@@ -9,7 +9,7 @@ from typing import Any
 from pydantic import Field
 
 from modelops.api.trust import ProvenanceReason
-from modelops.api.types import ApiModel
+from modelops.api.types import ApiModel, StepTiming
 from modelops.api.version import (
     LEGACY_VERSION_REASONS,
     CompressedArtifact,
@@ -108,6 +108,7 @@ class JobReport(CompressionReport):
     weights: dict[str, int] | None = None
     notes: list[str] | None = None
     seconds: dict[str, float] | None = None
+    timings: list[StepTiming] | None = Field(None, description="The Job's steps (download, compress, evaluate), as status.timings shows them.")
     created_at: str | None = None
 
     def record(self) -> dict[str, Any]:
