@@ -275,11 +275,15 @@ def _scaler_refused(why: str) -> Cond:
                 f"{why}; no ScaledObject is created, so the replicas stay where they are")
 
 
-def _warn_scaler_refused(given: RolloutInputs, draft: _Draft) -> None:
-    """One Warning event when the autoscaler's address is first refused, not one per reconcile."""
+def _warn_once(given: RolloutInputs, draft: _Draft, reason: str, message: str | None) -> None:
+    """One Warning event when Degraded first takes `reason`, not one per reconcile."""
     was = next((c for c in given.old.conditions or [] if c.type == ConditionType.DEGRADED), None)
-    if given.scaler_refused is not None and (was is None or was.reason != Reason.ENDPOINT_NOT_ALLOWED):
-        draft.events.append(Event(WARNING, Reason.ENDPOINT_NOT_ALLOWED, given.scaler_refused))
+    if message is not None and (was is None or was.reason != reason):
+        draft.events.append(Event(WARNING, reason, message))
+
+
+def _warn_scaler_refused(given: RolloutInputs, draft: _Draft) -> None:
+    _warn_once(given, draft, Reason.ENDPOINT_NOT_ALLOWED, given.scaler_refused)
 
 
 def _artifact_refused(given: RolloutInputs, draft: _Draft) -> Cond:
@@ -293,10 +297,7 @@ def _artifact_refused(given: RolloutInputs, draft: _Draft) -> Cond:
 
 
 def _warn_artifact_refused(given: RolloutInputs, draft: _Draft) -> None:
-    """One Warning event when a fetch first refuses the artifact, not one per reconcile."""
-    was = next((c for c in given.old.conditions or [] if c.type == ConditionType.DEGRADED), None)
-    if given.refused is not None and (was is None or was.reason != Reason.ARTIFACT_REFUSED):
-        draft.events.append(Event(WARNING, Reason.ARTIFACT_REFUSED, given.refused))
+    _warn_once(given, draft, Reason.ARTIFACT_REFUSED, given.refused)
 
 
 # The planner, as a list of phases (cluster-api's reconcilers run theirs in order).
