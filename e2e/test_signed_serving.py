@@ -1,5 +1,7 @@
-"""Signed from bucket to GPU, on the test bed: the operator signs each compressed artifact with
-its key, and the Triton pod's fetch container verifies it before Triton loads the model. A
+"""Signed from bucket to GPU, on the test bed: a user signs the model with the model_signing CLI
+(as docs/security.md shows) under a Model that requires a signature; it is verified, compressed
+and served; the operator signs each compressed artifact with its key, and the Triton pod's
+fetch container verifies it before Triton loads the model. A
 compressed artifact whose bytes are overwritten in the cache bucket, and one whose signature
 is replaced there, are each refused by the fetch of the version the deployment moves to: the
 deployment says why at once, and the pods of the previous version keep serving under load
@@ -10,6 +12,7 @@ from __future__ import annotations
 import json
 import secrets
 import subprocess
+import sys
 import tempfile
 import threading
 from pathlib import Path
@@ -25,6 +28,7 @@ from e2e.support import eventually
 pytestmark = pytest.mark.e2e
 
 KEY_SECRET = "modelops-signing-key"
+MODEL_SIGNING = Path(sys.executable).with_name("model_signing")
 # Long enough that the refusal is reported before the rollback that the deadline brings.
 DEADLINE = 300
 MIN_REQUESTS = 1000
@@ -41,7 +45,19 @@ def bed(testbed):
     unique = lc.relabelled_onnx(files.onnx, work / "model.onnx", namespace)
     model_uri, model_sha = testbed.upload(unique, f"{namespace}/fp32/model.onnx")
     eval_uri, _ = testbed.upload(files.eval_npz, f"{namespace}/eval.npz")
-    testbed.apply(namespace, [lc.storage_secret(testbed), lc.model_manifest(testbed, eval_uri)])
+    # The user's release key and the CLI's bundle, uploaded next to the model (docs/security.md).
+    subprocess.run(["openssl", "ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", str(work / "release.pem")], check=True)
+    subprocess.run(["openssl", "ec", "-in", str(work / "release.pem"), "-pubout", "-out", str(work / "release.pub")],
+                   check=True, capture_output=True)
+    subprocess.run([str(MODEL_SIGNING), "sign", "key", str(unique), "--private_key", str(work / "release.pem"),
+                    "--signature", str(work / "model.sig")], check=True, capture_output=True)
+    signature_uri, _ = testbed.upload(work / "model.sig", f"{namespace}/fp32/model.sig")
+    model = lc.model_manifest(testbed, eval_uri)
+    model["spec"]["trust"] = {"required": True, "signers": [
+        {"name": "release", "publicKey": {"configMapRef": {"name": "trusted-signers"}, "key": "release.pub"}}]}
+    trusted = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "trusted-signers"},
+               "data": {"release.pub": (work / "release.pub").read_text()}}
+    testbed.apply(namespace, [lc.storage_secret(testbed), trusted, model])
     subprocess.run(["openssl", "ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", str(work / "key.pem")], check=True)
     testbed.kubectl("create", "secret", "generic", KEY_SECRET, "-n", namespace, f"--from-file=key.pem={work / 'key.pem'}")
     operator = support.OperatorProcess(
@@ -51,11 +67,18 @@ def bed(testbed):
     operator.start()
     data = np.load(files.eval_npz)
     try:
-        yield {"cluster": testbed, "namespace": namespace, "uri": model_uri, "sha": model_sha,
+        yield {"cluster": testbed, "namespace": namespace, "uri": model_uri, "sha": model_sha, "signature": signature_uri,
                "inputs": data["inputs"], "labels": data["labels"]}
     finally:
         operator.stop()
         testbed.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+
+
+def signed_version(bed, version: int, quantization: str = "none") -> dict:
+    """A version of the user's signed model: the CLI's bundle is its spec.artifact.signature."""
+    doc = lc.version_manifest(version, bed["uri"], bed["sha"], quantization=quantization)
+    doc["spec"]["artifact"]["signature"] = {"uri": bed["signature"]}
+    return doc
 
 
 def refused_fetch(cluster, namespace: str, version: int) -> str | None:
@@ -122,11 +145,20 @@ class Load:
 def serving(bed):
     """v1 served by the pinned deployment `digits`, its pod's name, and v1's status."""
     cluster, namespace = bed["cluster"], bed["namespace"]
-    cluster.apply(namespace, [lc.version_manifest(1, bed["uri"], bed["sha"]),
-                              lc.deployment_manifest("digits", pinned=1, progress_deadline=DEADLINE)])
+    # Unsigned, under a Model that requires a signature: Rejected, and never served.
+    unsigned = lc.version_manifest(9, bed["uri"], bed["sha"])
+    cluster.apply(namespace, [unsigned])
+    cluster.kubectl("wait", "-n", namespace, "--for=jsonpath={.status.phase}=Rejected", "modelversion/digits-v9",
+                    "--timeout=120s", timeout=150)
+    v9 = cluster.get(namespace, "modelversion", "digits-v9")["status"]
+    assert next(c for c in v9["conditions"] if c["type"] == "Ready")["reason"] == "SignatureRequired", v9
+    assert "jobName" not in v9, "nothing ran for an unsigned version"
+    cluster.apply(namespace, [signed_version(bed, 1), lc.deployment_manifest("digits", pinned=1, progress_deadline=DEADLINE)])
     cluster.kubectl("wait", "-n", namespace, "--for=condition=Ready", "modeldeployment/digits", "--timeout=400s", timeout=430)
     v1 = cluster.get(namespace, "modelversion", "digits-v1")["status"]
+    assert v1["provenance"]["signer"] == "release", "the CLI's signature was verified against the Model's trust policy"
     assert v1["provenance"]["compressedSigner"].startswith("sha256:")
+    assert lc.score(lc.ready_server_ips(cluster, namespace, "digits")[0], bed["inputs"][:50], bed["labels"][:50]).accuracy > 0.9
     [fetch] = cluster.get(namespace, "deployment", "digits")["spec"]["template"]["spec"]["initContainers"]
     assert fetch["args"][-2:] == ["--signature-uri", v1["provenance"]["signatureUri"]]
     return ready_pods(cluster, namespace)
@@ -162,7 +194,7 @@ def replace_signature(cluster, artifact: dict, provenance_status: dict) -> tuple
 def test_a_tampered_cache_entry_is_refused_by_the_fetch_while_the_old_pods_serve_every_request(
         bed, serving, version, quantization, tamper) -> None:
     cluster, namespace = bed["cluster"], bed["namespace"]
-    cluster.apply(namespace, [lc.version_manifest(version, bed["uri"], bed["sha"], quantization=quantization)])
+    cluster.apply(namespace, [signed_version(bed, version, quantization)])
     cluster.kubectl("wait", "-n", namespace, "--for=jsonpath={.status.phase}=Ready", f"modelversion/digits-v{version}",
                     "--timeout=400s", timeout=430)
     status = cluster.get(namespace, "modelversion", f"digits-v{version}")["status"]
