@@ -36,6 +36,7 @@ import copy
 import json
 import os
 import platform
+import signal
 import statistics
 import subprocess
 import sys
@@ -403,6 +404,8 @@ def main() -> int:
     parser.add_argument("--operator-path", default="", help="run the operator from this source folder (another checkout's operator/)")
     parser.add_argument("--skip-resync", action="store_true", help="end after convergence and the latency run (for large runs)")
     args = parser.parse_args()
+    # A stopped run (timeout, kill) stops its operator too: SIGTERM runs the finally below.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     work = Path(os.environ.get("MODELOPS_CACHE", Path.home() / ".cache/modelops")) / "bench" / "scale"
     work.mkdir(parents=True, exist_ok=True)
 
