@@ -14,8 +14,7 @@ from typing import Any
 
 from modelops.api.types import Step, StepTiming
 from modelops.core import naming
-
-_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+from modelops.core.conditions import timestamp
 
 
 def parse_time(text: str | None) -> datetime | None:
@@ -28,15 +27,11 @@ def parse_time(text: str | None) -> datetime | None:
         return None
 
 
-def _text(moment: datetime) -> str:
-    return moment.astimezone(UTC).replace(microsecond=0).strftime(_FORMAT)
-
-
 def step(name: Step, started: datetime | None, finished: datetime | None) -> StepTiming | None:
     """The step between two moments, or None when either is unknown or they are out of order."""
     if started is None or finished is None or finished < started:
         return None
-    return StepTiming(step=name, started_at=_text(started), finished_at=_text(finished),
+    return StepTiming(step=name, started_at=timestamp(started), finished_at=timestamp(finished),
                       seconds=round((finished - started).total_seconds(), 3))
 
 
