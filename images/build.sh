@@ -155,7 +155,7 @@ build_image() {
     bh inspect --type image "localhost/modelops-$name:$key" >"$dir/inspect.json"
     python3 -c 'import json,sys; print(json.dumps(json.load(open(sys.argv[1]))["OCIv1"]["config"], indent=2))' \
       "$dir/inspect.json" >"$dir/config.json"
-    bh images --format '{{.Size}}' "localhost/modelops-$name:$key" | head -1 >"$dir/size"
+    bh images --format '{{.Size}}' "localhost/modelops-$name:$key" | sed -n 1p >"$dir/size"  # sed reads to the end: head's early exit would SIGPIPE buildah, which pipefail turns into a failed build
     chroot "$dir/rootfs" /opt/venv/bin/python -c \
       'import importlib.metadata as m; print("\n".join(sorted(d.metadata["Name"] + "==" + d.version for d in m.distributions())))' \
       >"$dir/packages.txt"
