@@ -40,7 +40,7 @@ class ServingNamespace:
 
 
 @contextmanager
-def serving_namespace(cluster: Testbed, prefix: str) -> Iterator[ServingNamespace]:
+def serving_namespace(cluster: Testbed, prefix: str, operator_env: dict[str, str] | None = None) -> Iterator[ServingNamespace]:
     support.install_crds(cluster)
     namespace = f"{prefix}-{secrets.token_hex(3)}"
     cluster.create_namespace(namespace)
@@ -53,7 +53,8 @@ def serving_namespace(cluster: Testbed, prefix: str) -> Iterator[ServingNamespac
     eval_uri, _ = cluster.upload(files.eval_npz, f"{namespace}/eval.npz")
     cluster.apply(namespace, [storage_secret(cluster), model_manifest(cluster, eval_uri)])
     operator = support.OperatorProcess(Path(cluster.kubeconfig), namespace,
-                                       Path(cluster.state_dir) / "logs" / f"operator-{namespace}.log")
+                                       Path(cluster.state_dir) / "logs" / f"operator-{namespace}.log",
+                                       extra_env=dict(operator_env or {}))
     operator.start()
     try:
         yield ServingNamespace(namespace, files, model_uri, model_sha, operator)

@@ -41,6 +41,16 @@ def external_data_model(source: Path, folder: Path, doc_string: str) -> list[Pat
     return paths
 
 
+def upload_file_set(storage, folder: Path, paths: list[Path], prefix: str) -> list[dict[str, str]]:
+    """Each file under `prefix` at its path relative to `folder`; returns the spec's `files`."""
+    files = []
+    for path in paths:
+        relative = path.relative_to(folder).as_posix()
+        storage.put(prefix + relative, path.read_bytes())
+        files.append({"path": relative, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()})
+    return files
+
+
 def file_set_version(number: int, prefix_uri: str, files: list[dict[str, str]], quantization: str) -> dict:
     return {
         "apiVersion": "modelops.dev/v1alpha1", "kind": "ModelVersion", "metadata": {"name": f"{lc.MODEL_NAME}-v{number}"},
@@ -56,11 +66,7 @@ def bed(testbed):
         folder = Path(tempfile.mkdtemp())
         paths = external_data_model(ns.files.onnx, folder, ns.namespace)
         storage = testbed.storage(lc.support.BUCKET)
-        files = []
-        for path in paths:
-            relative = path.relative_to(folder).as_posix()
-            storage.put(f"{ns.namespace}/set/{relative}", path.read_bytes())
-            files.append({"path": relative, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()})
+        files = upload_file_set(storage, folder, paths, f"{ns.namespace}/set/")
         data = np.load(ns.files.eval_npz)
         yield {"cluster": testbed, "ns": ns, "namespace": ns.namespace, "storage": storage, "files": files,
                "prefix": storage.uri(f"{ns.namespace}/set/"), "folder": folder, "inputs": data["inputs"]}

@@ -278,6 +278,13 @@ class PodWorker(threading.Thread):
 
     # ------------------------------------------------------------------ containers
 
+    def _read_only_volume(self, name: str) -> bool:
+        """A claim marked readOnly in the pod is mounted read-only in every container."""
+        for volume in self.pod["spec"].get("volumes") or []:
+            if volume["name"] == name:
+                return bool((volume.get("persistentVolumeClaim") or {}).get("readOnly"))
+        return False
+
     def _env(self, container: Container) -> dict[str, str]:
         runtime = container.runtime
         agent = self.agent
@@ -344,7 +351,7 @@ class PodWorker(threading.Thread):
                 if mount.get("subPath"):
                     host = host / mount["subPath"]
                     host.mkdir(parents=True, exist_ok=True) if not host.exists() else None
-                mounts.append((host, mount["mountPath"], bool(mount.get("readOnly"))))
+                mounts.append((host, mount["mountPath"], bool(mount.get("readOnly")) or self._read_only_volume(mount["name"])))
             if container.runtime.kind == "image":
                 container.identity = identity(self.pod["spec"], spec, container.runtime.user)
         except (sandbox.SandboxError, KeyError, ContainerConfigError) as err:

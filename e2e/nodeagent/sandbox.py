@@ -141,6 +141,24 @@ class VolumeSource:
             raise SandboxError(f'secret "{name}" not found') from err
         return {k: base64.b64decode(v) for k, v in (secret.data or {}).items()}
 
+    def claimed_path(self, claim_name: str) -> Path:
+        """The host directory of the PersistentVolume bound to a claim: a `local` or `hostPath`
+        volume, the kinds a node can mount without a CSI driver."""
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            claim = self.core.read_namespaced_persistent_volume_claim(claim_name, self.namespace)
+        except ApiException as err:
+            raise SandboxError(f'persistentvolumeclaim "{claim_name}" not found') from err
+        if (claim.status.phase or "") != "Bound" or not claim.spec.volume_name:
+            raise SandboxError(f'persistentvolumeclaim "{claim_name}" is not bound yet')
+        volume = self.core.read_persistent_volume(claim.spec.volume_name)
+        if volume.spec.local is not None:
+            return Path(volume.spec.local.path)
+        if volume.spec.host_path is not None:
+            return Path(volume.spec.host_path.path)
+        raise SandboxError(f"persistentvolume {claim.spec.volume_name!r}: only local and hostPath volumes are supported on the test bed")
+
     def service_account_token(self, audience: str | None, expiration: int | None) -> bytes:
         from kubernetes import client
 
@@ -168,6 +186,8 @@ def materialize_volume(volume: dict, target: Path, source: VolumeSource) -> Path
         return target
     if "hostPath" in volume:
         return Path(volume["hostPath"]["path"])
+    if "persistentVolumeClaim" in volume:
+        return source.claimed_path(volume["persistentVolumeClaim"]["claimName"])
     if "configMap" in volume:
         spec = volume["configMap"]
         data = source.config_map(spec["name"], spec.get("optional", False)) or {}
@@ -211,8 +231,8 @@ def materialize_volume(volume: dict, target: Path, source: VolumeSource) -> Path
 def apply_fs_group(volume: dict, path: Path, gid: int) -> None:
     """The pod's fsGroup, as the kubelet applies it: the volume's files belong to the group,
     which may read them (and write an emptyDir); directories are setgid."""
-    if "hostPath" in volume:
-        return
+    if "hostPath" in volume or "persistentVolumeClaim" in volume:
+        return  # the kubelet leaves host directories as they are (a local volume too)
     writable = "emptyDir" in volume
     for directory, _dirs, files in os.walk(path):
         os.chown(directory, -1, gid)

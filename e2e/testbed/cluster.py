@@ -353,7 +353,8 @@ def start_minio_process(lay: Layout, state: dict) -> None:
         str(Path(state["binaries"]) / "minio"), "server", "--quiet", f"--address={lay.bridge_ip}:{lay.minio_port}",
         "--console-address=127.0.0.1:0", f"--certs-dir={Path(state['pki']) / 'minio-certs'}", str(lay.state_dir / "minio"),
     ], env={"MINIO_ROOT_USER": state["s3_access_key"], "MINIO_ROOT_PASSWORD": state["s3_secret_key"],
-            "MINIO_BROWSER": "off"})
+            # Public metrics: tests count MinIO's GETs (a warm start from the node cache makes none).
+            "MINIO_BROWSER": "off", "MINIO_PROMETHEUS_AUTH_TYPE": "public"})
 
 
 # Components a fault test may stop and start again, and how to tell that one is serving.

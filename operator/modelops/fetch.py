@@ -40,13 +40,15 @@ from typing import NoReturn
 
 from modelops.api.deployment import Backend, FetchReason
 from modelops.contract.exitcodes import ExitCode
+from modelops.nodecache.layout import FillRequest
+from modelops.nodecache.reader import Hit
 from modelops.serving.config import (
     ServingConfigError,
     artifact_filename,
     validate_model_name,
     validate_version,
 )
-from modelops.serving.layout import STAGING_PREFIX, layout_model_repository
+from modelops.serving.layout import STAGING_PREFIX, Placement, layout_model_repository
 from modelops.serving.triton import CONFIG_ENV
 from modelops.storage import (
     AccessDenied,
@@ -67,6 +69,11 @@ UNEXPECTED_FAILURE = 1
 
 # The PEM public key that must have signed the bundle named by --signature-uri.
 SIGNER_KEY_ENV = "MODELOPS_SIGNER_KEY"
+# The node-local cache, mounted read-only, and how long to wait for its agent to fill it.
+NODE_CACHE_ENV = "MODELOPS_NODECACHE_MOUNT"
+NODE_CACHE_WAIT_ENV = "MODELOPS_NODECACHE_WAIT_SECONDS"
+DEFAULT_NODE_CACHE_WAIT_SECONDS = 300.0
+POD_UID_ENV = "MODELOPS_POD_UID"
 TERMINATION_LOG_ENV = "MODELOPS_TERMINATION_LOG"
 DEFAULT_TERMINATION_LOG = "/dev/termination-log"
 # Kubernetes keeps at most 4096 bytes of a termination message.
@@ -177,6 +184,21 @@ def parse_files(text: str | None, uri: str) -> tuple[tuple[str, str], ...]:
     return pairs
 
 
+def parse_artifact_args(argv: Sequence[str]) -> tuple[str, str, tuple[tuple[str, str], ...]]:
+    """The artifact a fetch command line names: (uri, sha256, files); UsageError when wrong."""
+    args = _parser().parse_args(list(argv))
+    return args.uri, args.sha256.strip(), parse_files(args.files_json, args.uri)
+
+
+def cache_request(uri: str, sha256: str, files: tuple[tuple[str, str], ...], endpoint: str | None) -> FillRequest:
+    """The artifact as the node cache names it: one file by its sha256, a set by its digest."""
+    if files:
+        folder = uri[: uri.rindex("/") + 1]
+        entry = None if uri.endswith("/") else uri[len(folder) :]
+        return FillRequest(folder, files, entry, is_set=True, endpoint=endpoint)
+    return FillRequest(uri, ((uri.rsplit("/", 1)[1], sha256),), None, is_set=False, endpoint=endpoint)
+
+
 def parse_request(argv: Sequence[str], environ: Mapping[str, str]) -> FetchRequest:
     """Validate the command line and environment; raise UsageError naming the bad field."""
     args = _parser().parse_args(list(argv))
@@ -281,9 +303,36 @@ def download_dir_name(request: FetchRequest) -> str:
     return f"{STAGING_PREFIX}download-{request.sha256[:16]}"
 
 
-def fetch(request: FetchRequest, store: ObjectStore) -> str:
-    """Download, verify and lay out the model; return a one-line summary."""
+def node_cache_hit(request: FetchRequest, environ: Mapping[str, str]) -> Hit | None:
+    """The artifact in the node's cache, once its agent has it; None (said in the log) when
+    there is no cache, no agent, or the fill failed or took longer than the wait."""
+    root = environ.get(NODE_CACHE_ENV, "")
+    if not root:
+        return None
+    from modelops.nodecache.layout import POD_REQUEST_PREFIX
+    from modelops.nodecache.reader import CacheReader
+
+    try:
+        wait_s = float(environ.get(NODE_CACHE_WAIT_ENV) or DEFAULT_NODE_CACHE_WAIT_SECONDS)
+        reader = CacheReader(Path(root))
+    except (ValueError, OSError) as err:
+        print(f"node cache not used: {type(err).__name__}: {err}", file=sys.stderr)
+        return None
+    uid = environ.get(POD_UID_ENV, "")
+    wanted = cache_request(request.uri, request.sha256, request.files, None)
+    hit, why = reader.wait(wanted, f"{POD_REQUEST_PREFIX}{uid}" if uid else None, wait_s)
+    if hit is None:
+        print(f"node cache not used: {why}; downloading", file=sys.stderr)
+    return hit
+
+
+def fetch(request: FetchRequest, store: ObjectStore, hit: Hit | None = None) -> str:
+    """Download, verify and lay out the model (or link it from the node cache's `hit`);
+    return a one-line summary."""
     request.repository.mkdir(parents=True, exist_ok=True)
+    if hit is not None:
+        remove_leftovers(request.repository, request.model_name)
+        return _link_from_cache(request, store, hit)
     download_dir = request.repository / download_dir_name(request)
     remove_leftovers(request.repository, request.model_name, keep=download_dir.name)
     download_dir.mkdir(exist_ok=True)
@@ -301,7 +350,7 @@ def fetch(request: FetchRequest, store: ObjectStore) -> str:
             request.backend,
             artifact,
             request.config_text,
-            move_artifact=True,
+            place="move",
         )
         summary = (
             f"Fetched {request.uri} ({result.size} bytes, sha256 {result.sha256}) into {model_dir / str(request.version)}"
@@ -326,24 +375,33 @@ def _fetch_file_set(request: FetchRequest, store: ObjectStore, download_dir: Pat
             total.add(result.stats)
         placed.append((path, local))
     verify_signature(request, store, request.files)  # every file was verified by its sha256 above
-    entry = request.entry
-    graph = next((local for path, local in placed if path == entry), None)
-    # The graph is renamed to the backend's file name; its external data keep their paths,
-    # which the graph names relative to its own folder.
-    data = [(path, local) for path, local in placed if path != entry]
-    model_dir = layout_model_repository(
-        request.repository,
-        request.model_name,
-        request.version,
-        request.backend,
-        graph,
-        request.config_text,
-        move_artifact=True,
-        data_files=data,
-    )
+    model_dir = _lay_out(request, request.entry, placed, "move")
     return (
         f"Fetched {len(placed)} files under {request.folder} (each verified by its sha256) "
         f"into {model_dir / str(request.version)}: {total.describe()}"
+    )
+
+
+def _lay_out(request: FetchRequest, entry: str | None, files: list[tuple[str, Path]], place: Placement) -> Path:
+    """The model folder from (path, local file) pairs: the graph `entry` under the backend's
+    file name, its external data at the paths the graph names relative to its own folder."""
+    graph = next((local for path, local in files if path == entry), None)
+    data = [(path, local) for path, local in files if path != entry]
+    return layout_model_repository(
+        request.repository, request.model_name, request.version, request.backend, graph, request.config_text,
+        place=place, data_files=data,
+    )
+
+
+def _link_from_cache(request: FetchRequest, store: ObjectStore, hit: Hit) -> str:
+    """The version folder as symbolic links into the read-only cache: nothing is copied, and
+    every file is the one its sha256 names."""
+    files = request.files or ((hit.files[0][0], request.sha256),)
+    verify_signature(request, store, files)
+    model_dir = _lay_out(request, request.entry if request.files else hit.files[0][0], list(hit.files), "link")
+    return (
+        f"Linked {len(hit.files)} files of {request.uri} from the node cache (digest {hit.digest}) "
+        f"into {model_dir / str(request.version)}: 0 bytes downloaded"
     )
 
 
@@ -370,7 +428,7 @@ def main(
     try:
         request = parse_request(argv, environ)
         store = store_factory(storage_config(environ))
-        summary = fetch(request, store)
+        summary = fetch(request, store, node_cache_hit(request, environ))
     except Exception as error:  # every failure ends in one classified line
         failure = classify_failure(error)
         if request is not None:

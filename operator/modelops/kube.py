@@ -72,8 +72,10 @@ class Resource:
         return f"{self.group}/{self.version}" if self.group else self.version
 
     def path(self, namespace: str, name: str | None = None, subresource: str | None = None) -> str:
+        """The collection or object; an empty namespace means every namespace (a list), or a
+        cluster-scoped kind such as PersistentVolume."""
         root = f"/apis/{self.group}/{self.version}" if self.group else f"/api/{self.version}"
-        path = f"{root}/namespaces/{quote(namespace, safe='')}/{self.plural}"
+        path = f"{root}/namespaces/{quote(namespace, safe='')}/{self.plural}" if namespace else f"{root}/{self.plural}"
         if name is not None:
             path += f"/{quote(name, safe='')}"
         if subresource:
@@ -89,6 +91,8 @@ DEPLOYMENTS = Resource("apps", "v1", "deployments", "Deployment")
 SERVICES = Resource("", "v1", "services", "Service")
 PODS = Resource("", "v1", "pods", "Pod")
 SECRETS = Resource("", "v1", "secrets", "Secret")
+PERSISTENTVOLUMES = Resource("", "v1", "persistentvolumes", "PersistentVolume")
+PERSISTENTVOLUMECLAIMS = Resource("", "v1", "persistentvolumeclaims", "PersistentVolumeClaim")
 CONFIGMAPS = Resource("", "v1", "configmaps", "ConfigMap")
 EVENTS = Resource("", "v1", "events", "Event")
 LEASES = Resource("coordination.k8s.io", "v1", "leases", "Lease")
@@ -230,7 +234,7 @@ class Kube:
     def apply(self, resource: Resource, body: dict[str, Any]) -> dict[str, Any]:
         """Server-side apply of the whole object, owned by the operator's field manager."""
         meta = body["metadata"]
-        path = resource.path(meta["namespace"], meta["name"])
+        path = resource.path(meta.get("namespace", ""), meta["name"])
         query = [("fieldManager", FIELD_MANAGER), ("force", "true")]
         status, payload, headers = self._request(
             "PATCH", resource, path, query=query, body=body, content_type="application/apply-patch+yaml"

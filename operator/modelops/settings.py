@@ -70,6 +70,18 @@ class Settings(BaseModel):
     signing_key_namespace: str = Field(
         "", max_length=63, description="Namespace of the signing key's Secret (the chart sets its own release namespace)."
     )
+    node_cache_claim: str = Field(
+        "",
+        pattern=r"^([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)?$",
+        description="The node-local model cache's PersistentVolumeClaim in each serving namespace; empty: every pod downloads its artifact.",
+    )
+    node_cache_path: str = Field("/var/lib/modelops/cache", pattern="^/", description="The cache's directory on each node (the agents' --root).")
+    node_cache_size: str = Field(
+        "200Gi", pattern=r"^[0-9]+([KMGTPE]i?)?$", description="The capacity the cache's PersistentVolumes declare (the agents' budget)."
+    )
+    node_cache_wait_seconds: float = Field(
+        300.0, ge=0, description="How long a pod's fetch waits for its node's agent to fill the cache before it downloads the artifact itself."
+    )
     log_level: str = Field("INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$")
     leader_election: bool = Field(False, description="Reconcile only while holding a Lease, so replicas can stand by.")
     leader_election_id: str = Field(

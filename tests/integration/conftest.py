@@ -57,6 +57,12 @@ OPERATOR_RULES = [
     {"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"], "verbs": ["list", "watch"]},
     {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["list", "watch"]},
 ]
+# With the chart's nodeCache.enabled: the cache's local volume (cluster-scoped) and the claim
+# on it in each serving namespace.
+NODE_CACHE_RULES = [
+    {"apiGroups": [""], "resources": ["persistentvolumes"], "verbs": ["get", "create", "patch"]},
+    {"apiGroups": [""], "resources": ["persistentvolumeclaims"], "verbs": ["get", "create", "patch"]},
+]
 # In the namespace of the leader-election Lease only.
 LEADER_ELECTION_RULES = [
     {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "update"]},

@@ -207,3 +207,28 @@ def test_kubeconform_with_these_schemas_fails_a_bad_manifest(kubeconform, tmp_pa
     assert result.returncode != 0
     (resource,) = json.loads(result.stdout)["resources"]
     assert resource["status"] == "statusInvalid" and complaint in json.dumps(resource), resource
+
+
+def test_the_node_cache_renders_its_agents_and_the_operators_rules(testbed) -> None:
+    docs = objects(helm_template(testbed, "-f", str(CHART / "ci" / "nodecache-values.yaml")))
+    agents = docs[("DaemonSet", NAMESPACE, "modelops-nodecache")]["spec"]["template"]["spec"]
+    agent = agents["containers"][0]
+    env = {e["name"]: e for e in agent["env"]}
+    assert agent["command"] == ["python", "-m", "modelops.nodecache"] and env["MODELOPS_NODECACHE_BUDGET"]["value"] == "500Gi"
+    assert env["MODELOPS_NODECACHE_NODE"]["valueFrom"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
+    assert env["AWS_ACCESS_KEY_ID"]["valueFrom"]["secretKeyRef"]["name"] == "nodecache-s3"
+    selector = docs[("Deployment", NAMESPACE, "modelops")]["spec"]["selector"]["matchLabels"]
+    pod_labels = docs[("DaemonSet", NAMESPACE, "modelops-nodecache")]["spec"]["template"]["metadata"]["labels"]
+    assert not selector.items() <= pod_labels.items()  # the operator's Service and PDB never select an agent
+    assert agents["volumes"][0]["hostPath"] == {"path": "/var/lib/modelops/cache", "type": "DirectoryOrCreate"}
+    assert {tuple(r["resources"]) for r in docs[("ClusterRole", "", "modelops-nodecache")]["rules"]} == {("pods",)}
+    operator = docs[("Deployment", NAMESPACE, "modelops")]["spec"]["template"]["spec"]["containers"][0]
+    settings = {e["name"]: e.get("value") for e in operator["env"]}
+    assert settings["MODELOPS_NODE_CACHE_CLAIM"] == "modelops-nodecache" and settings["MODELOPS_NODE_CACHE_SIZE"] == "500Gi"
+    cluster_rules = docs[("ClusterRole", "", "modelops")]["rules"]
+    assert {"apiGroups": [""], "resources": ["persistentvolumes"], "verbs": ["get", "create", "patch"]} in cluster_rules
+    assert {"apiGroups": [""], "resources": ["persistentvolumeclaims"], "verbs": ["get", "create", "patch"]} in cluster_rules
+    plain = objects(helm_template(testbed))
+    assert not [k for k in plain if k[0] == "DaemonSet"]
+    assert {e["name"]: e.get("value") for e in plain[("Deployment", NAMESPACE, "modelops")]["spec"]["template"]["spec"]
+            ["containers"][0]["env"]}["MODELOPS_NODE_CACHE_CLAIM"] == ""

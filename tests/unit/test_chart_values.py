@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from modelops.settings import Settings
-from tests.integration.conftest import LEADER_ELECTION_RULES, OPERATOR_RULES
+from tests.integration.conftest import LEADER_ELECTION_RULES, NODE_CACHE_RULES, OPERATOR_RULES
 
 pytestmark = pytest.mark.unit
 
@@ -165,6 +165,14 @@ def test_what_stays_cluster_wide_is_read_only_discovery() -> None:
     cluster = _grants(_defined_rules("modelops.clusterRules"))
     assert {verb for _, _, verb in cluster} == {"list", "watch"}
     assert {resource for _, resource, _ in cluster} == {"customresourcedefinitions", "namespaces"}
+
+
+def test_the_node_cache_adds_its_volume_and_claim_and_nothing_else() -> None:
+    volumes = _grants(_defined_rules("modelops.nodeCacheClusterRules"))
+    claims = _grants(_defined_rules("modelops.nodeCacheRules"))
+    assert volumes | claims == _grants(NODE_CACHE_RULES)
+    assert {r for _, r, _ in volumes} == {"persistentvolumes"} and {r for _, r, _ in claims} == {"persistentvolumeclaims"}
+    assert not {g for g in volumes | claims if g[2] in ("delete", "deletecollection", "update", "list", "*")}
 
 
 def test_nothing_the_operator_may_do_deletes_or_lists_secrets() -> None:

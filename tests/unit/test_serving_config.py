@@ -399,7 +399,7 @@ def test_layout_replaces_an_existing_model_and_can_move(tmp_path: Path) -> None:
     (repo / "mlp" / "1" / "model.pt").write_bytes(b"old")
     artifact = tmp_path / "new.onnx"
     artifact.write_bytes(b"new")
-    layout_model_repository(repo, "mlp", 2, "onnxruntime", artifact, "cfg", move_artifact=True)
+    layout_model_repository(repo, "mlp", 2, "onnxruntime", artifact, "cfg", place="move")
     assert sorted(str(p.relative_to(repo)) for p in repo.rglob("*")) == [
         "mlp", "mlp/2", "mlp/2/model.onnx", "mlp/config.pbtxt"
     ]

@@ -108,6 +108,20 @@ Nothing is deleted: children are owned by the custom resources and garbage-colle
   verbs: ["list", "watch"]
 {{- end }}
 
+{{/* With nodeCache.enabled: the cache's local volume for each serving namespace (cluster-scoped). */}}
+{{- define "modelops.nodeCacheClusterRules" -}}
+- apiGroups: [""]
+  resources: ["persistentvolumes"]
+  verbs: ["get", "create", "patch"]
+{{- end }}
+
+{{/* With nodeCache.enabled: the claim on it in each serving namespace. */}}
+{{- define "modelops.nodeCacheRules" -}}
+- apiGroups: [""]
+  resources: ["persistentvolumeclaims"]
+  verbs: ["get", "create", "patch"]
+{{- end }}
+
 {{/* Leader election: the Lease in the release namespace (create cannot be narrowed to one name). */}}
 {{- define "modelops.leaderElectionRules" -}}
 - apiGroups: ["coordination.k8s.io"]

@@ -365,7 +365,8 @@ def _serving_pod_spec(served: DeploymentInputs) -> dict[str, Any]:
         spec=spec,
         image=spec.triton.image or settings.triton_image,
         pull_policy=settings.image_pull_policy,
-        mounts=[{**volume_mount, "readOnly": True}, SCRATCH_MOUNT],
+        # With the node cache, the version folder's files are links into it.
+        mounts=[{**volume_mount, "readOnly": True}, SCRATCH_MOUNT, *([{**NODE_CACHE_MOUNT}] if settings.node_cache_claim else [])],
         security_context=restricted_container_security(),
         resources=resources,
     )
@@ -377,12 +378,74 @@ def _serving_pod_spec(served: DeploymentInputs) -> dict[str, Any]:
         "containers": [server],
         "volumes": [{"name": "models", "emptyDir": {}}, SCRATCH_VOLUME, *ca_bundle_volumes(served.model.storage)],
     }
+    if settings.node_cache_claim:
+        pod_spec["volumes"].append(
+            {"name": NODE_CACHE_VOLUME, "persistentVolumeClaim": {"claimName": settings.node_cache_claim, "readOnly": True}}
+        )
     if spec.scheduling.node_selector:
         pod_spec["nodeSelector"] = dict(spec.scheduling.node_selector)
     tolerations = tolerations_for(spec.scheduling.tolerations or (), gpus)
     if tolerations:
         pod_spec["tolerations"] = tolerations
     return pod_spec
+
+
+NODE_CACHE_VOLUME = "node-cache"
+# Where a serving pod mounts its node's cache, read-only; the version folder links into it.
+NODE_CACHE_MOUNT = {"name": NODE_CACHE_VOLUME, "mountPath": "/cache", "readOnly": True}
+
+
+def node_cache_volume_name(namespace: str) -> str:
+    return f"modelops-nodecache-{namespace}"
+
+
+def render_node_cache_volume(namespace: str, settings: Settings) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The cache's `local` PersistentVolume for one serving namespace and the claim bound to it.
+
+    A PersistentVolume binds one claim, so each namespace has its own, all at the same path on
+    every node: a `local` volume is the node's directory wherever the pod runs, so a
+    Deployment's replicas stay free to spread (a volume per node would pin them to it). Pod
+    Security `restricted` allows claims, not hostPath."""
+    name, claim = node_cache_volume_name(namespace), settings.node_cache_claim
+    labels = {naming.LABEL_MANAGED_BY: naming.MANAGED_BY}
+    volume = {
+        "apiVersion": "v1",
+        "kind": "PersistentVolume",
+        "metadata": {"name": name, "labels": labels},
+        "spec": {
+            "capacity": {"storage": settings.node_cache_size},
+            "accessModes": ["ReadOnlyMany"],
+            "persistentVolumeReclaimPolicy": "Retain",
+            "storageClassName": "",
+            "volumeMode": "Filesystem",
+            "local": {"path": settings.node_cache_path},
+            "claimRef": {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "namespace": namespace, "name": claim},
+            # Every node: the agents' DaemonSet runs on each one that serves.
+            "nodeAffinity": {"required": {"nodeSelectorTerms": [
+                {"matchExpressions": [{"key": "kubernetes.io/hostname", "operator": "Exists"}]},
+            ]}},
+        },
+    }
+    claim_body = {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {"name": claim, "namespace": namespace, "labels": labels},
+        "spec": {
+            "accessModes": ["ReadOnlyMany"],
+            "resources": {"requests": {"storage": settings.node_cache_size}},
+            "storageClassName": "",
+            "volumeName": name,
+        },
+    }
+    return volume, claim_body
+
+
+def _node_cache_env(settings: Settings) -> list[dict[str, Any]]:
+    return [
+        {"name": "MODELOPS_NODECACHE_MOUNT", "value": NODE_CACHE_MOUNT["mountPath"]},
+        {"name": "MODELOPS_NODECACHE_WAIT_SECONDS", "value": f"{settings.node_cache_wait_seconds:g}"},
+        {"name": "MODELOPS_POD_UID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.uid"}}},
+    ]
 
 
 def _fetch_container(served: DeploymentInputs, layout: RepositoryLayout, volume_mount: dict[str, Any]) -> dict[str, Any]:
@@ -406,6 +469,9 @@ def _fetch_container(served: DeploymentInputs, layout: RepositoryLayout, volume_
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "securityContext": restricted_container_security(),
     }
+    if settings.node_cache_claim:
+        fetch["volumeMounts"].append({**NODE_CACHE_MOUNT})
+        fetch["env"] += _node_cache_env(settings)
     if version.signature_uri and version.signer_key:
         # The operator signed this artifact: the fetch refuses bytes its key did not sign.
         fetch["args"] += ["--signature-uri", version.signature_uri]

@@ -121,6 +121,9 @@ class Context:
     resolve: Callable[[str], list[str]] = field(default_factory=Resolutions)  # host names, reused briefly
     # The operator's scaler: the last reading of Triton's counters per ModelDeployment.
     readings: dict[tuple[str, str], Any] = field(default_factory=dict)
+    # Namespaces whose node cache volume and claim this process applied (once each: the
+    # apiserver keeps them, and a deleted one comes back at the operator's next start).
+    node_cache_namespaces: set[str] = field(default_factory=set)
 
     # Every read a reconcile makes goes through here (`modelops.handlers.reads`). The operator
     # gives it the informer that its watches feed (`with_informer`).

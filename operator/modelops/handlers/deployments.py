@@ -72,6 +72,8 @@ def reconcile_deployment(ctx: Context, key: Key) -> float | None:
     spec = ModelDeploymentSpec.model_validate(body["spec"])
     model_body = ctx.reads.get(k8s.MODELS, key.namespace, spec.model)
     versions = [VersionView.from_body(v) for v in ctx.reads.versions_of(key.namespace, spec.model)] if model_body is not None else []
+    if ctx.settings.node_cache_claim and model_body is not None:
+        _ensure_node_cache_volume(ctx, key.namespace)
     live = ctx.reads.get(k8s.DEPLOYMENTS, key.namespace, key.name)
     scaled = scaling.scale(ctx, spec, body, live)
     work = _Work(ctx, body, scaled.spec, model_body, versions, live, ctx.reads.get(k8s.SERVICES, key.namespace, key.name),
@@ -81,6 +83,16 @@ def reconcile_deployment(ctx: Context, key: Key) -> float | None:
     _record(work, result, scaled)
     waits = [w for w in (result.requeue, scaled.requeue) if w is not None]
     return min(waits) if waits else None
+
+
+def _ensure_node_cache_volume(ctx: Context, namespace: str) -> None:
+    """The namespace's claim on the node cache, which its Triton pods mount, applied once."""
+    if namespace in ctx.node_cache_namespaces:
+        return
+    volume, claim = render.render_node_cache_volume(namespace, ctx.settings)
+    ctx.kube.apply(k8s.PERSISTENTVOLUMES, volume)
+    ctx.kube.apply(k8s.PERSISTENTVOLUMECLAIMS, claim)
+    ctx.node_cache_namespaces.add(namespace)
 
 
 def _rollout_inputs(work: _Work, canary: CanaryInputs, scaler_refused: str | None) -> RolloutInputs:

@@ -1,10 +1,13 @@
 """Run the node cache agent:
 
     python -m modelops.nodecache --root /var/lib/modelops/cache --budget 200Gi \\
-        [--interval 2] [--retry 10] [--part-size 16Mi] [--max-concurrency 8] [--once]
+        [--interval 2] [--retry 10] [--part-size 16Mi] [--max-concurrency 8] [--once] [--node NAME]
+
+With --node (in the DaemonSet, the pod's spec.nodeName), the agent also lists the serving pods
+on that node each scan, fills what their fetch containers name and pins it while they live.
 
 Each flag may come from the environment instead (MODELOPS_NODECACHE_ROOT, _BUDGET, _INTERVAL,
-_RETRY, _PART_SIZE, _MAX_CONCURRENCY); storage settings come from MODELOPS_S3_* and AWS_*, as
+_RETRY, _PART_SIZE, _MAX_CONCURRENCY, _NODE); storage settings come from MODELOPS_S3_* and AWS_*, as
 for the fetch container. SIGTERM or SIGINT stops it once the scan in progress ends; a kill
 mid-fill leaves the partial download, which the next start resumes. Exit 2 on bad settings.
 """
@@ -18,8 +21,9 @@ import re
 import signal
 import sys
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from modelops.contract.exitcodes import ExitCode
 from modelops.nodecache.agent import Agent
@@ -50,6 +54,7 @@ def _parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     parser.add_argument("--part-size", default=env("PART_SIZE", "16Mi"), help="bytes per ranged GET")
     parser.add_argument("--max-concurrency", type=int, default=int(env("MAX_CONCURRENCY", "8") or 8), help="ranged GETs in flight")
     parser.add_argument("--once", action="store_true", help="rebuild, scan the spool once, and exit")
+    parser.add_argument("--node", default=env("NODE"), help="fill and pin for the serving pods on this node")
     return parser
 
 
@@ -64,7 +69,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     except ValueError as err:
         print(f"InvalidArguments: {err}", file=sys.stderr)
         return ExitCode.USAGE
-    agent = Agent(Store(Path(args.root), budget), objects, retry_s=args.retry)
+    agent = Agent(Store(Path(args.root), budget), objects, retry_s=args.retry, pods=_node_pods(args.node) if args.node else None)
     if args.once:
         agent.start()
         agent.scan()
@@ -74,6 +79,14 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         signal.signal(sig, lambda *_: stop.set())
     agent.run(stop, args.interval)
     return ExitCode.SUCCESS
+
+
+def _node_pods(node: str) -> Callable[[], list[dict[str, Any]]]:
+    from modelops import kube
+    from modelops.nodecache.pods import SERVING_PODS
+
+    client = kube.Kube.from_environment(user_agent=f"modelops-nodecache/{node}", connections=1)
+    return lambda: client.list(kube.PODS, "", label_selector=SERVING_PODS, field_selector=f"spec.nodeName={node}")
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ turn. Removing a request removes its answer; its entries stay until LRU eviction
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -26,11 +27,16 @@ from typing import Any
 from modelops.contract.exitcodes import ExitCode
 from modelops.nodecache import layout
 from modelops.nodecache.layout import FillRequest, Phase, Reason
+from modelops.nodecache.pods import is_pod_claim, pod_artifacts
 from modelops.nodecache.store import CacheFull, RebuildReport, Store, write_atomically
 from modelops.storage import ChecksumMismatch, ObjectStore
 from modelops.transfer import TransferStats
 
 log = logging.getLogger("modelops.nodecache")
+
+
+def _endpoint_key(endpoint: str | None) -> str:
+    return (endpoint or "").rstrip("/").lower()
 
 
 @dataclass(frozen=True)
@@ -42,13 +48,21 @@ class Answer:
     stats: dict[str, Any] | None = None
 
 
+PodLister = Callable[[], list[dict[str, Any]]]
+
+
 class Agent:
+    """With `pods` (the serving pods on this node, listed each scan), the agent also writes the
+    requests of those pods and pins their artifacts while they live (nodecache.pods)."""
+
     def __init__(self, store: Store, objects: ObjectStore, retry_s: float = 10.0,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, pods: PodLister | None = None) -> None:
         self.store = store
         self.objects = objects
         self.retry_s = retry_s
         self._clock = clock
+        self._pods = pods
+        self.endpoint = _endpoint_key(objects.config.endpoint_url)
         self.requests_dir = store.root / layout.REQUESTS
         self.status_dir = store.root / layout.STATUS
         self.requests_dir.mkdir(exist_ok=True)
@@ -73,8 +87,6 @@ class Agent:
         return self.status_dir / f"{name}.json"
 
     def _answer(self, name: str) -> tuple[dict[str, Any], float] | None:
-        import json
-
         path = self._status_path(name)
         try:
             return json.loads(path.read_text(encoding="utf-8")), path.stat().st_mtime
@@ -97,6 +109,9 @@ class Agent:
 
     def scan(self) -> None:
         """One pass over the spool, then the store trimmed to its budget."""
+        write_atomically(self.store.root / layout.HEARTBEAT, json.dumps({"time": self._clock()}))
+        if self._pods is not None:
+            self._sync_pods()
         requests = self._requests()
         for name, (path, request) in requests.items():
             if self._due(name, path):
@@ -130,6 +145,34 @@ class Agent:
             if gone:
                 self._write(name, Answer(Phase.EVICTED, Reason.EVICTED, f"evicted: {', '.join(gone)}", request.digest))
 
+    def _sync_pods(self) -> None:
+        """Each live serving pod's request written and its artifact pinned; a pod's request and
+        pin removed once it is gone. A failed list changes nothing."""
+        try:
+            live = pod_artifacts(self._pods() if self._pods is not None else [])
+        except Exception as err:  # noqa: BLE001 - the API may be away; the pins stay as they are
+            log.warning("listing this node's pods failed: %s: %s", type(err).__name__, err)
+            return
+        pins = self.store.pins()
+        for name, artifact in live.items():
+            path = self.requests_dir / f"{name}.json"
+            document = artifact.request.document()
+            try:
+                unchanged = path.read_text(encoding="utf-8") == document
+            except OSError:
+                unchanged = False
+            if not unchanged:
+                write_atomically(path, document)
+            if artifact.request.digest not in pins.get(artifact.claim, ()):
+                self.store.pin(artifact.claim, [artifact.request.digest])
+        claims = {artifact.claim for artifact in live.values()}
+        for claim in pins:
+            if is_pod_claim(claim) and claim not in claims:
+                self.store.unpin(claim)
+        for path in self.requests_dir.glob(f"{layout.POD_REQUEST_PREFIX}*.json"):
+            if path.stem not in live:
+                path.unlink(missing_ok=True)
+
     def run(self, stop: threading.Event, interval_s: float) -> None:
         self.start()
         while not stop.is_set():
@@ -153,6 +196,10 @@ class Agent:
             return Answer(Phase.FAILED, Reason.INVALID_REQUEST, str(request))
         if self._cached(request):
             return Answer(Phase.READY, Reason.ALREADY_CACHED, f"{len(request.files)} files in the cache", request.digest)
+        if request.endpoint is not None and _endpoint_key(request.endpoint) != self.endpoint:
+            # The agent's credentials are for its own storage only; the pod downloads it itself.
+            return Answer(Phase.FAILED, Reason.OTHER_STORAGE,
+                          f"the artifact is on {request.endpoint}; this agent fills from {self.endpoint or 'AWS S3'}", request.digest)
         try:
             return self._download(name, request)
         except CacheFull as err:

@@ -13,6 +13,7 @@ request and a manifest say, and which entries an eviction removes.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -29,6 +30,10 @@ PINS = "pins"
 REQUESTS = "requests"
 STATUS = "status"
 LOCK = ".lock"
+# The agent's heartbeat, rewritten every scan: a reader waits for a fill only while it is fresh.
+HEARTBEAT = "agent.json"
+# Requests the agent writes itself for the serving pods on its node: pod-<uid>.json.
+POD_REQUEST_PREFIX = "pod-"
 META_SUFFIX = ".meta"
 PARTIAL_SUFFIX = ".partial"
 JOURNAL_SUFFIX = ".partial.parts"
@@ -61,6 +66,7 @@ class Reason(StrEnum):
     EVICTED = "Evicted"
     CACHE_FULL = "CacheFull"
     INVALID_REQUEST = "InvalidRequest"
+    OTHER_STORAGE = "OtherStorage"
 
 
 def is_digest(name: str) -> bool:
@@ -127,6 +133,21 @@ class FillRequest:
     files: tuple[tuple[str, str], ...]  # (path, sha256); a single file's path is the object's name
     entrypoint: str | None
     is_set: bool
+    # The S3 endpoint the artifact lives on (None: the agent's own, or AWS). The agent fills
+    # only from its own endpoint, with its own credentials.
+    endpoint: str | None = None
+
+    def document(self) -> str:
+        """The request as a spool file holds it; parse_request reads it back."""
+        data: dict[str, Any] = {"uri": self.uri}
+        if self.is_set:
+            data["entrypoint"] = self.entrypoint
+            data["files"] = [{"path": p, "sha256": d} for p, d in self.files]
+        else:
+            data["sha256"] = self.files[0][1]
+        if self.endpoint is not None:
+            data["endpoint"] = self.endpoint
+        return json.dumps(data, sort_keys=True)
 
     @property
     def folder(self) -> str:
@@ -159,12 +180,15 @@ def parse_request(text: str) -> FillRequest:
         parse_s3_uri(uri + "_" if uri.endswith("/") else uri)  # a prefix: its bucket and folder
     except InvalidS3Uri as err:
         raise ValueError(f"uri: {err}") from None
+    endpoint = data.get("endpoint")
+    if endpoint is not None and not isinstance(endpoint, str):
+        raise ValueError(f"endpoint: {endpoint!r} must be a URL")
     if "files" in data:
-        return _parse_set(uri, data)
+        return dataclasses.replace(_parse_set(uri, data), endpoint=endpoint)
     if uri.endswith("/"):
         raise ValueError("uri: a prefix ending in '/' needs files")
     digest = _digest(data.get("sha256"), "sha256")
-    return FillRequest(uri, ((uri.rsplit("/", 1)[1], digest),), None, is_set=False)
+    return FillRequest(uri, ((uri.rsplit("/", 1)[1], digest),), None, is_set=False, endpoint=endpoint)
 
 
 def _digest(value: Any, field: str) -> str:

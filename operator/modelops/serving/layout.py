@@ -10,9 +10,10 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from importlib import resources
 from pathlib import Path
+from typing import Literal
 
 from modelops.api.deployment import Backend
 from modelops.serving.config import (
@@ -24,6 +25,9 @@ from modelops.serving.config import (
 )
 
 STAGING_PREFIX = ".staging-"
+
+Placement = Literal["copy", "move", "link"]
+_PLACE: dict[str, Callable[[str, Path], object]] = {"copy": shutil.copyfile, "move": shutil.move, "link": os.symlink}
 
 
 def python_backend_model_source() -> str:
@@ -39,15 +43,15 @@ def layout_model_repository(
     artifact_path: str | os.PathLike[str] | None,
     config_text: str,
     *,
-    move_artifact: bool = False,
+    place: Placement = "copy",
     data_files: Sequence[tuple[str, Path]] = (),
 ) -> Path:
     """Place the artifact and its config into the repository and return the model folder.
 
-    An existing folder for the same model is replaced as a whole. With move_artifact the
-    artifact is renamed into place instead of copied (the fetcher downloads into the
-    repository's filesystem, so this is a cheap rename). `data_files` are (relative path,
-    file) pairs placed the same way in the version folder: an ONNX graph's external data, or
+    An existing folder for the same model is replaced as a whole. `place` says how each file
+    gets there: copied; moved (the fetcher downloads into the repository's filesystem, so this
+    is a cheap rename); or linked, a symbolic link to it (the node cache's entries, mounted
+    read-only in the pod). `data_files` are (relative path, file) pairs placed the same way in the version folder: an ONNX graph's external data, or
     with no artifact a directory served as uploaded.
     """
     validate_model_name(model_name)
@@ -61,15 +65,15 @@ def layout_model_repository(
         (staging / "config.pbtxt").write_text(config_text, encoding="utf-8")
         version_dir = staging / str(version)
         version_dir.mkdir()
-        place = shutil.move if move_artifact else shutil.copyfile
+        put = _PLACE[place]
         if artifact_path is not None:
-            place(os.fspath(artifact_path), version_dir / artifact_filename(backend))
+            put(os.fspath(artifact_path), version_dir / artifact_filename(backend))
         for relative, source in data_files:
             target = version_dir / relative
             if not target.resolve().is_relative_to(version_dir.resolve()):
                 raise ValueError(f"{relative!r} leaves the version folder")
             target.parent.mkdir(parents=True, exist_ok=True)
-            place(os.fspath(source), target)
+            put(os.fspath(source), target)
         if backend == Backend.PYTHON:
             (version_dir / PYTHON_BACKEND_FILE).write_text(python_backend_model_source(), encoding="utf-8")
         staging.chmod(0o755)
