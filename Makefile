@@ -115,6 +115,10 @@ bench: ## Run the benchmarks; JSON under bench/results/, summary in docs/benchma
 	  PYTHONPATH=operator:. "$$python" bench/int4_bench.py; \
 	  PYTHONPATH=operator:. "$$python" bench/triton_bench.py
 
+.PHONY: bench-large
+bench-large: ## A 4.2 GiB external-data transformer through the operator: compress, gate, serve cold and from the node cache; bench/results/large.json
+	@scripts/run-tests.sh -s -p no:cacheprovider bench/large_bench.py
+
 .PHONY: bench-scale
 bench-scale: ## Reconcile 1,000 ModelVersions and 1,000 ModelDeployments on the test bed with kwok nodes; bench/results/scale.json
 	@python=$(venv_python); bin=$(binaries); \

@@ -14,7 +14,9 @@ Interface (stable; other code imports it):
   in well under a second), "bert-base" (30,522 × 768, 12 layers, 12 heads, 3,072
   intermediate), and "bench" (bert-base with 4 layers, the transformer benchmark's model:
   the full 30,522-token embedding table, fewer layers for run time on 2 cores).
-- `build_model(config, seed=0) -> onnx.ModelProto`; `export(path, config, seed=0) -> Path`.
+- `build_model(config, seed=0) -> onnx.ModelProto`; `export(path, config, seed=0) -> Path`;
+  `export_external(folder, config, seed=0) -> [graph, data]`: the same model with its weights
+  as ONNX external data, written as they are drawn (models above 2 GiB).
 - `input_names(config)`: `input_ids`, `attention_mask` and, when `config.token_type_ids`,
   `token_type_ids`; all INT64 [batch, sequence].
 - `output_name(config)`: the single FP32 output: "pooler_output" [batch, hidden] (the first
@@ -99,17 +101,32 @@ def output_name(config: TransformerConfig) -> str:
 
 
 class _Builder:
-    def __init__(self, config: TransformerConfig, seed: int) -> None:
+    def __init__(self, config: TransformerConfig, seed: int, data: Any = None, data_name: str = "") -> None:
         self.config = config
         self.rng = np.random.default_rng(seed)
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: list[onnx.TensorProto] = []
         self._count = 0
+        # With an open data file, every weight goes there as ONNX external data, written as it
+        # is drawn, so that a model far above 2 GiB is made in the memory of one weight.
+        self._data, self._data_name = data, data_name
 
     def weight(self, name: str, shape: tuple[int, ...]) -> str:
         values = self.rng.standard_normal(shape, dtype=np.float32)
         values *= np.float32(0.02)
-        self.initializers.append(numpy_helper.from_array(values, name))
+        if self._data is None:
+            self.initializers.append(numpy_helper.from_array(values, name))
+            return name
+        offset = self._data.seek(0, 2)
+        padding = -offset % 64
+        self._data.write(bytes(padding))
+        self._data.write(values.tobytes())
+        proto = onnx.TensorProto(name=name, data_type=TensorProto.FLOAT, dims=list(shape))
+        proto.data_location = TensorProto.EXTERNAL
+        for key, value in (("location", self._data_name), ("offset", str(offset + padding)), ("length", str(values.nbytes))):
+            entry = proto.external_data.add()
+            entry.key, entry.value = key, value
+        self.initializers.append(proto)
         return name
 
     def constant(self, name: str, values: np.ndarray) -> str:
@@ -140,10 +157,11 @@ class _Builder:
         return self.op("Mul", [self.op("Mul", [x, shifted]), "half"])
 
 
-def build_model(config: TransformerConfig, seed: int = 0) -> onnx.ModelProto:
-    """The encoder as an in-memory ONNX model (weights deterministic in `seed`)."""
+def build_model(config: TransformerConfig, seed: int = 0, data: Any = None, data_name: str = "") -> onnx.ModelProto:
+    """The encoder as an in-memory ONNX model (weights deterministic in `seed`); with `data`,
+    an open binary file named `data_name` beside the graph, its weights as external data."""
     c = config
-    b = _Builder(c, seed)
+    b = _Builder(c, seed, data, data_name)
     head_dim = c.hidden // c.heads
     b.constant("one", np.array(1.0, dtype=np.float32))
     b.constant("half", np.array(0.5, dtype=np.float32))
@@ -228,6 +246,18 @@ def export(path: Path | str, config: TransformerConfig, seed: int = 0) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save_model(build_model(config, seed), path)
     return path
+
+
+def export_external(folder: Path | str, config: TransformerConfig, seed: int = 0, data_name: str = "model.onnx.data") -> list[Path]:
+    """Write the encoder as `folder/model.onnx` with its weights in `folder/<data_name>` (ONNX
+    external data, each weight at an offset aligned to 64 bytes); returns both paths, the
+    graph first. The same weights as `export` with the same seed."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / data_name, "wb") as data:
+        model = build_model(config, seed, data, data_name)
+    onnx.save_model(model, folder / "model.onnx")
+    return [folder / "model.onnx", folder / data_name]
 
 
 def eval_inputs(config: TransformerConfig, samples: int = 32, seed: int = 1) -> dict[str, np.ndarray]:
