@@ -178,6 +178,7 @@ def pods_of(cluster, namespace: str, name: str) -> list[dict]:
 
 
 @pytest.mark.e2e
+@pytest.mark.timeout(5400)  # generation, three Jobs and three pods of a 4 GiB model on 2 cores
 def test_bench_large(testbed) -> None:
     transformer = _transformer()
     config = replace(transformer.BERT_BASE, hidden=2048, heads=16, intermediate=8192, layers=21, sequence=32, max_positions=128)

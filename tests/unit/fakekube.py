@@ -58,7 +58,7 @@ class FakeKube:
         meta = body.setdefault("metadata", {})
         meta.setdefault("uid", f"uid-{meta['name']}")
         meta["resourceVersion"] = str(next(self._versions))
-        self.objects[(resource.plural, meta["namespace"], meta["name"])] = body
+        self.objects[(resource.plural, meta.get("namespace", ""), meta["name"])] = body  # "": cluster-scoped
         return copy.deepcopy(body)
 
     def written(self, plural: str) -> list[Write]:
@@ -94,7 +94,7 @@ class FakeKube:
     def apply(self, resource: k8s.Resource, body: Body) -> Body:
         meta = body["metadata"]
         self.writes.append(Write("apply", resource.plural, meta["name"]))
-        old = self.objects.get((resource.plural, meta["namespace"], meta["name"]))
+        old = self.objects.get((resource.plural, meta.get("namespace", ""), meta["name"]))
         return self.put(resource, merge(old or {}, body))
 
     def patch(self, resource: k8s.Resource, namespace: str, name: str, patch: Body, subresource: str | None = None) -> Body | None:

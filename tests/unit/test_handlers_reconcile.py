@@ -319,3 +319,23 @@ def test_a_rollback_names_its_cause_from_the_cached_pods() -> None:
     assert status["rollouts"][-1]["outcome"] == "RolledBack"
     assert "cannot pull its image" in status["rollouts"][-1]["message"] and "spec.triton.image" in status["rollouts"][-1]["message"]
     assert kube.reads == []
+
+
+def test_with_the_node_cache_a_namespace_gets_its_volume_and_claim_once() -> None:
+    kube = bed((k8s.MODELS, model()), (k8s.MODELVERSIONS, ready_version(1)),
+               (k8s.MODELDEPLOYMENTS, deployment("a")), (k8s.MODELDEPLOYMENTS, deployment("b")))
+    ctx = context(kube, node_cache_claim="modelops-nodecache", node_cache_path="/srv/cache")
+    for name in ("a", "b", "a"):
+        reconcile_deployment(ctx, Key("ModelDeployment", NS, name))
+    assert [w.name for w in kube.written("persistentvolumes")] == [f"modelops-nodecache-{NS}"]
+    assert [w.name for w in kube.written("persistentvolumeclaims")] == ["modelops-nodecache"]
+    volume = kube.objects[("persistentvolumes", "", f"modelops-nodecache-{NS}")]
+    assert volume["spec"]["local"]["path"] == "/srv/cache" and volume["spec"]["claimRef"]["namespace"] == NS
+    pod = stored(kube, k8s.DEPLOYMENTS, "a")["spec"]["template"]["spec"]
+    assert {"name": "node-cache", "persistentVolumeClaim": {"claimName": "modelops-nodecache", "readOnly": True}} in pod["volumes"]
+
+
+def test_without_the_node_cache_no_volume_is_written() -> None:
+    kube = bed((k8s.MODELS, model()), (k8s.MODELVERSIONS, ready_version(1)), (k8s.MODELDEPLOYMENTS, deployment("a")))
+    reconcile_deployment(context(kube), Key("ModelDeployment", NS, "a"))
+    assert not kube.written("persistentvolumes") and not kube.written("persistentvolumeclaims")

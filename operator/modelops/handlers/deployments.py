@@ -5,6 +5,7 @@ the one writer of its ModelDeployment: status, and the ownerReference to the Mod
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -23,6 +24,8 @@ from modelops.handlers.children import keep
 from modelops.handlers.context import Context
 from modelops.handlers.queue import Key
 from modelops.serving import ServingConfigError
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -90,8 +93,13 @@ def _ensure_node_cache_volume(ctx: Context, namespace: str) -> None:
     if namespace in ctx.node_cache_namespaces:
         return
     volume, claim = render.render_node_cache_volume(namespace, ctx.settings)
-    ctx.kube.apply(k8s.PERSISTENTVOLUMES, volume)
-    ctx.kube.apply(k8s.PERSISTENTVOLUMECLAIMS, claim)
+    try:
+        ctx.kube.apply(k8s.PERSISTENTVOLUMES, volume)
+        ctx.kube.apply(k8s.PERSISTENTVOLUMECLAIMS, claim)
+    except k8s.Invalid as err:
+        # A bound volume's path and a claim's volume cannot change (a changed nodeCache.path):
+        # the pods keep the cache they have until the volume and claim are deleted.
+        logger.warning("node cache volume %s in namespace %s kept as it is: %s", volume["metadata"]["name"], namespace, err)
     ctx.node_cache_namespaces.add(namespace)
 
 
