@@ -191,7 +191,7 @@ def test_bench_large(testbed) -> None:
     work.chmod(0o755)
 
     def save() -> None:
-        (RESULTS.with_name("large-smoke.json") if smoke else RESULTS).write_text(json.dumps(results, indent=2) + "\n")
+        (work / "large-smoke.json" if smoke else RESULTS).write_text(json.dumps(results, indent=2) + "\n")
 
     started = time.perf_counter()
     graph, data = transformer.export_external(work / "fp32", config, seed=0)
