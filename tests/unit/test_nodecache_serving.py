@@ -105,6 +105,7 @@ def test_the_agent_reads_a_pods_artifact_from_its_fetch_container() -> None:
     assert single is not None and single.request.digest == sha(GRAPH) and not single.request.is_set
     for gone in (pod_of(rendered(CACHED), phase="Succeeded"), {**pod, "metadata": {**pod["metadata"], "deletionTimestamp": "now"}}):
         assert pod_artifact(gone) is None
+    assert pod_artifact(pod_of(rendered(Settings()))) is None  # a pod without the cache: nothing to fill for it
 
 
 def _agent(root: Path, fake_s3, pods) -> Agent:

@@ -34,8 +34,9 @@ def is_pod_claim(claim: str) -> bool:
 
 def pod_artifact(pod: Mapping[str, Any]) -> PodArtifact | None:
     """The artifact a live serving pod's fetch container names; None for a finished or
-    terminating pod, or one without a fetch container that parses."""
-    from modelops.fetch import UsageError, cache_request, parse_artifact_args
+    terminating pod, one that does not use the node cache, or one without a fetch container
+    that parses."""
+    from modelops.fetch import NODE_CACHE_ENV, UsageError, cache_request, parse_artifact_args
 
     meta, spec = pod.get("metadata") or {}, pod.get("spec") or {}
     if meta.get("deletionTimestamp") or (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
@@ -43,11 +44,14 @@ def pod_artifact(pod: Mapping[str, Any]) -> PodArtifact | None:
     fetch = next((c for c in spec.get("initContainers") or [] if c.get("name") == FETCH_CONTAINER), None)
     if fetch is None or not meta.get("uid"):
         return None
+    env = {e.get("name"): e.get("value") for e in fetch.get("env") or []}
+    if not env.get(NODE_CACHE_ENV):
+        return None  # a pod that does not mount the cache would never read what the agent fills
     try:
         uri, sha256, files = parse_artifact_args(fetch.get("args") or [])
     except UsageError:
         return None
-    endpoint = next((e.get("value") for e in fetch.get("env") or [] if e.get("name") == "MODELOPS_S3_ENDPOINT"), None)
+    endpoint = env.get("MODELOPS_S3_ENDPOINT")
     uid = str(meta["uid"])
     return PodArtifact(f"{POD_REQUEST_PREFIX}{uid}", f"{meta['namespace']}.{uid}", cache_request(uri, sha256, files, endpoint))
 
