@@ -40,8 +40,8 @@ from typing import NoReturn
 
 from modelops.api.deployment import Backend, FetchReason
 from modelops.contract.exitcodes import ExitCode
-from modelops.nodecache.layout import FillRequest
-from modelops.nodecache.reader import Hit
+from modelops.nodecache.layout import POD_REQUEST_PREFIX, FillRequest
+from modelops.nodecache.reader import CacheReader, Hit
 from modelops.serving.config import (
     ServingConfigError,
     artifact_filename,
@@ -309,9 +309,6 @@ def node_cache_hit(request: FetchRequest, environ: Mapping[str, str]) -> Hit | N
     root = environ.get(NODE_CACHE_ENV, "")
     if not root:
         return None
-    from modelops.nodecache.layout import POD_REQUEST_PREFIX
-    from modelops.nodecache.reader import CacheReader
-
     try:
         wait_s = float(environ.get(NODE_CACHE_WAIT_ENV) or DEFAULT_NODE_CACHE_WAIT_SECONDS)
         reader = CacheReader(Path(root))
